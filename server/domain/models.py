@@ -1,0 +1,216 @@
+"""Domain objects of Trainyard.
+
+Plain dataclasses: no protobuf, no peewee. The API layer converts them to and from
+protobuf messages (server/api/convert.py); the store converts them to and from rows.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Status(enum.StrEnum):
+    """Lifecycle status of an execution (see server/domain/lifecycle.py)."""
+
+    UNKNOWN = "UNKNOWN"
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    DEAD = "DEAD"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+
+
+class TargetStatus(enum.StrEnum):
+    """What the user asked the execution to become."""
+
+    COMPLETED = "COMPLETED"
+    STOPPED = "STOPPED"
+    DELETED = "DELETED"
+
+
+class ParameterType(enum.StrEnum):
+    STRING = "string"
+    INT = "int"
+    FLOAT = "float"
+
+
+class ArtifactKind(enum.StrEnum):
+    DATASET = "dataset"
+    MODEL = "model"
+    RESULTSET = "resultset"
+    OTHER = "other"
+
+
+class StepPhase(enum.StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    SKIPPED = "SKIPPED"
+    STOPPED = "STOPPED"
+
+
+class LogStream(enum.StrEnum):
+    STDOUT = "stdout"
+    STDERR = "stderr"
+    SYSTEM = "system"
+
+
+@dataclass(slots=True)
+class Scenario:
+    id: str
+    resource_group: str
+    name: str
+    description: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    created_at: datetime | None = None
+    modified_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class ParameterSpec:
+    """A typed parameter placeholder of an executable."""
+
+    name: str
+    type: ParameterType = ParameterType.STRING
+    default: str | None = None
+    description: str = ""
+
+
+@dataclass(slots=True)
+class InputArtifactSpec:
+    """An input artifact placeholder: the configuration binds an artifact to it."""
+
+    name: str
+    kind: ArtifactKind | None = None  # None: any kind is accepted
+    description: str = ""
+
+
+@dataclass(slots=True)
+class OutputArtifactSpec:
+    """An output artifact the executable declares; registered after a successful run."""
+
+    name: str
+    kind: ArtifactKind = ArtifactKind.OTHER
+    path: str = ""  # path inside the step's working directory, from the template
+    description: str = ""
+    step: str = ""  # the template that produces it
+
+
+@dataclass(slots=True)
+class Executable:
+    """A versioned workflow template (an Argo WorkflowTemplate subset)."""
+
+    id: str
+    resource_group: str
+    name: str
+    version: str
+    scenario_id: str
+    scenario_name: str = ""
+    description: str = ""
+    deployable: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+    parameters: list[ParameterSpec] = field(default_factory=list)
+    input_artifacts: list[InputArtifactSpec] = field(default_factory=list)
+    output_artifacts: list[OutputArtifactSpec] = field(default_factory=list)
+    # The parsed template (spec of the WorkflowTemplate), kept as plain data for the runtime.
+    spec: dict[str, Any] = field(default_factory=dict)
+    # Digest of the definition: a changed definition is a new version.
+    digest: str = ""
+    created_at: datetime | None = None
+    modified_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class Artifact:
+    id: str
+    resource_group: str
+    name: str
+    kind: ArtifactKind
+    url: str
+    scenario_id: str
+    description: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    execution_id: str = ""  # the execution that produced it, empty for registered ones
+    created_at: datetime | None = None
+    modified_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class Configuration:
+    id: str
+    resource_group: str
+    name: str
+    executable_id: str
+    scenario_id: str
+    parameter_bindings: dict[str, str] = field(default_factory=dict)
+    input_artifact_bindings: dict[str, str] = field(default_factory=dict)  # name -> artifact id
+    created_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class StepDetail:
+    name: str
+    phase: StepPhase = StepPhase.PENDING
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    exit_code: int | None = None
+    message: str = ""
+
+
+@dataclass(slots=True)
+class Transition:
+    """One recorded lifecycle transition of an execution."""
+
+    seq: int
+    execution_id: str
+    from_status: Status | None
+    to_status: Status
+    at: datetime
+    cause: str
+    message: str = ""
+
+
+@dataclass(slots=True)
+class Execution:
+    id: str
+    resource_group: str
+    configuration_id: str
+    executable_id: str
+    scenario_id: str
+    status: Status = Status.PENDING
+    target_status: TargetStatus = TargetStatus.COMPLETED
+    status_message: str = ""
+    step_details: list[StepDetail] = field(default_factory=list)
+    output_artifact_ids: list[str] = field(default_factory=list)
+    created_at: datetime | None = None
+    submitted_at: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    modified_at: datetime | None = None
+    history: list[Transition] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class LogLine:
+    execution_id: str
+    seq: int
+    at: datetime
+    step: str
+    stream: LogStream
+    text: str
+
+
+@dataclass(slots=True)
+class Page(Generic[T]):
+    """One page of a list: the items, the opaque token of the next page, the total."""
+
+    items: list[T]
+    next_page_token: str
+    total_size: int
