@@ -113,6 +113,7 @@ class Executable:
     version: str
     scenario_id: str
     scenario_name: str = ""
+    scenario_description: str = ""
     description: str = ""
     deployable: bool = False
     labels: dict[str, str] = field(default_factory=dict)
@@ -149,6 +150,7 @@ class Configuration:
     name: str
     executable_id: str
     scenario_id: str
+    executable_version: str = ""
     parameter_bindings: dict[str, str] = field(default_factory=dict)
     input_artifact_bindings: dict[str, str] = field(default_factory=dict)  # name -> artifact id
     created_at: datetime | None = None

@@ -1,0 +1,276 @@
+"""Conversions between domain objects and trainyard.v1 protobuf messages: the only
+place that knows both."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from google.protobuf import timestamp_pb2
+
+from server.domain.errors import InvalidArgument
+from server.domain.models import (
+    Artifact,
+    ArtifactKind,
+    Configuration,
+    Executable,
+    Execution,
+    LogLine,
+    LogStream,
+    ParameterType,
+    Scenario,
+    Status,
+    StepDetail,
+    StepPhase,
+    TargetStatus,
+    Transition,
+)
+from trainyard.v1 import (
+    artifact_pb2,
+    configuration_pb2,
+    executable_pb2,
+    execution_pb2,
+    log_pb2,
+    scenario_pb2,
+)
+
+STATUS_TO_PB = {
+    Status.PENDING: execution_pb2.EXECUTION_STATUS_PENDING,
+    Status.RUNNING: execution_pb2.EXECUTION_STATUS_RUNNING,
+    Status.COMPLETED: execution_pb2.EXECUTION_STATUS_COMPLETED,
+    Status.DEAD: execution_pb2.EXECUTION_STATUS_DEAD,
+    Status.STOPPING: execution_pb2.EXECUTION_STATUS_STOPPING,
+    Status.STOPPED: execution_pb2.EXECUTION_STATUS_STOPPED,
+    Status.UNKNOWN: execution_pb2.EXECUTION_STATUS_UNKNOWN,
+}
+STATUS_FROM_PB = {v: k for k, v in STATUS_TO_PB.items()}
+
+TARGET_TO_PB = {
+    TargetStatus.COMPLETED: execution_pb2.TARGET_STATUS_COMPLETED,
+    TargetStatus.STOPPED: execution_pb2.TARGET_STATUS_STOPPED,
+    TargetStatus.DELETED: execution_pb2.TARGET_STATUS_DELETED,
+}
+
+PHASE_TO_PB = {
+    StepPhase.PENDING: execution_pb2.STEP_PHASE_PENDING,
+    StepPhase.RUNNING: execution_pb2.STEP_PHASE_RUNNING,
+    StepPhase.SUCCEEDED: execution_pb2.STEP_PHASE_SUCCEEDED,
+    StepPhase.FAILED: execution_pb2.STEP_PHASE_FAILED,
+    StepPhase.SKIPPED: execution_pb2.STEP_PHASE_SKIPPED,
+    StepPhase.STOPPED: execution_pb2.STEP_PHASE_STOPPED,
+}
+
+KIND_TO_PB = {
+    ArtifactKind.DATASET: artifact_pb2.ARTIFACT_KIND_DATASET,
+    ArtifactKind.MODEL: artifact_pb2.ARTIFACT_KIND_MODEL,
+    ArtifactKind.RESULTSET: artifact_pb2.ARTIFACT_KIND_RESULTSET,
+    ArtifactKind.OTHER: artifact_pb2.ARTIFACT_KIND_OTHER,
+}
+KIND_FROM_PB = {v: k for k, v in KIND_TO_PB.items()}
+
+PARAM_TO_PB = {
+    ParameterType.STRING: executable_pb2.PARAMETER_TYPE_STRING,
+    ParameterType.INT: executable_pb2.PARAMETER_TYPE_INT,
+    ParameterType.FLOAT: executable_pb2.PARAMETER_TYPE_FLOAT,
+}
+
+STREAM_TO_PB = {
+    LogStream.STDOUT: log_pb2.LOG_STREAM_STDOUT,
+    LogStream.STDERR: log_pb2.LOG_STREAM_STDERR,
+    LogStream.SYSTEM: log_pb2.LOG_STREAM_SYSTEM,
+}
+STREAM_FROM_PB = {v: k for k, v in STREAM_TO_PB.items()}
+
+
+def ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def from_ts(value: timestamp_pb2.Timestamp, field: str) -> datetime:
+    try:
+        return value.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidArgument.of(field, "timestamp out of range") from exc
+
+
+def status_from_pb(value: int, field: str) -> Status:
+    try:
+        return STATUS_FROM_PB[value]
+    except KeyError:
+        raise InvalidArgument.of(field, f"unknown execution status {value}") from None
+
+
+def statuses_from_pb(values, field: str) -> list[Status]:
+    return [
+        status_from_pb(v, f"{field}[{i}]")
+        for i, v in enumerate(values)
+        if v != execution_pb2.EXECUTION_STATUS_UNSPECIFIED
+    ]
+
+
+def kind_from_pb(value: int, field: str, *, allow_unspecified: bool = True) -> ArtifactKind | None:
+    if value == artifact_pb2.ARTIFACT_KIND_UNSPECIFIED:
+        if allow_unspecified:
+            return None
+        raise InvalidArgument.of(field, "is required")
+    try:
+        return KIND_FROM_PB[value]
+    except KeyError:
+        raise InvalidArgument.of(field, f"unknown artifact kind {value}") from None
+
+
+def streams_from_pb(values, field: str) -> list[LogStream]:
+    result = []
+    for i, v in enumerate(values):
+        if v == log_pb2.LOG_STREAM_UNSPECIFIED:
+            continue
+        if v not in STREAM_FROM_PB:
+            raise InvalidArgument.of(f"{field}[{i}]", f"unknown log stream {v}")
+        result.append(STREAM_FROM_PB[v])
+    return result
+
+
+def scenario_pb(scenario: Scenario, executable_count: int = 0) -> scenario_pb2.Scenario:
+    return scenario_pb2.Scenario(
+        id=scenario.id,
+        name=scenario.name,
+        description=scenario.description,
+        labels=scenario.labels,
+        create_time=ts(scenario.created_at),
+        update_time=ts(scenario.modified_at),
+        executable_count=executable_count,
+    )
+
+
+def executable_pb(exe: Executable, steps: list[str] | None = None) -> executable_pb2.Executable:
+    return executable_pb2.Executable(
+        id=exe.id,
+        name=exe.name,
+        version=exe.version,
+        scenario_id=exe.scenario_id,
+        description=exe.description,
+        deployable=exe.deployable,
+        labels=exe.labels,
+        parameters=[
+            executable_pb2.ParameterSpec(
+                name=p.name,
+                type=PARAM_TO_PB[p.type],
+                default_value=p.default,
+                description=p.description,
+            )
+            for p in exe.parameters
+        ],
+        input_artifacts=[
+            executable_pb2.InputArtifactSpec(
+                name=a.name,
+                kind=KIND_TO_PB[a.kind] if a.kind else artifact_pb2.ARTIFACT_KIND_UNSPECIFIED,
+                description=a.description,
+            )
+            for a in exe.input_artifacts
+        ],
+        output_artifacts=[
+            executable_pb2.OutputArtifactSpec(
+                name=a.name, kind=KIND_TO_PB[a.kind], step=a.step, description=a.description
+            )
+            for a in exe.output_artifacts
+        ],
+        steps=steps or [t.get("name", "") for t in exe.spec.get("templates", [])],
+        digest=exe.digest,
+        create_time=ts(exe.created_at),
+        update_time=ts(exe.modified_at),
+    )
+
+
+def artifact_pb(art: Artifact) -> artifact_pb2.Artifact:
+    return artifact_pb2.Artifact(
+        id=art.id,
+        name=art.name,
+        kind=KIND_TO_PB[art.kind],
+        url=art.url,
+        scenario_id=art.scenario_id,
+        description=art.description,
+        labels=art.labels,
+        execution_id=art.execution_id,
+        create_time=ts(art.created_at),
+        update_time=ts(art.modified_at),
+    )
+
+
+def configuration_pb(cfg: Configuration) -> configuration_pb2.Configuration:
+    return configuration_pb2.Configuration(
+        id=cfg.id,
+        name=cfg.name,
+        executable_id=cfg.executable_id,
+        executable_version=cfg.executable_version,
+        scenario_id=cfg.scenario_id,
+        parameter_bindings=[
+            configuration_pb2.ParameterBinding(key=k, value=v)
+            for k, v in cfg.parameter_bindings.items()
+        ],
+        input_artifact_bindings=[
+            configuration_pb2.InputArtifactBinding(key=k, artifact_id=v)
+            for k, v in cfg.input_artifact_bindings.items()
+        ],
+        create_time=ts(cfg.created_at),
+    )
+
+
+def step_pb(step: StepDetail) -> execution_pb2.StepDetail:
+    return execution_pb2.StepDetail(
+        name=step.name,
+        phase=PHASE_TO_PB[step.phase],
+        start_time=ts(step.started_at),
+        finish_time=ts(step.finished_at),
+        exit_code=step.exit_code,
+        message=step.message,
+    )
+
+
+def transition_pb(tr: Transition) -> execution_pb2.StatusTransition:
+    return execution_pb2.StatusTransition(
+        sequence=tr.seq,
+        from_status=STATUS_TO_PB[tr.from_status] if tr.from_status else 0,
+        to_status=STATUS_TO_PB[tr.to_status],
+        time=ts(tr.at),
+        cause=tr.cause,
+        message=tr.message,
+    )
+
+
+def execution_pb(
+    ex: Execution,
+    artifacts: list[Artifact] | None = None,
+    configuration_name: str = "",
+    with_history: bool = True,
+) -> execution_pb2.Execution:
+    return execution_pb2.Execution(
+        id=ex.id,
+        configuration_id=ex.configuration_id,
+        configuration_name=configuration_name,
+        executable_id=ex.executable_id,
+        scenario_id=ex.scenario_id,
+        status=STATUS_TO_PB[ex.status],
+        target_status=TARGET_TO_PB[ex.target_status],
+        status_message=ex.status_message,
+        step_details=[step_pb(s) for s in ex.step_details],
+        output_artifacts=[artifact_pb(a) for a in artifacts or []],
+        create_time=ts(ex.created_at),
+        submit_time=ts(ex.submitted_at),
+        start_time=ts(ex.started_at),
+        complete_time=ts(ex.completed_at),
+        update_time=ts(ex.modified_at),
+        history=[transition_pb(t) for t in ex.history] if with_history else [],
+    )
+
+
+def log_line_pb(line: LogLine) -> log_pb2.LogLine:
+    return log_pb2.LogLine(
+        sequence=line.seq,
+        time=ts(line.at),
+        step=line.step,
+        stream=STREAM_TO_PB[line.stream],
+        text=line.text,
+    )

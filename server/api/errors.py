@@ -1,0 +1,213 @@
+"""Domain errors -> gRPC status with google.rpc details, and the interceptor that
+applies it to every unary and streaming call, binds the request context and writes
+one canonical log line per call."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import structlog
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from server.api import context as ctx
+from server.domain import validation
+from server.domain.errors import (
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
+
+log = structlog.get_logger("trainyard.rpc")
+
+ERROR_DOMAIN = "trainyard.dev"
+DETAILS_KEY = "grpc-status-details-bin"
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def to_status(error: DomainError, request_id: str) -> tuple[grpc.StatusCode, str, bytes]:
+    """The gRPC code, message and serialized google.rpc.Status of a domain error."""
+    code = getattr(grpc.StatusCode, error.code, grpc.StatusCode.INTERNAL)
+    metadata = dict(error.metadata)
+    if request_id:
+        metadata.setdefault("request_id", request_id)
+    details = [
+        _pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata))
+    ]
+    if isinstance(error, InvalidArgument) and error.violations:
+        details.append(
+            _pack(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=v.field, description=v.description
+                        )
+                        for v in error.violations
+                    ]
+                )
+            )
+        )
+    if isinstance(error, NotFound) and error.resource_type:
+        details.append(
+            _pack(
+                error_details_pb2.ResourceInfo(
+                    resource_type=error.resource_type,
+                    resource_name=error.resource_name,
+                    description=error.message,
+                )
+            )
+        )
+    if isinstance(error, FailedPrecondition):
+        details.append(
+            _pack(
+                error_details_pb2.PreconditionFailure(
+                    violations=[
+                        error_details_pb2.PreconditionFailure.Violation(
+                            type=error.reason,
+                            subject=metadata.get("execution_id", ""),
+                            description=error.message,
+                        )
+                    ]
+                )
+            )
+        )
+    if isinstance(error, ResourceExhausted):
+        details.append(
+            _pack(
+                error_details_pb2.QuotaFailure(
+                    violations=[
+                        error_details_pb2.QuotaFailure.Violation(
+                            subject=error.reason, description=error.message
+                        )
+                    ]
+                )
+            )
+        )
+    status = status_pb2.Status(
+        code=getattr(code_pb2, error.code, code_pb2.INTERNAL),
+        message=error.message,
+        details=details,
+    )
+    return code, error.message, status.SerializeToString()
+
+
+def _internal(request_id: str) -> DomainError:
+    return DomainError(
+        message=f"internal error (request id {request_id})",
+        reason="INTERNAL_ERROR",
+        metadata={"request_id": request_id},
+    )
+
+
+def _metadata(details: grpc.HandlerCallDetails) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for key, value in details.invocation_metadata or ():
+        if isinstance(value, str):
+            result[key] = value
+    return result
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Binds request id / rpc / resource group, maps errors, logs each call once."""
+
+    def __init__(self, default_resource_group: str = "default"):
+        self.default_resource_group = default_resource_group
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        if method.startswith("/grpc.health") or method.startswith("/grpc.reflection"):
+            return handler
+        metadata = _metadata(handler_call_details)
+
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary_unary(request, context):
+                start = self._begin(method, metadata)
+                try:
+                    validation.check_resource_group(ctx.resource_group())
+                    return await inner(request, context)
+                except Exception as exc:  # noqa: BLE001 - mapped below, never leaked
+                    await self._fail(context, exc)
+                finally:
+                    self._end(method, context, start)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+
+            async def unary_stream(request, context) -> AsyncIterator[Any]:
+                start = self._begin(method, metadata)
+                try:
+                    validation.check_resource_group(ctx.resource_group())
+                    async for item in inner_stream(request, context):
+                        yield item
+                except Exception as exc:  # noqa: BLE001
+                    await self._fail(context, exc)
+                finally:
+                    self._end(method, context, start)
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _begin(self, method: str, metadata: dict[str, str]) -> float:
+        request_id = metadata.get(ctx.REQUEST_ID_KEY) or uuid.uuid4().hex
+        group = metadata.get(ctx.RESOURCE_GROUP_KEY) or self.default_resource_group
+        ctx.request_id_var.set(request_id)
+        ctx.resource_group_var.set(group)
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(
+            request_id=request_id, rpc=method, resource_group=group
+        )
+        return time.perf_counter()
+
+    async def _fail(self, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+        request_id = ctx.request_id_var.get()
+        if isinstance(exc, grpc.aio.AbortError):
+            raise exc
+        if isinstance(exc, DomainError):
+            error = exc
+        else:
+            log.error("unexpected error", exc_info=exc)
+            error = _internal(request_id)
+        code, message, status = to_status(error, request_id)
+        await context.abort(code, message, trailing_metadata=((DETAILS_KEY, status),))
+
+    def _end(self, method: str, context: grpc.aio.ServicerContext, start: float) -> None:
+        code = context.code()
+        if code is None:
+            name = "OK"
+        elif isinstance(code, grpc.StatusCode):
+            name = code.name
+        else:
+            name = str(code)
+        duration_ms = round((time.perf_counter() - start) * 1000, 3)
+        level = log.warning if name == "INTERNAL" else log.info
+        level("rpc", code=name, duration_ms=duration_ms)

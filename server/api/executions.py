@@ -1,0 +1,107 @@
+"""Handlers of the execution service (unary calls; the watch stream lives in
+server/api/watch.py)."""
+
+from __future__ import annotations
+
+import grpc
+
+from server.api import convert
+from server.api.context import resource_group
+from server.domain.models import Execution
+from server.domain.service import BatchOutcome, ControlPlane
+from trainyard.v1 import execution_pb2, execution_service_pb2_grpc
+from trainyard.v1 import execution_service_pb2 as pb
+
+
+class ExecutionService(execution_service_pb2_grpc.ExecutionServiceServicer):
+    def __init__(self, plane: ControlPlane):
+        self.plane = plane
+
+    def render(self, executions: list[Execution], with_history: bool) -> list[execution_pb2.Execution]:
+        """Executions as messages, with their artifacts and configuration names fetched
+        in two queries for the whole list."""
+        if not executions:
+            return []
+        group = executions[0].resource_group
+        store = self.plane.store
+        artifact_ids = [a for e in executions for a in e.output_artifact_ids]
+        artifacts = {a.id: a for a in store.get_artifacts(group, artifact_ids)}
+        names = {
+            c.id: c.name
+            for c in store.get_configurations(group, [e.configuration_id for e in executions]).values()
+        }
+        return [
+            convert.execution_pb(
+                e,
+                artifacts=[artifacts[a] for a in e.output_artifact_ids if a in artifacts],
+                configuration_name=names.get(e.configuration_id, ""),
+                with_history=with_history,
+            )
+            for e in executions
+        ]
+
+    def one(self, execution: Execution) -> execution_pb2.Execution:
+        return self.render([execution], with_history=True)[0]
+
+    async def CreateExecution(self, request, context):
+        execution = self.plane.create_execution(
+            resource_group(), request.configuration_id, request.request_id
+        )
+        return pb.CreateExecutionResponse(execution=self.one(execution))
+
+    async def GetExecution(self, request, context):
+        execution = self.plane.get_execution(resource_group(), request.execution_id)
+        return pb.GetExecutionResponse(execution=self.one(execution))
+
+    async def ListExecutions(self, request, context):
+        page = self.plane.list_executions(
+            resource_group(),
+            request.page_size,
+            request.page_token,
+            statuses=convert.statuses_from_pb(request.statuses, "statuses"),
+            scenario_id=request.scenario_id,
+            executable_id=request.executable_id,
+            configuration_id=request.configuration_id,
+        )
+        return pb.ListExecutionsResponse(
+            executions=self.render(page.items, with_history=False),
+            next_page_token=page.next_page_token,
+            total_size=page.total_size,
+        )
+
+    async def StopExecution(self, request, context):
+        execution = self.plane.stop_execution(resource_group(), request.execution_id)
+        return pb.StopExecutionResponse(execution=self.one(execution))
+
+    async def DeleteExecution(self, request, context):
+        self.plane.delete_execution(
+            resource_group(), request.execution_id, keep_metrics=request.keep_metrics
+        )
+        return pb.DeleteExecutionResponse(execution_id=request.execution_id)
+
+    async def BatchStopExecutions(self, request, context):
+        outcomes = self.plane.batch_stop(resource_group(), list(request.execution_ids))
+        return pb.BatchStopExecutionsResponse(outcomes=[_outcome_pb(o) for o in outcomes])
+
+    async def BatchDeleteExecutions(self, request, context):
+        outcomes = self.plane.batch_delete(
+            resource_group(), list(request.execution_ids), keep_metrics=request.keep_metrics
+        )
+        return pb.BatchDeleteExecutionsResponse(outcomes=[_outcome_pb(o) for o in outcomes])
+
+    async def ListExecutionHistory(self, request, context):
+        history = self.plane.execution_history(resource_group(), request.execution_id)
+        return pb.ListExecutionHistoryResponse(
+            transitions=[convert.transition_pb(t) for t in history]
+        )
+
+
+def _outcome_pb(outcome: BatchOutcome) -> pb.BatchItemOutcome:
+    return pb.BatchItemOutcome(
+        execution_id=outcome.execution_id,
+        ok=outcome.ok,
+        code=getattr(grpc.StatusCode, outcome.code).value[0],
+        reason=outcome.reason,
+        message=outcome.message,
+        status=convert.STATUS_TO_PB[outcome.status] if outcome.status else 0,
+    )

@@ -1,0 +1,27 @@
+"""Handler of the meta service: version and capabilities."""
+
+from __future__ import annotations
+
+from server import __version__
+from server.config import Settings
+from trainyard.v1 import meta_service_pb2 as pb
+from trainyard.v1 import meta_service_pb2_grpc
+
+
+class MetaService(meta_service_pb2_grpc.MetaServiceServicer):
+    def __init__(self, settings: Settings, capabilities: dict[str, bool], runtime: str, store: str):
+        self.settings = settings
+        self.capabilities = capabilities
+        self.runtime = runtime
+        self.store = store
+
+    async def GetMeta(self, request, context):
+        return pb.GetMetaResponse(
+            version=__version__,
+            api_version="v1",
+            capabilities=pb.Capabilities(**self.capabilities),
+            runtime=self.runtime,
+            store=self.store,
+            default_resource_group=self.settings.default_resource_group,
+            max_concurrent_executions=self.settings.max_concurrent_executions,
+        )

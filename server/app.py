@@ -1,0 +1,154 @@
+"""Assembles the server: store, control plane, runtime, gRPC services, health and
+reflection; starts and stops it."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from dataclasses import dataclass, field
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from server.api.errors import ErrorInterceptor
+from server.api.executions import ExecutionService
+from server.api.logs import LogService
+from server.api.meta import MetaService
+from server.api.resources import (
+    ArtifactService,
+    ConfigurationService,
+    ExecutableService,
+    ScenarioService,
+)
+from server.config import Settings
+from server.domain.logs import LogReader
+from server.domain.service import ControlPlane
+from server.store.repository import Store
+from trainyard.v1 import (
+    artifact_service_pb2,
+    artifact_service_pb2_grpc,
+    configuration_service_pb2,
+    configuration_service_pb2_grpc,
+    executable_service_pb2,
+    executable_service_pb2_grpc,
+    execution_service_pb2,
+    execution_service_pb2_grpc,
+    log_service_pb2,
+    log_service_pb2_grpc,
+    meta_service_pb2,
+    meta_service_pb2_grpc,
+    scenario_service_pb2,
+    scenario_service_pb2_grpc,
+)
+
+log = structlog.get_logger("trainyard.server")
+
+SERVICE_NAMES = [
+    scenario_service_pb2.DESCRIPTOR.services_by_name["ScenarioService"].full_name,
+    executable_service_pb2.DESCRIPTOR.services_by_name["ExecutableService"].full_name,
+    artifact_service_pb2.DESCRIPTOR.services_by_name["ArtifactService"].full_name,
+    configuration_service_pb2.DESCRIPTOR.services_by_name["ConfigurationService"].full_name,
+    execution_service_pb2.DESCRIPTOR.services_by_name["ExecutionService"].full_name,
+    log_service_pb2.DESCRIPTOR.services_by_name["LogService"].full_name,
+    meta_service_pb2.DESCRIPTOR.services_by_name["MetaService"].full_name,
+]
+
+
+@dataclass
+class TrainyardServer:
+    """A running server. ``port`` is the bound port (useful with port 0)."""
+
+    settings: Settings
+    store: Store
+    plane: ControlPlane
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        host = self.settings.address.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    async def stop(self, grace: float | None = 5.0) -> None:
+        """Graceful shutdown: refuse new calls, let running ones finish within
+        ``grace`` seconds, stop every execution process, close the store."""
+        if self.health is not None:
+            await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        if self.plane.runtime is not None:
+            await self.plane.runtime.close()
+        self.store.close()
+        log.info("server stopped")
+
+
+async def start_server(settings: Settings) -> TrainyardServer:
+    store = Store(settings.database_url)
+    plane = ControlPlane(store=store, default_resource_group=settings.default_resource_group)
+    if settings.executables_dir is not None:
+        loaded = plane.load_executables(settings.executables_dir, settings.default_resource_group)
+        log.info("executables loaded", count=len(loaded), directory=str(settings.executables_dir))
+
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.aio.server(
+        interceptors=[ErrorInterceptor(settings.default_resource_group)], options=options
+    )
+    scenario_service_pb2_grpc.add_ScenarioServiceServicer_to_server(ScenarioService(plane), server)
+    executable_service_pb2_grpc.add_ExecutableServiceServicer_to_server(
+        ExecutableService(plane), server
+    )
+    artifact_service_pb2_grpc.add_ArtifactServiceServicer_to_server(ArtifactService(plane), server)
+    configuration_service_pb2_grpc.add_ConfigurationServiceServicer_to_server(
+        ConfigurationService(plane), server
+    )
+    execution_service_pb2_grpc.add_ExecutionServiceServicer_to_server(
+        ExecutionService(plane), server
+    )
+    log_service_pb2_grpc.add_LogServiceServicer_to_server(LogService(LogReader(plane)), server)
+    capabilities = {
+        "logs": True,
+        "log_streaming": False,
+        "bulk_updates": True,
+        "status_watch": False,
+        "metrics": False,
+        "idempotent_creates": True,
+        "executable_registration": True,
+    }
+    meta_service_pb2_grpc.add_MetaServiceServicer_to_server(
+        MetaService(settings, capabilities, runtime="none", store=store.kind), server
+    )
+
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*SERVICE_NAMES, reflection.SERVICE_NAME, health.SERVICE_NAME], server
+    )
+
+    port = server.add_insecure_port(settings.address)
+    if port == 0:
+        raise RuntimeError(f"cannot listen on {settings.address}")
+    await server.start()
+    for name in ["", *SERVICE_NAMES]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    running = TrainyardServer(settings, store, plane, server, port, health_servicer)
+    log.info("server started", address=running.address, database=settings.database_url)
+    return running
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    running = await start_server(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await running.stop(grace=5.0)

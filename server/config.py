@@ -1,0 +1,80 @@
+"""Server settings, from command-line flags and TRAINYARD_* environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(slots=True)
+class Settings:
+    address: str = "127.0.0.1:50051"
+    data_dir: Path = field(default_factory=lambda: Path(".data"))
+    database_url: str = ""  # default: sqlite file under data_dir
+    executables_dir: Path | None = None
+    default_resource_group: str = "default"
+    log_format: str = "auto"  # auto | json | console
+    log_level: str = "info"
+    max_concurrent_executions: int = 4
+    stop_grace_seconds: float = 10.0
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_streams_per_client: int = 64
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir)
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'trainyard.db'}"
+
+    @property
+    def work_dir(self) -> Path:
+        """Where executions get their working directories."""
+        return self.data_dir / "executions"
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"TRAINYARD_{name}", default)
+
+
+def parse_args(argv: list[str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser(
+        prog="trainyard-server", description="Run the Trainyard control plane."
+    )
+    parser.add_argument("--address", default=_env("ADDRESS", "127.0.0.1:50051"),
+                        help="host:port to listen on (TRAINYARD_ADDRESS)")
+    parser.add_argument("--data-dir", default=_env("DATA_DIR", ".data"),
+                        help="directory for the database and execution files (TRAINYARD_DATA_DIR)")
+    parser.add_argument("--database-url", default=_env("DATABASE_URL", ""),
+                        help="metadata store URL, default sqlite:///DATA_DIR/trainyard.db "
+                        "(TRAINYARD_DATABASE_URL)")
+    parser.add_argument("--executables-dir", default=_env("EXECUTABLES_DIR"),
+                        help="directory of WorkflowTemplate YAML files loaded at start "
+                        "(TRAINYARD_EXECUTABLES_DIR)")
+    parser.add_argument("--default-resource-group", default=_env("DEFAULT_RESOURCE_GROUP", "default"),
+                        help="resource group of requests without ai-resource-group metadata")
+    parser.add_argument("--log-format", choices=["auto", "json", "console"],
+                        default=_env("LOG_FORMAT", "auto"),
+                        help="json, console, or auto: console on a terminal (TRAINYARD_LOG_FORMAT)")
+    parser.add_argument("--log-level", default=_env("LOG_LEVEL", "info"),
+                        help="debug, info, warning or error (TRAINYARD_LOG_LEVEL)")
+    parser.add_argument("--max-concurrent-executions", type=int,
+                        default=int(_env("MAX_CONCURRENT_EXECUTIONS", "4")),
+                        help="executions running at once; others wait PENDING")
+    parser.add_argument("--stop-grace-seconds", type=float,
+                        default=float(_env("STOP_GRACE_SECONDS", "10")),
+                        help="time between SIGTERM and SIGKILL when stopping a step")
+    args = parser.parse_args(argv)
+    if args.max_concurrent_executions < 1:
+        parser.error("--max-concurrent-executions must be at least 1")
+    return Settings(
+        address=args.address,
+        data_dir=Path(args.data_dir),
+        database_url=args.database_url,
+        executables_dir=Path(args.executables_dir) if args.executables_dir else None,
+        default_resource_group=args.default_resource_group,
+        log_format=args.log_format,
+        log_level=args.log_level,
+        max_concurrent_executions=args.max_concurrent_executions,
+        stop_grace_seconds=args.stop_grace_seconds,
+    )

@@ -1,0 +1,70 @@
+"""Opaque page tokens: a keyset position bound to the filter it was issued for."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from server.domain.errors import InvalidArgument
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class PageRequest:
+    """What the store needs: how many items, and the key of the last item already seen."""
+
+    size: int
+    after: Any = None
+
+
+def _filter_digest(filters: dict[str, Any]) -> str:
+    canonical = json.dumps(filters, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def encode_token(after: Any, filters: dict[str, Any]) -> str:
+    raw = json.dumps({"a": after, "f": _filter_digest(filters)}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def page_request(
+    page_size: int,
+    page_token: str,
+    filters: dict[str, Any],
+    *,
+    default: int = DEFAULT_PAGE_SIZE,
+    maximum: int = MAX_PAGE_SIZE,
+    size_field: str = "page_size",
+    token_field: str = "page_token",
+) -> PageRequest:
+    """Validate a (page_size, page_token) pair against ``filters``."""
+    if page_size < 0 or page_size > maximum:
+        raise InvalidArgument.of(size_field, f"must be between 0 and {maximum}")
+    size = page_size or default
+    if not page_token:
+        return PageRequest(size=size)
+    try:
+        if len(page_token) > 1024:
+            raise ValueError("too long")
+        padded = page_token + "=" * (-len(page_token) % 4)
+        decoded = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        after = decoded["a"]
+        digest = decoded["f"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise InvalidArgument.of(
+            token_field, "malformed page token", reason="INVALID_PAGE_TOKEN"
+        ) from exc
+    if digest != _filter_digest(filters):
+        raise InvalidArgument.of(
+            token_field,
+            "page token was issued for a different filter",
+            reason="INVALID_PAGE_TOKEN",
+        )
+    if after is None:
+        raise InvalidArgument.of(token_field, "malformed page token", reason="INVALID_PAGE_TOKEN")
+    return PageRequest(size=size, after=after)

@@ -1,0 +1,461 @@
+"""The control plane's use cases: what each API call does, free of protobuf and peewee.
+
+API handlers call these methods; the runtime reports progress through ``transition``
+and ``update_execution``. Every committed change of an execution is announced to the
+``listeners`` (status watch streams subscribe there).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from server.domain import templates, validation
+from server.domain.errors import DomainError, InvalidArgument
+from server.domain.models import (
+    Artifact,
+    ArtifactKind,
+    Configuration,
+    Executable,
+    Execution,
+    Page,
+    Scenario,
+    Status,
+    StepDetail,
+    StepPhase,
+    TargetStatus,
+    Transition,
+)
+from server.domain.paging import page_request
+from server.domain.validation import Violations
+
+if TYPE_CHECKING:
+    from server.runtime.base import Runtime
+    from server.store.repository import Store
+
+log = structlog.get_logger(__name__)
+
+MAX_DEFINITION_BYTES = 1024 * 1024
+MAX_BATCH = 100
+
+
+def new_id() -> str:
+    """A random 16-hex-digit id."""
+    return secrets.token_hex(8)
+
+
+@dataclass(slots=True)
+class ExecutionEvent:
+    """A committed change of one execution, for watchers."""
+
+    kind: str  # "created" | "transition" | "step" | "deleted"
+    execution: Execution
+    transition: Transition | None = None
+    step: StepDetail | None = None
+
+
+@dataclass(slots=True)
+class BatchOutcome:
+    execution_id: str
+    ok: bool
+    code: str = "OK"
+    reason: str = ""
+    message: str = ""
+    status: Status | None = None
+
+
+@dataclass
+class ControlPlane:
+    store: Store
+    default_resource_group: str = "default"
+    runtime: Runtime | None = None
+    listeners: list[Callable[[ExecutionEvent], None]] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ events
+
+    def _announce(self, event: ExecutionEvent) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(event)
+            except Exception:  # a faulty listener must not break a state change
+                log.exception("execution listener failed", execution_id=event.execution.id)
+
+    # -------------------------------------------------------------- executables
+
+    def register_executable(self, resource_group: str, definition: str) -> tuple[Executable, bool]:
+        if not definition.strip():
+            raise InvalidArgument.of("definition", "is required")
+        if len(definition.encode()) > MAX_DEFINITION_BYTES:
+            raise InvalidArgument.of("definition", "must be at most 1 MiB")
+        parsed = templates.parse_template_text(definition, resource_group)
+        if len(parsed) != 1:
+            raise InvalidArgument.of(
+                "definition", f"must hold exactly one WorkflowTemplate, found {len(parsed)}"
+            )
+        return self.store.put_executable(parsed[0])
+
+    def load_executables(self, directory: str | Path, resource_group: str) -> list[Executable]:
+        """Load every template of ``directory``; broken files are logged and skipped."""
+        loaded, failures = templates.load_directory(directory, resource_group)
+        stored: list[Executable] = []
+        for exe in loaded:
+            try:
+                stored.append(self.store.put_executable(exe)[0])
+            except DomainError as exc:
+                log.warning("executable not loaded", executable_id=exe.id, error=str(exc))
+        for path, error in failures:
+            log.warning("executable file not loaded", file=str(path), error=error)
+        return stored
+
+    def get_executable(self, resource_group: str, executable_id: str, version: str = "") -> Executable:
+        v = Violations()
+        validation.check_id(v, "executable_id", executable_id)
+        v.raise_if_any()
+        return self.store.get_executable(resource_group, executable_id, version)
+
+    def list_executables(
+        self,
+        resource_group: str,
+        page_size: int,
+        page_token: str,
+        scenario_id: str = "",
+        all_versions: bool = False,
+    ) -> Page[Executable]:
+        filters = {"scenario_id": scenario_id, "all_versions": all_versions}
+        page = page_request(page_size, page_token, filters)
+        return self.store.list_executables(resource_group, page, scenario_id, all_versions)
+
+    # ---------------------------------------------------------------- scenarios
+
+    def get_scenario(self, resource_group: str, scenario_id: str) -> tuple[Scenario, int]:
+        v = Violations()
+        validation.check_id(v, "scenario_id", scenario_id)
+        v.raise_if_any()
+        scenario = self.store.get_scenario(resource_group, scenario_id)
+        return scenario, self.store.count_executables(resource_group, scenario_id)
+
+    def list_scenarios(
+        self, resource_group: str, page_size: int, page_token: str
+    ) -> Page[tuple[Scenario, int]]:
+        page = self.store.list_scenarios(resource_group, page_request(page_size, page_token, {}))
+        items = [(s, self.store.count_executables(resource_group, s.id)) for s in page.items]
+        return Page(items, page.next_page_token, page.total_size)
+
+    # ---------------------------------------------------------------- artifacts
+
+    def create_artifact(
+        self,
+        resource_group: str,
+        *,
+        name: str,
+        kind: ArtifactKind | None,
+        url: str,
+        scenario_id: str,
+        description: str = "",
+        labels: dict[str, str] | None = None,
+        request_id: str = "",
+    ) -> Artifact:
+        labels = labels or {}
+        v = Violations()
+        validation.check_name(v, "artifact.name", name)
+        if kind is None:
+            v.add("artifact.kind", "is required")
+        validation.check_url(v, "artifact.url", url)
+        validation.check_id(v, "artifact.scenario_id", scenario_id)
+        validation.check_text(v, "artifact.description", description)
+        validation.check_labels(v, "artifact.labels", labels)
+        validation.check_request_id(v, request_id)
+        v.raise_if_any()
+        self.store.get_scenario(resource_group, scenario_id)
+        artifact = Artifact(
+            id=new_id(),
+            resource_group=resource_group,
+            name=name,
+            kind=kind,
+            url=url,
+            scenario_id=scenario_id,
+            description=description,
+            labels=labels,
+        )
+        return self.store.create_artifact(artifact, request_id)
+
+    def register_output_artifact(self, artifact: Artifact) -> Artifact:
+        """Runtime use: register an artifact an execution produced."""
+        if not artifact.id:
+            artifact.id = new_id()
+        return self.store.create_artifact(artifact)
+
+    def get_artifact(self, resource_group: str, artifact_id: str) -> Artifact:
+        v = Violations()
+        validation.check_id(v, "artifact_id", artifact_id)
+        v.raise_if_any()
+        return self.store.get_artifact(resource_group, artifact_id)
+
+    def list_artifacts(
+        self,
+        resource_group: str,
+        page_size: int,
+        page_token: str,
+        *,
+        scenario_id: str = "",
+        kind: ArtifactKind | None = None,
+        execution_id: str = "",
+        labels: dict[str, str] | None = None,
+        name: str = "",
+    ) -> Page[Artifact]:
+        v = Violations()
+        validation.check_labels(v, "labels", labels or {})
+        v.raise_if_any()
+        filters = {
+            "scenario_id": scenario_id,
+            "kind": str(kind or ""),
+            "execution_id": execution_id,
+            "labels": labels or {},
+            "name": name,
+        }
+        page = page_request(page_size, page_token, filters)
+        return self.store.list_artifacts(
+            resource_group,
+            page,
+            scenario_id=scenario_id,
+            kind=kind,
+            execution_id=execution_id,
+            labels=labels,
+            name=name,
+        )
+
+    # ----------------------------------------------------------- configurations
+
+    def create_configuration(
+        self,
+        resource_group: str,
+        *,
+        name: str,
+        executable_id: str,
+        executable_version: str = "",
+        scenario_id: str,
+        parameters: list[tuple[str, str]],
+        artifact_bindings: list[tuple[str, str]],
+        request_id: str = "",
+    ) -> Configuration:
+        v = Violations()
+        validation.check_name(v, "configuration.name", name)
+        validation.check_id(v, "configuration.executable_id", executable_id)
+        validation.check_id(v, "configuration.scenario_id", scenario_id)
+        validation.check_request_id(v, request_id)
+        for i, (key, _) in enumerate(parameters):
+            if not key:
+                v.add(f"configuration.parameter_bindings[{i}].key", "is required")
+        for i, (key, artifact_id) in enumerate(artifact_bindings):
+            if not key:
+                v.add(f"configuration.input_artifact_bindings[{i}].key", "is required")
+            validation.check_id(v, f"configuration.input_artifact_bindings[{i}].artifact_id", artifact_id)
+        v.raise_if_any()
+        executable = self.store.get_executable(resource_group, executable_id, executable_version)
+        artifacts = {
+            a.id: a
+            for a in self.store.get_artifacts(resource_group, [aid for _, aid in artifact_bindings])
+        }
+        resolved, bound = validation.check_configuration(
+            executable, scenario_id, parameters, artifact_bindings, artifacts
+        )
+        configuration = Configuration(
+            id=new_id(),
+            resource_group=resource_group,
+            name=name,
+            executable_id=executable.id,
+            executable_version=executable.version,
+            scenario_id=executable.scenario_id,
+            parameter_bindings=resolved,
+            input_artifact_bindings=bound,
+        )
+        return self.store.create_configuration(configuration, request_id)
+
+    def get_configuration(self, resource_group: str, configuration_id: str) -> Configuration:
+        v = Violations()
+        validation.check_id(v, "configuration_id", configuration_id)
+        v.raise_if_any()
+        return self.store.get_configuration(resource_group, configuration_id)
+
+    def list_configurations(
+        self,
+        resource_group: str,
+        page_size: int,
+        page_token: str,
+        scenario_id: str = "",
+        executable_id: str = "",
+    ) -> Page[Configuration]:
+        filters = {"scenario_id": scenario_id, "executable_id": executable_id}
+        page = page_request(page_size, page_token, filters)
+        return self.store.list_configurations(resource_group, page, scenario_id, executable_id)
+
+    # --------------------------------------------------------------- executions
+
+    def create_execution(
+        self, resource_group: str, configuration_id: str, request_id: str = ""
+    ) -> Execution:
+        v = Violations()
+        validation.check_id(v, "configuration_id", configuration_id)
+        validation.check_request_id(v, request_id)
+        v.raise_if_any()
+        configuration = self.store.get_configuration(resource_group, configuration_id)
+        executable = self.store.get_executable(
+            resource_group, configuration.executable_id, configuration.executable_version
+        )
+        steps = templates.step_names(executable.spec) if hasattr(templates, "step_names") else []
+        execution = Execution(
+            id=new_id(),
+            resource_group=resource_group,
+            configuration_id=configuration.id,
+            executable_id=configuration.executable_id,
+            scenario_id=configuration.scenario_id,
+            step_details=[StepDetail(name=s, phase=StepPhase.PENDING) for s in steps],
+        )
+        stored, created = self.store.create_execution(execution, request_id)
+        if created:
+            self._announce(ExecutionEvent("created", stored, transition=stored.history[-1]))
+            if self.runtime is not None:
+                self.runtime.submit(stored.id)
+        return stored
+
+    def get_execution(self, resource_group: str, execution_id: str) -> Execution:
+        v = Violations()
+        validation.check_id(v, "execution_id", execution_id)
+        v.raise_if_any()
+        return self.store.get_execution(resource_group, execution_id)
+
+    def execution_history(self, resource_group: str, execution_id: str) -> list[Transition]:
+        return self.get_execution(resource_group, execution_id).history
+
+    def list_executions(
+        self,
+        resource_group: str,
+        page_size: int,
+        page_token: str,
+        *,
+        statuses: Sequence[Status] = (),
+        scenario_id: str = "",
+        executable_id: str = "",
+        configuration_id: str = "",
+    ) -> Page[Execution]:
+        filters = {
+            "statuses": sorted(str(s) for s in statuses),
+            "scenario_id": scenario_id,
+            "executable_id": executable_id,
+            "configuration_id": configuration_id,
+        }
+        page = page_request(page_size, page_token, filters)
+        return self.store.list_executions(
+            resource_group,
+            page,
+            statuses=statuses,
+            scenario_id=scenario_id,
+            executable_id=executable_id,
+            configuration_id=configuration_id,
+        )
+
+    def stop_execution(self, resource_group: str, execution_id: str) -> Execution:
+        v = Violations()
+        validation.check_id(v, "execution_id", execution_id)
+        v.raise_if_any()
+        stopped = self.store.request_stop(resource_group, execution_id)
+        self._announce_transition(stopped)
+        if self.runtime is not None:
+            self.runtime.stop(execution_id)
+        return self.store.get_execution(resource_group, execution_id)
+
+    def delete_execution(
+        self, resource_group: str, execution_id: str, keep_metrics: bool = False
+    ) -> None:
+        v = Violations()
+        validation.check_id(v, "execution_id", execution_id)
+        v.raise_if_any()
+        execution = self.store.get_execution(resource_group, execution_id, with_history=False)
+        self.store.delete_execution(resource_group, execution_id, keep_metrics)
+        execution.target_status = TargetStatus.DELETED
+        self._announce(ExecutionEvent("deleted", execution))
+        if self.runtime is not None:
+            self.runtime.forget(execution_id)
+
+    def _batch(self, execution_ids: Sequence[str], action: Callable[[str], Any]) -> list[BatchOutcome]:
+        v = Violations()
+        if not execution_ids:
+            v.add("execution_ids", "at least one id is required")
+        if len(execution_ids) > MAX_BATCH:
+            v.add("execution_ids", f"at most {MAX_BATCH} ids")
+        seen: set[str] = set()
+        for i, eid in enumerate(execution_ids):
+            validation.check_id(v, f"execution_ids[{i}]", eid)
+            if eid in seen:
+                v.add(f"execution_ids[{i}]", f"duplicate id {eid!r}")
+            seen.add(eid)
+        v.raise_if_any()
+        outcomes = []
+        for eid in execution_ids:
+            try:
+                result = action(eid)
+                status = result.status if isinstance(result, Execution) else None
+                outcomes.append(BatchOutcome(eid, True, status=status))
+            except DomainError as exc:
+                status = exc.metadata.get("status")
+                outcomes.append(
+                    BatchOutcome(
+                        eid,
+                        False,
+                        code=exc.code,
+                        reason=exc.reason,
+                        message=exc.message,
+                        status=Status(status) if status else None,
+                    )
+                )
+        return outcomes
+
+    def batch_stop(self, resource_group: str, execution_ids: Sequence[str]) -> list[BatchOutcome]:
+        return self._batch(execution_ids, lambda eid: self.stop_execution(resource_group, eid))
+
+    def batch_delete(
+        self, resource_group: str, execution_ids: Sequence[str], keep_metrics: bool = False
+    ) -> list[BatchOutcome]:
+        return self._batch(
+            execution_ids,
+            lambda eid: self.delete_execution(resource_group, eid, keep_metrics),
+        )
+
+    # ----------------------------------------------------------- runtime reports
+
+    def _announce_transition(self, execution: Execution) -> None:
+        history = self.store.history(execution.id)
+        execution.history = history
+        self._announce(ExecutionEvent("transition", execution, transition=history[-1]))
+
+    def transition(
+        self,
+        execution_id: str,
+        to_status: Status,
+        cause: str,
+        message: str = "",
+        **kwargs: Any,
+    ) -> Execution:
+        """Runtime use: move an execution along the lifecycle and announce it."""
+        execution = self.store.transition(execution_id, to_status, cause, message, **kwargs)
+        self._announce_transition(execution)
+        return execution
+
+    def update_execution(self, execution_id: str, *, changed_step: StepDetail | None = None, **kwargs: Any) -> Execution:
+        """Runtime use: update step details, outputs or the submit time."""
+        execution = self.store.update_execution(execution_id, **kwargs)
+        if changed_step is not None:
+            self._announce(ExecutionEvent("step", execution, step=changed_step))
+        return execution
+
+    def require_execution(self, resource_group: str, execution_id: str) -> Execution:
+        """The execution without history; NotFound outside ``resource_group``."""
+        v = Violations()
+        validation.check_id(v, "execution_id", execution_id)
+        v.raise_if_any()
+        return self.store.get_execution(resource_group, execution_id, with_history=False)

@@ -1,0 +1,981 @@
+"""The repository: every read and write of Trainyard's metadata.
+
+Methods are synchronous and short; each write is one transaction (``atomic``), so a
+transaction never spans an ``await`` of the event loop. Rows become domain objects
+here; peewee's IntegrityError and DoesNotExist become AlreadyExists and NotFound.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+import peewee as pw
+
+from server.domain import lifecycle
+from server.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from server.domain.models import (
+    Artifact,
+    ArtifactKind,
+    Configuration,
+    Executable,
+    Execution,
+    InputArtifactSpec,
+    LogLine,
+    LogStream,
+    OutputArtifactSpec,
+    Page,
+    ParameterSpec,
+    ParameterType,
+    Scenario,
+    Status,
+    StepDetail,
+    StepPhase,
+    TargetStatus,
+    Transition,
+)
+from server.domain.paging import PageRequest, encode_token
+from server.store import tables as t
+from server.store.db import open_database
+
+STREAM_CODES = {LogStream.STDOUT: 1, LogStream.STDERR: 2, LogStream.SYSTEM: 3}
+STREAM_NAMES = {v: k for k, v in STREAM_CODES.items()}
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def to_dt(us: int | None) -> datetime | None:
+    if us is None:
+        return None
+    return datetime.fromtimestamp(us / 1_000_000, tz=UTC)
+
+
+def to_us(dt: datetime | None) -> int | None:
+    if dt is None:
+        return None
+    return int(dt.timestamp() * 1_000_000)
+
+
+def _int_key(after: Any, field: str = "page_token") -> int:
+    if not isinstance(after, int) or isinstance(after, bool):
+        raise InvalidArgument.of(field, "malformed page token", reason="INVALID_PAGE_TOKEN")
+    return after
+
+
+def _str_key(after: Any, parts: int, field: str = "page_token") -> list[str]:
+    if (
+        not isinstance(after, list)
+        or len(after) != parts
+        or not all(isinstance(x, str) for x in after)
+    ):
+        raise InvalidArgument.of(field, "malformed page token", reason="INVALID_PAGE_TOKEN")
+    return after
+
+
+def request_digest(payload: Any) -> str:
+    raw = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- rows
+
+
+def _step_to_json(step: StepDetail) -> dict:
+    return {
+        "name": step.name,
+        "phase": str(step.phase),
+        "started_us": to_us(step.started_at),
+        "finished_us": to_us(step.finished_at),
+        "exit_code": step.exit_code,
+        "message": step.message,
+    }
+
+
+def _step_from_json(data: dict) -> StepDetail:
+    return StepDetail(
+        name=data["name"],
+        phase=StepPhase(data["phase"]),
+        started_at=to_dt(data.get("started_us")),
+        finished_at=to_dt(data.get("finished_us")),
+        exit_code=data.get("exit_code"),
+        message=data.get("message", ""),
+    )
+
+
+def _scenario(row: t.ScenarioRow) -> Scenario:
+    return Scenario(
+        id=row.scenario_id,
+        resource_group=row.resource_group,
+        name=row.name,
+        description=row.description,
+        labels=dict(row.labels or {}),
+        created_at=to_dt(row.created_us),
+        modified_at=to_dt(row.modified_us),
+    )
+
+
+def _executable(row: t.ExecutableRow, scenario_name: str = "") -> Executable:
+    d = row.definition
+    return Executable(
+        id=row.executable_id,
+        resource_group=row.resource_group,
+        name=row.name,
+        version=row.version,
+        scenario_id=row.scenario_id,
+        scenario_name=scenario_name,
+        description=row.description,
+        deployable=row.deployable,
+        labels=dict(row.labels or {}),
+        parameters=[
+            ParameterSpec(
+                name=p["name"],
+                type=ParameterType(p["type"]),
+                default=p.get("default"),
+                description=p.get("description", ""),
+            )
+            for p in d.get("parameters", [])
+        ],
+        input_artifacts=[
+            InputArtifactSpec(
+                name=a["name"],
+                kind=ArtifactKind(a["kind"]) if a.get("kind") else None,
+                description=a.get("description", ""),
+            )
+            for a in d.get("input_artifacts", [])
+        ],
+        output_artifacts=[
+            OutputArtifactSpec(
+                name=a["name"],
+                kind=ArtifactKind(a["kind"]),
+                path=a.get("path", ""),
+                description=a.get("description", ""),
+                step=a.get("step", ""),
+            )
+            for a in d.get("output_artifacts", [])
+        ],
+        spec=d.get("spec", {}),
+        digest=row.digest,
+        created_at=to_dt(row.created_us),
+        modified_at=to_dt(row.modified_us),
+    )
+
+
+def _artifact(row: t.ArtifactRow) -> Artifact:
+    return Artifact(
+        id=row.artifact_id,
+        resource_group=row.resource_group,
+        name=row.name,
+        kind=ArtifactKind(row.kind),
+        url=row.url,
+        scenario_id=row.scenario_id,
+        description=row.description,
+        labels=dict(row.labels or {}),
+        execution_id=row.execution_id,
+        created_at=to_dt(row.created_us),
+        modified_at=to_dt(row.modified_us),
+    )
+
+
+def _configuration(row: t.ConfigurationRow) -> Configuration:
+    return Configuration(
+        id=row.configuration_id,
+        resource_group=row.resource_group,
+        name=row.name,
+        executable_id=row.executable_id,
+        executable_version=row.executable_version,
+        scenario_id=row.scenario_id,
+        parameter_bindings=dict(row.parameter_bindings or {}),
+        input_artifact_bindings=dict(row.input_artifact_bindings or {}),
+        created_at=to_dt(row.created_us),
+    )
+
+
+def _transition(row: t.TransitionRow) -> Transition:
+    return Transition(
+        seq=row.seq,
+        execution_id=row.execution_id,
+        from_status=Status(row.from_status) if row.from_status else None,
+        to_status=Status(row.to_status),
+        at=to_dt(row.at_us),
+        cause=row.cause,
+        message=row.message,
+    )
+
+
+def _execution(row: t.ExecutionRow) -> Execution:
+    return Execution(
+        id=row.execution_id,
+        resource_group=row.resource_group,
+        configuration_id=row.configuration_id,
+        executable_id=row.executable_id,
+        scenario_id=row.scenario_id,
+        status=Status(row.status),
+        target_status=TargetStatus(row.target_status),
+        status_message=row.status_message,
+        step_details=[_step_from_json(s) for s in (row.step_details or [])],
+        output_artifact_ids=list(row.output_artifact_ids or []),
+        created_at=to_dt(row.created_us),
+        submitted_at=to_dt(row.submitted_us),
+        started_at=to_dt(row.started_us),
+        completed_at=to_dt(row.completed_us),
+        modified_at=to_dt(row.modified_us),
+    )
+
+
+def _executable_definition(exe: Executable) -> dict:
+    return {
+        "parameters": [
+            {
+                "name": p.name,
+                "type": str(p.type),
+                "default": p.default,
+                "description": p.description,
+            }
+            for p in exe.parameters
+        ],
+        "input_artifacts": [
+            {"name": a.name, "kind": str(a.kind) if a.kind else None, "description": a.description}
+            for a in exe.input_artifacts
+        ],
+        "output_artifacts": [asdict(a) | {"kind": str(a.kind)} for a in exe.output_artifacts],
+        "spec": exe.spec,
+    }
+
+
+# ----------------------------------------------------------------------- repository
+
+
+class Store:
+    """Trainyard's metadata store on a peewee database (SQLite by default)."""
+
+    kind = "sqlite"
+
+    def __init__(self, url: str):
+        self.url = url
+        self.db = open_database(url)
+        # Called with the execution id inside delete transactions, so that other parts
+        # (metrics) can remove their rows atomically with the execution.
+        self.delete_hooks: list = []
+
+    def close(self) -> None:
+        if not self.db.is_closed():
+            self.db.close()
+
+    def atomic(self):
+        return self.db.atomic()
+
+    def write_lock(self):
+        """A transaction that takes SQLite's write lock at once (read-check-write)."""
+        return self.db.atomic("IMMEDIATE")
+
+    def integrity_check(self) -> str:
+        return self.db.execute_sql("PRAGMA integrity_check").fetchone()[0]
+
+    # --------------------------------------------------------------- idempotency
+
+    def _idempotent_lookup(
+        self, resource_group: str, kind: str, request_id: str, digest: str
+    ) -> str | None:
+        if not request_id:
+            return None
+        row = t.IdempotencyRow.get_or_none(
+            (t.IdempotencyRow.resource_group == resource_group)
+            & (t.IdempotencyRow.kind == kind)
+            & (t.IdempotencyRow.request_id == request_id)
+        )
+        if row is None:
+            return None
+        if row.request_digest != digest:
+            raise FailedPrecondition(
+                message=f"request_id {request_id!r} was already used for a different request",
+                reason="REQUEST_ID_REUSED",
+                metadata={"request_id": request_id},
+            )
+        return row.resource_id
+
+    def _idempotent_record(
+        self, resource_group: str, kind: str, request_id: str, digest: str, resource_id: str
+    ) -> None:
+        if request_id:
+            t.IdempotencyRow.insert(
+                resource_group=resource_group,
+                kind=kind,
+                request_id=request_id,
+                resource_id=resource_id,
+                request_digest=digest,
+                created_us=now_us(),
+            ).execute()
+
+    # ----------------------------------------------------------------- scenarios
+
+    def _upsert_scenario(
+        self, resource_group: str, scenario_id: str, name: str, description: str, at: int
+    ) -> None:
+        row = t.ScenarioRow.get_or_none(
+            (t.ScenarioRow.resource_group == resource_group)
+            & (t.ScenarioRow.scenario_id == scenario_id)
+        )
+        if row is None:
+            t.ScenarioRow.create(
+                resource_group=resource_group,
+                scenario_id=scenario_id,
+                name=name or scenario_id,
+                description=description,
+                created_us=at,
+                modified_us=at,
+            )
+        elif (name and name != row.name) or (description and description != row.description):
+            row.name = name or row.name
+            row.description = description or row.description
+            row.modified_us = at
+            row.save()
+
+    def get_scenario(self, resource_group: str, scenario_id: str) -> Scenario:
+        row = t.ScenarioRow.get_or_none(
+            (t.ScenarioRow.resource_group == resource_group)
+            & (t.ScenarioRow.scenario_id == scenario_id)
+        )
+        if row is None:
+            raise NotFound.of("scenario", scenario_id)
+        return _scenario(row)
+
+    def count_executables(self, resource_group: str, scenario_id: str) -> int:
+        return (
+            t.ExecutableRow.select()
+            .where(
+                (t.ExecutableRow.resource_group == resource_group)
+                & (t.ExecutableRow.scenario_id == scenario_id)
+            )
+            .count()
+        )
+
+    def list_scenarios(self, resource_group: str, page: PageRequest) -> Page[Scenario]:
+        where = t.ScenarioRow.resource_group == resource_group
+        total = t.ScenarioRow.select().where(where).count()
+        query = t.ScenarioRow.select().where(where)
+        if page.after is not None:
+            after = _str_key(page.after, 1)
+            query = query.where(t.ScenarioRow.scenario_id > after[0])
+        rows = list(query.order_by(t.ScenarioRow.scenario_id).limit(page.size + 1))
+        more = len(rows) > page.size
+        rows = rows[: page.size]
+        token = encode_token([rows[-1].scenario_id], {}) if more else ""
+        return Page([_scenario(r) for r in rows], token, total)
+
+    # --------------------------------------------------------------- executables
+
+    def put_executable(self, exe: Executable) -> tuple[Executable, bool]:
+        """Register ``exe``; returns (stored, created). Same id + version with another
+        definition is AlreadyExists: a changed definition needs a new version."""
+        with self.write_lock():
+            row = t.ExecutableRow.get_or_none(
+                (t.ExecutableRow.resource_group == exe.resource_group)
+                & (t.ExecutableRow.executable_id == exe.id)
+                & (t.ExecutableRow.version == exe.version)
+            )
+            if row is not None:
+                if row.digest != exe.digest:
+                    raise AlreadyExists(
+                        message=(
+                            f"executable {exe.id} version {exe.version} exists with a "
+                            "different definition; give the changed definition a new version"
+                        ),
+                        resource_type="executable",
+                        resource_name=f"{exe.id}@{exe.version}",
+                    )
+                return _executable(row, exe.scenario_name), False
+            at = now_us()
+            self._upsert_scenario(
+                exe.resource_group,
+                exe.scenario_id,
+                exe.scenario_name,
+                exe.scenario_description,
+                at,
+            )
+            row = t.ExecutableRow.create(
+                resource_group=exe.resource_group,
+                executable_id=exe.id,
+                version=exe.version,
+                scenario_id=exe.scenario_id,
+                name=exe.name,
+                description=exe.description,
+                deployable=exe.deployable,
+                labels=exe.labels,
+                definition=_executable_definition(exe),
+                digest=exe.digest,
+                created_us=at,
+                modified_us=at,
+            )
+            return _executable(row, exe.scenario_name), True
+
+    def get_executable(
+        self, resource_group: str, executable_id: str, version: str = ""
+    ) -> Executable:
+        query = t.ExecutableRow.select().where(
+            (t.ExecutableRow.resource_group == resource_group)
+            & (t.ExecutableRow.executable_id == executable_id)
+        )
+        if version:
+            query = query.where(t.ExecutableRow.version == version)
+        row = query.order_by(t.ExecutableRow.id.desc()).first()
+        if row is None:
+            name = f"{executable_id}@{version}" if version else executable_id
+            raise NotFound.of("executable", name)
+        return _executable(row)
+
+    def list_executables(
+        self,
+        resource_group: str,
+        page: PageRequest,
+        scenario_id: str = "",
+        all_versions: bool = False,
+    ) -> Page[Executable]:
+        R = t.ExecutableRow
+        where = R.resource_group == resource_group
+        if scenario_id:
+            where &= R.scenario_id == scenario_id
+        if not all_versions:
+            newest = (
+                R.select(pw.fn.MAX(R.id))
+                .where(where)
+                .group_by(R.executable_id)
+            )
+            where &= R.id.in_(newest)
+        total = R.select().where(where).count()
+        query = R.select().where(where)
+        if page.after is not None:
+            eid, pk = _str_key(page.after, 2)
+            query = query.where(
+                (R.executable_id > eid) | ((R.executable_id == eid) & (R.id > int(pk)))
+            )
+        rows = list(query.order_by(R.executable_id, R.id).limit(page.size + 1))
+        more = len(rows) > page.size
+        rows = rows[: page.size]
+        filters = {"scenario_id": scenario_id, "all_versions": all_versions}
+        token = encode_token([rows[-1].executable_id, str(rows[-1].id)], filters) if more else ""
+        return Page([_executable(r) for r in rows], token, total)
+
+    # ----------------------------------------------------------------- artifacts
+
+    def create_artifact(self, art: Artifact, request_id: str = "") -> Artifact:
+        digest = request_digest(
+            {k: v for k, v in asdict(art).items() if k not in ("id", "created_at", "modified_at")}
+        )
+        with self.write_lock():
+            existing = self._idempotent_lookup(art.resource_group, "artifact", request_id, digest)
+            if existing:
+                return self.get_artifact(art.resource_group, existing)
+            at = now_us()
+            try:
+                t.ArtifactRow.create(
+                    resource_group=art.resource_group,
+                    artifact_id=art.id,
+                    name=art.name,
+                    kind=str(art.kind),
+                    url=art.url,
+                    scenario_id=art.scenario_id,
+                    description=art.description,
+                    labels=art.labels,
+                    execution_id=art.execution_id,
+                    created_us=at,
+                    modified_us=at,
+                )
+            except pw.IntegrityError as exc:
+                raise AlreadyExists(
+                    message=f"artifact {art.id} already exists",
+                    resource_type="artifact",
+                    resource_name=art.id,
+                ) from exc
+            self._idempotent_record(art.resource_group, "artifact", request_id, digest, art.id)
+        return self.get_artifact(art.resource_group, art.id)
+
+    def get_artifact(self, resource_group: str, artifact_id: str) -> Artifact:
+        row = t.ArtifactRow.get_or_none(
+            (t.ArtifactRow.resource_group == resource_group)
+            & (t.ArtifactRow.artifact_id == artifact_id)
+        )
+        if row is None:
+            raise NotFound.of("artifact", artifact_id)
+        return _artifact(row)
+
+    def get_artifacts(self, resource_group: str, artifact_ids: Sequence[str]) -> list[Artifact]:
+        """The artifacts that exist among ``artifact_ids``, in the given order."""
+        if not artifact_ids:
+            return []
+        rows = t.ArtifactRow.select().where(
+            (t.ArtifactRow.resource_group == resource_group)
+            & (t.ArtifactRow.artifact_id.in_(list(artifact_ids)))
+        )
+        by_id = {r.artifact_id: _artifact(r) for r in rows}
+        return [by_id[i] for i in artifact_ids if i in by_id]
+
+    def list_artifacts(
+        self,
+        resource_group: str,
+        page: PageRequest,
+        scenario_id: str = "",
+        kind: ArtifactKind | None = None,
+        execution_id: str = "",
+        labels: dict[str, str] | None = None,
+        name: str = "",
+    ) -> Page[Artifact]:
+        R = t.ArtifactRow
+        where = R.resource_group == resource_group
+        if scenario_id:
+            where &= R.scenario_id == scenario_id
+        if kind:
+            where &= R.kind == str(kind)
+        if execution_id:
+            where &= R.execution_id == execution_id
+        if name:
+            where &= R.name == name
+        for key, value in sorted((labels or {}).items()):
+            where &= pw.fn.json_extract(R.labels, f'$."{key}"') == value
+        total = R.select().where(where).count()
+        query = R.select().where(where)
+        if page.after is not None:
+            query = query.where(R.id < _int_key(page.after))
+        rows = list(query.order_by(R.id.desc()).limit(page.size + 1))
+        more = len(rows) > page.size
+        rows = rows[: page.size]
+        filters = {
+            "scenario_id": scenario_id,
+            "kind": str(kind or ""),
+            "execution_id": execution_id,
+            "labels": labels or {},
+            "name": name,
+        }
+        token = encode_token(rows[-1].id, filters) if more else ""
+        return Page([_artifact(r) for r in rows], token, total)
+
+    # ------------------------------------------------------------ configurations
+
+    def create_configuration(self, cfg: Configuration, request_id: str = "") -> Configuration:
+        digest = request_digest(
+            {
+                "name": cfg.name,
+                "executable_id": cfg.executable_id,
+                "scenario_id": cfg.scenario_id,
+                "parameters": cfg.parameter_bindings,
+                "artifacts": cfg.input_artifact_bindings,
+            }
+        )
+        with self.write_lock():
+            existing = self._idempotent_lookup(
+                cfg.resource_group, "configuration", request_id, digest
+            )
+            if existing:
+                return self.get_configuration(cfg.resource_group, existing)
+            t.ConfigurationRow.create(
+                resource_group=cfg.resource_group,
+                configuration_id=cfg.id,
+                name=cfg.name,
+                executable_id=cfg.executable_id,
+                executable_version=cfg.executable_version,
+                scenario_id=cfg.scenario_id,
+                parameter_bindings=cfg.parameter_bindings,
+                input_artifact_bindings=cfg.input_artifact_bindings,
+                created_us=now_us(),
+            )
+            self._idempotent_record(cfg.resource_group, "configuration", request_id, digest, cfg.id)
+        return self.get_configuration(cfg.resource_group, cfg.id)
+
+    def get_configuration(self, resource_group: str, configuration_id: str) -> Configuration:
+        row = t.ConfigurationRow.get_or_none(
+            (t.ConfigurationRow.resource_group == resource_group)
+            & (t.ConfigurationRow.configuration_id == configuration_id)
+        )
+        if row is None:
+            raise NotFound.of("configuration", configuration_id)
+        return _configuration(row)
+
+    def get_configurations(
+        self, resource_group: str, configuration_ids: Iterable[str]
+    ) -> dict[str, Configuration]:
+        ids = list(set(configuration_ids))
+        if not ids:
+            return {}
+        rows = t.ConfigurationRow.select().where(
+            (t.ConfigurationRow.resource_group == resource_group)
+            & (t.ConfigurationRow.configuration_id.in_(ids))
+        )
+        return {r.configuration_id: _configuration(r) for r in rows}
+
+    def list_configurations(
+        self,
+        resource_group: str,
+        page: PageRequest,
+        scenario_id: str = "",
+        executable_id: str = "",
+    ) -> Page[Configuration]:
+        R = t.ConfigurationRow
+        where = R.resource_group == resource_group
+        if scenario_id:
+            where &= R.scenario_id == scenario_id
+        if executable_id:
+            where &= R.executable_id == executable_id
+        total = R.select().where(where).count()
+        query = R.select().where(where)
+        if page.after is not None:
+            query = query.where(R.id < _int_key(page.after))
+        rows = list(query.order_by(R.id.desc()).limit(page.size + 1))
+        more = len(rows) > page.size
+        rows = rows[: page.size]
+        filters = {"scenario_id": scenario_id, "executable_id": executable_id}
+        token = encode_token(rows[-1].id, filters) if more else ""
+        return Page([_configuration(r) for r in rows], token, total)
+
+    # ---------------------------------------------------------------- executions
+
+    def _count(self, row: t.ExecutionRow, status: str, delta: int) -> None:
+        C = t.ExecutionCount
+        (
+            C.insert(
+                resource_group=row.resource_group,
+                status=status,
+                scenario_id=row.scenario_id,
+                executable_id=row.executable_id,
+                configuration_id=row.configuration_id,
+                n=delta,
+            )
+            .on_conflict(
+                conflict_target=[
+                    C.resource_group,
+                    C.status,
+                    C.configuration_id,
+                    C.scenario_id,
+                    C.executable_id,
+                ],
+                update={C.n: C.n + delta},
+            )
+            .execute()
+        )
+
+    def _add_transition(
+        self,
+        row: t.ExecutionRow,
+        from_status: Status | None,
+        to_status: Status,
+        at: int,
+        cause: str,
+        message: str,
+    ) -> None:
+        row.history_len += 1
+        t.TransitionRow.insert(
+            execution_id=row.execution_id,
+            seq=row.history_len,
+            from_status=str(from_status) if from_status else None,
+            to_status=str(to_status),
+            at_us=at,
+            cause=cause,
+            message=message,
+        ).execute()
+
+    def create_execution(self, execution: Execution, request_id: str = "") -> tuple[Execution, bool]:
+        """Insert a PENDING execution and its first history entry. Returns (execution,
+        created); a known ``request_id`` returns the first execution, created False."""
+        digest = request_digest({"configuration_id": execution.configuration_id})
+        with self.write_lock():
+            existing = self._idempotent_lookup(
+                execution.resource_group, "execution", request_id, digest
+            )
+            if existing:
+                return self.get_execution(execution.resource_group, existing), False
+            at = now_us()
+            row = t.ExecutionRow(
+                resource_group=execution.resource_group,
+                execution_id=execution.id,
+                configuration_id=execution.configuration_id,
+                executable_id=execution.executable_id,
+                scenario_id=execution.scenario_id,
+                status=str(Status.PENDING),
+                target_status=str(TargetStatus.COMPLETED),
+                status_message=execution.status_message,
+                step_details=[_step_to_json(s) for s in execution.step_details],
+                output_artifact_ids=[],
+                created_us=at,
+                modified_us=at,
+                history_len=0,
+            )
+            self._add_transition(row, None, Status.PENDING, at, "created", "execution created")
+            row.save(force_insert=True)
+            self._count(row, str(Status.PENDING), 1)
+            self._idempotent_record(
+                execution.resource_group, "execution", request_id, digest, execution.id
+            )
+        return self.get_execution(execution.resource_group, execution.id), True
+
+    def _execution_row(self, resource_group: str | None, execution_id: str) -> t.ExecutionRow:
+        where = t.ExecutionRow.execution_id == execution_id
+        if resource_group is not None:
+            where &= t.ExecutionRow.resource_group == resource_group
+        row = t.ExecutionRow.get_or_none(where)
+        if row is None:
+            raise NotFound.of("execution", execution_id)
+        return row
+
+    def get_execution(
+        self, resource_group: str | None, execution_id: str, with_history: bool = True
+    ) -> Execution:
+        """One execution; ``resource_group`` None looks across groups (runtime use)."""
+        execution = _execution(self._execution_row(resource_group, execution_id))
+        if with_history:
+            execution.history = self.history(execution_id)
+        return execution
+
+    def history(self, execution_id: str) -> list[Transition]:
+        rows = (
+            t.TransitionRow.select()
+            .where(t.TransitionRow.execution_id == execution_id)
+            .order_by(t.TransitionRow.seq)
+        )
+        return [_transition(r) for r in rows]
+
+    def list_executions(
+        self,
+        resource_group: str,
+        page: PageRequest,
+        statuses: Sequence[Status] = (),
+        scenario_id: str = "",
+        executable_id: str = "",
+        configuration_id: str = "",
+    ) -> Page[Execution]:
+        R = t.ExecutionRow
+        C = t.ExecutionCount
+        where = R.resource_group == resource_group
+        cwhere = C.resource_group == resource_group
+        if statuses:
+            names = sorted({str(s) for s in statuses})
+            where &= R.status.in_(names)
+            cwhere &= C.status.in_(names)
+        for field, cfield, value in (
+            (R.scenario_id, C.scenario_id, scenario_id),
+            (R.executable_id, C.executable_id, executable_id),
+            (R.configuration_id, C.configuration_id, configuration_id),
+        ):
+            if value:
+                where &= field == value
+                cwhere &= cfield == value
+        total = C.select(pw.fn.COALESCE(pw.fn.SUM(C.n), 0)).where(cwhere).scalar()
+        query = R.select().where(where)
+        if page.after is not None:
+            query = query.where(R.id < _int_key(page.after))
+        rows = list(query.order_by(R.id.desc()).limit(page.size + 1))
+        more = len(rows) > page.size
+        rows = rows[: page.size]
+        filters = {
+            "statuses": sorted(str(s) for s in statuses),
+            "scenario_id": scenario_id,
+            "executable_id": executable_id,
+            "configuration_id": configuration_id,
+        }
+        token = encode_token(rows[-1].id, filters) if more else ""
+        return Page([_execution(r) for r in rows], token, int(total))
+
+    def transition(
+        self,
+        execution_id: str,
+        to_status: Status,
+        cause: str,
+        message: str = "",
+        *,
+        expected: Iterable[Status] | None = None,
+        status_message: str | None = None,
+        step_details: list[StepDetail] | None = None,
+        target_status: TargetStatus | None = None,
+        at: datetime | None = None,
+    ) -> Execution:
+        """Move an execution to ``to_status`` if the lifecycle allows it, recording the
+        transition in its history in the same transaction. ``expected``: the statuses
+        the caller believes it is in (compare-and-set); FailedPrecondition otherwise."""
+        with self.write_lock():
+            row = self._execution_row(None, execution_id)
+            current = Status(row.status)
+            if expected is not None and current not in set(expected):
+                raise FailedPrecondition(
+                    message=f"execution {execution_id} is {current}",
+                    reason="INVALID_TRANSITION",
+                    metadata={"status": str(current)},
+                )
+            lifecycle.check_transition(execution_id, current, to_status)
+            self._apply(row, current, to_status, cause, message, status_message, at=at)
+            if step_details is not None:
+                row.step_details = [_step_to_json(s) for s in step_details]
+            if target_status is not None:
+                row.target_status = str(target_status)
+            row.save()
+        return _execution(row)
+
+    def _apply(
+        self,
+        row: t.ExecutionRow,
+        current: Status,
+        to_status: Status,
+        cause: str,
+        message: str,
+        status_message: str | None,
+        at: datetime | None = None,
+    ) -> None:
+        stamp = to_us(at) if at else now_us()
+        row.status = str(to_status)
+        row.modified_us = stamp
+        if status_message is not None:
+            row.status_message = status_message
+        if to_status == Status.RUNNING and row.started_us is None:
+            row.started_us = stamp
+        if lifecycle.is_final(to_status):
+            row.completed_us = stamp
+        self._add_transition(row, current, to_status, stamp, cause, message)
+        self._count(row, str(current), -1)
+        self._count(row, str(to_status), 1)
+
+    def request_stop(self, resource_group: str, execution_id: str) -> Execution:
+        """The user's stop: PENDING or RUNNING -> STOPPING, target STOPPED."""
+        with self.write_lock():
+            row = self._execution_row(resource_group, execution_id)
+            current = Status(row.status)
+            lifecycle.check_operation(execution_id, current, lifecycle.Operation.STOP)
+            row.target_status = str(TargetStatus.STOPPED)
+            self._apply(
+                row, current, Status.STOPPING, "stop_requested", "stop requested by user",
+                "stop requested",
+            )
+            row.save()
+        return _execution(row)
+
+    def delete_execution(
+        self, resource_group: str, execution_id: str, keep_metrics: bool = False
+    ) -> None:
+        """Delete a final execution with its history and logs (artifacts stay)."""
+        with self.write_lock():
+            row = self._execution_row(resource_group, execution_id)
+            current = Status(row.status)
+            lifecycle.check_operation(execution_id, current, lifecycle.Operation.DELETE)
+            t.LogRow.delete().where(t.LogRow.execution_id == execution_id).execute()
+            t.TransitionRow.delete().where(t.TransitionRow.execution_id == execution_id).execute()
+            for hook in self.delete_hooks:
+                hook(execution_id, keep_metrics)
+            self._count(row, str(current), -1)
+            row.delete_instance()
+
+    def update_execution(
+        self,
+        execution_id: str,
+        *,
+        step_details: list[StepDetail] | None = None,
+        output_artifact_ids: list[str] | None = None,
+        status_message: str | None = None,
+        submitted: bool = False,
+    ) -> Execution:
+        """Update runtime-owned fields that are not a status change."""
+        with self.write_lock():
+            row = self._execution_row(None, execution_id)
+            if step_details is not None:
+                row.step_details = [_step_to_json(s) for s in step_details]
+            if output_artifact_ids is not None:
+                row.output_artifact_ids = output_artifact_ids
+            if status_message is not None:
+                row.status_message = status_message
+            if submitted and row.submitted_us is None:
+                row.submitted_us = now_us()
+            row.modified_us = now_us()
+            row.save()
+        return _execution(row)
+
+    def executions_in(self, statuses: Iterable[Status]) -> list[Execution]:
+        """Executions of every group in these statuses, oldest first (runtime use)."""
+        rows = (
+            t.ExecutionRow.select()
+            .where(t.ExecutionRow.status.in_([str(s) for s in statuses]))
+            .order_by(t.ExecutionRow.id)
+        )
+        return [_execution(r) for r in rows]
+
+    def force_status(self, execution_id: str, status: Status) -> None:
+        """Put an execution straight into ``status`` (tests drive the lifecycle table
+        with it). Records the jump in the history like any transition."""
+        with self.write_lock():
+            row = self._execution_row(None, execution_id)
+            current = Status(row.status)
+            self._apply(row, current, status, "forced", "status set directly", None)
+            row.save()
+
+    # ---------------------------------------------------------------------- logs
+
+    def append_logs(self, lines: Sequence[tuple]) -> None:
+        """Store log lines: tuples (execution_id, seq, at_us, step, stream_code, text).
+        One transaction, raw executemany: this is the hot path."""
+        if not lines:
+            return
+        with self.db.atomic():
+            self.db.cursor().executemany(
+                "INSERT INTO log_line (execution_id, seq, at_us, step, stream, text) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                lines,
+            )
+
+    def last_log_seq(self, execution_id: str) -> int:
+        value = (
+            t.LogRow.select(pw.fn.MAX(t.LogRow.seq))
+            .where(t.LogRow.execution_id == execution_id)
+            .scalar()
+        )
+        return int(value or 0)
+
+    def read_logs(
+        self,
+        execution_id: str,
+        *,
+        after_seq: int = 0,
+        before_seq: int | None = None,
+        limit: int = 1000,
+        descending: bool = False,
+        steps: Sequence[str] = (),
+        streams: Sequence[LogStream] = (),
+        start_us: int | None = None,
+        end_us: int | None = None,
+    ) -> list[LogLine]:
+        sql = ["SELECT seq, at_us, step, stream, text FROM log_line WHERE execution_id = ?"]
+        args: list[Any] = [execution_id]
+        if after_seq:
+            sql.append("AND seq > ?")
+            args.append(after_seq)
+        if before_seq is not None:
+            sql.append("AND seq < ?")
+            args.append(before_seq)
+        if steps:
+            sql.append(f"AND step IN ({','.join('?' * len(steps))})")
+            args.extend(steps)
+        if streams:
+            sql.append(f"AND stream IN ({','.join('?' * len(streams))})")
+            args.extend(STREAM_CODES[s] for s in streams)
+        if start_us is not None:
+            sql.append("AND at_us >= ?")
+            args.append(start_us)
+        if end_us is not None:
+            sql.append("AND at_us < ?")
+            args.append(end_us)
+        sql.append(f"ORDER BY seq {'DESC' if descending else 'ASC'} LIMIT ?")
+        args.append(limit)
+        cursor = self.db.execute_sql(" ".join(sql), args)
+        return [
+            LogLine(execution_id, seq, to_dt(at), step, STREAM_NAMES[stream], text)
+            for seq, at, step, stream, text in cursor.fetchall()
+        ]
+
+    def first_log_seq_at(self, execution_id: str, start_us: int) -> int:
+        """Sequence number just before the first line at or after ``start_us``."""
+        value = self.db.execute_sql(
+            "SELECT MIN(seq) FROM log_line WHERE execution_id = ? AND at_us >= ?",
+            (execution_id, start_us),
+        ).fetchone()[0]
+        if value is None:
+            return self.last_log_seq(execution_id)
+        return int(value) - 1

@@ -1,0 +1,214 @@
+"""peewee table definitions. Times are integer microseconds since the Unix epoch (UTC)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import peewee as pw
+
+DATABASE = pw.DatabaseProxy()
+
+
+class JSONField(pw.TextField):
+    """A JSON document stored as text."""
+
+    def db_value(self, value):
+        return None if value is None else json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+    def python_value(self, value):
+        return None if value is None else json.loads(value)
+
+
+class Base(pw.Model):
+    class Meta:
+        database = DATABASE
+        legacy_table_names = False
+
+
+class SchemaVersion(Base):
+    version = pw.IntegerField(primary_key=True)
+    applied_us = pw.BigIntegerField(default=lambda: time.time_ns() // 1000)
+
+
+class ScenarioRow(Base):
+    resource_group = pw.TextField()
+    scenario_id = pw.TextField()
+    name = pw.TextField()
+    description = pw.TextField(default="")
+    labels = JSONField(default=dict)
+    created_us = pw.BigIntegerField()
+    modified_us = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "scenario"
+        indexes = ((("resource_group", "scenario_id"), True),)
+
+
+class ExecutableRow(Base):
+    resource_group = pw.TextField()
+    executable_id = pw.TextField()
+    version = pw.TextField()
+    scenario_id = pw.TextField()
+    name = pw.TextField()
+    description = pw.TextField(default="")
+    deployable = pw.BooleanField(default=False)
+    labels = JSONField(default=dict)
+    # parameters, input_artifacts, output_artifacts, spec: the parsed definition
+    definition = JSONField()
+    digest = pw.TextField()
+    created_us = pw.BigIntegerField()
+    modified_us = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "executable"
+        indexes = (
+            (("resource_group", "executable_id", "version"), True),
+            (("resource_group", "scenario_id", "executable_id"), False),
+        )
+
+
+class ArtifactRow(Base):
+    resource_group = pw.TextField()
+    artifact_id = pw.TextField()
+    name = pw.TextField()
+    kind = pw.TextField()
+    url = pw.TextField()
+    scenario_id = pw.TextField()
+    description = pw.TextField(default="")
+    labels = JSONField(default=dict)
+    execution_id = pw.TextField(default="")
+    created_us = pw.BigIntegerField()
+    modified_us = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "artifact"
+        indexes = (
+            (("resource_group", "artifact_id"), True),
+            (("resource_group", "execution_id"), False),
+        )
+
+
+class ConfigurationRow(Base):
+    resource_group = pw.TextField()
+    configuration_id = pw.TextField()
+    name = pw.TextField()
+    executable_id = pw.TextField()
+    executable_version = pw.TextField()
+    scenario_id = pw.TextField()
+    parameter_bindings = JSONField(default=dict)
+    input_artifact_bindings = JSONField(default=dict)
+    created_us = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "configuration"
+        indexes = (
+            (("resource_group", "configuration_id"), True),
+            (("resource_group", "executable_id"), False),
+        )
+
+
+class ExecutionRow(Base):
+    # The integer key orders executions (newest first) for keyset paging.
+    resource_group = pw.TextField()
+    execution_id = pw.TextField(unique=True)
+    configuration_id = pw.TextField()
+    executable_id = pw.TextField()
+    scenario_id = pw.TextField()
+    status = pw.TextField()
+    target_status = pw.TextField()
+    status_message = pw.TextField(default="")
+    step_details = JSONField(default=list)
+    output_artifact_ids = JSONField(default=list)
+    created_us = pw.BigIntegerField()
+    submitted_us = pw.BigIntegerField(null=True)
+    started_us = pw.BigIntegerField(null=True)
+    completed_us = pw.BigIntegerField(null=True)
+    modified_us = pw.BigIntegerField()
+    history_len = pw.IntegerField(default=0)
+
+    class Meta:
+        table_name = "execution"
+        indexes = (
+            (("resource_group", "id"), False),
+            (("resource_group", "status", "id"), False),
+            (("resource_group", "scenario_id", "id"), False),
+            (("resource_group", "executable_id", "id"), False),
+            (("resource_group", "configuration_id", "id"), False),
+            (("status", "id"), False),
+        )
+
+
+class ExecutionCount(Base):
+    """Executions per (group, status, configuration): exact totals for filtered lists
+    without counting millions of rows. Maintained in the same transactions as the
+    execution rows."""
+
+    resource_group = pw.TextField()
+    status = pw.TextField()
+    scenario_id = pw.TextField()
+    executable_id = pw.TextField()
+    configuration_id = pw.TextField()
+    n = pw.IntegerField(default=0)
+
+    class Meta:
+        table_name = "execution_count"
+        primary_key = pw.CompositeKey(
+            "resource_group", "status", "configuration_id", "scenario_id", "executable_id"
+        )
+
+
+class TransitionRow(Base):
+    execution_id = pw.TextField()
+    seq = pw.IntegerField()
+    from_status = pw.TextField(null=True)
+    to_status = pw.TextField()
+    at_us = pw.BigIntegerField()
+    cause = pw.TextField()
+    message = pw.TextField(default="")
+
+    class Meta:
+        table_name = "transition"
+        primary_key = pw.CompositeKey("execution_id", "seq")
+
+
+class LogRow(Base):
+    execution_id = pw.TextField()
+    seq = pw.BigIntegerField()
+    at_us = pw.BigIntegerField()
+    step = pw.TextField()
+    stream = pw.SmallIntegerField()  # 1 stdout, 2 stderr, 3 system
+    text = pw.TextField()
+
+    class Meta:
+        table_name = "log_line"
+        primary_key = pw.CompositeKey("execution_id", "seq")
+        without_rowid = True
+
+
+class IdempotencyRow(Base):
+    """Client request ids of create calls, so retries return the first result."""
+
+    resource_group = pw.TextField()
+    kind = pw.TextField()
+    request_id = pw.TextField()
+    resource_id = pw.TextField()
+    request_digest = pw.TextField()
+    created_us = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "idempotency_key"
+        primary_key = pw.CompositeKey("resource_group", "kind", "request_id")
+
+
+ALL_TABLES = [
+    ScenarioRow,
+    ExecutableRow,
+    ArtifactRow,
+    ConfigurationRow,
+    ExecutionRow,
+    ExecutionCount,
+    TransitionRow,
+    LogRow,
+    IdempotencyRow,
+]

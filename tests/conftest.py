@@ -1,0 +1,155 @@
+"""Test fixtures: a real Trainyard server on an ephemeral loopback port, in a thread of
+its own with its own event loop, and typed stubs that talk to it over gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from server.app import TrainyardServer, start_server
+from server.config import Settings
+from server.log_setup import configure_logging
+from trainyard.v1 import (
+    artifact_service_pb2_grpc,
+    configuration_service_pb2_grpc,
+    executable_service_pb2_grpc,
+    execution_service_pb2_grpc,
+    log_service_pb2_grpc,
+    meta_service_pb2_grpc,
+    scenario_service_pb2_grpc,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples" / "executables"
+
+configure_logging("console", "warning")
+
+
+class ServerThread:
+    """Runs start_server() on a private event loop in a daemon thread."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.running: TrainyardServer | None = None
+
+    def call(self, coro, timeout: float = 60):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def run_sync(self, fn, *args, timeout: float = 60, **kwargs):
+        """Run a plain function on the server's loop thread (for store access)."""
+        future: Future = Future()
+
+        def _run():
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as exc:  # noqa: BLE001
+                future.set_exception(exc)
+
+        self.loop.call_soon_threadsafe(_run)
+        return future.result(timeout)
+
+    def start(self) -> ServerThread:
+        self.thread.start()
+        self.running = self.call(start_server(self.settings))
+        return self
+
+    def stop(self, grace: float = 2.0) -> None:
+        if self.running is not None:
+            self.call(self.running.stop(grace))
+            self.running = None
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+    @property
+    def address(self) -> str:
+        assert self.running is not None
+        return self.running.address
+
+    @property
+    def plane(self):
+        assert self.running is not None
+        return self.running.plane
+
+
+@dataclass
+class Stubs:
+    channel: grpc.Channel
+    scenarios: scenario_service_pb2_grpc.ScenarioServiceStub
+    executables: executable_service_pb2_grpc.ExecutableServiceStub
+    artifacts: artifact_service_pb2_grpc.ArtifactServiceStub
+    configurations: configuration_service_pb2_grpc.ConfigurationServiceStub
+    executions: execution_service_pb2_grpc.ExecutionServiceStub
+    logs: log_service_pb2_grpc.LogServiceStub
+    meta: meta_service_pb2_grpc.MetaServiceStub
+
+
+def make_stubs(address: str) -> Stubs:
+    channel = grpc.insecure_channel(address)
+    return Stubs(
+        channel=channel,
+        scenarios=scenario_service_pb2_grpc.ScenarioServiceStub(channel),
+        executables=executable_service_pb2_grpc.ExecutableServiceStub(channel),
+        artifacts=artifact_service_pb2_grpc.ArtifactServiceStub(channel),
+        configurations=configuration_service_pb2_grpc.ConfigurationServiceStub(channel),
+        executions=execution_service_pb2_grpc.ExecutionServiceStub(channel),
+        logs=log_service_pb2_grpc.LogServiceStub(channel),
+        meta=meta_service_pb2_grpc.MetaServiceStub(channel),
+    )
+
+
+def make_settings(tmp_path: Path, **overrides) -> Settings:
+    values = dict(
+        address="127.0.0.1:0",
+        data_dir=tmp_path / "data",
+        executables_dir=SAMPLES,
+        log_format="console",
+        log_level="warning",
+        max_concurrent_executions=4,
+        stop_grace_seconds=2.0,
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path):
+    """Start servers with custom settings; every one is stopped at the end."""
+    started: list[ServerThread] = []
+
+    def factory(**overrides) -> ServerThread:
+        thread = ServerThread(make_settings(tmp_path, **overrides)).start()
+        started.append(thread)
+        return thread
+
+    yield factory
+    for thread in started:
+        thread.stop()
+
+
+@pytest.fixture
+def server(server_factory) -> ServerThread:
+    return server_factory()
+
+
+@pytest.fixture
+def stubs(server: ServerThread) -> Iterator[Stubs]:
+    s = make_stubs(server.address)
+    try:
+        yield s
+    finally:
+        s.channel.close()
+
+
+def group(name: str) -> tuple[tuple[str, str], ...]:
+    """Call metadata selecting a resource group."""
+    return (("ai-resource-group", name),)
