@@ -24,6 +24,7 @@ from server.api.resources import (
 )
 from server.config import Settings
 from server.domain.logs import LogReader
+from server.domain.logsink import LogSink
 from server.domain.service import ControlPlane
 from server.store.repository import Store
 from trainyard.v1 import (
@@ -81,6 +82,9 @@ class TrainyardServer:
         await self.server.stop(grace)
         if self.plane.runtime is not None:
             await self.plane.runtime.close()
+        sink = self.extra.get("log_sink")
+        if sink is not None:
+            sink.flush()
         self.store.close()
         log.info("server stopped")
 
@@ -88,6 +92,7 @@ class TrainyardServer:
 async def start_server(settings: Settings) -> TrainyardServer:
     store = Store(settings.database_url)
     plane = ControlPlane(store=store, default_resource_group=settings.default_resource_group)
+    log_sink = LogSink(store)
     if settings.executables_dir is not None:
         loaded = plane.load_executables(settings.executables_dir, settings.default_resource_group)
         log.info("executables loaded", count=len(loaded), directory=str(settings.executables_dir))
@@ -137,7 +142,9 @@ async def start_server(settings: Settings) -> TrainyardServer:
     await server.start()
     for name in ["", *SERVICE_NAMES]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    running = TrainyardServer(settings, store, plane, server, port, health_servicer)
+    running = TrainyardServer(
+        settings, store, plane, server, port, health_servicer, extra={"log_sink": log_sink}
+    )
     log.info("server started", address=running.address, database=settings.database_url)
     return running
 
