@@ -1,0 +1,952 @@
+"""Executable definitions: Argo ``WorkflowTemplate`` documents in the SAP AI Core flavour.
+
+An executable is registered from a YAML document such as::
+
+    apiVersion: argoproj.io/v1alpha1
+    kind: WorkflowTemplate
+    metadata:
+      name: iris-train                                  # executable id
+      annotations:
+        scenarios.ai.sap.com/name: "Iris"
+        executables.ai.sap.com/name: "Train"
+        artifacts.ai.sap.com/iris-model.kind: model     # kind of an artifact, by name
+      labels:
+        scenarios.ai.sap.com/id: iris                   # required
+        ai.sap.com/version: "1.0.0"                     # required
+    spec:
+      entrypoint: train
+      arguments:
+        parameters:                                     # the executable's parameters
+          - name: epochs
+            type: int                                   # string (default), int or float
+            default: "20"
+      templates:
+        - name: train
+          inputs:
+            artifacts:                                  # input artifact placeholders
+              - {name: iris-data, path: /data/iris}
+          outputs:
+            artifacts:                                  # registered when it has a globalName
+              - {name: iris-model, globalName: iris-model, path: /tmp/model/model.json}
+          container: {image: python:3.11-slim, command: [python3, train.py]}
+
+Where things come from:
+
+- Parameters: ``spec.arguments.parameters`` (how AI Core workflow templates declare them)
+  and ``spec.inputs.parameters`` (the AI Core serving-template style); ``type`` is our
+  extension (AI Core knows only strings). A parameter's default is its ``default``, or its
+  ``value`` as Argo writes workflow arguments.
+- Input artifacts: ``spec.inputs.artifacts``, ``spec.arguments.artifacts``, and every
+  ``inputs.artifacts`` entry of a template that nothing inside the workflow supplies (no
+  source of its own, not passed by the step or task that calls the template). AI Core binds
+  the configuration's artifacts to those by name.
+- Output artifacts: every ``outputs.artifacts`` entry with a ``globalName``.
+
+The parser checks the structure the runtime relies on and reports every problem it finds
+as an :class:`InvalidArgument` whose violations name the field, e.g.
+``spec.templates[1].dag.tasks[0].dependencies``. Paths are relative to the document; when
+a text holds several documents they are prefixed with ``documents[i]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from server.domain.errors import FieldViolation, InvalidArgument
+from server.domain.models import (
+    ArtifactKind,
+    Executable,
+    InputArtifactSpec,
+    OutputArtifactSpec,
+    ParameterSpec,
+    ParameterType,
+)
+
+__all__ = [
+    "API_VERSION",
+    "KIND",
+    "load_directory",
+    "parameter_value_error",
+    "parse_template",
+    "parse_template_text",
+]
+
+API_VERSION = "argoproj.io/v1alpha1"
+KIND = "WorkflowTemplate"
+
+SCENARIO_ID_LABEL = "scenarios.ai.sap.com/id"
+VERSION_LABEL = "ai.sap.com/version"
+SCENARIO_NAME_ANNOTATION = "scenarios.ai.sap.com/name"
+SCENARIO_DESCRIPTION_ANNOTATION = "scenarios.ai.sap.com/description"
+EXECUTABLE_NAME_ANNOTATION = "executables.ai.sap.com/name"
+EXECUTABLE_DESCRIPTION_ANNOTATION = "executables.ai.sap.com/description"
+ARTIFACT_ANNOTATION_PREFIX = "artifacts.ai.sap.com/"
+
+MAX_NAME_LENGTH = 63
+
+# The executable id is a Kubernetes object name: lower case.
+_ID_RE = re.compile(r"^[a-z0-9]([-a-z0-9._]*[a-z0-9])?$")
+# Template, step, task and artifact names: the same shape, any case (Argo's own examples
+# name dag tasks A, B, C) and underscores (Argo accepts them in artifact names).
+_NAME_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9._]*[A-Za-z0-9])?$")
+# Parameter names are often environment-variable like (DT_MAX_DEPTH, learning_rate).
+_PARAMETER_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$")
+_INT_RE = re.compile(r"^[+-]?[0-9]+$")
+_FLOAT_RE = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$")
+# A task name in a dag ``depends`` expression, optionally followed by ``.Succeeded`` etc.
+_DEPENDS_TOKEN_RE = re.compile(r"[A-Za-z0-9][-A-Za-z0-9._]*")
+_DEPENDS_RESULTS = {
+    "Succeeded",
+    "Failed",
+    "Errored",
+    "Skipped",
+    "Omitted",
+    "Daemoned",
+    "AnySucceeded",
+    "AllFailed",
+}
+
+_PARAMETER_TYPES = {t.value for t in ParameterType}
+_TEMPLATE_TYPES = ("container", "script", "steps", "dag")
+_UNSUPPORTED_TEMPLATE_TYPES = (
+    "resource",
+    "suspend",
+    "containerSet",
+    "http",
+    "plugin",
+    "data",
+)
+# Keys that give an artifact a source of its own, so no configuration has to bind it.
+_ARTIFACT_SOURCES = (
+    "from",
+    "fromExpression",
+    "raw",
+    "s3",
+    "gcs",
+    "oss",
+    "hdfs",
+    "http",
+    "git",
+    "artifactory",
+    "azure",
+)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def parse_template(doc: dict, resource_group: str) -> Executable:
+    """Parse one WorkflowTemplate document into an :class:`Executable`.
+
+    Raises :class:`InvalidArgument` naming every bad field that was found.
+    """
+    problems = _Problems()
+    executable = _parse(doc, resource_group, problems)
+    if problems or executable is None:
+        raise problems.error()
+    return executable
+
+
+def parse_template_text(text: str, resource_group: str) -> list[Executable]:
+    """Parse every document of a YAML text; all of them must be valid WorkflowTemplates.
+
+    Empty documents are skipped. Raises :class:`InvalidArgument` with the violations of all
+    documents (prefixed with ``documents[i]`` when the text holds more than one).
+    """
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise _invalid(f"not valid YAML: {_one_line(str(exc))}") from None
+    if not docs:
+        raise _invalid("the text holds no WorkflowTemplate document")
+
+    problems = _Problems()
+    executables: list[Executable] = []
+    seen: dict[str, int] = {}
+    for i, doc in enumerate(docs):
+        prefix = f"documents[{i}]" if len(docs) > 1 else ""
+        doc_problems = _Problems(prefix)
+        executable = _parse(doc, resource_group, doc_problems)
+        problems.extend(doc_problems)
+        if executable is None or doc_problems:
+            continue
+        if executable.id in seen:
+            problems.add(
+                _join(prefix, "metadata.name"),
+                f"executable {executable.id!r} is already defined by "
+                f"documents[{seen[executable.id]}]",
+            )
+            continue
+        seen[executable.id] = i
+        executables.append(executable)
+    if problems:
+        raise problems.error()
+    return executables
+
+
+def load_directory(
+    path: str | Path, resource_group: str
+) -> tuple[list[Executable], list[tuple[str, str]]]:
+    """Load the executables of every ``*.yaml`` / ``*.yml`` file of a directory.
+
+    Files are read in name order, not recursively; hidden files are skipped. A file that
+    cannot be read or parsed, or that redefines an executable id of an earlier file, is
+    left out as a whole and reported as ``(file path, error message)``; the other files
+    still load. Raises ``OSError`` when the directory itself cannot be listed.
+    """
+    directory = Path(path)
+    files = sorted(
+        p
+        for p in directory.iterdir()
+        if p.suffix.lower() in (".yaml", ".yml") and not p.name.startswith(".") and p.is_file()
+    )
+    executables: list[Executable] = []
+    failures: list[tuple[str, str]] = []
+    defined_in: dict[str, str] = {}
+    for file in files:
+        try:
+            text = file.read_text(encoding="utf-8")
+            parsed = parse_template_text(text, resource_group)
+        except InvalidArgument as exc:
+            failures.append((str(file), _describe(exc)))
+            continue
+        except (OSError, UnicodeDecodeError) as exc:
+            failures.append((str(file), f"cannot read the file: {exc}"))
+            continue
+        clash = next((e.id for e in parsed if e.id in defined_in), None)
+        if clash is not None:
+            failures.append(
+                (str(file), f"executable {clash!r} is already defined in {defined_in[clash]}")
+            )
+            continue
+        for executable in parsed:
+            defined_in[executable.id] = file.name
+        executables.extend(parsed)
+    return executables, failures
+
+
+def parameter_value_error(type_: ParameterType, value: str) -> str | None:
+    """Why ``value`` is not a valid value of a parameter of type ``type_``; None if it is.
+
+    int: an optional sign and digits. float: a finite decimal number, exponent allowed.
+    Configurations bind parameters with the same rule.
+    """
+    if type_ is ParameterType.INT and not _INT_RE.match(value):
+        return f"{value!r} is not an int"
+    if type_ is ParameterType.FLOAT and not (
+        _FLOAT_RE.match(value) and math.isfinite(float(value))
+    ):
+        return f"{value!r} is not a float"
+    return None
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+@dataclass
+class _Problems:
+    """Collects field violations; ``prefix`` is prepended to every path."""
+
+    prefix: str = ""
+    violations: list[FieldViolation] = field(default_factory=list)
+
+    def add(self, path: str, description: str) -> None:
+        self.violations.append(FieldViolation(_join(self.prefix, path), description))
+
+    def extend(self, other: _Problems) -> None:
+        self.violations.extend(other.violations)
+
+    def __bool__(self) -> bool:
+        return bool(self.violations)
+
+    def error(self) -> InvalidArgument:
+        listed = "; ".join(_violation_text(v) for v in self.violations)
+        return InvalidArgument(
+            message=f"invalid workflow template: {listed}", violations=list(self.violations)
+        )
+
+
+def _parse(doc: Any, resource_group: str, problems: _Problems) -> Executable | None:
+    if not isinstance(doc, dict):
+        problems.add("", f"a document must be a mapping, not {_type_name(doc)}")
+        return None
+    doc = _plain(doc)
+
+    api_version = doc.get("apiVersion")
+    if api_version != API_VERSION:
+        problems.add("apiVersion", f"must be {API_VERSION!r}, not {api_version!r}")
+    kind = doc.get("kind")
+    if kind != KIND:
+        problems.add("kind", f"must be {KIND!r}, not {kind!r}")
+        return None  # not a workflow template: its fields mean something else
+
+    metadata = _mapping(doc, "metadata", "metadata", problems, required=True)
+    executable_id = metadata.get("name")
+    if not isinstance(executable_id, str) or not executable_id:
+        problems.add("metadata.name", "the executable id is required")
+    elif not _ID_RE.match(executable_id) or len(executable_id) > MAX_NAME_LENGTH:
+        problems.add(
+            "metadata.name",
+            f"{executable_id!r} is not a valid executable id: lower-case letters, digits, "
+            f"'-', '.' and '_', starting and ending with a letter or digit, "
+            f"at most {MAX_NAME_LENGTH} characters",
+        )
+    labels = _string_map(metadata.get("labels"), "metadata.labels", problems)
+    annotations = _string_map(metadata.get("annotations"), "metadata.annotations", problems)
+
+    scenario_id = labels.pop(SCENARIO_ID_LABEL, "")
+    if not scenario_id:
+        problems.add(f'metadata.labels["{SCENARIO_ID_LABEL}"]', "the scenario id is required")
+    elif not _NAME_RE.match(scenario_id) or len(scenario_id) > MAX_NAME_LENGTH:
+        problems.add(
+            f'metadata.labels["{SCENARIO_ID_LABEL}"]',
+            f"{scenario_id!r} is not a valid scenario id",
+        )
+    version = labels.pop(VERSION_LABEL, "")
+    if not version:
+        problems.add(f'metadata.labels["{VERSION_LABEL}"]', "the version is required")
+
+    spec = _mapping(doc, "spec", "spec", problems, required=True)
+    parameters = _parameters(spec, problems)
+    templates = _templates(spec, problems)
+    input_artifacts = _input_artifacts(spec, templates, annotations, problems)
+    output_artifacts = _output_artifacts(templates, annotations, problems)
+
+    if problems:
+        return None
+    return Executable(
+        id=executable_id,
+        resource_group=resource_group,
+        name=annotations.get(EXECUTABLE_NAME_ANNOTATION) or executable_id,
+        version=version,
+        scenario_id=scenario_id,
+        scenario_name=annotations.get(SCENARIO_NAME_ANNOTATION) or scenario_id,
+        description=annotations.get(EXECUTABLE_DESCRIPTION_ANNOTATION, ""),
+        deployable=False,
+        labels=labels,
+        parameters=parameters,
+        input_artifacts=input_artifacts,
+        output_artifacts=output_artifacts,
+        spec=spec,
+        digest=_digest(doc),
+    )
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def _parameters(spec: dict, problems: _Problems) -> list[ParameterSpec]:
+    result: list[ParameterSpec] = []
+    seen: set[str] = set()
+    for section in ("inputs", "arguments"):
+        base = f"spec.{section}"
+        holder = _mapping(spec, section, base, problems)
+        for path, entry in _entries(holder, "parameters", f"{base}.parameters", problems):
+            name = entry.get("name")
+            if not isinstance(name, str) or not _PARAMETER_NAME_RE.match(name):
+                problems.add(
+                    f"{path}.name",
+                    f"{name!r} is not a valid parameter name: a letter or '_', then letters, "
+                    f"digits, '_' or '-', at most 63 characters",
+                )
+                continue
+            if name in seen:
+                problems.add(f"{path}.name", f"parameter {name!r} is declared twice")
+                continue
+            seen.add(name)
+
+            raw_type = entry.get("type")
+            if raw_type is None:
+                type_ = ParameterType.STRING
+            elif isinstance(raw_type, str) and raw_type.lower() in _PARAMETER_TYPES:
+                type_ = ParameterType(raw_type.lower())
+            else:
+                problems.add(
+                    f"{path}.type",
+                    f"{raw_type!r} is not a parameter type: use string, int or float",
+                )
+                continue
+
+            key = "default" if "default" in entry else "value"
+            default = entry.get(key)
+            if default is not None:
+                if isinstance(default, bool):
+                    default = "true" if default else "false"
+                elif isinstance(default, int | float | str):
+                    default = str(default)
+                else:
+                    problems.add(f"{path}.{key}", "the default must be a single value")
+                    continue
+                reason = parameter_value_error(type_, default)
+                if reason:
+                    problems.add(f"{path}.{key}", f"the default {reason}")
+                    continue
+
+            description = entry.get("description", "")
+            if not isinstance(description, str):
+                problems.add(f"{path}.description", "must be a string")
+                continue
+            result.append(ParameterSpec(name, type_, default, description))
+    return result
+
+
+# --------------------------------------------------------------------------- templates
+
+
+@dataclass
+class _Template:
+    index: int
+    name: str
+    body: dict
+
+    @property
+    def path(self) -> str:
+        return f"spec.templates[{self.index}]"
+
+
+def _templates(spec: dict, problems: _Problems) -> dict[str, _Template]:
+    """Check ``spec.templates`` and ``spec.entrypoint``; return the templates by name."""
+    raw = spec.get("templates")
+    if not isinstance(raw, list) or not raw:
+        problems.add("spec.templates", "at least one template is required")
+        raw = []
+    templates: dict[str, _Template] = {}
+    bodies: list[_Template] = []
+    for i, body in enumerate(raw):
+        path = f"spec.templates[{i}]"
+        if not isinstance(body, dict):
+            problems.add(path, f"a template must be a mapping, not {_type_name(body)}")
+            continue
+        name = body.get("name")
+        if not _check_name(name, f"{path}.name", "template", problems):
+            continue
+        template = _Template(i, name, body)
+        bodies.append(template)
+        if name in templates:
+            problems.add(f"{path}.name", f"template {name!r} is declared twice")
+        else:
+            templates[name] = template
+
+    entrypoint = spec.get("entrypoint")
+    if not entrypoint:
+        problems.add("spec.entrypoint", "the entrypoint template is required")
+    elif not isinstance(entrypoint, str) or entrypoint not in templates:
+        problems.add("spec.entrypoint", f"no template named {entrypoint!r}{_known(templates)}")
+
+    for template in bodies:
+        _check_template(template, templates, problems)
+    return templates
+
+
+def _check_template(template: _Template, templates: dict[str, _Template], problems: _Problems):
+    body, path = template.body, template.path
+    present = [key for key in _TEMPLATE_TYPES if key in body]
+    if not present:
+        others = [key for key in _UNSUPPORTED_TEMPLATE_TYPES if key in body]
+        why = f"{others[0]!r} templates are not supported; " if others else ""
+        problems.add(path, f"{why}a template needs exactly one of container, script, steps, dag")
+    elif len(present) > 1:
+        problems.add(
+            path,
+            f"has {' and '.join(present)}: a template needs exactly one of "
+            f"container, script, steps, dag",
+        )
+    else:
+        kind = present[0]
+        if kind in ("container", "script"):
+            _check_process(body, f"{path}.{kind}", kind, problems)
+        elif kind == "steps":
+            _check_steps(body["steps"], f"{path}.steps", templates, problems)
+        else:
+            _check_dag(body["dag"], f"{path}.dag", templates, problems)
+
+    leaf = len(present) == 1 and present[0] in ("container", "script")
+    inputs = _mapping(body, "inputs", f"{path}.inputs", problems)
+    _check_names(
+        _entries(inputs, "parameters", f"{path}.inputs.parameters", problems),
+        "parameter",
+        problems,
+        parameter=True,
+    )
+    for entry_path, entry in _check_names(
+        _entries(inputs, "artifacts", f"{path}.inputs.artifacts", problems), "artifact", problems
+    ):
+        if leaf:
+            _check_artifact_path(entry, entry_path, problems)
+    outputs = _mapping(body, "outputs", f"{path}.outputs", problems)
+    for entry_path, entry in _check_names(
+        _entries(outputs, "artifacts", f"{path}.outputs.artifacts", problems), "artifact", problems
+    ):
+        if leaf:
+            _check_artifact_path(entry, entry_path, problems)
+
+
+def _check_process(body: dict, path: str, kind: str, problems: _Problems) -> None:
+    """A container or script template: the runtime starts a process from it."""
+    process = body[kind]
+    if not isinstance(process, dict):
+        problems.add(path, f"must be a mapping, not {_type_name(process)}")
+        return
+    image = process.get("image")
+    if not isinstance(image, str) or not image.strip():
+        problems.add(f"{path}.image", "the image is required")
+    for key in ("command", "args"):
+        value = process.get(key)
+        if value is not None and not (
+            isinstance(value, list) and all(isinstance(v, str) for v in value)
+        ):
+            problems.add(f"{path}.{key}", "must be a list of strings")
+    if kind == "container" and not process.get("command") and not process.get("args"):
+        problems.add(f"{path}.command", "a container needs a command or args to run")
+    if kind == "script":
+        source = process.get("source")
+        if not isinstance(source, str) or not source.strip():
+            problems.add(f"{path}.source", "the script source is required")
+
+
+def _check_steps(
+    steps: Any, path: str, templates: dict[str, _Template], problems: _Problems
+) -> None:
+    """``steps`` is a list of groups run one after the other; a group's steps run together."""
+    if not isinstance(steps, list) or not steps:
+        problems.add(path, "must be a non-empty list of step groups")
+        return
+    seen: set[str] = set()
+    for g, group in enumerate(steps):
+        group_path = f"{path}[{g}]"
+        if not isinstance(group, list) or not group:
+            problems.add(group_path, "a step group must be a non-empty list of steps")
+            continue
+        for s, step in enumerate(group):
+            step_path = f"{group_path}[{s}]"
+            if not isinstance(step, dict):
+                problems.add(step_path, f"a step must be a mapping, not {_type_name(step)}")
+                continue
+            name = step.get("name")
+            if _check_name(name, f"{step_path}.name", "step", problems):
+                if name in seen:
+                    problems.add(f"{step_path}.name", f"step {name!r} is declared twice")
+                seen.add(name)
+            _check_reference(step, step_path, templates, problems)
+
+
+def _check_dag(dag: Any, path: str, templates: dict[str, _Template], problems: _Problems):
+    if not isinstance(dag, dict):
+        problems.add(path, f"must be a mapping, not {_type_name(dag)}")
+        return
+    tasks = dag.get("tasks")
+    if not isinstance(tasks, list) or not tasks:
+        problems.add(f"{path}.tasks", "must be a non-empty list of tasks")
+        return
+
+    index: dict[str, int] = {}
+    for t, task in enumerate(tasks):
+        task_path = f"{path}.tasks[{t}]"
+        if not isinstance(task, dict):
+            problems.add(task_path, f"a task must be a mapping, not {_type_name(task)}")
+            continue
+        name = task.get("name")
+        if _check_name(name, f"{task_path}.name", "task", problems):
+            if name in index:
+                problems.add(f"{task_path}.name", f"task {name!r} is declared twice")
+            else:
+                index[name] = t
+        _check_reference(task, task_path, templates, problems)
+
+    # Edges: task -> the tasks it waits for, with the field that declares each wait.
+    waits: dict[str, list[str]] = {name: [] for name in index}
+    edge_field: dict[tuple[str, str], str] = {}
+    for name, t in index.items():
+        task, task_path = tasks[t], f"{path}.tasks[{t}]"
+        for key, dependencies in _task_dependencies(task, f"{task_path}", problems):
+            for dependency in dependencies:
+                if dependency == name:
+                    problems.add(f"{task_path}.{key}", f"task {name!r} depends on itself")
+                elif dependency not in index:
+                    problems.add(
+                        f"{task_path}.{key}",
+                        f"no task named {dependency!r} in this dag{_known(index)}",
+                    )
+                else:
+                    waits[name].append(dependency)
+                    edge_field.setdefault((name, dependency), key)
+
+    for cycle in _cycles(waits, order=index):
+        # Name the field of the cycle's first task (in document order) that closes it.
+        k = min(range(len(cycle) - 1), key=lambda i: index[cycle[i]])
+        first = cycle[k]
+        problems.add(
+            f"{path}.tasks[{index[first]}].{edge_field[(first, cycle[k + 1])]}",
+            "dependency cycle: " + " depends on ".join(cycle[k:-1] + cycle[: k + 1]),
+        )
+
+
+def _task_dependencies(
+    task: dict, task_path: str, problems: _Problems
+) -> Iterator[tuple[str, list[str]]]:
+    """The task names of ``dependencies`` (a list) and of ``depends`` (an expression)."""
+    dependencies = task.get("dependencies")
+    if dependencies is not None:
+        if isinstance(dependencies, list) and all(isinstance(d, str) for d in dependencies):
+            yield "dependencies", dependencies
+        else:
+            problems.add(f"{task_path}.dependencies", "must be a list of task names")
+    depends = task.get("depends")
+    if depends is not None:
+        if isinstance(depends, str):
+            yield "depends", _depends_names(depends)
+        else:
+            problems.add(f"{task_path}.depends", "must be an expression of task names")
+
+
+def _depends_names(expression: str) -> list[str]:
+    """Task names in an Argo ``depends`` expression such as ``A && (B.Failed || C)``."""
+    names = []
+    for token in _DEPENDS_TOKEN_RE.findall(expression):
+        head, _, tail = token.rpartition(".")
+        names.append(head if head and tail in _DEPENDS_RESULTS else token)
+    return names
+
+
+def _cycles(waits: dict[str, list[str]], order: dict[str, int]) -> list[list[str]]:
+    """One cycle (``[a, b, a]``) per strongly connected group of tasks that wait on each other."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    stack: list[str] = []
+    found: list[list[str]] = []
+    reported: set[frozenset[str]] = set()
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in waits[node]:
+            if state.get(nxt) == 1:
+                cycle = stack[stack.index(nxt) :] + [nxt]
+                key = frozenset(cycle)
+                if not any(key & seen for seen in reported):
+                    reported.add(key)
+                    found.append(cycle)
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(waits, key=order.__getitem__):
+        if node not in state:
+            visit(node)
+    return found
+
+
+def _check_reference(
+    call: dict, path: str, templates: dict[str, _Template], problems: _Problems
+) -> None:
+    """A step or task must call a template of this document."""
+    if "templateRef" in call:
+        problems.add(
+            f"{path}.templateRef",
+            "references to other WorkflowTemplates are not supported; use a template "
+            "of this document",
+        )
+        return
+    if "inline" in call:
+        problems.add(f"{path}.inline", "inline templates are not supported")
+        return
+    target = call.get("template")
+    if not target:
+        problems.add(f"{path}.template", "the template to run is required")
+    elif not isinstance(target, str) or target not in templates:
+        problems.add(f"{path}.template", f"no template named {target!r}{_known(templates)}")
+
+
+# --------------------------------------------------------------------------- artifacts
+
+
+def _input_artifacts(
+    spec: dict, templates: dict[str, _Template], annotations: dict[str, str], problems: _Problems
+) -> list[InputArtifactSpec]:
+    found: list[dict] = []
+    for section in ("inputs", "arguments"):
+        entries = _entries(spec.get(section), "artifacts", f"spec.{section}.artifacts", problems)
+        found.extend(
+            entry
+            for _path, entry in _check_names(entries, "artifact", problems)
+            if not _has_source(entry)
+        )
+
+    entrypoint = spec.get("entrypoint")
+    supplied = _supplied_artifacts(templates)
+    for template in templates.values():
+        for _path, entry in _entries(template.body.get("inputs"), "artifacts", "", _Problems()):
+            name = entry.get("name")
+            # The entrypoint is called by the workflow itself, with spec.arguments.
+            closed = (
+                template.name != entrypoint
+                and isinstance(name, str)
+                and name in supplied.get(template.name, ())
+            )
+            if not (_has_source(entry) or closed):
+                found.append(entry)
+
+    result: dict[str, InputArtifactSpec] = {}
+    for entry in found:
+        name = entry.get("name")
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            continue  # reported where it is declared
+        description = entry.get("description") or annotations.get(
+            f"{ARTIFACT_ANNOTATION_PREFIX}{name}.description", ""
+        )
+        known = result.get(name)
+        if known is None:
+            result[name] = InputArtifactSpec(
+                name=name,
+                kind=_artifact_kind(name, annotations),
+                description=description if isinstance(description, str) else "",
+            )
+        elif not known.description and isinstance(description, str):
+            known.description = description
+    return list(result.values())
+
+
+def _supplied_artifacts(templates: dict[str, _Template]) -> dict[str, set[str]]:
+    """Per template, the input artifacts that every step or task calling it passes with a
+    source. A template nothing calls gets no entry."""
+    supplied: dict[str, set[str]] = {}
+    for template in templates.values():
+        for call in _calls(template.body):
+            target = call.get("template")
+            if not isinstance(target, str):
+                continue
+            passed = {
+                entry["name"]
+                for _path, entry in _entries(call.get("arguments"), "artifacts", "", _Problems())
+                if isinstance(entry.get("name"), str) and _has_source(entry)
+            }
+            supplied[target] = supplied[target] & passed if target in supplied else passed
+    return supplied
+
+
+def _calls(body: dict) -> Iterator[dict]:
+    steps = body.get("steps")
+    if isinstance(steps, list):
+        for group in steps:
+            if isinstance(group, list):
+                yield from (s for s in group if isinstance(s, dict))
+    dag = body.get("dag")
+    if isinstance(dag, dict) and isinstance(dag.get("tasks"), list):
+        yield from (t for t in dag["tasks"] if isinstance(t, dict))
+
+
+def _output_artifacts(
+    templates: dict[str, _Template], annotations: dict[str, str], problems: _Problems
+) -> list[OutputArtifactSpec]:
+    result: list[OutputArtifactSpec] = []
+    declared_at: dict[str, str] = {}
+    for template in templates.values():
+        outputs = template.body.get("outputs")
+        base = f"{template.path}.outputs.artifacts"
+        for path, entry in _entries(outputs, "artifacts", base, _Problems()):
+            if "globalName" not in entry:
+                continue
+            global_name = entry["globalName"]
+            if not _check_name(global_name, f"{path}.globalName", "artifact", problems):
+                continue
+            if global_name in declared_at:
+                problems.add(
+                    f"{path}.globalName",
+                    f"output artifact {global_name!r} is already declared at "
+                    f"{declared_at[global_name]}",
+                )
+                continue
+            declared_at[global_name] = path
+            kind = _artifact_kind(global_name, annotations) or ArtifactKind.OTHER
+            description = entry.get("description") or annotations.get(
+                f"{ARTIFACT_ANNOTATION_PREFIX}{global_name}.description", ""
+            )
+            result.append(
+                OutputArtifactSpec(
+                    name=global_name,
+                    kind=kind,
+                    path=entry.get("path") if isinstance(entry.get("path"), str) else "",
+                    description=description if isinstance(description, str) else "",
+                    step=template.name,
+                )
+            )
+    return result
+
+
+def _artifact_kind(name: str, annotations: dict[str, str]) -> ArtifactKind | None:
+    value = annotations.get(f"{ARTIFACT_ANNOTATION_PREFIX}{name}.kind")
+    if value is None:
+        return None
+    try:
+        return ArtifactKind(value.strip().lower())
+    except ValueError:
+        return ArtifactKind.OTHER
+
+
+def _has_source(entry: dict) -> bool:
+    return any(key in entry for key in _ARTIFACT_SOURCES)
+
+
+def _check_artifact_path(entry: dict, path: str, problems: _Problems) -> None:
+    value = entry.get("path")
+    if not isinstance(value, str) or not value.strip():
+        problems.add(f"{path}.path", "the artifact's path in the step is required")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _entries(holder: Any, key: str, path: str, problems: _Problems) -> Iterator[tuple[str, dict]]:
+    """The mappings of the list ``holder[key]``, with their paths; reports what is not."""
+    if not isinstance(holder, dict) or holder.get(key) is None:
+        return
+    items = holder[key]
+    if not isinstance(items, list):
+        problems.add(path, f"must be a list, not {_type_name(items)}")
+        return
+    for i, item in enumerate(items):
+        if isinstance(item, dict):
+            yield f"{path}[{i}]", item
+        else:
+            problems.add(f"{path}[{i}]", f"must be a mapping, not {_type_name(item)}")
+
+
+def _check_names(
+    entries: Iterable[tuple[str, dict]], what: str, problems: _Problems, parameter: bool = False
+) -> list[tuple[str, dict]]:
+    """Check the names of a list of parameters or artifacts: valid and unique."""
+    valid: list[tuple[str, dict]] = []
+    seen: set[str] = set()
+    for path, entry in entries:
+        name = entry.get("name")
+        if parameter:
+            if not isinstance(name, str) or not _PARAMETER_NAME_RE.match(name):
+                problems.add(f"{path}.name", f"{name!r} is not a valid {what} name")
+                continue
+        elif not _check_name(name, f"{path}.name", what, problems):
+            continue
+        if name in seen:
+            problems.add(f"{path}.name", f"{what} {name!r} is declared twice")
+            continue
+        seen.add(name)
+        valid.append((path, entry))
+    return valid
+
+
+def _check_name(name: Any, path: str, what: str, problems: _Problems) -> bool:
+    if not name:
+        problems.add(path, f"the {what} name is required")
+        return False
+    if not isinstance(name, str) or not _NAME_RE.match(name) or len(name) > MAX_NAME_LENGTH:
+        problems.add(
+            path,
+            f"{name!r} is not a valid {what} name: letters, digits, '-', '.' and '_', "
+            f"starting and ending with a letter or digit, at most {MAX_NAME_LENGTH} characters",
+        )
+        return False
+    return True
+
+
+def _mapping(
+    holder: dict, key: str, path: str, problems: _Problems, required: bool = False
+) -> dict:
+    value = holder.get(key)
+    if value is None:
+        if required:
+            problems.add(path, "is required")
+        return {}
+    if not isinstance(value, dict):
+        problems.add(path, f"must be a mapping, not {_type_name(value)}")
+        return {}
+    return value
+
+
+def _string_map(value: Any, path: str, problems: _Problems) -> dict[str, str]:
+    """Labels and annotations: strings; numbers are accepted as their text (``1.0``)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        problems.add(path, f"must be a mapping, not {_type_name(value)}")
+        return {}
+    result: dict[str, str] = {}
+    for key, item in value.items():
+        if isinstance(item, str):
+            result[key] = item
+        elif isinstance(item, int | float) and not isinstance(item, bool):
+            result[key] = str(item)
+        else:
+            problems.add(f'{path}["{key}"]', "must be a string")
+    return result
+
+
+def _plain(value: Any) -> Any:
+    """Plain JSON data: string keys, lists, dates as ISO text (YAML reads them as dates)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+def _digest(doc: dict) -> str:
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _known(names: Iterable[str]) -> str:
+    listed = ", ".join(sorted(names))
+    return f" (known: {listed})" if listed else ""
+
+
+def _join(prefix: str, path: str) -> str:
+    if not prefix:
+        return path
+    if not path:
+        return prefix
+    return f"{prefix}.{path}"
+
+
+def _violation_text(violation: FieldViolation) -> str:
+    if not violation.field:
+        return violation.description
+    return f"{violation.field}: {violation.description}"
+
+
+def _invalid(description: str) -> InvalidArgument:
+    """An error about the text as a whole (its violation names no field)."""
+    return InvalidArgument(
+        message=f"invalid workflow template: {description}",
+        violations=[FieldViolation("", description)],
+    )
+
+
+def _describe(error: InvalidArgument) -> str:
+    if not error.violations:
+        return error.message
+    return "; ".join(_violation_text(v) for v in error.violations)
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
