@@ -331,6 +331,7 @@ def _parse(doc: Any, resource_group: str, problems: _Problems) -> Executable | N
         version=version,
         scenario_id=scenario_id,
         scenario_name=annotations.get(SCENARIO_NAME_ANNOTATION) or scenario_id,
+        scenario_description=annotations.get(SCENARIO_DESCRIPTION_ANNOTATION, ""),
         description=annotations.get(EXECUTABLE_DESCRIPTION_ANNOTATION, ""),
         deployable=False,
         labels=labels,

@@ -3,10 +3,10 @@ check of a configuration against its executable."""
 
 from __future__ import annotations
 
-import math
 import re
 
 from server.domain.errors import FieldViolation, InvalidArgument
+from server.domain.templates import parameter_value_error
 from server.domain.models import (
     Artifact,
     ArtifactKind,
@@ -29,7 +29,6 @@ RESOURCE_GROUP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
 LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 URL_RE = re.compile(r"^([a-z][a-z0-9+.-]*://\S+|/\S*)$")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
-INT_RE = re.compile(r"^[+-]?\d+$")
 
 
 class Violations:
@@ -108,20 +107,9 @@ def check_resource_group(resource_group: str) -> None:
 
 
 def parse_parameter(kind: ParameterType, text: str) -> str | None:
-    """None when ``text`` is a valid value of ``kind``, else the problem."""
-    if kind == ParameterType.INT:
-        if not INT_RE.match(text.strip()):
-            return f"{text!r} is not an integer"
-        if abs(int(text)) >= 2**63:
-            return f"{text!r} is out of the 64-bit range"
-    elif kind == ParameterType.FLOAT:
-        try:
-            value = float(text)
-        except ValueError:
-            return f"{text!r} is not a number"
-        if not math.isfinite(value):
-            return f"{text!r} is not a finite number"
-    return None
+    """None when ``text`` is a valid value of ``kind``, else the problem (the same rule
+    that checks an executable's defaults)."""
+    return parameter_value_error(kind, text)
 
 
 def check_configuration(

@@ -1,0 +1,1 @@
+"""Subcommands of the `trainyard` command line (see client/cli.py)."""
