@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
+from client.metrics_api import MetricsCalls
 from trainyard.v1 import (
     artifact_pb2,
     artifact_service_pb2,
@@ -95,7 +96,7 @@ class TrainyardError(Exception):
         return result
 
 
-class TrainyardClient:
+class TrainyardClient(MetricsCalls):
     """Blocking client over one gRPC channel."""
 
     def __init__(

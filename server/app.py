@@ -16,6 +16,7 @@ from server.api.errors import ErrorInterceptor
 from server.api.executions import ExecutionService
 from server.api.logs import LogService
 from server.api.meta import MetaService
+from server.api.metrics import MetricService
 from server.api.resources import (
     ArtifactService,
     ConfigurationService,
@@ -25,7 +26,9 @@ from server.api.resources import (
 from server.config import Settings
 from server.domain.logs import LogReader
 from server.domain.logsink import LogSink
+from server.domain.metrics import MetricsService
 from server.domain.service import ControlPlane
+from server.store.metrics import MetricStore
 from server.store.repository import Store
 from trainyard.v1 import (
     artifact_service_pb2,
@@ -40,6 +43,8 @@ from trainyard.v1 import (
     log_service_pb2_grpc,
     meta_service_pb2,
     meta_service_pb2_grpc,
+    metric_service_pb2,
+    metric_service_pb2_grpc,
     scenario_service_pb2,
     scenario_service_pb2_grpc,
 )
@@ -54,6 +59,7 @@ SERVICE_NAMES = [
     execution_service_pb2.DESCRIPTOR.services_by_name["ExecutionService"].full_name,
     log_service_pb2.DESCRIPTOR.services_by_name["LogService"].full_name,
     meta_service_pb2.DESCRIPTOR.services_by_name["MetaService"].full_name,
+    metric_service_pb2.DESCRIPTOR.services_by_name["MetricService"].full_name,
 ]
 
 
@@ -117,12 +123,15 @@ async def start_server(settings: Settings) -> TrainyardServer:
         ExecutionService(plane), server
     )
     log_service_pb2_grpc.add_LogServiceServicer_to_server(LogService(LogReader(plane)), server)
+    metric_service_pb2_grpc.add_MetricServiceServicer_to_server(
+        MetricService(MetricsService(MetricStore(store)), settings.max_message_bytes), server
+    )
     capabilities = {
         "logs": True,
         "log_streaming": False,
         "bulk_updates": True,
         "status_watch": False,
-        "metrics": False,
+        "metrics": True,
         "idempotent_creates": True,
         "executable_registration": True,
     }

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
 
+from server.domain import metrics
 from server.domain.errors import InvalidArgument
 from server.domain.models import (
     Artifact,
@@ -30,6 +31,7 @@ from trainyard.v1 import (
     executable_pb2,
     execution_pb2,
     log_pb2,
+    metric_pb2,
     scenario_pb2,
 )
 
@@ -274,3 +276,139 @@ def log_line_pb(line: LogLine) -> log_pb2.LogLine:
         stream=STREAM_TO_PB[line.stream],
         text=line.text,
     )
+
+
+# ------------------------------------------------------------------- metrics
+
+AGGREGATION_FROM_PB = {
+    metric_pb2.METRIC_AGGREGATION_UNSPECIFIED: metrics.Aggregation.LATEST,
+    metric_pb2.METRIC_AGGREGATION_LATEST: metrics.Aggregation.LATEST,
+    metric_pb2.METRIC_AGGREGATION_MIN: metrics.Aggregation.MIN,
+    metric_pb2.METRIC_AGGREGATION_MAX: metrics.Aggregation.MAX,
+}
+AGGREGATION_TO_PB = {
+    metrics.Aggregation.LATEST: metric_pb2.METRIC_AGGREGATION_LATEST,
+    metrics.Aggregation.MIN: metric_pb2.METRIC_AGGREGATION_MIN,
+    metrics.Aggregation.MAX: metric_pb2.METRIC_AGGREGATION_MAX,
+}
+INFO_FORMAT_FROM_PB = {
+    metric_pb2.CUSTOM_INFO_FORMAT_UNSPECIFIED: metrics.InfoFormat.TEXT,
+    metric_pb2.CUSTOM_INFO_FORMAT_TEXT: metrics.InfoFormat.TEXT,
+    metric_pb2.CUSTOM_INFO_FORMAT_JSON: metrics.InfoFormat.JSON,
+}
+INFO_FORMAT_TO_PB = {
+    metrics.InfoFormat.TEXT: metric_pb2.CUSTOM_INFO_FORMAT_TEXT,
+    metrics.InfoFormat.JSON: metric_pb2.CUSTOM_INFO_FORMAT_JSON,
+}
+
+
+def enum_from_pb(table: dict, value: int, field: str, what: str):
+    try:
+        return table[value]
+    except KeyError:
+        raise InvalidArgument.of(field, f"unknown {what} {value}") from None
+
+
+def metric_points_from_pb(points) -> list[metrics.PointIn]:
+    """Metric messages as plain point tuples (the write hot path: no objects per point)."""
+    out = []
+    append = out.append
+    for p in points:
+        at_us = None
+        if p.HasField("time"):
+            t = p.time
+            at_us = t.seconds * 1_000_000 + t.nanos // 1000
+        append(
+            (
+                p.name,
+                p.value,
+                p.step if p.HasField("step") else None,
+                at_us,
+                dict(p.labels) if p.labels else None,
+            )
+        )
+    return out
+
+
+def execution_metrics_from_pb(entries) -> list[metrics.ExecutionMetricsIn]:
+    result = []
+    for i, e in enumerate(entries):
+        result.append(
+            metrics.ExecutionMetricsIn(
+                execution_id=e.execution_id,
+                points=metric_points_from_pb(e.metrics),
+                tags=[(t.key, t.value) for t in e.tags],
+                custom_info=[
+                    metrics.CustomInfo(
+                        c.name,
+                        c.value,
+                        enum_from_pb(
+                            INFO_FORMAT_FROM_PB, c.format,
+                            f"executions[{i}].custom_info[{j}].format", "custom info format",
+                        ),
+                    )
+                    for j, c in enumerate(e.custom_info)
+                ],
+            )
+        )
+    return result
+
+
+def selector_from_pb(selector: metric_pb2.MetricSelector, field: str) -> metrics.Selector:
+    return metrics.Selector(
+        selector.name,
+        enum_from_pb(
+            AGGREGATION_FROM_PB, selector.aggregation, f"{field}.aggregation", "aggregation"
+        ),
+    )
+
+
+def metric_pb(point: metrics.MetricPoint) -> metric_pb2.Metric:
+    stamp = timestamp_pb2.Timestamp(
+        seconds=point.at_us // 1_000_000, nanos=(point.at_us % 1_000_000) * 1000
+    )
+    return metric_pb2.Metric(
+        name=point.name, value=point.value, step=point.step, time=stamp, labels=point.labels
+    )
+
+
+def execution_metrics_pb(entry: metrics.ExecutionMetrics) -> metric_pb2.ExecutionMetrics:
+    return metric_pb2.ExecutionMetrics(
+        execution_id=entry.execution_id,
+        metrics=[metric_pb(p) for p in entry.points],
+        tags=[metric_pb2.Tag(key=k, value=v) for k, v in entry.tags.items()],
+        custom_info=[
+            metric_pb2.CustomInfo(name=c.name, value=c.value, format=INFO_FORMAT_TO_PB[c.format])
+            for c in entry.custom_info
+        ],
+    )
+
+
+def compared_execution_pb(row: metrics.ComparedExecution) -> metric_pb2.ComparedExecution:
+    message = metric_pb2.ComparedExecution(
+        execution_id=row.execution_id,
+        configuration_id=row.configuration_id,
+        configuration_name=row.configuration_name,
+        executable_id=row.executable_id,
+        status=STATUS_TO_PB[row.status],
+        parameters=[
+            configuration_pb2.ParameterBinding(key=k, value=v) for k, v in row.parameters.items()
+        ],
+        create_time=timestamp_pb2.Timestamp(
+            seconds=row.created_us // 1_000_000, nanos=(row.created_us % 1_000_000) * 1000
+        ),
+        metrics=[
+            metric_pb2.MetricValue(
+                name=m.name,
+                aggregation=AGGREGATION_TO_PB[m.aggregation],
+                value=m.value,
+                step=m.step,
+                count=m.count,
+            )
+            for m in row.metrics
+        ],
+        best=row.best,
+    )
+    if row.duration is not None:
+        message.duration.FromTimedelta(row.duration)
+    return message

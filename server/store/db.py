@@ -49,8 +49,13 @@ def _migration_1(db: pw.Database) -> None:
     db.create_tables(tables.ALL_TABLES)
 
 
+def _migration_2(db: pw.Database) -> None:
+    """Metrics: series with their summaries, points, tags, custom info, owners."""
+    db.create_tables(tables.METRIC_TABLES)
+
+
 # Numbered schema migrations; index + 1 is the version they bring the schema to.
-MIGRATIONS: list[Callable[[pw.Database], None]] = [_migration_1]
+MIGRATIONS: list[Callable[[pw.Database], None]] = [_migration_1, _migration_2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

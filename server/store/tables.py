@@ -212,3 +212,82 @@ ALL_TABLES = [
     LogRow,
     IdempotencyRow,
 ]
+
+
+# ----------------------------------------------------------------- metrics (migration 2)
+
+
+class MetricOwnerRow(Base):
+    """An execution that has (or had) metrics, with its resource group: metrics kept
+    after the execution is deleted stay visible to that group only."""
+
+    execution_id = pw.TextField(primary_key=True)
+    resource_group = pw.TextField()
+    created_us = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "metric_owner"
+
+
+class MetricSeriesRow(Base):
+    """One metric name of one execution, with a summary of its points (count, latest,
+    min, max) kept up to date by every write: comparisons read only these rows."""
+
+    series_id = pw.AutoField()
+    execution_id = pw.TextField()
+    name = pw.TextField()
+    count = pw.BigIntegerField(default=0)
+    last_seq = pw.BigIntegerField(default=0)
+    last_value = pw.DoubleField(null=True)
+    last_step = pw.BigIntegerField(null=True)
+    last_us = pw.BigIntegerField(null=True)
+    min_value = pw.DoubleField(null=True)
+    max_value = pw.DoubleField(null=True)
+
+    class Meta:
+        table_name = "metric_series"
+        indexes = ((("execution_id", "name"), True),)
+
+
+class MetricPointRow(Base):
+    """One point of a series; ``seq`` numbers the points of a series in write order."""
+
+    series_id = pw.IntegerField()
+    seq = pw.BigIntegerField()
+    value = pw.DoubleField()
+    step = pw.BigIntegerField(null=True)
+    at_us = pw.BigIntegerField()
+    labels = pw.TextField(null=True)  # JSON object, NULL when the point has none
+
+    class Meta:
+        table_name = "metric_point"
+        primary_key = pw.CompositeKey("series_id", "seq")
+        without_rowid = True
+
+
+class MetricTagRow(Base):
+    execution_id = pw.TextField()
+    key = pw.TextField()
+    value = pw.TextField()
+    modified_us = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "metric_tag"
+        primary_key = pw.CompositeKey("execution_id", "key")
+        without_rowid = True
+
+
+class MetricCustomInfoRow(Base):
+    execution_id = pw.TextField()
+    name = pw.TextField()
+    value = pw.TextField()
+    format = pw.TextField()  # "text" | "json"
+    modified_us = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "metric_custom_info"
+        primary_key = pw.CompositeKey("execution_id", "name")
+        without_rowid = True
+
+
+METRIC_TABLES = [MetricOwnerRow, MetricSeriesRow, MetricPointRow, MetricTagRow, MetricCustomInfoRow]

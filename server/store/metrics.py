@@ -1,0 +1,454 @@
+"""The metric store: series with running summaries, points, tags, custom info.
+
+Writes are the hot path: one call is one transaction, points go in with a raw
+``executemany``, and each series keeps its count, latest, min and max up to date so that
+comparisons and latest-value reads never scan points. Every method is synchronous and
+short, like the rest of the store.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from server.domain.errors import NotFound
+from server.domain.metrics import (
+    Aggregation,
+    ComparedExecution,
+    CompareQuery,
+    CustomInfo,
+    ExecutionMetricsIn,
+    InfoFormat,
+    MetricPoint,
+    SeriesSummary,
+)
+from server.domain.models import Status
+from server.store.repository import Store
+
+# SQLite accepts at most 32766 bound variables per statement; stay well below.
+CHUNK = 500
+
+_AGG_COLUMN = {
+    Aggregation.LATEST: "s.last_value",
+    Aggregation.MIN: "s.min_value",
+    Aggregation.MAX: "s.max_value",
+}
+
+
+def _chunks(items: Sequence[Any], size: int = CHUNK):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+class MetricStore:
+    """Metric tables of a ``Store``. Registers itself as a delete hook of the store, so
+    an execution's metrics go with it in the same transaction unless kept."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.db = store.db
+        store.delete_hooks.append(self.on_execution_deleted)
+
+    def _sql(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
+        return self.db.execute_sql(sql, args).fetchall()
+
+    # ----------------------------------------------------------------- write
+
+    def write(
+        self, resource_group: str, entries: Sequence[ExecutionMetricsIn], now_us: int
+    ) -> tuple[int, int, int]:
+        """Store validated entries in one transaction. NotFound (nothing written) when an
+        execution does not exist in ``resource_group``."""
+        ids = [e.execution_id for e in entries]
+        with self.store.write_lock():
+            self.require_executions(resource_group, ids)
+            cursor = self.db.cursor()
+            cursor.executemany(
+                "INSERT OR IGNORE INTO metric_owner (execution_id, resource_group, created_us) "
+                "VALUES (?, ?, ?)",
+                [(eid, resource_group, now_us) for eid in ids],
+            )
+            points = tags = infos = 0
+            point_rows: list[tuple] = []
+            summary_rows: list[tuple] = []
+            for entry in entries:
+                if entry.points:
+                    self._series_rows(cursor, entry, point_rows, summary_rows)
+                    points += len(entry.points)
+                if entry.tags:
+                    cursor.executemany(
+                        "INSERT INTO metric_tag (execution_id, key, value, modified_us) "
+                        "VALUES (?, ?, ?, ?) ON CONFLICT (execution_id, key) "
+                        "DO UPDATE SET value = excluded.value, modified_us = excluded.modified_us",
+                        [(entry.execution_id, k, val, now_us) for k, val in entry.tags],
+                    )
+                    tags += len(entry.tags)
+                if entry.custom_info:
+                    cursor.executemany(
+                        "INSERT INTO metric_custom_info "
+                        "(execution_id, name, value, format, modified_us) VALUES (?, ?, ?, ?, ?) "
+                        "ON CONFLICT (execution_id, name) DO UPDATE SET value = excluded.value, "
+                        "format = excluded.format, modified_us = excluded.modified_us",
+                        [
+                            (entry.execution_id, c.name, c.value, str(c.format), now_us)
+                            for c in entry.custom_info
+                        ],
+                    )
+                    infos += len(entry.custom_info)
+            if point_rows:
+                cursor.executemany(
+                    "INSERT INTO metric_point (series_id, seq, value, step, at_us, labels) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    point_rows,
+                )
+            if summary_rows:
+                cursor.executemany(
+                    "UPDATE metric_series SET count = ?, last_seq = ?, last_value = ?, "
+                    "last_step = ?, last_us = ?, min_value = ?, max_value = ? "
+                    "WHERE series_id = ?",
+                    summary_rows,
+                )
+        return points, tags, infos
+
+    def _series_rows(
+        self, cursor, entry: ExecutionMetricsIn, point_rows: list[tuple], summary_rows: list[tuple]
+    ) -> None:
+        """Append the point rows of ``entry`` and the new summaries of its series."""
+        eid = entry.execution_id
+        # series state: name -> [series_id, count, last_seq, last_value, last_step,
+        # last_us, min, max]
+        state: dict[str, list] = {}
+        names = list({p[0] for p in entry.points})
+        for chunk in _chunks(names):
+            for row in cursor.execute(
+                "SELECT name, series_id, count, last_seq, last_value, last_step, last_us, "
+                f"min_value, max_value FROM metric_series WHERE execution_id = ? "
+                f"AND name IN ({_marks(len(chunk))})",
+                [eid, *chunk],
+            ).fetchall():
+                state[row[0]] = list(row[1:])
+        for name in names:
+            if name not in state:
+                cursor.execute(
+                    "INSERT INTO metric_series (execution_id, name, count, last_seq) "
+                    "VALUES (?, ?, 0, 0)",
+                    (eid, name),
+                )
+                state[name] = [cursor.lastrowid, 0, 0, None, None, None, None, None]
+        dumps = json.dumps
+        append = point_rows.append
+        for name, value, step, at_us, labels in entry.points:
+            s = state[name]
+            seq = s[2] + 1
+            s[2] = seq
+            s[1] += 1
+            s[3] = value
+            s[4] = step
+            s[5] = at_us
+            if s[6] is None or value < s[6]:
+                s[6] = value
+            if s[7] is None or value > s[7]:
+                s[7] = value
+            append(
+                (
+                    s[0],
+                    seq,
+                    value,
+                    step,
+                    at_us,
+                    dumps(labels, separators=(",", ":"), sort_keys=True) if labels else None,
+                )
+            )
+        for name in names:
+            sid, count, last_seq, last_value, last_step, last_us, lo, hi = state[name]
+            summary_rows.append((count, last_seq, last_value, last_step, last_us, lo, hi, sid))
+
+    # ------------------------------------------------------------ visibility
+
+    def require_executions(self, resource_group: str, execution_ids: Sequence[str]) -> None:
+        """NotFound for the first id that is not an execution of ``resource_group``."""
+        found: set[str] = set()
+        for chunk in _chunks(list(execution_ids)):
+            found.update(
+                r[0]
+                for r in self._sql(
+                    "SELECT execution_id FROM execution WHERE resource_group = ? "
+                    f"AND execution_id IN ({_marks(len(chunk))})",
+                    [resource_group, *chunk],
+                )
+            )
+        for eid in execution_ids:
+            if eid not in found:
+                raise NotFound.of("execution", eid)
+
+    def require_visible(self, resource_group: str, execution_ids: Sequence[str]) -> None:
+        """Like ``require_executions``, but executions deleted with their metrics kept
+        count as found."""
+        found: set[str] = set()
+        for chunk in _chunks(list(execution_ids)):
+            marks = _marks(len(chunk))
+            found.update(
+                r[0]
+                for r in self._sql(
+                    f"SELECT execution_id FROM execution WHERE resource_group = ? "
+                    f"AND execution_id IN ({marks}) UNION SELECT execution_id FROM metric_owner "
+                    f"WHERE resource_group = ? AND execution_id IN ({marks})",
+                    [resource_group, *chunk, resource_group, *chunk],
+                )
+            )
+        for eid in execution_ids:
+            if eid not in found:
+                raise NotFound.of("execution", eid)
+
+    # ------------------------------------------------------------------ read
+
+    def latest_points(
+        self, execution_id: str, names: Sequence[str], after: tuple[str, int] | None, limit: int
+    ) -> list[MetricPoint]:
+        """The last point of every series of an execution, by name."""
+        sql = [
+            "SELECT s.name, p.value, p.step, p.at_us, p.labels, p.seq FROM metric_series s "
+            "JOIN metric_point p ON p.series_id = s.series_id AND p.seq = s.last_seq "
+            "WHERE s.execution_id = ?"
+        ]
+        args: list[Any] = [execution_id]
+        if names:
+            sql.append(f"AND s.name IN ({_marks(len(names))})")
+            args.extend(names)
+        if after is not None:
+            sql.append("AND s.name > ?")
+            args.append(after[0])
+        sql.append("ORDER BY s.name LIMIT ?")
+        args.append(limit)
+        return [_point(r) for r in self._sql(" ".join(sql), args)]
+
+    def series_points(
+        self, execution_id: str, names: Sequence[str], after: tuple[str, int] | None, limit: int
+    ) -> list[MetricPoint]:
+        """Every point of every series of an execution, by name, then in write order."""
+        series = self._sql(
+            "SELECT series_id, name FROM metric_series WHERE execution_id = ? "
+            + (f"AND name IN ({_marks(len(names))}) " if names else "")
+            + "ORDER BY name",
+            [execution_id, *names],
+        )
+        points: list[MetricPoint] = []
+        for series_id, name in series:
+            if after is not None and name < after[0]:
+                continue
+            after_seq = after[1] if after is not None and name == after[0] else 0
+            rows = self._sql(
+                "SELECT value, step, at_us, labels, seq FROM metric_point "
+                "WHERE series_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (series_id, after_seq, limit - len(points)),
+            )
+            points.extend(_point((name, *r)) for r in rows)
+            if len(points) >= limit:
+                break
+        return points
+
+    def tags(self, execution_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        result: dict[str, dict[str, str]] = {}
+        for chunk in _chunks(list(execution_ids)):
+            for eid, key, value in self._sql(
+                "SELECT execution_id, key, value FROM metric_tag "
+                f"WHERE execution_id IN ({_marks(len(chunk))}) ORDER BY execution_id, key",
+                chunk,
+            ):
+                result.setdefault(eid, {})[key] = value
+        return result
+
+    def custom_info(self, execution_ids: Sequence[str]) -> dict[str, list[CustomInfo]]:
+        result: dict[str, list[CustomInfo]] = {}
+        for chunk in _chunks(list(execution_ids)):
+            for eid, name, value, fmt in self._sql(
+                "SELECT execution_id, name, value, format FROM metric_custom_info "
+                f"WHERE execution_id IN ({_marks(len(chunk))}) ORDER BY execution_id, name",
+                chunk,
+            ):
+                result.setdefault(eid, []).append(CustomInfo(name, value, InfoFormat(fmt)))
+        return result
+
+    def summaries(
+        self, execution_ids: Sequence[str], names: Sequence[str] | None
+    ) -> dict[str, dict[str, SeriesSummary]]:
+        """Series summaries of executions, by execution id then name (``names`` None:
+        every name)."""
+        result: dict[str, dict[str, SeriesSummary]] = {}
+        name_sql = f" AND name IN ({_marks(len(names))})" if names else ""
+        for chunk in _chunks(list(execution_ids)):
+            rows = self._sql(
+                "SELECT execution_id, name, count, last_value, last_step, min_value, max_value "
+                f"FROM metric_series WHERE execution_id IN ({_marks(len(chunk))}){name_sql} "
+                "AND count > 0",
+                [*chunk, *(names or ())],
+            )
+            for eid, name, count, last, step, lo, hi in rows:
+                result.setdefault(eid, {})[name] = SeriesSummary(name, count, last, step, lo, hi)
+        return result
+
+    # ---------------------------------------------------------------- delete
+
+    def delete(self, resource_group: str, execution_id: str, names: Sequence[str]) -> int:
+        """Delete the named series (or every series, tag and custom info entry) of an
+        execution, or of its kept metrics. Returns the number of points deleted."""
+        with self.store.write_lock():
+            self.require_visible(resource_group, [execution_id])
+            deleted = self._delete_series(execution_id, names)
+            if not names:
+                self._delete_rest(execution_id)
+        return deleted
+
+    def on_execution_deleted(self, execution_id: str, keep_metrics: bool) -> None:
+        """Delete hook: runs inside the execution's delete transaction."""
+        if keep_metrics:
+            return
+        self._delete_series(execution_id, ())
+        self._delete_rest(execution_id)
+
+    def _delete_series(self, execution_id: str, names: Sequence[str]) -> int:
+        name_sql = f" AND name IN ({_marks(len(names))})" if names else ""
+        where = f"execution_id = ?{name_sql}"
+        args = [execution_id, *names]
+        deleted = self.db.execute_sql(
+            "DELETE FROM metric_point WHERE series_id IN "
+            f"(SELECT series_id FROM metric_series WHERE {where})",
+            args,
+        ).rowcount
+        self.db.execute_sql(f"DELETE FROM metric_series WHERE {where}", args)
+        return max(deleted, 0)
+
+    def _delete_rest(self, execution_id: str) -> None:
+        for table in ("metric_tag", "metric_custom_info", "metric_owner"):
+            self.db.execute_sql(f"DELETE FROM {table} WHERE execution_id = ?", (execution_id,))
+
+    # --------------------------------------------------------------- compare
+
+    def compare_page(
+        self, q: CompareQuery
+    ) -> tuple[list[tuple[ComparedExecution, tuple]], int, float | None]:
+        """One page of a comparison, its total and the best value of the ordering metric.
+        Rows come with their keyset position ``(missing, value, position)``; position
+        is the index in ``q.execution_ids`` or minus the execution's row id."""
+        args: list[Any] = []
+        if q.execution_ids:
+            values = ",".join("(?, ?)" for _ in q.execution_ids)
+            source = (
+                f"(WITH req (pos, eid) AS (VALUES {values}) "
+                "SELECT e.*, req.pos AS pos FROM req JOIN execution e "
+                "ON e.execution_id = req.eid AND e.resource_group = ?)"
+            )
+            for i, eid in enumerate(q.execution_ids):
+                args += [i, eid]
+            args.append(q.resource_group)
+            where: list[str] = []
+        else:
+            source = "(SELECT e.*, -e.id AS pos FROM execution e WHERE e.resource_group = ?"
+            args.append(q.resource_group)
+            if q.executable_id:
+                source += " AND e.executable_id = ?"
+                args.append(q.executable_id)
+            if q.configuration_id:
+                source += " AND e.configuration_id = ?"
+                args.append(q.configuration_id)
+            if q.statuses:
+                source += f" AND e.status IN ({_marks(len(q.statuses))})"
+                args.extend(str(s) for s in q.statuses)
+            source += ")"
+            where = []
+        if q.order_by is not None:
+            value_sql = _AGG_COLUMN[q.order_by.aggregation]
+            join = "LEFT JOIN metric_series s ON s.execution_id = x.execution_id AND s.name = ?"
+            join_args = [q.order_by.name]
+        else:
+            value_sql = "NULL"
+            join = ""
+            join_args = []
+        base = f"FROM {source} x {join}"
+        base_args = [*args, *join_args]
+
+        total, best = self._sql(
+            f"SELECT COUNT(*), {'MIN' if q.ascending else 'MAX'}({value_sql}) {base}", base_args
+        )[0]
+
+        page_args = list(base_args)
+        if q.after is not None:
+            missing, value, position = q.after
+            if q.order_by is None:
+                where.append("x.pos > ?")
+                page_args.append(position)
+            elif missing:
+                where.append(f"({value_sql} IS NULL AND x.pos > ?)")
+                page_args.append(position)
+            else:
+                cmp = ">" if q.ascending else "<"
+                where.append(
+                    f"({value_sql} IS NULL OR {value_sql} {cmp} ? OR "
+                    f"({value_sql} = ? AND x.pos > ?))"
+                )
+                page_args += [value, value, position]
+        order = (
+            f"({value_sql} IS NULL), {value_sql} {'ASC' if q.ascending else 'DESC'}, x.pos"
+            if q.order_by is not None
+            else "x.pos"
+        )
+        sql = (
+            "SELECT x.execution_id, x.configuration_id, x.executable_id, x.status, "
+            f"x.created_us, x.started_us, x.completed_us, x.pos, {value_sql}, "
+            f"c.name, c.parameter_bindings {base} "
+            "LEFT JOIN configuration c ON c.resource_group = x.resource_group "
+            "AND c.configuration_id = x.configuration_id "
+            + (f"WHERE {' AND '.join(where)} " if where else "")
+            + f"ORDER BY {order} LIMIT ?"
+        )
+        page_args.append(q.limit)
+        now_us = time.time_ns() // 1000
+        params_cache: dict[str, dict[str, str]] = {}
+        rows: list[tuple[ComparedExecution, tuple]] = []
+        for (
+            eid,
+            config_id,
+            exe_id,
+            status,
+            created,
+            started,
+            completed,
+            pos,
+            value,
+            cname,
+            params,
+        ) in self._sql(sql, page_args):
+            parameters = params_cache.get(config_id)
+            if parameters is None:
+                parameters = params_cache[config_id] = json.loads(params) if params else {}
+            duration = None
+            if started is not None:
+                duration = timedelta(microseconds=(completed or now_us) - started)
+            rows.append(
+                (
+                    ComparedExecution(
+                        execution_id=eid,
+                        configuration_id=config_id,
+                        configuration_name=cname or "",
+                        executable_id=exe_id,
+                        status=Status(status),
+                        parameters=parameters,
+                        duration=duration,
+                        created_us=created,
+                    ),
+                    (1 if value is None else 0, value, pos),
+                )
+            )
+        return rows, int(total), best
+
+
+def _point(row: tuple) -> MetricPoint:
+    name, value, step, at_us, labels, seq = row
+    return MetricPoint(name, value, step, at_us, json.loads(labels) if labels else None, seq)
