@@ -113,14 +113,18 @@ class Metric(_message.Message):
     or ending with a space, for example `loss` or `eval/accuracy`.
     """
     value: _builtins.float
-    """The measured value. Must be finite: NaN and infinities are refused."""
+    """The measured value. Must be finite: NaN and infinities are refused. Stored as a
+    64-bit float and read back bit for bit, except that -0 reads back as 0.
+    """
     step: _builtins.int
     """Optional. Training step the value belongs to (epoch, iteration), at least 0. Unset
     for a single value such as a final score.
     """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
-        """Optional. When the value was measured. Default: the time the server received it."""
+        """Optional. When the value was measured, stored to the microsecond. Default: the time
+        the server received it.
+        """
 
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
