@@ -22,6 +22,15 @@ from trainyard.v1 import execution_pb2, metric_pb2
 ACTIONS = ("plot", "delete")
 
 
+def _table(headers, rows) -> None:
+    # sys.stdout is looked up at each call (the output helpers bind it at import).
+    table(headers, rows, out=sys.stdout)
+
+
+def _print_json(data) -> None:
+    print_json(data, out=sys.stdout)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     metrics = subparsers.add_parser(
         "metrics",
@@ -94,19 +103,19 @@ def metrics_cmd(client: TrainyardClient, args) -> int:
         for eid in ids:
             total += client.delete_metrics(eid, args.name)
         if args.json:
-            print_json({"metrics_deleted": total})
+            _print_json({"metrics_deleted": total})
         else:
             print(f"{total} points deleted")
         return 0
     entries = client.list_metrics(ids, args.name, series=args.series)
     if args.json:
-        print_json(entries)
+        _print_json(entries)
         return 0
     for n, entry in enumerate(entries):
         if len(entries) > 1:
             print(("\n" if n else "") + f"Execution {entry.execution_id}")
         if args.series:
-            table(
+            _table(
                 ["NAME", "STEP", "VALUE", "TIME", "LABELS"],
                 [
                     [
@@ -120,7 +129,7 @@ def metrics_cmd(client: TrainyardClient, args) -> int:
                 ],
             )
         else:
-            table(
+            _table(
                 ["NAME", "VALUE", "STEP", "TIME", "LABELS"],
                 [
                     [
@@ -195,7 +204,7 @@ def plot_cmd(client: TrainyardClient, args, ids: list[str]) -> int:
     labels = _legend_labels(client, ids)
     write_plot(series, labels, metric, args.output, args.width, args.height, args.title)
     if args.json:
-        print_json(
+        _print_json(
             {
                 "output": args.output,
                 "metric": metric,
@@ -239,6 +248,7 @@ def write_plot(
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     dpi = 100
     fig, ax = plt.subplots(figsize=(width / dpi, height / dpi), dpi=dpi)
@@ -256,6 +266,7 @@ def write_plot(
                 linewidth=1.5,
                 label=labels.get(eid, eid),
             )
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("step")
         ax.set_ylabel(metric)
         ax.set_title(title or metric)
@@ -288,7 +299,7 @@ def compare_cmd(client: TrainyardClient, args) -> int:
         limit=args.limit,
     )
     if args.json:
-        print_json(to_dict(result))
+        _print_json(to_dict(result))
         return 0
     rows = list(result.executions)
     param_keys = sorted({p.key for r in rows for p in r.parameters})
@@ -313,7 +324,7 @@ def compare_cmd(client: TrainyardClient, args) -> int:
                 *(values.get(h, "-") for h in metric_heads),
             ]
         )
-    table(headers, body)
+    _table(headers, body)
     if args.by:
         if result.HasField("best_value"):
             direction = "lowest" if args.ascending else "highest"

@@ -544,14 +544,17 @@ class MetricsService:
         rows = rows[: page.size]
 
         shown = list(dict.fromkeys(selectors))
-        if order_by is not None and order_by not in shown:
-            shown.insert(0, order_by)
         summaries = self.store.summaries(
-            [r.execution_id for r, _ in rows], sorted({s.name for s in shown}) if shown else None
+            [r.execution_id for r, _ in rows],
+            sorted({s.name for s in shown} | ({order_by.name} if order_by else set()))
+            if shown
+            else None,
         )
         if not shown:  # every name found on this page, latest values
             names = sorted({name for per in summaries.values() for name in per})
             shown = [Selector(name) for name in names]
+        if order_by is not None:  # the ordering metric comes first
+            shown = [order_by, *(s for s in shown if s != order_by)]
         for row, _ in rows:
             per = summaries.get(row.execution_id, {})
             for selector in shown:
