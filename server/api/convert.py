@@ -3,7 +3,7 @@ place that knows both."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf import timestamp_pb2
 
@@ -384,31 +384,50 @@ def execution_metrics_pb(entry: metrics.ExecutionMetrics) -> metric_pb2.Executio
     )
 
 
-def compared_execution_pb(row: metrics.ComparedExecution) -> metric_pb2.ComparedExecution:
-    message = metric_pb2.ComparedExecution(
-        execution_id=row.execution_id,
-        configuration_id=row.configuration_id,
-        configuration_name=row.configuration_name,
-        executable_id=row.executable_id,
-        status=STATUS_TO_PB[row.status],
-        parameters=[
-            configuration_pb2.ParameterBinding(key=k, value=v) for k, v in row.parameters.items()
-        ],
-        create_time=timestamp_pb2.Timestamp(
-            seconds=row.created_us // 1_000_000, nanos=(row.created_us % 1_000_000) * 1000
-        ),
-        metrics=[
-            metric_pb2.MetricValue(
-                name=m.name,
-                aggregation=AGGREGATION_TO_PB[m.aggregation],
-                value=m.value,
-                step=m.step,
-                count=m.count,
+def compared_executions_pb(
+    rows: list[metrics.ComparedExecution],
+) -> list[metric_pb2.ComparedExecution]:
+    """Compared executions as messages. Built from plain dicts, which protobuf turns into
+    messages about twice as fast as nested constructors: a comparison has thousands."""
+    params_cache: dict[int, list[dict[str, str]]] = {}
+    aggregations = AGGREGATION_TO_PB
+    result = []
+    for row in rows:
+        params = params_cache.get(id(row.parameters))
+        if params is None:
+            params = [{"key": k, "value": v} for k, v in row.parameters.items()]
+            params_cache[id(row.parameters)] = params
+        duration = None
+        if row.duration is not None:
+            us = row.duration // _MICROSECOND
+            duration = {"seconds": us // 1_000_000, "nanos": (us % 1_000_000) * 1000}
+        result.append(
+            metric_pb2.ComparedExecution(
+                execution_id=row.execution_id,
+                configuration_id=row.configuration_id,
+                configuration_name=row.configuration_name,
+                executable_id=row.executable_id,
+                status=STATUS_TO_PB[row.status],
+                parameters=params,
+                duration=duration,
+                create_time={
+                    "seconds": row.created_us // 1_000_000,
+                    "nanos": (row.created_us % 1_000_000) * 1000,
+                },
+                metrics=[
+                    {
+                        "name": m.name,
+                        "aggregation": aggregations[m.aggregation],
+                        "value": m.value,
+                        "step": m.step,
+                        "count": m.count,
+                    }
+                    for m in row.metrics
+                ],
+                best=row.best,
             )
-            for m in row.metrics
-        ],
-        best=row.best,
-    )
-    if row.duration is not None:
-        message.duration.FromTimedelta(row.duration)
-    return message
+        )
+    return result
+
+
+_MICROSECOND = timedelta(microseconds=1)

@@ -124,23 +124,10 @@ class Selector:
     aggregation: Aggregation = Aggregation.LATEST
 
 
-@dataclass(slots=True)
-class SeriesSummary:
-    """The summary row of one series (what comparisons read)."""
-
-    name: str
-    count: int
-    last_value: float
-    last_step: int | None
-    min_value: float
-    max_value: float
-
-    def reduce(self, aggregation: Aggregation) -> float:
-        if aggregation is Aggregation.MIN:
-            return self.min_value
-        if aggregation is Aggregation.MAX:
-            return self.max_value
-        return self.last_value
+# The summary of one series, as comparisons read it: (count, latest value, step of the
+# latest point or None, min, max). A tuple: comparisons handle thousands at once.
+Summary = tuple[int, float, "int | None", float, float]
+SUMMARY_FIELD = {Aggregation.LATEST: 1, Aggregation.MIN: 3, Aggregation.MAX: 4}
 
 
 @dataclass(slots=True)
@@ -162,6 +149,8 @@ class ComparedExecution:
     parameters: dict[str, str]
     duration: timedelta | None
     created_us: int
+    # Summaries of the series the comparison asked for, by name (from the store).
+    series: dict[str, Summary] = field(default_factory=dict)
     metrics: list[SelectedValue] = field(default_factory=list)
     best: bool = False
 
@@ -186,6 +175,8 @@ class CompareQuery:
     order_by: Selector | None
     ascending: bool
     limit: int
+    # Series to summarise per execution; None: every series of the page's executions.
+    names: list[str] | None = None
     # Keyset position after the last row seen: (missing, value, position) or None.
     after: tuple[int, float | None, int] | None = None
 
@@ -528,6 +519,10 @@ class MetricsService:
             after = (missing, value, position)
         if execution_ids:
             self.store.require_executions(resource_group, execution_ids)
+        shown = list(dict.fromkeys(selectors))
+        names = None
+        if shown:
+            names = sorted({s.name for s in shown} | ({order_by.name} if order_by else set()))
         query = CompareQuery(
             resource_group=resource_group,
             execution_ids=list(execution_ids),
@@ -537,46 +532,39 @@ class MetricsService:
             order_by=order_by,
             ascending=ascending,
             limit=page.size + 1,
+            names=names,
             after=after,
         )
         rows, total, best = self.store.compare_page(query)
         more = len(rows) > page.size
         rows = rows[: page.size]
-
-        shown = list(dict.fromkeys(selectors))
-        summaries = self.store.summaries(
-            [r.execution_id for r, _ in rows],
-            sorted({s.name for s in shown} | ({order_by.name} if order_by else set()))
-            if shown
-            else None,
-        )
         if not shown:  # every name found on this page, latest values
-            names = sorted({name for per in summaries.values() for name in per})
-            shown = [Selector(name) for name in names]
+            shown = [Selector(n) for n in sorted({n for r, _ in rows for n in r.series})]
         if order_by is not None:  # the ordering metric comes first
             shown = [order_by, *(s for s in shown if s != order_by)]
+        plan = [(s.name, s.aggregation, SUMMARY_FIELD[s.aggregation]) for s in shown]
+        latest = Aggregation.LATEST
+        order_field = SUMMARY_FIELD[order_by.aggregation] if order_by else 0
         for row, _ in rows:
-            per = summaries.get(row.execution_id, {})
-            for selector in shown:
-                summary = per.get(selector.name)
+            series = row.series
+            values = []
+            for name, aggregation, index in plan:
+                summary = series.get(name)
                 if summary is None:
-                    row.metrics.append(SelectedValue(selector.name, selector.aggregation))
-                    continue
-                row.metrics.append(
-                    SelectedValue(
-                        selector.name,
-                        selector.aggregation,
-                        value=summary.reduce(selector.aggregation),
-                        step=summary.last_step
-                        if selector.aggregation is Aggregation.LATEST
-                        else None,
-                        count=summary.count,
+                    values.append(SelectedValue(name, aggregation))
+                else:
+                    values.append(
+                        SelectedValue(
+                            name,
+                            aggregation,
+                            summary[index],
+                            summary[2] if aggregation is latest else None,
+                            summary[0],
+                        )
                     )
-                )
+            row.metrics = values
             if order_by is not None and best is not None:
-                value = per.get(order_by.name)
-                row.best = value is not None and value.reduce(order_by.aggregation) == best
-        token = ""
-        if more:
-            token = encode_token(list(rows[-1][1]), filters)
+                summary = series.get(order_by.name)
+                row.best = summary is not None and summary[order_field] == best
+        token = encode_token(list(rows[-1][1]), filters) if more else ""
         return Comparison([r for r, _ in rows], token, total, best)

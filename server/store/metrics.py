@@ -23,7 +23,7 @@ from server.domain.metrics import (
     ExecutionMetricsIn,
     InfoFormat,
     MetricPoint,
-    SeriesSummary,
+    Summary,
 )
 from server.domain.models import Status
 from server.store.repository import Store
@@ -276,22 +276,17 @@ class MetricStore:
                 result.setdefault(eid, []).append(CustomInfo(name, value, InfoFormat(fmt)))
         return result
 
-    def summaries(
-        self, execution_ids: Sequence[str], names: Sequence[str] | None
-    ) -> dict[str, dict[str, SeriesSummary]]:
-        """Series summaries of executions, by execution id then name (``names`` None:
-        every name)."""
-        result: dict[str, dict[str, SeriesSummary]] = {}
-        name_sql = f" AND name IN ({_marks(len(names))})" if names else ""
+    def summaries(self, execution_ids: Sequence[str]) -> dict[str, dict[str, Summary]]:
+        """Every series summary of executions, by execution id then name."""
+        result: dict[str, dict[str, Summary]] = {}
         for chunk in _chunks(list(execution_ids)):
             rows = self._sql(
                 "SELECT execution_id, name, count, last_value, last_step, min_value, max_value "
-                f"FROM metric_series WHERE execution_id IN ({_marks(len(chunk))}){name_sql} "
-                "AND count > 0",
-                [*chunk, *(names or ())],
+                f"FROM metric_series WHERE execution_id IN ({_marks(len(chunk))})",
+                chunk,
             )
-            for eid, name, count, last, step, lo, hi in rows:
-                result.setdefault(eid, {})[name] = SeriesSummary(name, count, last, step, lo, hi)
+            for eid, name, *summary in rows:
+                result.setdefault(eid, {})[name] = tuple(summary)
         return result
 
     # ---------------------------------------------------------------- delete
@@ -335,8 +330,14 @@ class MetricStore:
         self, q: CompareQuery
     ) -> tuple[list[tuple[ComparedExecution, tuple]], int, float | None]:
         """One page of a comparison, its total and the best value of the ordering metric.
-        Rows come with their keyset position ``(missing, value, position)``; position
-        is the index in ``q.execution_ids`` or minus the execution's row id."""
+
+        Rows come with the summaries of ``q.names`` (every series when None) and their
+        keyset position ``(missing, value, position)``; position is the index in
+        ``q.execution_ids``, or minus the execution's row id (newest first). The page is
+        chosen first (ordered, keyset, limit); only its rows are then joined with their
+        configuration and series, so a large selection costs one sort, not one lookup
+        per metric per execution.
+        """
         args: list[Any] = []
         if q.execution_ids:
             values = ",".join("(?, ?)" for _ in q.execution_ids)
@@ -348,7 +349,6 @@ class MetricStore:
             for i, eid in enumerate(q.execution_ids):
                 args += [i, eid]
             args.append(q.resource_group)
-            where: list[str] = []
         else:
             source = "(SELECT e.*, -e.id AS pos FROM execution e WHERE e.resource_group = ?"
             args.append(q.resource_group)
@@ -362,23 +362,17 @@ class MetricStore:
                 source += f" AND e.status IN ({_marks(len(q.statuses))})"
                 args.extend(str(s) for s in q.statuses)
             source += ")"
-            where = []
         if q.order_by is not None:
             value_sql = _AGG_COLUMN[q.order_by.aggregation]
             join = "LEFT JOIN metric_series s ON s.execution_id = x.execution_id AND s.name = ?"
-            join_args = [q.order_by.name]
+            args.append(q.order_by.name)
         else:
             value_sql = "NULL"
             join = ""
-            join_args = []
         base = f"FROM {source} x {join}"
-        base_args = [*args, *join_args]
 
-        total, best = self._sql(
-            f"SELECT COUNT(*), {'MIN' if q.ascending else 'MAX'}({value_sql}) {base}", base_args
-        )[0]
-
-        page_args = list(base_args)
+        where: list[str] = []
+        page_args = list(args)
         if q.after is not None:
             missing, value, position = q.after
             if q.order_by is None:
@@ -394,59 +388,100 @@ class MetricStore:
                     f"({value_sql} = ? AND x.pos > ?))"
                 )
                 page_args += [value, value, position]
-        order = (
-            f"({value_sql} IS NULL), {value_sql} {'ASC' if q.ascending else 'DESC'}, x.pos"
-            if q.order_by is not None
-            else "x.pos"
-        )
-        sql = (
-            "SELECT x.execution_id, x.configuration_id, x.executable_id, x.status, "
-            f"x.created_us, x.started_us, x.completed_us, x.pos, {value_sql}, "
-            f"c.name, c.parameter_bindings {base} "
-            "LEFT JOIN configuration c ON c.resource_group = x.resource_group "
-            "AND c.configuration_id = x.configuration_id "
-            + (f"WHERE {' AND '.join(where)} " if where else "")
-            + f"ORDER BY {order} LIMIT ?"
+        direction = "ASC" if q.ascending else "DESC"
+        page_sql = (
+            "SELECT x.execution_id, x.resource_group, x.configuration_id, x.executable_id, "
+            f"x.status, x.created_us, x.started_us, x.completed_us, x.pos, {value_sql} AS v "
+            f"{base} " + (f"WHERE {' AND '.join(where)} " if where else "")
+            + (f"ORDER BY (v IS NULL), v {direction}, x.pos" if q.order_by else "ORDER BY x.pos")
+            + " LIMIT ?"
         )
         page_args.append(q.limit)
+        joins, columns = [], []
+        for i, name in enumerate(q.names or ()):
+            joins.append(
+                f"LEFT JOIN metric_series m{i} ON m{i}.execution_id = p.execution_id "
+                f"AND m{i}.name = ?"
+            )
+            columns.append(
+                f", m{i}.count, m{i}.last_value, m{i}.last_step, m{i}.min_value, m{i}.max_value"
+            )
+            page_args.append(name)
+        # p is the left side of every join, so SQLite reads it first, in its order; the
+        # rows are still sorted again below rather than trusting that.
+        sql = (
+            "SELECT p.execution_id, p.configuration_id, p.executable_id, p.status, "
+            f"p.created_us, p.started_us, p.completed_us, p.pos, p.v{''.join(columns)} "
+            f"FROM ({page_sql}) p {' '.join(joins)}"
+        )
+        found = self._sql(sql, page_args)
+        if q.order_by is None:
+            found.sort(key=lambda r: r[7])
+        else:
+            sign = 1 if q.ascending else -1
+            found.sort(key=lambda r: (1, 0, r[7]) if r[8] is None else (0, sign * r[8], r[7]))
+
+        if q.after is None and len(found) < q.limit:
+            # The first page holds everything: its rows give the total and the best.
+            total = len(found)
+            best = found[0][8] if found else None
+        else:
+            total, best = self._sql(
+                f"SELECT COUNT(*), {'MIN' if q.ascending else 'MAX'}({value_sql}) {base}", args
+            )[0]
+
+        configurations = self._configurations(q.resource_group, {r[1] for r in found})
         now_us = time.time_ns() // 1000
-        params_cache: dict[str, dict[str, str]] = {}
+        statuses = {s.value: s for s in Status}
+        names = q.names or ()
         rows: list[tuple[ComparedExecution, tuple]] = []
-        for (
-            eid,
-            config_id,
-            exe_id,
-            status,
-            created,
-            started,
-            completed,
-            pos,
-            value,
-            cname,
-            params,
-        ) in self._sql(sql, page_args):
-            parameters = params_cache.get(config_id)
-            if parameters is None:
-                parameters = params_cache[config_id] = json.loads(params) if params else {}
-            duration = None
-            if started is not None:
-                duration = timedelta(microseconds=(completed or now_us) - started)
+        for row in found:
+            eid, config_id, exe_id, status, created, started, completed, pos, value = row[:9]
+            config_name, parameters = configurations.get(config_id, ("", {}))
+            series = {}
+            for i, name in enumerate(names):
+                summary = row[9 + 5 * i : 14 + 5 * i]
+                if summary[0] is not None:
+                    series[name] = summary
             rows.append(
                 (
                     ComparedExecution(
                         execution_id=eid,
                         configuration_id=config_id,
-                        configuration_name=cname or "",
+                        configuration_name=config_name,
                         executable_id=exe_id,
-                        status=Status(status),
+                        status=statuses[status],
                         parameters=parameters,
-                        duration=duration,
+                        duration=(
+                            None
+                            if started is None
+                            else timedelta(microseconds=(completed or now_us) - started)
+                        ),
                         created_us=created,
+                        series=series,
                     ),
                     (1 if value is None else 0, value, pos),
                 )
             )
+        if q.names is None and rows:
+            every = self.summaries([r.execution_id for r, _ in rows])
+            for r, _ in rows:
+                r.series = every.get(r.execution_id, {})
         return rows, int(total), best
+
+    def _configurations(
+        self, resource_group: str, ids: set[str]
+    ) -> dict[str, tuple[str, dict[str, str]]]:
+        """(name, parameter bindings) of configurations, by id."""
+        result = {}
+        for chunk in _chunks(sorted(ids)):
+            for cid, name, params in self._sql(
+                "SELECT configuration_id, name, parameter_bindings FROM configuration "
+                f"WHERE resource_group = ? AND configuration_id IN ({_marks(len(chunk))})",
+                [resource_group, *chunk],
+            ):
+                result[cid] = (name, json.loads(params) if params else {})
+        return result
 
 
 def _point(row: tuple) -> MetricPoint:
