@@ -290,3 +290,26 @@ def test_cli_plot_refuses_a_metric_nobody_has(server, trained, capsys, tmp_path)
     )
     assert code == 1 and "no execution has points of metric 'f1'" in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_cli_plot_every_execution_of_an_executable(server, trained, capsys, tmp_path):
+    out_file = tmp_path / "all.png"
+    code, out, err = cli_run(
+        server,
+        capsys,
+        "metrics",
+        "plot",
+        "--executable",
+        "iris-train",
+        "--metric",
+        "loss",
+        "-o",
+        str(out_file),
+        "--width",
+        "300",
+        "--height",
+        "200",
+    )
+    assert code == 0, err
+    assert png_size(out_file) == (300, 200)
+    assert "loss of 4 execution(s)" in out

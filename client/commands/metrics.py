@@ -39,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "trainyard metrics EXEC_ID... [--name NAME] [--series]\n"
             "       trainyard metrics plot EXEC_ID... --metric NAME [-o FILE.png] "
             "[--width PX] [--height PX]\n"
+            "       trainyard metrics plot --executable ID --metric NAME [-o FILE.png]\n"
             "       trainyard metrics delete EXEC_ID [--name NAME]"
         ),
         description="Without an action: the latest value of every metric, tags and custom "
@@ -54,6 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     plot.add_argument("--width", type=int, default=1000, help="image width in pixels (1000)")
     plot.add_argument("--height", type=int, default=600, help="image height in pixels (600)")
     plot.add_argument("--title", default="", help="chart title (default: the metric name)")
+    plot.add_argument(
+        "--executable", default="", help="plot every execution of this executable (newest 50)"
+    )
     metrics.set_defaults(handler=metrics_cmd)
 
     compare = subparsers.add_parser(
@@ -93,6 +97,9 @@ def _fmt(value: float | None) -> str:
 def metrics_cmd(client: TrainyardClient, args) -> int:
     action = args.targets[0] if args.targets[0] in ACTIONS else ""
     ids = args.targets[1:] if action else args.targets
+    if action == "plot" and not ids and args.executable:
+        rows = client.compare_executions(executable_id=args.executable, limit=50).executions
+        ids = [r.execution_id for r in rows]
     if not ids:
         print(f"error: metrics {action}: give at least one execution id", file=sys.stderr)
         return 2

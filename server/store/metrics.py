@@ -112,7 +112,7 @@ class MetricStore:
                 cursor.executemany(
                     "UPDATE metric_series SET count = ?, last_seq = ?, last_value = ?, "
                     "last_step = ?, last_us = ?, min_value = ?, max_value = ? "
-                    "WHERE series_id = ?",
+                    "WHERE execution_id = ? AND name = ?",
                     summary_rows,
                 )
         return points, tags, infos
@@ -134,14 +134,19 @@ class MetricStore:
                 [eid, *chunk],
             ).fetchall():
                 state[row[0]] = list(row[1:])
-        for name in names:
-            if name not in state:
-                cursor.execute(
-                    "INSERT INTO metric_series (execution_id, name, count, last_seq) "
-                    "VALUES (?, ?, 0, 0)",
-                    (eid, name),
-                )
-                state[name] = [cursor.lastrowid, 0, 0, None, None, None, None, None]
+        new = [name for name in names if name not in state]
+        if new:
+            # The write lock is held: nobody else can take the same ids.
+            first = cursor.execute(
+                "SELECT COALESCE(MAX(series_id), 0) + 1 FROM metric_series"
+            ).fetchone()[0]
+            cursor.executemany(
+                "INSERT INTO metric_series (series_id, execution_id, name, count, last_seq) "
+                "VALUES (?, ?, ?, 0, 0)",
+                [(first + i, eid, name) for i, name in enumerate(new)],
+            )
+            for i, name in enumerate(new):
+                state[name] = [first + i, 0, 0, None, None, None, None, None]
         dumps = json.dumps
         append = point_rows.append
         for name, value, step, at_us, labels in entry.points:
@@ -168,7 +173,9 @@ class MetricStore:
             )
         for name in names:
             sid, count, last_seq, last_value, last_step, last_us, lo, hi = state[name]
-            summary_rows.append((count, last_seq, last_value, last_step, last_us, lo, hi, sid))
+            summary_rows.append(
+                (count, last_seq, last_value, last_step, last_us, lo, hi, eid, name)
+            )
 
     # ------------------------------------------------------------ visibility
 

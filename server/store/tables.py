@@ -231,9 +231,11 @@ class MetricOwnerRow(Base):
 
 class MetricSeriesRow(Base):
     """One metric name of one execution, with a summary of its points (count, latest,
-    min, max) kept up to date by every write: comparisons read only these rows."""
+    min, max) kept up to date by every write: comparisons read only these rows, found by
+    their primary key (no rowid: one B-tree lookup per series). ``series_id`` is the
+    short key of its points, assigned by the store."""
 
-    series_id = pw.AutoField()
+    series_id = pw.BigIntegerField(unique=True)
     execution_id = pw.TextField()
     name = pw.TextField()
     count = pw.BigIntegerField(default=0)
@@ -246,7 +248,8 @@ class MetricSeriesRow(Base):
 
     class Meta:
         table_name = "metric_series"
-        indexes = ((("execution_id", "name"), True),)
+        primary_key = pw.CompositeKey("execution_id", "name")
+        without_rowid = True
 
 
 class MetricPointRow(Base):
