@@ -613,3 +613,19 @@ def test_compare_needs_ids_or_a_filter_not_both(trained, metrics):
 def test_meta_reports_the_metrics_capability(stubs):
     meta = stubs.meta.GetMeta(meta_service_pb2.GetMetaRequest())
     assert meta.capabilities.metrics
+
+
+def test_a_page_over_the_message_limit_is_refused_not_cut(server_factory):
+    small = server_factory(max_message_bytes=64 * 1024)
+    runs = Runs(small)
+    try:
+        eid = runs.execution()
+        for name in ("a", "b"):
+            runs.client.write_metrics(eid, custom_info={name: "x" * 40_000})
+        stub = metric_stub(runs.client.channel)
+        error = refused(read, stub, [eid])
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert error_details(error)[0] == "LIMIT_EXCEEDED"
+        assert "fewer executions" in error.details()
+    finally:
+        runs.close()

@@ -31,7 +31,7 @@ class MetricService(metric_service_pb2_grpc.MetricServiceServicer):
 
     async def ListMetrics(self, request, context):
         view = convert.enum_from_pb(VIEW_FROM_PB, request.view, "view", "metric view")
-        entries, token = self.metrics.list(
+        entries, token = self.metrics.read(
             resource_group(),
             list(request.execution_ids),
             list(request.names),

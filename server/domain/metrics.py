@@ -43,7 +43,6 @@ MAX_LABELS_PER_POINT = 16
 MAX_LABEL_VALUE = 256
 MAX_TAG_VALUE = 5000
 MAX_CUSTOM_INFO_BYTES = 64 * 1024
-MAX_CUSTOM_INFO_PER_EXECUTION = 16
 MAX_VIOLATIONS = 100
 
 MAX_EXECUTIONS_PER_LIST = 100
@@ -360,8 +359,6 @@ class MetricsService:
     @staticmethod
     def _check_custom_info(v: Violations, prefix: str, infos: list[CustomInfo]) -> list[CustomInfo]:
         last: dict[str, CustomInfo] = {}
-        if len(infos) > MAX_CUSTOM_INFO_PER_EXECUTION:
-            v.add(f"{prefix}.custom_info", f"at most {MAX_CUSTOM_INFO_PER_EXECUTION} entries")
         for i, info in enumerate(infos):
             check_metric_name(v, f"{prefix}.custom_info[{i}].name", info.name)
             if len(info.value.encode()) > MAX_CUSTOM_INFO_BYTES:
@@ -376,7 +373,7 @@ class MetricsService:
 
     # ------------------------------------------------------------------ read
 
-    def list(
+    def read(
         self,
         resource_group: str,
         execution_ids: Sequence[str],
