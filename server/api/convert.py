@@ -384,13 +384,14 @@ def execution_metrics_pb(entry: metrics.ExecutionMetrics) -> metric_pb2.Executio
     )
 
 
-def compared_executions_pb(
-    rows: list[metrics.ComparedExecution],
-) -> list[metric_pb2.ComparedExecution]:
-    """Compared executions as messages. Built from plain dicts, which protobuf turns into
-    messages about twice as fast as nested constructors: a comparison has thousands."""
+def compared_execution_fields(rows: list[metrics.ComparedExecution]) -> list[dict]:
+    """Compared executions as ComparedExecution field dicts, to pass as a repeated field
+    of the response: protobuf builds messages from plain dicts about twice as fast as
+    from nested constructors, and without the copy a list of messages costs. A
+    comparison has thousands of them."""
     params_cache: dict[int, list[dict[str, str]]] = {}
     aggregations = AGGREGATION_TO_PB
+    statuses = STATUS_TO_PB
     result = []
     for row in rows:
         params = params_cache.get(id(row.parameters))
@@ -402,19 +403,19 @@ def compared_executions_pb(
             us = row.duration // _MICROSECOND
             duration = {"seconds": us // 1_000_000, "nanos": (us % 1_000_000) * 1000}
         result.append(
-            metric_pb2.ComparedExecution(
-                execution_id=row.execution_id,
-                configuration_id=row.configuration_id,
-                configuration_name=row.configuration_name,
-                executable_id=row.executable_id,
-                status=STATUS_TO_PB[row.status],
-                parameters=params,
-                duration=duration,
-                create_time={
+            {
+                "execution_id": row.execution_id,
+                "configuration_id": row.configuration_id,
+                "configuration_name": row.configuration_name,
+                "executable_id": row.executable_id,
+                "status": statuses[row.status],
+                "parameters": params,
+                "duration": duration,
+                "create_time": {
                     "seconds": row.created_us // 1_000_000,
                     "nanos": (row.created_us % 1_000_000) * 1000,
                 },
-                metrics=[
+                "metrics": [
                     {
                         "name": m.name,
                         "aggregation": aggregations[m.aggregation],
@@ -424,8 +425,8 @@ def compared_executions_pb(
                     }
                     for m in row.metrics
                 ],
-                best=row.best,
-            )
+                "best": row.best,
+            }
         )
     return result
 

@@ -77,7 +77,7 @@ class MetricService(metric_service_pb2_grpc.MetricServiceServicer):
             page_token=request.page_token,
         )
         return pb.CompareExecutionsResponse(
-            executions=convert.compared_executions_pb(comparison.executions),
+            executions=convert.compared_execution_fields(comparison.executions),
             next_page_token=comparison.next_page_token,
             total_size=comparison.total_size,
             best_value=comparison.best_value,

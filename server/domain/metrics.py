@@ -539,29 +539,33 @@ class MetricsService:
             shown = [Selector(n) for n in sorted({n for r, _ in rows for n in r.series})]
         if order_by is not None:  # the ordering metric comes first
             shown = [order_by, *(s for s in shown if s != order_by)]
-        plan = [(s.name, s.aggregation, SUMMARY_FIELD[s.aggregation]) for s in shown]
-        latest = Aggregation.LATEST
+        # (name, aggregation, summary field of the value, summary field of the step)
+        plan = [
+            (
+                s.name,
+                s.aggregation,
+                SUMMARY_FIELD[s.aggregation],
+                2 if s.aggregation is Aggregation.LATEST else None,
+            )
+            for s in shown
+        ]
         order_field = SUMMARY_FIELD[order_by.aggregation] if order_by else 0
         for row, _ in rows:
-            series = row.series
-            values = []
-            for name, aggregation, index in plan:
-                summary = series.get(name)
-                if summary is None:
-                    values.append(SelectedValue(name, aggregation))
-                else:
-                    values.append(
-                        SelectedValue(
-                            name,
-                            aggregation,
-                            summary[index],
-                            summary[2] if aggregation is latest else None,
-                            summary[0],
-                        )
-                    )
-            row.metrics = values
+            get = row.series.get
+            row.metrics = [
+                SelectedValue(name, aggregation)
+                if (summary := get(name)) is None
+                else SelectedValue(
+                    name,
+                    aggregation,
+                    summary[field],
+                    None if step is None else summary[step],
+                    summary[0],
+                )
+                for name, aggregation, field, step in plan
+            ]
             if order_by is not None and best is not None:
-                summary = series.get(order_by.name)
+                summary = get(order_by.name)
                 row.best = summary is not None and summary[order_field] == best
         token = encode_token(list(rows[-1][1]), filters) if more else ""
         return Comparison([r for r, _ in rows], token, total, best)
