@@ -188,10 +188,26 @@ def writer(address: str, execution_ids: list[str], points: int, batch: int, infl
     return elapsed, written
 
 
-def measure_writes(address: str, ids: list[str], points: int, batch: int, inflight: int):
+def helper_writer(address: str, execution_id: str, points: int):
+    """Runs in its own process: log_metric() as a training loop calls it; returns
+    (seconds, points stored). Batches of 1000 go synchronously, as in a step."""
+    from client.metrics import MetricsLogger
+
+    logger = MetricsLogger(execution_id, address, "default", flush_interval=3600)
+    start = time.perf_counter()
+    for i in range(points):
+        logger.log_metric("loss", 1.0 / (i + 1), step=i)
+    logger.flush()
+    elapsed = time.perf_counter() - start
+    logger.close()
+    return elapsed, logger.sent
+
+
+def in_process(function, *args):
+    """Run ``function(*args)`` in a fresh process (the client is never the server)."""
     context = multiprocessing.get_context("spawn")
     with context.Pool(1) as pool:
-        return pool.apply_async(writer, (address, ids, points, batch, inflight)).get(timeout=600)
+        return pool.apply_async(function, args).get(timeout=600)
 
 
 # ---------------------------------------------------------------------- compare
@@ -315,7 +331,15 @@ def main(argv: list[str] | None = None) -> int:
         server = start_server(directory, port)
         address = f"127.0.0.1:{port}"
 
-        seconds, written = measure_writes(address, ids[:10], args.points, args.batch, args.inflight)
+        seconds, written = in_process(
+            writer, address, ids[:10], args.points, args.batch, args.inflight
+        )
+        one_seconds, one_written = in_process(
+            writer, address, ids[10:20], args.points // 2, args.batch, 1
+        )
+        helper_seconds, helper_written = in_process(
+            helper_writer, address, ids[20], min(args.points, 200_000)
+        )
         write_rate = written / seconds
         raw_rate = raw_sqlite_rate(directory, args.points, args.batch)
 
@@ -331,6 +355,11 @@ def main(argv: list[str] | None = None) -> int:
             f"metric points written: {written} in {seconds:.2f}s = {write_rate:,.0f} points/s "
             f"(batches of {args.batch}, {args.inflight} in flight, separate client process; "
             f"target >= {WRITE_TARGET:,}) {'OK' if ok_write else 'BELOW TARGET'}"
+        )
+        print(
+            f"  one call at a time: {one_written / one_seconds:,.0f} points/s; "
+            f"through the step helper (log_metric, batches of 1000): "
+            f"{helper_written / helper_seconds:,.0f} points/s"
         )
         print(
             f"raw sqlite3 executemany baseline (this process, same table and pragmas): "

@@ -93,6 +93,7 @@ class MetricsLogger:
         self._pid = os.getpid()
         self._last_flush = time.monotonic()
         self._warned: set[str] = set()
+        self._names: set[str] = set()  # metric names already checked
         self._closed = False
 
     # ------------------------------------------------------------------ API
@@ -105,7 +106,10 @@ class MetricsLogger:
         labels: Mapping[str, str] | None = None,
     ) -> None:
         """Record one value of metric ``name`` (at training ``step``, if given)."""
-        _check_name("metric name", name)
+        if name not in self._names:
+            _check_name("metric name", name)
+            if len(self._names) < 10_000:
+                self._names.add(name)
         value = float(value)
         if step is not None:
             step = int(step)
@@ -199,8 +203,6 @@ class MetricsLogger:
             self._points, self._tags, self._infos = [], {}, {}
 
     def _send(self, points: list[tuple], tags: dict, infos: dict, timeout: float | None) -> None:
-        from google.protobuf.timestamp_pb2 import Timestamp
-
         from client.client import TrainyardClient
         from trainyard.v1 import metric_pb2
 
@@ -208,17 +210,17 @@ class MetricsLogger:
             self._client = TrainyardClient(
                 self.address, resource_group=self.resource_group, timeout=self.timeout
             )
-        metrics = []
-        for name, value, step, time_ns, labels in points:
-            metric = metric_pb2.Metric(
-                name=name,
-                value=value,
-                step=step,
-                time=Timestamp(seconds=time_ns // 1_000_000_000, nanos=time_ns % 1_000_000_000),
-            )
-            if labels:
-                metric.labels.update(labels)
-            metrics.append(metric)
+        # Plain dicts: protobuf builds messages from them faster than from constructors.
+        metrics = [
+            {
+                "name": name,
+                "value": value,
+                "step": step,
+                "time": {"seconds": time_ns // 1_000_000_000, "nanos": time_ns % 1_000_000_000},
+                "labels": labels,
+            }
+            for name, value, step, time_ns, labels in points
+        ]
         entry = metric_pb2.ExecutionMetrics(
             execution_id=self.execution_id,
             metrics=metrics,
