@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from server.domain import templates, validation
+from server.domain import templates, validation, workflow
 from server.domain.errors import DomainError, InvalidArgument
 from server.domain.models import (
     Artifact,
@@ -307,7 +307,7 @@ class ControlPlane:
         executable = self.store.get_executable(
             resource_group, configuration.executable_id, configuration.executable_version
         )
-        steps = templates.step_names(executable.spec) if hasattr(templates, "step_names") else []
+        steps = workflow.step_names(executable.spec)
         execution = Execution(
             id=new_id(),
             resource_group=resource_group,
