@@ -21,6 +21,8 @@ class Settings:
     stop_grace_seconds: float = 10.0
     max_message_bytes: int = 4 * 1024 * 1024
     max_streams_per_client: int = 64
+    runtime: str = "local"  # local: steps run as local processes; none: nothing runs
+    port_file: Path | None = None  # where `serve` writes the bound port
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
@@ -31,6 +33,11 @@ class Settings:
     def work_dir(self) -> Path:
         """Where executions get their working directories."""
         return self.data_dir / "executions"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """Where output artifacts of executions are kept (they outlive the execution)."""
+        return self.data_dir / "artifacts"
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -64,6 +71,11 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--stop-grace-seconds", type=float,
                         default=float(_env("STOP_GRACE_SECONDS", "10")),
                         help="time between SIGTERM and SIGKILL when stopping a step")
+    parser.add_argument("--runtime", choices=["local", "none"], default=_env("RUNTIME", "local"),
+                        help="local: run steps as local processes (default); none: run "
+                        "nothing, executions stay PENDING (TRAINYARD_RUNTIME)")
+    parser.add_argument("--port-file", default=None,
+                        help="write the bound port to this file once the server serves")
     args = parser.parse_args(argv)
     if args.max_concurrent_executions < 1:
         parser.error("--max-concurrent-executions must be at least 1")
@@ -77,4 +89,6 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         log_level=args.log_level,
         max_concurrent_executions=args.max_concurrent_executions,
         stop_grace_seconds=args.stop_grace_seconds,
+        runtime=args.runtime,
+        port_file=Path(args.port_file) if args.port_file else None,
     )

@@ -51,8 +51,12 @@ SCRIPTS_DIR = "scripts"
 _PLACEHOLDER_RE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 _RESOLVED_FAMILIES = ("inputs.", "outputs.", "workflow.", "steps.", "tasks.")
 _FROM_INPUT_RE = re.compile(r"^\{\{\s*inputs\.artifacts\.([^.{}\s]+)\s*\}\}$")
-_FROM_STEP_RE = re.compile(r"^\{\{\s*(?:steps|tasks)\.([^.{}\s]+)\.outputs\.artifacts\.([^.{}\s]+)\s*\}\}$")
-_OTHER_SOURCES = ("s3", "gcs", "oss", "hdfs", "http", "git", "artifactory", "azure", "fromExpression")
+_FROM_STEP_RE = re.compile(
+    r"^\{\{\s*(?:steps|tasks)\.([^.{}\s]+)\.outputs\.artifacts\.([^.{}\s]+)\s*\}\}$"
+)
+_OTHER_SOURCES = (
+    "s3", "gcs", "oss", "hdfs", "http", "git", "artifactory", "azure", "fromExpression"
+)
 
 
 class PlanError(Exception):
@@ -119,6 +123,7 @@ class Collect:
     spec: OutputArtifactSpec
     step: str
     path: Path
+    optional: bool = False
 
 
 @dataclass(slots=True)
@@ -161,7 +166,9 @@ def build_plan(
         "workflow.uid": execution_id,
         "workflow.namespace": resource_group,
     }
-    workflow_parameters = {p.name: p.default for p in executable.parameters if p.default is not None}
+    workflow_parameters = {
+        p.name: p.default for p in executable.parameters if p.default is not None
+    }
     workflow_parameters.update(parameters)
     for name, value in workflow_parameters.items():
         global_values[f"workflow.parameters.{name}"] = value
@@ -180,7 +187,7 @@ def build_plan(
         ]
         if producers:
             step, output = producers[-1]
-            collect.append(Collect(spec, step.name, output.path))
+            collect.append(Collect(spec, step.name, output.path, output.optional))
     return Plan(work_dir, steps, collect)
 
 
@@ -242,13 +249,17 @@ class _Planner:
         inputs: list[StepInput] = []
         for entry in _entries(template.get("inputs"), "artifacts"):
             source = scope.artifacts.get(entry["name"])
-            path = _in_root(root, entry.get("path", ""), f"{where}: input artifact {entry['name']}")
+            path = _in_root(
+                root, entry.get("path", ""), f"{where}: input artifact {entry['name']}"
+            )
             values[f"inputs.artifacts.{entry['name']}.path"] = str(path)
             if source is not None:
                 inputs.append(StepInput(entry["name"], path, source))
         outputs: list[StepOutput] = []
         for entry in _entries(template.get("outputs"), "artifacts"):
-            path = _in_root(root, entry.get("path", ""), f"{where}: output artifact {entry['name']}")
+            path = _in_root(
+                root, entry.get("path", ""), f"{where}: output artifact {entry['name']}"
+            )
             values[f"outputs.artifacts.{entry['name']}.path"] = str(path)
             outputs.append(
                 StepOutput(
@@ -269,7 +280,9 @@ class _Planner:
             if not name:
                 continue
             if "valueFrom" in entry:
-                raise PlanError(f"{where}: env {name}: valueFrom is not supported by the local runtime")
+                raise PlanError(
+                    f"{where}: env {name}: valueFrom is not supported by the local runtime"
+                )
             env[name] = _substitute(str(entry.get("value", "")), values, where)
 
         script = script_path = None
