@@ -789,6 +789,13 @@ class LocalRuntime(Runtime):
             self.sink.flush()
             return
         details = {d.name: d for d in execution.step_details}
+        for name, record in records.items():  # outcomes recorded but not yet reported
+            detail = details.get(name)
+            if record.get("phase") and detail is not None and detail.phase in (
+                StepPhase.PENDING, StepPhase.RUNNING
+            ):
+                _ended(detail, StepPhase(record["phase"]), record.get("failure", ""),
+                       record.get("exit_code"))
         for name in alive + lost:
             detail = details.setdefault(name, StepDetail(name))
             if execution.status == Status.STOPPING:
@@ -820,7 +827,7 @@ class LocalRuntime(Runtime):
             )
         else:
             done = [n for n, r in records.items() if r.get("phase") == str(StepPhase.SUCCEEDED)]
-            if await self._complete_after_restart(execution, work_dir, done):
+            if await self._complete_after_restart(execution, work_dir, done, details):
                 return
             status = Status.DEAD
             message = "server restarted while running, between steps"
@@ -837,7 +844,11 @@ class LocalRuntime(Runtime):
         self.sink.forget(eid)
 
     async def _complete_after_restart(
-        self, execution: Execution, work_dir: Path, succeeded: list[str]
+        self,
+        execution: Execution,
+        work_dir: Path,
+        succeeded: list[str],
+        details: dict[str, StepDetail],
     ) -> bool:
         """Every step had succeeded when the server stopped: register the outputs and
         complete. False when that cannot be done."""
@@ -848,7 +859,7 @@ class LocalRuntime(Runtime):
         if set(plan.names) != set(succeeded):
             return False
         run = _Run(execution, work_dir, plan)
-        run.details = {d.name: d for d in execution.step_details}
+        run.details = details
         try:
             await self._collect_outputs(run)
         except (StagingError, OSError, DomainError):
@@ -859,6 +870,7 @@ class LocalRuntime(Runtime):
         self.plane.transition(
             execution.id, Status.COMPLETED, "server_restart", message,
             expected=[Status.RUNNING], status_message=message,
+            step_details=list(details.values()) or None,
         )
         self.sink.forget(execution.id)
         return True
