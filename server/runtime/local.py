@@ -789,13 +789,14 @@ class LocalRuntime(Runtime):
             self.sink.flush()
             return
         details = {d.name: d for d in execution.step_details}
+        not_started = [n for n, d in details.items() if d.phase == StepPhase.PENDING]
         for name, record in records.items():  # outcomes recorded but not yet reported
             detail = details.get(name)
-            if record.get("phase") and detail is not None and detail.phase in (
+            phase = _phase(record.get("phase"))
+            if phase and detail is not None and detail.phase in (
                 StepPhase.PENDING, StepPhase.RUNNING
             ):
-                _ended(detail, StepPhase(record["phase"]), record.get("failure", ""),
-                       record.get("exit_code"))
+                _ended(detail, phase, record.get("failure", ""), record.get("exit_code"))
         for name in alive + lost:
             detail = details.setdefault(name, StepDetail(name))
             if execution.status == Status.STOPPING:
@@ -821,16 +822,16 @@ class LocalRuntime(Runtime):
             status, message = Status.DEAD, failures[0]
         elif alive or lost:
             status = Status.DEAD
-            message = (
-                f"server restarted while running; step {', '.join(alive + lost)} "
-                f"was interrupted"
-            )
+            message = f"server restarted while running; {_steps(alive + lost)} interrupted"
         else:
             done = [n for n, r in records.items() if r.get("phase") == str(StepPhase.SUCCEEDED)]
             if await self._complete_after_restart(execution, work_dir, done, details):
                 return
             status = Status.DEAD
-            message = "server restarted while running, between steps"
+            waiting = [n for n in not_started if n not in records]
+            message = "server restarted while running" + (
+                f"; {_steps(waiting)} not started" if waiting else ""
+            )
         self.sink.system(eid, f"execution {str(status).lower()}: {message}")
         self.sink.flush()
         try:
@@ -907,6 +908,20 @@ def _ended(
     if phase != StepPhase.SKIPPED and detail.finished_at is None:
         detail.finished_at = _now()
     return detail
+
+
+def _phase(value: object) -> StepPhase | None:
+    try:
+        return StepPhase(value) if value else None
+    except ValueError:
+        return None
+
+
+def _steps(names: list[str]) -> str:
+    """``step a was`` / ``steps a, b were``, for messages."""
+    if len(names) == 1:
+        return f"step {names[0]} was"
+    return f"steps {', '.join(names)} were"
 
 
 def _size(n: int) -> str:
