@@ -490,7 +490,7 @@ class LocalRuntime(Runtime):
                 log.warning("not moved to RUNNING", execution_id=run.id, error=str(exc))
         self._step_changed(run, detail)
         if run.halted:  # a stop or a failure came while the process was being created
-            why = "stop requested" if run.stopping or run.closing else "an other step failed"
+            why = "stop requested" if run.stopping or run.closing else "another step failed"
             self._signal(run, handle, why)
 
         readers = [
