@@ -442,11 +442,7 @@ class Store:
         if scenario_id:
             where &= R.scenario_id == scenario_id
         if not all_versions:
-            newest = (
-                R.select(pw.fn.MAX(R.id))
-                .where(where)
-                .group_by(R.executable_id)
-            )
+            newest = R.select(pw.fn.MAX(R.id)).where(where).group_by(R.executable_id)
             where &= R.id.in_(newest)
         total = R.select().where(where).count()
         query = R.select().where(where)
@@ -678,7 +674,9 @@ class Store:
             message=message,
         ).execute()
 
-    def create_execution(self, execution: Execution, request_id: str = "") -> tuple[Execution, bool]:
+    def create_execution(
+        self, execution: Execution, request_id: str = ""
+    ) -> tuple[Execution, bool]:
         """Insert a PENDING execution and its first history entry. Returns (execution,
         created); a known ``request_id`` returns the first execution, created False."""
         digest = request_digest({"configuration_id": execution.configuration_id})
@@ -844,7 +842,11 @@ class Store:
             lifecycle.check_operation(execution_id, current, lifecycle.Operation.STOP)
             row.target_status = str(TargetStatus.STOPPED)
             self._apply(
-                row, current, Status.STOPPING, "stop_requested", "stop requested by user",
+                row,
+                current,
+                Status.STOPPING,
+                "stop_requested",
+                "stop requested by user",
                 "stop requested",
             )
             row.save()
