@@ -74,6 +74,11 @@ async def run(address: str, kind: str, seconds: float, concurrency: int, arg: st
 
 
 if __name__ == "__main__":
-    address, kind, seconds, concurrency = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+    address, kind, seconds, concurrency = (
+        sys.argv[1],
+        sys.argv[2],
+        float(sys.argv[3]),
+        int(sys.argv[4]),
+    )
     arg = sys.argv[5] if len(sys.argv) > 5 else ""
     print(json.dumps(asyncio.run(run(address, kind, seconds, concurrency, arg))))

@@ -21,7 +21,10 @@ from client.client import TrainyardClient
 def load(address: str, kind: str, seconds: float, concurrency: int, arg: str = "") -> dict:
     out = subprocess.run(
         [PYTHON, "-m", "bench.load", address, kind, str(seconds), str(concurrency), arg],
-        cwd=ROOT, check=True, capture_output=True, text=True,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -29,8 +32,10 @@ def load(address: str, kind: str, seconds: float, concurrency: int, arg: str = "
 def echo_baseline(seconds: float, runs: int, concurrency: int, payload: int) -> float:
     port = free_port()
     server = subprocess.Popen(
-        [PYTHON, "-m", "bench.echo_server", str(port)], cwd=ROOT,
-        stdout=subprocess.PIPE, text=True,
+        [PYTHON, "-m", "bench.echo_server", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert server.stdout is not None and server.stdout.readline().strip() == "ready"
@@ -97,11 +102,15 @@ def main() -> None:
     print(f"bare aio echo     {echo_rate:10.0f} calls/s  (same client, {size}-byte payload)")
     print(f"  ratio           {ratio:10.2f}   target >= 0.60: {verdict(ratio >= 0.6)}")
     print(f"CreateExecution   {create_rate:10.0f} calls/s  (validated, committed, history row)")
-    print(f"  p50 / p99       {median([r['p50_ms'] for r in create_runs]):8.2f} / "
-          f"{median([r['p99_ms'] for r in create_runs]):.2f} ms")
+    print(
+        f"  p50 / p99       {median([r['p50_ms'] for r in create_runs]):8.2f} / "
+        f"{median([r['p99_ms'] for r in create_runs]):.2f} ms"
+    )
     print(f"sqlite insert+commit {sqlite_rate:7.0f} rows/s (baseline)")
-    print(f"  ratio           {create_rate / sqlite_rate:10.2f}   target >= 2000/s: "
-          f"{verdict(create_rate >= 2000)}")
+    print(
+        f"  ratio           {create_rate / sqlite_rate:10.2f}   target >= 2000/s: "
+        f"{verdict(create_rate >= 2000)}"
+    )
     print(f"idle server RSS   {idle_rss:10.1f} MB   target < 80 MB: {verdict(idle_rss < 80)}")
 
 
