@@ -112,38 +112,37 @@ def _internal(request_id: str) -> DomainError:
     )
 
 
-def _metadata(details: grpc.HandlerCallDetails) -> dict[str, str]:
-    result: dict[str, str] = {}
-    for key, value in details.invocation_metadata or ():
-        if isinstance(value, str):
-            result[key] = value
-    return result
-
-
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Binds request id / rpc / resource group, maps errors, logs each call once."""
 
     def __init__(self, default_resource_group: str = "default"):
         self.default_resource_group = default_resource_group
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Any],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
         method = handler_call_details.method
-        if method.startswith("/grpc.health") or method.startswith("/grpc.reflection"):
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
+        handler = await continuation(handler_call_details)
+        if handler is None or method.startswith(("/grpc.health", "/grpc.reflection")):
             return handler
-        metadata = _metadata(handler_call_details)
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = wrapped
+        return wrapped
 
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """The handler with context binding, error mapping and the per-call log line
+        (built once per method)."""
         if handler.unary_unary is not None:
             inner = handler.unary_unary
 
             async def unary_unary(request, context):
-                start = self._begin(method, metadata)
+                start = self._begin(method, context)
                 try:
                     validation.check_resource_group(ctx.resource_group())
                     return await inner(request, context)
@@ -162,7 +161,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             inner_stream = handler.unary_stream
 
             async def unary_stream(request, context) -> AsyncIterator[Any]:
-                start = self._begin(method, metadata)
+                start = self._begin(method, context)
                 try:
                     validation.check_resource_group(ctx.resource_group())
                     async for item in inner_stream(request, context):
@@ -179,9 +178,16 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             )
         return handler
 
-    def _begin(self, method: str, metadata: dict[str, str]) -> float:
-        request_id = metadata.get(ctx.REQUEST_ID_KEY) or uuid.uuid4().hex
-        group = metadata.get(ctx.RESOURCE_GROUP_KEY) or self.default_resource_group
+    def _begin(self, method: str, context: grpc.aio.ServicerContext) -> float:
+        request_id = ""
+        group = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == ctx.RESOURCE_GROUP_KEY:
+                group = value
+            elif key == ctx.REQUEST_ID_KEY:
+                request_id = value
+        request_id = request_id or uuid.uuid4().hex
+        group = group or self.default_resource_group
         ctx.request_id_var.set(request_id)
         ctx.resource_group_var.set(group)
         structlog.contextvars.clear_contextvars()
