@@ -202,6 +202,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             raise exc
         if isinstance(exc, DomainError):
             error = exc
+        elif isinstance(exc, NotImplementedError):
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "method not implemented")
         else:
             log.error("unexpected error", exc_info=exc)
             error = _internal(request_id)
