@@ -20,7 +20,7 @@ class Settings:
     max_concurrent_executions: int = 4
     stop_grace_seconds: float = 10.0
     max_message_bytes: int = 4 * 1024 * 1024
-    max_streams_per_client: int = 64
+    max_streams_per_client: int = 100
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
@@ -89,6 +89,12 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         default=float(_env("STOP_GRACE_SECONDS", "10")),
         help="time between SIGTERM and SIGKILL when stopping a step",
     )
+    parser.add_argument(
+        "--max-streams-per-client",
+        type=int,
+        default=int(_env("MAX_STREAMS_PER_CLIENT", "100")),
+        help="open server streams per client connection; more are RESOURCE_EXHAUSTED",
+    )
     args = parser.parse_args(argv)
     if args.max_concurrent_executions < 1:
         parser.error("--max-concurrent-executions must be at least 1")
@@ -102,4 +108,5 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         log_level=args.log_level,
         max_concurrent_executions=args.max_concurrent_executions,
         stop_grace_seconds=args.stop_grace_seconds,
+        max_streams_per_client=args.max_streams_per_client,
     )

@@ -115,8 +115,11 @@ def _internal(request_id: str) -> DomainError:
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Binds request id / rpc / resource group, maps errors, logs each call once."""
 
-    def __init__(self, default_resource_group: str = "default"):
+    def __init__(self, default_resource_group: str = "default", max_streams_per_client: int = 100):
         self.default_resource_group = default_resource_group
+        self.max_streams_per_client = max_streams_per_client
+        # Open server streams per client connection (peer address).
+        self.open_streams: dict[str, int] = {}
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
@@ -162,13 +165,32 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary_stream(request, context) -> AsyncIterator[Any]:
                 start = self._begin(method, context)
+                peer = context.peer()
+                counted = False
                 try:
                     validation.check_resource_group(ctx.resource_group())
+                    if self.open_streams.get(peer, 0) >= self.max_streams_per_client:
+                        raise ResourceExhausted(
+                            message=(
+                                f"at most {self.max_streams_per_client} open streams per client"
+                                " connection; close some or open another connection"
+                            ),
+                            reason="LIMIT_EXCEEDED",
+                            metadata={"limit": str(self.max_streams_per_client)},
+                        )
+                    self.open_streams[peer] = self.open_streams.get(peer, 0) + 1
+                    counted = True
                     async for item in inner_stream(request, context):
                         yield item
                 except Exception as exc:  # noqa: BLE001
                     await self._fail(context, exc)
                 finally:
+                    if counted:
+                        left = self.open_streams[peer] - 1
+                        if left:
+                            self.open_streams[peer] = left
+                        else:
+                            del self.open_streams[peer]
                     self._end(method, context, start)
 
             return grpc.unary_stream_rpc_method_handler(
