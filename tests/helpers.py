@@ -7,8 +7,8 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
 
+from client.client import TrainyardError
 from trainyard.v1 import artifact_pb2, configuration_pb2, configuration_service_pb2
 from trainyard.v1 import artifact_service_pb2 as art
 
@@ -19,22 +19,12 @@ ROOT_DATA = __import__("pathlib").Path(__file__).resolve().parent.parent / "samp
 
 def details(error: grpc.RpcError) -> dict:
     """{'reason', 'metadata', 'fields': {field: description}} from the status details."""
-    result: dict = {"reason": "", "metadata": {}, "fields": {}}
-    for key, value in error.trailing_metadata() or ():
-        if key != "grpc-status-details-bin":
-            continue
-        status = status_pb2.Status.FromString(value)
-        for detail in status.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-                result["reason"] = info.reason
-                result["metadata"] = dict(info.metadata)
-            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad = error_details_pb2.BadRequest()
-                detail.Unpack(bad)
-                result["fields"] = {v.field: v.description for v in bad.field_violations}
-    return result
+    parsed = TrainyardError.from_rpc_error(error)
+    return {
+        "reason": parsed.reason,
+        "metadata": parsed.metadata,
+        "fields": {v.field: v.description for v in parsed.violations},
+    }
 
 
 def rpc_error(fn: Callable[..., object], *args, **kwargs) -> grpc.RpcError:

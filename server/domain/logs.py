@@ -8,7 +8,7 @@ from datetime import datetime
 
 from server.domain.errors import InvalidArgument
 from server.domain.models import LogLine, LogStream
-from server.domain.paging import encode_token, page_request
+from server.domain.paging import page_request
 from server.domain.service import ControlPlane
 
 DEFAULT_LOG_PAGE = 1000
@@ -88,5 +88,5 @@ class LogReader:
         )
         more = len(lines) > page.size
         lines = lines[: page.size]
-        token = encode_token(lines[-1].seq, filters) if more else ""
+        token = page.next_token(lines[-1].seq) if more else ""
         return lines, token

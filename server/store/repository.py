@@ -40,7 +40,7 @@ from server.domain.models import (
     TargetStatus,
     Transition,
 )
-from server.domain.paging import PageRequest, encode_token
+from server.domain.paging import PageRequest
 from server.store import tables as t
 from server.store.db import open_database
 
@@ -414,7 +414,7 @@ class Store:
         rows = list(query.order_by(t.ScenarioRow.scenario_id).limit(page.size + 1))
         more = len(rows) > page.size
         rows = rows[: page.size]
-        token = encode_token([rows[-1].scenario_id], {}) if more else ""
+        token = page.next_token([rows[-1].scenario_id]) if more else ""
         return Page([_scenario(r) for r in rows], token, total)
 
     # --------------------------------------------------------------- executables
@@ -508,8 +508,7 @@ class Store:
         rows = list(query.order_by(R.executable_id, R.id).limit(page.size + 1))
         more = len(rows) > page.size
         rows = rows[: page.size]
-        filters = {"scenario_id": scenario_id, "all_versions": all_versions}
-        token = encode_token([rows[-1].executable_id, str(rows[-1].id)], filters) if more else ""
+        token = page.next_token([rows[-1].executable_id, str(rows[-1].id)]) if more else ""
         return Page([_executable(r) for r in rows], token, total)
 
     # ----------------------------------------------------------------- artifacts
@@ -595,14 +594,7 @@ class Store:
         rows = list(query.order_by(R.id.desc()).limit(page.size + 1))
         more = len(rows) > page.size
         rows = rows[: page.size]
-        filters = {
-            "scenario_id": scenario_id,
-            "kind": str(kind or ""),
-            "execution_id": execution_id,
-            "labels": labels or {},
-            "name": name,
-        }
-        token = encode_token(rows[-1].id, filters) if more else ""
+        token = page.next_token(rows[-1].id) if more else ""
         return Page([_artifact(r) for r in rows], token, total)
 
     # ------------------------------------------------------------ configurations
@@ -693,8 +685,7 @@ class Store:
         rows = list(query.order_by(R.id.desc()).limit(page.size + 1))
         more = len(rows) > page.size
         rows = rows[: page.size]
-        filters = {"scenario_id": scenario_id, "executable_id": executable_id}
-        token = encode_token(rows[-1].id, filters) if more else ""
+        token = page.next_token(rows[-1].id) if more else ""
         return Page([_configuration(r) for r in rows], token, total)
 
     # ---------------------------------------------------------------- executions
@@ -895,13 +886,7 @@ class Store:
         rows = [dict(zip(_EXEC_FIELDS, r, strict=True)) for r in cursor.fetchall()]
         more = len(rows) > page.size
         rows = rows[: page.size]
-        filters = {
-            "statuses": sorted(str(s) for s in statuses),
-            "scenario_id": scenario_id,
-            "executable_id": executable_id,
-            "configuration_id": configuration_id,
-        }
-        token = encode_token(rows[-1]["id"], filters) if more else ""
+        token = page.next_token(rows[-1]["id"]) if more else ""
         return Page([_execution_from(r) for r in rows], token, int(total))
 
     def _save(self, row: dict, changed: Iterable[str]) -> None:
