@@ -113,7 +113,10 @@ async def start_server(settings: Settings) -> TrainyardServer:
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor(settings.default_resource_group)], options=options
+        interceptors=[
+            ErrorInterceptor(settings.default_resource_group, settings.max_streams_per_client)
+        ],
+        options=options,
     )
     scenario_service_pb2_grpc.add_ScenarioServiceServicer_to_server(ScenarioService(plane), server)
     executable_service_pb2_grpc.add_ExecutableServiceServicer_to_server(

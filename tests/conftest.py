@@ -63,7 +63,7 @@ class ServerThread:
         return self
 
     def stop(self, grace: float = 2.0) -> None:
-        if self.loop.is_closed():  # stopped already
+        if self.loop.is_closed():
             return
         if self.running is not None:
             self.call(self.running.stop(grace))
