@@ -146,17 +146,19 @@ class LocalRuntime(Runtime):
         self._background: set[asyncio.Task] = set()
         self._accepting = False
         self._closed = False
+        self._subreaper = False  # set by start(): orphans of steps come back to us
 
     # ----------------------------------------------------------------- interface
 
     async def start(self, server_address: str) -> None:
         self.server_address = reachable_address(server_address)
         await asyncio.to_thread(self._make_dirs)
-        procs.become_subreaper()
+        self._subreaper = procs.become_subreaper()
         await self.recover()
         self._accepting = True
-        log.info("local runtime started", max_concurrent=self.max_concurrent,
-                 work_dir=str(self.work_dir))
+        log.info(
+            "local runtime started", max_concurrent=self.max_concurrent, work_dir=str(self.work_dir)
+        )
         self._pump()
 
     def submit(self, execution_id: str) -> None:
@@ -494,10 +496,16 @@ class LocalRuntime(Runtime):
             self._signal(run, handle, why)
 
         readers = [
-            asyncio.create_task(procs.read_lines(process.stdout, partial(
-                self.sink.write, run.id, step.name, LogStream.STDOUT))),
-            asyncio.create_task(procs.read_lines(process.stderr, partial(
-                self.sink.write, run.id, step.name, LogStream.STDERR))),
+            asyncio.create_task(
+                procs.read_lines(
+                    process.stdout, partial(self.sink.write, run.id, step.name, LogStream.STDOUT)
+                )
+            ),
+            asyncio.create_task(
+                procs.read_lines(
+                    process.stderr, partial(self.sink.write, run.id, step.name, LogStream.STDERR)
+                )
+            ),
         ]
         try:
             returncode = await process.wait()
@@ -622,13 +630,13 @@ class LocalRuntime(Runtime):
 
     async def _kill_strays(self, execution_id: str) -> None:
         """Processes that left their step's group but carry the execution id."""
-        strays = (await asyncio.to_thread(procs.processes_of, [execution_id])).get(
-            execution_id, []
-        )
-        if strays:
-            self.sink.system(
-                execution_id, f"stopping {len(strays)} leftover processes: {strays}"
+        strays = (
+            await asyncio.to_thread(
+                procs.processes_of, [execution_id], descendants_only=self._subreaper
             )
+        ).get(execution_id, [])
+        if strays:
+            self.sink.system(execution_id, f"stopping {len(strays)} leftover processes: {strays}")
             self.sink.flush()
             await procs.kill_processes(strays, self.stop_grace)
 
@@ -664,14 +672,19 @@ class LocalRuntime(Runtime):
                 _ended(detail, StepPhase.SKIPPED, "not started")
         self.sink.system(run.id, f"execution {str(status).lower()}: {message}")
         self.sink.flush()
-        expected = [Status.RUNNING] if status == Status.COMPLETED else [
-            Status.PENDING, Status.RUNNING
-        ]
+        expected = (
+            [Status.RUNNING] if status == Status.COMPLETED else [Status.PENDING, Status.RUNNING]
+        )
         details = list(run.details.values()) or None
         try:
             self.plane.transition(
-                run.id, status, cause, message,
-                expected=expected, status_message=message, step_details=details,
+                run.id,
+                status,
+                cause,
+                message,
+                expected=expected,
+                status_message=message,
+                step_details=details,
             )
         except FailedPrecondition:
             # Stopped meanwhile: a stopping execution ends STOPPED, whatever happened.
@@ -691,8 +704,12 @@ class LocalRuntime(Runtime):
         self.sink.flush()
         try:
             self.plane.transition(
-                run.id, Status.STOPPED, "processes_exited", message,
-                expected=[Status.STOPPING], status_message="stopped",
+                run.id,
+                Status.STOPPED,
+                "processes_exited",
+                message,
+                expected=[Status.STOPPING],
+                status_message="stopped",
                 step_details=list(run.details.values()) or None,
             )
         except DomainError as exc:
@@ -705,8 +722,7 @@ class LocalRuntime(Runtime):
         execution = run.execution
         group = execution.resource_group
         registered = {
-            a.name: a
-            for a in self.plane.list_artifacts(group, 100, "", execution_id=run.id).items
+            a.name: a for a in self.plane.list_artifacts(group, 100, "", execution_id=run.id).items
         }
         ids: list[str] = []
         for item in run.plan.collect:
@@ -793,8 +809,10 @@ class LocalRuntime(Runtime):
         for name, record in records.items():  # outcomes recorded but not yet reported
             detail = details.get(name)
             phase = _phase(record.get("phase"))
-            if phase and detail is not None and detail.phase in (
-                StepPhase.PENDING, StepPhase.RUNNING
+            if (
+                phase
+                and detail is not None
+                and detail.phase in (StepPhase.PENDING, StepPhase.RUNNING)
             ):
                 _ended(detail, phase, record.get("failure", ""), record.get("exit_code"))
         for name in alive + lost:
@@ -815,9 +833,7 @@ class LocalRuntime(Runtime):
             message = "server restarted while stopping; every process is gone"
         elif state is None:
             status = Status.UNKNOWN
-            message = (
-                "server restarted while running; the runtime state of the execution was lost"
-            )
+            message = "server restarted while running; the runtime state of the execution was lost"
         elif failures:
             status, message = Status.DEAD, failures[0]
         elif alive or lost:
@@ -836,8 +852,12 @@ class LocalRuntime(Runtime):
         self.sink.flush()
         try:
             self.plane.transition(
-                eid, status, "server_restart", message,
-                expected=[execution.status], status_message=message,
+                eid,
+                status,
+                "server_restart",
+                message,
+                expected=[execution.status],
+                status_message=message,
                 step_details=list(details.values()) or None,
             )
         except DomainError as exc:
@@ -869,8 +889,12 @@ class LocalRuntime(Runtime):
         self.sink.system(execution.id, f"execution completed: {message}")
         self.sink.flush()
         self.plane.transition(
-            execution.id, Status.COMPLETED, "server_restart", message,
-            expected=[Status.RUNNING], status_message=message,
+            execution.id,
+            Status.COMPLETED,
+            "server_restart",
+            message,
+            expected=[Status.RUNNING],
+            status_message=message,
             step_details=list(details.values()) or None,
         )
         self.sink.forget(execution.id)

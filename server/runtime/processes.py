@@ -175,16 +175,31 @@ async def terminate_group(pgid: int, grace: float, kill_timeout: float = 5.0) ->
     return await wait_gone(pgid, kill_timeout)
 
 
-def processes_of(execution_ids: Iterable[str]) -> dict[str, list[int]]:
+def processes_of(
+    execution_ids: Iterable[str], descendants_only: bool = False
+) -> dict[str, list[int]]:
     """Live processes whose environment names one of these executions (blocking: it
-    reads every process's environment; run it in a worker thread)."""
+    reads process environments; run it in a worker thread). ``descendants_only``
+    looks at this process's descendants alone, which is enough while the server is a
+    child subreaper (orphans of its steps are re-parented to it), and much cheaper
+    than reading every process of the host."""
     wanted = set(execution_ids)
     found: dict[str, list[int]] = {}
     if not wanted:
         return found
     me = os.getpid()
-    for proc in psutil.process_iter(["status"]):
-        if proc.pid == me or proc.info["status"] == psutil.STATUS_ZOMBIE:
+    if descendants_only:
+        try:
+            candidates = psutil.Process(me).children(recursive=True)
+        except psutil.Error:
+            candidates = []
+    else:
+        candidates = list(psutil.process_iter())
+    for proc in candidates:
+        try:
+            if proc.pid == me or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+        except psutil.Error:
             continue
         try:
             execution_id = proc.environ().get(ENV_EXECUTION_ID)
