@@ -38,7 +38,7 @@ protos-check: protos
 
 lint: $(STAMP)
 	$(VENV)/bin/buf lint
-	$(VENV)/bin/ruff check server client tests bench
+	$(VENV)/bin/ruff check server client tests $(wildcard bench)
 
 run: $(STAMP)
 	$(PY) -m server --address $(ADDRESS) --data-dir $(DATA_DIR) --executables-dir samples/executables

@@ -1,25 +1,42 @@
-"""`python -m bench`: run every benchmark module of this package, one after the other."""
+"""`make bench` / `python -m bench [NAME...]`: run every benchmark (or the named ones)
+and print their figures."""
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
+import subprocess
 import sys
+import time
 
 import bench
+from bench.common import PYTHON, ROOT
+
+# Modules that are plumbing, not benchmarks.
+HELPERS = {"common", "load", "echo_server"}
 
 
-def main() -> int:
-    status = 0
-    for module_info in sorted(pkgutil.iter_modules(bench.__path__), key=lambda m: m.name):
-        if module_info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"bench.{module_info.name}")
-        if hasattr(module, "main"):
-            print(f"== bench.{module_info.name}", flush=True)
-            status |= module.main([]) or 0
-    return status
+def benchmarks() -> list[str]:
+    return sorted(
+        m.name
+        for m in pkgutil.iter_modules(bench.__path__)
+        if m.name not in HELPERS and not m.name.startswith("_")
+    )
+
+
+def main(argv: list[str]) -> int:
+    names = argv or benchmarks()
+    failed = 0
+    for name in names:
+        module = importlib.import_module(f"bench.{name}")
+        title = (module.__doc__ or name).strip().splitlines()[0]
+        print(f"\n== bench.{name}: {title}", flush=True)
+        began = time.perf_counter()
+        code = subprocess.call([PYTHON, "-m", f"bench.{name}"], cwd=ROOT)
+        print(f"   ({time.perf_counter() - began:.0f}s, exit {code})", flush=True)
+        failed += code != 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

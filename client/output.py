@@ -15,10 +15,17 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 def enum_name(value: str) -> str:
     """``EXECUTION_STATUS_RUNNING`` -> ``RUNNING``."""
-    for prefix in ("EXECUTION_STATUS_", "TARGET_STATUS_", "STEP_PHASE_", "ARTIFACT_KIND_",
-                   "PARAMETER_TYPE_", "LOG_STREAM_", "WATCH_EVENT_TYPE_"):
+    for prefix in (
+        "EXECUTION_STATUS_",
+        "TARGET_STATUS_",
+        "STEP_PHASE_",
+        "ARTIFACT_KIND_",
+        "PARAMETER_TYPE_",
+        "LOG_STREAM_",
+        "WATCH_EVENT_TYPE_",
+    ):
         if value.startswith(prefix):
-            return value[len(prefix):]
+            return value[len(prefix) :]
     return value
 
 
@@ -26,7 +33,9 @@ def when(stamp: Timestamp, with_date: bool = True) -> str:
     if not stamp.seconds and not stamp.nanos:
         return "-"
     dt = stamp.ToDatetime(tzinfo=UTC)
-    return dt.strftime("%Y-%m-%d %H:%M:%S" if with_date else "%H:%M:%S.%f")[: 19 if with_date else 12]
+    return dt.strftime("%Y-%m-%d %H:%M:%S" if with_date else "%H:%M:%S.%f")[
+        : 19 if with_date else 12
+    ]
 
 
 def duration(start: Timestamp, end: Timestamp) -> str:

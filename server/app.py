@@ -28,6 +28,7 @@ from server.domain.logs import LogReader
 from server.domain.logsink import LogSink
 from server.domain.metrics import MetricsService
 from server.domain.service import ControlPlane
+from server.runtime.local import LocalRuntime
 from server.store.metrics import MetricStore
 from server.store.repository import Store
 from trainyard.v1 import (
@@ -99,6 +100,15 @@ async def start_server(settings: Settings) -> TrainyardServer:
     store = Store(settings.database_url)
     plane = ControlPlane(store=store, default_resource_group=settings.default_resource_group)
     log_sink = LogSink(store)
+    if settings.runtime == "local":
+        plane.runtime = LocalRuntime(
+            plane,
+            log_sink,
+            work_dir=settings.work_dir,
+            artifacts_dir=settings.artifacts_dir,
+            max_concurrent=settings.max_concurrent_executions,
+            stop_grace=settings.stop_grace_seconds,
+        )
     if settings.executables_dir is not None:
         loaded = plane.load_executables(settings.executables_dir, settings.default_resource_group)
         log.info("executables loaded", count=len(loaded), directory=str(settings.executables_dir))
@@ -109,7 +119,10 @@ async def start_server(settings: Settings) -> TrainyardServer:
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor(settings.default_resource_group)], options=options
+        interceptors=[
+            ErrorInterceptor(settings.default_resource_group, settings.max_streams_per_client)
+        ],
+        options=options,
     )
     scenario_service_pb2_grpc.add_ScenarioServiceServicer_to_server(ScenarioService(plane), server)
     executable_service_pb2_grpc.add_ExecutableServiceServicer_to_server(
@@ -136,7 +149,7 @@ async def start_server(settings: Settings) -> TrainyardServer:
         "executable_registration": True,
     }
     meta_service_pb2_grpc.add_MetaServiceServicer_to_server(
-        MetaService(settings, capabilities, runtime="none", store=store.kind), server
+        MetaService(settings, capabilities, runtime=settings.runtime, store=store.kind), server
     )
 
     health_servicer = health.aio.HealthServicer()
@@ -148,6 +161,9 @@ async def start_server(settings: Settings) -> TrainyardServer:
     port = server.add_insecure_port(settings.address)
     if port == 0:
         raise RuntimeError(f"cannot listen on {settings.address}")
+    if plane.runtime is not None:
+        # Reconcile what a previous server left before serving; steps dial `address`.
+        await plane.runtime.start(f"{settings.address.rsplit(':', 1)[0]}:{port}")
     await server.start()
     for name in ["", *SERVICE_NAMES]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -161,6 +177,10 @@ async def start_server(settings: Settings) -> TrainyardServer:
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     running = await start_server(settings)
+    if settings.port_file is not None:
+        tmp = settings.port_file.with_name(settings.port_file.name + ".tmp")
+        tmp.write_text(f"{running.port}\n")
+        tmp.replace(settings.port_file)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

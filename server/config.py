@@ -20,7 +20,9 @@ class Settings:
     max_concurrent_executions: int = 4
     stop_grace_seconds: float = 10.0
     max_message_bytes: int = 4 * 1024 * 1024
-    max_streams_per_client: int = 64
+    max_streams_per_client: int = 100
+    runtime: str = "local"  # local: steps run as local processes; none: nothing runs
+    port_file: Path | None = None  # where `serve` writes the bound port
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
@@ -32,6 +34,11 @@ class Settings:
         """Where executions get their working directories."""
         return self.data_dir / "executions"
 
+    @property
+    def artifacts_dir(self) -> Path:
+        """Where output artifacts of executions are kept (they outlive the execution)."""
+        return self.data_dir / "artifacts"
+
 
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"TRAINYARD_{name}", default)
@@ -41,29 +48,72 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser = argparse.ArgumentParser(
         prog="trainyard-server", description="Run the Trainyard control plane."
     )
-    parser.add_argument("--address", default=_env("ADDRESS", "127.0.0.1:50051"),
-                        help="host:port to listen on (TRAINYARD_ADDRESS)")
-    parser.add_argument("--data-dir", default=_env("DATA_DIR", ".data"),
-                        help="directory for the database and execution files (TRAINYARD_DATA_DIR)")
-    parser.add_argument("--database-url", default=_env("DATABASE_URL", ""),
-                        help="metadata store URL, default sqlite:///DATA_DIR/trainyard.db "
-                        "(TRAINYARD_DATABASE_URL)")
-    parser.add_argument("--executables-dir", default=_env("EXECUTABLES_DIR"),
-                        help="directory of WorkflowTemplate YAML files loaded at start "
-                        "(TRAINYARD_EXECUTABLES_DIR)")
-    parser.add_argument("--default-resource-group", default=_env("DEFAULT_RESOURCE_GROUP", "default"),
-                        help="resource group of requests without ai-resource-group metadata")
-    parser.add_argument("--log-format", choices=["auto", "json", "console"],
-                        default=_env("LOG_FORMAT", "auto"),
-                        help="json, console, or auto: console on a terminal (TRAINYARD_LOG_FORMAT)")
-    parser.add_argument("--log-level", default=_env("LOG_LEVEL", "info"),
-                        help="debug, info, warning or error (TRAINYARD_LOG_LEVEL)")
-    parser.add_argument("--max-concurrent-executions", type=int,
-                        default=int(_env("MAX_CONCURRENT_EXECUTIONS", "4")),
-                        help="executions running at once; others wait PENDING")
-    parser.add_argument("--stop-grace-seconds", type=float,
-                        default=float(_env("STOP_GRACE_SECONDS", "10")),
-                        help="time between SIGTERM and SIGKILL when stopping a step")
+    parser.add_argument(
+        "--address",
+        default=_env("ADDRESS", "127.0.0.1:50051"),
+        help="host:port to listen on (TRAINYARD_ADDRESS)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=_env("DATA_DIR", ".data"),
+        help="directory for the database and execution files (TRAINYARD_DATA_DIR)",
+    )
+    parser.add_argument(
+        "--database-url",
+        default=_env("DATABASE_URL", ""),
+        help="metadata store URL, default sqlite:///DATA_DIR/trainyard.db (TRAINYARD_DATABASE_URL)",
+    )
+    parser.add_argument(
+        "--executables-dir",
+        default=_env("EXECUTABLES_DIR"),
+        help="directory of WorkflowTemplate YAML files loaded at start (TRAINYARD_EXECUTABLES_DIR)",
+    )
+    parser.add_argument(
+        "--default-resource-group",
+        default=_env("DEFAULT_RESOURCE_GROUP", "default"),
+        help="resource group of requests without ai-resource-group metadata",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=["auto", "json", "console"],
+        default=_env("LOG_FORMAT", "auto"),
+        help="json, console, or auto: console on a terminal (TRAINYARD_LOG_FORMAT)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=_env("LOG_LEVEL", "info"),
+        help="debug, info, warning or error (TRAINYARD_LOG_LEVEL)",
+    )
+    parser.add_argument(
+        "--max-concurrent-executions",
+        type=int,
+        default=int(_env("MAX_CONCURRENT_EXECUTIONS", "4")),
+        help="executions running at once; others wait PENDING",
+    )
+    parser.add_argument(
+        "--stop-grace-seconds",
+        type=float,
+        default=float(_env("STOP_GRACE_SECONDS", "10")),
+        help="time between SIGTERM and SIGKILL when stopping a step",
+    )
+    parser.add_argument(
+        "--max-streams-per-client",
+        type=int,
+        default=int(_env("MAX_STREAMS_PER_CLIENT", "100")),
+        help="open server streams per client connection; more are RESOURCE_EXHAUSTED",
+    )
+    parser.add_argument(
+        "--runtime",
+        choices=["local", "none"],
+        default=_env("RUNTIME", "local"),
+        help="local: run steps as local processes (default); none: run nothing, executions "
+        "stay PENDING (TRAINYARD_RUNTIME)",
+    )
+    parser.add_argument(
+        "--port-file",
+        default=None,
+        help="write the bound port to this file once the server serves",
+    )
     args = parser.parse_args(argv)
     if args.max_concurrent_executions < 1:
         parser.error("--max-concurrent-executions must be at least 1")
@@ -77,4 +127,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         log_level=args.log_level,
         max_concurrent_executions=args.max_concurrent_executions,
         stop_grace_seconds=args.stop_grace_seconds,
+        max_streams_per_client=args.max_streams_per_client,
+        runtime=args.runtime,
+        port_file=Path(args.port_file) if args.port_file else None,
     )

@@ -63,6 +63,8 @@ class ServerThread:
         return self
 
     def stop(self, grace: float = 2.0) -> None:
+        if self.loop.is_closed():
+            return
         if self.running is not None:
             self.call(self.running.stop(grace))
             self.running = None

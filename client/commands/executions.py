@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-
 from collections.abc import Callable
 
 from client.client import TrainyardClient
@@ -17,7 +16,9 @@ STATUSES = {
 }
 
 # Extra sections of `executions get` (name, renderer(client, execution) -> lines).
-DETAIL_SECTIONS: list[tuple[str, Callable[[TrainyardClient, execution_pb2.Execution], list[str]]]] = []
+DETAIL_SECTIONS: list[
+    tuple[str, Callable[[TrainyardClient, execution_pb2.Execution], list[str]]]
+] = []
 
 
 def status_name(value: int) -> str:
@@ -133,9 +134,15 @@ def list_cmd(client: TrainyardClient, args) -> int:
     table(
         ["ID", "STATUS", "CONFIGURATION", "EXECUTABLE", "CREATED", "DURATION", "MESSAGE"],
         [
-            [e.id, status_name(e.status), e.configuration_name or e.configuration_id,
-             e.executable_id, when(e.create_time), duration(e.start_time, e.complete_time),
-             e.status_message[:50]]
+            [
+                e.id,
+                status_name(e.status),
+                e.configuration_name or e.configuration_id,
+                e.executable_id,
+                when(e.create_time),
+                duration(e.start_time, e.complete_time),
+                e.status_message[:50],
+            ]
             for e in items
         ],
     )
@@ -149,8 +156,12 @@ def _outcomes(outcomes, verb: str, as_json: bool) -> int:
         table(
             ["ID", "RESULT", "STATUS", "REASON"],
             [
-                [o.execution_id, verb if o.ok else "refused",
-                 status_name(o.status) if o.status else "-", o.reason or o.message]
+                [
+                    o.execution_id,
+                    verb if o.ok else "refused",
+                    status_name(o.status) if o.status else "-",
+                    o.reason or o.message,
+                ]
                 for o in outcomes
             ],
         )
@@ -171,7 +182,9 @@ def delete_cmd(client: TrainyardClient, args) -> int:
         print(f"{args.execution_ids[0]} deleted")
         return 0
     return _outcomes(
-        client.batch_delete(args.execution_ids, keep_metrics=args.keep_metrics), "deleted", args.json
+        client.batch_delete(args.execution_ids, keep_metrics=args.keep_metrics),
+        "deleted",
+        args.json,
     )
 
 
@@ -183,11 +196,15 @@ def history_cmd(client: TrainyardClient, args) -> int:
     table(
         ["#", "TIME", "FROM", "TO", "CAUSE", "MESSAGE"],
         [
-            [t.sequence, when(t.time), status_name(t.from_status) if t.from_status else "-",
-             status_name(t.to_status), t.cause, t.message]
+            [
+                t.sequence,
+                when(t.time),
+                status_name(t.from_status) if t.from_status else "-",
+                status_name(t.to_status),
+                t.cause,
+                t.message,
+            ]
             for t in transitions
         ],
     )
     return 0
-
-

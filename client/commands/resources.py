@@ -83,7 +83,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c_create.add_argument("--version", default="", help="executable version (default: newest)")
     c_create.add_argument("--scenario", default="", help="default: the executable's scenario")
     c_create.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
-    c_create.add_argument("-a", "--artifact", action="append", default=[], metavar="NAME=ARTIFACT_ID")
+    c_create.add_argument(
+        "-a", "--artifact", action="append", default=[], metavar="NAME=ARTIFACT_ID"
+    )
     c_create.add_argument("--request-id", default="")
     c_create.set_defaults(handler=configurations_create)
     c_list = c_sub.add_parser("list", help="list configurations")
@@ -100,8 +102,10 @@ def scenarios_list(client: TrainyardClient, args) -> int:
     if args.json:
         print_json(items)
         return 0
-    table(["ID", "NAME", "EXECUTABLES", "DESCRIPTION"],
-          [[s.id, s.name, s.executable_count, s.description[:60]] for s in items])
+    table(
+        ["ID", "NAME", "EXECUTABLES", "DESCRIPTION"],
+        [[s.id, s.name, s.executable_count, s.description[:60]] for s in items],
+    )
     return 0
 
 
@@ -136,7 +140,8 @@ def executables_list(client: TrainyardClient, args) -> int:
                 " ".join(
                     f"{a.name}:{enum_name(artifact_pb2.ArtifactKind.Name(a.kind)).lower()}"
                     for a in e.input_artifacts
-                ) or "-",
+                )
+                or "-",
                 " ".join(a.name for a in e.output_artifacts) or "-",
             ]
             for e in items
@@ -161,8 +166,15 @@ def executables_register(client: TrainyardClient, args) -> int:
 
 def _artifact_rows(items):
     return [
-        [a.id, a.name, enum_name(artifact_pb2.ArtifactKind.Name(a.kind)).lower(), a.scenario_id,
-         a.execution_id or "-", when(a.create_time), a.url]
+        [
+            a.id,
+            a.name,
+            enum_name(artifact_pb2.ArtifactKind.Name(a.kind)).lower(),
+            a.scenario_id,
+            a.execution_id or "-",
+            when(a.create_time),
+            a.url,
+        ]
         for a in items
     ]
 
@@ -241,10 +253,14 @@ def configurations_list(client: TrainyardClient, args) -> int:
     table(
         ["ID", "NAME", "EXECUTABLE", "PARAMETERS", "ARTIFACTS", "CREATED"],
         [
-            [c.id, c.name, f"{c.executable_id}@{c.executable_version}",
-             " ".join(f"{b.key}={b.value}" for b in c.parameter_bindings) or "-",
-             " ".join(f"{b.key}={b.artifact_id}" for b in c.input_artifact_bindings) or "-",
-             when(c.create_time)]
+            [
+                c.id,
+                c.name,
+                f"{c.executable_id}@{c.executable_version}",
+                " ".join(f"{b.key}={b.value}" for b in c.parameter_bindings) or "-",
+                " ".join(f"{b.key}={b.artifact_id}" for b in c.input_artifact_bindings) or "-",
+                when(c.create_time),
+            ]
             for c in items
         ],
     )
@@ -254,5 +270,3 @@ def configurations_list(client: TrainyardClient, args) -> int:
 def configurations_get(client: TrainyardClient, args) -> int:
     print_json(client.get_configuration(args.configuration_id))
     return 0
-
-

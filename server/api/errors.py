@@ -43,7 +43,9 @@ def to_status(error: DomainError, request_id: str) -> tuple[grpc.StatusCode, str
     if request_id:
         metadata.setdefault("request_id", request_id)
     details = [
-        _pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata))
+        _pack(
+            error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata)
+        )
     ]
     if isinstance(error, InvalidArgument) and error.violations:
         details.append(
@@ -110,38 +112,40 @@ def _internal(request_id: str) -> DomainError:
     )
 
 
-def _metadata(details: grpc.HandlerCallDetails) -> dict[str, str]:
-    result: dict[str, str] = {}
-    for key, value in details.invocation_metadata or ():
-        if isinstance(value, str):
-            result[key] = value
-    return result
-
-
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Binds request id / rpc / resource group, maps errors, logs each call once."""
 
-    def __init__(self, default_resource_group: str = "default"):
+    def __init__(self, default_resource_group: str = "default", max_streams_per_client: int = 100):
         self.default_resource_group = default_resource_group
+        self.max_streams_per_client = max_streams_per_client
+        # Open server streams per client connection (peer address).
+        self.open_streams: dict[str, int] = {}
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Any],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
         method = handler_call_details.method
-        if method.startswith("/grpc.health") or method.startswith("/grpc.reflection"):
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
+        handler = await continuation(handler_call_details)
+        if handler is None or method.startswith(("/grpc.health", "/grpc.reflection")):
             return handler
-        metadata = _metadata(handler_call_details)
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = wrapped
+        return wrapped
 
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """The handler with context binding, error mapping and the per-call log line
+        (built once per method)."""
         if handler.unary_unary is not None:
             inner = handler.unary_unary
 
             async def unary_unary(request, context):
-                start = self._begin(method, metadata)
+                start = self._begin(method, context)
                 try:
                     validation.check_resource_group(ctx.resource_group())
                     return await inner(request, context)
@@ -160,14 +164,33 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             inner_stream = handler.unary_stream
 
             async def unary_stream(request, context) -> AsyncIterator[Any]:
-                start = self._begin(method, metadata)
+                start = self._begin(method, context)
+                peer = context.peer()
+                counted = False
                 try:
                     validation.check_resource_group(ctx.resource_group())
+                    if self.open_streams.get(peer, 0) >= self.max_streams_per_client:
+                        raise ResourceExhausted(
+                            message=(
+                                f"at most {self.max_streams_per_client} open streams per client"
+                                " connection; close some or open another connection"
+                            ),
+                            reason="LIMIT_EXCEEDED",
+                            metadata={"limit": str(self.max_streams_per_client)},
+                        )
+                    self.open_streams[peer] = self.open_streams.get(peer, 0) + 1
+                    counted = True
                     async for item in inner_stream(request, context):
                         yield item
                 except Exception as exc:  # noqa: BLE001
                     await self._fail(context, exc)
                 finally:
+                    if counted:
+                        left = self.open_streams[peer] - 1
+                        if left:
+                            self.open_streams[peer] = left
+                        else:
+                            del self.open_streams[peer]
                     self._end(method, context, start)
 
             return grpc.unary_stream_rpc_method_handler(
@@ -177,9 +200,16 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             )
         return handler
 
-    def _begin(self, method: str, metadata: dict[str, str]) -> float:
-        request_id = metadata.get(ctx.REQUEST_ID_KEY) or uuid.uuid4().hex
-        group = metadata.get(ctx.RESOURCE_GROUP_KEY) or self.default_resource_group
+    def _begin(self, method: str, context: grpc.aio.ServicerContext) -> float:
+        request_id = ""
+        group = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == ctx.RESOURCE_GROUP_KEY:
+                group = value
+            elif key == ctx.REQUEST_ID_KEY:
+                request_id = value
+        request_id = request_id or uuid.uuid4().hex
+        group = group or self.default_resource_group
         ctx.request_id_var.set(request_id)
         ctx.resource_group_var.set(group)
         structlog.contextvars.clear_contextvars()
@@ -194,6 +224,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             raise exc
         if isinstance(exc, DomainError):
             error = exc
+        elif isinstance(exc, NotImplementedError):
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "method not implemented")
         else:
             log.error("unexpected error", exc_info=exc)
             error = _internal(request_id)

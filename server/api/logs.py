@@ -14,8 +14,14 @@ class LogService(log_service_pb2_grpc.LogServiceServicer):
         self.reader = reader
 
     async def ListLogs(self, request, context):
-        start = convert.from_ts(request.start_time, "start_time") if request.HasField("start_time") else None
-        end = convert.from_ts(request.end_time, "end_time") if request.HasField("end_time") else None
+        start = (
+            convert.from_ts(request.start_time, "start_time")
+            if request.HasField("start_time")
+            else None
+        )
+        end = (
+            convert.from_ts(request.end_time, "end_time") if request.HasField("end_time") else None
+        )
         lines, token = self.reader.list_page(
             resource_group(),
             request.execution_id,

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from server.domain.errors import InvalidArgument
 from server.domain.models import LogLine, LogStream
-from server.domain.paging import encode_token, page_request
+from server.domain.paging import page_request
 from server.domain.service import ControlPlane
 
 DEFAULT_LOG_PAGE = 1000
@@ -55,11 +55,19 @@ class LogReader:
             "after": after_sequence,
         }
         page = page_request(
-            limit, page_token, filters, default=DEFAULT_LOG_PAGE, maximum=MAX_LOG_PAGE,
+            limit,
+            page_token,
+            filters,
+            default=DEFAULT_LOG_PAGE,
+            maximum=MAX_LOG_PAGE,
             size_field="limit",
         )
-        if page.after is not None and (not isinstance(page.after, int) or isinstance(page.after, bool)):
-            raise InvalidArgument.of("page_token", "malformed page token", reason="INVALID_PAGE_TOKEN")
+        if page.after is not None and (
+            not isinstance(page.after, int) or isinstance(page.after, bool)
+        ):
+            raise InvalidArgument.of(
+                "page_token", "malformed page token", reason="INVALID_PAGE_TOKEN"
+            )
         after = after_sequence
         before = None
         if page.after is not None:
@@ -80,5 +88,5 @@ class LogReader:
         )
         more = len(lines) > page.size
         lines = lines[: page.size]
-        token = encode_token(lines[-1].seq, filters) if more else ""
+        token = page.next_token(lines[-1].seq) if more else ""
         return lines, token

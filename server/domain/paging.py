@@ -16,10 +16,16 @@ MAX_PAGE_SIZE = 1000
 
 @dataclass(frozen=True, slots=True)
 class PageRequest:
-    """What the store needs: how many items, and the key of the last item already seen."""
+    """What the store needs: how many items, the key of the last item already seen, and
+    the digest of the filter the page belongs to (so the next token is bound to it)."""
 
     size: int
     after: Any = None
+    filter_digest: str = ""
+
+    def next_token(self, after: Any) -> str:
+        """The token of the page that follows the item whose key is ``after``."""
+        return _token(after, self.filter_digest)
 
 
 def _filter_digest(filters: dict[str, Any]) -> str:
@@ -27,9 +33,13 @@ def _filter_digest(filters: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def encode_token(after: Any, filters: dict[str, Any]) -> str:
-    raw = json.dumps({"a": after, "f": _filter_digest(filters)}, separators=(",", ":"))
+def _token(after: Any, digest: str) -> str:
+    raw = json.dumps({"a": after, "f": digest}, separators=(",", ":"))
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def encode_token(after: Any, filters: dict[str, Any]) -> str:
+    return _token(after, _filter_digest(filters))
 
 
 def page_request(
@@ -46,8 +56,9 @@ def page_request(
     if page_size < 0 or page_size > maximum:
         raise InvalidArgument.of(size_field, f"must be between 0 and {maximum}")
     size = page_size or default
+    expected = _filter_digest(filters)
     if not page_token:
-        return PageRequest(size=size)
+        return PageRequest(size=size, filter_digest=expected)
     try:
         if len(page_token) > 1024:
             raise ValueError("too long")
@@ -59,7 +70,7 @@ def page_request(
         raise InvalidArgument.of(
             token_field, "malformed page token", reason="INVALID_PAGE_TOKEN"
         ) from exc
-    if digest != _filter_digest(filters):
+    if digest != expected:
         raise InvalidArgument.of(
             token_field,
             "page token was issued for a different filter",
@@ -67,4 +78,4 @@ def page_request(
         )
     if after is None:
         raise InvalidArgument.of(token_field, "malformed page token", reason="INVALID_PAGE_TOKEN")
-    return PageRequest(size=size, after=after)
+    return PageRequest(size=size, after=after, filter_digest=expected)

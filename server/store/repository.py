@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -39,7 +40,7 @@ from server.domain.models import (
     TargetStatus,
     Transition,
 )
-from server.domain.paging import PageRequest, encode_token
+from server.domain.paging import PageRequest
 from server.store import tables as t
 from server.store.db import open_database
 
@@ -197,35 +198,60 @@ def _configuration(row: t.ConfigurationRow) -> Configuration:
     )
 
 
-def _transition(row: t.TransitionRow) -> Transition:
-    return Transition(
-        seq=row.seq,
-        execution_id=row.execution_id,
-        from_status=Status(row.from_status) if row.from_status else None,
-        to_status=Status(row.to_status),
-        at=to_dt(row.at_us),
-        cause=row.cause,
-        message=row.message,
-    )
+_EXEC_FIELDS = (
+    "id",
+    "resource_group",
+    "execution_id",
+    "configuration_id",
+    "executable_id",
+    "scenario_id",
+    "status",
+    "target_status",
+    "status_message",
+    "step_details",
+    "output_artifact_ids",
+    "created_us",
+    "submitted_us",
+    "started_us",
+    "completed_us",
+    "modified_us",
+    "history_len",
+)
+_EXEC_COLUMNS = ", ".join(_EXEC_FIELDS)
+_EXEC_INSERT = (
+    "resource_group, execution_id, configuration_id, executable_id, scenario_id, status,"
+    " target_status, status_message, step_details, output_artifact_ids, created_us,"
+    " modified_us, history_len"
+)
 
 
-def _execution(row: t.ExecutionRow) -> Execution:
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def _execution_from(row: dict) -> Execution:
+    steps = row["step_details"]
+    outputs = row["output_artifact_ids"]
+    if isinstance(steps, str):
+        steps = row["step_details"] = json.loads(steps)
+    if isinstance(outputs, str):
+        outputs = row["output_artifact_ids"] = json.loads(outputs)
     return Execution(
-        id=row.execution_id,
-        resource_group=row.resource_group,
-        configuration_id=row.configuration_id,
-        executable_id=row.executable_id,
-        scenario_id=row.scenario_id,
-        status=Status(row.status),
-        target_status=TargetStatus(row.target_status),
-        status_message=row.status_message,
-        step_details=[_step_from_json(s) for s in (row.step_details or [])],
-        output_artifact_ids=list(row.output_artifact_ids or []),
-        created_at=to_dt(row.created_us),
-        submitted_at=to_dt(row.submitted_us),
-        started_at=to_dt(row.started_us),
-        completed_at=to_dt(row.completed_us),
-        modified_at=to_dt(row.modified_us),
+        id=row["execution_id"],
+        resource_group=row["resource_group"],
+        configuration_id=row["configuration_id"],
+        executable_id=row["executable_id"],
+        scenario_id=row["scenario_id"],
+        status=Status(row["status"]),
+        target_status=TargetStatus(row["target_status"]),
+        status_message=row["status_message"],
+        step_details=[_step_from_json(s) for s in steps or []],
+        output_artifact_ids=list(outputs or []),
+        created_at=to_dt(row["created_us"]),
+        submitted_at=to_dt(row["submitted_us"]),
+        started_at=to_dt(row["started_us"]),
+        completed_at=to_dt(row["completed_us"]),
+        modified_at=to_dt(row["modified_us"]),
     )
 
 
@@ -252,6 +278,27 @@ def _executable_definition(exe: Executable) -> dict:
 # ----------------------------------------------------------------------- repository
 
 
+class _Cache:
+    """A small LRU map for immutable rows."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.items: OrderedDict = OrderedDict()
+
+    def get(self, key):
+        value = self.items.get(key)
+        if value is not None:
+            self.items.move_to_end(key)
+        return value
+
+    def put(self, key, value):
+        self.items[key] = value
+        self.items.move_to_end(key)
+        while len(self.items) > self.size:
+            self.items.popitem(last=False)
+        return value
+
+
 class Store:
     """Trainyard's metadata store on a peewee database (SQLite by default)."""
 
@@ -263,6 +310,9 @@ class Store:
         # Called with the execution id inside delete transactions, so that other parts
         # (metrics) can remove their rows atomically with the execution.
         self.delete_hooks: list = []
+        # Immutable resources, cached by key (bounded).
+        self._configurations: _Cache = _Cache(10_000)
+        self._executables: _Cache = _Cache(1_000)
 
     def close(self) -> None:
         if not self.db.is_closed():
@@ -285,33 +335,31 @@ class Store:
     ) -> str | None:
         if not request_id:
             return None
-        row = t.IdempotencyRow.get_or_none(
-            (t.IdempotencyRow.resource_group == resource_group)
-            & (t.IdempotencyRow.kind == kind)
-            & (t.IdempotencyRow.request_id == request_id)
-        )
-        if row is None:
+        found = self.db.execute_sql(
+            "SELECT resource_id, request_digest FROM idempotency_key"
+            " WHERE resource_group = ? AND kind = ? AND request_id = ?",
+            (resource_group, kind, request_id),
+        ).fetchone()
+        if found is None:
             return None
-        if row.request_digest != digest:
+        resource_id, stored_digest = found
+        if stored_digest != digest:
             raise FailedPrecondition(
                 message=f"request_id {request_id!r} was already used for a different request",
                 reason="REQUEST_ID_REUSED",
                 metadata={"request_id": request_id},
             )
-        return row.resource_id
+        return resource_id
 
     def _idempotent_record(
         self, resource_group: str, kind: str, request_id: str, digest: str, resource_id: str
     ) -> None:
         if request_id:
-            t.IdempotencyRow.insert(
-                resource_group=resource_group,
-                kind=kind,
-                request_id=request_id,
-                resource_id=resource_id,
-                request_digest=digest,
-                created_us=now_us(),
-            ).execute()
+            self.db.execute_sql(
+                "INSERT INTO idempotency_key (resource_group, kind, request_id, resource_id,"
+                " request_digest, created_us) VALUES (?, ?, ?, ?, ?, ?)",
+                (resource_group, kind, request_id, resource_id, digest, now_us()),
+            )
 
     # ----------------------------------------------------------------- scenarios
 
@@ -366,7 +414,7 @@ class Store:
         rows = list(query.order_by(t.ScenarioRow.scenario_id).limit(page.size + 1))
         more = len(rows) > page.size
         rows = rows[: page.size]
-        token = encode_token([rows[-1].scenario_id], {}) if more else ""
+        token = page.next_token([rows[-1].scenario_id]) if more else ""
         return Page([_scenario(r) for r in rows], token, total)
 
     # --------------------------------------------------------------- executables
@@ -418,6 +466,12 @@ class Store:
     def get_executable(
         self, resource_group: str, executable_id: str, version: str = ""
     ) -> Executable:
+        """One executable version (the newest without ``version``). A version never
+        changes once registered, so exact-version reads are cached."""
+        if version:
+            cached = self._executables.get((resource_group, executable_id, version))
+            if cached is not None:
+                return cached
         query = t.ExecutableRow.select().where(
             (t.ExecutableRow.resource_group == resource_group)
             & (t.ExecutableRow.executable_id == executable_id)
@@ -428,7 +482,7 @@ class Store:
         if row is None:
             name = f"{executable_id}@{version}" if version else executable_id
             raise NotFound.of("executable", name)
-        return _executable(row)
+        return self._executables.put((resource_group, executable_id, row.version), _executable(row))
 
     def list_executables(
         self,
@@ -442,11 +496,7 @@ class Store:
         if scenario_id:
             where &= R.scenario_id == scenario_id
         if not all_versions:
-            newest = (
-                R.select(pw.fn.MAX(R.id))
-                .where(where)
-                .group_by(R.executable_id)
-            )
+            newest = R.select(pw.fn.MAX(R.id)).where(where).group_by(R.executable_id)
             where &= R.id.in_(newest)
         total = R.select().where(where).count()
         query = R.select().where(where)
@@ -458,8 +508,7 @@ class Store:
         rows = list(query.order_by(R.executable_id, R.id).limit(page.size + 1))
         more = len(rows) > page.size
         rows = rows[: page.size]
-        filters = {"scenario_id": scenario_id, "all_versions": all_versions}
-        token = encode_token([rows[-1].executable_id, str(rows[-1].id)], filters) if more else ""
+        token = page.next_token([rows[-1].executable_id, str(rows[-1].id)]) if more else ""
         return Page([_executable(r) for r in rows], token, total)
 
     # ----------------------------------------------------------------- artifacts
@@ -545,14 +594,7 @@ class Store:
         rows = list(query.order_by(R.id.desc()).limit(page.size + 1))
         more = len(rows) > page.size
         rows = rows[: page.size]
-        filters = {
-            "scenario_id": scenario_id,
-            "kind": str(kind or ""),
-            "execution_id": execution_id,
-            "labels": labels or {},
-            "name": name,
-        }
-        token = encode_token(rows[-1].id, filters) if more else ""
+        token = page.next_token(rows[-1].id) if more else ""
         return Page([_artifact(r) for r in rows], token, total)
 
     # ------------------------------------------------------------ configurations
@@ -588,25 +630,40 @@ class Store:
         return self.get_configuration(cfg.resource_group, cfg.id)
 
     def get_configuration(self, resource_group: str, configuration_id: str) -> Configuration:
+        """One configuration. Configurations are immutable, so they are cached."""
+        key = (resource_group, configuration_id)
+        cached = self._configurations.get(key)
+        if cached is not None:
+            return cached
         row = t.ConfigurationRow.get_or_none(
             (t.ConfigurationRow.resource_group == resource_group)
             & (t.ConfigurationRow.configuration_id == configuration_id)
         )
         if row is None:
             raise NotFound.of("configuration", configuration_id)
-        return _configuration(row)
+        return self._configurations.put(key, _configuration(row))
 
     def get_configurations(
         self, resource_group: str, configuration_ids: Iterable[str]
     ) -> dict[str, Configuration]:
-        ids = list(set(configuration_ids))
-        if not ids:
-            return {}
-        rows = t.ConfigurationRow.select().where(
-            (t.ConfigurationRow.resource_group == resource_group)
-            & (t.ConfigurationRow.configuration_id.in_(ids))
-        )
-        return {r.configuration_id: _configuration(r) for r in rows}
+        found: dict[str, Configuration] = {}
+        missing = []
+        for configuration_id in set(configuration_ids):
+            cached = self._configurations.get((resource_group, configuration_id))
+            if cached is not None:
+                found[configuration_id] = cached
+            else:
+                missing.append(configuration_id)
+        if missing:
+            rows = t.ConfigurationRow.select().where(
+                (t.ConfigurationRow.resource_group == resource_group)
+                & (t.ConfigurationRow.configuration_id.in_(missing))
+            )
+            for r in rows:
+                found[r.configuration_id] = self._configurations.put(
+                    (resource_group, r.configuration_id), _configuration(r)
+                )
+        return found
 
     def list_configurations(
         self,
@@ -628,57 +685,66 @@ class Store:
         rows = list(query.order_by(R.id.desc()).limit(page.size + 1))
         more = len(rows) > page.size
         rows = rows[: page.size]
-        filters = {"scenario_id": scenario_id, "executable_id": executable_id}
-        token = encode_token(rows[-1].id, filters) if more else ""
+        token = page.next_token(rows[-1].id) if more else ""
         return Page([_configuration(r) for r in rows], token, total)
 
     # ---------------------------------------------------------------- executions
+    #
+    # The execution paths are the hot ones (create, get, list, every runtime report),
+    # so they use plain SQL through peewee's connection: no per-call query building.
 
-    def _count(self, row: t.ExecutionRow, status: str, delta: int) -> None:
-        C = t.ExecutionCount
-        (
-            C.insert(
-                resource_group=row.resource_group,
-                status=status,
-                scenario_id=row.scenario_id,
-                executable_id=row.executable_id,
-                configuration_id=row.configuration_id,
-                n=delta,
-            )
-            .on_conflict(
-                conflict_target=[
-                    C.resource_group,
-                    C.status,
-                    C.configuration_id,
-                    C.scenario_id,
-                    C.executable_id,
-                ],
-                update={C.n: C.n + delta},
-            )
-            .execute()
+    def _count(self, row: dict, status: str, delta: int) -> None:
+        self.db.execute_sql(
+            "INSERT INTO execution_count (resource_group, status, scenario_id, executable_id,"
+            " configuration_id, n) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (resource_group, status, configuration_id, scenario_id, executable_id)"
+            " DO UPDATE SET n = n + excluded.n",
+            (
+                row["resource_group"],
+                status,
+                row["scenario_id"],
+                row["executable_id"],
+                row["configuration_id"],
+                delta,
+            ),
         )
 
     def _add_transition(
         self,
-        row: t.ExecutionRow,
+        row: dict,
         from_status: Status | None,
         to_status: Status,
         at: int,
         cause: str,
         message: str,
-    ) -> None:
-        row.history_len += 1
-        t.TransitionRow.insert(
-            execution_id=row.execution_id,
-            seq=row.history_len,
-            from_status=str(from_status) if from_status else None,
-            to_status=str(to_status),
-            at_us=at,
-            cause=cause,
-            message=message,
-        ).execute()
+    ) -> Transition:
+        row["history_len"] += 1
+        self.db.execute_sql(
+            "INSERT INTO transition (execution_id, seq, from_status, to_status, at_us, cause,"
+            " message) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                row["execution_id"],
+                row["history_len"],
+                str(from_status) if from_status else None,
+                str(to_status),
+                at,
+                cause,
+                message,
+            ),
+        )
+        return Transition(
+            row["history_len"],
+            row["execution_id"],
+            from_status,
+            to_status,
+            to_dt(at),
+            cause,
+            message,
+        )
 
-    def create_execution(self, execution: Execution, request_id: str = "") -> tuple[Execution, bool]:
+    def create_execution(
+        self, execution: Execution, request_id: str = ""
+    ) -> tuple[Execution, bool]:
         """Insert a PENDING execution and its first history entry. Returns (execution,
         created); a known ``request_id`` returns the first execution, created False."""
         digest = request_digest({"configuration_id": execution.configuration_id})
@@ -689,54 +755,99 @@ class Store:
             if existing:
                 return self.get_execution(execution.resource_group, existing), False
             at = now_us()
-            row = t.ExecutionRow(
-                resource_group=execution.resource_group,
-                execution_id=execution.id,
-                configuration_id=execution.configuration_id,
-                executable_id=execution.executable_id,
-                scenario_id=execution.scenario_id,
-                status=str(Status.PENDING),
-                target_status=str(TargetStatus.COMPLETED),
-                status_message=execution.status_message,
-                step_details=[_step_to_json(s) for s in execution.step_details],
-                output_artifact_ids=[],
-                created_us=at,
-                modified_us=at,
-                history_len=0,
+            row = {
+                "resource_group": execution.resource_group,
+                "execution_id": execution.id,
+                "configuration_id": execution.configuration_id,
+                "executable_id": execution.executable_id,
+                "scenario_id": execution.scenario_id,
+                "history_len": 0,
+            }
+            steps = [_step_to_json(s) for s in execution.step_details]
+            self.db.execute_sql(
+                f"INSERT INTO execution ({_EXEC_INSERT}) VALUES ({', '.join('?' * 13)})",
+                (
+                    execution.resource_group,
+                    execution.id,
+                    execution.configuration_id,
+                    execution.executable_id,
+                    execution.scenario_id,
+                    str(Status.PENDING),
+                    str(TargetStatus.COMPLETED),
+                    execution.status_message,
+                    _dumps(steps),
+                    "[]",
+                    at,
+                    at,
+                    1,
+                ),
             )
-            self._add_transition(row, None, Status.PENDING, at, "created", "execution created")
-            row.save(force_insert=True)
+            first = self._add_transition(
+                row, None, Status.PENDING, at, "created", "execution created"
+            )
             self._count(row, str(Status.PENDING), 1)
             self._idempotent_record(
                 execution.resource_group, "execution", request_id, digest, execution.id
             )
-        return self.get_execution(execution.resource_group, execution.id), True
+        created = Execution(
+            id=execution.id,
+            resource_group=execution.resource_group,
+            configuration_id=execution.configuration_id,
+            executable_id=execution.executable_id,
+            scenario_id=execution.scenario_id,
+            status=Status.PENDING,
+            target_status=TargetStatus.COMPLETED,
+            status_message=execution.status_message,
+            step_details=[_step_from_json(s) for s in steps],
+            created_at=to_dt(at),
+            modified_at=to_dt(at),
+            history=[first],
+        )
+        return created, True
 
-    def _execution_row(self, resource_group: str | None, execution_id: str) -> t.ExecutionRow:
-        where = t.ExecutionRow.execution_id == execution_id
-        if resource_group is not None:
-            where &= t.ExecutionRow.resource_group == resource_group
-        row = t.ExecutionRow.get_or_none(where)
-        if row is None:
+    def _execution_row(self, resource_group: str | None, execution_id: str) -> dict:
+        if resource_group is None:
+            cursor = self.db.execute_sql(
+                f"SELECT {_EXEC_COLUMNS} FROM execution WHERE execution_id = ?", (execution_id,)
+            )
+        else:
+            cursor = self.db.execute_sql(
+                f"SELECT {_EXEC_COLUMNS} FROM execution"
+                " WHERE execution_id = ? AND resource_group = ?",
+                (execution_id, resource_group),
+            )
+        found = cursor.fetchone()
+        if found is None:
             raise NotFound.of("execution", execution_id)
-        return row
+        return dict(zip(_EXEC_FIELDS, found, strict=True))
 
     def get_execution(
         self, resource_group: str | None, execution_id: str, with_history: bool = True
     ) -> Execution:
         """One execution; ``resource_group`` None looks across groups (runtime use)."""
-        execution = _execution(self._execution_row(resource_group, execution_id))
+        execution = _execution_from(self._execution_row(resource_group, execution_id))
         if with_history:
             execution.history = self.history(execution_id)
         return execution
 
     def history(self, execution_id: str) -> list[Transition]:
-        rows = (
-            t.TransitionRow.select()
-            .where(t.TransitionRow.execution_id == execution_id)
-            .order_by(t.TransitionRow.seq)
+        cursor = self.db.execute_sql(
+            "SELECT seq, from_status, to_status, at_us, cause, message FROM transition"
+            " WHERE execution_id = ? ORDER BY seq",
+            (execution_id,),
         )
-        return [_transition(r) for r in rows]
+        return [
+            Transition(
+                seq,
+                execution_id,
+                Status(source) if source else None,
+                Status(target),
+                to_dt(at),
+                cause,
+                message,
+            )
+            for seq, source, target, at, cause, message in cursor.fetchall()
+        ]
 
     def list_executions(
         self,
@@ -747,37 +858,47 @@ class Store:
         executable_id: str = "",
         configuration_id: str = "",
     ) -> Page[Execution]:
-        R = t.ExecutionRow
-        C = t.ExecutionCount
-        where = R.resource_group == resource_group
-        cwhere = C.resource_group == resource_group
+        where = ["resource_group = ?"]
+        args: list[Any] = [resource_group]
         if statuses:
             names = sorted({str(s) for s in statuses})
-            where &= R.status.in_(names)
-            cwhere &= C.status.in_(names)
-        for field, cfield, value in (
-            (R.scenario_id, C.scenario_id, scenario_id),
-            (R.executable_id, C.executable_id, executable_id),
-            (R.configuration_id, C.configuration_id, configuration_id),
+            where.append(f"status IN ({', '.join('?' * len(names))})")
+            args.extend(names)
+        for column, value in (
+            ("scenario_id", scenario_id),
+            ("executable_id", executable_id),
+            ("configuration_id", configuration_id),
         ):
             if value:
-                where &= field == value
-                cwhere &= cfield == value
-        total = C.select(pw.fn.COALESCE(pw.fn.SUM(C.n), 0)).where(cwhere).scalar()
-        query = R.select().where(where)
+                where.append(f"{column} = ?")
+                args.append(value)
+        condition = " AND ".join(where)
+        total = self.db.execute_sql(
+            f"SELECT COALESCE(SUM(n), 0) FROM execution_count WHERE {condition}", args
+        ).fetchone()[0]
         if page.after is not None:
-            query = query.where(R.id < _int_key(page.after))
-        rows = list(query.order_by(R.id.desc()).limit(page.size + 1))
+            condition += " AND id < ?"
+            args.append(_int_key(page.after))
+        cursor = self.db.execute_sql(
+            f"SELECT {_EXEC_COLUMNS} FROM execution WHERE {condition} ORDER BY id DESC LIMIT ?",
+            [*args, page.size + 1],
+        )
+        rows = [dict(zip(_EXEC_FIELDS, r, strict=True)) for r in cursor.fetchall()]
         more = len(rows) > page.size
         rows = rows[: page.size]
-        filters = {
-            "statuses": sorted(str(s) for s in statuses),
-            "scenario_id": scenario_id,
-            "executable_id": executable_id,
-            "configuration_id": configuration_id,
-        }
-        token = encode_token(rows[-1].id, filters) if more else ""
-        return Page([_execution(r) for r in rows], token, int(total))
+        token = page.next_token(rows[-1]["id"]) if more else ""
+        return Page([_execution_from(r) for r in rows], token, int(total))
+
+    def _save(self, row: dict, changed: Iterable[str]) -> None:
+        columns = sorted(set(changed))
+        values = [
+            _dumps(row[c]) if c in ("step_details", "output_artifact_ids") else row[c]
+            for c in columns
+        ]
+        assignments = ", ".join(f"{c} = ?" for c in columns)
+        self.db.execute_sql(
+            f"UPDATE execution SET {assignments} WHERE id = ?", [*values, row["id"]]
+        )
 
     def transition(
         self,
@@ -797,7 +918,7 @@ class Store:
         the caller believes it is in (compare-and-set); FailedPrecondition otherwise."""
         with self.write_lock():
             row = self._execution_row(None, execution_id)
-            current = Status(row.status)
+            current = Status(row["status"])
             if expected is not None and current not in set(expected):
                 raise FailedPrecondition(
                     message=f"execution {execution_id} is {current}",
@@ -805,50 +926,61 @@ class Store:
                     metadata={"status": str(current)},
                 )
             lifecycle.check_transition(execution_id, current, to_status)
-            self._apply(row, current, to_status, cause, message, status_message, at=at)
+            changed = self._apply(row, current, to_status, cause, message, status_message, at=at)
             if step_details is not None:
-                row.step_details = [_step_to_json(s) for s in step_details]
+                row["step_details"] = [_step_to_json(s) for s in step_details]
+                changed.append("step_details")
             if target_status is not None:
-                row.target_status = str(target_status)
-            row.save()
-        return _execution(row)
+                row["target_status"] = str(target_status)
+                changed.append("target_status")
+            self._save(row, changed)
+        return _execution_from(row)
 
     def _apply(
         self,
-        row: t.ExecutionRow,
+        row: dict,
         current: Status,
         to_status: Status,
         cause: str,
         message: str,
         status_message: str | None,
         at: datetime | None = None,
-    ) -> None:
+    ) -> list[str]:
         stamp = to_us(at) if at else now_us()
-        row.status = str(to_status)
-        row.modified_us = stamp
+        row["status"] = str(to_status)
+        row["modified_us"] = stamp
+        changed = ["status", "modified_us", "history_len"]
         if status_message is not None:
-            row.status_message = status_message
-        if to_status == Status.RUNNING and row.started_us is None:
-            row.started_us = stamp
+            row["status_message"] = status_message
+            changed.append("status_message")
+        if to_status == Status.RUNNING and row["started_us"] is None:
+            row["started_us"] = stamp
+            changed.append("started_us")
         if lifecycle.is_final(to_status):
-            row.completed_us = stamp
+            row["completed_us"] = stamp
+            changed.append("completed_us")
         self._add_transition(row, current, to_status, stamp, cause, message)
         self._count(row, str(current), -1)
         self._count(row, str(to_status), 1)
+        return changed
 
     def request_stop(self, resource_group: str, execution_id: str) -> Execution:
         """The user's stop: PENDING or RUNNING -> STOPPING, target STOPPED."""
         with self.write_lock():
             row = self._execution_row(resource_group, execution_id)
-            current = Status(row.status)
+            current = Status(row["status"])
             lifecycle.check_operation(execution_id, current, lifecycle.Operation.STOP)
-            row.target_status = str(TargetStatus.STOPPED)
-            self._apply(
-                row, current, Status.STOPPING, "stop_requested", "stop requested by user",
+            row["target_status"] = str(TargetStatus.STOPPED)
+            changed = self._apply(
+                row,
+                current,
+                Status.STOPPING,
+                "stop_requested",
+                "stop requested by user",
                 "stop requested",
             )
-            row.save()
-        return _execution(row)
+            self._save(row, [*changed, "target_status"])
+        return _execution_from(row)
 
     def delete_execution(
         self, resource_group: str, execution_id: str, keep_metrics: bool = False
@@ -856,14 +988,14 @@ class Store:
         """Delete a final execution with its history and logs (artifacts stay)."""
         with self.write_lock():
             row = self._execution_row(resource_group, execution_id)
-            current = Status(row.status)
+            current = Status(row["status"])
             lifecycle.check_operation(execution_id, current, lifecycle.Operation.DELETE)
-            t.LogRow.delete().where(t.LogRow.execution_id == execution_id).execute()
-            t.TransitionRow.delete().where(t.TransitionRow.execution_id == execution_id).execute()
+            self.db.execute_sql("DELETE FROM log_line WHERE execution_id = ?", (execution_id,))
+            self.db.execute_sql("DELETE FROM transition WHERE execution_id = ?", (execution_id,))
             for hook in self.delete_hooks:
                 hook(execution_id, keep_metrics)
             self._count(row, str(current), -1)
-            row.delete_instance()
+            self.db.execute_sql("DELETE FROM execution WHERE id = ?", (row["id"],))
 
     def update_execution(
         self,
@@ -877,35 +1009,41 @@ class Store:
         """Update runtime-owned fields that are not a status change."""
         with self.write_lock():
             row = self._execution_row(None, execution_id)
+            changed = ["modified_us"]
             if step_details is not None:
-                row.step_details = [_step_to_json(s) for s in step_details]
+                row["step_details"] = [_step_to_json(s) for s in step_details]
+                changed.append("step_details")
             if output_artifact_ids is not None:
-                row.output_artifact_ids = output_artifact_ids
+                row["output_artifact_ids"] = list(output_artifact_ids)
+                changed.append("output_artifact_ids")
             if status_message is not None:
-                row.status_message = status_message
-            if submitted and row.submitted_us is None:
-                row.submitted_us = now_us()
-            row.modified_us = now_us()
-            row.save()
-        return _execution(row)
+                row["status_message"] = status_message
+                changed.append("status_message")
+            if submitted and row["submitted_us"] is None:
+                row["submitted_us"] = now_us()
+                changed.append("submitted_us")
+            row["modified_us"] = now_us()
+            self._save(row, changed)
+        return _execution_from(row)
 
     def executions_in(self, statuses: Iterable[Status]) -> list[Execution]:
         """Executions of every group in these statuses, oldest first (runtime use)."""
-        rows = (
-            t.ExecutionRow.select()
-            .where(t.ExecutionRow.status.in_([str(s) for s in statuses]))
-            .order_by(t.ExecutionRow.id)
+        names = [str(s) for s in statuses]
+        cursor = self.db.execute_sql(
+            f"SELECT {_EXEC_COLUMNS} FROM execution"
+            f" WHERE status IN ({', '.join('?' * len(names))}) ORDER BY id",
+            names,
         )
-        return [_execution(r) for r in rows]
+        return [_execution_from(dict(zip(_EXEC_FIELDS, r, strict=True))) for r in cursor]
 
     def force_status(self, execution_id: str, status: Status) -> None:
         """Put an execution straight into ``status`` (tests drive the lifecycle table
         with it). Records the jump in the history like any transition."""
         with self.write_lock():
             row = self._execution_row(None, execution_id)
-            current = Status(row.status)
-            self._apply(row, current, status, "forced", "status set directly", None)
-            row.save()
+            current = Status(row["status"])
+            changed = self._apply(row, current, status, "forced", "status set directly", None)
+            self._save(row, changed)
 
     # ---------------------------------------------------------------------- logs
 

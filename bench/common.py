@@ -1,0 +1,107 @@
+"""Shared benchmark plumbing: free loopback ports, a server subprocess, medians."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(address: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server at {address} did not become healthy")
+            time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def trainyard_server(
+    *extra: str, data_dir: Path | None = None, log_level: str = "warning"
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A real server process on a fresh temporary data directory (or ``data_dir``)."""
+    with tempfile.TemporaryDirectory(prefix="trainyard-bench-") as tmp:
+        port = free_port()
+        address = f"127.0.0.1:{port}"
+        process = subprocess.Popen(
+            [
+                PYTHON,
+                "-m",
+                "server",
+                "--address",
+                address,
+                "--data-dir",
+                str(data_dir or tmp),
+                "--executables-dir",
+                str(ROOT / "samples" / "executables"),
+                "--log-format",
+                "json",
+                "--log-level",
+                log_level,
+                *extra,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_healthy(address)
+            yield address, process
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of a process in MiB (Linux /proc)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def verdict(ok: bool) -> str:
+    return "meets target" if ok else "BELOW TARGET"
+
+
+def env_with_root() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env

@@ -1,0 +1,84 @@
+"""Load generator, run in its own process: N calls in flight for a fixed time.
+
+    python -m bench.load ADDRESS KIND SECONDS CONCURRENCY [ARG]
+
+KIND: echo (bare bytes, ARG = payload size), get (GetExecution of ARG),
+create (CreateExecution of configuration ARG), list (ListExecutions, ARG = page token
+or empty). Prints one JSON line: calls, seconds, calls_per_s, p50_ms, p99_ms, errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import uuid
+
+import grpc
+
+from trainyard.v1 import execution_service_pb2 as ex
+from trainyard.v1 import execution_service_pb2_grpc
+
+
+def _callable(channel: grpc.aio.Channel, kind: str, arg: str):
+    if kind == "echo":
+        method = channel.unary_unary("/bench.Echo/Echo")
+        payload = b"x" * int(arg or 200)
+        return lambda: method(payload)
+    stub = execution_service_pb2_grpc.ExecutionServiceStub(channel)
+    if kind == "get":
+        request = ex.GetExecutionRequest(execution_id=arg)
+        return lambda: stub.GetExecution(request)
+    if kind == "create":
+        return lambda: stub.CreateExecution(
+            ex.CreateExecutionRequest(configuration_id=arg, request_id=uuid.uuid4().hex)
+        )
+    if kind == "list":
+        request = ex.ListExecutionsRequest(page_size=50, page_token=arg)
+        return lambda: stub.ListExecutions(request)
+    raise SystemExit(f"unknown kind {kind}")
+
+
+async def run(address: str, kind: str, seconds: float, concurrency: int, arg: str) -> dict:
+    latencies: list[float] = []
+    errors = 0
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = _callable(channel, kind, arg)
+        await call()  # warm up the connection
+        stop_at = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            nonlocal errors
+            while time.perf_counter() < stop_at:
+                start = time.perf_counter()
+                try:
+                    await call()
+                except grpc.aio.AioRpcError:
+                    errors += 1
+                latencies.append(time.perf_counter() - start)
+
+        began = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - began
+    latencies.sort()
+    n = len(latencies)
+    return {
+        "calls": n,
+        "seconds": round(elapsed, 3),
+        "calls_per_s": round(n / elapsed, 1),
+        "p50_ms": round(latencies[n // 2] * 1000, 3) if n else None,
+        "p99_ms": round(latencies[min(n - 1, int(n * 0.99))] * 1000, 3) if n else None,
+        "errors": errors,
+    }
+
+
+if __name__ == "__main__":
+    address, kind, seconds, concurrency = (
+        sys.argv[1],
+        sys.argv[2],
+        float(sys.argv[3]),
+        int(sys.argv[4]),
+    )
+    arg = sys.argv[5] if len(sys.argv) > 5 else ""
+    print(json.dumps(asyncio.run(run(address, kind, seconds, concurrency, arg))))

@@ -1,0 +1,956 @@
+"""The embedded runtime: each step of an execution runs as a local process.
+
+An execution goes through these stages, each reported through the control plane:
+
+1. Queued (PENDING) until one of ``max_concurrent`` slots is free, in creation order;
+   ``submitted`` is stamped when a slot takes it.
+2. Planned (server/runtime/plan.py): commands resolved, paths placed in the working
+   directory ``<work_dir>/<execution id>``. A workflow that cannot run is DEAD here.
+3. Staged: every input artifact bound in the configuration is copied into the root of
+   each step that reads it, in a worker thread. A URL the runtime cannot read (another
+   scheme, a missing file) makes the execution DEAD before any step runs.
+4. Run: a step starts once the steps it waits for succeeded, in a session of its own
+   (``start_new_session``), with its stdout and stderr read line by line into the log
+   sink. The first start moves the execution to RUNNING. A step that exits non-zero (or
+   leaves a declared output missing) fails the execution: running siblings are
+   terminated, later steps are SKIPPED and never start, and it goes DEAD with
+   ``step NAME exited with code N``. When a step's first process exits, whatever is
+   left of its process group is killed.
+5. Collected: after every step succeeded, each declared output artifact is moved to
+   ``<artifacts_dir>/<execution id>/<name>/`` (so it survives the execution's deletion),
+   registered as an Artifact of the executable's kind, and listed in the execution's
+   outputs. Then COMPLETED.
+
+Stop: SIGTERM to every running step's process group, SIGKILL ``stop_grace`` seconds
+later; STOPPED once every process is gone. A queued execution goes STOPPED at once.
+
+Crash safety: when a step starts, its pid, process group and start time are written to
+``<work dir>/state.json``, and its outcome when it ends. :meth:`LocalRuntime.recover`
+reads them after a restart to stop survivors and tell how the execution ended; as a
+last resort it also finds step processes by the execution id in their environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import signal
+import sys
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+
+import structlog
+
+from server.domain.errors import DomainError, FailedPrecondition, NotFound
+from server.domain.lifecycle import ACTIVE_STATUSES
+from server.domain.logsink import LogSink
+from server.domain.models import (
+    Artifact,
+    Execution,
+    LogStream,
+    Status,
+    StepDetail,
+    StepPhase,
+)
+from server.domain.service import ControlPlane
+from server.runtime import processes as procs
+from server.runtime import staging
+from server.runtime.base import ExecutionInfo, Runtime, StepProcess
+from server.runtime.plan import SCRIPTS_DIR, Plan, PlanError, PlannedStep, build_plan
+from server.runtime.staging import StagingError
+
+log = structlog.get_logger(__name__)
+
+# The repository root: on every step's PYTHONPATH, so that steps can import `client`.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STATE_FILE = "state.json"
+KILL_TIMEOUT = 5.0  # how long a SIGKILLed process group may take to disappear
+DRAIN_TIMEOUT = 2.0  # how long to read a step's pipes after its processes are gone
+
+
+def reachable_address(address: str) -> str:
+    """The address a local process dials to reach a server bound to ``address``."""
+    host, _, port = address.rpartition(":")
+    if host in ("", "0.0.0.0", "*"):
+        host = "127.0.0.1"
+    elif host in ("[::]", "::"):
+        host = "[::1]"
+    return f"{host}:{port}"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(eq=False)
+class _Process:
+    step: str
+    process: asyncio.subprocess.Process
+    pgid: int
+    signalled: str = ""  # why we sent SIGTERM, if we did
+    exited: bool = False
+    kill_timer: asyncio.TimerHandle | None = None
+
+
+@dataclass(eq=False)
+class _Run:
+    """One execution held by a worker slot."""
+
+    execution: Execution
+    work_dir: Path
+    plan: Plan | None = None
+    details: dict[str, StepDetail] = field(default_factory=dict)
+    processes: dict[str, _Process] = field(default_factory=dict)
+    state: dict = field(default_factory=dict)  # what state.json holds
+    task: asyncio.Task | None = None
+    running: bool = False  # moved to RUNNING
+    stopping: bool = False  # the user asked for a stop
+    closing: bool = False  # the server is shutting down
+    failure: str = ""  # status message of the first failure
+
+    @property
+    def id(self) -> str:
+        return self.execution.id
+
+    @property
+    def halted(self) -> bool:
+        """No new step may start."""
+        return self.stopping or self.closing or bool(self.failure)
+
+
+class LocalRuntime(Runtime):
+    name = "local"
+
+    def __init__(
+        self,
+        plane: ControlPlane,
+        log_sink: LogSink,
+        *,
+        work_dir: Path,
+        artifacts_dir: Path,
+        max_concurrent: int = 4,
+        stop_grace: float = 10.0,
+    ):
+        self.plane = plane
+        self.sink = log_sink
+        self.work_dir = Path(work_dir).resolve()
+        self.artifacts_dir = Path(artifacts_dir).resolve()
+        self.max_concurrent = max(1, max_concurrent)
+        self.stop_grace = stop_grace
+        self.server_address = ""
+        self._queue: dict[str, None] = {}  # execution ids in submission order
+        self._runs: dict[str, _Run] = {}
+        self._background: set[asyncio.Task] = set()
+        self._accepting = False
+        self._closed = False
+        self._subreaper = False  # set by start(): orphans of steps come back to us
+
+    # ----------------------------------------------------------------- interface
+
+    async def start(self, server_address: str) -> None:
+        self.server_address = reachable_address(server_address)
+        await asyncio.to_thread(self._make_dirs)
+        self._subreaper = procs.become_subreaper()
+        await self.recover()
+        self._accepting = True
+        log.info(
+            "local runtime started", max_concurrent=self.max_concurrent, work_dir=str(self.work_dir)
+        )
+        self._pump()
+
+    def submit(self, execution_id: str) -> None:
+        if self._closed or execution_id in self._queue or execution_id in self._runs:
+            return
+        self._queue[execution_id] = None
+        self._pump()
+
+    def stop(self, execution_id: str) -> None:
+        if execution_id in self._queue:
+            del self._queue[execution_id]
+            self._stop_unstarted(execution_id, "stopped before it started")
+            return
+        run = self._runs.get(execution_id)
+        if run is None:
+            if not self._closed:
+                self._stop_unstarted(execution_id, "stopped; it was not running")
+            return
+        run.stopping = True
+        self._terminate(run, "stop requested")
+
+    def forget(self, execution_id: str) -> None:
+        self._queue.pop(execution_id, None)
+        run = self._runs.get(execution_id)
+        if run is not None:
+            run.stopping = True
+            self._terminate(run, "execution deleted")
+        self.sink.forget(execution_id)
+        self._spawn_background(asyncio.to_thread(staging.remove_dir, self.work_dir / execution_id))
+
+    def inspect(self, execution_id: str) -> ExecutionInfo | None:
+        if execution_id in self._queue:
+            position = list(self._queue).index(execution_id)
+            return ExecutionInfo(execution_id, "queued", queue_position=position)
+        run = self._runs.get(execution_id)
+        if run is None:
+            return None
+        return ExecutionInfo(
+            execution_id,
+            "active",
+            work_dir=str(run.work_dir),
+            processes=tuple(
+                StepProcess(p.step, p.process.pid, p.pgid)
+                for p in run.processes.values()
+                if not p.exited
+            ),
+        )
+
+    async def close(self) -> None:
+        self._accepting = False
+        self._closed = True
+        runs = list(self._runs.values())
+        for run in runs:
+            run.closing = True
+            self._terminate(run, "server shutting down")
+        tasks = [r.task for r in runs if r.task is not None]
+        if tasks:
+            _, late = await asyncio.wait(
+                tasks, timeout=self.stop_grace + KILL_TIMEOUT + DRAIN_TIMEOUT
+            )
+            for task in late:
+                task.cancel()
+            for run in runs:
+                for process in run.processes.values():
+                    procs.signal_group(process.pgid, signal.SIGKILL)
+            if late:
+                await asyncio.wait(late, timeout=1.0)
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=5.0)
+        log.info("local runtime closed", interrupted=len(runs))
+
+    # ---------------------------------------------------------------- scheduling
+
+    def _make_dirs(self) -> None:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.artifacts_dir.mkdir(parents=True, exist_ok=True)
+
+    def _spawn_background(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _pump(self) -> None:
+        """Hand queued executions to free slots, oldest first."""
+        if not self._accepting:
+            return
+        while self._queue and len(self._runs) < self.max_concurrent:
+            execution_id = next(iter(self._queue))
+            del self._queue[execution_id]
+            try:
+                execution = self.plane.store.get_execution(None, execution_id, with_history=False)
+            except NotFound:
+                continue
+            if execution.status != Status.PENDING:
+                continue
+            run = _Run(execution, self.work_dir / execution_id)
+            self._runs[execution_id] = run
+            self.plane.update_execution(execution_id, submitted=True)
+            run.task = asyncio.create_task(self._execute(run), name=f"execution-{execution_id}")
+            run.task.add_done_callback(partial(self._run_done, run))
+
+    def _run_done(self, run: _Run, task: asyncio.Task) -> None:
+        self._runs.pop(run.id, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("execution task failed", execution_id=run.id, exc_info=task.exception())
+        self._pump()
+
+    def _stop_unstarted(self, execution_id: str, message: str) -> None:
+        """A stop of an execution no process ever ran for: STOPPING -> STOPPED now."""
+        try:
+            execution = self.plane.store.get_execution(None, execution_id, with_history=False)
+        except NotFound:
+            return
+        details = [
+            _ended(d, StepPhase.SKIPPED, "not started: the execution was stopped")
+            for d in execution.step_details
+        ]
+        self.sink.system(execution_id, f"execution stopped: {message}")
+        self.sink.flush()
+        try:
+            self.plane.transition(
+                execution_id,
+                Status.STOPPED,
+                "processes_exited",
+                message,
+                expected=[Status.STOPPING],
+                status_message=message,
+                step_details=details,
+            )
+        except DomainError as exc:
+            log.warning("stop not applied", execution_id=execution_id, error=str(exc))
+        self.sink.forget(execution_id)
+
+    # ---------------------------------------------------------------- one execution
+
+    async def _execute(self, run: _Run) -> None:
+        try:
+            await self._run_execution(run)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must not leave the execution RUNNING forever
+            log.exception("runtime error", execution_id=run.id)
+            self._terminate(run, "runtime error")
+            await asyncio.gather(
+                *(procs.terminate_group(p.pgid, 0.5) for p in list(run.processes.values())),
+                return_exceptions=True,
+            )
+            self._finish(run, Status.DEAD, "runtime_error", f"the runtime failed: {exc}")
+        if not run.closing:
+            await self._kill_strays(run.id)
+
+    async def _run_execution(self, run: _Run) -> None:
+        execution = run.execution
+        try:
+            run.plan = self._plan(execution, run.work_dir)
+        except (PlanError, DomainError) as exc:
+            self._finish(run, Status.DEAD, "start_failed", f"cannot start: {exc}")
+            return
+        stored = {d.name: d for d in execution.step_details}
+        run.details = {n: stored.get(n) or StepDetail(n) for n in run.plan.names}
+
+        try:
+            await asyncio.to_thread(self._prepare_dir, run)
+            run.state = {"execution_id": run.id, "steps": {}}
+            procs.write_state(run.work_dir / STATE_FILE, run.state)
+            await self._stage_inputs(run)
+        except (StagingError, OSError) as exc:
+            if not (run.closing or run.stopping):
+                self._finish(run, Status.DEAD, "start_failed", f"cannot start: {exc}")
+                return
+        if self._cut_short(run):
+            return
+
+        await self._run_steps(run)
+        if self._cut_short(run):
+            return
+        if run.failure:
+            self._finish(run, Status.DEAD, "step_failed", run.failure)
+            return
+
+        try:
+            await self._collect_outputs(run)
+        except (StagingError, OSError, DomainError) as exc:
+            if not (run.closing or run.stopping):
+                self._finish(run, Status.DEAD, "step_failed", f"cannot collect outputs: {exc}")
+                return
+        if self._cut_short(run):
+            return
+        self._finish(run, Status.COMPLETED, "steps_succeeded", "every step succeeded")
+
+    def _cut_short(self, run: _Run) -> bool:
+        """A shutdown leaves the execution as it is (the next start reconciles it); a
+        stop ends it STOPPED."""
+        if run.closing:
+            return True
+        if run.stopping:
+            self._finish_stopped(run)
+            return True
+        return False
+
+    def _plan(self, execution: Execution, work_dir: Path) -> Plan:
+        store = self.plane.store
+        group = execution.resource_group
+        configuration = store.get_configuration(group, execution.configuration_id)
+        executable = store.get_executable(
+            group, configuration.executable_id, configuration.executable_version
+        )
+        bindings = configuration.input_artifact_bindings
+        artifacts = {a.id: a for a in store.get_artifacts(group, list(bindings.values()))}
+        urls = {}
+        for name, artifact_id in bindings.items():
+            if artifact_id not in artifacts:
+                raise PlanError(f"input artifact {name}: artifact {artifact_id} does not exist")
+            urls[name] = artifacts[artifact_id].url
+        return build_plan(
+            executable,
+            configuration.parameter_bindings,
+            urls,
+            execution_id=execution.id,
+            resource_group=group,
+            work_dir=work_dir,
+        )
+
+    def _prepare_dir(self, run: _Run) -> None:
+        """A fresh working directory with a root for every step (worker thread)."""
+        staging.reset_dir(run.work_dir)
+        (run.work_dir / SCRIPTS_DIR).mkdir()
+        for step in run.plan.steps:
+            step.root.mkdir(parents=True, exist_ok=True)
+
+    async def _stage_inputs(self, run: _Run) -> None:
+        """Copy bound artifacts and inline data into each step's root; every URL is
+        checked before anything is copied."""
+        items = [(s, i) for s in run.plan.steps for i in s.inputs if not i.source.step]
+        urls = sorted({i.source.url for _, i in items if i.source.url})
+        sources = dict(zip(urls, await asyncio.to_thread(_check_sources, urls), strict=True))
+        for step, item in items:
+            if run.stopping or run.closing:
+                return
+            if item.source.url:
+                size = await asyncio.to_thread(
+                    staging.copy_into, sources[item.source.url], item.path
+                )
+            else:
+                size = await asyncio.to_thread(staging.write_raw, item.path, item.source.raw)
+            self.sink.system(
+                run.id,
+                f"staged input artifact {item.name} for step {step.name}: "
+                f"{item.source.describe()} -> {item.path} ({_size(size)})",
+                step=step.name,
+            )
+
+    async def _run_steps(self, run: _Run) -> None:
+        """Start every step whose predecessors succeeded, until none is left to start."""
+        pending = list(run.plan.steps)
+        tasks: dict[asyncio.Task, PlannedStep] = {}
+        succeeded: set[str] = set()
+        while True:
+            if not run.halted:
+                for step in [s for s in pending if s.after <= succeeded]:
+                    pending.remove(step)
+                    tasks[asyncio.create_task(self._run_step(run, step))] = step
+            if not tasks:
+                break
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                step = tasks.pop(task)
+                if task.result():
+                    succeeded.add(step.name)
+        if run.closing:
+            return
+        why = "the execution was stopped" if run.stopping else "an earlier step failed"
+        for step in pending:
+            detail = run.details[step.name]
+            _ended(detail, StepPhase.SKIPPED, f"not started: {why}")
+            self._step_changed(run, detail)
+
+    async def _run_step(self, run: _Run, step: PlannedStep) -> bool:
+        """Run one step to its end; True when it succeeded."""
+        detail = run.details[step.name]
+        try:
+            await asyncio.to_thread(_stage_step, run.plan, step)
+        except StagingError as exc:
+            self._fail(run, step, None, f"step {step.name}: {exc}")
+            return False
+        if run.halted:
+            if not run.closing:
+                _ended(detail, StepPhase.SKIPPED, "not started: the execution is ending")
+                self._step_changed(run, detail)
+            return False
+
+        self.sink.system(
+            run.id, f"starting step {step.name}: {shlex.join(step.argv)}", step=step.name
+        )
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *step.argv,
+                cwd=step.root,
+                env=self._env(run, step),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self._fail(run, step, None, f"step {step.name} could not start: {exc}")
+            return False
+        handle = _Process(step.name, process, process.pid)
+        run.processes[step.name] = handle
+        run.state["steps"][step.name] = {
+            "pid": process.pid,
+            "pgid": process.pid,
+            "create_time": procs.create_time(process.pid),
+            "started_at": _now().isoformat(),
+            "exit_code": None,
+        }
+        procs.write_state(run.work_dir / STATE_FILE, run.state)
+        detail.phase, detail.started_at = StepPhase.RUNNING, _now()
+        if not run.running and not run.halted:
+            run.running = True
+            try:
+                self.plane.transition(
+                    run.id,
+                    Status.RUNNING,
+                    "step_started",
+                    f"step {step.name} started",
+                    expected=[Status.PENDING],
+                    status_message="",
+                )
+            except DomainError as exc:
+                log.warning("not moved to RUNNING", execution_id=run.id, error=str(exc))
+        self._step_changed(run, detail)
+        if run.halted:  # a stop or a failure came while the process was being created
+            why = "stop requested" if run.stopping or run.closing else "another step failed"
+            self._signal(run, handle, why)
+
+        readers = [
+            asyncio.create_task(
+                procs.read_lines(
+                    process.stdout, partial(self.sink.write, run.id, step.name, LogStream.STDOUT)
+                )
+            ),
+            asyncio.create_task(
+                procs.read_lines(
+                    process.stderr, partial(self.sink.write, run.id, step.name, LogStream.STDERR)
+                )
+            ),
+        ]
+        try:
+            returncode = await process.wait()
+        finally:
+            handle.exited = True
+            if handle.kill_timer is not None:
+                handle.kill_timer.cancel()
+            await self._clear_group(run, handle)
+            _, unread = await asyncio.wait(readers, timeout=DRAIN_TIMEOUT)
+            for reader in unread:
+                reader.cancel()
+            if unread:
+                self.sink.system(
+                    run.id,
+                    f"step {step.name}: its output was still open after its processes "
+                    f"ended; stopped reading it",
+                    step=step.name,
+                )
+            del run.processes[step.name]
+        if run.closing:
+            return False  # the next start tells how it ended
+        return self._step_exited(run, step, handle, returncode)
+
+    def _step_exited(self, run: _Run, step: PlannedStep, handle: _Process, returncode: int) -> bool:
+        detail = run.details[step.name]
+        code = returncode if returncode >= 0 else 128 - returncode
+        if returncode >= 0:
+            how = f"exited with code {code}"
+        else:
+            how = f"was killed by {procs.signal_name(-returncode)} (exit code {code})"
+        self.sink.system(run.id, f"step {step.name} {how}", step=step.name)
+        record = run.state["steps"][step.name]
+        record["exit_code"] = code
+
+        if handle.signalled:
+            _ended(detail, StepPhase.STOPPED, f"{handle.signalled}; {how}", code)
+            record["phase"] = str(StepPhase.STOPPED)
+            ok = False
+        elif returncode != 0:
+            message = f"step {step.name} {how}"
+            _ended(detail, StepPhase.FAILED, how, code)
+            record.update(phase=str(StepPhase.FAILED), failure=message)
+            self._halt(run, message, step.name)
+            ok = False
+        else:
+            missing = [o for o in step.outputs if not o.optional and not o.path.exists()]
+            if missing:
+                message = (
+                    f"step {step.name} did not write its output artifact {missing[0].name} "
+                    f"at {missing[0].path}"
+                )
+                _ended(detail, StepPhase.FAILED, message, code)
+                record.update(phase=str(StepPhase.FAILED), failure=message)
+                self.sink.system(run.id, message, step=step.name)
+                self._halt(run, message, step.name)
+                ok = False
+            else:
+                _ended(detail, StepPhase.SUCCEEDED, "", code)
+                record["phase"] = str(StepPhase.SUCCEEDED)
+                ok = True
+        procs.write_state(run.work_dir / STATE_FILE, run.state)
+        self._step_changed(run, detail)
+        return ok
+
+    def _fail(self, run: _Run, step: PlannedStep, code: int | None, message: str) -> None:
+        """A step failed before its process ran."""
+        detail = run.details[step.name]
+        self.sink.system(run.id, message, step=step.name)
+        _ended(detail, StepPhase.FAILED, message, code)
+        self._step_changed(run, detail)
+        self._halt(run, message, step.name)
+
+    def _halt(self, run: _Run, message: str, step: str) -> None:
+        """The first failure decides the status message; running siblings end."""
+        if run.failure or run.stopping:
+            return
+        run.failure = message
+        self._terminate(run, f"step {step} failed")
+
+    async def _clear_group(self, run: _Run, handle: _Process) -> None:
+        """The step's first process exited: kill whatever is left of its group."""
+        if procs.signal_group(handle.pgid, signal.SIGKILL):
+            if not await procs.wait_gone(handle.pgid, KILL_TIMEOUT, reap=True):
+                self.sink.system(
+                    run.id,
+                    f"step {handle.step}: processes of group {handle.pgid} survive SIGKILL",
+                    step=handle.step,
+                )
+        procs.reap_group(handle.pgid)
+
+    # ------------------------------------------------------------------- signals
+
+    def _terminate(self, run: _Run, why: str) -> None:
+        for handle in list(run.processes.values()):
+            self._signal(run, handle, why)
+
+    def _signal(self, run: _Run, handle: _Process, why: str) -> None:
+        """SIGTERM to the step's process group now, SIGKILL after the grace period."""
+        if handle.signalled or handle.exited:
+            return
+        handle.signalled = why
+        self.sink.system(
+            run.id,
+            f"{why}: sending SIGTERM to step {handle.step} (process group {handle.pgid})",
+            step=handle.step,
+        )
+        procs.signal_group(handle.pgid, signal.SIGTERM)
+        handle.kill_timer = asyncio.get_running_loop().call_later(
+            self.stop_grace, self._kill, run, handle
+        )
+
+    def _kill(self, run: _Run, handle: _Process) -> None:
+        if handle.exited:
+            return
+        self.sink.system(
+            run.id,
+            f"step {handle.step} still running {self.stop_grace:g}s after SIGTERM: "
+            f"sending SIGKILL to process group {handle.pgid}",
+            step=handle.step,
+        )
+        procs.signal_group(handle.pgid, signal.SIGKILL)
+
+    async def _kill_strays(self, execution_id: str) -> None:
+        """Processes that left their step's group but carry the execution id."""
+        strays = (
+            await asyncio.to_thread(
+                procs.processes_of, [execution_id], descendants_only=self._subreaper
+            )
+        ).get(execution_id, [])
+        if strays:
+            self.sink.system(execution_id, f"stopping {len(strays)} leftover processes: {strays}")
+            self.sink.flush()
+            await procs.kill_processes(strays, self.stop_grace)
+
+    # -------------------------------------------------------------------- reports
+
+    def _env(self, run: _Run, step: PlannedStep) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
+        env.update(step.env)
+        python_path = [str(REPO_ROOT)]
+        if env.get("PYTHONPATH"):
+            python_path.append(env["PYTHONPATH"])
+        env.update(
+            TRAINYARD_EXECUTION_ID=run.id,
+            TRAINYARD_RESOURCE_GROUP=run.execution.resource_group,
+            TRAINYARD_ADDRESS=self.server_address,
+            TRAINYARD_STEP=step.name,
+            PYTHONPATH=os.pathsep.join(python_path),
+            PYTHONUNBUFFERED="1",
+            # `python3` in a step is the server's interpreter, with its packages.
+            PATH=os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")]),
+        )
+        return env
+
+    def _step_changed(self, run: _Run, detail: StepDetail) -> None:
+        self.plane.update_execution(
+            run.id, step_details=list(run.details.values()), changed_step=detail
+        )
+
+    def _finish(self, run: _Run, status: Status, cause: str, message: str) -> None:
+        """Record the final status, after every log line of the execution is stored."""
+        for detail in run.details.values():
+            if detail.phase == StepPhase.PENDING:
+                _ended(detail, StepPhase.SKIPPED, "not started")
+        self.sink.system(run.id, f"execution {str(status).lower()}: {message}")
+        self.sink.flush()
+        expected = (
+            [Status.RUNNING] if status == Status.COMPLETED else [Status.PENDING, Status.RUNNING]
+        )
+        details = list(run.details.values()) or None
+        try:
+            self.plane.transition(
+                run.id,
+                status,
+                cause,
+                message,
+                expected=expected,
+                status_message=message,
+                step_details=details,
+            )
+        except FailedPrecondition:
+            # Stopped meanwhile: a stopping execution ends STOPPED, whatever happened.
+            self._finish_stopped(run)
+            return
+        except NotFound:
+            pass
+        self.sink.forget(run.id)
+        log.info("execution finished", execution_id=run.id, status=str(status), message=message)
+
+    def _finish_stopped(self, run: _Run) -> None:
+        for detail in run.details.values():
+            if detail.phase == StepPhase.PENDING:
+                _ended(detail, StepPhase.SKIPPED, "not started: the execution was stopped")
+        message = "stopped; every process has exited"
+        self.sink.system(run.id, f"execution stopped: {message}")
+        self.sink.flush()
+        try:
+            self.plane.transition(
+                run.id,
+                Status.STOPPED,
+                "processes_exited",
+                message,
+                expected=[Status.STOPPING],
+                status_message="stopped",
+                step_details=list(run.details.values()) or None,
+            )
+        except DomainError as exc:
+            log.warning("stop not recorded", execution_id=run.id, error=str(exc))
+        self.sink.forget(run.id)
+        log.info("execution stopped", execution_id=run.id)
+
+    async def _collect_outputs(self, run: _Run) -> None:
+        """Move each declared output to the artifact store and register it."""
+        execution = run.execution
+        group = execution.resource_group
+        registered = {
+            a.name: a for a in self.plane.list_artifacts(group, 100, "", execution_id=run.id).items
+        }
+        ids: list[str] = []
+        for item in run.plan.collect:
+            spec = item.spec
+            if spec.name in registered:
+                ids.append(registered[spec.name].id)
+                continue
+            if item.optional and not item.path.exists():
+                continue
+            path = await asyncio.to_thread(
+                staging.collect, item.path, self.artifacts_dir / run.id / spec.name
+            )
+            artifact = self.plane.register_output_artifact(
+                Artifact(
+                    id="",
+                    resource_group=group,
+                    name=spec.name,
+                    kind=spec.kind,
+                    url=path.as_uri(),
+                    scenario_id=execution.scenario_id,
+                    description=spec.description,
+                    execution_id=run.id,
+                )
+            )
+            ids.append(artifact.id)
+            self.sink.system(
+                run.id,
+                f"registered output artifact {spec.name} ({spec.kind}) as {artifact.id}: "
+                f"{artifact.url}",
+                step=item.step,
+            )
+        if ids:
+            self.plane.update_execution(run.id, output_artifact_ids=ids)
+
+    # ------------------------------------------------------------------ recovery
+
+    async def recover(self) -> None:
+        active = self.plane.store.executions_in(ACTIVE_STATUSES)
+        if not active:
+            return
+        strays = await asyncio.to_thread(procs.processes_of, [e.id for e in active])
+        await asyncio.gather(*(self._recover(e, strays.get(e.id, [])) for e in active))
+        for execution in active:  # oldest first
+            if execution.status == Status.PENDING:
+                self._queue[execution.id] = None
+        log.info("executions reconciled", count=len(active))
+
+    async def _recover(self, execution: Execution, strays: list[int]) -> None:
+        eid = execution.id
+        work_dir = self.work_dir / eid
+        state = procs.read_state(work_dir / STATE_FILE)
+        records = state["steps"] if state else {}
+        alive: list[str] = []  # steps whose processes survived the restart
+        lost: list[str] = []  # steps that ended while no server watched them
+        groups: list[int] = []
+        for name, record in records.items():
+            if record.get("exit_code") is not None:
+                continue
+            pgid = record.get("pgid")
+            if isinstance(pgid, int) and procs.owned_group(pgid, record.get("create_time")):
+                alive.append(name)
+                groups.append(pgid)
+                self.sink.system(
+                    eid,
+                    f"server restarted: step {name} still has processes (process group "
+                    f"{pgid}); stopping them",
+                    step=name,
+                )
+            else:
+                lost.append(name)
+        if strays:
+            self.sink.system(eid, f"server restarted: stopping leftover processes {strays}")
+        await asyncio.gather(
+            *(procs.terminate_group(g, self.stop_grace) for g in groups),
+            procs.kill_processes(strays, self.stop_grace),
+        )
+
+        if execution.status == Status.PENDING:
+            self.sink.system(eid, "server restarted: the execution is queued again")
+            self.sink.flush()
+            return
+        details = {d.name: d for d in execution.step_details}
+        not_started = [n for n, d in details.items() if d.phase == StepPhase.PENDING]
+        for name, record in records.items():  # outcomes recorded but not yet reported
+            detail = details.get(name)
+            phase = _phase(record.get("phase"))
+            if (
+                phase
+                and detail is not None
+                and detail.phase in (StepPhase.PENDING, StepPhase.RUNNING)
+            ):
+                _ended(detail, phase, record.get("failure", ""), record.get("exit_code"))
+        for name in alive + lost:
+            detail = details.setdefault(name, StepDetail(name))
+            if execution.status == Status.STOPPING:
+                _ended(detail, StepPhase.STOPPED, "stopped by a server restart")
+            else:
+                _ended(detail, StepPhase.FAILED, "interrupted by a server restart")
+        for detail in details.values():
+            if detail.phase == StepPhase.PENDING:
+                _ended(detail, StepPhase.SKIPPED, "not started: the server restarted")
+            elif detail.phase == StepPhase.RUNNING:  # running, yet not in the state file
+                _ended(detail, StepPhase.FAILED, "interrupted by a server restart")
+        failures = [r["failure"] for r in records.values() if r.get("failure")]
+
+        if execution.status == Status.STOPPING:
+            status = Status.STOPPED
+            message = "server restarted while stopping; every process is gone"
+        elif state is None:
+            status = Status.UNKNOWN
+            message = "server restarted while running; the runtime state of the execution was lost"
+        elif failures:
+            status, message = Status.DEAD, failures[0]
+        elif alive or lost:
+            status = Status.DEAD
+            message = f"server restarted while running; {_steps(alive + lost)} interrupted"
+        else:
+            done = [n for n, r in records.items() if r.get("phase") == str(StepPhase.SUCCEEDED)]
+            if await self._complete_after_restart(execution, work_dir, done, details):
+                return
+            status = Status.DEAD
+            waiting = [n for n in not_started if n not in records]
+            message = "server restarted while running" + (
+                f"; {_steps(waiting)} not started" if waiting else ""
+            )
+        self.sink.system(eid, f"execution {str(status).lower()}: {message}")
+        self.sink.flush()
+        try:
+            self.plane.transition(
+                eid,
+                status,
+                "server_restart",
+                message,
+                expected=[execution.status],
+                status_message=message,
+                step_details=list(details.values()) or None,
+            )
+        except DomainError as exc:
+            log.warning("execution not reconciled", execution_id=eid, error=str(exc))
+        self.sink.forget(eid)
+
+    async def _complete_after_restart(
+        self,
+        execution: Execution,
+        work_dir: Path,
+        succeeded: list[str],
+        details: dict[str, StepDetail],
+    ) -> bool:
+        """Every step had succeeded when the server stopped: register the outputs and
+        complete. False when that cannot be done."""
+        try:
+            plan = self._plan(execution, work_dir)
+        except (PlanError, DomainError):
+            return False
+        if set(plan.names) != set(succeeded):
+            return False
+        run = _Run(execution, work_dir, plan)
+        run.details = details
+        try:
+            await self._collect_outputs(run)
+        except (StagingError, OSError, DomainError):
+            return False
+        message = "server restarted after every step succeeded; outputs registered"
+        self.sink.system(execution.id, f"execution completed: {message}")
+        self.sink.flush()
+        self.plane.transition(
+            execution.id,
+            Status.COMPLETED,
+            "server_restart",
+            message,
+            expected=[Status.RUNNING],
+            status_message=message,
+            step_details=list(details.values()) or None,
+        )
+        self.sink.forget(execution.id)
+        return True
+
+
+def _check_sources(urls: list[str]) -> list[Path]:
+    return [staging.check_source(url) for url in urls]
+
+
+def _stage_step(plan: Plan, step: PlannedStep) -> None:
+    """What a step needs just before it starts: other steps' outputs, its script
+    (worker thread)."""
+    for item in step.inputs:
+        if item.source.step:
+            producer = plan.step(item.source.step)
+            output = producer.output(item.source.output)
+            if not output.path.exists():
+                raise StagingError(
+                    f"input artifact {item.name}: step {producer.name} left no "
+                    f"{output.name} at {output.path}"
+                )
+            staging.copy_into(output.path, item.path)
+    if step.script is not None:
+        staging.write_script(step.script_path, step.script)
+
+
+def _ended(
+    detail: StepDetail, phase: StepPhase, message: str, exit_code: int | None = None
+) -> StepDetail:
+    detail.phase = phase
+    detail.message = message
+    if exit_code is not None:
+        detail.exit_code = exit_code
+    if phase != StepPhase.SKIPPED and detail.finished_at is None:
+        detail.finished_at = _now()
+    return detail
+
+
+def _phase(value: object) -> StepPhase | None:
+    try:
+        return StepPhase(value) if value else None
+    except ValueError:
+        return None
+
+
+def _steps(names: list[str]) -> str:
+    """``step a was`` / ``steps a, b were``, for messages."""
+    if len(names) == 1:
+        return f"step {names[0]} was"
+    return f"steps {', '.join(names)} were"
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"

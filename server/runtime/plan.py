@@ -1,0 +1,455 @@
+"""The planner: what an execution runs, resolved down to command lines and paths.
+
+:func:`build_plan` takes the executable's workflow (see server/domain/workflow.py for
+its shape), the configuration's parameter values and the URLs of its bound artifacts,
+and gives one :class:`PlannedStep` per step: its command line with every placeholder
+substituted, the input artifacts to stage, the outputs it must leave behind.
+
+Each step gets a root directory of its own in the execution's working directory,
+``<work dir>/steps/<step>``, which stands in for the container's file system: an artifact
+path such as ``/data/iris`` becomes ``<work dir>/steps/<step>/data/iris``. The step runs
+with that root as its current directory. Steps see each other's files only through
+artifacts, as in Argo.
+
+Placeholders (``{{ ... }}``, spaces inside allowed):
+
+* ``{{workflow.parameters.NAME}}``: the configuration's value (or the default).
+* ``{{inputs.parameters.NAME}}``: the template's input; the entrypoint's inputs take the
+  workflow parameters of the same name, a called template's inputs take the calling
+  step's ``arguments.parameters`` (themselves substituted in the caller's scope), then
+  the input's own ``value`` or ``default``.
+* ``{{inputs.artifacts.NAME.path}}``, ``{{outputs.artifacts.NAME.path}}``: the artifact's
+  path in the step's root.
+* ``{{workflow.name}}``, ``{{workflow.uid}}``: the execution id;
+  ``{{workflow.namespace}}``: the resource group.
+
+Values are pasted as plain text. A placeholder of those families that has no value is an
+error; any other ``{{...}}`` text is left as it is.
+
+Input artifacts come from the calling step's ``arguments.artifacts`` (``from:
+"{{inputs.artifacts.X}}"``, ``from: "{{steps.S.outputs.artifacts.O}}"`` or ``tasks.``,
+``raw``), then the input's own ``raw`` data, then the configuration's artifact bound to
+the same name. Other sources (s3, http, git...) are errors here.
+
+Planning is pure: it touches no file. :class:`PlanError` says why a workflow cannot run.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from server.domain.models import Executable, OutputArtifactSpec
+from server.domain.workflow import WorkflowError, WorkflowStep, walk
+
+STEPS_DIR = "steps"
+SCRIPTS_DIR = "scripts"
+
+_PLACEHOLDER_RE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+_RESOLVED_FAMILIES = ("inputs.", "outputs.", "workflow.", "steps.", "tasks.")
+_FROM_INPUT_RE = re.compile(r"^\{\{\s*inputs\.artifacts\.([^.{}\s]+)\s*\}\}$")
+_FROM_STEP_RE = re.compile(
+    r"^\{\{\s*(?:steps|tasks)\.([^.{}\s]+)\.outputs\.artifacts\.([^.{}\s]+)\s*\}\}$"
+)
+_OTHER_SOURCES = (
+    "s3", "gcs", "oss", "hdfs", "http", "git", "artifactory", "azure", "fromExpression"
+)
+
+
+class PlanError(Exception):
+    """The workflow cannot run as configured; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a staged input artifact comes from: exactly one of the three."""
+
+    url: str = ""  # a bound artifact's URL ...
+    binding: str = ""  # ... bound to this input name in the configuration
+    raw: str | None = None  # literal contents
+    step: str = ""  # the output ``output`` of another step
+    output: str = ""
+
+    def describe(self) -> str:
+        if self.url:
+            return f"{self.url} (bound as {self.binding})"
+        if self.step:
+            return f"output {self.output} of step {self.step}"
+        return "inline data"
+
+
+@dataclass(slots=True)
+class StepInput:
+    name: str
+    path: Path
+    source: Source
+
+
+@dataclass(slots=True)
+class StepOutput:
+    name: str
+    path: Path
+    global_name: str = ""
+    optional: bool = False
+
+
+@dataclass(slots=True)
+class PlannedStep:
+    name: str
+    template: str
+    kind: str  # "container" | "script"
+    image: str
+    argv: list[str]
+    root: Path  # the step's file system root and current directory
+    after: frozenset[str] = frozenset()
+    upstream: frozenset[str] = frozenset()  # every step that finishes before it starts
+    script: str | None = None  # script source, written to ``script_path`` before the start
+    script_path: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)  # the template's own env entries
+    inputs: list[StepInput] = field(default_factory=list)
+    outputs: list[StepOutput] = field(default_factory=list)
+
+    def output(self, name: str) -> StepOutput | None:
+        return next((o for o in self.outputs if o.name == name), None)
+
+
+@dataclass(slots=True)
+class Collect:
+    """An output artifact to register after success: where the step left it."""
+
+    spec: OutputArtifactSpec
+    step: str
+    path: Path
+    optional: bool = False
+
+
+@dataclass(slots=True)
+class Plan:
+    work_dir: Path
+    steps: list[PlannedStep]
+    collect: list[Collect]
+
+    def step(self, name: str) -> PlannedStep:
+        return next(s for s in self.steps if s.name == name)
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.steps]
+
+
+def step_root(work_dir: Path, step: str) -> Path:
+    return work_dir / STEPS_DIR / step
+
+
+def build_plan(
+    executable: Executable,
+    parameters: dict[str, str],
+    artifact_urls: dict[str, str],
+    *,
+    execution_id: str,
+    resource_group: str,
+    work_dir: Path,
+) -> Plan:
+    """Resolve the executable's workflow for one execution. Raises :class:`PlanError`."""
+    try:
+        workflow = walk(executable.spec)
+    except WorkflowError as exc:
+        raise PlanError(str(exc)) from None
+    if not workflow:
+        raise PlanError("the workflow has no step to run")
+
+    global_values = {
+        "workflow.name": execution_id,
+        "workflow.uid": execution_id,
+        "workflow.namespace": resource_group,
+    }
+    workflow_parameters = {
+        p.name: p.default for p in executable.parameters if p.default is not None
+    }
+    workflow_parameters.update(parameters)
+    for name, value in workflow_parameters.items():
+        global_values[f"workflow.parameters.{name}"] = value
+
+    planner = _Planner(global_values, workflow_parameters, artifact_urls, work_dir)
+    steps = [planner.step(ws) for ws in workflow]
+    _link(steps)
+    collect = []
+    for spec in executable.output_artifacts:
+        producers = [
+            (s, o)
+            for s in steps
+            if s.template == spec.step
+            for o in s.outputs
+            if o.global_name == spec.name
+        ]
+        if producers:
+            step, output = producers[-1]
+            collect.append(Collect(spec, step.name, output.path, output.optional))
+    return Plan(work_dir, steps, collect)
+
+
+def _link(steps: list[PlannedStep]) -> None:
+    """Fill ``upstream`` and check that step-to-step inputs come from earlier steps."""
+    by_name = {s.name: s for s in steps}
+    for step in steps:  # workflow order: a step's predecessors are already linked
+        upstream: set[str] = set(step.after)
+        for name in step.after:
+            upstream |= by_name[name].upstream
+        step.upstream = frozenset(upstream)
+        for item in step.inputs:
+            source = item.source
+            if not source.step:
+                continue
+            producer = by_name.get(source.step)
+            if producer is None or source.step not in step.upstream:
+                raise PlanError(
+                    f"step {step.name}: input artifact {item.name} comes from step "
+                    f"{source.step}, which does not finish before it"
+                )
+            if producer.output(source.output) is None:
+                raise PlanError(
+                    f"step {step.name}: step {source.step} has no output artifact "
+                    f"{source.output}"
+                )
+
+
+@dataclass
+class _Scope:
+    """What placeholders mean inside one template of the call chain."""
+
+    parameters: dict[str, str]
+    artifacts: dict[str, Source]
+
+
+class _Planner:
+    def __init__(
+        self,
+        global_values: dict[str, str],
+        workflow_parameters: dict[str, str],
+        artifact_urls: dict[str, str],
+        work_dir: Path,
+    ):
+        self.global_values = global_values
+        self.workflow_parameters = workflow_parameters
+        self.artifact_urls = artifact_urls
+        self.work_dir = work_dir
+
+    def step(self, ws: WorkflowStep) -> PlannedStep:
+        scope = self._scope(ws)
+        template = ws.template
+        root = step_root(self.work_dir, ws.name)
+        where = f"step {ws.name}"
+
+        values = dict(self.global_values)
+        for name, value in scope.parameters.items():
+            values[f"inputs.parameters.{name}"] = value
+        inputs: list[StepInput] = []
+        for entry in _entries(template.get("inputs"), "artifacts"):
+            source = scope.artifacts.get(entry["name"])
+            path = _in_root(
+                root, entry.get("path", ""), f"{where}: input artifact {entry['name']}"
+            )
+            values[f"inputs.artifacts.{entry['name']}.path"] = str(path)
+            if source is not None:
+                inputs.append(StepInput(entry["name"], path, source))
+        outputs: list[StepOutput] = []
+        for entry in _entries(template.get("outputs"), "artifacts"):
+            path = _in_root(
+                root, entry.get("path", ""), f"{where}: output artifact {entry['name']}"
+            )
+            values[f"outputs.artifacts.{entry['name']}.path"] = str(path)
+            outputs.append(
+                StepOutput(
+                    entry["name"],
+                    path,
+                    global_name=entry.get("globalName") or "",
+                    optional=bool(entry.get("optional")),
+                )
+            )
+
+        process = template[ws.kind]
+        image = str(process.get("image", ""))
+        command = [_substitute(c, values, where) for c in process.get("command") or []]
+        args = [_substitute(a, values, where) for a in process.get("args") or []]
+        env = {}
+        for entry in process.get("env") or []:
+            name = entry.get("name") if isinstance(entry, dict) else None
+            if not name:
+                continue
+            if "valueFrom" in entry:
+                raise PlanError(
+                    f"{where}: env {name}: valueFrom is not supported by the local runtime"
+                )
+            env[name] = _substitute(str(entry.get("value", "")), values, where)
+
+        script = script_path = None
+        if ws.kind == "script":
+            if not command:
+                raise PlanError(f"{where}: a script template needs a command, such as [python3]")
+            script = _substitute(process["source"], values, where)
+            script_path = self.work_dir / SCRIPTS_DIR / ws.name
+            argv = [*command, str(script_path), *args]
+        else:
+            argv = [*command, *args]
+            if not argv:
+                raise PlanError(f"{where}: nothing to run (no command, no args)")
+        return PlannedStep(
+            name=ws.name,
+            template=template["name"],
+            kind=ws.kind,
+            image=image,
+            argv=argv,
+            root=root,
+            after=ws.after,
+            script=script,
+            script_path=script_path,
+            env=env,
+            inputs=inputs,
+            outputs=outputs,
+        )
+
+    def _scope(self, ws: WorkflowStep) -> _Scope:
+        """Walk the call chain from the entrypoint down to the step's template."""
+        scope = _Scope({}, {})
+        last = len(ws.chain) - 1
+        for i, link in enumerate(ws.chain):
+            template = link.template
+            where = f"step {ws.name}: template {template['name']}"
+            if link.call is None:  # the entrypoint takes the workflow's parameters
+                passed = dict(self.workflow_parameters)
+                passed_artifacts: dict[str, Source] = {}
+            else:
+                caller_values = dict(self.global_values)
+                caller_values.update(
+                    {f"inputs.parameters.{k}": v for k, v in scope.parameters.items()}
+                )
+                arguments = link.call.get("arguments") or {}
+                passed = {
+                    e["name"]: _substitute(_text(e.get("value", "")), caller_values, where)
+                    for e in _entries(arguments, "parameters")
+                    if "value" in e
+                }
+                passed_artifacts = {}
+                for e in _entries(arguments, "artifacts"):
+                    source = self._argument_source(
+                        e, scope, ws.siblings if i == last else {}, caller_values, where
+                    )
+                    if source is not None:
+                        passed_artifacts[e["name"]] = source
+
+            parameters: dict[str, str] = {}
+            for e in _entries(template.get("inputs"), "parameters"):
+                name = e["name"]
+                if name in passed:
+                    parameters[name] = passed[name]
+                elif "value" in e or "default" in e:
+                    raw = e["value"] if "value" in e else e["default"]
+                    parameters[name] = _substitute(_text(raw), self.global_values, where)
+                else:
+                    raise PlanError(
+                        f"{where}: input parameter {name} has no value (pass it in the "
+                        f"calling step's arguments or give it a default)"
+                    )
+
+            artifacts: dict[str, Source] = {}
+            for e in _entries(template.get("inputs"), "artifacts"):
+                name = e["name"]
+                if name in passed_artifacts:
+                    artifacts[name] = passed_artifacts[name]
+                elif "raw" in e:
+                    artifacts[name] = Source(raw=_raw_data(e, self.global_values, where))
+                elif any(key in e for key in (*_OTHER_SOURCES, "from")):
+                    key = next(k for k in (*_OTHER_SOURCES, "from") if k in e)
+                    raise PlanError(
+                        f"{where}: input artifact {name}: {key} sources are not supported "
+                        f"by the local runtime"
+                    )
+                elif name in self.artifact_urls:
+                    artifacts[name] = Source(url=self.artifact_urls[name], binding=name)
+                elif not e.get("optional"):
+                    raise PlanError(
+                        f"{where}: input artifact {name} is not bound in the configuration"
+                    )
+            scope = _Scope(parameters, artifacts)
+        return scope
+
+    def _argument_source(
+        self,
+        entry: dict,
+        caller: _Scope,
+        siblings: dict[str, str],
+        caller_values: dict[str, str],
+        where: str,
+    ) -> Source | None:
+        """The source an argument artifact gives; None when it gives none (the input is
+        then bound by name from the configuration)."""
+        name = entry["name"]
+        if "raw" in entry:
+            return Source(raw=_raw_data(entry, caller_values, where))
+        if "from" in entry:
+            text = _text(entry["from"])
+            match = _FROM_INPUT_RE.match(text)
+            if match:
+                source = caller.artifacts.get(match.group(1))
+                if source is None:
+                    raise PlanError(f"{where}: artifact {name}: {text} has no value here")
+                return source
+            match = _FROM_STEP_RE.match(text)
+            if match:
+                step = siblings.get(match.group(1))
+                if step is None:
+                    raise PlanError(
+                        f"{where}: artifact {name}: {text} names no earlier step that runs "
+                        f"a container or script"
+                    )
+                return Source(step=step, output=match.group(2))
+            raise PlanError(f"{where}: artifact {name}: from {text!r} is not supported")
+        other = next((k for k in _OTHER_SOURCES if k in entry), None)
+        if other:
+            raise PlanError(
+                f"{where}: artifact {name}: {other} sources are not supported by the local runtime"
+            )
+        return None
+
+
+def _substitute(text: str, values: dict[str, str], where: str) -> str:
+    def replace(match: re.Match) -> str:
+        key = match.group(1)
+        if key in values:
+            return values[key]
+        if key.startswith(_RESOLVED_FAMILIES):
+            raise PlanError(f"{where}: cannot resolve {{{{{key}}}}}")
+        return match.group(0)
+
+    return _PLACEHOLDER_RE.sub(replace, text)
+
+
+def _in_root(root: Path, path: str, where: str) -> Path:
+    """An artifact path of the template, inside the step's root (``..`` cannot leave it)."""
+    relative = posixpath.normpath("/" + path).lstrip("/")
+    if not path or not relative:
+        raise PlanError(f"{where}: needs a path below /")
+    return root / relative
+
+
+def _raw_data(entry: dict, values: dict[str, str], where: str) -> str:
+    raw = entry.get("raw")
+    data = raw.get("data") if isinstance(raw, dict) else None
+    if not isinstance(data, str):
+        raise PlanError(f"{where}: artifact {entry['name']}: raw needs data")
+    return _substitute(data, values, where)
+
+
+def _entries(holder: Any, key: str) -> list[dict]:
+    if not isinstance(holder, dict):
+        return []
+    return [e for e in holder.get(key) or [] if isinstance(e, dict) and e.get("name")]
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

@@ -1,0 +1,258 @@
+"""Process groups of steps: reading their output, signalling, telling whether they are
+gone, and finding them again after a server restart.
+
+Each step is started in a session (and so a process group) of its own, whose id is the
+pid of the step's first process. Signals go to the whole group. A group is gone when no
+process of it is alive; zombies (exited processes that wait for their parent to reap
+them) count as gone, since under an init that does not reap they can linger.
+
+After a restart the runtime only has what it recorded when a step started: the pid of
+the leader, which is the group id, and the leader's start time. :func:`owned_group` uses
+them to tell a surviving group of ours from a group that reused the id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+READ_CHUNK = 64 * 1024
+# A line with no newline in sight is cut into pieces of this size.
+MAX_LINE_BYTES = 64 * 1024
+ENV_EXECUTION_ID = "TRAINYARD_EXECUTION_ID"
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Linux: adopt the orphaned descendants of our steps, so that we can reap them
+    (:func:`reap_group`) instead of leaving zombies under an init that never reaps.
+    Returns False where the platform has no such thing."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+async def read_lines(stream: asyncio.StreamReader, emit: Callable[[str], None]) -> None:
+    """Call ``emit`` with every line of ``stream`` (without its end of line), decoded as
+    UTF-8 with bad bytes replaced. Over-long lines are cut in pieces of MAX_LINE_BYTES."""
+    buffer = bytearray()
+    while True:
+        chunk = await stream.read(READ_CHUNK)
+        if not chunk:
+            break
+        buffer += chunk
+        start = 0
+        while True:
+            end = buffer.find(b"\n", start)
+            if end < 0:
+                break
+            emit(_decode(buffer[start:end]))
+            start = end + 1
+        del buffer[:start]
+        while len(buffer) >= MAX_LINE_BYTES:
+            emit(_decode(buffer[:MAX_LINE_BYTES]))
+            del buffer[:MAX_LINE_BYTES]
+    if buffer:
+        emit(_decode(buffer))
+
+
+def _decode(data: bytes | bytearray) -> str:
+    if data.endswith(b"\r"):
+        data = data[:-1]
+    return data.decode("utf-8", errors="replace")
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to every process of the group; False when the group is gone."""
+    if pgid <= 1 or pgid == os.getpgid(0):
+        return False  # never our own group, never everything
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+
+
+def reap_group(pgid: int) -> None:
+    """Reap the exited children of ours in the group (orphans we adopted). Call it only
+    once the group leader was waited for: it must not take the leader's exit status."""
+    try:
+        while True:
+            pid, _ = os.waitpid(-pgid, os.WNOHANG)
+            if pid == 0:
+                return
+    except ChildProcessError:
+        return
+
+
+def live_members(pgid: int) -> list[int]:
+    """Pids of the live (not zombie) processes of the group."""
+    members = []
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                members.append(proc.pid)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    return members
+
+
+def group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return not live_members(pgid)
+
+
+def create_time(pid: int) -> float | None:
+    """When the process started (seconds since the epoch), None when it is gone."""
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def owned_group(pgid: int, leader_create_time: float | None) -> bool:
+    """Whether live processes of the group we recorded (leader ``pgid``, started at
+    ``leader_create_time``) are still there.
+
+    The group id is the leader's pid. While the leader lives, its start time tells it
+    from a process that reused the pid. Once the leader is gone, the id cannot be given
+    to a new process while any member of the group remains, so members are ours.
+    """
+    try:
+        leader = psutil.Process(pgid)
+        if leader.status() != psutil.STATUS_ZOMBIE:
+            if leader_create_time is None:
+                return False
+            return abs(leader.create_time() - leader_create_time) < 0.05
+    except psutil.Error:
+        pass
+    return not group_gone(pgid)
+
+
+async def wait_gone(pgid: int, timeout: float, reap: bool = False) -> bool:
+    """Poll until the group is gone or ``timeout`` seconds passed; True when gone."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    delay = 0.005
+    while True:
+        if reap:
+            reap_group(pgid)
+        if group_gone(pgid):
+            return True
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+async def terminate_group(pgid: int, grace: float, kill_timeout: float = 5.0) -> bool:
+    """SIGTERM to the group, SIGKILL after ``grace`` seconds; True once it is gone."""
+    if not signal_group(pgid, signal.SIGTERM):
+        return True
+    if await wait_gone(pgid, grace):
+        return True
+    signal_group(pgid, signal.SIGKILL)
+    return await wait_gone(pgid, kill_timeout)
+
+
+def processes_of(
+    execution_ids: Iterable[str], descendants_only: bool = False
+) -> dict[str, list[int]]:
+    """Live processes whose environment names one of these executions (blocking: it
+    reads process environments; run it in a worker thread). ``descendants_only``
+    looks at this process's descendants alone, which is enough while the server is a
+    child subreaper (orphans of its steps are re-parented to it), and much cheaper
+    than reading every process of the host."""
+    wanted = set(execution_ids)
+    found: dict[str, list[int]] = {}
+    if not wanted:
+        return found
+    me = os.getpid()
+    if descendants_only:
+        try:
+            candidates = psutil.Process(me).children(recursive=True)
+        except psutil.Error:
+            candidates = []
+    else:
+        candidates = list(psutil.process_iter())
+    for proc in candidates:
+        try:
+            if proc.pid == me or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+        except psutil.Error:
+            continue
+        try:
+            execution_id = proc.environ().get(ENV_EXECUTION_ID)
+        except (psutil.Error, OSError):
+            continue
+        if execution_id in wanted:
+            found.setdefault(execution_id, []).append(proc.pid)
+    return found
+
+
+async def kill_processes(pids: Iterable[int], grace: float) -> None:
+    """Terminate stray processes: each one's whole group when it is a group of its own
+    (never the server's), else the process alone."""
+    own = os.getpgid(0)
+    groups: set[int] = set()
+    for pid in pids:
+        try:
+            pgid = os.getpgid(pid)
+        except ProcessLookupError:
+            continue
+        if pgid != own and pgid > 1:
+            groups.add(pgid)
+        else:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    await asyncio.gather(*(terminate_group(g, grace) for g in groups))
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+# ------------------------------------------------------------------ the state file
+
+
+def write_state(path: Path, state: dict[str, Any]) -> None:
+    """Replace the state file atomically (a small write; fine on the loop)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(state, indent=1, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_state(path: Path) -> dict[str, Any] | None:
+    """The recorded state, None when missing or unreadable."""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict) or not isinstance(state.get("steps"), dict):
+        return None
+    return state

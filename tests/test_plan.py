@@ -1,0 +1,150 @@
+"""The workflow walk and the planner: pure functions, no processes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from workflow_helpers import container, dag, inputs, python, steps, workflow
+
+from server.domain.templates import load_directory, parse_template_text
+from server.domain.workflow import step_names
+from server.runtime.plan import PlanError, build_plan
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "executables"
+WORK = Path("/work-dir/abc")
+
+
+def executable(text: str):
+    [parsed] = parse_template_text(text, "default")
+    return parsed
+
+
+def plan(text: str, parameters=None, urls=None):
+    return build_plan(
+        executable(text),
+        parameters or {},
+        urls or {},
+        execution_id="abc",
+        resource_group="team",
+        work_dir=WORK,
+    )
+
+
+def test_samples_list_their_steps_in_workflow_order():
+    executables = {e.id: e for e in load_directory(SAMPLES, "default")[0]}
+    assert step_names(executables["iris-train"].spec) == ["train"]
+    assert step_names(executables["iris-infer"].spec) == ["prepare", "score"]
+
+
+def test_nested_templates_expand_in_place_with_qualified_names():
+    text = workflow(
+        "nested",
+        [
+            steps("main", [("first", "leaf")], [("inner", "pair"), ("side", "leaf")]),
+            dag("pair", {"name": "a", "template": "leaf"},
+                {"name": "b", "template": "leaf", "dependencies": ["a"]}),
+            container("leaf", "true"),
+        ],
+    )
+    result = plan(text)
+    assert [(s.name, sorted(s.after)) for s in result.steps] == [
+        ("first", []),
+        ("inner.a", ["first"]),
+        ("inner.b", ["first", "inner.a"]),
+        ("side", ["first"]),
+    ]
+    assert result.step("inner.b").root == WORK / "steps" / "inner.b"
+
+
+def test_parameters_flow_from_the_workflow_through_step_arguments():
+    text = workflow(
+        "params",
+        [
+            {"name": "main", "steps": [[{"name": "s", "template": "leaf", "arguments": {
+                "parameters": [{"name": "x", "value": "{{workflow.parameters.p}}!"}]}}]]},
+            container("leaf", "echo", "{{inputs.parameters.x}}", "{{inputs.parameters.y}}",
+                      "{{workflow.name}}", "{{workflow.namespace}}", "{{ other.thing }}",
+                      inputs={"parameters": [{"name": "x"}, {"name": "y", "default": "dy"}]}),
+        ],
+        parameters={"p": "default"},
+    )
+    assert plan(text, {"p": "bound"}).step("s").argv == [
+        "echo", "bound!", "dy", "abc", "team", "{{ other.thing }}"
+    ]
+
+
+def test_unresolvable_placeholder_is_a_plan_error():
+    text = workflow("bad", [container("main", "echo", "{{inputs.parameters.nope}}")])
+    with pytest.raises(PlanError, match=r"cannot resolve \{\{inputs.parameters.nope\}\}"):
+        plan(text)
+
+
+def test_artifact_paths_stay_inside_the_step_root():
+    text = workflow(
+        "escape",
+        [python("main", "print('{{inputs.artifacts.d.path}}')",
+                inputs=inputs(artifacts={"d": "/../../etc/passwd"}))],
+    )
+    step = plan(text, urls={"d": "file:///x"}).step("main")
+    assert step.inputs[0].path == WORK / "steps" / "main" / "etc" / "passwd"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"withItems": [1, 2]}, "withItems is not supported"),
+        ({"when": "{{workflow.parameters.p}} == 1"}, "when is not supported"),
+    ],
+)
+def test_unsupported_step_features_are_plan_errors(change, message):
+    main = steps("main", [("s", "leaf")])
+    main["steps"][0][0].update(change)
+    text = workflow("unsupported", [main, container("leaf", "true")])
+    assert step_names(executable(text).spec) == []
+    with pytest.raises(PlanError, match=message):
+        plan(text)
+
+
+def test_rich_depends_expressions_are_plan_errors():
+    text = workflow(
+        "depends",
+        [
+            dag("main", {"name": "a", "template": "leaf"},
+                {"name": "b", "template": "leaf", "depends": "a.Failed || a"}),
+            container("leaf", "true"),
+        ],
+    )
+    with pytest.raises(PlanError, match="only task names joined with &&"):
+        plan(text)
+
+
+def test_artifact_sources_the_local_runtime_cannot_read_are_plan_errors():
+    doc = json.loads(workflow(
+        "s3", [python("main", "pass", inputs=inputs(artifacts={"d": "/d"}))]
+    ))
+    doc["spec"]["templates"][0]["inputs"]["artifacts"][0]["s3"] = {"key": "x"}
+    with pytest.raises(PlanError, match="s3 sources are not supported"):
+        plan(json.dumps(doc))
+
+
+def test_raw_artifacts_and_step_outputs_are_inputs():
+    text = workflow(
+        "passing",
+        [
+            {"name": "main", "steps": [
+                [{"name": "make", "template": "make"}],
+                [{"name": "use", "template": "use", "arguments": {"artifacts": [
+                    {"name": "in", "from": "{{steps.make.outputs.artifacts.out}}"},
+                    {"name": "note", "raw": {"data": "run {{workflow.name}}"}},
+                ]}}],
+            ]},
+            python("make", "pass", outputs={"artifacts": [{"name": "out", "path": "/o"}]}),
+            python("use", "pass", inputs=inputs(artifacts={"in": "/i", "note": "/n"})),
+        ],
+    )
+    use = plan(text).step("use")
+    sources = {i.name: i.source for i in use.inputs}
+    assert (sources["in"].step, sources["in"].output) == ("make", "out")
+    assert sources["note"].raw == "run abc"
