@@ -11,16 +11,22 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import pytest
 import yaml
 from conftest import ROOT, SAMPLES
 from metricslib import Runs
+from workflow_helpers import STATUS_NAME, Runner
 
 from client.cli import main as cli
 from server.domain.models import Status
 
 IRIS_CSV = ROOT / "samples" / "data" / "iris.csv"
+
+
+def url_path(url: str) -> Path:
+    return Path(unquote(urlparse(url).path))
 
 
 @pytest.fixture
@@ -95,6 +101,51 @@ def test_sample_training_run_reports_loss_series_and_accuracy_through_the_helper
     assert loss[-1].value == model["metrics"]["loss"]  # bit for bit
     assert len(accuracy) == 1 and not accuracy[0].HasField("step")
     assert accuracy[0].value == model["metrics"]["accuracy"]
+
+
+def test_real_training_runs_report_through_the_helper_and_compare_by_accuracy(server):
+    """The journey end to end: the runtime runs the iris-train sample three times with
+    different learning rates; each step reports its loss per epoch and its accuracy
+    through client.metrics; they read back exactly as the model files record them, and
+    the comparison puts the most accurate run first, marked best."""
+    runner = Runner(server.address)
+    try:
+        data = runner.dataset(IRIS_CSV.as_uri(), name="iris", scenario="iris")
+        ids = {
+            lr: runner.start(
+                runner.configure(
+                    "iris-train",
+                    {"learning_rate": lr, "epochs": 8},
+                    {"iris-data": data},
+                    scenario="iris",
+                )
+            )
+            for lr in ("0.01", "0.2", "1.5")
+        }
+        accuracies = {}
+        for lr, eid in ids.items():
+            execution = runner.wait(eid, timeout=120)
+            assert STATUS_NAME[execution.status] == "COMPLETED", execution.status_message
+            [model] = execution.output_artifacts
+            recorded = json.loads(url_path(model.url).read_text())["metrics"]
+            (entry,) = runner.client.list_metrics([eid], series=True)
+            loss = [m for m in entry.metrics if m.name == "loss"]
+            [accuracy] = [m for m in entry.metrics if m.name == "accuracy"]
+            assert [m.step for m in loss] == list(range(1, 9))
+            assert loss[-1].value == recorded["loss"]
+            assert accuracy.value == recorded["accuracy"]
+            accuracies[eid] = accuracy.value
+
+        result = runner.client.compare_executions(executable_id="iris-train", order_by="accuracy")
+        rows = list(result.executions)
+        assert [r.execution_id for r in rows] == sorted(
+            accuracies, key=lambda e: (-accuracies[e], -list(ids.values()).index(e))
+        )
+        best = max(accuracies.values())
+        assert [r.best for r in rows] == [accuracies[r.execution_id] == best for r in rows]
+        assert result.best_value == best
+    finally:
+        runner.close()
 
 
 def test_helper_batches_flushes_at_exit_and_drops_non_finite_values(server, runs, tmp_path):
