@@ -123,7 +123,7 @@ def test_real_training_runs_report_through_the_helper_and_compare_by_accuracy(se
             for lr in ("0.01", "0.2", "1.5")
         }
         accuracies = {}
-        for lr, eid in ids.items():
+        for eid in ids.values():
             execution = runner.wait(eid, timeout=120)
             assert STATUS_NAME[execution.status] == "COMPLETED", execution.status_message
             [model] = execution.output_artifacts
