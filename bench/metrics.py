@@ -4,7 +4,8 @@
 
 1. Prepares a fresh database in a temporary directory: the iris-train executable,
    ``--configurations`` configurations and ``--executions`` COMPLETED executions.
-2. Starts the server on it (``python -m server``, a loopback port, its own process).
+2. Starts the server on it (``python -m server --runtime none``, a loopback port, its own
+   process).
 3. Write rate: another process sends WriteMetrics calls of ``--batch`` points (built
    before the clock starts, two calls in flight) until ``--points`` are stored.
    Target: at least 100,000 points/s.
@@ -22,28 +23,20 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
 import random
-import shutil
-import socket
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench.common import trainyard_server, verdict
+
 ROOT = Path(__file__).resolve().parent.parent
 WRITE_TARGET = 100_000  # points/s
 COMPARE_TARGET_MS = 50.0
 METRIC_NAMES = ["accuracy", "loss", "f1", "precision", "recall"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ----------------------------------------------------------------- preparation
@@ -87,45 +80,6 @@ def prepare(data_dir: Path, configurations: int, executions: int) -> list[str]:
         return ids
     finally:
         store.close()
-
-
-def start_server(data_dir: Path, port: int) -> subprocess.Popen:
-    log = open(data_dir / "server.log", "w")  # noqa: SIM115 - closed with the process
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "server",
-            "--address",
-            f"127.0.0.1:{port}",
-            "--data-dir",
-            str(data_dir),
-            "--log-level",
-            "warning",
-            "--log-format",
-            "json",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    from client.client import TrainyardClient, TrainyardError
-
-    deadline = time.monotonic() + 30
-    with TrainyardClient(f"127.0.0.1:{port}", timeout=2) as client:
-        while True:
-            try:
-                client.get_meta()
-                return process
-            except TrainyardError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    process.kill()
-                    raise RuntimeError(
-                        "server did not start: " + (data_dir / "server.log").read_text()[-2000:]
-                    ) from None
-                time.sleep(0.1)
 
 
 # ---------------------------------------------------------------------- writes
@@ -319,67 +273,57 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=20, help="compare calls timed (20)")
     args = parser.parse_args(argv)
 
-    from client.client import TrainyardClient
-
-    directory = Path(tempfile.mkdtemp(prefix="trainyard-bench-"))
-    server = None
-    try:
+    with tempfile.TemporaryDirectory(prefix="trainyard-bench-") as tmp:
+        directory = Path(tmp)
         t0 = time.perf_counter()
         ids = prepare(directory, args.configurations, args.executions)
         print(f"prepared {len(ids)} COMPLETED executions in {time.perf_counter() - t0:.1f}s")
-        port = free_port()
-        server = start_server(directory, port)
-        address = f"127.0.0.1:{port}"
+        # No runtime: the executions are final already; nothing else competes.
+        with trainyard_server("--runtime", "none", data_dir=directory) as (address, _):
+            return run(address, directory, ids, args)
 
-        seconds, written = in_process(
-            writer, address, ids[:10], args.points, args.batch, args.inflight
-        )
-        one_seconds, one_written = in_process(
-            writer, address, ids[10:20], args.points // 2, args.batch, 1
-        )
-        helper_seconds, helper_written = in_process(
-            helper_writer, address, ids[20], min(args.points, 200_000)
-        )
-        write_rate = written / seconds
-        raw_rate = raw_sqlite_rate(directory, args.points, args.batch)
 
-        with TrainyardClient(address, timeout=60) as client:
-            fill_compare_metrics(client, ids)
-            times = measure_compare(client, args.executions, args.repeat)
+def run(address: str, directory: Path, ids: list[str], args: argparse.Namespace) -> int:
+    from client.client import TrainyardClient
 
-        p50 = statistics.median(times)
-        p90 = sorted(times)[max(0, int(len(times) * 0.9) - 1)]
-        ok_write = write_rate >= WRITE_TARGET
-        ok_compare = p50 < COMPARE_TARGET_MS
-        print(
-            f"metric points written: {written} in {seconds:.2f}s = {write_rate:,.0f} points/s "
-            f"(batches of {args.batch}, {args.inflight} in flight, separate client process; "
-            f"target >= {WRITE_TARGET:,}) {'OK' if ok_write else 'BELOW TARGET'}"
-        )
-        print(
-            f"  one call at a time: {one_written / one_seconds:,.0f} points/s; "
-            f"through the step helper (log_metric, batches of 1000): "
-            f"{helper_written / helper_seconds:,.0f} points/s"
-        )
-        print(
-            f"raw sqlite3 executemany baseline (this process, same table and pragmas): "
-            f"{raw_rate:,.0f} rows/s; server reaches {write_rate / raw_rate:.0%} of it"
-        )
-        print(
-            f"compare {args.executions} executions x 5 metrics, ordered by accuracy: "
-            f"p50 {p50:.1f} ms, p90 {p90:.1f} ms, min {min(times):.1f} ms over {len(times)} "
-            f"calls (target < {COMPARE_TARGET_MS:.0f} ms) {'OK' if ok_compare else 'ABOVE TARGET'}"
-        )
-        return 0
-    finally:
-        if server is not None:
-            server.terminate()
-            try:
-                server.wait(10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait(10)
-        shutil.rmtree(directory, ignore_errors=True)
+    seconds, written = in_process(writer, address, ids[:10], args.points, args.batch, args.inflight)
+    one_seconds, one_written = in_process(
+        writer, address, ids[10:20], args.points // 2, args.batch, 1
+    )
+    helper_seconds, helper_written = in_process(
+        helper_writer, address, ids[20], min(args.points, 200_000)
+    )
+    write_rate = written / seconds
+    raw_rate = raw_sqlite_rate(directory, args.points, args.batch)
+
+    with TrainyardClient(address, timeout=60) as client:
+        fill_compare_metrics(client, ids)
+        times = measure_compare(client, args.executions, args.repeat)
+
+    p50 = statistics.median(times)
+    p90 = sorted(times)[max(0, int(len(times) * 0.9) - 1)]
+    ok_write = write_rate >= WRITE_TARGET
+    ok_compare = p50 < COMPARE_TARGET_MS
+    print(
+        f"metric points written: {written} in {seconds:.2f}s = {write_rate:,.0f} points/s "
+        f"(batches of {args.batch}, {args.inflight} in flight, separate client process; "
+        f"target >= {WRITE_TARGET:,}): {verdict(ok_write)}"
+    )
+    print(
+        f"  one call at a time: {one_written / one_seconds:,.0f} points/s; "
+        f"through the step helper (log_metric, batches of 1000): "
+        f"{helper_written / helper_seconds:,.0f} points/s"
+    )
+    print(
+        f"raw sqlite3 executemany baseline (this process, same table and pragmas): "
+        f"{raw_rate:,.0f} rows/s; server reaches {write_rate / raw_rate:.0%} of it"
+    )
+    print(
+        f"compare {args.executions} executions x 5 metrics, ordered by accuracy: "
+        f"p50 {p50:.1f} ms, p90 {p90:.1f} ms, min {min(times):.1f} ms over {len(times)} "
+        f"calls (target < {COMPARE_TARGET_MS:.0f} ms): {verdict(ok_compare)}"
+    )
+    return 0
 
 
 if __name__ == "__main__":
