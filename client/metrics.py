@@ -43,6 +43,9 @@ ENV_ADDRESS = "TRAINYARD_ADDRESS"
 # The server's rule for metric names, tag keys and custom info names.
 NAME_RE = re.compile(r"^[A-Za-z0-9_.\-/]([A-Za-z0-9_.\-/ ]{0,254}[A-Za-z0-9_.\-/])?$")
 
+# The server's limit of points in one WriteMetrics call.
+MAX_POINTS_PER_CALL = 10_000
+
 # Errors after which the same points may succeed later; others drop the batch.
 RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE,
@@ -165,7 +168,7 @@ class MetricsLogger:
             self._fork_check()
             self._last_flush = time.monotonic()
             while self._points or self._tags or self._infos:
-                points = self._points[: self.batch_size * 10]
+                points = self._points[:MAX_POINTS_PER_CALL]
                 tags, infos = self._tags, self._infos
                 try:
                     self._send(points, tags, infos, timeout)

@@ -320,9 +320,9 @@ def test_another_resource_groups_execution_is_not_found_for_every_call(server, r
 
 def test_request_limits_refused(runs, metrics):
     eid = runs.execution()
-    error = refused(write, metrics, eid, [point("loss", 1.0, i) for i in range(20_001)])
+    error = refused(write, metrics, eid, [point("loss", 1.0, i) for i in range(10_001)])
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "at most 20000" in error.details()
+    assert "at most 10000" in error.details()
     error = refused(metrics.WriteMetrics, metric_service_pb2.WriteMetricsRequest())
     assert error_details(error)[1][0][0] == "executions"
     error = refused(read, metrics, [eid, eid])

@@ -36,7 +36,8 @@ NAME_RULE = (
 )
 
 MAX_EXECUTIONS_PER_WRITE = 100
-MAX_POINTS_PER_WRITE = 20_000
+# Bounds the time one call holds the event loop and the write lock (~30 ms).
+MAX_POINTS_PER_WRITE = 10_000
 MAX_TAGS_PER_WRITE = 1000
 MAX_CUSTOM_INFO_PER_WRITE = 100
 MAX_LABELS_PER_POINT = 16
@@ -210,8 +211,8 @@ def _check_labels(v: Violations, field_name: str, labels: dict[str, str]) -> Non
 
 
 class _Capped(Violations):
-    """Violations that keep the first MAX_VIOLATIONS (a 20,000-point batch of NaNs must
-    not produce a 20,000-entry error) and say how many more there were."""
+    """Violations that keep the first MAX_VIOLATIONS (a 10,000-point batch of NaNs must
+    not produce a 10,000-entry error) and say how many more there were."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -55,7 +55,7 @@ class WriteMetricsRequest(_message.Message):
     @_builtins.property
     def executions(self) -> _containers.RepeatedCompositeFieldContainer[_metric_pb2.ExecutionMetrics]:
         """Required. What to record, per execution: 1 to 100 entries with distinct execution
-        ids; at most 20000 metric points, 1000 tags and 100 custom info entries in all.
+        ids; at most 10000 metric points, 1000 tags and 100 custom info entries in all.
         """
 
     def __init__(
