@@ -13,8 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from server.api.errors import ErrorInterceptor
-from server.api.executions import ExecutionService
-from server.api.logs import LogService
+from server.api.logs import LogService, add_log_service
 from server.api.meta import MetaService
 from server.api.resources import (
     ArtifactService,
@@ -22,11 +21,15 @@ from server.api.resources import (
     ExecutableService,
     ScenarioService,
 )
+from server.api.watch import WatchingExecutionService
 from server.config import Settings
 from server.domain.logs import LogReader
 from server.domain.logsink import LogSink
 from server.domain.service import ControlPlane
 from server.store.repository import Store
+from server.streams.broker import LocalBroker
+from server.streams.tailer import LogTails
+from server.streams.watch import ExecutionWatches
 from trainyard.v1 import (
     artifact_service_pb2,
     artifact_service_pb2_grpc,
@@ -37,7 +40,6 @@ from trainyard.v1 import (
     execution_service_pb2,
     execution_service_pb2_grpc,
     log_service_pb2,
-    log_service_pb2_grpc,
     meta_service_pb2,
     meta_service_pb2_grpc,
     scenario_service_pb2,
@@ -93,6 +95,12 @@ async def start_server(settings: Settings) -> TrainyardServer:
     store = Store(settings.database_url)
     plane = ControlPlane(store=store, default_resource_group=settings.default_resource_group)
     log_sink = LogSink(store)
+    # Live streams: stored log lines and committed execution changes go to the broker.
+    broker = LocalBroker()
+    log_sink.row_subscribers.append(broker.publish_logs)
+    plane.listeners.append(broker.publish_event)
+    tails = LogTails(plane, broker)
+    watches = ExecutionWatches(plane, broker)
     if settings.executables_dir is not None:
         loaded = plane.load_executables(settings.executables_dir, settings.default_resource_group)
         log.info("executables loaded", count=len(loaded), directory=str(settings.executables_dir))
@@ -114,14 +122,14 @@ async def start_server(settings: Settings) -> TrainyardServer:
         ConfigurationService(plane), server
     )
     execution_service_pb2_grpc.add_ExecutionServiceServicer_to_server(
-        ExecutionService(plane), server
+        WatchingExecutionService(plane, watches), server
     )
-    log_service_pb2_grpc.add_LogServiceServicer_to_server(LogService(LogReader(plane)), server)
+    add_log_service(server, LogService(LogReader(plane), tails))
     capabilities = {
         "logs": True,
-        "log_streaming": False,
+        "log_streaming": True,
         "bulk_updates": True,
-        "status_watch": False,
+        "status_watch": True,
         "metrics": False,
         "idempotent_creates": True,
         "executable_registration": True,
@@ -143,7 +151,13 @@ async def start_server(settings: Settings) -> TrainyardServer:
     for name in ["", *SERVICE_NAMES]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     running = TrainyardServer(
-        settings, store, plane, server, port, health_servicer, extra={"log_sink": log_sink}
+        settings,
+        store,
+        plane,
+        server,
+        port,
+        health_servicer,
+        extra={"log_sink": log_sink, "broker": broker, "tails": tails, "watches": watches},
     )
     log.info("server started", address=running.address, database=settings.database_url)
     return running
