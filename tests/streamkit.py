@@ -101,7 +101,8 @@ class Driver:
         self.server.run_sync(self.sink.flush)
 
     def transition(self, status: Status, cause: str = "test", message: str = "") -> None:
-        self.server.run_sync(self.server.plane.transition, self.execution_id, status, cause, message)
+        plane = self.server.plane
+        self.server.run_sync(plane.transition, self.execution_id, status, cause, message)
 
     def finish(self, status: Status = Status.COMPLETED) -> None:
         """Flush, then the final transition: what the runtime does at the end."""
