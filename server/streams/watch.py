@@ -268,7 +268,10 @@ class ExecutionWatches:
     async def _snapshot(
         self, group: str, options: WatchOptions, digest: str, number: int, positions: dict[str, int]
     ) -> AsyncIterator[WatchEvent]:
+        # Only the last SNAPSHOT event carries the cursor: a client that reconnects
+        # before the snapshot is complete gets a whole snapshot again.
         cursor = self._set_cursor(number, digest)
+        held: Execution | None = None
         token = ""
         while True:
             page = self.plane.list_executions(
@@ -282,10 +285,14 @@ class ExecutionWatches:
             )
             positions.update(self.plane.store.last_transition_seqs([e.id for e in page.items]))
             for execution in page.items:
-                yield WatchEvent("snapshot", execution, cursor)
+                if held is not None:
+                    yield WatchEvent("snapshot", held, "")
+                held = execution
             if not page.next_page_token:
-                return
+                break
             token = page.next_page_token
+        if held is not None:
+            yield WatchEvent("snapshot", held, cursor)
 
     @staticmethod
     def _set_event(event: ExecutionEvent, positions: dict[str, int]) -> WatchEvent | None:

@@ -601,8 +601,9 @@ class WatchExecutionsResponse(_message.Message):
     """Kind of event."""
     cursor: _builtins.str
     """Opaque resume cursor; pass it as `after_cursor` to continue after this event.
-    SNAPSHOT events of one watch share one cursor: the position the snapshot was
-    read at.
+    Of the SNAPSHOT events of a filtered watch only the last carries a cursor (the
+    position the snapshot was read at); the others leave it empty, so a client that
+    reconnects before the snapshot is complete gets a whole snapshot again.
     """
     @_builtins.property
     def execution(self) -> _execution_pb2.Execution:
