@@ -332,7 +332,7 @@ def test_large_history_is_sent_in_bounded_messages(server, stubs):
     messages = list(tail(stubs, execution_id))
     assert seqs(messages) == list(range(1, 5001))
     assert max(m.ByteSize() for m in messages) < 2 * 1024 * 1024
-    assert max(len(m.lines) for m in messages) <= 1000
+    assert max(len(m.lines) for m in messages) <= 4000
 
 
 def test_cancelled_stream_releases_its_subscription_at_once(server, stubs):

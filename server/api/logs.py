@@ -22,7 +22,7 @@ from trainyard.v1 import log_service_pb2 as pb
 from trainyard.v1 import log_service_pb2_grpc
 
 # A TailLogs message holds at most this many lines and about this many bytes.
-MESSAGE_LINES = 1000
+MESSAGE_LINES = 4000
 MESSAGE_BYTES = 1024 * 1024
 _LINE_OVERHEAD = 40  # bytes of a line's fields besides its text, roughly
 

@@ -54,7 +54,7 @@ class LogServiceServicer:
     def TailLogs(self, request, context):
         """Streams log lines of one execution: the stored lines from the chosen start, then,
         with `follow`, every new line once it is stored, with no gap and no duplicate.
-        Lines are batched: a message holds up to 1000 lines (about 1 MiB at most); under
+        Lines are batched: a message holds up to 4000 lines (about 1 MiB at most); under
         load a message is sent when full or a few milliseconds after its first line.
         Without `follow` the stream ends after the last line stored when the call began;
         with `follow` it ends by itself after the execution's last line once the execution

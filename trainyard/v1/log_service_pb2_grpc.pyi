@@ -36,7 +36,7 @@ class LogServiceStub:
     TailLogs: _grpc.UnaryStreamMultiCallable[_log_service_pb2.TailLogsRequest, _log_service_pb2.TailLogsResponse]
     """Streams log lines of one execution: the stored lines from the chosen start, then,
     with `follow`, every new line once it is stored, with no gap and no duplicate.
-    Lines are batched: a message holds up to 1000 lines (about 1 MiB at most); under
+    Lines are batched: a message holds up to 4000 lines (about 1 MiB at most); under
     load a message is sent when full or a few milliseconds after its first line.
     Without `follow` the stream ends after the last line stored when the call began;
     with `follow` it ends by itself after the execution's last line once the execution
@@ -62,7 +62,7 @@ class LogServiceAsyncStub(LogServiceStub):
     TailLogs: _aio.UnaryStreamMultiCallable[_log_service_pb2.TailLogsRequest, _log_service_pb2.TailLogsResponse]  # type: ignore[assignment]
     """Streams log lines of one execution: the stored lines from the chosen start, then,
     with `follow`, every new line once it is stored, with no gap and no duplicate.
-    Lines are batched: a message holds up to 1000 lines (about 1 MiB at most); under
+    Lines are batched: a message holds up to 4000 lines (about 1 MiB at most); under
     load a message is sent when full or a few milliseconds after its first line.
     Without `follow` the stream ends after the last line stored when the call began;
     with `follow` it ends by itself after the execution's last line once the execution
@@ -91,7 +91,7 @@ class LogServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_log_service_pb2.TailLogsResponse], _abc.AsyncIterator[_log_service_pb2.TailLogsResponse]]:
         """Streams log lines of one execution: the stored lines from the chosen start, then,
         with `follow`, every new line once it is stored, with no gap and no duplicate.
-        Lines are batched: a message holds up to 1000 lines (about 1 MiB at most); under
+        Lines are batched: a message holds up to 4000 lines (about 1 MiB at most); under
         load a message is sent when full or a few milliseconds after its first line.
         Without `follow` the stream ends after the last line stored when the call began;
         with `follow` it ends by itself after the execution's last line once the execution
