@@ -37,6 +37,7 @@ async def client(address: str, execution_id: str, tailers: int) -> None:
     delays: dict[int, int] = {}  # delay in 0.1 ms buckets -> lines
     lasts: list[int] = []
     counts: list[int] = []
+    messages = [0]
     channels = [
         grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
         for _ in range(CHANNELS)
@@ -55,6 +56,7 @@ async def client(address: str, execution_id: str, tailers: int) -> None:
             n = len(message.lines)
             delays[bucket] = delays.get(bucket, 0) + n
             count += n
+            messages[0] += 1
             last = message.cursor
         lasts.append(last)
         counts.append(count)
@@ -66,6 +68,7 @@ async def client(address: str, execution_id: str, tailers: int) -> None:
         await channel.close()
     print(json.dumps({
         "event": "done", "delays": delays, "lasts": lasts, "counts": counts,
+        "messages": messages[0],
     }), flush=True)
 
 
@@ -132,7 +135,7 @@ async def run(tailers: int, rate: int, seconds: float) -> int:
     delivered = sum(histogram.values())
     print(f"{tailers} tailers, {total / elapsed:,.0f} lines/s for {elapsed:.1f} s "
           f"({total:,} lines; {delivered:,} deliveries; every tailer got every line: "
-          f"{'yes' if complete else 'NO'})")
+          f"{'yes' if complete else 'NO'}; {result['messages'] / elapsed:,.0f} messages/s)")
     print(f"delivery delay: p50 {percentile(histogram, 0.5):.1f} ms, "
           f"p99 {percentile(histogram, 0.99):.1f} ms, "
           f"max {max(histogram) / 10 if histogram else 0:.1f} ms")
