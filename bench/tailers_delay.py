@@ -27,7 +27,7 @@ from server.domain.models import LogStream, Status
 from trainyard.v1 import log_service_pb2, log_service_pb2_grpc
 
 TEXT = "y" * 100
-CHANNELS = 8
+CHANNELS = int(__import__("os").environ.get("BENCH_CHANNELS", "8"))
 
 
 # ----------------------------------------------------------------------- client
@@ -63,12 +63,14 @@ async def client(address: str, execution_id: str, tailers: int) -> None:
 
     tasks = [asyncio.create_task(one(i)) for i in range(tailers)]
     print(json.dumps({"event": "ready"}), flush=True)
+    cpu_began, began = time.process_time(), time.monotonic()
     await asyncio.gather(*tasks)
+    cpu = (time.process_time() - cpu_began) / (time.monotonic() - began)
     for channel in channels:
         await channel.close()
     print(json.dumps({
         "event": "done", "delays": delays, "lasts": lasts, "counts": counts,
-        "messages": messages[0],
+        "messages": messages[0], "cpu": cpu,
     }), flush=True)
 
 
@@ -112,6 +114,7 @@ async def run(tailers: int, rate: int, seconds: float) -> int:
         total = 0
         began = time.monotonic()
         peak_rss = 0.0
+        cpu_began = time.process_time()
         while time.monotonic() - began < seconds:
             for _ in range(per_tick):
                 sink.write(execution_id, "train", LogStream.STDOUT, TEXT)
@@ -122,6 +125,7 @@ async def run(tailers: int, rate: int, seconds: float) -> int:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
         sink.flush()
         elapsed = time.monotonic() - began
+        server_cpu = (time.process_time() - cpu_began) / elapsed
         stats = broker.stats()
         running.plane.transition(execution_id, Status.COMPLETED, "bench")
         line = await asyncio.wait_for(loop.run_in_executor(None, process.stdout.readline), 120)
@@ -139,6 +143,8 @@ async def run(tailers: int, rate: int, seconds: float) -> int:
     print(f"delivery delay: p50 {percentile(histogram, 0.5):.1f} ms, "
           f"p99 {percentile(histogram, 0.99):.1f} ms, "
           f"max {max(histogram) / 10 if histogram else 0:.1f} ms")
+    print(f"CPU while writing: server {server_cpu:.0%} of a core, client "
+          f"{result['cpu']:.0%} of a core (over its whole run)")
     print(f"server RSS: {rss_before:.0f} MiB before, {rss_idle:.0f} MiB with the tailers "
           f"connected, {peak_rss:.0f} MiB peak while writing")
     print(f"broker: peak {stats.peak_buffered_lines} lines buffered by one tailer, "

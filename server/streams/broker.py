@@ -114,6 +114,7 @@ class LogSubscription(_Waitable):
         "live",
         "overflows",
         "closed",
+        "due",
         "_broker",
     )
 
@@ -129,6 +130,9 @@ class LogSubscription(_Waitable):
         self.live = False
         self.overflows = 0
         self.closed = False
+        # Set when the buffered lines should be sent: at the topic's paced delivery, or
+        # at once when ``wake_lines`` are waiting. Cleared by ``take``.
+        self.due = False
 
     def push(self, batch: LogBatch) -> None:
         if not self.live:
@@ -148,6 +152,7 @@ class LogSubscription(_Waitable):
                 self._broker.peak_buffered_lines = lines
             if lines < self._broker.wake_lines:
                 return  # woken by the topic's paced delivery
+            self.due = True
         self._wake()
 
     def go_live(self) -> None:
@@ -159,6 +164,7 @@ class LogSubscription(_Waitable):
     def take(self) -> list[LogBatch]:
         batches = list(self.batches)
         self._drop()
+        self.due = False
         return batches
 
     def _drop(self) -> None:
@@ -311,7 +317,7 @@ class LocalBroker(Broker):
         *,
         pace_base: float = 0.002,
         pace_per_subscriber: float = 0.00005,
-        pace_max: float = 0.05,
+        pace_max: float = 0.08,
         wake_lines: int = 1000,
     ):
         self.epoch = secrets.token_hex(4)
@@ -361,6 +367,7 @@ class LocalBroker(Broker):
         self._deliveries.pop(execution_id, None)
         for subscription in self._logs.get(execution_id, ()):
             if subscription.batches:
+                subscription.due = True
                 subscription._wake()
 
     def subscribe_logs(

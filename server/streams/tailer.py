@@ -173,11 +173,13 @@ class LogTails:
                         self._check_lag(execution_id, cursor)
                     continue
 
-                if not subscription.batches:
-                    if final:
-                        # Drain: one more read of the store, then the end.
-                        subscription.live = False
-                        continue
+                if not subscription.batches and final:
+                    # Drain: one more read of the store, then the end.
+                    subscription.live = False
+                    continue
+                if not subscription.due and not final:
+                    # Send only when the broker says so (paced), at most once per
+                    # delivery: a busy tailer does not loop on every stored batch.
                     await subscription.wait()
                     continue
                 out: list[LogBatch] = []
