@@ -11,13 +11,6 @@ PostgreSQL LISTEN/NOTIFY) without touching the tailers or watchers, which rely o
 * per topic, batches arrive in sequence order; subscribers drop what they already
   read (by sequence number), so a batch seen both in the store and live is not doubled.
 
-Delivery is paced per execution: a published batch is appended to every subscriber's
-buffer at once, but the subscribers are woken together a short interval later (2 ms,
-plus 50 us per subscriber, at most 50 ms), unless one holds ``wake_lines`` lines
-already. A thousand tailers of one busy execution thus each send a message every few
-tens of milliseconds, with many lines in it, instead of one per stored batch: the
-number of messages, which is what costs CPU on both ends, stays bounded.
-
 Memory is bounded per subscriber: a log subscription holds at most ``max_lines`` lines
 and ``max_bytes`` bytes of text. Past that it stops buffering and marks itself
 *behind* (``live`` False); its tailer then reads from the store where it left off.
@@ -114,7 +107,6 @@ class LogSubscription(_Waitable):
         "live",
         "overflows",
         "closed",
-        "due",
         "_broker",
     )
 
@@ -130,9 +122,6 @@ class LogSubscription(_Waitable):
         self.live = False
         self.overflows = 0
         self.closed = False
-        # Set when the buffered lines should be sent: at the topic's paced delivery, or
-        # at once when ``wake_lines`` are waiting. Cleared by ``take``.
-        self.due = False
 
     def push(self, batch: LogBatch) -> None:
         if not self.live:
@@ -150,9 +139,6 @@ class LogSubscription(_Waitable):
             self.nbytes = nbytes
             if lines > self._broker.peak_buffered_lines:
                 self._broker.peak_buffered_lines = lines
-            if lines < self._broker.wake_lines:
-                return  # woken by the topic's paced delivery
-            self.due = True
         self._wake()
 
     def go_live(self) -> None:
@@ -164,7 +150,6 @@ class LogSubscription(_Waitable):
     def take(self) -> list[LogBatch]:
         batches = list(self.batches)
         self._drop()
-        self.due = False
         return batches
 
     def _drop(self) -> None:
@@ -311,22 +296,9 @@ class LocalBroker(Broker):
     """In-process broker: topics are dictionaries of subscriptions; publishing is a
     synchronous loop over one execution's subscribers, on the event loop thread."""
 
-    def __init__(
-        self,
-        retained_events: int = 10_000,
-        *,
-        pace_base: float = 0.002,
-        pace_per_subscriber: float = 0.00005,
-        pace_max: float = 0.08,
-        wake_lines: int = 1000,
-    ):
+    def __init__(self, retained_events: int = 10_000):
         self.epoch = secrets.token_hex(4)
-        self.pace_base = pace_base
-        self.pace_per_subscriber = pace_per_subscriber
-        self.pace_max = pace_max
-        self.wake_lines = wake_lines
         self._logs: dict[str, list[LogSubscription]] = {}
-        self._deliveries: dict[str, asyncio.TimerHandle] = {}
         self._heads: dict[str, int] = {}
         self._by_execution: dict[str, list[EventSubscription]] = {}
         self._by_group: dict[str, list[EventSubscription]] = {}
@@ -356,19 +328,6 @@ class LocalBroker(Broker):
         batch = LogBatch(execution_id, rows)
         for subscription in subscribers:
             subscription.push(batch)
-        if execution_id not in self._deliveries:
-            delay = min(self.pace_max, self.pace_base + self.pace_per_subscriber * len(subscribers))
-            self._deliveries[execution_id] = asyncio.get_running_loop().call_later(
-                delay, self._deliver, execution_id
-            )
-
-    def _deliver(self, execution_id: str) -> None:
-        """Wake every subscriber of the execution that has lines waiting."""
-        self._deliveries.pop(execution_id, None)
-        for subscription in self._logs.get(execution_id, ()):
-            if subscription.batches:
-                subscription.due = True
-                subscription._wake()
 
     def subscribe_logs(
         self, execution_id: str, *, max_lines: int, max_bytes: int
@@ -385,9 +344,6 @@ class LocalBroker(Broker):
             self._logs[subscription.execution_id] = remaining
         else:
             self._logs.pop(subscription.execution_id, None)
-            timer = self._deliveries.pop(subscription.execution_id, None)
-            if timer is not None:
-                timer.cancel()
 
     def head_seq(self, execution_id: str) -> int:
         return self._heads.get(execution_id, 0)

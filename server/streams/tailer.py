@@ -10,8 +10,8 @@ How a tail runs (``LogTails.tail``):
    subscription live, so every line stored later lands in its buffer. Whatever the
    buffer holds at or below the cursor is dropped: sequence numbers make the hand-over
    from store to buffer exact.
-3. Live, it sends what its buffer holds each time the broker wakes it (the broker paces
-   wake-ups per execution, so many tailers send few, full messages).
+3. Live, it sends what its buffer holds, at most every ``linger`` seconds unless a full
+   message is waiting.
 4. A buffer that would exceed its bound is emptied by the broker and the tailer goes back
    to reading the store where it left off (catch-up). A tailer that, while catching up,
    is more than ``max_lag_lines`` behind the newest line gets RESOURCE_EXHAUSTED
@@ -25,6 +25,7 @@ cancel, a disconnect or a deadline alike.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -88,6 +89,10 @@ class TailLimits:
     # A tailer catching up that is further than this behind the newest line is cut
     # off with RESOURCE_EXHAUSTED (TAILER_TOO_SLOW) and its cursor.
     max_lag_lines: int = 1_000_000
+    # Live lines wait at most this long for more before they are sent, unless
+    # ``send_lines`` are already waiting.
+    linger: float = 0.002
+    send_lines: int = 1000
 
 
 @dataclass
@@ -173,15 +178,21 @@ class LogTails:
                         self._check_lag(execution_id, cursor)
                     continue
 
-                if not subscription.batches and final:
-                    # Drain: one more read of the store, then the end.
-                    subscription.live = False
-                    continue
-                if not subscription.due and not final:
-                    # Send only when the broker says so (paced), at most once per
-                    # delivery: a busy tailer does not loop on every stored batch.
+                if not subscription.batches:
+                    if final:
+                        # Drain: one more read of the store, then the end.
+                        subscription.live = False
+                        continue
                     await subscription.wait()
                     continue
+                if (
+                    limits.linger > 0
+                    and subscription.lines < limits.send_lines
+                    and not final
+                ):
+                    await asyncio.sleep(limits.linger)
+                    if not subscription.live:
+                        continue
                 out: list[LogBatch] = []
                 for batch in subscription.take():
                     if batch.last_seq <= cursor:
