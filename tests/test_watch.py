@@ -244,3 +244,40 @@ def test_cancelled_watch_releases_its_subscription(server, stubs):
     call.cancel()
     wait_for(lambda: broker(server).stats().event_subscriptions == 0, what="release")
     wait_for(lambda: server.running.extra["watches"].active == 0, what="watch ended")
+
+
+def test_watcher_that_falls_behind_is_cut_off_with_a_cursor(server, stubs):
+    from server.domain.errors import ResourceExhausted
+    from server.streams.watch import WatchOptions
+
+    execution_id = make_execution(stubs)
+    watches = server.running.extra["watches"]
+    watches.max_pending_events = 3
+    plane = server.plane
+
+    async def scenario():
+        stream = watches.watch("default", WatchOptions(execution_id=execution_id))
+        snapshot = await anext(stream)
+        # Five changes before the watcher reads again: more than it may queue.
+        for i in range(5):
+            step = StepDetail(name=f"s{i}", phase=StepPhase.RUNNING)
+            plane.update_execution(execution_id, step_details=[step], changed_step=step)
+        try:
+            await anext(stream)
+        except ResourceExhausted as error:
+            return snapshot, error
+        finally:
+            await stream.aclose()
+        raise AssertionError("not cut off")
+
+    snapshot, error = server.call(scenario())
+    assert error.reason == "LIMIT_EXCEEDED"
+    assert error.metadata["cursor"] == snapshot.cursor
+    assert broker(server).stats().event_subscriptions == 0
+    # The cursor resumes: nothing was lost from the history.
+    resumed = watch(stubs, execution_id=execution_id, after_cursor=error.metadata["cursor"])
+    Driver(server, execution_id).transition(Status.RUNNING)
+    Driver(server, execution_id).transition(Status.COMPLETED)
+    assert moves(list(resumed)) == [
+        (TRANSITION, PENDING, RUNNING), (TRANSITION, RUNNING, COMPLETED)
+    ]
