@@ -89,7 +89,7 @@ def percentile(histogram: dict[int, int], fraction: float) -> float:
     return 0.0
 
 
-async def run(tailers: int, rate: int, seconds: float) -> int:
+async def run(tailers: int, rate: int, seconds: float, processes: int) -> int:
     async with bench_server() as running:
         execution_id = running_execution(running)
         sink = running.extra["log_sink"]
@@ -97,9 +97,14 @@ async def run(tailers: int, rate: int, seconds: float) -> int:
         tails = running.extra["tails"]
         loop = asyncio.get_running_loop()
         rss_before, _ = rss_mib()
-        process = spawn_client("bench.tailers_delay", running.address, execution_id, str(tailers))
-        ready = json.loads(await loop.run_in_executor(None, process.stdout.readline))
-        assert ready["event"] == "ready", ready
+        shares = [tailers // processes + (i < tailers % processes) for i in range(processes)]
+        clients = [
+            spawn_client("bench.tailers_delay", running.address, execution_id, str(share))
+            for share in shares
+        ]
+        for process in clients:
+            ready = json.loads(await loop.run_in_executor(None, process.stdout.readline))
+            assert ready["event"] == "ready", ready
 
         deadline = time.monotonic() + 60
         while sum(s.live for s in broker._logs.get(execution_id, ())) < tailers:
@@ -128,11 +133,21 @@ async def run(tailers: int, rate: int, seconds: float) -> int:
         server_cpu = (time.process_time() - cpu_began) / elapsed
         stats = broker.stats()
         running.plane.transition(execution_id, Status.COMPLETED, "bench")
-        line = await asyncio.wait_for(loop.run_in_executor(None, process.stdout.readline), 120)
-        await loop.run_in_executor(None, process.wait)
-        result = json.loads(line)
+        results = []
+        for process in clients:
+            line = await asyncio.wait_for(
+                loop.run_in_executor(None, process.stdout.readline), 120
+            )
+            await loop.run_in_executor(None, process.wait)
+            results.append(json.loads(line))
 
-    histogram = {int(k): v for k, v in result["delays"].items()}
+    histogram: dict[int, int] = {}
+    result: dict = {"lasts": [], "counts": [], "messages": 0, "cpu": 0.0}
+    for part in results:
+        for bucket, n in part["delays"].items():
+            histogram[int(bucket)] = histogram.get(int(bucket), 0) + n
+        for key in ("lasts", "counts", "messages", "cpu"):
+            result[key] += part[key]
     complete = all(last == total for last in result["lasts"]) and all(
         count == total for count in result["counts"]
     )
@@ -143,8 +158,8 @@ async def run(tailers: int, rate: int, seconds: float) -> int:
     print(f"delivery delay: p50 {percentile(histogram, 0.5):.1f} ms, "
           f"p99 {percentile(histogram, 0.99):.1f} ms, "
           f"max {max(histogram) / 10 if histogram else 0:.1f} ms")
-    print(f"CPU while writing: server {server_cpu:.0%} of a core, client "
-          f"{result['cpu']:.0%} of a core (over its whole run)")
+    print(f"CPU while writing: server {server_cpu:.0%} of a core, {processes} client "
+          f"process(es) {result['cpu']:.0%} of a core (over their whole run)")
     print(f"server RSS: {rss_before:.0f} MiB before, {rss_idle:.0f} MiB with the tailers "
           f"connected, {peak_rss:.0f} MiB peak while writing")
     print(f"broker: peak {stats.peak_buffered_lines} lines buffered by one tailer, "
@@ -158,13 +173,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tailers", type=int, default=1000)
     parser.add_argument("--rate", type=int, default=1000, help="lines per second")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--client-processes", type=int, default=1,
+                        help="spread the tailers over this many client processes")
     parser.add_argument("--client", nargs=3, metavar=("ADDRESS", "EXECUTION_ID", "TAILERS"))
     args = parser.parse_args(argv)
     if args.client:
         address, execution_id, tailers = args.client
         asyncio.run(client(address, execution_id, int(tailers)))
         return 0
-    return asyncio.run(run(args.tailers, args.rate, args.seconds))
+    return asyncio.run(run(args.tailers, args.rate, args.seconds, args.client_processes))
 
 
 if __name__ == "__main__":
