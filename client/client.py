@@ -107,7 +107,9 @@ class TrainyardClient:
         channel: grpc.Channel | None = None,
     ):
         self.address = address or os.environ.get("TRAINYARD_ADDRESS", DEFAULT_ADDRESS)
-        self.resource_group = resource_group or os.environ.get("TRAINYARD_RESOURCE_GROUP", "default")
+        self.resource_group = resource_group or os.environ.get(
+            "TRAINYARD_RESOURCE_GROUP", "default"
+        )
         self.timeout = timeout
         self.channel = channel or grpc.insecure_channel(
             self.address,
@@ -150,7 +152,9 @@ class TrainyardClient:
         except grpc.RpcError as error:
             raise TrainyardError.from_rpc_error(error) from None
 
-    def stream(self, method: Callable[..., Any], request: Any, timeout: float | None = None) -> Iterator[Any]:
+    def stream(
+        self, method: Callable[..., Any], request: Any, timeout: float | None = None
+    ) -> Iterator[Any]:
         """Invoke a server-streaming method; yields its messages."""
         call = method(request, metadata=self.metadata, timeout=timeout)
         try:
@@ -160,7 +164,9 @@ class TrainyardClient:
         finally:
             call.cancel()
 
-    def _pages(self, method: Callable[..., Any], request: Any, items: str, page_size: int) -> Iterator[Any]:
+    def _pages(
+        self, method: Callable[..., Any], request: Any, items: str, page_size: int
+    ) -> Iterator[Any]:
         request.page_size = page_size
         while True:
             response = self.call(method, request)
@@ -374,7 +380,11 @@ class TrainyardClient:
             limit=limit,
             steps=steps or [],
             streams=streams or [],
-            order=log_service_pb2.LOG_ORDER_DESCENDING if descending else log_service_pb2.LOG_ORDER_ASCENDING,
+            order=(
+                log_service_pb2.LOG_ORDER_DESCENDING
+                if descending
+                else log_service_pb2.LOG_ORDER_ASCENDING
+            ),
         )
         while True:
             response = self.call(self.logs.ListLogs, request)

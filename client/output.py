@@ -26,7 +26,8 @@ def when(stamp: Timestamp, with_date: bool = True) -> str:
     if not stamp.seconds and not stamp.nanos:
         return "-"
     dt = stamp.ToDatetime(tzinfo=UTC)
-    return dt.strftime("%Y-%m-%d %H:%M:%S" if with_date else "%H:%M:%S.%f")[: 19 if with_date else 12]
+    text = dt.strftime("%Y-%m-%d %H:%M:%S" if with_date else "%H:%M:%S.%f")
+    return text[: 19 if with_date else 12]
 
 
 def duration(start: Timestamp, end: Timestamp) -> str:

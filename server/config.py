@@ -51,7 +51,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--executables-dir", default=_env("EXECUTABLES_DIR"),
                         help="directory of WorkflowTemplate YAML files loaded at start "
                         "(TRAINYARD_EXECUTABLES_DIR)")
-    parser.add_argument("--default-resource-group", default=_env("DEFAULT_RESOURCE_GROUP", "default"),
+    parser.add_argument("--default-resource-group",
+                        default=_env("DEFAULT_RESOURCE_GROUP", "default"),
                         help="resource group of requests without ai-resource-group metadata")
     parser.add_argument("--log-format", choices=["auto", "json", "console"],
                         default=_env("LOG_FORMAT", "auto"),

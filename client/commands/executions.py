@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-
 from collections.abc import Callable
 
 from client.client import TrainyardClient
@@ -17,7 +16,9 @@ STATUSES = {
 }
 
 # Extra sections of `executions get` (name, renderer(client, execution) -> lines).
-DETAIL_SECTIONS: list[tuple[str, Callable[[TrainyardClient, execution_pb2.Execution], list[str]]]] = []
+DETAIL_SECTIONS: list[
+    tuple[str, Callable[[TrainyardClient, execution_pb2.Execution], list[str]]]
+] = []
 
 
 def status_name(value: int) -> str:
@@ -171,7 +172,9 @@ def delete_cmd(client: TrainyardClient, args) -> int:
         print(f"{args.execution_ids[0]} deleted")
         return 0
     return _outcomes(
-        client.batch_delete(args.execution_ids, keep_metrics=args.keep_metrics), "deleted", args.json
+        client.batch_delete(args.execution_ids, keep_metrics=args.keep_metrics),
+        "deleted",
+        args.json,
     )
 
 

@@ -83,7 +83,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c_create.add_argument("--version", default="", help="executable version (default: newest)")
     c_create.add_argument("--scenario", default="", help="default: the executable's scenario")
     c_create.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
-    c_create.add_argument("-a", "--artifact", action="append", default=[], metavar="NAME=ARTIFACT_ID")
+    c_create.add_argument(
+        "-a", "--artifact", action="append", default=[], metavar="NAME=ARTIFACT_ID"
+    )
     c_create.add_argument("--request-id", default="")
     c_create.set_defaults(handler=configurations_create)
     c_list = c_sub.add_parser("list", help="list configurations")

@@ -44,7 +44,11 @@ def to_status(error: DomainError, request_id: str) -> tuple[grpc.StatusCode, str
     if request_id:
         metadata.setdefault("request_id", request_id)
     details = [
-        _pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata))
+        _pack(
+            error_details_pb2.ErrorInfo(
+                reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata
+            )
+        )
     ]
     if isinstance(error, InvalidArgument) and error.violations:
         details.append(

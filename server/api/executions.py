@@ -17,7 +17,9 @@ class ExecutionService(execution_service_pb2_grpc.ExecutionServiceServicer):
     def __init__(self, plane: ControlPlane):
         self.plane = plane
 
-    def render(self, executions: list[Execution], with_history: bool) -> list[execution_pb2.Execution]:
+    def render(
+        self, executions: list[Execution], with_history: bool
+    ) -> list[execution_pb2.Execution]:
         """Executions as messages, with their artifacts and configuration names fetched
         in two queries for the whole list."""
         if not executions:
@@ -28,7 +30,9 @@ class ExecutionService(execution_service_pb2_grpc.ExecutionServiceServicer):
         artifacts = {a.id: a for a in store.get_artifacts(group, artifact_ids)}
         names = {
             c.id: c.name
-            for c in store.get_configurations(group, [e.configuration_id for e in executions]).values()
+            for c in store.get_configurations(
+                group, [e.configuration_id for e in executions]
+            ).values()
         }
         return [
             convert.execution_pb(

@@ -58,8 +58,12 @@ class LogReader:
             limit, page_token, filters, default=DEFAULT_LOG_PAGE, maximum=MAX_LOG_PAGE,
             size_field="limit",
         )
-        if page.after is not None and (not isinstance(page.after, int) or isinstance(page.after, bool)):
-            raise InvalidArgument.of("page_token", "malformed page token", reason="INVALID_PAGE_TOKEN")
+        if page.after is not None and (
+            not isinstance(page.after, int) or isinstance(page.after, bool)
+        ):
+            raise InvalidArgument.of(
+                "page_token", "malformed page token", reason="INVALID_PAGE_TOKEN"
+            )
         after = after_sequence
         before = None
         if page.after is not None:

@@ -112,7 +112,9 @@ class ControlPlane:
             log.warning("executable file not loaded", file=str(path), error=error)
         return stored
 
-    def get_executable(self, resource_group: str, executable_id: str, version: str = "") -> Executable:
+    def get_executable(
+        self, resource_group: str, executable_id: str, version: str = ""
+    ) -> Executable:
         v = Violations()
         validation.check_id(v, "executable_id", executable_id)
         v.raise_if_any()
@@ -254,7 +256,9 @@ class ControlPlane:
         for i, (key, artifact_id) in enumerate(artifact_bindings):
             if not key:
                 v.add(f"configuration.input_artifact_bindings[{i}].key", "is required")
-            validation.check_id(v, f"configuration.input_artifact_bindings[{i}].artifact_id", artifact_id)
+            validation.check_id(
+                v, f"configuration.input_artifact_bindings[{i}].artifact_id", artifact_id
+            )
         v.raise_if_any()
         executable = self.store.get_executable(resource_group, executable_id, executable_version)
         artifacts = {
@@ -382,7 +386,9 @@ class ControlPlane:
         if self.runtime is not None:
             self.runtime.forget(execution_id)
 
-    def _batch(self, execution_ids: Sequence[str], action: Callable[[str], Any]) -> list[BatchOutcome]:
+    def _batch(
+        self, execution_ids: Sequence[str], action: Callable[[str], Any]
+    ) -> list[BatchOutcome]:
         v = Violations()
         if not execution_ids:
             v.add("execution_ids", "at least one id is required")
@@ -446,7 +452,9 @@ class ControlPlane:
         self._announce_transition(execution)
         return execution
 
-    def update_execution(self, execution_id: str, *, changed_step: StepDetail | None = None, **kwargs: Any) -> Execution:
+    def update_execution(
+        self, execution_id: str, *, changed_step: StepDetail | None = None, **kwargs: Any
+    ) -> Execution:
         """Runtime use: update step details, outputs or the submit time."""
         execution = self.store.update_execution(execution_id, **kwargs)
         if changed_step is not None:

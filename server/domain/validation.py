@@ -6,13 +6,13 @@ from __future__ import annotations
 import re
 
 from server.domain.errors import FieldViolation, InvalidArgument
-from server.domain.templates import parameter_value_error
 from server.domain.models import (
     Artifact,
     ArtifactKind,
     Executable,
     ParameterType,
 )
+from server.domain.templates import parameter_value_error
 
 MAX_NAME = 256
 MAX_DESCRIPTION = 5000
@@ -71,7 +71,10 @@ def check_id(v: Violations, field: str, value: str, *, required: bool = True) ->
             v.add(field, "is required")
         return
     if not ID_RE.match(value):
-        v.add(field, "must be 1 to 128 letters, digits or . _ : - (starting with a letter or digit)")
+        v.add(
+            field,
+            "must be 1 to 128 letters, digits or . _ : - (starting with a letter or digit)",
+        )
 
 
 def check_request_id(v: Violations, value: str, field: str = "request_id") -> None:
@@ -186,13 +189,16 @@ def check_configuration(
             continue
         bound_artifacts[key] = artifact_id
     for spec in executable.input_artifacts:
-        if spec.name not in bound_artifacts and not any(k == spec.name for k, _ in artifact_bindings):
+        bound = spec.name in bound_artifacts or any(k == spec.name for k, _ in artifact_bindings)
+        if not bound:
             v.add(
                 "configuration.input_artifact_bindings",
                 f"input artifact {spec.name!r} must be bound"
                 + (f" to a {spec.kind} artifact" if spec.kind else ""),
             )
-    v.raise_if_any(reason="CONFIGURATION_INVALID", summary="configuration does not match executable")
+    v.raise_if_any(
+        reason="CONFIGURATION_INVALID", summary="configuration does not match executable"
+    )
     return resolved, bound_artifacts
 
 

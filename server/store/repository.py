@@ -678,7 +678,9 @@ class Store:
             message=message,
         ).execute()
 
-    def create_execution(self, execution: Execution, request_id: str = "") -> tuple[Execution, bool]:
+    def create_execution(
+        self, execution: Execution, request_id: str = ""
+    ) -> tuple[Execution, bool]:
         """Insert a PENDING execution and its first history entry. Returns (execution,
         created); a known ``request_id`` returns the first execution, created False."""
         digest = request_digest({"configuration_id": execution.configuration_id})
