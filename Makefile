@@ -7,7 +7,7 @@ DATA_DIR ?= .data
 ADDRESS ?= 127.0.0.1:50051
 PROTO_FILES := $(wildcard protos/trainyard/v1/*.proto)
 
-.PHONY: run test protos protos-check lint bench clean setup
+.PHONY: run test protos protos-check lint bench clean setup node-deps
 
 setup: $(STAMP)
 
@@ -43,11 +43,25 @@ lint: $(STAMP)
 run: $(STAMP)
 	$(PY) -m server --address $(ADDRESS) --data-dir $(DATA_DIR) --executables-dir samples/executables
 
-test: $(STAMP)
+test: $(STAMP) node-deps
 	$(PY) -m pytest -q
+
+# The Node.js client of the polyglot test (tests/node), from its lock file; where
+# Node.js is absent that test is skipped.
+NODE_STAMP := tests/node/node_modules/.installed
+node-deps:
+	@if command -v npm >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory $(NODE_STAMP); \
+	else \
+		echo "npm not found: the Node.js client test will be skipped"; \
+	fi
+
+$(NODE_STAMP): tests/node/package.json tests/node/package-lock.json
+	npm ci --prefix tests/node --no-audit --no-fund
+	touch $@
 
 bench: $(STAMP)
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) $(DATA_DIR) .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) $(DATA_DIR) .pytest_cache .ruff_cache build *.egg-info tests/node/node_modules

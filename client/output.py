@@ -54,7 +54,8 @@ def to_dict(message: Message) -> dict[str, Any]:
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
 
-def print_json(data: Any, out: TextIO = sys.stdout) -> None:
+def print_json(data: Any, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
     if isinstance(data, Message):
         data = to_dict(data)
     elif isinstance(data, list):
@@ -63,7 +64,10 @@ def print_json(data: Any, out: TextIO = sys.stdout) -> None:
     out.write("\n")
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], out: TextIO = sys.stdout) -> None:
+def table(
+    headers: Sequence[str], rows: Iterable[Sequence[Any]], out: TextIO | None = None
+) -> None:
+    out = out or sys.stdout
     rows = [[str(c) for c in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in rows:

@@ -13,8 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from server.api.errors import ErrorInterceptor
-from server.api.executions import ExecutionService
-from server.api.logs import LogService
+from server.api.logs import LogService, add_log_service
 from server.api.meta import MetaService
 from server.api.metrics import MetricService
 from server.api.resources import (
@@ -23,6 +22,7 @@ from server.api.resources import (
     ExecutableService,
     ScenarioService,
 )
+from server.api.watch import WatchingExecutionService
 from server.config import Settings
 from server.domain.logs import LogReader
 from server.domain.logsink import LogSink
@@ -31,6 +31,9 @@ from server.domain.service import ControlPlane
 from server.runtime.local import LocalRuntime
 from server.store.metrics import MetricStore
 from server.store.repository import Store
+from server.streams.broker import LocalBroker
+from server.streams.tailer import LogTails
+from server.streams.watch import ExecutionWatches
 from trainyard.v1 import (
     artifact_service_pb2,
     artifact_service_pb2_grpc,
@@ -41,7 +44,6 @@ from trainyard.v1 import (
     execution_service_pb2,
     execution_service_pb2_grpc,
     log_service_pb2,
-    log_service_pb2_grpc,
     meta_service_pb2,
     meta_service_pb2_grpc,
     metric_service_pb2,
@@ -100,6 +102,12 @@ async def start_server(settings: Settings) -> TrainyardServer:
     store = Store(settings.database_url)
     plane = ControlPlane(store=store, default_resource_group=settings.default_resource_group)
     log_sink = LogSink(store)
+    # Live streams: stored log lines and committed execution changes go to the broker.
+    broker = LocalBroker()
+    log_sink.row_subscribers.append(broker.publish_logs)
+    plane.listeners.append(broker.publish_event)
+    tails = LogTails(plane, broker)
+    watches = ExecutionWatches(plane, broker)
     if settings.runtime == "local":
         plane.runtime = LocalRuntime(
             plane,
@@ -133,17 +141,17 @@ async def start_server(settings: Settings) -> TrainyardServer:
         ConfigurationService(plane), server
     )
     execution_service_pb2_grpc.add_ExecutionServiceServicer_to_server(
-        ExecutionService(plane), server
+        WatchingExecutionService(plane, watches), server
     )
-    log_service_pb2_grpc.add_LogServiceServicer_to_server(LogService(LogReader(plane)), server)
+    add_log_service(server, LogService(LogReader(plane), tails))
     metric_service_pb2_grpc.add_MetricServiceServicer_to_server(
         MetricService(MetricsService(MetricStore(store)), settings.max_message_bytes), server
     )
     capabilities = {
         "logs": True,
-        "log_streaming": False,
+        "log_streaming": True,
         "bulk_updates": True,
-        "status_watch": False,
+        "status_watch": True,
         "metrics": True,
         "idempotent_creates": True,
         "executable_registration": True,
@@ -168,7 +176,13 @@ async def start_server(settings: Settings) -> TrainyardServer:
     for name in ["", *SERVICE_NAMES]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     running = TrainyardServer(
-        settings, store, plane, server, port, health_servicer, extra={"log_sink": log_sink}
+        settings,
+        store,
+        plane,
+        server,
+        port,
+        health_servicer,
+        extra={"log_sink": log_sink, "broker": broker, "tails": tails, "watches": watches},
     )
     log.info("server started", address=running.address, database=settings.database_url)
     return running

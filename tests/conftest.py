@@ -124,11 +124,16 @@ def make_settings(tmp_path: Path, **overrides) -> Settings:
 
 
 @pytest.fixture
-def server_factory(tmp_path: Path):
-    """Start servers with custom settings; every one is stopped at the end."""
+def server_factory(tmp_path: Path, request: pytest.FixtureRequest):
+    """Start servers with custom settings; every one is stopped at the end. In modules
+    marked ``driven`` the servers run no runtime: the tests play its part themselves
+    (lines through the log sink, transitions through the control plane)."""
     started: list[ServerThread] = []
+    driven = request.node.get_closest_marker("driven") is not None
 
     def factory(**overrides) -> ServerThread:
+        if driven:
+            overrides.setdefault("runtime", "none")
         thread = ServerThread(make_settings(tmp_path, **overrides)).start()
         started.append(thread)
         return thread

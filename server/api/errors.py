@@ -4,6 +4,7 @@ one canonical log line per call."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -180,8 +181,11 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                         )
                     self.open_streams[peer] = self.open_streams.get(peer, 0) + 1
                     counted = True
-                    async for item in inner_stream(request, context):
-                        yield item
+                    # aclosing: a cancelled call closes the handler's generator (and
+                    # releases what it holds) at once, not when it is collected.
+                    async with contextlib.aclosing(inner_stream(request, context)) as items:
+                        async for item in items:
+                            yield item
                 except Exception as exc:  # noqa: BLE001
                     await self._fail(context, exc)
                 finally:

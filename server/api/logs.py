@@ -1,27 +1,135 @@
-"""Handlers of the log service."""
+"""Handlers of the log service: paged reads and live tails.
+
+TailLogs messages are encoded here, once per published batch: a batch shared by many
+tailers of one execution becomes protobuf bytes once, and each tailer's message is a
+concatenation of those bytes (a repeated field's entries concatenate) plus its cursor.
+The service is registered with a response serializer that passes such bytes through.
+"""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import grpc
 
 from server.api import convert
 from server.api.context import resource_group
 from server.domain.logs import LogReader
+from server.streams.broker import LogBatch, LogRow
+from server.streams.tailer import LogTails, TailOptions
 from trainyard.v1 import log_service_pb2 as pb
 from trainyard.v1 import log_service_pb2_grpc
 
+# A TailLogs message holds at most this many lines and about this many bytes.
+MESSAGE_LINES = 4000
+MESSAGE_BYTES = 1024 * 1024
+_LINE_OVERHEAD = 40  # bytes of a line's fields besides its text, roughly
+
+_MEMO_KEY = "trainyard.v1.TailLogsResponse"
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def cursor_field(seq: int) -> bytes:
+    """TailLogsResponse.cursor (field 2, varint) on the wire."""
+    return b"\x10" + _varint(seq)
+
+
+def encode_rows(rows: list[LogRow]) -> list[tuple[int, int, int, bytes]]:
+    """Rows as TailLogsResponse ``lines`` on the wire, in segments of at most
+    MESSAGE_LINES lines / about MESSAGE_BYTES bytes: (lines, bytes, last seq, data)."""
+    segments: list[tuple[int, int, int, bytes]] = []
+    message = pb.TailLogsResponse()
+    add = message.lines.add
+    count = size = 0
+    seq = 0
+    for _, seq, at_us, step, code, text in rows:
+        line = add(sequence=seq, step=step, stream=code, text=text)
+        stamp = line.time
+        stamp.seconds, micros = divmod(at_us, 1_000_000)
+        stamp.nanos = micros * 1000
+        count += 1
+        size += len(text) + _LINE_OVERHEAD
+        if count >= MESSAGE_LINES or size >= MESSAGE_BYTES:
+            segments.append((count, size, seq, message.SerializeToString()))
+            message = pb.TailLogsResponse()
+            add = message.lines.add
+            count = size = 0
+    if count:
+        segments.append((count, size, seq, message.SerializeToString()))
+    return segments
+
+
+def _segments(batch: LogBatch) -> list[tuple[int, int, int, bytes]]:
+    cached = batch.memo.get(_MEMO_KEY)
+    if cached is None:
+        cached = batch.memo[_MEMO_KEY] = encode_rows(batch.rows)
+    return cached
+
+
+def tail_messages(batches: list[LogBatch]) -> Iterator[bytes]:
+    """Serialized TailLogsResponse messages for consecutive batches."""
+    parts: list[bytes] = []
+    count = size = last = 0
+    for batch in batches:
+        for n, nbytes, last_seq, data in _segments(batch):
+            if parts and (count + n > MESSAGE_LINES or size + nbytes > MESSAGE_BYTES):
+                parts.append(cursor_field(last))
+                yield b"".join(parts)
+                parts = []
+                count = size = 0
+            parts.append(data)
+            count += n
+            size += nbytes
+            last = last_seq
+    if parts:
+        parts.append(cursor_field(last))
+        yield b"".join(parts)
+
+
+def tail_options(request: pb.TailLogsRequest) -> TailOptions:
+    since = None
+    if request.HasField("since_time"):
+        since = convert.from_ts(request.since_time, "since_time")
+    return TailOptions(
+        follow=request.follow,
+        after_sequence=request.after_sequence,
+        since=since,
+        tail_lines=request.tail_lines,
+        steps=tuple(request.steps),
+        streams=tuple(convert.streams_from_pb(request.streams, "streams")),
+    )
+
 
 class LogService(log_service_pb2_grpc.LogServiceServicer):
-    def __init__(self, reader: LogReader):
+    def __init__(self, reader: LogReader, tails: LogTails | None = None):
         self.reader = reader
+        self.tails = tails
+
+    async def TailLogs(self, request, context):
+        if self.tails is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "log tailing is not enabled")
+        options = tail_options(request)
+        stream = self.tails.tail(resource_group(), request.execution_id, options)
+        async with contextlib.aclosing(stream):
+            async for batches in stream:
+                for message in tail_messages(batches):
+                    yield message
 
     async def ListLogs(self, request, context):
-        start = (
-            convert.from_ts(request.start_time, "start_time")
-            if request.HasField("start_time")
-            else None
-        )
-        end = (
-            convert.from_ts(request.end_time, "end_time") if request.HasField("end_time") else None
-        )
+        start = end = None
+        if request.HasField("start_time"):
+            start = convert.from_ts(request.start_time, "start_time")
+        if request.HasField("end_time"):
+            end = convert.from_ts(request.end_time, "end_time")
         lines, token = self.reader.list_page(
             resource_group(),
             request.execution_id,
@@ -37,3 +145,29 @@ class LogService(log_service_pb2_grpc.LogServiceServicer):
         return pb.ListLogsResponse(
             lines=[convert.log_line_pb(line) for line in lines], next_page_token=token
         )
+
+
+def _serialize_tail(message: pb.TailLogsResponse | bytes) -> bytes:
+    """TailLogs responses arrive already encoded (see ``tail_messages``)."""
+    if isinstance(message, bytes):
+        return message
+    return message.SerializeToString()
+
+
+def add_log_service(server: grpc.aio.Server, servicer: LogService) -> None:
+    """Register the log service, with TailLogs passing pre-encoded messages through."""
+    handlers = {
+        "TailLogs": grpc.unary_stream_rpc_method_handler(
+            servicer.TailLogs,
+            request_deserializer=pb.TailLogsRequest.FromString,
+            response_serializer=_serialize_tail,
+        ),
+        "ListLogs": grpc.unary_unary_rpc_method_handler(
+            servicer.ListLogs,
+            request_deserializer=pb.ListLogsRequest.FromString,
+            response_serializer=pb.ListLogsResponse.SerializeToString,
+        ),
+    }
+    name = pb.DESCRIPTOR.services_by_name["LogService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)

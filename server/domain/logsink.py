@@ -29,6 +29,10 @@ MAX_LINE_CHARS = 64 * 1024
 
 # Subscribers get (execution_id, lines) after the lines are stored.
 Subscriber = Callable[[str, list[LogLine]], None]
+# Row subscribers get (execution_id, rows) after the rows are stored, each row the
+# tuple that was stored: (execution_id, seq, at_us, step, stream_code, text). No
+# object is built per line for them: this is the live tailers' path.
+RowSubscriber = Callable[[str, list[tuple]], None]
 
 
 @dataclass
@@ -37,6 +41,7 @@ class LogSink:
     flush_interval: float = 0.005
     max_batch: int = 5000
     subscribers: list[Subscriber] = field(default_factory=list)
+    row_subscribers: list[RowSubscriber] = field(default_factory=list)
     _next_seq: dict[str, int] = field(default_factory=dict)
     _pending: list[tuple] = field(default_factory=list)
     _timer: asyncio.TimerHandle | None = None
@@ -53,11 +58,18 @@ class LogSink:
         """Queue one line (called on the event loop). Long lines are split."""
         now_us = time.time_ns() // 1000
         code = STREAM_CODES[stream]
-        chunks = [text] if len(text) <= MAX_LINE_CHARS else [
-            text[i : i + MAX_LINE_CHARS] for i in range(0, len(text), MAX_LINE_CHARS)
-        ]
-        for chunk in chunks:
-            self._pending.append((execution_id, self._seq(execution_id), now_us, step, code, chunk))
+        seq = self._next_seq.get(execution_id)
+        if seq is None:
+            seq = self.store.last_log_seq(execution_id) + 1
+        if len(text) <= MAX_LINE_CHARS:
+            self._pending.append((execution_id, seq, now_us, step, code, text))
+            seq += 1
+        else:
+            for i in range(0, len(text), MAX_LINE_CHARS):
+                chunk = text[i : i + MAX_LINE_CHARS]
+                self._pending.append((execution_id, seq, now_us, step, code, chunk))
+                seq += 1
+        self._next_seq[execution_id] = seq
         if len(self._pending) >= self.max_batch:
             self.flush()
         elif self._timer is None:
@@ -84,6 +96,20 @@ class LogSink:
             self._timer = asyncio.get_running_loop().call_later(0.1, self.flush)
             return
         self.lines_written += len(batch)
+        if self.row_subscribers:
+            first = batch[0][0]
+            if batch[-1][0] == first and all(row[0] == first for row in batch):
+                groups = {first: batch}
+            else:
+                groups = {}
+                for row in batch:
+                    groups.setdefault(row[0], []).append(row)
+            for execution_id, rows in groups.items():
+                for row_subscriber in list(self.row_subscribers):
+                    try:
+                        row_subscriber(execution_id, rows)
+                    except Exception:
+                        log.exception("log subscriber failed", execution_id=execution_id)
         if not self.subscribers:
             return
         by_execution: dict[str, list[LogLine]] = {}

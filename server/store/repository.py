@@ -1108,6 +1108,51 @@ class Store:
             for seq, at, step, stream, text in cursor.fetchall()
         ]
 
+    def read_log_rows(
+        self,
+        execution_id: str,
+        *,
+        after_seq: int = 0,
+        upto_seq: int | None = None,
+        limit: int = 1000,
+        descending: bool = False,
+        steps: Sequence[str] = (),
+        stream_codes: Sequence[int] = (),
+    ) -> list[tuple]:
+        """Log lines as the stored tuples (execution_id, seq, at_us, step, stream_code,
+        text), with no object per line: the live tailers' read path."""
+        sql = [
+            "SELECT execution_id, seq, at_us, step, stream, text FROM log_line"
+            " WHERE execution_id = ? AND seq > ?"
+        ]
+        args: list[Any] = [execution_id, after_seq]
+        if upto_seq is not None:
+            sql.append("AND seq <= ?")
+            args.append(upto_seq)
+        if steps:
+            sql.append(f"AND step IN ({','.join('?' * len(steps))})")
+            args.extend(steps)
+        if stream_codes:
+            sql.append(f"AND stream IN ({','.join('?' * len(stream_codes))})")
+            args.extend(stream_codes)
+        sql.append(f"ORDER BY seq {'DESC' if descending else 'ASC'} LIMIT ?")
+        args.append(limit)
+        return self.db.execute_sql(" ".join(sql), args).fetchall()
+
+    def last_transition_seqs(self, execution_ids: Sequence[str]) -> dict[str, int]:
+        """The sequence number of the latest history entry of each execution."""
+        result: dict[str, int] = {}
+        ids = list(execution_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            cursor = self.db.execute_sql(
+                "SELECT execution_id, MAX(seq) FROM transition WHERE execution_id IN "
+                f"({','.join('?' * len(chunk))}) GROUP BY execution_id",
+                chunk,
+            )
+            result.update({eid: int(seq) for eid, seq in cursor.fetchall()})
+        return result
+
     def first_log_seq_at(self, execution_id: str, start_us: int) -> int:
         """Sequence number just before the first line at or after ``start_us``."""
         value = self.db.execute_sql(

@@ -57,7 +57,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_EXECUTABLE_IN_USE: _ErrorReason.ValueType  # 32
     """The executable cannot be changed because configurations use it."""
     ERROR_REASON_LIMIT_EXCEEDED: _ErrorReason.ValueType  # 40
-    """A server limit was reached (message size, streams per client, slow consumer)."""
+    """A server limit was reached (message size, streams per client, slow consumer).
+    For a status watcher that fell behind, metadata `cursor` holds the cursor to
+    resume from.
+    """
     ERROR_REASON_TAILER_TOO_SLOW: _ErrorReason.ValueType  # 41
     """A log tailer fell too far behind; metadata `cursor` holds the sequence number to
     resume from.
@@ -110,7 +113,10 @@ the current status.
 ERROR_REASON_EXECUTABLE_IN_USE: ErrorReason.ValueType  # 32
 """The executable cannot be changed because configurations use it."""
 ERROR_REASON_LIMIT_EXCEEDED: ErrorReason.ValueType  # 40
-"""A server limit was reached (message size, streams per client, slow consumer)."""
+"""A server limit was reached (message size, streams per client, slow consumer).
+For a status watcher that fell behind, metadata `cursor` holds the cursor to
+resume from.
+"""
 ERROR_REASON_TAILER_TOO_SLOW: ErrorReason.ValueType  # 41
 """A log tailer fell too far behind; metadata `cursor` holds the sequence number to
 resume from.

@@ -522,7 +522,10 @@ Global___ListExecutionHistoryResponse: _TypeAlias = ListExecutionHistoryResponse
 
 @_typing.final
 class WatchExecutionsRequest(_message.Message):
-    """Request of ExecutionService.WatchExecutions."""
+    """Request of ExecutionService.WatchExecutions: one execution (`execution_id`) or the
+    executions of the caller's resource group that match the filter fields (all of
+    them when no filter is set). `execution_id` cannot be combined with filters.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -542,14 +545,27 @@ class WatchExecutionsRequest(_message.Message):
     executable_id: _builtins.str
     """Filter: only executions of this executable."""
     keep_watching: _builtins.bool
-    """Keep the stream open after the watched execution reaches a final status."""
+    """Keep the stream open after the watched execution reaches a final status (until
+    it is deleted or the call is cancelled). Only with `execution_id`.
+    """
     after_cursor: _builtins.str
-    """Optional. Resume after this event cursor (from a previous event's `cursor`):
-    no snapshot is sent and events after it are replayed from history.
+    """Optional. Resume after this event cursor (a previous event's `cursor`, from a
+    watch with the same execution id or filter). For one execution the cursor is a
+    position in its history: the transitions recorded after it are replayed from the
+    store (this survives server restarts) and no snapshot is sent; step changes made
+    meanwhile are not replayed, but every event carries the current step details.
+    For a filtered watch the cursor is a position in this server's recent events:
+    the events after it are replayed when the server still holds them; otherwise
+    (the server restarted, or more than 10000 events happened since) the watch starts
+    over with SNAPSHOT events, which replace what the client knew.
     """
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_execution_pb2.ExecutionStatus.ValueType]:
-        """Filter: only executions in one of these statuses (matched when the event occurs)."""
+        """Filter: only executions in one of these statuses. The snapshot holds the
+        executions in these statuses now; afterwards a transition is sent when its old or
+        its new status is one of them (so a watcher sees an execution leave the set), and
+        a step change when the execution's status is one of them.
+        """
 
     def __init__(
         self,
@@ -584,10 +600,16 @@ class WatchExecutionsResponse(_message.Message):
     type: Global___WatchEventType.ValueType
     """Kind of event."""
     cursor: _builtins.str
-    """Opaque resume cursor; pass it as `after_cursor` to continue after this event."""
+    """Opaque resume cursor; pass it as `after_cursor` to continue after this event.
+    Of the SNAPSHOT events of a filtered watch only the last carries a cursor (the
+    position the snapshot was read at); the others leave it empty, so a client that
+    reconnects before the snapshot is complete gets a whole snapshot again.
+    """
     @_builtins.property
     def execution(self) -> _execution_pb2.Execution:
-        """The execution's state after the event (without history)."""
+        """The execution's state after the event, without history. For transitions
+        replayed on resume, its current state.
+        """
 
     @_builtins.property
     def transition(self) -> _execution_pb2.StatusTransition:

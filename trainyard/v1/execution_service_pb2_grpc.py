@@ -164,11 +164,15 @@ class ExecutionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchExecutions(self, request, context):
-        """Streams status changes: first one SNAPSHOT event per matching execution (the
-        current state), then one event per transition or step change, in order. Watching
-        one execution ends the stream after its final status unless `keep_watching` is
-        set. NOT_FOUND when the watched execution does not exist; INVALID_ARGUMENT for a
-        bad filter or cursor.
+        """Streams status changes: first one SNAPSHOT event per matching execution (its
+        current state), then one event per transition or step change, in the order they
+        were committed. Every event carries a cursor to resume from (see
+        `WatchExecutionsRequest.after_cursor`). Watching one execution ends the stream
+        after its final status (or its deletion) unless `keep_watching` is set; a
+        filtered watch never ends by itself. NOT_FOUND when the watched execution does
+        not exist in the caller's resource group; INVALID_ARGUMENT for a bad filter or
+        cursor; RESOURCE_EXHAUSTED (reason LIMIT_EXCEEDED, metadata `cursor`) when the
+        watcher reads too slowly and 10000 events wait for it: resume from that cursor.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

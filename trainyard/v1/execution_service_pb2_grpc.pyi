@@ -76,11 +76,15 @@ class ExecutionServiceStub:
     does not exist.
     """
     WatchExecutions: _grpc.UnaryStreamMultiCallable[_execution_service_pb2.WatchExecutionsRequest, _execution_service_pb2.WatchExecutionsResponse]
-    """Streams status changes: first one SNAPSHOT event per matching execution (the
-    current state), then one event per transition or step change, in order. Watching
-    one execution ends the stream after its final status unless `keep_watching` is
-    set. NOT_FOUND when the watched execution does not exist; INVALID_ARGUMENT for a
-    bad filter or cursor.
+    """Streams status changes: first one SNAPSHOT event per matching execution (its
+    current state), then one event per transition or step change, in the order they
+    were committed. Every event carries a cursor to resume from (see
+    `WatchExecutionsRequest.after_cursor`). Watching one execution ends the stream
+    after its final status (or its deletion) unless `keep_watching` is set; a
+    filtered watch never ends by itself. NOT_FOUND when the watched execution does
+    not exist in the caller's resource group; INVALID_ARGUMENT for a bad filter or
+    cursor; RESOURCE_EXHAUSTED (reason LIMIT_EXCEEDED, metadata `cursor`) when the
+    watcher reads too slowly and 10000 events wait for it: resume from that cursor.
     """
 
 @_typing.type_check_only
@@ -131,11 +135,15 @@ class ExecutionServiceAsyncStub(ExecutionServiceStub):
     does not exist.
     """
     WatchExecutions: _aio.UnaryStreamMultiCallable[_execution_service_pb2.WatchExecutionsRequest, _execution_service_pb2.WatchExecutionsResponse]  # type: ignore[assignment]
-    """Streams status changes: first one SNAPSHOT event per matching execution (the
-    current state), then one event per transition or step change, in order. Watching
-    one execution ends the stream after its final status unless `keep_watching` is
-    set. NOT_FOUND when the watched execution does not exist; INVALID_ARGUMENT for a
-    bad filter or cursor.
+    """Streams status changes: first one SNAPSHOT event per matching execution (its
+    current state), then one event per transition or step change, in the order they
+    were committed. Every event carries a cursor to resume from (see
+    `WatchExecutionsRequest.after_cursor`). Watching one execution ends the stream
+    after its final status (or its deletion) unless `keep_watching` is set; a
+    filtered watch never ends by itself. NOT_FOUND when the watched execution does
+    not exist in the caller's resource group; INVALID_ARGUMENT for a bad filter or
+    cursor; RESOURCE_EXHAUSTED (reason LIMIT_EXCEEDED, metadata `cursor`) when the
+    watcher reads too slowly and 10000 events wait for it: resume from that cursor.
     """
 
 class ExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -237,11 +245,15 @@ class ExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _execution_service_pb2.WatchExecutionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_execution_service_pb2.WatchExecutionsResponse], _abc.AsyncIterator[_execution_service_pb2.WatchExecutionsResponse]]:
-        """Streams status changes: first one SNAPSHOT event per matching execution (the
-        current state), then one event per transition or step change, in order. Watching
-        one execution ends the stream after its final status unless `keep_watching` is
-        set. NOT_FOUND when the watched execution does not exist; INVALID_ARGUMENT for a
-        bad filter or cursor.
+        """Streams status changes: first one SNAPSHOT event per matching execution (its
+        current state), then one event per transition or step change, in the order they
+        were committed. Every event carries a cursor to resume from (see
+        `WatchExecutionsRequest.after_cursor`). Watching one execution ends the stream
+        after its final status (or its deletion) unless `keep_watching` is set; a
+        filtered watch never ends by itself. NOT_FOUND when the watched execution does
+        not exist in the caller's resource group; INVALID_ARGUMENT for a bad filter or
+        cursor; RESOURCE_EXHAUSTED (reason LIMIT_EXCEEDED, metadata `cursor`) when the
+        watcher reads too slowly and 10000 events wait for it: resume from that cursor.
         """
 
 def add_ExecutionServiceServicer_to_server(servicer: ExecutionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -47,8 +47,9 @@ Global___LogOrder: _TypeAlias = LogOrder  # noqa: Y015
 
 @_typing.final
 class TailLogsRequest(_message.Message):
-    """Request of LogService.TailLogs. At most one of `after_sequence`, `since_time` and
-    `tail_lines` may be set; with none, the log is read from its first line.
+    """Request of LogService.TailLogs. At most one start option (`after_sequence`,
+    `since_time`, `tail_lines`) may be set; with none, the log is read from its first
+    line.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -63,22 +64,28 @@ class TailLogsRequest(_message.Message):
     execution_id: _builtins.str
     """Required. Execution id."""
     follow: _builtins.bool
-    """Keep the stream open and send new lines until the execution is final."""
+    """Keep the stream open and send new lines until the execution is final. Default
+    false: send the lines stored when the call began, then end.
+    """
     after_sequence: _builtins.int
-    """Start after this sequence number (the last one the client saw); 0 = from the start."""
+    """Optional start option: start after this sequence number (a `cursor` or the last
+    line's `sequence` the client saw); 0 = not used. Must not be negative.
+    """
     tail_lines: _builtins.int
-    """Start with the last N lines (after filters); 0 = not used. At most 100000."""
+    """Optional start option: start with the last N lines that pass the filters; 0 = not
+    used. At most 100000.
+    """
     @_builtins.property
     def since_time(self) -> _timestamp_pb2.Timestamp:
-        """Start at the first line at or after this time."""
+        """Optional start option: start at the first line read at or after this time."""
 
     @_builtins.property
     def steps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Only lines of these steps; empty = every step."""
+        """Optional. Only lines of these steps (at most 100); empty = every step."""
 
     @_builtins.property
     def streams(self) -> _containers.RepeatedScalarFieldContainer[_log_pb2.LogStream.ValueType]:
-        """Only lines of these streams; empty = every stream."""
+        """Optional. Only lines of these streams; empty = every stream."""
 
     def __init__(
         self,
@@ -101,15 +108,15 @@ Global___TailLogsRequest: _TypeAlias = TailLogsRequest  # noqa: Y015
 
 @_typing.final
 class TailLogsResponse(_message.Message):
-    """Response of LogService.TailLogs: a batch of consecutive lines."""
+    """Response of LogService.TailLogs: consecutive lines, in sequence order. Never empty."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     LINES_FIELD_NUMBER: _builtins.int
     CURSOR_FIELD_NUMBER: _builtins.int
     cursor: _builtins.int
-    """Sequence number to resume after: the last line of this batch (or, for filtered
-    tails, the last line examined).
+    """The sequence number of the last line of this message: pass it as
+    `after_sequence` (with the same filters) to resume right after it.
     """
     @_builtins.property
     def lines(self) -> _containers.RepeatedCompositeFieldContainer[_log_pb2.LogLine]:

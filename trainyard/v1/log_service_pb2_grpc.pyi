@@ -34,13 +34,20 @@ class LogServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> LogServiceAsyncStub: ...
     TailLogs: _grpc.UnaryStreamMultiCallable[_log_service_pb2.TailLogsRequest, _log_service_pb2.TailLogsResponse]
-    """Streams log lines of one execution: the stored history from the chosen start,
-    then, with `follow`, every new line as it is stored, with no gap and no duplicate.
-    Lines are batched into messages under load. The stream ends after the last line
-    once the execution is final (or at once without `follow`). NOT_FOUND when the
-    execution does not exist; INVALID_ARGUMENT for conflicting start options;
-    RESOURCE_EXHAUSTED (reason TAILER_TOO_SLOW, metadata `cursor`) when the tailer
-    falls too far behind: reconnect with that cursor.
+    """Streams log lines of one execution: the stored lines from the chosen start, then,
+    with `follow`, every new line once it is stored, with no gap and no duplicate.
+    Lines are batched: a message holds up to 4000 lines (about 1 MiB at most); under
+    load a message is sent when full or a few milliseconds after its first line.
+    Without `follow` the stream ends after the last line stored when the call began;
+    with `follow` it ends by itself after the execution's last line once the execution
+    is final (or deleted). To resume after a disconnect, call again with
+    `after_sequence` set to the last `cursor` received: the lines after it follow,
+    exactly. NOT_FOUND when the execution does not exist in the caller's resource
+    group; INVALID_ARGUMENT for a malformed request or more than one start option
+    (the error names the field); RESOURCE_EXHAUSTED (reason TAILER_TOO_SLOW, metadata
+    `cursor`) when a tailer reads so much slower than the execution writes that it
+    fell too far behind: resume from that cursor. Cancelling the call, a disconnect or
+    the deadline frees everything the server held for it.
     """
     ListLogs: _grpc.UnaryUnaryMultiCallable[_log_service_pb2.ListLogsRequest, _log_service_pb2.ListLogsResponse]
     """Returns one page of log lines for clients that cannot stream. NOT_FOUND when the
@@ -53,13 +60,20 @@ class LogServiceAsyncStub(LogServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     TailLogs: _aio.UnaryStreamMultiCallable[_log_service_pb2.TailLogsRequest, _log_service_pb2.TailLogsResponse]  # type: ignore[assignment]
-    """Streams log lines of one execution: the stored history from the chosen start,
-    then, with `follow`, every new line as it is stored, with no gap and no duplicate.
-    Lines are batched into messages under load. The stream ends after the last line
-    once the execution is final (or at once without `follow`). NOT_FOUND when the
-    execution does not exist; INVALID_ARGUMENT for conflicting start options;
-    RESOURCE_EXHAUSTED (reason TAILER_TOO_SLOW, metadata `cursor`) when the tailer
-    falls too far behind: reconnect with that cursor.
+    """Streams log lines of one execution: the stored lines from the chosen start, then,
+    with `follow`, every new line once it is stored, with no gap and no duplicate.
+    Lines are batched: a message holds up to 4000 lines (about 1 MiB at most); under
+    load a message is sent when full or a few milliseconds after its first line.
+    Without `follow` the stream ends after the last line stored when the call began;
+    with `follow` it ends by itself after the execution's last line once the execution
+    is final (or deleted). To resume after a disconnect, call again with
+    `after_sequence` set to the last `cursor` received: the lines after it follow,
+    exactly. NOT_FOUND when the execution does not exist in the caller's resource
+    group; INVALID_ARGUMENT for a malformed request or more than one start option
+    (the error names the field); RESOURCE_EXHAUSTED (reason TAILER_TOO_SLOW, metadata
+    `cursor`) when a tailer reads so much slower than the execution writes that it
+    fell too far behind: resume from that cursor. Cancelling the call, a disconnect or
+    the deadline frees everything the server held for it.
     """
     ListLogs: _aio.UnaryUnaryMultiCallable[_log_service_pb2.ListLogsRequest, _log_service_pb2.ListLogsResponse]  # type: ignore[assignment]
     """Returns one page of log lines for clients that cannot stream. NOT_FOUND when the
@@ -75,13 +89,20 @@ class LogServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _log_service_pb2.TailLogsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_log_service_pb2.TailLogsResponse], _abc.AsyncIterator[_log_service_pb2.TailLogsResponse]]:
-        """Streams log lines of one execution: the stored history from the chosen start,
-        then, with `follow`, every new line as it is stored, with no gap and no duplicate.
-        Lines are batched into messages under load. The stream ends after the last line
-        once the execution is final (or at once without `follow`). NOT_FOUND when the
-        execution does not exist; INVALID_ARGUMENT for conflicting start options;
-        RESOURCE_EXHAUSTED (reason TAILER_TOO_SLOW, metadata `cursor`) when the tailer
-        falls too far behind: reconnect with that cursor.
+        """Streams log lines of one execution: the stored lines from the chosen start, then,
+        with `follow`, every new line once it is stored, with no gap and no duplicate.
+        Lines are batched: a message holds up to 4000 lines (about 1 MiB at most); under
+        load a message is sent when full or a few milliseconds after its first line.
+        Without `follow` the stream ends after the last line stored when the call began;
+        with `follow` it ends by itself after the execution's last line once the execution
+        is final (or deleted). To resume after a disconnect, call again with
+        `after_sequence` set to the last `cursor` received: the lines after it follow,
+        exactly. NOT_FOUND when the execution does not exist in the caller's resource
+        group; INVALID_ARGUMENT for a malformed request or more than one start option
+        (the error names the field); RESOURCE_EXHAUSTED (reason TAILER_TOO_SLOW, metadata
+        `cursor`) when a tailer reads so much slower than the execution writes that it
+        fell too far behind: resume from that cursor. Cancelling the call, a disconnect or
+        the deadline frees everything the server held for it.
         """
 
     @_abc_1.abstractmethod

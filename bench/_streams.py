@@ -1,0 +1,80 @@
+"""Shared set-up of the stream benchmarks: a real server on a loopback port with a
+fresh temporary database, one RUNNING execution, and a client in another process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from server.app import TrainyardServer, start_server
+from server.config import Settings
+from server.domain.models import ArtifactKind, Status
+from server.log_setup import configure_logging
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples" / "executables"
+GROUP = "default"
+
+
+@asynccontextmanager
+async def bench_server():
+    """A server with a fresh database in a temporary directory; stopped at the end."""
+    configure_logging("console", "error")
+    with tempfile.TemporaryDirectory(prefix="trainyard-bench-") as tmp:
+        settings = Settings(
+            address="127.0.0.1:0",
+            data_dir=Path(tmp),
+            executables_dir=SAMPLES,
+            log_format="console",
+            log_level="error",
+        )
+        running = await start_server(settings)
+        try:
+            yield running
+        finally:
+            await running.stop(grace=0.5)
+
+
+def running_execution(running: TrainyardServer) -> str:
+    """A RUNNING execution of the iris-train sample."""
+    plane = running.plane
+    artifact = plane.create_artifact(
+        GROUP, name="iris", kind=ArtifactKind.DATASET, url="file:///tmp/iris.csv",
+        scenario_id="iris",
+    )
+    configuration = plane.create_configuration(
+        GROUP, name="bench", executable_id="iris-train", scenario_id="iris", parameters=[],
+        artifact_bindings=[("iris-data", artifact.id)],
+    )
+    execution = plane.create_execution(GROUP, configuration.id)
+    plane.transition(execution.id, Status.RUNNING, "bench")
+    return execution.id
+
+
+def spawn_client(module: str, *args: str) -> subprocess.Popen:
+    """Run ``python -m MODULE --client ARGS`` in another process; it prints one JSON
+    line of results."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen(
+        [sys.executable, "-m", module, "--client", *args],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+def rss_mib(pid: int | str = "self") -> tuple[float, float]:
+    """(current, peak) resident memory of a process in MiB."""
+    values = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0]) / 1024
+    return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)

@@ -1,0 +1,198 @@
+"""Lines per second through one TailLogs follow tailer, read by a client in another
+process, against a bare grpc.aio stream of the same messages measured in the same run.
+
+    python -m bench.tail_throughput [--lines N]
+
+Three runs, each read by a fresh client process with the same code (parse every
+message, count its lines):
+
+* baseline: a bare grpc.aio server streaming one pre-built TailLogsResponse of 100
+  lines of 100 bytes over and over (the DESIGN.md budget: ~580,000 lines/s);
+* history: a follow tailer of a finished execution whose N lines are stored (reads the
+  store, encodes, sends);
+* live: a follow tailer of a running execution while the server's log sink writes N
+  lines as fast as it can (numbering, storing and publishing included), then ends it.
+
+Target (DESIGN.md): 300,000 lines/s to one tailer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+
+import grpc
+
+from bench._streams import bench_server, running_execution, spawn_client
+from server.domain.models import LogStream, Status
+from trainyard.v1 import log_pb2, log_service_pb2, log_service_pb2_grpc
+
+TEXT = "x" * 100
+TIMEOUT = 120.0
+CHUNK = 2000  # lines the live producer writes per event-loop turn (a 64 KiB pipe read)
+
+
+# ----------------------------------------------------------------------- client
+
+
+async def client(address: str, execution_id: str) -> None:
+    async with grpc.aio.insecure_channel(
+        address, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    ) as channel:
+        stub = log_service_pb2_grpc.LogServiceStub(channel)
+        call = stub.TailLogs(
+            log_service_pb2.TailLogsRequest(execution_id=execution_id, follow=True),
+            timeout=TIMEOUT,
+        )
+        print(json.dumps({"event": "ready"}), flush=True)
+        lines = messages = 0
+        started = first = None
+        last_seq = 0
+        started = time.perf_counter()
+        async for message in call:
+            if first is None:
+                first = time.perf_counter()
+            lines += len(message.lines)
+            messages += 1
+            last_seq = message.cursor
+        end = time.perf_counter()
+        print(json.dumps({
+            "event": "done", "lines": lines, "messages": messages, "last": last_seq,
+            "seconds_from_call": end - started, "seconds_from_first": end - (first or end),
+        }), flush=True)
+
+
+# ------------------------------------------------------------------- baseline
+
+
+class BareLogService(log_service_pb2_grpc.LogServiceServicer):
+    """Streams ``total`` lines in pre-built messages of 100 lines, nothing else."""
+
+    def __init__(self, total: int):
+        self.total = total
+        now = int(time.time())
+        self.message = log_service_pb2.TailLogsResponse(
+            lines=[
+                log_pb2.LogLine(sequence=i + 1, step="train", stream=1, text=TEXT)
+                for i in range(100)
+            ],
+            cursor=100,
+        )
+        for line in self.message.lines:
+            line.time.seconds = now
+
+    async def TailLogs(self, request, context):
+        for _ in range(self.total // 100):
+            yield self.message
+
+
+async def read_in_client(address: str, execution_id: str, on_ready=None) -> dict:
+    process = spawn_client("bench.tail_throughput", address, execution_id)
+    loop = asyncio.get_running_loop()
+    ready = json.loads(await loop.run_in_executor(None, process.stdout.readline))
+    assert ready["event"] == "ready", ready
+    if on_ready is not None:
+        await on_ready()
+    line = await asyncio.wait_for(loop.run_in_executor(None, process.stdout.readline), TIMEOUT)
+    await loop.run_in_executor(None, process.wait)
+    return json.loads(line)
+
+
+async def baseline(total: int) -> float:
+    server = grpc.aio.server()
+    log_service_pb2_grpc.add_LogServiceServicer_to_server(BareLogService(total), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        result = await read_in_client(f"127.0.0.1:{port}", "bare")
+    finally:
+        await server.stop(0.5)
+    assert result["lines"] == total, result
+    return result["lines"] / result["seconds_from_call"]
+
+
+# ------------------------------------------------------------------ trainyard
+
+
+async def wait_tailing(running, count: int = 1) -> None:
+    tails = running.extra["tails"]
+    deadline = time.monotonic() + 30
+    while tails.active < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the client's tailer did not start")
+        await asyncio.sleep(0.01)
+
+
+def write_lines(sink, execution_id: str, count: int) -> None:
+    write = sink.write
+    for _ in range(count):
+        write(execution_id, "train", LogStream.STDOUT, TEXT)
+
+
+async def history(total: int) -> float:
+    async with bench_server() as running:
+        execution_id = running_execution(running)
+        sink = running.extra["log_sink"]
+        for start in range(0, total, 5000):
+            write_lines(sink, execution_id, min(5000, total - start))
+            await asyncio.sleep(0)
+        sink.flush()
+        running.plane.transition(execution_id, Status.COMPLETED, "bench")
+        result = await read_in_client(running.address, execution_id)
+    assert result["lines"] == total, result
+    return result["lines"] / result["seconds_from_call"]
+
+
+async def live(total: int) -> tuple[float, float]:
+    async with bench_server() as running:
+        execution_id = running_execution(running)
+        sink = running.extra["log_sink"]
+        produced: dict[str, float] = {}
+
+        async def produce():
+            await wait_tailing(running)
+            began = time.perf_counter()
+            # Like the runtime reading a step's pipe: a chunk of lines per loop turn.
+            for start in range(0, total, CHUNK):
+                write_lines(sink, execution_id, min(CHUNK, total - start))
+                await asyncio.sleep(0)
+            sink.flush()
+            produced["seconds"] = time.perf_counter() - began
+            running.plane.transition(execution_id, Status.COMPLETED, "bench")
+
+        result = await read_in_client(running.address, execution_id, on_ready=produce)
+        result["catchups"] = running.extra["tails"].catchups
+    assert result["lines"] == total, result
+    print(f"  (live tailer fell back to the store {result['catchups']} times)")
+    return result["lines"] / result["seconds_from_first"], total / produced["seconds"]
+
+
+async def run(total: int) -> int:
+    bare = await baseline(total)
+    print(f"bare grpc.aio stream (100-line messages):  {bare:>10,.0f} lines/s")
+    stored = await history(total)
+    print(f"TailLogs follow, stored history:           {stored:>10,.0f} lines/s"
+          f"   ({stored / bare:.2f} x bare)")
+    tailed, producer = await live(total)
+    print(f"TailLogs follow, live while written:       {tailed:>10,.0f} lines/s"
+          f"   ({tailed / bare:.2f} x bare; the sink wrote {producer:,.0f} lines/s)")
+    print("target: 300,000 lines/s to one tailer")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.tail_throughput")
+    parser.add_argument("--lines", type=int, default=1_000_000)
+    parser.add_argument("--client", nargs=2, metavar=("ADDRESS", "EXECUTION_ID"))
+    args = parser.parse_args(argv)
+    if args.client:
+        asyncio.run(client(*args.client))
+        return 0
+    return asyncio.run(run(args.lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
