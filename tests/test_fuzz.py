@@ -164,16 +164,17 @@ def message(draw, descriptor: d.Descriptor, known: list[str], depth: int = 0):
 
 
 def snapshot(server) -> tuple:
+    """Row counts of every table, and every execution's status and last change."""
+
     def read():
         db = server.plane.store.db
-        return tuple(
-            db.execute_sql(
-                f"SELECT COUNT(*), COALESCE(SUM(LENGTH(CAST(rowid AS TEXT))), 0) FROM {table}"
-            ).fetchone()
-            if table not in ("log_line",)
-            else db.execute_sql(f"SELECT COUNT(*) FROM {table}").fetchone()
-            for table in TABLES
-        ) + (db.execute_sql("SELECT group_concat(status) FROM execution").fetchone(),)
+        counts = tuple(
+            db.execute_sql(f"SELECT COUNT(*) FROM {table}").fetchone()[0] for table in TABLES
+        )
+        executions = db.execute_sql(
+            "SELECT execution_id, status, target_status, modified_us FROM execution ORDER BY id"
+        ).fetchall()
+        return counts, tuple(executions)
 
     return server.run_sync(read)
 
