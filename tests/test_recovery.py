@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from workflow_helpers import (
     PHASE_NAME,
     STATUS_NAME,
     Runner,
+    ServerProcess,
     inputs,
     live_members,
     python,
@@ -50,60 +50,13 @@ def restartable(pgid_dir: Path) -> str:
     )
 
 
-class ServerProcess:
-    """`python -m server` in a process of its own, on a data directory that outlives it."""
-
-    def __init__(self, tmp_path: Path):
-        self.tmp_path = tmp_path
-        self.data_dir = tmp_path / "data"
-        self.port_file = tmp_path / "port"
-        self.process: subprocess.Popen | None = None
-        self.address = ""
-        self.starts = 0
-
-    def start(self, *options: str) -> ServerProcess:
-        self.port_file.unlink(missing_ok=True)
-        self.starts += 1
-        with open(self.tmp_path / f"server-{self.starts}.log", "wb") as log:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable, "-m", "server",
-                    "--address", "127.0.0.1:0",
-                    "--port-file", str(self.port_file),
-                    "--data-dir", str(self.data_dir),
-                    "--log-format", "json",
-                    *options,
-                ],
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-        def port():
-            assert self.process.poll() is None, f"server exited: {self.log()}"
-            return self.port_file.exists() and self.port_file.read_text().strip()
-
-        self.address = f"127.0.0.1:{wait_for(port, 60, 'the server to serve')}"
-        return self
-
-    def log(self) -> str:
-        return (self.tmp_path / f"server-{self.starts}.log").read_text(errors="replace")
-
-    def kill(self) -> None:
-        """kill -9: no shutdown code runs."""
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def terminate(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        assert self.process.wait(30) == 0, self.log()
-
-
 def pgid_of(directory: Path, execution_id: str) -> int:
     path = directory / execution_id
-    return wait_for(lambda: path.exists() and path.read_text().isdigit() and int(path.read_text()),
-                    30, f"the process group of {execution_id}")
+    return wait_for(
+        lambda: path.exists() and path.read_text().isdigit() and int(path.read_text()),
+        30,
+        f"the process group of {execution_id}",
+    )
 
 
 def snapshot(runner: Runner, ids: list[str]) -> dict[str, tuple]:
@@ -182,9 +135,7 @@ def test_kill_9_during_a_run_then_restarts_reconcile_once(tmp_path):
                 pass
 
 
-def test_shutdown_stops_every_step_and_the_next_start_says_why_it_ended(
-    server_factory, tmp_path
-):
+def test_shutdown_stops_every_step_and_the_next_start_says_why_it_ended(server_factory, tmp_path):
     pgids = tmp_path / "pgids"
     pgids.mkdir()
     first = server_factory()
@@ -222,9 +173,11 @@ def test_restart_ends_running_executions_as_their_recorded_state_tells(server_fa
                 python(
                     "second",
                     "print(2)",
-                    outputs={"artifacts": [
-                        {"name": "result", "globalName": "result", "path": "/out/result.txt"}
-                    ]},
+                    outputs={
+                        "artifacts": [
+                            {"name": "result", "globalName": "result", "path": "/out/result.txt"}
+                        ]
+                    },
                 ),
             ],
             annotations={"artifacts.ai.sap.com/result.kind": "model"},
@@ -237,8 +190,14 @@ def test_restart_ends_running_executions_as_their_recorded_state_tells(server_fa
     gone.wait()  # a pid with no process behind it
 
     def record(phase=None, exit_code=None, **extra):
-        return {"pid": gone.pid, "pgid": gone.pid, "create_time": 1.0,
-                "exit_code": exit_code, **({"phase": phase} if phase else {}), **extra}
+        return {
+            "pid": gone.pid,
+            "pgid": gone.pid,
+            "create_time": 1.0,
+            "exit_code": exit_code,
+            **({"phase": phase} if phase else {}),
+            **extra,
+        }
 
     states = {
         done: {"first": record("SUCCEEDED", 0), "second": record("SUCCEEDED", 0)},
@@ -266,17 +225,21 @@ def test_restart_ends_running_executions_as_their_recorded_state_tells(server_fa
     assert Path(artifact.url.removeprefix("file://")).read_text() == "weights"
     dead = runner.get(failed)
     assert (STATUS_NAME[dead.status], dead.status_message) == (
-        "DEAD", "step first exited with code 2"
+        "DEAD",
+        "step first exited with code 2",
     )
     assert [(s.name, PHASE_NAME[s.phase]) for s in dead.step_details] == [
-        ("first", "FAILED"), ("second", "SKIPPED")
+        ("first", "FAILED"),
+        ("second", "SKIPPED"),
     ]
     interrupted = runner.get(cut)
     assert (STATUS_NAME[interrupted.status], interrupted.status_message) == (
-        "DEAD", "server restarted while running; step second was interrupted"
+        "DEAD",
+        "server restarted while running; step second was interrupted",
     )
     assert [(s.name, PHASE_NAME[s.phase]) for s in interrupted.step_details] == [
-        ("first", "SUCCEEDED"), ("second", "FAILED")
+        ("first", "SUCCEEDED"),
+        ("second", "FAILED"),
     ]
     for execution_id in (done, failed, cut):
         assert runner.history(execution_id)[-1][1] == "server_restart"

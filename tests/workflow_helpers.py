@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -14,6 +18,7 @@ import psutil
 from client.client import TrainyardClient
 from trainyard.v1 import execution_pb2
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 IMAGE = "python:3.11-slim"
 SCENARIO = "runtime-tests"
 
@@ -22,9 +27,7 @@ STATUS = {
     for name in ("PENDING", "RUNNING", "COMPLETED", "DEAD", "STOPPING", "STOPPED", "UNKNOWN")
 }
 STATUS_NAME = {v: k for k, v in STATUS.items()}
-PHASE_NAME = {
-    v: k.removeprefix("STEP_PHASE_") for k, v in execution_pb2.StepPhase.items()
-}
+PHASE_NAME = {v: k.removeprefix("STEP_PHASE_") for k, v in execution_pb2.StepPhase.items()}
 FINAL = ("COMPLETED", "DEAD", "STOPPED", "UNKNOWN")
 
 
@@ -52,9 +55,7 @@ def workflow(
             "spec": {
                 "entrypoint": entrypoint,
                 "arguments": {
-                    "parameters": [
-                        {"name": k, "default": v} for k, v in (parameters or {}).items()
-                    ]
+                    "parameters": [{"name": k, "default": v} for k, v in (parameters or {}).items()]
                 },
                 "templates": templates,
             },
@@ -209,6 +210,64 @@ class Runner:
     def history(self, execution_id: str) -> list[tuple[str, str, str]]:
         """(to status, cause, message) of every transition."""
         return [
-            (STATUS_NAME[t.to_status], t.cause, t.message)
-            for t in self.get(execution_id).history
+            (STATUS_NAME[t.to_status], t.cause, t.message) for t in self.get(execution_id).history
         ]
+
+
+# -------------------------------------------------------------- server process
+
+
+class ServerProcess:
+    """`python -m server` in a process of its own, on a data directory that outlives it."""
+
+    def __init__(self, tmp_path: Path):
+        self.tmp_path = tmp_path
+        self.data_dir = tmp_path / "data"
+        self.port_file = tmp_path / "port"
+        self.process: subprocess.Popen | None = None
+        self.address = ""
+        self.starts = 0
+
+    def start(self, *options: str) -> ServerProcess:
+        self.port_file.unlink(missing_ok=True)
+        self.starts += 1
+        with open(self.tmp_path / f"server-{self.starts}.log", "wb") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "server",
+                    "--address",
+                    "127.0.0.1:0",
+                    "--port-file",
+                    str(self.port_file),
+                    "--data-dir",
+                    str(self.data_dir),
+                    "--log-format",
+                    "json",
+                    *options,
+                ],
+                cwd=REPO_ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+        def port():
+            assert self.process.poll() is None, f"server exited: {self.log()}"
+            return self.port_file.exists() and self.port_file.read_text().strip()
+
+        self.address = f"127.0.0.1:{wait_for(port, 60, 'the server to serve')}"
+        return self
+
+    def log(self) -> str:
+        return (self.tmp_path / f"server-{self.starts}.log").read_text(errors="replace")
+
+    def kill(self) -> None:
+        """kill -9: no shutdown code runs."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def terminate(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        assert self.process.wait(30) == 0, self.log()
