@@ -126,12 +126,8 @@ async def start_server(settings: Settings) -> TrainyardServer:
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
-    server = grpc.aio.server(
-        interceptors=[
-            ErrorInterceptor(settings.default_resource_group, settings.max_streams_per_client)
-        ],
-        options=options,
-    )
+    interceptor = ErrorInterceptor(settings.default_resource_group, settings.max_streams_per_client)
+    server = grpc.aio.server(interceptors=[interceptor], options=options)
     scenario_service_pb2_grpc.add_ScenarioServiceServicer_to_server(ScenarioService(plane), server)
     executable_service_pb2_grpc.add_ExecutableServiceServicer_to_server(
         ExecutableService(plane), server
@@ -182,7 +178,13 @@ async def start_server(settings: Settings) -> TrainyardServer:
         server,
         port,
         health_servicer,
-        extra={"log_sink": log_sink, "broker": broker, "tails": tails, "watches": watches},
+        extra={
+            "log_sink": log_sink,
+            "broker": broker,
+            "tails": tails,
+            "watches": watches,
+            "interceptor": interceptor,
+        },
     )
     log.info("server started", address=running.address, database=settings.database_url)
     return running

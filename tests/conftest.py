@@ -157,6 +157,21 @@ def stubs(server: ServerThread) -> Iterator[Stubs]:
         s.channel.close()
 
 
+@pytest.fixture
+def stubs_for():
+    """Stubs for any server a test starts; every channel is closed at the end."""
+    made: list[Stubs] = []
+
+    def factory(server: ServerThread) -> Stubs:
+        stubs = make_stubs(server.address)
+        made.append(stubs)
+        return stubs
+
+    yield factory
+    for stubs in made:
+        stubs.channel.close()
+
+
 def group(name: str) -> tuple[tuple[str, str], ...]:
     """Call metadata selecting a resource group."""
     return (("ai-resource-group", name),)

@@ -205,22 +205,6 @@ def test_parse_since_accepts_durations_and_times():
         parse_since("yesterday")
 
 
-@pytest.fixture
-def stubs_for():
-    from conftest import make_stubs
-
-    made = []
-
-    def factory(server):
-        stubs = make_stubs(server.address)
-        made.append(stubs)
-        return stubs
-
-    yield factory
-    for stubs in made:
-        stubs.channel.close()
-
-
 def test_unresumable_errors_are_raised(server):
     with TrainyardClient(server.address) as client:
         with pytest.raises(Exception) as caught:
