@@ -7,7 +7,7 @@ DATA_DIR ?= .data
 ADDRESS ?= 127.0.0.1:50051
 PROTO_FILES := $(wildcard protos/trainyard/v1/*.proto)
 
-.PHONY: run test protos protos-check lint bench clean setup node-deps
+.PHONY: run test protos protos-check lint breaking bench clean setup node-deps
 
 setup: $(STAMP)
 
@@ -39,6 +39,11 @@ protos-check: protos
 lint: $(STAMP)
 	$(VENV)/bin/buf lint
 	$(VENV)/bin/ruff check server client tests $(wildcard bench)
+
+# Fails when protos/ breaks the contract of BASE (default: main), per buf's FILE rules.
+BASE ?= main
+breaking: $(STAMP)
+	$(VENV)/bin/buf breaking --against '.git#branch=$(BASE)'
 
 run: $(STAMP)
 	$(PY) -m server --address $(ADDRESS) --data-dir $(DATA_DIR) --executables-dir samples/executables
