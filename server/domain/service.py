@@ -7,7 +7,6 @@ and ``update_execution``. Every committed change of an execution is announced to
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ import structlog
 
 from server.domain import templates, validation, workflow
 from server.domain.errors import DomainError, InvalidArgument
+from server.domain.ids import random_hex
 from server.domain.models import (
     Artifact,
     ArtifactKind,
@@ -46,7 +46,7 @@ MAX_BATCH = 100
 
 def new_id() -> str:
     """A random 16-hex-digit id."""
-    return secrets.token_hex(8)
+    return random_hex(8)
 
 
 @dataclass(slots=True)
