@@ -3,11 +3,14 @@ isolation, pagination, idempotent creates, executables, health, reflection."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from server.domain.errors import FailedPrecondition, NotFound
 from tests.conftest import group
 from tests.helpers import details, iris_configuration, register_iris, rpc_error
 from trainyard.v1 import artifact_pb2, configuration_pb2, executable_pb2
@@ -325,6 +328,42 @@ def test_pagination_has_no_duplicates_or_gaps(stubs, server):
         ex.ListExecutionsRequest(statuses=[1], configuration_id=config, page_size=1)
     )
     assert pending.total_size == 57 and len(pending.executions) == 1
+
+
+def test_creates_of_one_loop_turn_are_written_together_each_with_its_outcome(stubs, server):
+    server.run_sync(setattr, server.plane, "runtime", None)
+    dataset = register_iris(stubs)
+    config = stubs.configurations.CreateConfiguration(
+        configuration_request(dataset, {})
+    ).configuration.id
+    other = stubs.configurations.CreateConfiguration(
+        configuration_request(dataset, {"epochs": "3"})
+    ).configuration.id
+    plane = server.plane
+
+    async def together():
+        create = plane.create_execution_grouped
+        gone = asyncio.ensure_future(create("default", config, "req-gone"))
+        calls = [
+            create("default", config, ""),
+            create("default", config, "req-1"),
+            create("default", config, "req-1"),
+            create("default", other, "req-1"),
+            create("default", "no-such-config", ""),
+        ]
+        await asyncio.sleep(0)  # the first create is waiting for its write
+        gone.cancel()
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    plain, first, again, reused, missing = server.call(together())
+    assert plain.id != first.id and again.id == first.id
+    assert isinstance(reused, FailedPrecondition) and reused.reason == "REQUEST_ID_REUSED"
+    assert isinstance(missing, NotFound)
+    listed = stubs.executions.ListExecutions(ex.ListExecutionsRequest())
+    assert {e.id for e in listed.executions} == {plain.id, first.id} and listed.total_size == 2
+    for execution in listed.executions:
+        read = stubs.executions.GetExecution(ex.GetExecutionRequest(execution_id=execution.id))
+        assert [t.to_status for t in read.execution.history] == [1]  # PENDING
 
 
 def test_idempotent_creates_return_the_first_result(stubs, server):
