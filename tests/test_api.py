@@ -7,9 +7,11 @@ import asyncio
 
 import grpc
 import pytest
+import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from server.api import context as call_context
 from server.domain.errors import FailedPrecondition, NotFound
 from tests.conftest import group
 from tests.helpers import details, iris_configuration, register_iris, rpc_error
@@ -490,6 +492,31 @@ def test_no_traceback_reaches_the_client(stubs, server):
     assert "secret" not in error.details() and "Traceback" not in error.details()
     info = details(error)
     assert info["reason"] == "INTERNAL_ERROR" and info["metadata"]["request_id"]
+
+
+def test_log_lines_of_a_call_carry_its_request_id_rpc_and_group(stubs, server):
+    seen = {}
+
+    def spy(resource_group, execution_id):
+        seen.update(call_context.add_call_context(None, "info", {"event": "x"}))
+        raise NotFound.of("execution", execution_id)
+
+    server.run_sync(setattr, server.plane, "get_execution", spy)
+    error = rpc_error(
+        stubs.executions.GetExecution,
+        ex.GetExecutionRequest(execution_id="abc"),
+        metadata=(("x-request-id", "req-42"), ("ai-resource-group", "g1")),
+    )
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert seen == {
+        "event": "x",
+        "request_id": "req-42",
+        "rpc": "/trainyard.v1.ExecutionService/GetExecution",
+        "resource_group": "g1",
+    }
+    # outside a call nothing is added; configure_logging() puts the processor in place
+    assert call_context.add_call_context(None, "info", {"event": "y"}) == {"event": "y"}
+    assert call_context.add_call_context in structlog.get_config()["processors"]
 
 
 def test_restart_on_the_same_database_keeps_everything(server_factory, tmp_path):

@@ -214,12 +214,11 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 request_id = value
         request_id = request_id or random_hex(16)
         group = group or self.default_resource_group
+        # Each call runs in its own task, with its own copy of these variables; the
+        # log lines of the call get them from ctx.add_call_context.
         ctx.request_id_var.set(request_id)
         ctx.resource_group_var.set(group)
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(
-            request_id=request_id, rpc=method, resource_group=group
-        )
+        ctx.rpc_var.set(method)
         return time.perf_counter()
 
     async def _fail(self, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
