@@ -8,6 +8,7 @@ and ``update_execution``. Every committed change of an execution is announced to
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,11 @@ MAX_GROUP = 256
 GROUP_TURNS = 32
 
 
+# A create waiting for its grouped write: execution, request id, the caller's future
+# and context.
+_WaitingCreate = tuple[Execution, str, asyncio.Future, contextvars.Context]
+
+
 def new_id() -> str:
     """A random 16-hex-digit id."""
     return random_hex(8)
@@ -84,9 +90,7 @@ class ControlPlane:
     runtime: Runtime | None = None
     listeners: list[Callable[[ExecutionEvent], None]] = field(default_factory=list)
     # Creates waiting for their grouped write, and the step names of each executable.
-    _creates: list[tuple[Execution, str, asyncio.Future]] = field(
-        default_factory=list, init=False, repr=False
-    )
+    _creates: list[_WaitingCreate] = field(default_factory=list, init=False, repr=False)
     _steps: dict[tuple[str, str, str, str], list[str]] = field(
         default_factory=dict, init=False, repr=False
     )
@@ -330,10 +334,13 @@ class ControlPlane:
         """:meth:`create_execution`, written together with the creates that arrive in
         the next few turns of the event loop: one transaction and one commit for all."""
         execution = self._new_execution(resource_group, configuration_id, request_id)
-        future = asyncio.get_running_loop().create_future()
-        self._creates.append((execution, request_id, future))
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        # The announcement and the runtime's tasks run in the caller's context (its
+        # request id on their log lines), the grouped write in a context of its own.
+        self._creates.append((execution, request_id, future, contextvars.copy_context()))
         if len(self._creates) == 1:
-            asyncio.get_running_loop().call_soon(self._write_creates, GROUP_TURNS)
+            loop.call_soon(self._write_creates, GROUP_TURNS, context=contextvars.Context())
         return await future
 
     def _write_creates(self, turns: int) -> None:
@@ -345,7 +352,9 @@ class ControlPlane:
         on an idle loop a turn takes microseconds, under load each turn brings more
         creates into the one commit."""
         if turns > 0 and len(self._creates) < MAX_GROUP:
-            asyncio.get_running_loop().call_soon(self._write_creates, turns - 1)
+            asyncio.get_running_loop().call_soon(
+                self._write_creates, turns - 1, context=contextvars.Context()
+            )
             return
         waiting, self._creates = self._creates, []
         # A create whose caller went away (deadline, disconnect) is not written.
@@ -354,12 +363,12 @@ class ControlPlane:
             for start in range(0, len(waiting), MAX_GROUP):
                 self._write_group(waiting[start : start + MAX_GROUP])
         finally:
-            for _, _, future in waiting:
+            for _, _, future, _ in waiting:
                 if not future.done():  # only after a bug above: never leave a caller waiting
                     future.set_exception(RuntimeError("execution create not written"))
 
-    def _write_group(self, group: list[tuple[Execution, str, asyncio.Future]]) -> None:
-        items = [(execution, request_id) for execution, request_id, _ in group]
+    def _write_group(self, group: list[_WaitingCreate]) -> None:
+        items = [(execution, request_id) for execution, request_id, _, _ in group]
         try:
             results: list = self.store.create_executions(items)
         except Exception:  # noqa: BLE001 - retried one by one, each with its own error
@@ -370,14 +379,14 @@ class ControlPlane:
                     results.append(self.store.create_execution(*item))
                 except Exception as exc:  # noqa: BLE001 - handed to that caller
                     results.append(exc)
-        for (_, _, future), result in zip(group, results, strict=True):
+        for (_, _, future, context), result in zip(group, results, strict=True):
             if isinstance(result, BaseException):
                 future.set_exception(result)
                 continue
             stored, created = result
             try:
                 if created:
-                    self._execution_created(stored)
+                    context.run(self._execution_created, stored)
             except Exception as exc:  # noqa: BLE001 - as when the create ran alone
                 future.set_exception(exc)
                 continue
