@@ -368,6 +368,26 @@ def test_creates_of_one_loop_turn_are_written_together_each_with_its_outcome(stu
         assert [t.to_status for t in read.execution.history] == [1]  # PENDING
 
 
+def test_a_grouped_create_waits_a_bounded_time_for_company(stubs, server, monkeypatch):
+    from server.domain import service
+
+    server.run_sync(setattr, server.plane, "runtime", None)
+    config = stubs.configurations.CreateConfiguration(
+        configuration_request(register_iris(stubs), {})
+    ).configuration.id
+    monkeypatch.setattr(service, "GROUP_TURNS", 10**9)  # only the time bound ends the wait
+
+    async def alone():
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        execution = await server.plane.create_execution_grouped("default", config)
+        return execution, loop.time() - began
+
+    execution, waited = server.call(alone(), timeout=10)
+    assert execution.status.name == "PENDING"
+    assert service.MAX_GROUP_WAIT <= waited < 1.0
+
+
 def test_idempotent_creates_return_the_first_result(stubs, server):
     server.run_sync(setattr, server.plane, "runtime", None)
     dataset = register_iris(stubs)

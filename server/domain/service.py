@@ -51,6 +51,8 @@ MAX_GROUP = 256
 # (measured at 64 calls in flight: 1.0 per commit with 3 turns, 1.6 with 8, 4 with
 # 32, 7 with 64 and no faster); an idle loop runs 32 turns in about 0.1 ms.
 GROUP_TURNS = 32
+# ... but never longer than this (seconds), however long the loop's turns take.
+MAX_GROUP_WAIT = 0.005
 
 
 # A create waiting for its grouped write: execution, request id, the caller's future
@@ -91,6 +93,7 @@ class ControlPlane:
     listeners: list[Callable[[ExecutionEvent], None]] = field(default_factory=list)
     # Creates waiting for their grouped write, and the step names of each executable.
     _creates: list[_WaitingCreate] = field(default_factory=list, init=False, repr=False)
+    _creates_since: float = field(default=0.0, init=False, repr=False)
     _steps: dict[tuple[str, str, str, str], list[str]] = field(
         default_factory=dict, init=False, repr=False
     )
@@ -340,6 +343,7 @@ class ControlPlane:
         # request id on their log lines), the grouped write in a context of its own.
         self._creates.append((execution, request_id, future, contextvars.copy_context()))
         if len(self._creates) == 1:
+            self._creates_since = loop.time()
             loop.call_soon(self._write_creates, GROUP_TURNS, context=contextvars.Context())
         return await future
 
@@ -348,13 +352,16 @@ class ControlPlane:
         callback of the event loop: no transaction spans an await.
 
         The write waits ``turns`` more turns of the loop first (each turn takes in the
-        calls that gRPC has received meanwhile) unless MAX_GROUP creates are waiting:
-        on an idle loop a turn takes microseconds, under load each turn brings more
-        creates into the one commit."""
-        if turns > 0 and len(self._creates) < MAX_GROUP:
-            asyncio.get_running_loop().call_soon(
-                self._write_creates, turns - 1, context=contextvars.Context()
-            )
+        calls that gRPC has received meanwhile) unless MAX_GROUP creates are waiting or
+        the first has waited MAX_GROUP_WAIT: on an idle loop a turn takes microseconds,
+        under load each turn brings more creates into the one commit."""
+        loop = asyncio.get_running_loop()
+        if (
+            turns > 0
+            and len(self._creates) < MAX_GROUP
+            and loop.time() - self._creates_since < MAX_GROUP_WAIT
+        ):
+            loop.call_soon(self._write_creates, turns - 1, context=contextvars.Context())
             return
         waiting, self._creates = self._creates, []
         # A create whose caller went away (deadline, disconnect) is not written.
