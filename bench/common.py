@@ -45,10 +45,16 @@ def wait_healthy(address: str, timeout: float = 30.0) -> None:
 
 @contextlib.contextmanager
 def trainyard_server(
-    *extra: str, data_dir: Path | None = None, log_level: str = "warning"
+    *extra: str,
+    data_dir: Path | None = None,
+    log_level: str = "warning",
+    log_to_file: bool = False,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """A real server process on a fresh temporary data directory (or ``data_dir``)."""
+    """A real server process on a fresh temporary data directory (or ``data_dir``).
+    Its log goes to /dev/null, or with ``log_to_file`` to a file in the temporary
+    directory, as a deployed server's log goes to a file or a journal."""
     with tempfile.TemporaryDirectory(prefix="trainyard-bench-") as tmp:
+        log_file = open(Path(tmp) / "server.log", "wb") if log_to_file else None
         port = free_port()
         address = f"127.0.0.1:{port}"
         process = subprocess.Popen(
@@ -70,7 +76,7 @@ def trainyard_server(
             ],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=log_file or subprocess.DEVNULL,
         )
         try:
             wait_healthy(address)
@@ -82,6 +88,8 @@ def trainyard_server(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+            if log_file is not None:
+                log_file.close()
 
 
 def rss_mb(pid: int) -> float:

@@ -4,7 +4,8 @@
 
 KIND: echo (bare bytes, ARG = payload size), get (GetExecution of ARG),
 create (CreateExecution of configuration ARG), list (ListExecutions, ARG = page token
-or empty). Prints one JSON line: calls, seconds, calls_per_s, p50_ms, p99_ms, errors.
+or empty). Prints one JSON line: calls, seconds, calls_per_s, p50_ms, p99_ms, errors,
+cpu_s (this process's CPU time during the timed calls).
 """
 
 from __future__ import annotations
@@ -58,9 +59,10 @@ async def run(address: str, kind: str, seconds: float, concurrency: int, arg: st
                     errors += 1
                 latencies.append(time.perf_counter() - start)
 
-        began = time.perf_counter()
+        began, cpu_began = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - began
+        cpu = time.process_time() - cpu_began
     latencies.sort()
     n = len(latencies)
     return {
@@ -70,6 +72,7 @@ async def run(address: str, kind: str, seconds: float, concurrency: int, arg: st
         "p50_ms": round(latencies[n // 2] * 1000, 3) if n else None,
         "p99_ms": round(latencies[min(n - 1, int(n * 0.99))] * 1000, 3) if n else None,
         "errors": errors,
+        "cpu_s": round(cpu, 3),
     }
 
 

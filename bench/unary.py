@@ -1,7 +1,27 @@
-"""Unary call rates: GetExecution against a bare grpc.aio echo server, CreateExecution
-against the single-row SQLite insert + commit rate, and the server's idle memory.
+"""Unary call rates: GetExecution against a bare grpc.aio echo server measured in the
+same run with the same clients, CreateExecution (validated, committed, history row,
+queued in the runtime), and the server's idle memory.
 
     python -m bench.unary [--seconds 3] [--runs 3] [--concurrency 64]
+                          [--client-processes 1] [--log-level info]
+
+The set-up, printed with the figures:
+- The server runs at its default log level (info: one JSON line per call), written to
+  a file as a deployed server's log is.
+- The creates queue: the server runs one execution at a time (--max-concurrent-executions
+  1) and that one is a step that sleeps, so every created execution waits in the queue,
+  as they would for a user creating thousands per second. The queue's length at the
+  start of each run is printed beside its rate: a create must not cost more as the
+  queue grows. A second line runs the creates with iris-train (epochs=1) executions
+  running back to back instead: training processes then share the two cores with the
+  server and the clients, so that figure says what a busy machine leaves, not what a
+  create costs.
+- The load comes from separate client processes (``--client-processes``, 64 calls in
+  flight in all), the same for the echo baseline. CPU use is printed for the server,
+  the clients and the rest of the machine: with one client process the server's event
+  loop thread is the saturated one (about 100 % of a core), not the client; more client
+  processes only take CPU from the server on a 2-core machine. When other work used
+  more than a fifth of a core during a run, the figures are flagged.
 """
 
 from __future__ import annotations
@@ -14,22 +34,99 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 from bench.common import PYTHON, ROOT, free_port, median, rss_mb, trainyard_server, verdict
 from client.client import TrainyardClient
+from trainyard.v1 import execution_pb2
+from trainyard.v1 import execution_service_pb2 as ex
+
+SLEEPER = {
+    "apiVersion": "argoproj.io/v1alpha1",
+    "kind": "WorkflowTemplate",
+    "metadata": {
+        "name": "bench-sleeper",
+        "labels": {"scenarios.ai.sap.com/id": "bench", "ai.sap.com/version": "1.0.0"},
+    },
+    "spec": {
+        "entrypoint": "main",
+        "templates": [
+            {"name": "main", "container": {"image": "busybox", "command": ["sleep", "3600"]}}
+        ],
+    },
+}
+OTHER_WORK_LIMIT = 0.2  # of a core: more than this, and a run's figures are flagged
 
 
-def load(address: str, kind: str, seconds: float, concurrency: int, arg: str = "") -> dict:
-    out = subprocess.run(
-        [PYTHON, "-m", "bench.load", address, kind, str(seconds), str(concurrency), arg],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return json.loads(out.strip().splitlines()[-1])
+def load(
+    address: str, kind: str, seconds: float, concurrency: int, processes: int, arg: str,
+    server_pid: int,
+) -> dict:
+    """``processes`` client processes with ``concurrency`` calls in flight in all: the
+    summed rate, latency percentiles (median p50, worst p99 of the processes) and the
+    CPU used by the server, the clients and everything else on the machine."""
+    server = psutil.Process(server_pid)
+    times = server.cpu_times()
+    server_cpu = times.user + times.system
+    children_cpu = times.children_user + times.children_system
+    machine = psutil.cpu_times()
+    began = time.monotonic()
+    clients = [
+        subprocess.Popen(
+            [PYTHON, "-m", "bench.load", address, kind, str(seconds),
+             str(concurrency // processes), arg],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(processes)
+    ]
+    results = []
+    for client in clients:
+        out, _ = client.communicate()
+        if client.returncode != 0:
+            raise RuntimeError(f"bench.load exited with {client.returncode}")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    elapsed = time.monotonic() - began
+    times = server.cpu_times()
+    server_cpu = (times.user + times.system - server_cpu) / elapsed
+    # The execution processes the server ran (and reaped) meanwhile.
+    children_cpu = (times.children_user + times.children_system - children_cpu) / elapsed
+    after = psutil.cpu_times()
+    busy = (sum(after) - sum(machine)) - (after.idle - machine.idle)
+    busy -= after.iowait - machine.iowait
+    client_cpu = sum(r["cpu_s"] for r in results) / elapsed
+    return {
+        "rate": sum(r["calls_per_s"] for r in results),
+        "errors": sum(r["errors"] for r in results),
+        "p50_ms": median([r["p50_ms"] for r in results]),
+        "p99_ms": max(r["p99_ms"] for r in results),
+        "server_cpu": server_cpu,
+        "client_cpu": client_cpu,
+        "executions_cpu": children_cpu,
+        # Client start-up falls outside the clients' own timed CPU: not counted as other.
+        "other_cpu": max(
+            0.0, busy / elapsed - server_cpu - children_cpu - client_cpu - 0.1 * processes
+        ),
+    }
 
 
-def echo_baseline(seconds: float, runs: int, concurrency: int, payload: int) -> float:
+def cpu_line(runs: list[dict]) -> str:
+    other = median([r["other_cpu"] for r in runs])
+    executions = median([r["executions_cpu"] for r in runs])
+    text = (
+        f"CPU: server {median([r['server_cpu'] for r in runs]):.0%} of a core, clients "
+        f"{median([r['client_cpu'] for r in runs]):.0%}"
+    )
+    if executions > 0.01:
+        text += f", execution processes {executions:.0%}"
+    text += f", other work {other:.0%}"
+    if other > OTHER_WORK_LIMIT:
+        text += "  (OTHER WORK RAN ON THE MACHINE: figures low)"
+    return text
+
+
+def echo_baseline(args, payload: int) -> list[dict]:
     port = free_port()
     server = subprocess.Popen(
         [PYTHON, "-m", "bench.echo_server", str(port)],
@@ -39,14 +136,14 @@ def echo_baseline(seconds: float, runs: int, concurrency: int, payload: int) -> 
     )
     try:
         assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-        rates = [
-            load(f"127.0.0.1:{port}", "echo", seconds, concurrency, str(payload))["calls_per_s"]
-            for _ in range(runs)
+        return [
+            load(f"127.0.0.1:{port}", "echo", args.seconds, args.concurrency,
+                 args.client_processes, str(payload), server.pid)
+            for _ in range(args.runs)
         ]
     finally:
         server.kill()
         server.wait()
-    return median(rates)
 
 
 def sqlite_commit_rate(rows: int = 5000) -> float:
@@ -66,52 +163,120 @@ def sqlite_commit_rate(rows: int = 5000) -> float:
     return rows / elapsed
 
 
+def wait_status(ty: TrainyardClient, execution_id: str, status: int, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while ty.get_execution(execution_id).status != status:
+        if time.monotonic() > deadline:
+            name = execution_pb2.ExecutionStatus.Name(status)
+            raise RuntimeError(f"execution {execution_id} did not become {name}")
+        time.sleep(0.02)
+
+
+def queued(ty: TrainyardClient, configuration_id: str) -> int:
+    request = ex.ListExecutionsRequest(
+        statuses=[execution_pb2.EXECUTION_STATUS_PENDING],
+        configuration_id=configuration_id,
+        page_size=1,
+    )
+    return ty.executions.ListExecutions(request).total_size
+
+
+def iris_configuration(ty: TrainyardClient) -> str:
+    dataset = ty.create_artifact("iris", (ROOT / "samples/data/iris.csv").as_uri(), "iris")
+    return ty.create_configuration(
+        "bench", "iris-train", "iris", {"epochs": 1}, {"iris-data": dataset.id}
+    ).id
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--client-processes", type=int, default=1,
+                        help="spread the calls in flight over this many client processes")
+    parser.add_argument("--log-level", default="info",
+                        help="the server's log level (its default: info)")
     args = parser.parse_args()
+    server_args = ("--max-concurrent-executions", "1")
+    common = (args.seconds, args.concurrency, args.client_processes)
 
-    with trainyard_server("--max-concurrent-executions", "1") as (address, process):
+    with trainyard_server(*server_args, log_level=args.log_level, log_to_file=True) as (
+        address,
+        process,
+    ):
         time.sleep(0.5)
         idle_rss = rss_mb(process.pid)
         with TrainyardClient(address) as ty:
-            dataset = ty.create_artifact("iris", (ROOT / "samples/data/iris.csv").as_uri(), "iris")
-            config = ty.create_configuration(
-                "bench", "iris-train", "iris", {"epochs": 1}, {"iris-data": dataset.id}
-            )
-            execution = ty.create_execution(config.id)
+            # GetExecution reads a finished execution with a full history: PENDING,
+            # RUNNING, STOPPING, STOPPED, and its step details.
+            iris = iris_configuration(ty)
+            execution = ty.create_execution(iris)
+            wait_status(ty, execution.id, execution_pb2.EXECUTION_STATUS_RUNNING)
             ty.stop_execution(execution.id)
+            wait_status(ty, execution.id, execution_pb2.EXECUTION_STATUS_STOPPED)
             size = len(ty.get_execution(execution.id).SerializeToString())
-        get_rates = [
-            load(address, "get", args.seconds, args.concurrency, execution.id)["calls_per_s"]
-            for _ in range(args.runs)
+            ty.create_executable(json.dumps(SLEEPER))
+            sleeper = ty.create_configuration("bench", "bench-sleeper", "bench").id
+            running = ty.create_execution(sleeper).id
+            wait_status(ty, running, execution_pb2.EXECUTION_STATUS_RUNNING)
+            get_runs = [
+                load(address, "get", *common, execution.id, process.pid)
+                for _ in range(args.runs)
+            ]
+            create_runs, queue_lengths = [], []
+            for _ in range(args.runs):
+                queue_lengths.append(queued(ty, sleeper))
+                create_runs.append(load(address, "create", *common, sleeper, process.pid))
+            final_queue = queued(ty, sleeper)
+    with trainyard_server(*server_args, log_level=args.log_level, log_to_file=True) as (
+        address,
+        process,
+    ):
+        with TrainyardClient(address) as ty:
+            iris = iris_configuration(ty)
+        busy_runs = [
+            load(address, "create", *common, iris, process.pid) for _ in range(args.runs)
         ]
-        create_runs = [
-            load(address, "create", args.seconds, args.concurrency, config.id)
-            for _ in range(args.runs)
-        ]
-    echo_rate = echo_baseline(args.seconds, args.runs, args.concurrency, size)
-    get_rate = median(get_rates)
-    create_rate = median([r["calls_per_s"] for r in create_runs])
+    echo_runs = echo_baseline(args, size)
     sqlite_rate = sqlite_commit_rate()
 
+    get_rate = median([r["rate"] for r in get_runs])
+    echo_rate = median([r["rate"] for r in echo_runs])
+    create_rate = median([r["rate"] for r in create_runs])
+    busy_rate = median([r["rate"] for r in busy_runs])
+    errors = sum(r["errors"] for r in get_runs + create_runs + busy_runs + echo_runs)
     ratio = get_rate / echo_rate
-    print(f"GetExecution      {get_rate:10.0f} calls/s  ({args.concurrency} in flight)")
-    print(f"bare aio echo     {echo_rate:10.0f} calls/s  (same client, {size}-byte payload)")
+    print(
+        f"set-up: {args.client_processes} client process(es), {args.concurrency} calls in "
+        f"flight, {args.seconds:g} s x {args.runs} runs (medians); server log level "
+        f"{args.log_level}, to a file; default asyncio event loop"
+    )
+    print(f"GetExecution      {get_rate:10.0f} calls/s   {cpu_line(get_runs)}")
+    print(f"bare aio echo     {echo_rate:10.0f} calls/s   {cpu_line(echo_runs)}")
+    print(f"  (same clients, {size}-byte payload)")
     print(f"  ratio           {ratio:10.2f}   target >= 0.60: {verdict(ratio >= 0.6)}")
-    print(f"CreateExecution   {create_rate:10.0f} calls/s  (validated, committed, history row)")
+    print(
+        f"CreateExecution   {create_rate:10.0f} calls/s   (validated, committed, history row, "
+        f"queued)   {cpu_line(create_runs)}"
+    )
     print(
         f"  p50 / p99       {median([r['p50_ms'] for r in create_runs]):8.2f} / "
         f"{median([r['p99_ms'] for r in create_runs]):.2f} ms"
     )
-    print(f"sqlite insert+commit {sqlite_rate:7.0f} rows/s (baseline)")
-    print(
-        f"  ratio           {create_rate / sqlite_rate:10.2f}   target >= 2000/s: "
-        f"{verdict(create_rate >= 2000)}"
+    per_run = ", ".join(
+        f"{r['rate']:.0f}/s from {n}" for r, n in zip(create_runs, queue_lengths, strict=True)
     )
+    print(f"  per run, from queue length: {per_run}; queue at the end {final_queue}")
+    print(f"  target >= 2000/s: {verdict(create_rate >= 2000)}")
+    print(
+        f"CreateExecution   {busy_rate:10.0f} calls/s   with iris-train runs back to back on "
+        f"the same cores   {cpu_line(busy_runs)}"
+    )
+    print(f"sqlite insert+commit {sqlite_rate:7.0f} rows/s (one row per transaction)")
     print(f"idle server RSS   {idle_rss:10.1f} MB   target < 80 MB: {verdict(idle_rss < 80)}")
+    if errors:
+        print(f"ERRORS: {errors} calls failed")
 
 
 if __name__ == "__main__":

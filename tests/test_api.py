@@ -3,11 +3,16 @@ isolation, pagination, idempotent creates, executables, health, reflection."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
+import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from server.api import context as call_context
+from server.domain.errors import FailedPrecondition, NotFound
 from tests.conftest import group
 from tests.helpers import details, iris_configuration, register_iris, rpc_error
 from trainyard.v1 import artifact_pb2, configuration_pb2, executable_pb2
@@ -327,6 +332,62 @@ def test_pagination_has_no_duplicates_or_gaps(stubs, server):
     assert pending.total_size == 57 and len(pending.executions) == 1
 
 
+def test_creates_of_one_loop_turn_are_written_together_each_with_its_outcome(stubs, server):
+    server.run_sync(setattr, server.plane, "runtime", None)
+    dataset = register_iris(stubs)
+    config = stubs.configurations.CreateConfiguration(
+        configuration_request(dataset, {})
+    ).configuration.id
+    other = stubs.configurations.CreateConfiguration(
+        configuration_request(dataset, {"epochs": "3"})
+    ).configuration.id
+    plane = server.plane
+
+    async def together():
+        create = plane.create_execution_grouped
+        gone = asyncio.ensure_future(create("default", config, "req-gone"))
+        calls = [
+            create("default", config, ""),
+            create("default", config, "req-1"),
+            create("default", config, "req-1"),
+            create("default", other, "req-1"),
+            create("default", "no-such-config", ""),
+        ]
+        await asyncio.sleep(0)  # the first create is waiting for its write
+        gone.cancel()
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    plain, first, again, reused, missing = server.call(together())
+    assert plain.id != first.id and again.id == first.id
+    assert isinstance(reused, FailedPrecondition) and reused.reason == "REQUEST_ID_REUSED"
+    assert isinstance(missing, NotFound)
+    listed = stubs.executions.ListExecutions(ex.ListExecutionsRequest())
+    assert {e.id for e in listed.executions} == {plain.id, first.id} and listed.total_size == 2
+    for execution in listed.executions:
+        read = stubs.executions.GetExecution(ex.GetExecutionRequest(execution_id=execution.id))
+        assert [t.to_status for t in read.execution.history] == [1]  # PENDING
+
+
+def test_a_grouped_create_waits_a_bounded_time_for_company(stubs, server, monkeypatch):
+    from server.domain import service
+
+    server.run_sync(setattr, server.plane, "runtime", None)
+    config = stubs.configurations.CreateConfiguration(
+        configuration_request(register_iris(stubs), {})
+    ).configuration.id
+    monkeypatch.setattr(service, "GROUP_TURNS", 10**9)  # only the time bound ends the wait
+
+    async def alone():
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        execution = await server.plane.create_execution_grouped("default", config)
+        return execution, loop.time() - began
+
+    execution, waited = server.call(alone(), timeout=10)
+    assert execution.status.name == "PENDING"
+    assert service.MAX_GROUP_WAIT <= waited < 1.0
+
+
 def test_idempotent_creates_return_the_first_result(stubs, server):
     server.run_sync(setattr, server.plane, "runtime", None)
     dataset = register_iris(stubs)
@@ -451,6 +512,31 @@ def test_no_traceback_reaches_the_client(stubs, server):
     assert "secret" not in error.details() and "Traceback" not in error.details()
     info = details(error)
     assert info["reason"] == "INTERNAL_ERROR" and info["metadata"]["request_id"]
+
+
+def test_log_lines_of_a_call_carry_its_request_id_rpc_and_group(stubs, server):
+    seen = {}
+
+    def spy(resource_group, execution_id):
+        seen.update(call_context.add_call_context(None, "info", {"event": "x"}))
+        raise NotFound.of("execution", execution_id)
+
+    server.run_sync(setattr, server.plane, "get_execution", spy)
+    error = rpc_error(
+        stubs.executions.GetExecution,
+        ex.GetExecutionRequest(execution_id="abc"),
+        metadata=(("x-request-id", "req-42"), ("ai-resource-group", "g1")),
+    )
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert seen == {
+        "event": "x",
+        "request_id": "req-42",
+        "rpc": "/trainyard.v1.ExecutionService/GetExecution",
+        "resource_group": "g1",
+    }
+    # outside a call nothing is added; configure_logging() puts the processor in place
+    assert call_context.add_call_context(None, "info", {"event": "y"}) == {"event": "y"}
+    assert call_context.add_call_context in structlog.get_config()["processors"]
 
 
 def test_restart_on_the_same_database_keeps_everything(server_factory, tmp_path):

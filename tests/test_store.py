@@ -75,6 +75,55 @@ def test_transitions_keep_history_and_counts(store):
     assert store.list_executions("g", PageRequest(10)).total_size == 3
 
 
+def test_grouped_create_writes_each_and_refuses_alone(store):
+    seed(store, 0)
+    first = store.create_execution(Execution("e0", "g", "c1", "iris-train", "iris"), "r0")[0]
+    results = store.create_executions(
+        [
+            (Execution("e1", "g", "c1", "iris-train", "iris"), ""),
+            (Execution("e2", "g", "c1", "iris-train", "iris"), "r2"),
+            (Execution("e3", "g", "c1", "iris-train", "iris"), "r2"),  # same request: e2
+            (Execution("e4", "g", "c9", "iris-train", "iris"), "r2"),  # another request
+            (Execution("e5", "g", "c1", "iris-train", "iris"), "r0"),  # stored earlier: e0
+            (Execution("e6", "g", "c9", "iris-train", "iris"), "r0"),  # another request
+        ]
+    )
+    created = [(r[0].id, r[1]) if isinstance(r, tuple) else r.reason for r in results]
+    assert created == [
+        ("e1", True),
+        ("e2", True),
+        ("e2", False),
+        "REQUEST_ID_REUSED",
+        (first.id, False),
+        "REQUEST_ID_REUSED",
+    ]
+    assert results[1][0].history[0].to_status == Status.PENDING
+    for eid in ("e1", "e2"):
+        stored = store.get_execution("g", eid)
+        assert stored.status == Status.PENDING and len(stored.history) == 1
+    for eid in ("e3", "e4", "e5", "e6"):
+        with pytest.raises(NotFound):
+            store.get_execution("g", eid)
+    assert store.list_executions("g", PageRequest(10)).total_size == 3
+    again = store.create_execution(Execution("e7", "g", "c1", "iris-train", "iris"), "r2")
+    assert again[0].id == "e2" and again[1] is False
+
+
+def test_grouped_create_rolls_back_as_a_whole_on_a_store_error(store):
+    ids = seed(store, 1)
+    with pytest.raises(Exception, match="UNIQUE"):
+        store.create_executions(
+            [
+                (Execution("e9", "g", "c1", "iris-train", "iris"), "r9"),
+                (Execution(ids[0], "g", "c1", "iris-train", "iris"), ""),  # id taken
+            ]
+        )
+    with pytest.raises(NotFound):
+        store.get_execution("g", "e9")
+    assert store.list_executions("g", PageRequest(10)).total_size == 1
+    assert store.create_execution(Execution("e9", "g", "c1", "iris-train", "iris"), "r9")[1]
+
+
 def test_delete_removes_history_logs_and_count(store):
     ids = seed(store, 2)
     store.append_logs([(ids[0], 1, 1, "s", 1, "hello"), (ids[0], 2, 2, "s", 2, "world")])

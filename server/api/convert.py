@@ -83,12 +83,18 @@ STREAM_TO_PB = {
 STREAM_FROM_PB = {v: k for k, v in STREAM_TO_PB.items()}
 
 
-def ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NAIVE_EPOCH = datetime(1970, 1, 1)
+
+
+def ts(value: datetime | None) -> dict[str, int] | None:
+    """A google.protobuf.Timestamp as its field dict (naive datetimes are UTC), to pass
+    to a message constructor: exact integer arithmetic, and about four times cheaper
+    than ``Timestamp.FromDatetime`` plus the copy of a built message into its parent."""
     if value is None:
         return None
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
+    delta = value - (_NAIVE_EPOCH if value.tzinfo is None else _EPOCH)
+    return {"seconds": delta.days * 86_400 + delta.seconds, "nanos": delta.microseconds * 1000}
 
 
 def from_ts(value: timestamp_pb2.Timestamp, field: str) -> datetime:
@@ -220,26 +226,34 @@ def configuration_pb(cfg: Configuration) -> configuration_pb2.Configuration:
     )
 
 
+def _step_fields(step: StepDetail) -> dict:
+    return {
+        "name": step.name,
+        "phase": PHASE_TO_PB[step.phase],
+        "start_time": ts(step.started_at),
+        "finish_time": ts(step.finished_at),
+        "exit_code": step.exit_code,
+        "message": step.message,
+    }
+
+
 def step_pb(step: StepDetail) -> execution_pb2.StepDetail:
-    return execution_pb2.StepDetail(
-        name=step.name,
-        phase=PHASE_TO_PB[step.phase],
-        start_time=ts(step.started_at),
-        finish_time=ts(step.finished_at),
-        exit_code=step.exit_code,
-        message=step.message,
-    )
+    return execution_pb2.StepDetail(**_step_fields(step))
+
+
+def _transition_fields(tr: Transition) -> dict:
+    return {
+        "sequence": tr.seq,
+        "from_status": STATUS_TO_PB[tr.from_status] if tr.from_status else 0,
+        "to_status": STATUS_TO_PB[tr.to_status],
+        "time": ts(tr.at),
+        "cause": tr.cause,
+        "message": tr.message,
+    }
 
 
 def transition_pb(tr: Transition) -> execution_pb2.StatusTransition:
-    return execution_pb2.StatusTransition(
-        sequence=tr.seq,
-        from_status=STATUS_TO_PB[tr.from_status] if tr.from_status else 0,
-        to_status=STATUS_TO_PB[tr.to_status],
-        time=ts(tr.at),
-        cause=tr.cause,
-        message=tr.message,
-    )
+    return execution_pb2.StatusTransition(**_transition_fields(tr))
 
 
 def execution_pb(
@@ -257,14 +271,16 @@ def execution_pb(
         status=STATUS_TO_PB[ex.status],
         target_status=TARGET_TO_PB[ex.target_status],
         status_message=ex.status_message,
-        step_details=[step_pb(s) for s in ex.step_details],
+        # Nested messages as field dicts: protobuf builds them in place, without the
+        # copy a list of built messages costs (this is the GetExecution hot path).
+        step_details=[_step_fields(s) for s in ex.step_details],
         output_artifacts=[artifact_pb(a) for a in artifacts or []],
         create_time=ts(ex.created_at),
         submit_time=ts(ex.submitted_at),
         start_time=ts(ex.started_at),
         complete_time=ts(ex.completed_at),
         update_time=ts(ex.modified_at),
-        history=[transition_pb(t) for t in ex.history] if with_history else [],
+        history=[_transition_fields(t) for t in ex.history] if with_history else [],
     )
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -24,6 +23,7 @@ from server.domain.errors import (
     NotFound,
     ResourceExhausted,
 )
+from server.domain.ids import random_hex
 
 log = structlog.get_logger("trainyard.rpc")
 
@@ -212,14 +212,13 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 group = value
             elif key == ctx.REQUEST_ID_KEY:
                 request_id = value
-        request_id = request_id or uuid.uuid4().hex
+        request_id = request_id or random_hex(16)
         group = group or self.default_resource_group
+        # Each call runs in its own task, with its own copy of these variables; the
+        # log lines of the call get them from ctx.add_call_context.
         ctx.request_id_var.set(request_id)
         ctx.resource_group_var.set(group)
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(
-            request_id=request_id, rpc=method, resource_group=group
-        )
+        ctx.rpc_var.set(method)
         return time.perf_counter()
 
     async def _fail(self, context: grpc.aio.ServicerContext, exc: BaseException) -> None:

@@ -48,7 +48,7 @@ class ExecutionService(execution_service_pb2_grpc.ExecutionServiceServicer):
         return self.render([execution], with_history=True)[0]
 
     async def CreateExecution(self, request, context):
-        execution = self.plane.create_execution(
+        execution = await self.plane.create_execution_grouped(
             resource_group(), request.configuration_id, request.request_id
         )
         return pb.CreateExecutionResponse(execution=self.one(execution))

@@ -7,7 +7,8 @@ and ``update_execution``. Every committed change of an execution is announced to
 
 from __future__ import annotations
 
-import secrets
+import asyncio
+import contextvars
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ import structlog
 
 from server.domain import templates, validation, workflow
 from server.domain.errors import DomainError, InvalidArgument
+from server.domain.ids import random_hex
 from server.domain.models import (
     Artifact,
     ArtifactKind,
@@ -42,11 +44,25 @@ log = structlog.get_logger(__name__)
 
 MAX_DEFINITION_BYTES = 1024 * 1024
 MAX_BATCH = 100
+# Creates written in one transaction at most: bounds the time one write holds the loop.
+MAX_GROUP = 256
+# Turns of the event loop a create waits for others to share its commit. gRPC takes
+# several turns per call, so under load 32 turns gather about four creates per commit
+# (measured at 64 calls in flight: 1.0 per commit with 3 turns, 1.6 with 8, 4 with
+# 32, 7 with 64 and no faster); an idle loop runs 32 turns in about 0.1 ms.
+GROUP_TURNS = 32
+# ... but never longer than this (seconds), however long the loop's turns take.
+MAX_GROUP_WAIT = 0.005
+
+
+# A create waiting for its grouped write: execution, request id, the caller's future
+# and context.
+_WaitingCreate = tuple[Execution, str, asyncio.Future, contextvars.Context]
 
 
 def new_id() -> str:
     """A random 16-hex-digit id."""
-    return secrets.token_hex(8)
+    return random_hex(8)
 
 
 @dataclass(slots=True)
@@ -75,6 +91,12 @@ class ControlPlane:
     default_resource_group: str = "default"
     runtime: Runtime | None = None
     listeners: list[Callable[[ExecutionEvent], None]] = field(default_factory=list)
+    # Creates waiting for their grouped write, and the step names of each executable.
+    _creates: list[_WaitingCreate] = field(default_factory=list, init=False, repr=False)
+    _creates_since: float = field(default=0.0, init=False, repr=False)
+    _steps: dict[tuple[str, str, str, str], list[str]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     # ------------------------------------------------------------------ events
 
@@ -303,6 +325,84 @@ class ControlPlane:
     def create_execution(
         self, resource_group: str, configuration_id: str, request_id: str = ""
     ) -> Execution:
+        execution = self._new_execution(resource_group, configuration_id, request_id)
+        stored, created = self.store.create_execution(execution, request_id)
+        if created:
+            self._execution_created(stored)
+        return stored
+
+    async def create_execution_grouped(
+        self, resource_group: str, configuration_id: str, request_id: str = ""
+    ) -> Execution:
+        """:meth:`create_execution`, written together with the creates that arrive in
+        the next few turns of the event loop: one transaction and one commit for all."""
+        execution = self._new_execution(resource_group, configuration_id, request_id)
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        # The announcement and the runtime's tasks run in the caller's context (its
+        # request id on their log lines), the grouped write in a context of its own.
+        self._creates.append((execution, request_id, future, contextvars.copy_context()))
+        if len(self._creates) == 1:
+            self._creates_since = loop.time()
+            loop.call_soon(self._write_creates, GROUP_TURNS, context=contextvars.Context())
+        return await future
+
+    def _write_creates(self, turns: int) -> None:
+        """Write the waiting creates, at most MAX_GROUP per transaction. Runs as one
+        callback of the event loop: no transaction spans an await.
+
+        The write waits ``turns`` more turns of the loop first (each turn takes in the
+        calls that gRPC has received meanwhile) unless MAX_GROUP creates are waiting or
+        the first has waited MAX_GROUP_WAIT: on an idle loop a turn takes microseconds,
+        under load each turn brings more creates into the one commit."""
+        loop = asyncio.get_running_loop()
+        if (
+            turns > 0
+            and len(self._creates) < MAX_GROUP
+            and loop.time() - self._creates_since < MAX_GROUP_WAIT
+        ):
+            loop.call_soon(self._write_creates, turns - 1, context=contextvars.Context())
+            return
+        waiting, self._creates = self._creates, []
+        # A create whose caller went away (deadline, disconnect) is not written.
+        waiting = [item for item in waiting if not item[2].done()]
+        try:
+            for start in range(0, len(waiting), MAX_GROUP):
+                self._write_group(waiting[start : start + MAX_GROUP])
+        finally:
+            for _, _, future, _ in waiting:
+                if not future.done():  # only after a bug above: never leave a caller waiting
+                    future.set_exception(RuntimeError("execution create not written"))
+
+    def _write_group(self, group: list[_WaitingCreate]) -> None:
+        items = [(execution, request_id) for execution, request_id, _, _ in group]
+        try:
+            results: list = self.store.create_executions(items)
+        except Exception:  # noqa: BLE001 - retried one by one, each with its own error
+            log.warning("grouped create failed; writing one at a time", exc_info=True)
+            results = []
+            for item in items:
+                try:
+                    results.append(self.store.create_execution(*item))
+                except Exception as exc:  # noqa: BLE001 - handed to that caller
+                    results.append(exc)
+        for (_, _, future, context), result in zip(group, results, strict=True):
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+                continue
+            stored, created = result
+            try:
+                if created:
+                    context.run(self._execution_created, stored)
+            except Exception as exc:  # noqa: BLE001 - as when the create ran alone
+                future.set_exception(exc)
+                continue
+            future.set_result(stored)
+
+    def _new_execution(
+        self, resource_group: str, configuration_id: str, request_id: str
+    ) -> Execution:
+        """A validated, not yet stored execution of the configuration."""
         v = Violations()
         validation.check_id(v, "configuration_id", configuration_id)
         validation.check_request_id(v, request_id)
@@ -311,21 +411,31 @@ class ControlPlane:
         executable = self.store.get_executable(
             resource_group, configuration.executable_id, configuration.executable_version
         )
-        steps = workflow.step_names(executable.spec)
-        execution = Execution(
+        return Execution(
             id=new_id(),
             resource_group=resource_group,
             configuration_id=configuration.id,
             executable_id=configuration.executable_id,
             scenario_id=configuration.scenario_id,
-            step_details=[StepDetail(name=s, phase=StepPhase.PENDING) for s in steps],
+            step_details=[
+                StepDetail(name=s, phase=StepPhase.PENDING) for s in self._step_names(executable)
+            ],
         )
-        stored, created = self.store.create_execution(execution, request_id)
-        if created:
-            self._announce(ExecutionEvent("created", stored, transition=stored.history[-1]))
-            if self.runtime is not None:
-                self.runtime.submit(stored.id)
-        return stored
+
+    def _step_names(self, executable: Executable) -> list[str]:
+        """The executable's steps in workflow order (a version never changes: kept)."""
+        key = (executable.resource_group, executable.id, executable.version, executable.digest)
+        names = self._steps.get(key)
+        if names is None:
+            if len(self._steps) >= 1000:
+                self._steps.clear()
+            names = self._steps[key] = workflow.step_names(executable.spec)
+        return names
+
+    def _execution_created(self, execution: Execution) -> None:
+        self._announce(ExecutionEvent("created", execution, transition=execution.history[-1]))
+        if self.runtime is not None:
+            self.runtime.submit(execution.id)
 
     def get_execution(self, resource_group: str, execution_id: str) -> Execution:
         v = Violations()

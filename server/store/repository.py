@@ -19,7 +19,13 @@ from typing import Any
 import peewee as pw
 
 from server.domain import lifecycle
-from server.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from server.domain.errors import (
+    AlreadyExists,
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
 from server.domain.models import (
     Artifact,
     ArtifactKind,
@@ -46,6 +52,10 @@ from server.store.db import open_database
 
 STREAM_CODES = {LogStream.STDOUT: 1, LogStream.STDERR: 2, LogStream.SYSTEM: 3}
 STREAM_NAMES = {v: k for k, v in STREAM_CODES.items()}
+# Stored names -> enum members by dictionary (calling the enum class costs a few times more).
+STATUSES = {str(s): s for s in Status}
+TARGET_STATUSES = {str(s): s for s in TargetStatus}
+STEP_PHASES = {str(p): p for p in StepPhase}
 
 
 def now_us() -> int:
@@ -85,6 +95,14 @@ def request_digest(payload: Any) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
+def _request_id_reused(request_id: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        message=f"request_id {request_id!r} was already used for a different request",
+        reason="REQUEST_ID_REUSED",
+        metadata={"request_id": request_id},
+    )
+
+
 # ----------------------------------------------------------------------------- rows
 
 
@@ -102,7 +120,7 @@ def _step_to_json(step: StepDetail) -> dict:
 def _step_from_json(data: dict) -> StepDetail:
     return StepDetail(
         name=data["name"],
-        phase=StepPhase(data["phase"]),
+        phase=STEP_PHASES[data["phase"]],
         started_at=to_dt(data.get("started_us")),
         finished_at=to_dt(data.get("finished_us")),
         exit_code=data.get("exit_code"),
@@ -235,15 +253,15 @@ def _execution_from(row: dict) -> Execution:
     if isinstance(steps, str):
         steps = row["step_details"] = json.loads(steps)
     if isinstance(outputs, str):
-        outputs = row["output_artifact_ids"] = json.loads(outputs)
+        outputs = row["output_artifact_ids"] = [] if outputs == "[]" else json.loads(outputs)
     return Execution(
         id=row["execution_id"],
         resource_group=row["resource_group"],
         configuration_id=row["configuration_id"],
         executable_id=row["executable_id"],
         scenario_id=row["scenario_id"],
-        status=Status(row["status"]),
-        target_status=TargetStatus(row["target_status"]),
+        status=STATUSES[row["status"]],
+        target_status=TARGET_STATUSES[row["target_status"]],
         status_message=row["status_message"],
         step_details=[_step_from_json(s) for s in steps or []],
         output_artifact_ids=list(outputs or []),
@@ -344,11 +362,7 @@ class Store:
             return None
         resource_id, stored_digest = found
         if stored_digest != digest:
-            raise FailedPrecondition(
-                message=f"request_id {request_id!r} was already used for a different request",
-                reason="REQUEST_ID_REUSED",
-                metadata={"request_id": request_id},
-            )
+            raise _request_id_reused(request_id)
         return resource_id
 
     def _idempotent_record(
@@ -747,71 +761,145 @@ class Store:
     ) -> tuple[Execution, bool]:
         """Insert a PENDING execution and its first history entry. Returns (execution,
         created); a known ``request_id`` returns the first execution, created False."""
-        digest = request_digest({"configuration_id": execution.configuration_id})
+        result = self.create_executions([(execution, request_id)])[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def create_executions(
+        self, items: Sequence[tuple[Execution, str]]
+    ) -> list[tuple[Execution, bool] | DomainError]:
+        """Create many executions (each with its client request id, or "") in one
+        transaction: one commit, and one statement per table, for all of them.
+
+        Each item's outcome is (execution, created) as for :meth:`create_execution`,
+        or the DomainError that refused it (a request id reused for another request);
+        a refused item writes nothing and does not affect the others. Any other error
+        rolls the whole transaction back and is raised."""
+        results: list[tuple[Execution, bool] | DomainError | None] = [None] * len(items)
+        new: list[int] = []
         with self.write_lock():
-            existing = self._idempotent_lookup(
-                execution.resource_group, "execution", request_id, digest
-            )
-            if existing:
-                return self.get_execution(execution.resource_group, existing), False
-            at = now_us()
-            row = {
-                "resource_group": execution.resource_group,
-                "execution_id": execution.id,
-                "configuration_id": execution.configuration_id,
-                "executable_id": execution.executable_id,
-                "scenario_id": execution.scenario_id,
-                "history_len": 0,
-            }
-            steps = [_step_to_json(s) for s in execution.step_details]
-            self.db.execute_sql(
-                f"INSERT INTO execution ({_EXEC_INSERT}) VALUES ({', '.join('?' * 13)})",
+            # Request ids: those of earlier items of this batch, then the stored ones.
+            claimed: dict[tuple[str, str], tuple[str, int]] = {}
+            for i, (execution, request_id) in enumerate(items):
+                if not request_id:
+                    new.append(i)
+                    continue
+                digest = request_digest({"configuration_id": execution.configuration_id})
+                key = (execution.resource_group, request_id)
+                try:
+                    if key in claimed:
+                        first_digest, first = claimed[key]
+                        if first_digest != digest:
+                            raise _request_id_reused(request_id)
+                        results[i] = (items[first][0], False)
+                        continue
+                    existing = self._idempotent_lookup(
+                        execution.resource_group, "execution", request_id, digest
+                    )
+                    if existing:
+                        results[i] = (self.get_execution(execution.resource_group, existing), False)
+                        continue
+                except DomainError as exc:
+                    results[i] = exc
+                    continue
+                claimed[key] = (digest, i)
+                new.append(i)
+            if new:
+                self._insert_executions(items, new, claimed)
+        for i in new:
+            results[i] = (items[i][0], True)
+        return results  # type: ignore[return-value]
+
+    def _insert_executions(
+        self,
+        items: Sequence[tuple[Execution, str]],
+        new: list[int],
+        claimed: dict[tuple[str, str], tuple[str, int]],
+    ) -> None:
+        """The rows of new PENDING executions; fills in their times and first history
+        entry (the objects in ``items`` become the created executions)."""
+        at = now_us()
+        created_at = to_dt(at)
+        pending, completed = str(Status.PENDING), str(TargetStatus.COMPLETED)
+        message = "execution created"
+        rows, transitions, counts = [], [], {}
+        for i in new:
+            execution = items[i][0]
+            rows.append(
                 (
                     execution.resource_group,
                     execution.id,
                     execution.configuration_id,
                     execution.executable_id,
                     execution.scenario_id,
-                    str(Status.PENDING),
-                    str(TargetStatus.COMPLETED),
+                    pending,
+                    completed,
                     execution.status_message,
-                    _dumps(steps),
+                    _dumps([_step_to_json(s) for s in execution.step_details]),
                     "[]",
                     at,
                     at,
                     1,
-                ),
+                )
             )
-            first = self._add_transition(
-                row, None, Status.PENDING, at, "created", "execution created"
+            transitions.append((execution.id, 1, None, pending, at, "created", message))
+            key = (
+                execution.resource_group,
+                execution.scenario_id,
+                execution.executable_id,
+                execution.configuration_id,
             )
-            self._count(row, str(Status.PENDING), 1)
-            self._idempotent_record(
-                execution.resource_group, "execution", request_id, digest, execution.id
-            )
-        created = Execution(
-            id=execution.id,
-            resource_group=execution.resource_group,
-            configuration_id=execution.configuration_id,
-            executable_id=execution.executable_id,
-            scenario_id=execution.scenario_id,
-            status=Status.PENDING,
-            target_status=TargetStatus.COMPLETED,
-            status_message=execution.status_message,
-            step_details=[_step_from_json(s) for s in steps],
-            created_at=to_dt(at),
-            modified_at=to_dt(at),
-            history=[first],
+            counts[key] = counts.get(key, 0) + 1
+            execution.status = Status.PENDING
+            execution.target_status = TargetStatus.COMPLETED
+            execution.output_artifact_ids = []
+            execution.created_at = execution.modified_at = created_at
+            execution.history = [
+                Transition(1, execution.id, None, Status.PENDING, created_at, "created", message)
+            ]
+        cursor = self.db.cursor()
+        cursor.executemany(
+            f"INSERT INTO execution ({_EXEC_INSERT}) VALUES ({', '.join('?' * 13)})", rows
         )
-        return created, True
+        cursor.executemany(
+            "INSERT INTO transition (execution_id, seq, from_status, to_status, at_us, cause,"
+            " message) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            transitions,
+        )
+        for (group, scenario_id, executable_id, configuration_id), n in counts.items():
+            self._count(
+                {
+                    "resource_group": group,
+                    "scenario_id": scenario_id,
+                    "executable_id": executable_id,
+                    "configuration_id": configuration_id,
+                },
+                pending,
+                n,
+            )
+        if claimed:
+            cursor.executemany(
+                "INSERT INTO idempotency_key (resource_group, kind, request_id, resource_id,"
+                " request_digest, created_us) VALUES (?, 'execution', ?, ?, ?, ?)",
+                [
+                    (group, request_id, items[i][0].id, digest, at)
+                    for (group, request_id), (digest, i) in claimed.items()
+                ],
+            )
+
+    def _read(self, sql: str, args: Sequence[Any]):
+        """A read on the raw connection: peewee's execute_sql adds a few microseconds
+        (query logging, error translation) that the GetExecution path can do without."""
+        return self.db.connection().execute(sql, args)
 
     def _execution_row(self, resource_group: str | None, execution_id: str) -> dict:
         if resource_group is None:
-            cursor = self.db.execute_sql(
+            cursor = self._read(
                 f"SELECT {_EXEC_COLUMNS} FROM execution WHERE execution_id = ?", (execution_id,)
             )
         else:
-            cursor = self.db.execute_sql(
+            cursor = self._read(
                 f"SELECT {_EXEC_COLUMNS} FROM execution"
                 " WHERE execution_id = ? AND resource_group = ?",
                 (execution_id, resource_group),
@@ -831,7 +919,7 @@ class Store:
         return execution
 
     def history(self, execution_id: str) -> list[Transition]:
-        cursor = self.db.execute_sql(
+        cursor = self._read(
             "SELECT seq, from_status, to_status, at_us, cause, message FROM transition"
             " WHERE execution_id = ? ORDER BY seq",
             (execution_id,),
@@ -840,8 +928,8 @@ class Store:
             Transition(
                 seq,
                 execution_id,
-                Status(source) if source else None,
-                Status(target),
+                STATUSES[source] if source else None,
+                STATUSES[target],
                 to_dt(at),
                 cause,
                 message,
