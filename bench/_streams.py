@@ -31,6 +31,9 @@ async def bench_server():
             executables_dir=SAMPLES,
             log_format="console",
             log_level="error",
+            # The bench drives the execution itself (its lines and its final status):
+            # with the local runtime the sample would run and end it on its own.
+            runtime="none",
         )
         running = await start_server(settings)
         try:
