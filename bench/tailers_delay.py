@@ -28,6 +28,9 @@ from trainyard.v1 import log_service_pb2, log_service_pb2_grpc
 
 TEXT = "y" * 100
 CHANNELS = int(__import__("os").environ.get("BENCH_CHANNELS", "8"))
+# The server takes at most this many open streams per client connection (its default
+# --max-streams-per-client): the tailers are spread so that no connection exceeds it.
+STREAMS_PER_CONNECTION = 100
 
 
 # ----------------------------------------------------------------------- client
@@ -38,14 +41,15 @@ async def client(address: str, execution_id: str, tailers: int) -> None:
     lasts: list[int] = []
     counts: list[int] = []
     messages = [0]
+    connections = max(CHANNELS, -(-tailers // STREAMS_PER_CONNECTION))
     channels = [
         grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
-        for _ in range(CHANNELS)
+        for _ in range(connections)
     ]
     request = log_service_pb2.TailLogsRequest(execution_id=execution_id, follow=True)
 
     async def one(index: int) -> None:
-        stub = log_service_pb2_grpc.LogServiceStub(channels[index % CHANNELS])
+        stub = log_service_pb2_grpc.LogServiceStub(channels[index % connections])
         call = stub.TailLogs(request, timeout=300)
         count = last = 0
         async for message in call:
