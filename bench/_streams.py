@@ -14,6 +14,7 @@ from pathlib import Path
 from server.app import TrainyardServer, start_server
 from server.config import Settings
 from server.domain.models import ArtifactKind, Status
+from server.gc_tuning import tune_gc
 from server.log_setup import configure_logging
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +38,7 @@ async def bench_server():
             runtime="none",
         )
         running = await start_server(settings)
+        tune_gc()  # as `python -m server` does
         try:
             yield running
         finally:
