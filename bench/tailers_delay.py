@@ -281,7 +281,7 @@ async def measure_trainyard(tailers: int, rate: int, seconds: float, processes: 
         rss_before, _ = rss_mib()
         clients = await start_clients(running.address, execution_id, tailers, processes)
         await wait_until(
-            lambda: sum(s.live for s in broker._logs.get(execution_id, ())) >= tailers,
+            lambda: sum(s.live for s in broker.log_subscriptions(execution_id)) >= tailers,
             f"{tailers} live tailers",
         )
         rss_idle, _ = rss_mib()
