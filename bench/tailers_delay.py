@@ -40,7 +40,7 @@ from bench._streams import (
     running_execution,
     spawn_client,
 )
-from server.api.logs import cursor_field, encode_rows
+from server.api.logs import encode_rows
 from server.domain.models import LogStream, Status
 from server.gc_tuning import tune_gc
 from trainyard.v1 import log_service_pb2, log_service_pb2_grpc
@@ -120,7 +120,6 @@ class BareLogService(log_service_pb2_grpc.LogServiceServicer):
 
     def __init__(self) -> None:
         self.chunks: list[bytes] = []  # encoded lines of each tick
-        self.seqs: list[int] = []  # the last sequence number of each chunk
         self.seq = 0
         self.closed = False
         self.streams = 0
@@ -137,8 +136,7 @@ class BareLogService(log_service_pb2_grpc.LogServiceServicer):
             ("bare", self.seq + i + 1, now_us, "train", 1, TEXT) for i in range(count)
         ]
         self.seq += count
-        self.chunks.append(encode_rows(rows)[0][3])
-        self.seqs.append(self.seq)
+        self.chunks.append(encode_rows(rows)[0][2])
         self._wake()
 
     def close(self) -> None:
@@ -157,7 +155,8 @@ class BareLogService(log_service_pb2_grpc.LogServiceServicer):
                 await self._tick
                 continue
             upto = len(self.chunks)
-            yield b"".join([*self.chunks[sent:upto], cursor_field(self.seqs[upto - 1])])
+            # Encoded messages concatenate into one (the last cursor wins).
+            yield b"".join(self.chunks[sent:upto])
             sent = upto
 
 
