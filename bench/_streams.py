@@ -7,12 +7,14 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from server.app import TrainyardServer, start_server
 from server.config import Settings
 from server.domain.models import ArtifactKind, Status
+from server.gc_tuning import tune_gc
 from server.log_setup import configure_logging
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,8 +33,12 @@ async def bench_server():
             executables_dir=SAMPLES,
             log_format="console",
             log_level="error",
+            # The bench drives the execution itself (its lines and its final status):
+            # with the local runtime the sample would run and end it on its own.
+            runtime="none",
         )
         running = await start_server(settings)
+        tune_gc()  # as `python -m server` does
         try:
             yield running
         finally:
@@ -78,3 +84,49 @@ def rss_mib(pid: int | str = "self") -> tuple[float, float]:
             if key in ("VmRSS", "VmHWM"):
                 values[key] = int(rest.split()[0]) / 1024
     return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
+
+
+def _busy_ticks() -> int:
+    """CPU time the whole machine spent busy, in clock ticks (/proc/stat)."""
+    with open("/proc/stat") as stat:
+        fields = stat.readline().split()[1:]
+    # user nice system idle iowait irq softirq steal ...
+    values = [int(v) for v in fields]
+    return sum(values) - values[3] - values[4]
+
+
+def _process_ticks(pid: int | str) -> int:
+    """CPU time of a process (all its threads), in clock ticks (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        after_name = stat.read().rsplit(")", 1)[1].split()
+    return int(after_name[11]) + int(after_name[12])  # utime + stime
+
+
+class OtherLoad:
+    """How busy the machine was with work other than the benchmark's own processes
+    (this one and ``pids``) while it measured: on a shared 2-core machine a figure
+    taken next to other work is not a figure of the code."""
+
+    def __init__(self, pids: list[int]):
+        self.pids = ["self", *pids]
+        self._began = 0.0
+        self._busy = self._own = 0
+
+    def _own_ticks(self) -> int:
+        total = 0
+        for pid in self.pids:
+            try:
+                total += _process_ticks(pid)
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+        return total
+
+    def start(self) -> None:
+        self._began = time.monotonic()
+        self._busy, self._own = _busy_ticks(), self._own_ticks()
+
+    def stop(self) -> float:
+        """Cores used by other processes since ``start`` (0.0 on an idle machine)."""
+        elapsed = time.monotonic() - self._began
+        busy, own = _busy_ticks() - self._busy, self._own_ticks() - self._own
+        return max(0.0, (busy - own) / os.sysconf("SC_CLK_TCK") / max(elapsed, 1e-9))

@@ -28,6 +28,7 @@ import grpc
 
 from bench._streams import bench_server, running_execution, spawn_client
 from server.domain.models import LogStream, Status
+from server.gc_tuning import tune_gc
 from trainyard.v1 import log_pb2, log_service_pb2, log_service_pb2_grpc
 
 TEXT = "x" * 100
@@ -106,6 +107,7 @@ async def baseline(total: int) -> float:
     log_service_pb2_grpc.add_LogServiceServicer_to_server(BareLogService(total), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
+    tune_gc()  # the same collector settings as the server
     try:
         result = await read_in_client(f"127.0.0.1:{port}", "bare")
     finally:

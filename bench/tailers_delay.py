@@ -1,15 +1,24 @@
-"""Delivery delay with many follow tailers on one execution.
+"""Delivery delay with many follow tailers on one execution, against a bare grpc.aio
+server with the same per-tailer structure measured in the same run.
 
     python -m bench.tailers_delay [--tailers 1000] [--rate 1000] [--seconds 10]
+                                  [--client-processes 1] [--no-baseline]
 
 The server (this process) writes ``rate`` lines/s of 100 bytes through its log sink for
-``seconds``; a client in another process follows the execution with ``tailers`` TailLogs
-streams spread over a few channels. The delay of a line is the time the client receives
-its message minus the line's own time (when the sink took it). Each message is
-counted at the delay of its oldest line for all of its lines, so the percentiles are
-upper bounds. Also printed: the server's resident memory and the broker's buffers.
+``seconds``; client processes follow the execution with ``tailers`` TailLogs streams,
+at most 100 per connection (the server's default per-connection limit). The delay of a
+line is the time the client receives its message minus the line's own time (when the
+sink took it). Each message is counted at the delay of its oldest line for all of its
+lines, so the percentiles are upper bounds.
 
-Target (DESIGN.md): 1,000 tailers with p99 delay under 100 ms.
+The baseline is the least a grpc.aio server in Python can do for the same load: the
+same clients, the same lines written in the same ticks, each tick's lines encoded once
+and sent by every stream as soon as it is woken, with no store, no broker, no
+interceptor. Also printed: CPU of the server and the clients while the lines are
+written, CPU other work took on the machine meanwhile, the server's resident memory and
+the broker's buffers.
+
+Target (DESIGN.md): 1,000 tailers with p99 delay under 100 ms (server RSS < 300 MB).
 """
 
 from __future__ import annotations
@@ -17,17 +26,33 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 
 import grpc
 
-from bench._streams import bench_server, rss_mib, running_execution, spawn_client
+from bench._streams import (
+    OtherLoad,
+    _process_ticks,
+    bench_server,
+    rss_mib,
+    running_execution,
+    spawn_client,
+)
+from server.api.logs import encode_rows
 from server.domain.models import LogStream, Status
+from server.gc_tuning import tune_gc
 from trainyard.v1 import log_service_pb2, log_service_pb2_grpc
 
 TEXT = "y" * 100
-CHANNELS = int(__import__("os").environ.get("BENCH_CHANNELS", "8"))
+CHANNELS = int(os.environ.get("BENCH_CHANNELS", "8"))
+# The server takes at most this many open streams per client connection (its default
+# --max-streams-per-client): the tailers are spread so that no connection exceeds it.
+STREAMS_PER_CONNECTION = 100
+TICK = 0.01  # lines are written in ticks of 10 ms, on schedule
+TARGET_P99_MS = 100.0
+TARGET_RSS_MIB = 300.0
 
 
 # ----------------------------------------------------------------------- client
@@ -38,14 +63,15 @@ async def client(address: str, execution_id: str, tailers: int) -> None:
     lasts: list[int] = []
     counts: list[int] = []
     messages = [0]
+    connections = max(CHANNELS, -(-tailers // STREAMS_PER_CONNECTION))
     channels = [
         grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
-        for _ in range(CHANNELS)
+        for _ in range(connections)
     ]
     request = log_service_pb2.TailLogsRequest(execution_id=execution_id, follow=True)
 
     async def one(index: int) -> None:
-        stub = log_service_pb2_grpc.LogServiceStub(channels[index % CHANNELS])
+        stub = log_service_pb2_grpc.LogServiceStub(channels[index % connections])
         call = stub.TailLogs(request, timeout=300)
         count = last = 0
         async for message in call:
@@ -63,14 +89,12 @@ async def client(address: str, execution_id: str, tailers: int) -> None:
 
     tasks = [asyncio.create_task(one(i)) for i in range(tailers)]
     print(json.dumps({"event": "ready"}), flush=True)
-    cpu_began, began = time.process_time(), time.monotonic()
     await asyncio.gather(*tasks)
-    cpu = (time.process_time() - cpu_began) / (time.monotonic() - began)
     for channel in channels:
         await channel.close()
     print(json.dumps({
         "event": "done", "delays": delays, "lasts": lasts, "counts": counts,
-        "messages": messages[0], "cpu": cpu,
+        "messages": messages[0],
     }), flush=True)
 
 
@@ -89,83 +113,221 @@ def percentile(histogram: dict[int, int], fraction: float) -> float:
     return 0.0
 
 
-async def run(tailers: int, rate: int, seconds: float, processes: int) -> int:
+class BareLogService(log_service_pb2_grpc.LogServiceServicer):
+    """The baseline: every tick's lines encoded once into TailLogsResponse bytes; each
+    stream waits for the next tick and sends everything it has not sent yet in one
+    message. Ends when ``close`` is called and every stream has sent every line."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []  # encoded lines of each tick
+        self.seq = 0
+        self.closed = False
+        self.streams = 0
+        self._tick: asyncio.Future | None = None
+
+    def _wake(self) -> None:
+        if self._tick is not None and not self._tick.done():
+            self._tick.set_result(None)
+        self._tick = None
+
+    def write(self, count: int) -> None:
+        now_us = time.time_ns() // 1000
+        rows = [
+            ("bare", self.seq + i + 1, now_us, "train", 1, TEXT) for i in range(count)
+        ]
+        self.seq += count
+        self.chunks.append(encode_rows(rows)[0][2])
+        self._wake()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake()
+
+    async def TailLogs(self, request, context):
+        self.streams += 1
+        sent = 0
+        while True:
+            if sent == len(self.chunks):
+                if self.closed:
+                    return
+                if self._tick is None:
+                    self._tick = asyncio.get_running_loop().create_future()
+                await self._tick
+                continue
+            upto = len(self.chunks)
+            # Encoded messages concatenate into one (the last cursor wins).
+            yield b"".join(self.chunks[sent:upto])
+            sent = upto
+
+
+def add_bare_service(server: grpc.aio.Server, service: BareLogService) -> None:
+    handler = grpc.unary_stream_rpc_method_handler(
+        service.TailLogs,
+        request_deserializer=log_service_pb2.TailLogsRequest.FromString,
+        response_serializer=lambda message: message,
+    )
+    name = log_service_pb2.DESCRIPTOR.services_by_name["LogService"].full_name
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(name, {"TailLogs": handler}),)
+    )
+
+
+async def start_clients(address: str, execution_id: str, tailers: int, processes: int):
+    loop = asyncio.get_running_loop()
+    shares = [tailers // processes + (i < tailers % processes) for i in range(processes)]
+    clients = [
+        spawn_client("bench.tailers_delay", address, execution_id, str(share))
+        for share in shares
+    ]
+    for process in clients:
+        ready = json.loads(await loop.run_in_executor(None, process.stdout.readline))
+        assert ready["event"] == "ready", ready
+    return clients
+
+
+async def wait_until(predicate, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def write_for(write, rate: int, seconds: float, clients) -> dict:
+    """Call ``write(n)`` every tick so that ``rate`` lines/s are written for
+    ``seconds``; CPU and memory figures of the window."""
+    per_tick = max(1, round(rate * TICK))
+    pids = [process.pid for process in clients]
+    other = OtherLoad(pids)
+    total = 0
+    peak_rss = 0.0
+    began = time.monotonic()
+    cpu_began = time.process_time()
+    clients_began = sum(_process_ticks(pid) for pid in pids)
+    other.start()
+    while time.monotonic() - began < seconds:
+        write(per_tick)
+        total += per_tick
+        if total % (per_tick * 100) == 0:
+            peak_rss = max(peak_rss, rss_mib()[0])
+        next_at = began + (total // per_tick) * TICK
+        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+    elapsed = time.monotonic() - began
+    clients_cpu = sum(_process_ticks(pid) for pid in pids) - clients_began
+    return {
+        "total": total,
+        "elapsed": elapsed,
+        "server_cpu": (time.process_time() - cpu_began) / elapsed,
+        "clients_cpu": clients_cpu / os.sysconf("SC_CLK_TCK") / elapsed,
+        "other_cpu": other.stop(),
+        "peak_rss": max(peak_rss, rss_mib()[0]),
+    }
+
+
+async def collect(clients, window: dict) -> dict:
+    loop = asyncio.get_running_loop()
+    results = []
+    for process in clients:
+        line = await asyncio.wait_for(loop.run_in_executor(None, process.stdout.readline), 120)
+        await loop.run_in_executor(None, process.wait)
+        results.append(json.loads(line))
+    histogram: dict[int, int] = {}
+    lasts: list[int] = []
+    counts: list[int] = []
+    messages = 0
+    for part in results:
+        for bucket, n in part["delays"].items():
+            histogram[int(bucket)] = histogram.get(int(bucket), 0) + n
+        lasts += part["lasts"]
+        counts += part["counts"]
+        messages += part["messages"]
+    total = window["total"]
+    return {
+        **window,
+        "complete": all(last == total for last in lasts) and all(c == total for c in counts),
+        "deliveries": sum(histogram.values()),
+        "messages": messages,
+        "p50": percentile(histogram, 0.5),
+        "p99": percentile(histogram, 0.99),
+        "max": max(histogram) / 10 if histogram else 0.0,
+    }
+
+
+async def measure_bare(tailers: int, rate: int, seconds: float, processes: int) -> dict:
+    service = BareLogService()
+    server = grpc.aio.server()
+    add_bare_service(server, service)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    tune_gc()  # the same collector settings as the server
+    try:
+        clients = await start_clients(f"127.0.0.1:{port}", "bare", tailers, processes)
+        await wait_until(lambda: service.streams >= tailers, f"{tailers} bare streams")
+        # Let the last streams reach their first wait.
+        await asyncio.sleep(0.5)
+        window = await write_for(service.write, rate, seconds, clients)
+        service.close()
+        return await collect(clients, window)
+    finally:
+        await server.stop(0.5)
+
+
+async def measure_trainyard(tailers: int, rate: int, seconds: float, processes: int) -> dict:
     async with bench_server() as running:
         execution_id = running_execution(running)
         sink = running.extra["log_sink"]
         broker = running.extra["broker"]
-        tails = running.extra["tails"]
-        loop = asyncio.get_running_loop()
         rss_before, _ = rss_mib()
-        shares = [tailers // processes + (i < tailers % processes) for i in range(processes)]
-        clients = [
-            spawn_client("bench.tailers_delay", running.address, execution_id, str(share))
-            for share in shares
-        ]
-        for process in clients:
-            ready = json.loads(await loop.run_in_executor(None, process.stdout.readline))
-            assert ready["event"] == "ready", ready
-
-        deadline = time.monotonic() + 60
-        while sum(s.live for s in broker._logs.get(execution_id, ())) < tailers:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"only {tails.active} of {tailers} tailers started")
-            await asyncio.sleep(0.05)
+        clients = await start_clients(running.address, execution_id, tailers, processes)
+        await wait_until(
+            lambda: sum(s.live for s in broker.log_subscriptions(execution_id)) >= tailers,
+            f"{tailers} live tailers",
+        )
         rss_idle, _ = rss_mib()
 
-        # Write ``rate`` lines/s in ticks of 10 ms, on schedule.
-        tick = 0.01
-        per_tick = max(1, round(rate * tick))
-        total = 0
-        began = time.monotonic()
-        peak_rss = 0.0
-        cpu_began = time.process_time()
-        while time.monotonic() - began < seconds:
-            for _ in range(per_tick):
+        def write(count: int) -> None:
+            for _ in range(count):
                 sink.write(execution_id, "train", LogStream.STDOUT, TEXT)
-            total += per_tick
-            if total % (per_tick * 100) == 0:
-                peak_rss = max(peak_rss, rss_mib()[0])
-            next_at = began + (total // per_tick) * tick
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+        window = await write_for(write, rate, seconds, clients)
         sink.flush()
-        elapsed = time.monotonic() - began
-        server_cpu = (time.process_time() - cpu_began) / elapsed
         stats = broker.stats()
         running.plane.transition(execution_id, Status.COMPLETED, "bench")
-        results = []
-        for process in clients:
-            line = await asyncio.wait_for(
-                loop.run_in_executor(None, process.stdout.readline), 120
-            )
-            await loop.run_in_executor(None, process.wait)
-            results.append(json.loads(line))
-
-    histogram: dict[int, int] = {}
-    result: dict = {"lasts": [], "counts": [], "messages": 0, "cpu": 0.0}
-    for part in results:
-        for bucket, n in part["delays"].items():
-            histogram[int(bucket)] = histogram.get(int(bucket), 0) + n
-        for key in ("lasts", "counts", "messages", "cpu"):
-            result[key] += part[key]
-    complete = all(last == total for last in result["lasts"]) and all(
-        count == total for count in result["counts"]
+        result = await collect(clients, window)
+    result.update(
+        rss_before=rss_before, rss_idle=rss_idle, peak_buffered=stats.peak_buffered_lines,
+        overflows=stats.overflows,
     )
-    delivered = sum(histogram.values())
-    print(f"{tailers} tailers, {total / elapsed:,.0f} lines/s for {elapsed:.1f} s "
-          f"({total:,} lines; {delivered:,} deliveries; every tailer got every line: "
-          f"{'yes' if complete else 'NO'}; {result['messages'] / elapsed:,.0f} messages/s)")
-    print(f"delivery delay: p50 {percentile(histogram, 0.5):.1f} ms, "
-          f"p99 {percentile(histogram, 0.99):.1f} ms, "
-          f"max {max(histogram) / 10 if histogram else 0:.1f} ms")
-    print(f"CPU while writing: server {server_cpu:.0%} of a core, {processes} client "
-          f"process(es) {result['cpu']:.0%} of a core (over their whole run)")
-    print(f"server RSS: {rss_before:.0f} MiB before, {rss_idle:.0f} MiB with the tailers "
-          f"connected, {peak_rss:.0f} MiB peak while writing")
-    print(f"broker: peak {stats.peak_buffered_lines} lines buffered by one tailer, "
-          f"{stats.overflows} fall-backs to the store")
-    print("target: p99 < 100 ms with 1,000 tailers")
-    return 0 if complete else 1
+    return result
+
+
+def report(name: str, r: dict, processes: int) -> None:
+    elapsed = r["elapsed"]
+    print(f"{name}: p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, max {r['max']:.1f} ms; "
+          f"{r['messages'] / elapsed:,.0f} messages/s; every tailer got every line: "
+          f"{'yes' if r['complete'] else 'NO'}")
+    print(f"    CPU while writing: server {r['server_cpu']:.0%} of a core, {processes} client "
+          f"process(es) {r['clients_cpu']:.0%}, other work on the machine "
+          f"{r['other_cpu']:.0%}")
+
+
+async def run(tailers: int, rate: int, seconds: float, processes: int, baseline: bool) -> int:
+    bare = await measure_bare(tailers, rate, seconds, processes) if baseline else None
+    ours = await measure_trainyard(tailers, rate, seconds, processes)
+    print(f"{tailers} tailers of one execution, {ours['total'] / ours['elapsed']:,.0f} lines/s "
+          f"for {ours['elapsed']:.1f} s ({ours['total']:,} lines, {ours['deliveries']:,} "
+          f"deliveries), lines of 100 bytes")
+    if bare is not None:
+        report("bare grpc.aio (same clients)", bare, processes)
+    report("TailLogs follow            ", ours, processes)
+    print(f"    server RSS: {ours['rss_before']:.0f} MiB before, {ours['rss_idle']:.0f} MiB "
+          f"with the tailers connected, {ours['peak_rss']:.0f} MiB peak while writing")
+    print(f"    broker: peak {ours['peak_buffered']} lines buffered by one tailer, "
+          f"{ours['overflows']} fall-backs to the store")
+    ok = ours["p99"] < TARGET_P99_MS and ours["peak_rss"] < TARGET_RSS_MIB
+    print(f"target: p99 < {TARGET_P99_MS:.0f} ms with 1,000 tailers, server RSS < "
+          f"{TARGET_RSS_MIB:.0f} MiB: {'meets target' if ok else 'BELOW TARGET'}")
+    return 0 if ours["complete"] and (bare is None or bare["complete"]) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,13 +337,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--client-processes", type=int, default=1,
                         help="spread the tailers over this many client processes")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip the bare grpc.aio baseline")
     parser.add_argument("--client", nargs=3, metavar=("ADDRESS", "EXECUTION_ID", "TAILERS"))
     args = parser.parse_args(argv)
     if args.client:
         address, execution_id, tailers = args.client
         asyncio.run(client(address, execution_id, int(tailers)))
         return 0
-    return asyncio.run(run(args.tailers, args.rate, args.seconds, args.client_processes))
+    return asyncio.run(
+        run(args.tailers, args.rate, args.seconds, args.client_processes, not args.no_baseline)
+    )
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def wait_live(server, execution_id: str, count: int = 1) -> None:
     """Until ``count`` tailers of the execution have read the store and gone live."""
 
     def live():
-        subs = server.run_sync(lambda: list(broker(server)._logs.get(execution_id, ())))
+        subs = server.run_sync(broker(server).log_subscriptions, execution_id)
         return sum(1 for s in subs if s.live) >= count
 
     wait_for(live, what=f"{count} live tailers")

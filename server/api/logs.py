@@ -1,8 +1,8 @@
 """Handlers of the log service: paged reads and live tails.
 
 TailLogs messages are encoded here, once per published batch: a batch shared by many
-tailers of one execution becomes protobuf bytes once, and each tailer's message is a
-concatenation of those bytes (a repeated field's entries concatenate) plus its cursor.
+tailers of one execution becomes protobuf bytes once (complete messages, cursor
+included), and each tailer's message is those bytes, or a concatenation of them.
 The service is registered with a response serializer that passes such bytes through.
 """
 
@@ -43,14 +43,18 @@ def cursor_field(seq: int) -> bytes:
     return b"\x10" + _varint(seq)
 
 
-def encode_rows(rows: list[LogRow]) -> list[tuple[int, int, int, bytes]]:
-    """Rows as TailLogsResponse ``lines`` on the wire, in segments of at most
-    MESSAGE_LINES lines / about MESSAGE_BYTES bytes: (lines, bytes, last seq, data)."""
-    segments: list[tuple[int, int, int, bytes]] = []
+def encode_rows(rows: list[LogRow]) -> list[tuple[int, int, bytes]]:
+    """Rows as complete TailLogsResponse messages of at most MESSAGE_LINES lines /
+    about MESSAGE_BYTES bytes, each with its cursor: (lines, bytes, message).
+
+    Concatenated, such messages are again one valid TailLogsResponse: the repeated
+    ``lines`` add up and, as for any singular field on the wire, the last ``cursor``
+    wins. So a tailer's message is the encoded segments of the batches it sends, joined,
+    and a batch sent alone is sent as the very bytes every other tailer sends."""
+    segments: list[tuple[int, int, bytes]] = []
     message = pb.TailLogsResponse()
     add = message.lines.add
     count = size = 0
-    seq = 0
     for _, seq, at_us, step, code, text in rows:
         line = add(sequence=seq, step=step, stream=code, text=text)
         stamp = line.time
@@ -59,16 +63,18 @@ def encode_rows(rows: list[LogRow]) -> list[tuple[int, int, int, bytes]]:
         count += 1
         size += len(text) + _LINE_OVERHEAD
         if count >= MESSAGE_LINES or size >= MESSAGE_BYTES:
-            segments.append((count, size, seq, message.SerializeToString()))
+            message.cursor = seq
+            segments.append((count, size, message.SerializeToString()))
             message = pb.TailLogsResponse()
             add = message.lines.add
             count = size = 0
     if count:
-        segments.append((count, size, seq, message.SerializeToString()))
+        message.cursor = rows[-1][1]
+        segments.append((count, size, message.SerializeToString()))
     return segments
 
 
-def _segments(batch: LogBatch) -> list[tuple[int, int, int, bytes]]:
+def _segments(batch: LogBatch) -> list[tuple[int, int, bytes]]:
     cached = batch.memo.get(_MEMO_KEY)
     if cached is None:
         cached = batch.memo[_MEMO_KEY] = encode_rows(batch.rows)
@@ -77,22 +83,25 @@ def _segments(batch: LogBatch) -> list[tuple[int, int, int, bytes]]:
 
 def tail_messages(batches: list[LogBatch]) -> Iterator[bytes]:
     """Serialized TailLogsResponse messages for consecutive batches."""
+    if len(batches) == 1:
+        segments = _segments(batches[0])
+        if len(segments) == 1:
+            # The common case live: the batch's own encoding, shared by every tailer.
+            yield segments[0][2]
+            return
     parts: list[bytes] = []
-    count = size = last = 0
+    count = size = 0
     for batch in batches:
-        for n, nbytes, last_seq, data in _segments(batch):
+        for n, nbytes, data in _segments(batch):
             if parts and (count + n > MESSAGE_LINES or size + nbytes > MESSAGE_BYTES):
-                parts.append(cursor_field(last))
-                yield b"".join(parts)
+                yield parts[0] if len(parts) == 1 else b"".join(parts)
                 parts = []
                 count = size = 0
             parts.append(data)
             count += n
             size += nbytes
-            last = last_seq
     if parts:
-        parts.append(cursor_field(last))
-        yield b"".join(parts)
+        yield parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def tail_options(request: pb.TailLogsRequest) -> TailOptions:

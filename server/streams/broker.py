@@ -11,11 +11,13 @@ PostgreSQL LISTEN/NOTIFY) without touching the tailers or watchers, which rely o
 * per topic, batches arrive in sequence order; subscribers drop what they already
   read (by sequence number), so a batch seen both in the store and live is not doubled.
 
-Memory is bounded per subscriber: a log subscription holds at most ``max_lines`` lines
-and ``max_bytes`` bytes of text. Past that it stops buffering and marks itself
-*behind* (``live`` False); its tailer then reads from the store where it left off.
-Batches are shared: a thousand tailers of one execution hold references to the same
-batch objects, never copies.
+Memory is bounded: the live lines of an execution are one shared list of batches
+(``_LogTopic``), from the oldest one a live subscription has not taken to the newest,
+and a log subscription never lags more than ``max_lines`` lines and ``max_bytes``
+bytes of text behind. Past that it is cut off and marks itself *behind* (``live``
+False); its tailer then reads from the store where it left off. A thousand tailers of
+one execution share the same batch objects, never copies, and publishing a batch costs
+the same for one subscriber or a thousand, plus a wake-up per waiting tailer.
 """
 
 from __future__ import annotations
@@ -49,18 +51,14 @@ class LogBatch:
     rows: list[LogRow]
     nbytes: int = -1
     memo: dict = field(default_factory=dict)
+    first_seq: int = field(init=False)
+    last_seq: int = field(init=False)
 
     def __post_init__(self) -> None:
         if self.nbytes < 0:
             self.nbytes = sum(len(r[5]) for r in self.rows)
-
-    @property
-    def first_seq(self) -> int:
-        return self.rows[0][1]
-
-    @property
-    def last_seq(self) -> int:
-        return self.rows[-1][1]
+        self.first_seq = self.rows[0][1]
+        self.last_seq = self.rows[-1][1]
 
 
 class _Waitable:
@@ -91,79 +89,230 @@ class _Waitable:
 
 
 class LogSubscription(_Waitable):
-    """One tailer's bounded buffer on one execution's log.
+    """One tailer's bounded view of one execution's live lines.
 
-    While ``live`` the broker appends every published batch. A push that would exceed
-    ``max_lines`` or ``max_bytes`` empties the buffer and turns ``live`` off: the tailer
-    must then read from the store, and call ``go_live`` once it has read to the end."""
+    While ``live`` it sees every batch published after its position in the topic's
+    shared buffer (``take`` returns them and moves the position to the head). When
+    keeping its backlog would take the buffer past ``max_lines`` or ``max_bytes``, it
+    is cut off: ``live`` turns off and ``overflows`` counts it; the tailer must then
+    read from the store, and call ``go_live`` once it has read to the end."""
 
     __slots__ = (
         "execution_id",
         "max_lines",
         "max_bytes",
-        "batches",
-        "lines",
-        "nbytes",
         "live",
         "overflows",
         "closed",
         "_broker",
+        "_topic",
+        "_position",
+        "_taken_lines",
+        "_taken_bytes",
     )
 
-    def __init__(self, broker: LocalBroker, execution_id: str, max_lines: int, max_bytes: int):
+    def __init__(
+        self, broker: LocalBroker, topic: _LogTopic, execution_id: str, max_lines: int,
+        max_bytes: int,
+    ):
         super().__init__()
         self._broker = broker
+        self._topic = topic
         self.execution_id = execution_id
         self.max_lines = max_lines
         self.max_bytes = max_bytes
-        self.batches: deque[LogBatch] = deque()
-        self.lines = 0
-        self.nbytes = 0
         self.live = False
         self.overflows = 0
         self.closed = False
+        # Index (in the topic) of the next batch to take (-1: not live), and how many
+        # lines and bytes the topic had published before it.
+        self._position = -1
+        self._taken_lines = 0
+        self._taken_bytes = 0
 
-    def push(self, batch: LogBatch) -> None:
-        if not self.live:
-            return
-        lines = self.lines + len(batch.rows)
-        nbytes = self.nbytes + batch.nbytes
-        if lines > self.max_lines or nbytes > self.max_bytes:
-            self.live = False
-            self.overflows += 1
-            self._broker.counters["overflows"] += 1
-            self._drop()
-        else:
-            self.batches.append(batch)
-            self.lines = lines
-            self.nbytes = nbytes
-            if lines > self._broker.peak_buffered_lines:
-                self._broker.peak_buffered_lines = lines
-        self._wake()
+    @property
+    def lines(self) -> int:
+        """Lines published and not taken yet (0 unless live)."""
+        return self._topic.published_lines - self._taken_lines if self.live else 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of text published and not taken yet (0 unless live)."""
+        return self._topic.published_bytes - self._taken_bytes if self.live else 0
+
+    def pending(self) -> bool:
+        """Whether ``take`` would return something."""
+        return self.live and self._position < self._topic.head
 
     def go_live(self) -> None:
         """The tailer has read the store to its end (in the same synchronous step as
-        this call): buffer what is published from now on."""
-        self._drop()
-        self.live = True
+        this call): see what is published from now on."""
+        if not self.closed:
+            self._topic.place(self)
+            self.live = True
 
     def take(self) -> list[LogBatch]:
-        batches = list(self.batches)
-        self._drop()
-        return batches
+        """The batches published since the last ``take`` (or ``go_live``)."""
+        if not self.live:
+            return []
+        return self._topic.take(self)
 
-    def _drop(self) -> None:
-        self.batches.clear()
-        self.lines = 0
-        self.nbytes = 0
+    async def wait(self, timeout: float | None = None) -> None:
+        """Until something is published, the subscription is cut off or closed, or
+        ``also_wake`` of an event subscription fires (or ``timeout`` seconds)."""
+        self._topic.waiting[self] = None
+        try:
+            await super().wait(timeout)
+        finally:
+            self._topic.waiting.pop(self, None)
+
+    def _overflow(self) -> None:
+        self.live = False
+        self.overflows += 1
+        self._broker.counters["overflows"] += 1
+        self._wake()
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
             self.live = False
-            self._drop()
             self._broker._remove_log(self)
             self._wake()
+
+
+class _LogTopic:
+    """The live lines of one execution, shared by all its subscriptions.
+
+    ``batches`` holds what the slowest live subscription has not taken yet, and never
+    more than the smallest bound of its subscriptions: a batch that would exceed it
+    pushes the oldest batches out, and the subscriptions that still needed them are cut
+    off. A thousand tailers that keep up thus share one short list of batches; memory
+    is bounded per execution, not per tailer. Subscriptions are indexed by their
+    position, so publishing, taking and trimming cost no pass over all subscriptions.
+    """
+
+    __slots__ = (
+        "subscriptions",
+        "waiting",
+        "batches",
+        "first",
+        "lines",
+        "nbytes",
+        "published_lines",
+        "published_bytes",
+        "at",
+        "bounds",
+    )
+
+    def __init__(self) -> None:
+        self.subscriptions: dict[LogSubscription, None] = {}
+        # Subscriptions whose tailer waits for the next batch.
+        self.waiting: dict[LogSubscription, None] = {}
+        self.batches: list[LogBatch] = []
+        self.first = 0  # topic index of batches[0]
+        self.lines = 0  # lines and bytes in batches
+        self.nbytes = 0
+        self.published_lines = 0  # lines and bytes ever published to the topic
+        self.published_bytes = 0
+        # Live subscriptions by position (the index of the next batch they take).
+        self.at: dict[int, dict[LogSubscription, None]] = {}
+        # (max_lines, max_bytes) of the subscriptions -> how many have it.
+        self.bounds: dict[tuple[int, int], int] = {}
+
+    @property
+    def head(self) -> int:
+        """The index the next published batch gets."""
+        return self.first + len(self.batches)
+
+    def add(self, subscription: LogSubscription) -> None:
+        self.subscriptions[subscription] = None
+        key = (subscription.max_lines, subscription.max_bytes)
+        self.bounds[key] = self.bounds.get(key, 0) + 1
+
+    def remove(self, subscription: LogSubscription) -> None:
+        self.subscriptions.pop(subscription, None)
+        self.waiting.pop(subscription, None)
+        self._unplace(subscription)
+        key = (subscription.max_lines, subscription.max_bytes)
+        left = self.bounds.get(key, 0) - 1
+        if left > 0:
+            self.bounds[key] = left
+        else:
+            self.bounds.pop(key, None)
+        self._trim_consumed()
+
+    def place(self, subscription: LogSubscription) -> None:
+        """Put a subscription at the head: it sees what is published from now on."""
+        self._unplace(subscription)
+        head = self.head
+        subscription._position = head
+        subscription._taken_lines = self.published_lines
+        subscription._taken_bytes = self.published_bytes
+        self.at.setdefault(head, {})[subscription] = None
+        self._trim_consumed()
+
+    def _unplace(self, subscription: LogSubscription) -> None:
+        position = subscription._position
+        if position < 0:
+            return
+        subscription._position = -1
+        group = self.at.get(position)
+        if group is not None:
+            group.pop(subscription, None)
+            if not group:
+                del self.at[position]
+
+    def take(self, subscription: LogSubscription) -> list[LogBatch]:
+        start = subscription._position - self.first
+        if start >= len(self.batches):
+            return []
+        batches = self.batches[start:] if start else list(self.batches)
+        self._unplace(subscription)
+        head = self.head
+        subscription._position = head
+        subscription._taken_lines = self.published_lines
+        subscription._taken_bytes = self.published_bytes
+        self.at.setdefault(head, {})[subscription] = None
+        self._trim_consumed()
+        return batches
+
+    def publish(self, batch: LogBatch, broker: LocalBroker) -> None:
+        self.batches.append(batch)
+        lines = len(batch.rows)
+        self.lines += lines
+        self.nbytes += batch.nbytes
+        self.published_lines += lines
+        self.published_bytes += batch.nbytes
+        if self.bounds:
+            max_lines = min(bound[0] for bound in self.bounds)
+            max_bytes = min(bound[1] for bound in self.bounds)
+            while self.batches and (self.lines > max_lines or self.nbytes > max_bytes):
+                self._drop_first(cut_off=True)
+        self._trim_consumed()
+        if self.lines > broker.peak_buffered_lines:
+            broker.peak_buffered_lines = self.lines
+        if self.waiting:
+            waiting = list(self.waiting)
+            self.waiting.clear()
+            for subscription in waiting:
+                subscription._wake()
+
+    def _drop_first(self, cut_off: bool) -> None:
+        batch = self.batches.pop(0)
+        self.lines -= len(batch.rows)
+        self.nbytes -= batch.nbytes
+        group = self.at.pop(self.first, None)
+        self.first += 1
+        if group:
+            for subscription in group:
+                subscription._position = -1
+                if cut_off:
+                    subscription._overflow()
+
+    def _trim_consumed(self) -> None:
+        """Drop the batches every live subscription has taken."""
+        while self.batches and self.first not in self.at:
+            self._drop_first(cut_off=False)
 
 
 @dataclass(slots=True)
@@ -298,7 +447,7 @@ class LocalBroker(Broker):
 
     def __init__(self, retained_events: int = 10_000):
         self.epoch = secrets.token_hex(4)
-        self._logs: dict[str, list[LogSubscription]] = {}
+        self._logs: dict[str, _LogTopic] = {}
         self._heads: dict[str, int] = {}
         self._by_execution: dict[str, list[EventSubscription]] = {}
         self._by_group: dict[str, list[EventSubscription]] = {}
@@ -322,28 +471,30 @@ class LocalBroker(Broker):
         self._heads[execution_id] = rows[-1][1]
         self.counters["batches"] += 1
         self.counters["lines"] += len(rows)
-        subscribers = self._logs.get(execution_id)
-        if not subscribers:
-            return
-        batch = LogBatch(execution_id, rows)
-        for subscription in subscribers:
-            subscription.push(batch)
+        topic = self._logs.get(execution_id)
+        if topic is not None:
+            topic.publish(LogBatch(execution_id, rows), self)
 
     def subscribe_logs(
         self, execution_id: str, *, max_lines: int, max_bytes: int
     ) -> LogSubscription:
-        subscription = LogSubscription(self, execution_id, max_lines, max_bytes)
-        # Copy on write: publishing iterates the list without copying it.
-        self._logs[execution_id] = [*self._logs.get(execution_id, ()), subscription]
+        topic = self._logs.get(execution_id)
+        if topic is None:
+            topic = self._logs[execution_id] = _LogTopic()
+        subscription = LogSubscription(self, topic, execution_id, max_lines, max_bytes)
+        topic.add(subscription)
         return subscription
 
     def _remove_log(self, subscription: LogSubscription) -> None:
-        current = self._logs.get(subscription.execution_id, [])
-        remaining = [s for s in current if s is not subscription]
-        if remaining:
-            self._logs[subscription.execution_id] = remaining
-        else:
-            self._logs.pop(subscription.execution_id, None)
+        topic = subscription._topic
+        topic.remove(subscription)
+        if not topic.subscriptions and self._logs.get(subscription.execution_id) is topic:
+            del self._logs[subscription.execution_id]
+
+    def log_subscriptions(self, execution_id: str) -> list[LogSubscription]:
+        """The log subscriptions of one execution (for operators and tests)."""
+        topic = self._logs.get(execution_id)
+        return list(topic.subscriptions) if topic is not None else []
 
     def head_seq(self, execution_id: str) -> int:
         return self._heads.get(execution_id, 0)
@@ -422,7 +573,7 @@ class LocalBroker(Broker):
     # ----------------------------------------------------------------- stats
 
     def stats(self) -> BrokerStats:
-        subscriptions = [s for subs in self._logs.values() for s in subs]
+        subscriptions = [s for topic in self._logs.values() for s in topic.subscriptions]
         events = sum(len(s) for s in self._by_execution.values()) + sum(
             len(s) for s in self._by_group.values()
         )

@@ -178,7 +178,7 @@ class LogTails:
                         self._check_lag(execution_id, cursor)
                     continue
 
-                if not subscription.batches:
+                if not subscription.pending():
                     if final:
                         # Drain: one more read of the store, then the end.
                         subscription.live = False
