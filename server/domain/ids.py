@@ -1,9 +1,9 @@
 """Random identifiers from the operating system's generator, read a block at a time.
 
-``secrets.token_hex`` and ``uuid.uuid4`` make a system call for every id. On the
-server's event loop thread each such call releases the GIL, and the gRPC poller thread
-takes it: the call costs about 10 us instead of under 1 us. The ids are as random as
-before (os.urandom bytes), only fetched 4 KiB at a time.
+``secrets.token_hex`` and ``uuid.uuid4`` make a system call for every id (uuid4 also
+builds a UUID object): about 3 us alone, 10 us measured on the loaded server's event
+loop thread, against under 1 us here. The ids are as random as before (os.urandom
+bytes), only fetched 4 KiB at a time.
 """
 
 from __future__ import annotations
