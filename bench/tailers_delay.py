@@ -42,7 +42,7 @@ from bench._streams import (
 )
 from server.api.logs import encode_rows
 from server.domain.models import LogStream, Status
-from server.gc_tuning import tune_gc
+from server.process_tuning import tune_process
 from trainyard.v1 import log_service_pb2, log_service_pb2_grpc
 
 TEXT = "y" * 100
@@ -259,7 +259,7 @@ async def measure_bare(tailers: int, rate: int, seconds: float, processes: int) 
     add_bare_service(server, service)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    tune_gc()  # the same collector settings as the server
+    tune_process()  # the same process settings as the server
     try:
         clients = await start_clients(f"127.0.0.1:{port}", "bare", tailers, processes)
         await wait_until(lambda: service.streams >= tailers, f"{tailers} bare streams")
