@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import countOf, itemgetter
 
 import structlog
 
@@ -45,6 +46,8 @@ Subscriber = Callable[[str, list[LogLine]], None]
 # tuple that was stored: (execution_id, seq, at_us, step, stream_code, text). No
 # object is built per line for them: this is the live tailers' path.
 RowSubscriber = Callable[[str, list[tuple]], None]
+
+_EXECUTION = itemgetter(0)  # of a row
 
 RETRY_SECONDS = 0.1
 ROUND_LINES = 5000
@@ -276,7 +279,7 @@ class LogSink:
         self.lines_written += len(batch)
         if self.row_subscribers:
             first = batch[0][0]
-            if batch[-1][0] == first and all(row[0] == first for row in batch):
+            if batch[-1][0] == first and countOf(map(_EXECUTION, batch), first) == len(batch):
                 groups = {first: batch}
             else:
                 groups = {}

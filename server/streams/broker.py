@@ -28,6 +28,7 @@ import secrets
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import TYPE_CHECKING
 
 from server.domain.lifecycle import is_final
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 # One log line as stored and published: (execution_id, seq, at_us, step, stream_code,
 # text). Stream codes: 1 stdout, 2 stderr, 3 system (server/domain/logsink.py).
 LogRow = tuple[str, int, int, str, int, str]
+_TEXT = itemgetter(5)
 
 
 @dataclass(slots=True, eq=False)
@@ -56,7 +58,7 @@ class LogBatch:
 
     def __post_init__(self) -> None:
         if self.nbytes < 0:
-            self.nbytes = sum(len(r[5]) for r in self.rows)
+            self.nbytes = sum(map(len, map(_TEXT, self.rows)))
         self.first_seq = self.rows[0][1]
         self.last_seq = self.rows[-1][1]
 
