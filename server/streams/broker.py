@@ -168,6 +168,19 @@ class LogSubscription(_Waitable):
         finally:
             self._topic.waiting.pop(self, None)
 
+    async def linger(self, seconds: float) -> None:
+        """Until the execution's next delivery tick, at most ``seconds`` from now (or
+        an earlier wake-up, as for ``wait``). All the tailers of an execution share one
+        timer: a thousand tailers lingering cost one timer, not a thousand."""
+        topic = self._topic
+        topic.lingering[self] = None
+        if topic.tick is None:
+            topic.tick = asyncio.get_running_loop().call_later(seconds, topic.on_tick)
+        try:
+            await super().wait()
+        finally:
+            topic.lingering.pop(self, None)
+
     def _overflow(self) -> None:
         self.live = False
         self.overflows += 1
@@ -204,12 +217,18 @@ class _LogTopic:
         "published_bytes",
         "at",
         "bounds",
+        "lingering",
+        "tick",
     )
 
     def __init__(self) -> None:
         self.subscriptions: dict[LogSubscription, None] = {}
         # Subscriptions whose tailer waits for the next batch.
         self.waiting: dict[LogSubscription, None] = {}
+        # Subscriptions whose tailer lingers for more lines, and the timer that ends
+        # their lingering (see ``LogSubscription.linger``).
+        self.lingering: dict[LogSubscription, None] = {}
+        self.tick: asyncio.TimerHandle | None = None
         self.batches: list[LogBatch] = []
         self.first = 0  # topic index of batches[0]
         self.lines = 0  # lines and bytes in batches
@@ -231,9 +250,20 @@ class _LogTopic:
         key = (subscription.max_lines, subscription.max_bytes)
         self.bounds[key] = self.bounds.get(key, 0) + 1
 
+    def on_tick(self) -> None:
+        self.tick = None
+        lingering = list(self.lingering)
+        self.lingering.clear()
+        for subscription in lingering:
+            subscription._wake()
+
     def remove(self, subscription: LogSubscription) -> None:
         self.subscriptions.pop(subscription, None)
         self.waiting.pop(subscription, None)
+        self.lingering.pop(subscription, None)
+        if not self.subscriptions and self.tick is not None:
+            self.tick.cancel()
+            self.tick = None
         self._unplace(subscription)
         key = (subscription.max_lines, subscription.max_bytes)
         left = self.bounds.get(key, 0) - 1
