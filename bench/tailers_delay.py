@@ -12,11 +12,11 @@ sink took it). Each message is counted at the delay of its oldest line for all o
 lines, so the percentiles are upper bounds.
 
 The baseline is the least a grpc.aio server in Python can do for the same load: the
-same clients, the same lines written in the same ticks, each tick's lines encoded once
-and sent by every stream as soon as it is woken, with no store, no broker, no
-interceptor. Also printed: CPU of the server and the clients while the lines are
-written, CPU other work took on the machine meanwhile, the server's resident memory and
-the broker's buffers.
+same clients, the same lines written in the same ticks, each tick's lines encoded once,
+every stream lingering as a TailLogs tailer does and then sending what it has not sent
+in one message, with no store, no broker, no interceptor. Also printed: CPU of the
+server and the clients while the lines are written, CPU other work took on the machine
+meanwhile, the server's resident memory and the broker's buffers.
 
 Target (DESIGN.md): 1,000 tailers with p99 delay under 100 ms (server RSS < 300 MB).
 """
@@ -43,6 +43,7 @@ from bench._streams import (
 from server.api.logs import encode_rows
 from server.domain.models import LogStream, Status
 from server.process_tuning import tune_process
+from server.streams.tailer import TailLimits
 from trainyard.v1 import log_service_pb2, log_service_pb2_grpc
 
 TEXT = "y" * 100
@@ -51,6 +52,7 @@ CHANNELS = int(os.environ.get("BENCH_CHANNELS", "8"))
 # --max-streams-per-client): the tailers are spread so that no connection exceeds it.
 STREAMS_PER_CONNECTION = 100
 TICK = 0.01  # lines are written in ticks of 10 ms, on schedule
+LINGER = TailLimits().linger  # the baseline's streams linger as TailLogs tailers do
 TARGET_P99_MS = 100.0
 TARGET_RSS_MIB = 300.0
 
@@ -115,7 +117,8 @@ def percentile(histogram: dict[int, int], fraction: float) -> float:
 
 class BareLogService(log_service_pb2_grpc.LogServiceServicer):
     """The baseline: every tick's lines encoded once into TailLogsResponse bytes; each
-    stream waits for the next tick and sends everything it has not sent yet in one
+    stream waits for lines, lingers like a TailLogs tailer (up to LINGER seconds, on
+    one timer shared by all streams), then sends everything it has not sent yet in one
     message. Ends when ``close`` is called and every stream has sent every line."""
 
     def __init__(self) -> None:
@@ -124,6 +127,7 @@ class BareLogService(log_service_pb2_grpc.LogServiceServicer):
         self.closed = False
         self.streams = 0
         self._tick: asyncio.Future | None = None
+        self._linger: asyncio.Future | None = None
 
     def _wake(self) -> None:
         if self._tick is not None and not self._tick.done():
@@ -143,6 +147,18 @@ class BareLogService(log_service_pb2_grpc.LogServiceServicer):
         self.closed = True
         self._wake()
 
+    async def _lingered(self) -> None:
+        if self._linger is None:
+            loop = asyncio.get_running_loop()
+            self._linger = linger = loop.create_future()
+
+            def end() -> None:
+                self._linger = None
+                linger.set_result(None)
+
+            loop.call_later(LINGER, end)
+        await self._linger
+
     async def TailLogs(self, request, context):
         self.streams += 1
         sent = 0
@@ -154,6 +170,8 @@ class BareLogService(log_service_pb2_grpc.LogServiceServicer):
                     self._tick = asyncio.get_running_loop().create_future()
                 await self._tick
                 continue
+            if not self.closed:
+                await self._lingered()
             upto = len(self.chunks)
             # Encoded messages concatenate into one (the last cursor wins).
             yield b"".join(self.chunks[sent:upto])
@@ -309,6 +327,11 @@ def report(name: str, r: dict, processes: int) -> None:
     print(f"    CPU while writing: server {r['server_cpu']:.0%} of a core, {processes} client "
           f"process(es) {r['clients_cpu']:.0%}, other work on the machine "
           f"{r['other_cpu']:.0%}")
+    # A Python client process receives on one thread (its gRPC threads add some 30 %):
+    # near a core each, messages queue in the client and the delays are its own.
+    if r["clients_cpu"] >= 0.95 * processes:
+        print("    (the client processes are saturated: these delays measure them as much "
+              "as the server; see --client-processes)")
 
 
 async def run(tailers: int, rate: int, seconds: float, processes: int, baseline: bool) -> int:
