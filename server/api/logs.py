@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 from bisect import bisect_right
-from collections.abc import Iterator
 from itertools import accumulate, repeat
 from operator import add, itemgetter
 
@@ -102,27 +101,28 @@ def _segments(batch: LogBatch) -> list[tuple[int, int, bytes]]:
     return cached
 
 
-def tail_messages(batches: list[LogBatch]) -> Iterator[bytes]:
+def tail_messages(batches: list[LogBatch]) -> list[bytes]:
     """Serialized TailLogsResponse messages for consecutive batches."""
     if len(batches) == 1:
         segments = _segments(batches[0])
         if len(segments) == 1:
             # The common case live: the batch's own encoding, shared by every tailer.
-            yield segments[0][2]
-            return
+            return [segments[0][2]]
+    messages: list[bytes] = []
     parts: list[bytes] = []
     count = size = 0
     for batch in batches:
         for n, nbytes, data in _segments(batch):
             if parts and (count + n > MESSAGE_LINES or size + nbytes > MESSAGE_BYTES):
-                yield parts[0] if len(parts) == 1 else b"".join(parts)
+                messages.append(parts[0] if len(parts) == 1 else b"".join(parts))
                 parts = []
                 count = size = 0
             parts.append(data)
             count += n
             size += nbytes
     if parts:
-        yield parts[0] if len(parts) == 1 else b"".join(parts)
+        messages.append(parts[0] if len(parts) == 1 else b"".join(parts))
+    return messages
 
 
 def tail_options(request: pb.TailLogsRequest) -> TailOptions:

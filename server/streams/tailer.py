@@ -258,6 +258,8 @@ class LogTails:
 
     def _final_seen(self, execution_id: str, events: EventSubscription) -> bool:
         """True once the execution reached a final status or was deleted."""
+        if not events.queue and not events.overflowed:
+            return False
         if events.overflowed:
             try:
                 execution = self.plane.store.get_execution(None, execution_id, with_history=False)
