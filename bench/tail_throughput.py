@@ -14,6 +14,19 @@ message, count its lines):
   lines as fast as it can (numbering, storing and publishing included), then ends it.
 
 Target (DESIGN.md): 300,000 lines/s to one tailer.
+
+What bounds the live run on a 2-core machine (measured; py-spy and per-thread CPU): the
+event loop thread, under the GIL. It numbers every line (LogSink.write, ~0.6 us) and
+encodes it into protobuf once (~1.3 us, more under load), and the log writer thread
+needs the same GIL to bind each line's parameters; SQLite itself runs on the writer
+thread in parallel. Profile of the loop thread in the live run: protobuf encoding about
+60 %, numbering and the producer about 25 %; the loop thread is busy about 75 % of the
+time and the writer thread 46 % (together about 1.2 cores of the server process), and
+the tailer never falls back to the store. Moving the SQLite writes to a separate
+process instead (a prototype, not kept) reached only 290,000-307,000 lines/s: numbering
+and encoding on one interpreter remain. The history run (reading the store, encoding,
+sending) is bound the same way, at about 250,000-450,000 lines/s depending on the
+machine's state.
 """
 
 from __future__ import annotations
@@ -218,6 +231,9 @@ async def run(total: int) -> int:
     ok = tailed["rate"] >= TARGET and stored["rate"] >= TARGET
     print(f"target: {TARGET:,} lines/s to one tailer, live and from history: "
           f"{'meets target' if ok else 'BELOW TARGET'}")
+    if not ok:
+        print("    bound: the event loop thread, numbering and encoding every line under "
+              "the GIL (see the module docstring: python -m pydoc bench.tail_throughput)")
     return 0
 
 
