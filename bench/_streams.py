@@ -14,8 +14,8 @@ from pathlib import Path
 from server.app import TrainyardServer, start_server
 from server.config import Settings
 from server.domain.models import ArtifactKind, Status
-from server.gc_tuning import tune_gc
 from server.log_setup import configure_logging
+from server.process_tuning import tune_process
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples" / "executables"
@@ -38,7 +38,7 @@ async def bench_server():
             runtime="none",
         )
         running = await start_server(settings)
-        tune_gc()  # as `python -m server` does
+        tune_process()  # as `python -m server` does
         try:
             yield running
         finally:

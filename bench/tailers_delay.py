@@ -12,13 +12,27 @@ sink took it). Each message is counted at the delay of its oldest line for all o
 lines, so the percentiles are upper bounds.
 
 The baseline is the least a grpc.aio server in Python can do for the same load: the
-same clients, the same lines written in the same ticks, each tick's lines encoded once
-and sent by every stream as soon as it is woken, with no store, no broker, no
-interceptor. Also printed: CPU of the server and the clients while the lines are
-written, CPU other work took on the machine meanwhile, the server's resident memory and
-the broker's buffers.
+same clients, the same lines written in the same ticks, each tick's lines encoded once,
+every stream lingering as a TailLogs tailer does and then sending what it has not sent
+in one message, with no store, no broker, no interceptor. Also printed: CPU of the
+server and the clients while the lines are written, CPU other work took on the machine
+meanwhile, the server's resident memory and the broker's buffers.
 
 Target (DESIGN.md): 1,000 tailers with p99 delay under 100 ms (server RSS < 300 MB).
+
+What bounds it on a 2-core machine (measured; py-spy and per-thread CPU): the messages
+themselves. 1,000 tailers at 1,000 lines/s is a million line deliveries a second; a
+tailer that is to see every line within ~100 ms needs a message at least every ~70 ms,
+so 13,000-15,000 messages/s. A Python client process spends about 70 us per message of
+~100 lines (gRPC's receive path, then parsing): with one client process it saturates
+(shown in the output) and the delays are its queue; the server spends about 50 us per
+message (a third or more of it in the kernel's loopback send). Server and clients
+then need the whole machine. The bare baseline, which does nothing but send, meets the
+target only at its edge, with two client processes (p99 87-108 ms over five runs;
+300-630 ms with one client process, which it floods). TailLogs adds what durability
+costs (a line waits up to the sink's flush interval, 5 ms, and a transaction on the
+writer thread before any tailer may see it) and its own bookkeeping: p99 124-153 ms
+with two client processes (twelve runs), 170-215 ms with one (one run at 540 ms).
 """
 
 from __future__ import annotations
@@ -42,7 +56,8 @@ from bench._streams import (
 )
 from server.api.logs import encode_rows
 from server.domain.models import LogStream, Status
-from server.gc_tuning import tune_gc
+from server.process_tuning import tune_process
+from server.streams.tailer import TailLimits
 from trainyard.v1 import log_service_pb2, log_service_pb2_grpc
 
 TEXT = "y" * 100
@@ -51,6 +66,7 @@ CHANNELS = int(os.environ.get("BENCH_CHANNELS", "8"))
 # --max-streams-per-client): the tailers are spread so that no connection exceeds it.
 STREAMS_PER_CONNECTION = 100
 TICK = 0.01  # lines are written in ticks of 10 ms, on schedule
+LINGER = TailLimits().linger  # the baseline's streams linger as TailLogs tailers do
 TARGET_P99_MS = 100.0
 TARGET_RSS_MIB = 300.0
 
@@ -115,7 +131,8 @@ def percentile(histogram: dict[int, int], fraction: float) -> float:
 
 class BareLogService(log_service_pb2_grpc.LogServiceServicer):
     """The baseline: every tick's lines encoded once into TailLogsResponse bytes; each
-    stream waits for the next tick and sends everything it has not sent yet in one
+    stream waits for lines, lingers like a TailLogs tailer (up to LINGER seconds, on
+    one timer shared by all streams), then sends everything it has not sent yet in one
     message. Ends when ``close`` is called and every stream has sent every line."""
 
     def __init__(self) -> None:
@@ -124,6 +141,7 @@ class BareLogService(log_service_pb2_grpc.LogServiceServicer):
         self.closed = False
         self.streams = 0
         self._tick: asyncio.Future | None = None
+        self._linger: asyncio.Future | None = None
 
     def _wake(self) -> None:
         if self._tick is not None and not self._tick.done():
@@ -143,6 +161,18 @@ class BareLogService(log_service_pb2_grpc.LogServiceServicer):
         self.closed = True
         self._wake()
 
+    async def _lingered(self) -> None:
+        if self._linger is None:
+            loop = asyncio.get_running_loop()
+            self._linger = linger = loop.create_future()
+
+            def end() -> None:
+                self._linger = None
+                linger.set_result(None)
+
+            loop.call_later(LINGER, end)
+        await self._linger
+
     async def TailLogs(self, request, context):
         self.streams += 1
         sent = 0
@@ -154,6 +184,8 @@ class BareLogService(log_service_pb2_grpc.LogServiceServicer):
                     self._tick = asyncio.get_running_loop().create_future()
                 await self._tick
                 continue
+            if not self.closed:
+                await self._lingered()
             upto = len(self.chunks)
             # Encoded messages concatenate into one (the last cursor wins).
             yield b"".join(self.chunks[sent:upto])
@@ -259,7 +291,7 @@ async def measure_bare(tailers: int, rate: int, seconds: float, processes: int) 
     add_bare_service(server, service)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    tune_gc()  # the same collector settings as the server
+    tune_process()  # the same process settings as the server
     try:
         clients = await start_clients(f"127.0.0.1:{port}", "bare", tailers, processes)
         await wait_until(lambda: service.streams >= tailers, f"{tailers} bare streams")
@@ -309,6 +341,11 @@ def report(name: str, r: dict, processes: int) -> None:
     print(f"    CPU while writing: server {r['server_cpu']:.0%} of a core, {processes} client "
           f"process(es) {r['clients_cpu']:.0%}, other work on the machine "
           f"{r['other_cpu']:.0%}")
+    # A Python client process receives on one thread (its gRPC threads add some 30 %):
+    # near a core each, messages queue in the client and the delays are its own.
+    if r["clients_cpu"] >= 0.95 * processes:
+        print("    (the client processes are saturated: these delays measure them as much "
+              "as the server; see --client-processes)")
 
 
 async def run(tailers: int, rate: int, seconds: float, processes: int, baseline: bool) -> int:
@@ -327,6 +364,9 @@ async def run(tailers: int, rate: int, seconds: float, processes: int, baseline:
     ok = ours["p99"] < TARGET_P99_MS and ours["peak_rss"] < TARGET_RSS_MIB
     print(f"target: p99 < {TARGET_P99_MS:.0f} ms with 1,000 tailers, server RSS < "
           f"{TARGET_RSS_MIB:.0f} MiB: {'meets target' if ok else 'BELOW TARGET'}")
+    if not ok:
+        print("    bound: CPU for the messages on this machine, server and clients together "
+              "(see the module docstring: python -m pydoc bench.tailers_delay)")
     return 0 if ours["complete"] and (bare is None or bare["complete"]) else 1
 
 

@@ -28,7 +28,7 @@ from server.domain.logs import LogReader
 from server.domain.logsink import LogSink
 from server.domain.metrics import MetricsService
 from server.domain.service import ControlPlane
-from server.gc_tuning import tune_gc
+from server.process_tuning import tune_process
 from server.runtime.local import LocalRuntime
 from server.store.metrics import MetricStore
 from server.store.repository import Store
@@ -94,7 +94,7 @@ class TrainyardServer:
             await self.plane.runtime.close()
         sink = self.extra.get("log_sink")
         if sink is not None:
-            sink.flush()
+            sink.close()
         self.store.close()
         log.info("server stopped")
 
@@ -194,7 +194,7 @@ async def start_server(settings: Settings) -> TrainyardServer:
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     running = await start_server(settings)
-    tune_gc()
+    tune_process()
     if settings.port_file is not None:
         tmp = settings.port_file.with_name(settings.port_file.name + ".tmp")
         tmp.write_text(f"{running.port}\n")

@@ -9,7 +9,9 @@ The service is registered with a response serializer that passes such bytes thro
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from bisect import bisect_right
+from itertools import accumulate, repeat
+from operator import add, itemgetter
 
 import grpc
 
@@ -21,10 +23,16 @@ from server.streams.tailer import LogTails, TailOptions
 from trainyard.v1 import log_service_pb2 as pb
 from trainyard.v1 import log_service_pb2_grpc
 
-# A TailLogs message holds at most this many lines and about this many bytes.
-MESSAGE_LINES = 4000
-MESSAGE_BYTES = 1024 * 1024
+# A TailLogs message holds at most this many lines and about this many bytes: large
+# enough that one tailer keeps up with a step printing as fast as it can (a message is
+# a round trip through the event loop), and never more than _MAX_SEGMENT_BYTES, well
+# under the 4 MB gRPC clients accept by default.
+MESSAGE_LINES = 16000
+MESSAGE_BYTES = 2 * 1024 * 1024
+_MAX_SEGMENT_BYTES = 3 * 1024 * 1024
 _LINE_OVERHEAD = 40  # bytes of a line's fields besides its text, roughly
+
+_TEXT = itemgetter(5)  # of a LogRow
 
 _MEMO_KEY = "trainyard.v1.TailLogsResponse"
 
@@ -51,27 +59,39 @@ def encode_rows(rows: list[LogRow]) -> list[tuple[int, int, bytes]]:
     ``lines`` add up and, as for any singular field on the wire, the last ``cursor``
     wins. So a tailer's message is the encoded segments of the batches it sends, joined,
     and a batch sent alone is sent as the very bytes every other tailer sends."""
+    # Where the segments end, estimated first (in C: accumulate, bisect; text length in
+    # characters), so that the loop that encodes each line does nothing else.
+    ends = list(accumulate(map(add, map(len, map(_TEXT, rows)), repeat(_LINE_OVERHEAD))))
     segments: list[tuple[int, int, bytes]] = []
+    start, total = 0, len(rows)
+    while start < total:
+        before = ends[start - 1] if start else 0
+        stop = min(start + MESSAGE_LINES, total)
+        stop = max(start + 1, min(stop, bisect_right(ends, before + MESSAGE_BYTES, start, stop)))
+        part = rows[start:stop] if start or stop < total else rows
+        segments.extend(_fitted(part, _encode(part)))
+        start = stop
+    return segments
+
+
+def _encode(rows: list[LogRow]) -> bytes:
     message = pb.TailLogsResponse()
     add = message.lines.add
-    count = size = 0
     for _, seq, at_us, step, code, text in rows:
-        line = add(sequence=seq, step=step, stream=code, text=text)
-        stamp = line.time
-        stamp.seconds, micros = divmod(at_us, 1_000_000)
-        stamp.nanos = micros * 1000
-        count += 1
-        size += len(text) + _LINE_OVERHEAD
-        if count >= MESSAGE_LINES or size >= MESSAGE_BYTES:
-            message.cursor = seq
-            segments.append((count, size, message.SerializeToString()))
-            message = pb.TailLogsResponse()
-            add = message.lines.add
-            count = size = 0
-    if count:
-        message.cursor = rows[-1][1]
-        segments.append((count, size, message.SerializeToString()))
-    return segments
+        stamp = add(sequence=seq, step=step, stream=code, text=text).time
+        stamp.seconds = at_us // 1_000_000
+        stamp.nanos = at_us % 1_000_000 * 1000
+    message.cursor = rows[-1][1]
+    return message.SerializeToString()
+
+
+def _fitted(rows: list[LogRow], data: bytes) -> list[tuple[int, int, bytes]]:
+    """The segment, or its halves if multi-byte text made it too large."""
+    if len(data) <= _MAX_SEGMENT_BYTES or len(rows) == 1:
+        return [(len(rows), len(data), data)]
+    half = len(rows) // 2
+    first, second = rows[:half], rows[half:]
+    return _fitted(first, _encode(first)) + _fitted(second, _encode(second))
 
 
 def _segments(batch: LogBatch) -> list[tuple[int, int, bytes]]:
@@ -81,27 +101,28 @@ def _segments(batch: LogBatch) -> list[tuple[int, int, bytes]]:
     return cached
 
 
-def tail_messages(batches: list[LogBatch]) -> Iterator[bytes]:
+def tail_messages(batches: list[LogBatch]) -> list[bytes]:
     """Serialized TailLogsResponse messages for consecutive batches."""
     if len(batches) == 1:
         segments = _segments(batches[0])
         if len(segments) == 1:
             # The common case live: the batch's own encoding, shared by every tailer.
-            yield segments[0][2]
-            return
+            return [segments[0][2]]
+    messages: list[bytes] = []
     parts: list[bytes] = []
     count = size = 0
     for batch in batches:
         for n, nbytes, data in _segments(batch):
             if parts and (count + n > MESSAGE_LINES or size + nbytes > MESSAGE_BYTES):
-                yield parts[0] if len(parts) == 1 else b"".join(parts)
+                messages.append(parts[0] if len(parts) == 1 else b"".join(parts))
                 parts = []
                 count = size = 0
             parts.append(data)
             count += n
             size += nbytes
     if parts:
-        yield parts[0] if len(parts) == 1 else b"".join(parts)
+        messages.append(parts[0] if len(parts) == 1 else b"".join(parts))
+    return messages
 
 
 def tail_options(request: pb.TailLogsRequest) -> TailOptions:

@@ -28,6 +28,7 @@ import secrets
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import TYPE_CHECKING
 
 from server.domain.lifecycle import is_final
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 # One log line as stored and published: (execution_id, seq, at_us, step, stream_code,
 # text). Stream codes: 1 stdout, 2 stderr, 3 system (server/domain/logsink.py).
 LogRow = tuple[str, int, int, str, int, str]
+_TEXT = itemgetter(5)
 
 
 @dataclass(slots=True, eq=False)
@@ -56,7 +58,7 @@ class LogBatch:
 
     def __post_init__(self) -> None:
         if self.nbytes < 0:
-            self.nbytes = sum(len(r[5]) for r in self.rows)
+            self.nbytes = sum(map(len, map(_TEXT, self.rows)))
         self.first_seq = self.rows[0][1]
         self.last_seq = self.rows[-1][1]
 
@@ -158,26 +160,50 @@ class LogSubscription(_Waitable):
         return self._topic.take(self)
 
     async def wait(self, timeout: float | None = None) -> None:
-        """Until something is published, the subscription is cut off or closed, or
-        ``also_wake`` of an event subscription fires (or ``timeout`` seconds)."""
-        self._topic.waiting[self] = None
+        """Until something is published to the execution, or any subscription of it is
+        woken (cut off, or ``also_wake`` of an event subscription); or ``timeout``
+        seconds. The tailers of an execution wait on one shared future: publishing
+        wakes them all with one call, and a rare wake-up meant for one of them wakes
+        the others for nothing (they look and wait again)."""
+        topic = self._topic
+        waiter = topic.published
+        if waiter is None:
+            waiter = topic.published = asyncio.get_running_loop().create_future()
+        if timeout is None:
+            await waiter
+            return
         try:
-            await super().wait(timeout)
-        finally:
-            self._topic.waiting.pop(self, None)
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        except TimeoutError:
+            pass
+
+    async def linger(self, seconds: float) -> None:
+        """Until the execution's next delivery tick, at most ``seconds`` from now (or
+        an earlier wake-up, as for ``wait``). The tailers of an execution share the
+        tick: a thousand tailers lingering cost one timer and one future."""
+        topic = self._topic
+        waiter = topic.ticked
+        if waiter is None:
+            loop = asyncio.get_running_loop()
+            waiter = topic.ticked = loop.create_future()
+            topic.tick = loop.call_later(seconds, topic.on_tick)
+        await waiter
+
+    def _wake(self) -> None:
+        self._topic.wake()
 
     def _overflow(self) -> None:
         self.live = False
         self.overflows += 1
         self._broker.counters["overflows"] += 1
-        self._wake()
 
     def close(self) -> None:
+        # Only its own tailer waits on a subscription, and that tailer is the one
+        # closing it: nobody to wake.
         if not self.closed:
             self.closed = True
             self.live = False
             self._broker._remove_log(self)
-            self._wake()
 
 
 class _LogTopic:
@@ -193,7 +219,8 @@ class _LogTopic:
 
     __slots__ = (
         "subscriptions",
-        "waiting",
+        "published",
+        "ticked",
         "batches",
         "first",
         "lines",
@@ -202,12 +229,16 @@ class _LogTopic:
         "published_bytes",
         "at",
         "bounds",
+        "tick",
     )
 
     def __init__(self) -> None:
         self.subscriptions: dict[LogSubscription, None] = {}
-        # Subscriptions whose tailer waits for the next batch.
-        self.waiting: dict[LogSubscription, None] = {}
+        # What the tailers waiting for the next batch await (see LogSubscription.wait).
+        self.published: asyncio.Future | None = None
+        # What lingering tailers await, and the timer that sets it (see linger).
+        self.ticked: asyncio.Future | None = None
+        self.tick: asyncio.TimerHandle | None = None
         self.batches: list[LogBatch] = []
         self.first = 0  # topic index of batches[0]
         self.lines = 0  # lines and bytes in batches
@@ -229,9 +260,25 @@ class _LogTopic:
         key = (subscription.max_lines, subscription.max_bytes)
         self.bounds[key] = self.bounds.get(key, 0) + 1
 
+    def on_tick(self) -> None:
+        self.tick = None
+        ticked, self.ticked = self.ticked, None
+        if ticked is not None and not ticked.done():
+            ticked.set_result(None)
+
+    def wake(self) -> None:
+        """Wake every waiting and lingering tailer of the execution."""
+        published, self.published = self.published, None
+        if published is not None and not published.done():
+            published.set_result(None)
+        if self.tick is not None:
+            self.tick.cancel()
+        self.on_tick()
+
     def remove(self, subscription: LogSubscription) -> None:
         self.subscriptions.pop(subscription, None)
-        self.waiting.pop(subscription, None)
+        if not self.subscriptions:
+            self.wake()
         self._unplace(subscription)
         key = (subscription.max_lines, subscription.max_bytes)
         left = self.bounds.get(key, 0) - 1
@@ -291,11 +338,9 @@ class _LogTopic:
         self._trim_consumed()
         if self.lines > broker.peak_buffered_lines:
             broker.peak_buffered_lines = self.lines
-        if self.waiting:
-            waiting = list(self.waiting)
-            self.waiting.clear()
-            for subscription in waiting:
-                subscription._wake()
+        published, self.published = self.published, None
+        if published is not None and not published.done():
+            published.set_result(None)
 
     def _drop_first(self, cut_off: bool) -> None:
         batch = self.batches.pop(0)
@@ -308,6 +353,8 @@ class _LogTopic:
                 subscription._position = -1
                 if cut_off:
                     subscription._overflow()
+            if cut_off:
+                self.wake()  # so that the cut-off tailers go and read the store
 
     def _trim_consumed(self) -> None:
         """Drop the batches every live subscription has taken."""

@@ -10,8 +10,10 @@ How a tail runs (``LogTails.tail``):
    subscription live, so every line stored later lands in its buffer. Whatever the
    buffer holds at or below the cursor is dropped: sequence numbers make the hand-over
    from store to buffer exact.
-3. Live, it sends what its buffer holds, at most every ``linger`` seconds unless a full
-   message is waiting.
+3. Live, it sends what its buffer holds, lingering up to ``linger`` seconds for more
+   unless a full message is waiting. The tailers of an execution linger together, on
+   one timer of the broker's (a tailer that falls behind thus sends fewer, fuller
+   messages, and a thousand tailers cost no thousand timers).
 4. A buffer that would exceed its bound is emptied by the broker and the tailer goes back
    to reading the store where it left off (catch-up). A tailer that, while catching up,
    is more than ``max_lag_lines`` behind the newest line gets RESOURCE_EXHAUSTED
@@ -25,7 +27,6 @@ cancel, a disconnect or a deadline alike.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -190,7 +191,7 @@ class LogTails:
                     and subscription.lines < limits.send_lines
                     and not final
                 ):
-                    await asyncio.sleep(limits.linger)
+                    await subscription.linger(limits.linger)
                     if not subscription.live:
                         continue
                 out: list[LogBatch] = []
@@ -257,6 +258,8 @@ class LogTails:
 
     def _final_seen(self, execution_id: str, events: EventSubscription) -> bool:
         """True once the execution reached a final status or was deleted."""
+        if not events.queue and not events.overflowed:
+            return False
         if events.overflowed:
             try:
                 execution = self.plane.store.get_execution(None, execution_id, with_history=False)

@@ -1,0 +1,43 @@
+"""TailLogs encoding: batches become complete messages that concatenate into valid
+messages, within the size clients accept."""
+
+from __future__ import annotations
+
+from server.api.logs import MESSAGE_LINES, encode_rows, tail_messages
+from server.streams.broker import LogBatch
+from trainyard.v1 import log_service_pb2 as lpb
+
+CLIENT_LIMIT = 4 * 1024 * 1024  # what gRPC clients accept by default
+
+
+def rows(first: int, count: int, text=lambda i: f"line {i}") -> list[tuple]:
+    start_us = 1_700_000_000_123_456
+    return [("e1", i, start_us + i, "train", 1, text(i)) for i in range(first, first + count)]
+
+
+def test_segments_concatenate_into_one_message_with_the_last_cursor():
+    segments = encode_rows(rows(1, 3 * MESSAGE_LINES // 2))
+    assert len(segments) == 2
+    message = lpb.TailLogsResponse.FromString(b"".join(data for _, _, data in segments))
+    assert [line.sequence for line in message.lines] == list(range(1, 3 * MESSAGE_LINES // 2 + 1))
+    assert message.cursor == 3 * MESSAGE_LINES // 2
+    first = message.lines[0]
+    assert (first.time.seconds, first.time.nanos) == (1_700_000_000, 123_457_000)
+    assert (first.step, first.stream, first.text) == ("train", 1, "line 1")
+
+
+def test_a_batch_sent_alone_is_its_shared_encoding():
+    batch = LogBatch("e1", rows(1, 10))
+    assert list(tail_messages([batch])) == [encode_rows(batch.rows)[0][2]]
+    assert tail_messages([batch])[0] is tail_messages([batch])[0]
+
+
+def test_multibyte_text_never_makes_a_message_larger_than_clients_accept():
+    wide = "\U0001f600" * 60_000  # 240,000 bytes of UTF-8 in 60,000 characters
+    batch = LogBatch("e1", rows(1, 100, text=lambda i: f"{i} {wide}"))
+    messages = list(tail_messages([batch]))
+    assert all(len(m) < CLIENT_LIMIT for m in messages)
+    parsed = [lpb.TailLogsResponse.FromString(m) for m in messages]
+    assert [line.sequence for m in parsed for line in m.lines] == list(range(1, 101))
+    assert [m.cursor for m in parsed] == [m.lines[-1].sequence for m in parsed]
+    assert parsed[0].lines[0].text == f"1 {wide}"

@@ -1,0 +1,174 @@
+"""The log sink's writer thread: lines are stored off the event loop, in order, each
+batch published only once it is stored; flush() still means stored and published;
+a failing database opens no gap; a slow one holds the writers back."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from server.domain.logsink import LogSink
+from server.domain.models import LogStream
+from server.store.repository import Store
+
+
+class RecordingStore:
+    """A store (file-backed, as far as the sink can tell) that records which thread
+    stored which rows, and can be made to fail or to be slow."""
+
+    url = "sqlite:///recording.db"
+
+    def __init__(self) -> None:
+        self.rows: list[tuple] = []
+        self.threads: set[str] = set()
+        self.failures = 0
+        self.delay = 0.0
+        self.lock = threading.Lock()
+
+    def append_logs(self, rows) -> None:
+        if self.delay:
+            time.sleep(self.delay)
+        with self.lock:
+            if self.failures:
+                self.failures -= 1
+                raise RuntimeError("database is locked")
+            self.rows.extend(rows)
+            self.threads.add(threading.current_thread().name)
+
+    def last_log_seq(self, execution_id: str) -> int:
+        with self.lock:
+            return max((r[1] for r in self.rows if r[0] == execution_id), default=0)
+
+    def close(self) -> None:
+        pass
+
+
+def published_after_stored(sink: LogSink, store: RecordingStore) -> list[tuple]:
+    """Subscribe; every published row must already be stored when it is published."""
+    seen: list[tuple] = []
+
+    def subscriber(execution_id: str, rows: list[tuple]) -> None:
+        with store.lock:
+            stored = set(store.rows)
+        assert all(row in stored for row in rows)
+        seen.extend(rows)
+
+    sink.row_subscribers.append(subscriber)
+    return seen
+
+
+def test_lines_are_stored_on_the_writer_thread_and_published_after_they_are_stored():
+    async def main():
+        store = RecordingStore()
+        sink = LogSink(store)
+        seen = published_after_stored(sink, store)
+        for i in range(12_345):
+            sink.write("e1", "train", LogStream.STDOUT, f"line {i}")
+            if i % 1000 == 0:
+                await asyncio.sleep(0)
+        deadline = time.monotonic() + 10
+        while len(seen) < 12_345 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # no flush: the timer and the writer do it
+        sink.close()
+        return store, seen
+
+    store, seen = asyncio.run(main())
+    assert [r[1] for r in store.rows] == list(range(1, 12_346))
+    assert seen == store.rows
+    assert store.threads == {"trainyard-log-writer"}
+
+
+def test_flush_returns_once_every_line_is_stored_and_published():
+    async def main():
+        store = RecordingStore()
+        store.delay = 0.05  # a slow transaction
+        sink = LogSink(store)
+        seen = published_after_stored(sink, store)
+        for i in range(100):
+            sink.write("e1", "train", LogStream.STDOUT, f"line {i}")
+        sink.system("e1", "execution completed")
+        sink.flush()
+        result = [r[1] for r in seen]
+        sink.close()
+        return result
+
+    assert asyncio.run(main()) == list(range(1, 102))
+
+
+def test_a_failing_database_opens_no_gap_and_does_not_hang_flush():
+    async def main():
+        store = RecordingStore()
+        store.failures = 3
+        sink = LogSink(store)
+        seen = published_after_stored(sink, store)
+        for i in range(10):
+            sink.write("e1", "train", LogStream.STDOUT, f"a {i}")
+        sink.flush()  # returns although the first tries fail (they are retried)
+        for i in range(10):
+            sink.write("e1", "train", LogStream.STDOUT, f"b {i}")
+        deadline = time.monotonic() + 10
+        while len(seen) < 20 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        sink.close()
+        return store, seen
+
+    store, seen = asyncio.run(main())
+    assert [r[1] for r in store.rows] == list(range(1, 21))
+    assert [r[5] for r in store.rows] == [f"a {i}" for i in range(10)] + [
+        f"b {i}" for i in range(10)
+    ]
+    assert seen == store.rows
+
+
+def test_a_slow_database_holds_writers_back_instead_of_queueing_without_bound():
+    async def main():
+        store = RecordingStore()
+        store.delay = 0.02
+        sink = LogSink(store, max_batch=100, max_queued_lines=1000)
+        peak = 0
+        for i in range(5000):
+            sink.write("e1", "train", LogStream.STDOUT, f"line {i}")
+            if sink._writer is not None:
+                peak = max(peak, sink._writer.queued_lines)
+        sink.close()
+        return store, peak
+
+    store, peak = asyncio.run(main())
+    assert peak <= 1000 + 100
+    assert [r[1] for r in store.rows] == list(range(1, 5001))
+
+
+def test_an_in_memory_database_is_written_on_the_loop(tmp_path):
+    async def main():
+        store = Store("sqlite:///:memory:")
+        sink = LogSink(store)
+        for i in range(10):
+            sink.write("e1", "train", LogStream.STDOUT, f"line {i}")
+        sink.flush()
+        stored = store.read_log_rows("e1", limit=100)
+        threaded = sink._writer is not None
+        sink.close()
+        store.close()
+        return stored, threaded
+
+    stored, threaded = asyncio.run(main())
+    assert [r[1] for r in stored] == list(range(1, 11))
+    assert not threaded
+
+
+def test_lines_written_on_the_writer_thread_are_in_the_database(tmp_path):
+    async def main():
+        store = Store(f"sqlite:///{tmp_path / 'logs.db'}")
+        sink = LogSink(store)
+        for i in range(3000):
+            sink.write("e1", "train", LogStream.STDOUT, f"line {i}")
+        sink.flush()
+        stored = store.read_log_rows("e1", limit=10_000)
+        sink.close()
+        store.close()
+        return stored
+
+    stored = asyncio.run(main())
+    assert [r[1] for r in stored] == list(range(1, 3001))
+    assert stored[-1][5] == "line 2999"
