@@ -169,8 +169,10 @@ class LogSubscription(_Waitable):
         waiter = topic.published
         if waiter is None:
             waiter = topic.published = asyncio.get_running_loop().create_future()
+        # Shielded: cancelling one tailer cancels its own view of the shared future,
+        # never the future the other tailers wait on.
         if timeout is None:
-            await waiter
+            await asyncio.shield(waiter)
             return
         try:
             await asyncio.wait_for(asyncio.shield(waiter), timeout)
@@ -187,7 +189,7 @@ class LogSubscription(_Waitable):
             loop = asyncio.get_running_loop()
             waiter = topic.ticked = loop.create_future()
             topic.tick = loop.call_later(seconds, topic.on_tick)
-        await waiter
+        await asyncio.shield(waiter)  # as in ``wait``
 
     def _wake(self) -> None:
         self._topic.wake()
