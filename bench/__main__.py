@@ -29,7 +29,9 @@ def main(argv: list[str]) -> int:
     failed = 0
     for name in names:
         module = importlib.import_module(f"bench.{name}")
-        title = (module.__doc__ or name).strip().splitlines()[0]
+        # The docstring's first sentence, however many lines it takes.
+        title = " ".join((module.__doc__ or name).strip().split("\n\n")[0].split())
+        title = title.split(". ")[0].rstrip(".")
         print(f"\n== bench.{name}: {title}", flush=True)
         began = time.perf_counter()
         code = subprocess.call([PYTHON, "-m", f"bench.{name}"], cwd=ROOT)
