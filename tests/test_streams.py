@@ -353,6 +353,45 @@ def test_cancelled_stream_releases_its_subscription_at_once(server, stubs):
     assert tails(server).active == 0
 
 
+def test_cancelling_some_waiting_tailers_leaves_the_others_following(server, stubs):
+    """The tailers of an execution wait on shared wake-ups: the ones that go away while
+    everybody waits must not take the others with them."""
+    execution_id = make_execution(stubs)
+    driver = Driver(server, execution_id)
+    driver.transition(Status.RUNNING)
+    driver.write(5)
+    tailers = 6
+
+    async def main() -> list[list[int]]:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = log_service_pb2_grpc.LogServiceStub(channel)
+            calls = [
+                stub.TailLogs(lpb.TailLogsRequest(execution_id=execution_id, follow=True))
+                for _ in range(tailers)
+            ]
+
+            async def read(call) -> list[int]:
+                return [line.sequence async for m in call for line in m.lines]
+
+            await asyncio.to_thread(wait_live, server, execution_id, tailers)
+            for call in calls[::2]:
+                call.cancel()
+            await asyncio.to_thread(
+                wait_for,
+                lambda: broker(server).stats().log_subscriptions == tailers // 2,
+                10,
+                "the cancelled tailers to go",
+            )
+            kept = [asyncio.create_task(read(call)) for call in calls[1::2]]
+            await asyncio.to_thread(driver.write, 20)
+            await asyncio.to_thread(driver.finish)
+            return await asyncio.wait_for(asyncio.gather(*kept), 30)
+
+    results = asyncio.run(main())
+    assert results == [list(range(1, 26))] * (tailers // 2)
+    assert broker(server).stats().log_subscriptions == 0
+
+
 def test_deadline_releases_the_subscription(server, stubs):
     execution_id = make_execution(stubs)
     Driver(server, execution_id).transition(Status.RUNNING)
