@@ -18,7 +18,7 @@ import structlog
 
 from server.domain import templates, validation, workflow
 from server.domain.errors import DomainError, InvalidArgument
-from server.domain.ids import random_hex
+from server.domain.ids import time_ordered_id
 from server.domain.models import (
     Artifact,
     ArtifactKind,
@@ -61,8 +61,8 @@ _WaitingCreate = tuple[Execution, str, asyncio.Future, contextvars.Context]
 
 
 def new_id() -> str:
-    """A random 16-hex-digit id."""
-    return random_hex(8)
+    """A resource id: 20 hex digits, in time order (see server/domain/ids.py)."""
+    return time_ordered_id()
 
 
 @dataclass(slots=True)
