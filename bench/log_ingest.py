@@ -122,9 +122,9 @@ async def step_alone(lines: int) -> float:
 
     count = 0
 
-    def emit(_text: str) -> None:
+    def emit(lines: list[str]) -> None:
         nonlocal count
-        count += 1
+        count += len(lines)
 
     start = time.perf_counter()
     process = await asyncio.create_subprocess_exec(

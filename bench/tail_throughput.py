@@ -42,12 +42,15 @@ import grpc
 from bench._streams import OtherLoad, bench_server, running_execution, spawn_client
 from server.domain.models import LogStream, Status
 from server.process_tuning import tune_process
+from server.runtime.processes import READ_CHUNK
 from trainyard.v1 import log_pb2, log_service_pb2, log_service_pb2_grpc
 
 TEXT = "x" * 100
 TARGET = 300_000
 TIMEOUT = 120.0
-CHUNK = 2000  # lines the live producer writes per event-loop turn (a 64 KiB pipe read)
+# Lines the live producer writes per event-loop turn: what one 64 KiB read of a step's
+# pipe holds, handed to the log sink in one call as the runtime does.
+CHUNK = READ_CHUNK // (len(TEXT) + 1)
 
 
 # ----------------------------------------------------------------------- client
@@ -166,9 +169,7 @@ async def wait_tailing(running, count: int = 1) -> None:
 
 
 def write_lines(sink, execution_id: str, count: int) -> None:
-    write = sink.write
-    for _ in range(count):
-        write(execution_id, "train", LogStream.STDOUT, TEXT)
+    sink.write_lines(execution_id, "train", LogStream.STDOUT, [TEXT] * count)
 
 
 async def history(total: int) -> dict:

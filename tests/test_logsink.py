@@ -172,3 +172,32 @@ def test_lines_written_on_the_writer_thread_are_in_the_database(tmp_path):
     stored = asyncio.run(main())
     assert [r[1] for r in stored] == list(range(1, 3001))
     assert stored[-1][5] == "line 2999"
+
+
+def test_lines_written_many_at_a_time_are_numbered_on_with_single_ones():
+    async def main():
+        store = RecordingStore()
+        sink = LogSink(store)
+        seen = published_after_stored(sink, store)
+        sink.write("e1", "train", LogStream.STDOUT, "first")
+        sink.write_lines("e1", "train", LogStream.STDOUT, [f"read {i}" for i in range(3000)])
+        sink.write_lines("e1", "train", LogStream.STDERR, [])
+        sink.write_lines("e1", "eval", LogStream.STDERR, ["short", "y" * 70_000, "after"])
+        sink.write_lines("e2", "train", LogStream.STDOUT, ["other execution"])
+        sink.flush()
+        sink.close()
+        return store, seen
+
+    store, seen = asyncio.run(main())
+    e1 = [r for r in store.rows if r[0] == "e1"]
+    assert [r[1] for r in e1] == list(range(1, len(e1) + 1))
+    assert [r[5] for r in e1[:3]] == ["first", "read 0", "read 1"]
+    assert e1[3000][1:] == (3001, e1[3000][2], "train", 1, "read 2999")
+    # An over-long line is cut as ``write`` cuts it, and numbering goes on after it.
+    assert [(r[3], r[4], len(r[5])) for r in e1[3002:]] == [
+        ("eval", 2, 65_536),
+        ("eval", 2, 70_000 - 65_536),
+        ("eval", 2, 5),
+    ]
+    assert [r[1:2] + r[5:] for r in store.rows if r[0] == "e2"] == [(1, "other execution")]
+    assert seen == store.rows

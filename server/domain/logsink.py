@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import repeat
 from operator import countOf, itemgetter
 
 import structlog
@@ -201,6 +202,41 @@ class LogSink:
                 self._pending.append((execution_id, seq, now_us, step, code, chunk))
                 seq += 1
         self._next_seq[execution_id] = seq
+        if len(self._pending) >= self.max_batch:
+            self._submit()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.flush_interval, self._submit)
+
+    def write_lines(
+        self, execution_id: str, step: str, stream: LogStream, texts: list[str]
+    ) -> None:
+        """Queue many lines of one step's stream (what one read of its pipe held), as
+        ``write`` would one by one, with one time for all. The numbering is done in
+        one go, with no Python code run per line: at a few hundred thousand lines a
+        second, ``write`` per line cost the event loop about a sixth of its time."""
+        if not texts:
+            return
+        if max(map(len, texts)) > MAX_LINE_CHARS:
+            for text in texts:
+                self.write(execution_id, step, stream, text)
+            return
+        now_us = time.time_ns() // 1000
+        seq = self._next_seq.get(execution_id)
+        if seq is None:
+            seq = self.store.last_log_seq(execution_id) + 1
+        count = len(texts)
+        self._pending.extend(
+            zip(
+                repeat(execution_id, count),
+                range(seq, seq + count),
+                repeat(now_us, count),
+                repeat(step, count),
+                repeat(STREAM_CODES[stream], count),
+                texts,
+                strict=True,
+            )
+        )
+        self._next_seq[execution_id] = seq + count
         if len(self._pending) >= self.max_batch:
             self._submit()
         elif self._timer is None:

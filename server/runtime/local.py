@@ -495,17 +495,13 @@ class LocalRuntime(Runtime):
             why = "stop requested" if run.stopping or run.closing else "another step failed"
             self._signal(run, handle, why)
 
+        write = self.sink.write_lines
         readers = [
-            asyncio.create_task(
-                procs.read_lines(
-                    process.stdout, partial(self.sink.write, run.id, step.name, LogStream.STDOUT)
-                )
-            ),
-            asyncio.create_task(
-                procs.read_lines(
-                    process.stderr, partial(self.sink.write, run.id, step.name, LogStream.STDERR)
-                )
-            ),
+            asyncio.create_task(procs.read_lines(pipe, partial(write, run.id, step.name, stream)))
+            for pipe, stream in (
+                (process.stdout, LogStream.STDOUT),
+                (process.stderr, LogStream.STDERR),
+            )
         ]
         try:
             returncode = await process.wait()

@@ -45,28 +45,34 @@ def become_subreaper() -> bool:
         return False
 
 
-async def read_lines(stream: asyncio.StreamReader, emit: Callable[[str], None]) -> None:
-    """Call ``emit`` with every line of ``stream`` (without its end of line), decoded as
-    UTF-8 with bad bytes replaced. Over-long lines are cut in pieces of MAX_LINE_BYTES."""
+async def read_lines(stream: asyncio.StreamReader, emit: Callable[[list[str]], None]) -> None:
+    """Call ``emit`` with the lines of ``stream`` (without their ends of line, a
+    trailing carriage return dropped too), decoded as UTF-8 with bad bytes replaced: a
+    list per read, of the lines it completed. Over-long lines are cut in pieces of
+    MAX_LINE_BYTES.
+
+    The complete lines of a read are decoded at once and split in C. This decodes
+    exactly as line by line would: a newline byte is never part of a UTF-8 sequence,
+    so a bad sequence at the end of one line is replaced within that line."""
     buffer = bytearray()
     while True:
         chunk = await stream.read(READ_CHUNK)
         if not chunk:
             break
         buffer += chunk
-        start = 0
-        while True:
-            end = buffer.find(b"\n", start)
-            if end < 0:
-                break
-            emit(_decode(buffer[start:end]))
-            start = end + 1
-        del buffer[:start]
+        end = buffer.rfind(b"\n")
+        if end >= 0:
+            text = buffer[:end].decode("utf-8", errors="replace")
+            del buffer[: end + 1]
+            lines = text.split("\n")
+            if "\r" in text:
+                lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+            emit(lines)
         while len(buffer) >= MAX_LINE_BYTES:
-            emit(_decode(buffer[:MAX_LINE_BYTES]))
+            emit([_decode(buffer[:MAX_LINE_BYTES])])
             del buffer[:MAX_LINE_BYTES]
     if buffer:
-        emit(_decode(buffer))
+        emit([_decode(buffer)])
 
 
 def _decode(data: bytes | bytearray) -> str:
