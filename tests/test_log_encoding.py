@@ -3,6 +3,9 @@ messages, within the size clients accept."""
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from server.api.logs import MESSAGE_LINES, encode_rows, tail_messages
 from server.streams.broker import LogBatch
 from trainyard.v1 import log_service_pb2 as lpb
@@ -41,3 +44,29 @@ def test_multibyte_text_never_makes_a_message_larger_than_clients_accept():
     assert [line.sequence for m in parsed for line in m.lines] == list(range(1, 101))
     assert [m.cursor for m in parsed] == [m.lines[-1].sequence for m in parsed]
     assert parsed[0].lines[0].text == f"1 {wide}"
+
+
+def library_encoding(rows: list[tuple]) -> bytes:
+    """What the protobuf library makes of the rows."""
+    message = lpb.TailLogsResponse(cursor=rows[-1][1])
+    for _, seq, at_us, step, code, text in rows:
+        line = message.lines.add(sequence=seq, step=step, stream=code, text=text)
+        line.time.seconds = at_us // 1_000_000
+        line.time.nanos = at_us % 1_000_000 * 1000
+    return message.SerializeToString()
+
+
+ROW = st.tuples(
+    st.just("e1"),
+    st.one_of(st.integers(0, 300), st.integers(0, 2**62)),
+    st.one_of(st.just(1_700_000_000_000_000), st.integers(0, 2**52)),
+    st.sampled_from(["", "train", "évaluer", "x" * 200]),
+    st.sampled_from([0, 1, 2, 3]),
+    st.one_of(st.text(max_size=20), st.text(min_size=120, max_size=300)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(ROW, min_size=1, max_size=30))
+def test_the_encoding_is_the_bytes_the_protobuf_library_makes(rows):
+    assert encode_rows(rows)[0][2] == library_encoding(rows)

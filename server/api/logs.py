@@ -14,14 +14,15 @@ from itertools import accumulate, repeat
 from operator import add, itemgetter
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from server.api import convert
 from server.api.context import resource_group
 from server.domain.logs import LogReader
 from server.streams.broker import LogBatch, LogRow
 from server.streams.tailer import LogTails, TailOptions
+from trainyard.v1 import log_pb2, log_service_pb2_grpc
 from trainyard.v1 import log_service_pb2 as pb
-from trainyard.v1 import log_service_pb2_grpc
 
 # A TailLogs message holds at most this many lines and about this many bytes: large
 # enough that one tailer keeps up with a step printing as fast as it can (a message is
@@ -38,6 +39,11 @@ _MEMO_KEY = "trainyard.v1.TailLogsResponse"
 
 
 def _varint(value: int) -> bytes:
+    """A non-negative integer as a protobuf varint."""
+    if value < 0x80:
+        return bytes((value,))
+    if value < 0x4000:
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -46,9 +52,25 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
+def _tag(message, name: str, wire_type: int) -> bytes:
+    """The wire tag of a field, from the generated descriptor."""
+    return _varint(message.DESCRIPTOR.fields_by_name[name].number << 3 | wire_type)
+
+
+_VARINT, _LENGTH = 0, 2
+_LINES_TAG = _tag(pb.TailLogsResponse, "lines", _LENGTH)
+_CURSOR_TAG = _tag(pb.TailLogsResponse, "cursor", _VARINT)
+_SEQUENCE_TAG = _tag(log_pb2.LogLine, "sequence", _VARINT)
+_TIME_TAG = _tag(log_pb2.LogLine, "time", _LENGTH)
+_STEP_TAG = _tag(log_pb2.LogLine, "step", _LENGTH)
+_STREAM_TAG = _tag(log_pb2.LogLine, "stream", _VARINT)
+_TEXT_TAG = _tag(log_pb2.LogLine, "text", _LENGTH)
+_TWO_TAGS = len(_SEQUENCE_TAG) + len(_TEXT_TAG)
+
+
 def cursor_field(seq: int) -> bytes:
-    """TailLogsResponse.cursor (field 2, varint) on the wire."""
-    return b"\x10" + _varint(seq)
+    """TailLogsResponse.cursor on the wire."""
+    return _CURSOR_TAG + _varint(seq)
 
 
 def encode_rows(rows: list[LogRow]) -> list[tuple[int, int, bytes]]:
@@ -75,14 +97,55 @@ def encode_rows(rows: list[LogRow]) -> list[tuple[int, int, bytes]]:
 
 
 def _encode(rows: list[LogRow]) -> bytes:
-    message = pb.TailLogsResponse()
-    add = message.lines.add
+    """The rows as one TailLogsResponse, its cursor the last row's sequence number.
+
+    The very bytes ``SerializeToString`` gives (fields in number order, proto3 default
+    values left out; tests/test_log_encoding.py compares the two on random rows), put
+    together here because this is where every live line passes: the protobuf library
+    sets each line's five fields and its timestamp's two one call at a time, while the
+    lines of one pipe read share their time, step and stream, which are encoded once
+    here. Measured alternately in one process: 720-1,100 ns a line against
+    1,020-1,830 ns with the library (30-45 % less)."""
+    parts: list[bytes] = []
+    append = parts.append
+    join = b"".join
+    shared_key = None
+    shared = b""
     for _, seq, at_us, step, code, text in rows:
-        stamp = add(sequence=seq, step=step, stream=code, text=text).time
-        stamp.seconds = at_us // 1_000_000
-        stamp.nanos = at_us % 1_000_000 * 1000
-    message.cursor = rows[-1][1]
-    return message.SerializeToString()
+        if (at_us, step, code) != shared_key:
+            shared_key = (at_us, step, code)
+            shared = _shared_fields(at_us, step, code)
+        data = text.encode()
+        if seq and data:  # else a field is left out: the general case below
+            sequence = _varint(seq)
+            size = _varint(len(data))
+            body = _TWO_TAGS + len(sequence) + len(shared) + len(size) + len(data)
+            append(
+                join((_LINES_TAG, _varint(body), _SEQUENCE_TAG, sequence, shared, _TEXT_TAG,
+                      size, data))
+            )
+            continue
+        sequence = _SEQUENCE_TAG + _varint(seq) if seq else b""
+        text_field = _TEXT_TAG + _varint(len(data)) + data if data else b""
+        body = len(sequence) + len(shared) + len(text_field)
+        append(join((_LINES_TAG, _varint(body), sequence, shared, text_field)))
+    if rows[-1][1]:
+        append(_CURSOR_TAG + _varint(rows[-1][1]))
+    return join(parts)
+
+
+def _shared_fields(at_us: int, step: str, code: int) -> bytes:
+    """A line's time, step and stream, encoded."""
+    stamp = Timestamp(
+        seconds=at_us // 1_000_000, nanos=at_us % 1_000_000 * 1000
+    ).SerializeToString()
+    out = _TIME_TAG + _varint(len(stamp)) + stamp
+    if step:
+        name = step.encode()
+        out += _STEP_TAG + _varint(len(name)) + name
+    if code:
+        out += _STREAM_TAG + _varint(code)
+    return out
 
 
 def _fitted(rows: list[LogRow], data: bytes) -> list[tuple[int, int, bytes]]:
