@@ -38,18 +38,36 @@ _TEXT = itemgetter(5)  # of a LogRow
 _MEMO_KEY = "trainyard.v1.TailLogsResponse"
 
 
-def _varint(value: int) -> bytes:
-    """A non-negative integer as a protobuf varint."""
-    if value < 0x80:
-        return bytes((value,))
-    if value < 0x4000:
-        return bytes(((value & 0x7F) | 0x80, value >> 7))
+def _slow_varint(value: int) -> bytes:
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+# Every varint of one and two bytes, ready (about 0.7 MB): a line's text size and
+# length, and the sequence numbers of the first 16,383 lines, are looked up.
+_SHORT_VARINTS = tuple(_slow_varint(value) for value in range(0x4000))
+
+
+def _varint(value: int) -> bytes:
+    """A non-negative integer as a protobuf varint."""
+    if value < 0x4000:
+        return _SHORT_VARINTS[value]
+    if value < 0x200000:
+        return bytes(((value & 0x7F) | 0x80, ((value >> 7) & 0x7F) | 0x80, value >> 14))
+    if value < 0x10000000:
+        return bytes(
+            (
+                (value & 0x7F) | 0x80,
+                ((value >> 7) & 0x7F) | 0x80,
+                ((value >> 14) & 0x7F) | 0x80,
+                value >> 21,
+            )
+        )
+    return _slow_varint(value)
 
 
 def _tag(message, name: str, wire_type: int) -> bytes:
@@ -104,11 +122,12 @@ def _encode(rows: list[LogRow]) -> bytes:
     together here because this is where every live line passes: the protobuf library
     sets each line's five fields and its timestamp's two one call at a time, while the
     lines of one pipe read share their time, step and stream, which are encoded once
-    here. Measured alternately in one process: 720-1,100 ns a line against
-    1,020-1,830 ns with the library (30-45 % less)."""
+    here, and the varints of the sizes are looked up. Measured alternately in one
+    process: 600-870 ns a line against 1,180-1,750 ns with the library."""
     parts: list[bytes] = []
     append = parts.append
     join = b"".join
+    short = _SHORT_VARINTS
     shared_key = None
     shared = b""
     for _, seq, at_us, step, code, text in rows:
@@ -118,11 +137,12 @@ def _encode(rows: list[LogRow]) -> bytes:
         data = text.encode()
         if seq and data:  # else a field is left out: the general case below
             sequence = _varint(seq)
-            size = _varint(len(data))
-            body = _TWO_TAGS + len(sequence) + len(shared) + len(size) + len(data)
+            length = len(data)
+            size = short[length] if length < 0x4000 else _varint(length)
+            body = _TWO_TAGS + len(sequence) + len(shared) + len(size) + length
             append(
-                join((_LINES_TAG, _varint(body), _SEQUENCE_TAG, sequence, shared, _TEXT_TAG,
-                      size, data))
+                join((_LINES_TAG, short[body] if body < 0x4000 else _varint(body),
+                      _SEQUENCE_TAG, sequence, shared, _TEXT_TAG, size, data))
             )
             continue
         sequence = _SEQUENCE_TAG + _varint(seq) if seq else b""
