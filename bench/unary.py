@@ -278,8 +278,8 @@ def main() -> None:
     print(f"bare aio echo     {echo_rate:10.0f} calls/s   {cpu_line(echo_runs)}")
     print(f"  (same clients, {size}-byte payload, runs alternating with GetExecution's)")
     print(
-        f"  ratio           {ratio:10.2f}   (median of the pairs; {min(ratios):.2f} to "
-        f"{max(ratios):.2f})   target >= 0.60: {verdict(ratio >= 0.6)}"
+        f"  ratio           {ratio:10.3f}   (median of the pairs; {min(ratios):.3f} to "
+        f"{max(ratios):.3f})   target >= 0.60: {verdict(ratio >= 0.6)}"
     )
     print(
         f"CreateExecution   {create_rate:10.0f} calls/s   (validated, committed, history row, "
