@@ -1,10 +1,10 @@
 """Lines per second through one TailLogs follow tailer, read by a client in another
 process, against a bare grpc.aio stream of the same messages measured in the same run.
 
-    python -m bench.tail_throughput [--lines N]
+    python -m bench.tail_throughput [--lines N] [--runs 3]
 
-Three runs, each read by a fresh client process with the same code (parse every
-message, count its lines):
+Three kinds of run, taking turns ``--runs`` times (medians printed), each read by a
+fresh client process with the same code (parse every message, count its lines):
 
 * baseline: a bare grpc.aio server streaming one pre-built TailLogsResponse of 100
   lines of 100 bytes over and over (the DESIGN.md budget: ~580,000 lines/s);
@@ -208,22 +208,34 @@ async def live(total: int) -> dict:
     }
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median rate, and the range of the rates."""
+    ordered = sorted(runs, key=lambda r: r["rate"])
+    return {**ordered[len(ordered) // 2], "low": ordered[0]["rate"], "high": ordered[-1]["rate"]}
+
+
 def report(name: str, r: dict, bare: dict | None) -> None:
     versus = f"  ({r['rate'] / bare['rate']:.2f} x bare)" if bare else ""
-    print(f"{name:<44}{r['rate']:>10,.0f} lines/s{versus}")
+    spread = f"  [{r['low']:,.0f} - {r['high']:,.0f}]" if r["low"] != r["high"] else ""
+    print(f"{name:<44}{r['rate']:>10,.0f} lines/s{versus}{spread}")
     print(f"    CPU: server {r['server_cpu']:.0%} of a core, client {r['client_cpu']:.0%}, "
           f"other work on the machine {r['other_cpu']:.0%}")
 
 
-async def run(total: int) -> int:
-    bare = await baseline(total)
+async def run(total: int, rounds: int) -> int:
+    # The three kinds take turns, so that each sees the machine in the same states.
+    bares, storeds, taileds = [], [], []
+    for _ in range(rounds):
+        bares.append(await baseline(total))
+        storeds.append(await history(total))
+        taileds.append(await live(total))
+    bare, stored, tailed = median_run(bares), median_run(storeds), median_run(taileds)
+    print(f"medians of {rounds} runs of {total:,} lines each [lowest - highest]")
     report("bare grpc.aio stream (100-line messages):", bare, None)
-    stored = await history(total)
     report("TailLogs follow, stored history:", stored, bare)
-    tailed = await live(total)
     report("TailLogs follow, live while written:", tailed, bare)
     print(f"    the sink wrote {tailed['written']:,.0f} lines/s; the tailer fell back to the "
-          f"store {tailed['catchups']} time(s)")
+          f"store {sum(r['catchups'] for r in taileds)} time(s) in all")
     ok = tailed["rate"] >= TARGET and stored["rate"] >= TARGET
     print(f"target: {TARGET:,} lines/s to one tailer, live and from history: "
           f"{'meets target' if ok else 'BELOW TARGET'}")
@@ -236,12 +248,13 @@ async def run(total: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.tail_throughput")
     parser.add_argument("--lines", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=3, help="rounds; medians reported (3)")
     parser.add_argument("--client", nargs=2, metavar=("ADDRESS", "EXECUTION_ID"))
     args = parser.parse_args(argv)
     if args.client:
         asyncio.run(client(*args.client))
         return 0
-    return asyncio.run(run(args.lines))
+    return asyncio.run(run(args.lines, args.runs))
 
 
 if __name__ == "__main__":
