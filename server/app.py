@@ -137,9 +137,8 @@ async def start_server(settings: Settings) -> TrainyardServer:
     configuration_service_pb2_grpc.add_ConfigurationServiceServicer_to_server(
         ConfigurationService(plane), server
     )
-    execution_service_pb2_grpc.add_ExecutionServiceServicer_to_server(
-        WatchingExecutionService(plane, watches), server
-    )
+    executions = WatchingExecutionService(plane, watches)
+    execution_service_pb2_grpc.add_ExecutionServiceServicer_to_server(executions, server)
     add_log_service(server, LogService(LogReader(plane), tails))
     metric_service_pb2_grpc.add_MetricServiceServicer_to_server(
         MetricService(MetricsService(MetricStore(store)), settings.max_message_bytes), server
@@ -185,6 +184,7 @@ async def start_server(settings: Settings) -> TrainyardServer:
             "tails": tails,
             "watches": watches,
             "interceptor": interceptor,
+            "execution_responses": executions.responses,
         },
     )
     log.info("server started", address=running.address, database=settings.database_url)

@@ -3,6 +3,8 @@ server/api/watch.py)."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import grpc
 
 from server.api import convert
@@ -12,10 +14,49 @@ from server.domain.service import BatchOutcome, ControlPlane
 from trainyard.v1 import execution_pb2, execution_service_pb2_grpc
 from trainyard.v1 import execution_service_pb2 as pb
 
+# GetExecution responses kept, of the most recently read executions.
+RESPONSE_CACHE_SIZE = 4096
+
+
+class _Responses:
+    """GetExecution responses of recently read executions, each with the resource
+    group it was read in. An execution's response is dropped whenever the store
+    writes the execution (ControlPlane.on_execution_written), so a response here is
+    always what reading the execution again would give: its row and history change
+    only through those writes, and its artifacts and configuration never change.
+
+    Dashboards and bots poll GetExecution; between two changes of an execution they
+    all get the same message, built once. Measured with 64 calls in flight on one
+    execution, alternating with the bare echo server: the event loop's time per call
+    fell from 350-440 us to 250-260 us, and the rate from 0.56-0.59 of the echo's to
+    0.72-0.81."""
+
+    def __init__(self, size: int = RESPONSE_CACHE_SIZE):
+        self.size = size
+        self.items: OrderedDict[str, tuple[str, pb.GetExecutionResponse]] = OrderedDict()
+
+    def get(self, resource_group: str, execution_id: str) -> pb.GetExecutionResponse | None:
+        item = self.items.get(execution_id)
+        if item is None or item[0] != resource_group:
+            return None
+        self.items.move_to_end(execution_id)
+        return item[1]
+
+    def put(self, resource_group: str, execution_id: str, response: pb.GetExecutionResponse):
+        self.items[execution_id] = (resource_group, response)
+        self.items.move_to_end(execution_id)
+        if len(self.items) > self.size:
+            self.items.popitem(last=False)
+
+    def discard(self, execution_id: str) -> None:
+        self.items.pop(execution_id, None)
+
 
 class ExecutionService(execution_service_pb2_grpc.ExecutionServiceServicer):
     def __init__(self, plane: ControlPlane):
         self.plane = plane
+        self.responses = _Responses()
+        plane.on_execution_written(self.responses.discard)
 
     def render(
         self, executions: list[Execution], with_history: bool
@@ -54,8 +95,14 @@ class ExecutionService(execution_service_pb2_grpc.ExecutionServiceServicer):
         return pb.CreateExecutionResponse(execution=self.one(execution))
 
     async def GetExecution(self, request, context):
-        execution = self.plane.get_execution(resource_group(), request.execution_id)
-        return pb.GetExecutionResponse(execution=self.one(execution))
+        group = resource_group()
+        response = self.responses.get(group, request.execution_id)
+        if response is None:
+            # No await from the read to the put: no write can come in between.
+            execution = self.plane.get_execution(group, request.execution_id)
+            response = pb.GetExecutionResponse(execution=self.one(execution))
+            self.responses.put(group, execution.id, response)
+        return response
 
     async def ListExecutions(self, request, context):
         page = self.plane.list_executions(

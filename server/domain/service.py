@@ -437,6 +437,13 @@ class ControlPlane:
         if self.runtime is not None:
             self.runtime.submit(execution.id)
 
+    def on_execution_written(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback`` with an execution's id whenever its row or history is
+        written or deleted, by anyone, before the write commits and on the writing
+        thread (the event loop's): a cache of what was read drops it then. Unlike the
+        listeners, which hear the announced changes, this hears every write."""
+        self.store.execution_write_hooks.append(callback)
+
     def get_execution(self, resource_group: str, execution_id: str) -> Execution:
         v = Violations()
         validation.check_id(v, "execution_id", execution_id)

@@ -12,7 +12,7 @@ import hashlib
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from itertools import chain
@@ -341,6 +341,10 @@ class Store:
         # Called with the execution id inside delete transactions, so that other parts
         # (metrics) can remove their rows atomically with the execution.
         self.delete_hooks: list = []
+        # Called with the execution id whenever a write changes or deletes the
+        # execution's row or history (inside the writing transaction, on the writing
+        # thread), so that caches of what was read from them can drop it.
+        self.execution_write_hooks: list[Callable[[str], None]] = []
         # Immutable resources, cached by key (bounded).
         self._configurations: _Cache = _Cache(10_000)
         self._executables: _Cache = _Cache(1_000)
@@ -990,7 +994,12 @@ class Store:
         token = page.next_token(rows[-1]["id"]) if more else ""
         return Page([_execution_from(r) for r in rows], token, int(total))
 
+    def _written(self, execution_id: str) -> None:
+        for hook in self.execution_write_hooks:
+            hook(execution_id)
+
     def _save(self, row: dict, changed: Iterable[str]) -> None:
+        self._written(row["execution_id"])
         columns = sorted(set(changed))
         values = [
             _dumps(row[c]) if c in ("step_details", "output_artifact_ids") else row[c]
@@ -1097,6 +1106,7 @@ class Store:
                 hook(execution_id, keep_metrics)
             self._count(row, str(current), -1)
             self.db.execute_sql("DELETE FROM execution WHERE id = ?", (row["id"],))
+            self._written(execution_id)
 
     def update_execution(
         self,
