@@ -2,7 +2,8 @@
 
     python -m bench.load ADDRESS KIND SECONDS CONCURRENCY [ARG]
 
-KIND: echo (bare bytes, ARG = payload size), get (GetExecution of ARG),
+KIND: echo (bare bytes, ARG = payload size), get (GetExecution of ARG), get-each
+(GetExecution of the ids in the file ARG, one after the other, round and round),
 create (CreateExecution of configuration ARG), list (ListExecutions, ARG = page token
 or empty). Prints one JSON line: calls, seconds, calls_per_s, p50_ms, p99_ms, errors,
 cpu_s (this process's CPU time during the timed calls).
@@ -11,6 +12,7 @@ cpu_s (this process's CPU time during the timed calls).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import sys
 import time
@@ -31,6 +33,12 @@ def _callable(channel: grpc.aio.Channel, kind: str, arg: str):
     if kind == "get":
         request = ex.GetExecutionRequest(execution_id=arg)
         return lambda: stub.GetExecution(request)
+    if kind == "get-each":
+        with open(arg) as f:
+            requests = itertools.cycle(
+                [ex.GetExecutionRequest(execution_id=line.strip()) for line in f if line.strip()]
+            )
+        return lambda: stub.GetExecution(next(requests))
     if kind == "create":
         return lambda: stub.CreateExecution(
             ex.CreateExecutionRequest(configuration_id=arg, request_id=uuid.uuid4().hex)

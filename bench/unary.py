@@ -16,6 +16,10 @@ The set-up, printed with the figures:
   running back to back instead: training processes then share the two cores with the
   server and the clients, so that figure says what a busy machine leaves, not what a
   create costs.
+- GetExecution reads one execution over and over, as dashboards poll it: after the
+  first call the server answers from the responses it keeps (dropped whenever the
+  execution is written). A second line reads more executions in turn than it keeps,
+  so that every call reads the store and builds the message.
 - GetExecution and echo runs alternate, both servers up, and the ratio is the median of
   the pairs': the rate of either moves by 10-20 % with the state of a shared machine
   from one run to the next, and a ratio of runs minutes apart moved with it.
@@ -44,6 +48,7 @@ import psutil
 
 from bench.common import PYTHON, ROOT, free_port, median, rss_mb, trainyard_server, verdict
 from client.client import TrainyardClient
+from server.api.executions import RESPONSE_CACHE_SIZE
 from trainyard.v1 import execution_pb2
 from trainyard.v1 import execution_service_pb2 as ex
 
@@ -61,6 +66,9 @@ SLEEPER = {
         ],
     },
 }
+# Executions the uncached GetExecution runs read in turn: more than the server keeps
+# responses of.
+MISS_EXECUTIONS = RESPONSE_CACHE_SIZE + 1000
 OTHER_WORK_LIMIT = 0.2  # of a core: more than this, and a run's figures are flagged
 
 
@@ -189,6 +197,19 @@ def wait_status(ty: TrainyardClient, execution_id: str, status: int, timeout: fl
         time.sleep(0.02)
 
 
+def wait_count(
+    ty: TrainyardClient, configuration_id: str, status: int, count: int, timeout: float = 60.0
+) -> None:
+    request = ex.ListExecutionsRequest(
+        statuses=[status], configuration_id=configuration_id, page_size=1
+    )
+    deadline = time.monotonic() + timeout
+    while ty.executions.ListExecutions(request).total_size < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"fewer than {count} executions became {status}")
+        time.sleep(0.05)
+
+
 def queued(ty: TrainyardClient, configuration_id: str) -> int:
     request = ex.ListExecutionsRequest(
         statuses=[execution_pb2.EXECUTION_STATUS_PENDING],
@@ -246,6 +267,19 @@ def main() -> None:
                     echo_runs.append(
                         load(echo_address, "echo", *common, str(size), echo_pid)
                     )
+            # The same calls on MISS_EXECUTIONS executions in turn: more than the server
+            # keeps responses of, so that every call reads the store and builds the
+            # message (what polling many different executions costs).
+            each_runs = []
+            ids = [ty.create_execution(sleeper).id for _ in range(MISS_EXECUTIONS)]
+            for start in range(0, len(ids), 100):
+                ty.batch_stop(ids[start : start + 100])
+            wait_count(ty, sleeper, execution_pb2.EXECUTION_STATUS_STOPPED, len(ids))
+            with tempfile.NamedTemporaryFile("w", suffix=".ids") as id_file:
+                id_file.write("\n".join(ids))
+                id_file.flush()
+                for _ in range(args.runs):
+                    each_runs.append(load(address, "get-each", *common, id_file.name, process.pid))
             create_runs, queue_lengths = [], []
             for _ in range(args.runs):
                 queue_lengths.append(queued(ty, sleeper))
@@ -266,7 +300,9 @@ def main() -> None:
     echo_rate = median([r["rate"] for r in echo_runs])
     create_rate = median([r["rate"] for r in create_runs])
     busy_rate = median([r["rate"] for r in busy_runs])
-    errors = sum(r["errors"] for r in get_runs + create_runs + busy_runs + echo_runs)
+    errors = sum(
+        r["errors"] for r in get_runs + each_runs + create_runs + busy_runs + echo_runs
+    )
     ratios = [g["rate"] / e["rate"] for g, e in zip(get_runs, echo_runs, strict=True)]
     ratio = median(ratios)
     print(
@@ -280,6 +316,12 @@ def main() -> None:
     print(
         f"  ratio           {ratio:10.3f}   (median of the pairs; {min(ratios):.3f} to "
         f"{max(ratios):.3f})   target >= 0.60: {verdict(ratio >= 0.6)}"
+    )
+    each_rate = median([r["rate"] for r in each_runs])
+    print(
+        f"GetExecution      {each_rate:10.0f} calls/s   of {MISS_EXECUTIONS} executions in "
+        f"turn, none of them cached ({each_rate / echo_rate:.2f} x the echo's median)   "
+        f"{cpu_line(each_runs)}"
     )
     print(
         f"CreateExecution   {create_rate:10.0f} calls/s   (validated, committed, history row, "
