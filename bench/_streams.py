@@ -5,19 +5,18 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from bench.common import PYTHON, ROOT, env_with_root
 from server.app import TrainyardServer, start_server
 from server.config import Settings
 from server.domain.models import ArtifactKind, Status
 from server.log_setup import configure_logging
 from server.process_tuning import tune_process
 
-ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples" / "executables"
 GROUP = "default"
 
@@ -64,26 +63,14 @@ def running_execution(running: TrainyardServer) -> str:
 def spawn_client(module: str, *args: str) -> subprocess.Popen:
     """Run ``python -m MODULE --client ARGS`` in another process; it prints one JSON
     line of results."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.Popen(
-        [sys.executable, "-m", module, "--client", *args],
+        [PYTHON, "-m", module, "--client", *args],
         stdout=subprocess.PIPE,
         stdin=subprocess.PIPE,
         text=True,
-        env=env,
+        env=env_with_root(),
         cwd=ROOT,
     )
-
-
-def rss_mib(pid: int | str = "self") -> tuple[float, float]:
-    """(current, peak) resident memory of a process in MiB."""
-    values = {}
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                values[key] = int(rest.split()[0]) / 1024
-    return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
 
 
 def _busy_ticks() -> int:

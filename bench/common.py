@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server.store.db import SQLITE_PRAGMAS
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -92,13 +95,34 @@ def trainyard_server(
                 log_file.close()
 
 
-def rss_mb(pid: int) -> float:
-    """Resident set size of a process in MiB (Linux /proc)."""
+def rss_mb(pid: int | str = "self") -> float:
+    """Resident set size of a process (this one by default) in MiB (Linux /proc)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def executemany_rate(create_sql: str, insert_sql: str, batches: list[list[tuple]]) -> float:
+    """Rows/s of raw sqlite3 ``executemany`` into a fresh table (``create_sql``) of a
+    temporary database with the server's pragmas, one transaction per batch: the bare
+    baseline of the write benchmarks."""
+    with tempfile.TemporaryDirectory(prefix="trainyard-bench-") as tmp:
+        connection = sqlite3.connect(Path(tmp) / "raw.db", isolation_level=None)
+        try:
+            for name, value in SQLITE_PRAGMAS.items():
+                connection.execute(f"PRAGMA {name}={value}")
+            connection.execute(create_sql)
+            start = time.perf_counter()
+            for rows in batches:
+                connection.execute("BEGIN")
+                connection.executemany(insert_sql, rows)
+                connection.execute("COMMIT")
+            elapsed = time.perf_counter() - start
+        finally:
+            connection.close()
+    return sum(map(len, batches)) / elapsed
 
 
 def median(values: list[float]) -> float:

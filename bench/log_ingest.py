@@ -26,16 +26,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sqlite3
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from bench.common import median, trainyard_server, verdict
+from bench.common import executemany_rate, median, trainyard_server, verdict
 from client.client import TrainyardClient
-from server.store.db import SQLITE_PRAGMAS
 from trainyard.v1 import execution_pb2, log_pb2
 
 TARGET = 200_000
@@ -139,32 +135,16 @@ async def step_alone(lines: int) -> float:
 
 def raw_sqlite_rate(lines: int) -> float:
     """Rows/s of raw executemany into a fresh log table, with the server's pragmas."""
-    with tempfile.TemporaryDirectory(prefix="trainyard-bench-") as tmp:
-        return _raw_sqlite_rate(Path(tmp) / "raw.db", lines)
-
-
-def _raw_sqlite_rate(path: Path, lines: int) -> float:
-    connection = sqlite3.connect(path, isolation_level=None)
-    for name, value in SQLITE_PRAGMAS.items():
-        connection.execute(f"PRAGMA {name}={value}")
-    connection.execute(
-        "CREATE TABLE log_line (execution_id TEXT NOT NULL, seq INTEGER NOT NULL, "
-        "at_us INTEGER NOT NULL, step TEXT NOT NULL, stream INTEGER NOT NULL, "
-        "text TEXT NOT NULL, PRIMARY KEY (execution_id, seq)) WITHOUT ROWID"
-    )
     pad = "x" * 90
     now = time.time_ns() // 1000
     rows = [("e-bench", i + 1, now + i, "main", 1, f"{i:09d} {pad}") for i in range(lines)]
-    start = time.perf_counter()
-    for first in range(0, lines, SINK_BATCH):
-        connection.execute("BEGIN")
-        connection.executemany(
-            "INSERT INTO log_line VALUES (?, ?, ?, ?, ?, ?)", rows[first : first + SINK_BATCH]
-        )
-        connection.execute("COMMIT")
-    elapsed = time.perf_counter() - start
-    connection.close()
-    return lines / elapsed
+    return executemany_rate(
+        "CREATE TABLE log_line (execution_id TEXT NOT NULL, seq INTEGER NOT NULL, "
+        "at_us INTEGER NOT NULL, step TEXT NOT NULL, stream INTEGER NOT NULL, "
+        "text TEXT NOT NULL, PRIMARY KEY (execution_id, seq)) WITHOUT ROWID",
+        "INSERT INTO log_line VALUES (?, ?, ?, ?, ?, ?)",
+        [rows[first : first + SINK_BATCH] for first in range(0, lines, SINK_BATCH)],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,14 +24,13 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import random
-import sqlite3
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.common import trainyard_server, verdict
+from bench.common import executemany_rate, trainyard_server, verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 WRITE_TARGET = 100_000  # points/s
@@ -224,21 +223,8 @@ def measure_compare(client, executions: int, repeat: int) -> list[float]:
 # --------------------------------------------------------------------- baseline
 
 
-def raw_sqlite_rate(directory: Path, points: int, batch: int) -> float:
+def raw_sqlite_rate(points: int, batch: int) -> float:
     """Rows/s of raw executemany into the point table, with the server's pragmas."""
-    connection = sqlite3.connect(directory / "raw.db", isolation_level=None)
-    for pragma in (
-        "journal_mode=wal",
-        "synchronous=1",
-        "cache_size=-65536",
-        "temp_store=memory",
-    ):
-        connection.execute(f"PRAGMA {pragma}")
-    connection.execute(
-        "CREATE TABLE metric_point (series_id INTEGER NOT NULL, seq INTEGER NOT NULL, "
-        "value REAL NOT NULL, step INTEGER, at_us INTEGER NOT NULL, labels TEXT, "
-        "PRIMARY KEY (series_id, seq)) WITHOUT ROWID"
-    )
     rng = random.Random(3)
     now = time.time_ns() // 1000
     batches = [
@@ -248,14 +234,13 @@ def raw_sqlite_rate(directory: Path, points: int, batch: int) -> float:
         ]
         for b in range(points // batch)
     ]
-    start = time.perf_counter()
-    for rows in batches:
-        connection.execute("BEGIN")
-        connection.executemany("INSERT INTO metric_point VALUES (?, ?, ?, ?, ?, ?)", rows)
-        connection.execute("COMMIT")
-    elapsed = time.perf_counter() - start
-    connection.close()
-    return len(batches) * batch / elapsed
+    return executemany_rate(
+        "CREATE TABLE metric_point (series_id INTEGER NOT NULL, seq INTEGER NOT NULL, "
+        "value REAL NOT NULL, step INTEGER, at_us INTEGER NOT NULL, labels TEXT, "
+        "PRIMARY KEY (series_id, seq)) WITHOUT ROWID",
+        "INSERT INTO metric_point VALUES (?, ?, ?, ?, ?, ?)",
+        batches,
+    )
 
 
 # ------------------------------------------------------------------------ main
@@ -294,7 +279,7 @@ def run(address: str, directory: Path, ids: list[str], args: argparse.Namespace)
         helper_writer, address, ids[20], min(args.points, 200_000)
     )
     write_rate = written / seconds
-    raw_rate = raw_sqlite_rate(directory, args.points, args.batch)
+    raw_rate = raw_sqlite_rate(args.points, args.batch)
 
     with TrainyardClient(address, timeout=60) as client:
         fill_compare_metrics(client, ids)

@@ -50,10 +50,10 @@ from bench._streams import (
     OtherLoad,
     _process_ticks,
     bench_server,
-    rss_mib,
     running_execution,
     spawn_client,
 )
+from bench.common import rss_mb
 from server.api.logs import encode_rows
 from server.domain.models import LogStream, Status
 from server.process_tuning import tune_process
@@ -241,7 +241,7 @@ async def write_for(write, rate: int, seconds: float, clients) -> dict:
         write(per_tick)
         total += per_tick
         if total % (per_tick * 100) == 0:
-            peak_rss = max(peak_rss, rss_mib()[0])
+            peak_rss = max(peak_rss, rss_mb())
         next_at = began + (total // per_tick) * TICK
         await asyncio.sleep(max(0.0, next_at - time.monotonic()))
     elapsed = time.monotonic() - began
@@ -252,7 +252,7 @@ async def write_for(write, rate: int, seconds: float, clients) -> dict:
         "server_cpu": (time.process_time() - cpu_began) / elapsed,
         "clients_cpu": clients_cpu / os.sysconf("SC_CLK_TCK") / elapsed,
         "other_cpu": other.stop(),
-        "peak_rss": max(peak_rss, rss_mib()[0]),
+        "peak_rss": max(peak_rss, rss_mb()),
     }
 
 
@@ -309,13 +309,13 @@ async def measure_trainyard(tailers: int, rate: int, seconds: float, processes: 
         execution_id = running_execution(running)
         sink = running.extra["log_sink"]
         broker = running.extra["broker"]
-        rss_before, _ = rss_mib()
+        rss_before = rss_mb()
         clients = await start_clients(running.address, execution_id, tailers, processes)
         await wait_until(
             lambda: sum(s.live for s in broker.log_subscriptions(execution_id)) >= tailers,
             f"{tailers} live tailers",
         )
-        rss_idle, _ = rss_mib()
+        rss_idle = rss_mb()
 
         def write(count: int) -> None:
             for _ in range(count):

@@ -62,6 +62,25 @@ def _resumable(error: TrainyardError) -> bool:
     )
 
 
+def _wait_to_resume(
+    error: TrainyardError,
+    failures: int,
+    position: object,
+    backoff: Backoff,
+    on_reconnect: ReconnectHook | None,
+    sleep: Callable[[float], None],
+) -> int:
+    """After a resumable error: raise it once ``backoff`` gives up, else report the
+    reconnect and wait. Returns the failures in a row, this one included."""
+    failures += 1
+    if backoff.attempts is not None and failures > backoff.attempts:
+        raise error from None
+    if on_reconnect is not None:
+        on_reconnect(error, position)
+    sleep(backoff.delay(failures))
+    return failures
+
+
 def _timestamp(value: datetime | Timestamp) -> Timestamp:
     if isinstance(value, Timestamp):
         return value
@@ -118,12 +137,7 @@ def follow_logs(
                 server_cursor = int(error.metadata["cursor"])
                 if server_cursor > cursor:
                     cursor, started = server_cursor, True
-            failures += 1
-            if backoff.attempts is not None and failures > backoff.attempts:
-                raise error from None
-            if on_reconnect is not None:
-                on_reconnect(error, cursor)
-            sleep(backoff.delay(failures))
+            failures = _wait_to_resume(error, failures, cursor, backoff, on_reconnect, sleep)
         finally:
             call.cancel()
 
@@ -170,11 +184,6 @@ def watch(
             if not _resumable(error):
                 raise error from None
             cursor = error.metadata.get("cursor") or cursor
-            failures += 1
-            if backoff.attempts is not None and failures > backoff.attempts:
-                raise error from None
-            if on_reconnect is not None:
-                on_reconnect(error, cursor)
-            sleep(backoff.delay(failures))
+            failures = _wait_to_resume(error, failures, cursor, backoff, on_reconnect, sleep)
         finally:
             call.cancel()

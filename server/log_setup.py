@@ -19,7 +19,6 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
     )
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
             add_call_context,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -179,47 +179,26 @@ class LogSink:
     _writer: _Writer | None = None
     lines_written: int = 0
 
-    def _seq(self, execution_id: str) -> int:
-        seq = self._next_seq.get(execution_id)
-        if seq is None:
-            seq = self.store.last_log_seq(execution_id) + 1
-        self._next_seq[execution_id] = seq + 1
-        return seq
-
     def write(self, execution_id: str, step: str, stream: LogStream, text: str) -> None:
         """Queue one line (called on the event loop). Long lines are split."""
-        now_us = time.time_ns() // 1000
-        code = STREAM_CODES[stream]
-        seq = self._next_seq.get(execution_id)
-        if seq is None:
-            seq = self.store.last_log_seq(execution_id) + 1
-        if len(text) <= MAX_LINE_CHARS:
-            self._pending.append((execution_id, seq, now_us, step, code, text))
-            seq += 1
-        else:
-            for i in range(0, len(text), MAX_LINE_CHARS):
-                chunk = text[i : i + MAX_LINE_CHARS]
-                self._pending.append((execution_id, seq, now_us, step, code, chunk))
-                seq += 1
-        self._next_seq[execution_id] = seq
-        if len(self._pending) >= self.max_batch:
-            self._submit()
-        elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.flush_interval, self._submit)
+        self.write_lines(execution_id, step, stream, [text])
 
     def write_lines(
         self, execution_id: str, step: str, stream: LogStream, texts: list[str]
     ) -> None:
-        """Queue many lines of one step's stream (what one read of its pipe held), as
-        ``write`` would one by one, with one time for all. The numbering is done in
-        one go, with no Python code run per line: at a few hundred thousand lines a
-        second, ``write`` per line cost the event loop about a sixth of its time."""
+        """Queue many lines of one step's stream (what one read of its pipe held), with
+        one time for all; lines longer than MAX_LINE_CHARS are split. The numbering is
+        done in one go, with no Python code run per line: at a few hundred thousand
+        lines a second, numbering line by line cost the event loop about a sixth of its
+        time."""
         if not texts:
             return
         if max(map(len, texts)) > MAX_LINE_CHARS:
-            for text in texts:
-                self.write(execution_id, step, stream, text)
-            return
+            texts = [
+                text[i : i + MAX_LINE_CHARS]
+                for text in texts
+                for i in range(0, len(text) or 1, MAX_LINE_CHARS)
+            ]
         now_us = time.time_ns() // 1000
         seq = self._next_seq.get(execution_id)
         if seq is None:

@@ -1201,32 +1201,20 @@ class Store:
         start_us: int | None = None,
         end_us: int | None = None,
     ) -> list[LogLine]:
-        sql = ["SELECT seq, at_us, step, stream, text FROM log_line WHERE execution_id = ?"]
-        args: list[Any] = [execution_id]
-        if after_seq:
-            sql.append("AND seq > ?")
-            args.append(after_seq)
-        if before_seq is not None:
-            sql.append("AND seq < ?")
-            args.append(before_seq)
-        if steps:
-            sql.append(f"AND step IN ({','.join('?' * len(steps))})")
-            args.extend(steps)
-        if streams:
-            sql.append(f"AND stream IN ({','.join('?' * len(streams))})")
-            args.extend(STREAM_CODES[s] for s in streams)
-        if start_us is not None:
-            sql.append("AND at_us >= ?")
-            args.append(start_us)
-        if end_us is not None:
-            sql.append("AND at_us < ?")
-            args.append(end_us)
-        sql.append(f"ORDER BY seq {'DESC' if descending else 'ASC'} LIMIT ?")
-        args.append(limit)
-        cursor = self.db.execute_sql(" ".join(sql), args)
+        rows = self.read_log_rows(
+            execution_id,
+            after_seq=after_seq,
+            before_seq=before_seq,
+            limit=limit,
+            descending=descending,
+            steps=steps,
+            stream_codes=[STREAM_CODES[s] for s in streams],
+            start_us=start_us,
+            end_us=end_us,
+        )
         return [
             LogLine(execution_id, seq, to_dt(at), step, STREAM_NAMES[stream], text)
-            for seq, at, step, stream, text in cursor.fetchall()
+            for _, seq, at, step, stream, text in rows
         ]
 
     def read_log_rows(
@@ -1235,10 +1223,13 @@ class Store:
         *,
         after_seq: int = 0,
         upto_seq: int | None = None,
+        before_seq: int | None = None,
         limit: int = 1000,
         descending: bool = False,
         steps: Sequence[str] = (),
         stream_codes: Sequence[int] = (),
+        start_us: int | None = None,
+        end_us: int | None = None,
     ) -> list[tuple]:
         """Log lines as the stored tuples (execution_id, seq, at_us, step, stream_code,
         text), with no object per line: the live tailers' read path."""
@@ -1247,9 +1238,15 @@ class Store:
             " WHERE execution_id = ? AND seq > ?"
         ]
         args: list[Any] = [execution_id, after_seq]
-        if upto_seq is not None:
-            sql.append("AND seq <= ?")
-            args.append(upto_seq)
+        for condition, value in (
+            ("seq <= ?", upto_seq),
+            ("seq < ?", before_seq),
+            ("at_us >= ?", start_us),
+            ("at_us < ?", end_us),
+        ):
+            if value is not None:
+                sql.append(f"AND {condition}")
+                args.append(value)
         if steps:
             sql.append(f"AND step IN ({','.join('?' * len(steps))})")
             args.extend(steps)

@@ -316,13 +316,7 @@ class _LogTopic:
         if start >= len(self.batches):
             return []
         batches = self.batches[start:] if start else list(self.batches)
-        self._unplace(subscription)
-        head = self.head
-        subscription._position = head
-        subscription._taken_lines = self.published_lines
-        subscription._taken_bytes = self.published_bytes
-        self.at.setdefault(head, {})[subscription] = None
-        self._trim_consumed()
+        self.place(subscription)
         return batches
 
     def publish(self, batch: LogBatch, broker: LocalBroker) -> None:
