@@ -10,6 +10,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 from client.client import TrainyardClient, TrainyardError
+from client.commands.executions import STATUSES, status_name
 from client.output import enum_name, to_dict, when
 from client.streams import follow_logs, watch
 from trainyard.v1 import execution_pb2, log_pb2
@@ -19,11 +20,6 @@ STREAMS = {
     "stdout": log_pb2.LOG_STREAM_STDOUT,
     "stderr": log_pb2.LOG_STREAM_STDERR,
     "system": log_pb2.LOG_STREAM_SYSTEM,
-}
-STATUSES = {
-    enum_name(name).lower(): value
-    for name, value in execution_pb2.ExecutionStatus.items()
-    if value != execution_pb2.EXECUTION_STATUS_UNSPECIFIED
 }
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -121,7 +117,7 @@ def logs_cmd(client: TrainyardClient, args) -> int:
 
 
 def _status(value: int) -> str:
-    return enum_name(execution_pb2.ExecutionStatus.Name(value)) if value else "-"
+    return status_name(value) if value else "-"
 
 
 def format_event(event: epb.WatchExecutionsResponse) -> str:
