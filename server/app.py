@@ -30,8 +30,7 @@ from server.domain.metrics import MetricsService
 from server.domain.service import ControlPlane
 from server.process_tuning import tune_process
 from server.runtime.local import LocalRuntime
-from server.store.metrics import MetricStore
-from server.store.repository import Store
+from server.store.async_store import AsyncMetricStore, AsyncStore
 from server.streams.broker import LocalBroker
 from server.streams.tailer import LogTails
 from server.streams.watch import ExecutionWatches
@@ -72,7 +71,7 @@ class TrainyardServer:
     """A running server. ``port`` is the bound port (useful with port 0)."""
 
     settings: Settings
-    store: Store
+    store: AsyncStore
     plane: ControlPlane
     server: grpc.aio.Server
     port: int
@@ -94,15 +93,22 @@ class TrainyardServer:
             await self.plane.runtime.close()
         sink = self.extra.get("log_sink")
         if sink is not None:
-            sink.close()
-        self.store.close()
+            await asyncio.to_thread(sink.close)
+        await asyncio.to_thread(self.store.close)
         log.info("server stopped")
 
 
 async def start_server(settings: Settings) -> TrainyardServer:
-    store = Store(settings.database_url)
+    if ":memory:" in settings.database_url:
+        raise ValueError(
+            "the server needs a database its threads can share: use a file"
+            " (sqlite:///PATH) or PostgreSQL, not an in-memory database"
+        )
+    # Opening runs the migrations: off the loop like every other store call.
+    store = await asyncio.to_thread(AsyncStore, settings.database_url)
     plane = ControlPlane(store=store, default_resource_group=settings.default_resource_group)
-    log_sink = LogSink(store)
+    # The sink stores lines on a writer thread of its own, with its own connection.
+    log_sink = LogSink(store.sync)
     # Live streams: stored log lines and committed execution changes go to the broker.
     broker = LocalBroker()
     log_sink.row_subscribers.append(broker.publish_logs)
@@ -119,7 +125,9 @@ async def start_server(settings: Settings) -> TrainyardServer:
             stop_grace=settings.stop_grace_seconds,
         )
     if settings.executables_dir is not None:
-        loaded = plane.load_executables(settings.executables_dir, settings.default_resource_group)
+        loaded = await plane.load_executables(
+            settings.executables_dir, settings.default_resource_group
+        )
         log.info("executables loaded", count=len(loaded), directory=str(settings.executables_dir))
 
     options = [
@@ -141,7 +149,7 @@ async def start_server(settings: Settings) -> TrainyardServer:
     execution_service_pb2_grpc.add_ExecutionServiceServicer_to_server(executions, server)
     add_log_service(server, LogService(LogReader(plane), tails))
     metric_service_pb2_grpc.add_MetricServiceServicer_to_server(
-        MetricService(MetricsService(MetricStore(store)), settings.max_message_bytes), server
+        MetricService(MetricsService(AsyncMetricStore(store)), settings.max_message_bytes), server
     )
     capabilities = {
         "logs": True,

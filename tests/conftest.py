@@ -4,6 +4,7 @@ its own with its own event loop, and typed stubs that talk to it over gRPC."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -45,14 +46,28 @@ class ServerThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def run_sync(self, fn, *args, timeout: float = 60, **kwargs):
-        """Run a plain function on the server's loop thread (for store access)."""
+        """Run a function on the server's loop thread and return its result; a
+        coroutine it returns (a store or control plane call) is awaited there."""
         future: Future = Future()
+
+        def _settle(task: asyncio.Future) -> None:
+            if task.cancelled():
+                future.cancel()
+            elif task.exception() is not None:
+                future.set_exception(task.exception())
+            else:
+                future.set_result(task.result())
 
         def _run():
             try:
-                future.set_result(fn(*args, **kwargs))
+                result = fn(*args, **kwargs)
             except BaseException as exc:  # noqa: BLE001
                 future.set_exception(exc)
+                return
+            if inspect.isawaitable(result):
+                asyncio.ensure_future(result).add_done_callback(_settle)
+            else:
+                future.set_result(result)
 
         self.loop.call_soon_threadsafe(_run)
         return future.result(timeout)

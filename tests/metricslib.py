@@ -83,7 +83,7 @@ def table_counts(server, execution_id: str) -> dict[str, int]:
     """Rows of an execution in every metric table."""
 
     def count() -> dict[str, int]:
-        db = server.plane.store.db
+        db = server.plane.store.sync.db
         result = {}
         for table in ("metric_owner", "metric_series", "metric_tag", "metric_custom_info"):
             result[table] = db.execute_sql(

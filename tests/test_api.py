@@ -4,6 +4,7 @@ isolation, pagination, idempotent creates, executables, health, reflection."""
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import grpc
 import pytest
@@ -332,7 +333,7 @@ def test_pagination_has_no_duplicates_or_gaps(stubs, server):
     assert pending.total_size == 57 and len(pending.executions) == 1
 
 
-def test_creates_of_one_loop_turn_are_written_together_each_with_its_outcome(stubs, server):
+def test_creates_written_together_each_get_their_own_outcome(stubs, server):
     server.run_sync(setattr, server.plane, "runtime", None)
     dataset = register_iris(stubs)
     config = stubs.configurations.CreateConfiguration(
@@ -368,24 +369,47 @@ def test_creates_of_one_loop_turn_are_written_together_each_with_its_outcome(stu
         assert [t.to_status for t in read.execution.history] == [1]  # PENDING
 
 
-def test_a_grouped_create_waits_a_bounded_time_for_company(stubs, server, monkeypatch):
-    from server.domain import service
-
+def test_creates_that_arrive_during_a_write_share_the_next_commit(stubs, server):
     server.run_sync(setattr, server.plane, "runtime", None)
     config = stubs.configurations.CreateConfiguration(
         configuration_request(register_iris(stubs), {})
     ).configuration.id
-    monkeypatch.setattr(service, "GROUP_TURNS", 10**9)  # only the time bound ends the wait
+    store = server.plane.store
+    sizes: list[int] = []
+    real = store.sync.create_executions
 
-    async def alone():
-        loop = asyncio.get_running_loop()
-        began = loop.time()
-        execution = await server.plane.create_execution_grouped("default", config)
-        return execution, loop.time() - began
+    def counting(items):
+        sizes.append(len(items))
+        return real(items)
 
-    execution, waited = server.call(alone(), timeout=10)
-    assert execution.status.name == "PENDING"
-    assert service.MAX_GROUP_WAIT <= waited < 1.0
+    store.sync.create_executions = counting
+    busy, release = threading.Event(), threading.Event()
+
+    def hold_the_writer(_sync):
+        busy.set()
+        release.wait(10)
+
+    async def scenario():
+        create = server.plane.create_execution_grouped
+        holder = asyncio.ensure_future(store.run_write(hold_the_writer))
+        await asyncio.to_thread(busy.wait, 10)
+        first = asyncio.ensure_future(create("default", config))
+        while not sizes and server.plane._writing is None:
+            await asyncio.sleep(0.001)
+        rest = [asyncio.ensure_future(create("default", config)) for _ in range(9)]
+        while len(server.plane._creates) < 9:
+            await asyncio.sleep(0.001)
+        release.set()
+        await holder
+        return await asyncio.gather(first, *rest)
+
+    try:
+        created = server.call(scenario(), timeout=20)
+    finally:
+        release.set()
+        store.sync.create_executions = real
+    assert len({e.id for e in created}) == 10
+    assert sizes == [1, 9]  # the first alone, the nine that queued behind it in one commit
 
 
 def test_idempotent_creates_return_the_first_result(stubs, server):

@@ -167,7 +167,7 @@ def snapshot(server) -> tuple:
     """Row counts of every table, and every execution's status and last change."""
 
     def read():
-        db = server.plane.store.db
+        db = server.plane.store.sync.db
         counts = tuple(
             db.execute_sql(f"SELECT COUNT(*) FROM {table}").fetchone()[0] for table in TABLES
         )

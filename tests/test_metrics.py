@@ -338,8 +338,13 @@ def test_batch_of_10000_points_is_stored_in_one_transaction(server, runs, metric
     eid = runs.execution()
     statements: list[str] = []
 
-    def trace(on: bool) -> None:
-        server.plane.store.db.connection().set_trace_callback(statements.append if on else None)
+    def trace(on: bool):
+        # On the store's writer thread, whose connection runs every write.
+        return server.plane.store.run_write(
+            lambda sync: sync.db.connection().set_trace_callback(
+                statements.append if on else None
+            )
+        )
 
     server.run_sync(trace, True)
     try:

@@ -142,4 +142,4 @@ def test_randomized_soak(server_factory):
     for ids in created.values():
         for execution_id in ids:  # the runtime holds nothing (no queue entry, no process)
             assert server.run_sync(runtime.inspect, execution_id) is None
-    assert server.run_sync(server.plane.store.integrity_check) == "ok"
+    assert server.run_sync(server.plane.store.sync.integrity_check) == "ok"

@@ -272,7 +272,7 @@ def test_watcher_that_falls_behind_is_cut_off_with_a_cursor(server, stubs):
         # Five changes before the watcher reads again: more than it may queue.
         for i in range(5):
             step = StepDetail(name=f"s{i}", phase=StepPhase.RUNNING)
-            plane.update_execution(execution_id, step_details=[step], changed_step=step)
+            await plane.update_execution(execution_id, step_details=[step], changed_step=step)
         try:
             await anext(stream)
         except ResourceExhausted as error:

@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 import structlog
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from server.api import context as ctx
@@ -22,6 +22,7 @@ from server.domain.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    Unavailable,
 )
 from server.domain.ids import random_hex
 
@@ -97,6 +98,10 @@ def to_status(error: DomainError, request_id: str) -> tuple[grpc.StatusCode, str
                 )
             )
         )
+    if isinstance(error, Unavailable):
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(error.retry_after * 1e9))
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     status = status_pb2.Status(
         code=getattr(code_pb2, error.code, code_pb2.INTERNAL),
         message=error.message,

@@ -243,7 +243,7 @@ class LogService(log_service_pb2_grpc.LogServiceServicer):
             start = convert.from_ts(request.start_time, "start_time")
         if request.HasField("end_time"):
             end = convert.from_ts(request.end_time, "end_time")
-        lines, token = self.reader.list_page(
+        lines, token = await self.reader.list_page(
             resource_group(),
             request.execution_id,
             limit=request.limit,

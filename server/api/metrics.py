@@ -22,7 +22,7 @@ class MetricService(metric_service_pb2_grpc.MetricServiceServicer):
         self.max_message_bytes = max_message_bytes
 
     async def WriteMetrics(self, request, context):
-        points, tags, infos = self.metrics.write(
+        points, tags, infos = await self.metrics.write(
             resource_group(), convert.execution_metrics_from_pb(request.executions)
         )
         return pb.WriteMetricsResponse(
@@ -31,7 +31,7 @@ class MetricService(metric_service_pb2_grpc.MetricServiceServicer):
 
     async def ListMetrics(self, request, context):
         view = convert.enum_from_pb(VIEW_FROM_PB, request.view, "view", "metric view")
-        entries, token = self.metrics.read(
+        entries, token = await self.metrics.read(
             resource_group(),
             list(request.execution_ids),
             list(request.names),
@@ -54,11 +54,13 @@ class MetricService(metric_service_pb2_grpc.MetricServiceServicer):
         return response
 
     async def DeleteMetrics(self, request, context):
-        deleted = self.metrics.delete(resource_group(), request.execution_id, list(request.names))
+        deleted = await self.metrics.delete(
+            resource_group(), request.execution_id, list(request.names)
+        )
         return pb.DeleteMetricsResponse(metrics_deleted=deleted)
 
     async def CompareExecutions(self, request, context):
-        comparison = self.metrics.compare(
+        comparison = await self.metrics.compare(
             resource_group(),
             execution_ids=list(request.execution_ids),
             executable_id=request.executable_id,

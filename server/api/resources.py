@@ -30,11 +30,13 @@ class ScenarioService(scenario_service_pb2_grpc.ScenarioServiceServicer):
         self.plane = plane
 
     async def GetScenario(self, request, context):
-        scenario, count = self.plane.get_scenario(resource_group(), request.scenario_id)
+        scenario, count = await self.plane.get_scenario(resource_group(), request.scenario_id)
         return scn_pb.GetScenarioResponse(scenario=convert.scenario_pb(scenario, count))
 
     async def ListScenarios(self, request, context):
-        page = self.plane.list_scenarios(resource_group(), request.page_size, request.page_token)
+        page = await self.plane.list_scenarios(
+            resource_group(), request.page_size, request.page_token
+        )
         return scn_pb.ListScenariosResponse(
             scenarios=[convert.scenario_pb(s, n) for s, n in page.items],
             next_page_token=page.next_page_token,
@@ -47,17 +49,19 @@ class ExecutableService(executable_service_pb2_grpc.ExecutableServiceServicer):
         self.plane = plane
 
     async def CreateExecutable(self, request, context):
-        exe, created = self.plane.register_executable(resource_group(), request.definition)
+        exe, created = await self.plane.register_executable(resource_group(), request.definition)
         return exe_pb.CreateExecutableResponse(
             executable=convert.executable_pb(exe), created=created
         )
 
     async def GetExecutable(self, request, context):
-        exe = self.plane.get_executable(resource_group(), request.executable_id, request.version)
+        exe = await self.plane.get_executable(
+            resource_group(), request.executable_id, request.version
+        )
         return exe_pb.GetExecutableResponse(executable=convert.executable_pb(exe))
 
     async def ListExecutables(self, request, context):
-        page = self.plane.list_executables(
+        page = await self.plane.list_executables(
             resource_group(),
             request.page_size,
             request.page_token,
@@ -77,7 +81,7 @@ class ArtifactService(artifact_service_pb2_grpc.ArtifactServiceServicer):
 
     async def CreateArtifact(self, request, context):
         a = request.artifact
-        artifact = self.plane.create_artifact(
+        artifact = await self.plane.create_artifact(
             resource_group(),
             name=a.name,
             kind=convert.kind_from_pb(a.kind, "artifact.kind"),
@@ -90,11 +94,11 @@ class ArtifactService(artifact_service_pb2_grpc.ArtifactServiceServicer):
         return art_pb.CreateArtifactResponse(artifact=convert.artifact_pb(artifact))
 
     async def GetArtifact(self, request, context):
-        artifact = self.plane.get_artifact(resource_group(), request.artifact_id)
+        artifact = await self.plane.get_artifact(resource_group(), request.artifact_id)
         return art_pb.GetArtifactResponse(artifact=convert.artifact_pb(artifact))
 
     async def ListArtifacts(self, request, context):
-        page = self.plane.list_artifacts(
+        page = await self.plane.list_artifacts(
             resource_group(),
             request.page_size,
             request.page_token,
@@ -117,7 +121,7 @@ class ConfigurationService(configuration_service_pb2_grpc.ConfigurationServiceSe
 
     async def CreateConfiguration(self, request, context):
         c = request.configuration
-        configuration = self.plane.create_configuration(
+        configuration = await self.plane.create_configuration(
             resource_group(),
             name=c.name,
             executable_id=c.executable_id,
@@ -132,13 +136,15 @@ class ConfigurationService(configuration_service_pb2_grpc.ConfigurationServiceSe
         )
 
     async def GetConfiguration(self, request, context):
-        configuration = self.plane.get_configuration(resource_group(), request.configuration_id)
+        configuration = await self.plane.get_configuration(
+            resource_group(), request.configuration_id
+        )
         return cfg_pb.GetConfigurationResponse(
             configuration=convert.configuration_pb(configuration)
         )
 
     async def ListConfigurations(self, request, context):
-        page = self.plane.list_configurations(
+        page = await self.plane.list_configurations(
             resource_group(),
             request.page_size,
             request.page_token,

@@ -27,10 +27,10 @@ class WatchingExecutionService(ExecutionService):
         super().__init__(plane)
         self.watches = watches
 
-    def event_pb(self, event: WatchEvent) -> pb.WatchExecutionsResponse:
+    async def event_pb(self, event: WatchEvent) -> pb.WatchExecutionsResponse:
         return pb.WatchExecutionsResponse(
             type=EVENT_TYPES[event.kind],
-            execution=self.render([event.execution], with_history=False)[0],
+            execution=(await self.render([event.execution], with_history=False))[0],
             transition=convert.transition_pb(event.transition) if event.transition else None,
             step=convert.step_pb(event.step) if event.step else None,
             cursor=event.cursor,
@@ -49,4 +49,4 @@ class WatchingExecutionService(ExecutionService):
         stream = self.watches.watch(resource_group(), options)
         async with contextlib.aclosing(stream):
             async for event in stream:
-                yield self.event_pb(event)
+                yield await self.event_pb(event)

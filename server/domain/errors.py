@@ -102,7 +102,17 @@ class PermissionDenied(DomainError):
 
 @dataclass
 class Unavailable(DomainError):
-    """A transient condition (the store is busy); the caller may retry."""
+    """A transient condition; the caller may retry after ``retry_after`` seconds."""
 
     reason: str = "UNAVAILABLE"
+    retry_after: float = 1.0
     code = "UNAVAILABLE"
+
+
+@dataclass
+class StoreUnavailable(Unavailable):
+    """The store did not do what was asked (busy beyond its timeout, locked, an I/O
+    error, a lost connection); the transaction was rolled back, so nothing of the
+    request was written."""
+
+    reason: str = "STORE_UNAVAILABLE"

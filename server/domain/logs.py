@@ -24,7 +24,7 @@ def _us(value: datetime | None) -> int | None:
 class LogReader:
     plane: ControlPlane
 
-    def list_page(
+    async def list_page(
         self,
         resource_group: str,
         execution_id: str,
@@ -38,7 +38,7 @@ class LogReader:
         end: datetime | None,
         after_sequence: int,
     ) -> tuple[list[LogLine], str]:
-        self.plane.require_execution(resource_group, execution_id)
+        await self.plane.require_execution(resource_group, execution_id)
         if after_sequence < 0:
             raise InvalidArgument.of("after_sequence", "must not be negative")
         if len(steps) > MAX_STEP_FILTERS:
@@ -75,7 +75,7 @@ class LogReader:
                 before = page.after
             else:
                 after = max(after, page.after)
-        lines = self.plane.store.read_logs(
+        lines = await self.plane.store.read_logs(
             execution_id,
             after_seq=after,
             before_seq=before,

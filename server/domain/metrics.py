@@ -25,7 +25,7 @@ from server.domain.paging import encode_token, page_request
 from server.domain.validation import Violations
 
 if TYPE_CHECKING:
-    from server.store.metrics import MetricStore
+    from server.domain.ports import MetricStore
 
 # One point as written: (name, value, step or None, at_us or None = now, labels or None).
 PointIn = tuple[str, float, "int | None", "int | None", "dict[str, str] | None"]
@@ -305,7 +305,7 @@ class MetricsService:
 
     # ----------------------------------------------------------------- write
 
-    def write(
+    async def write(
         self, resource_group: str, entries: Sequence[ExecutionMetricsIn]
     ) -> tuple[int, int, int]:
         """Validate and store, all in one transaction. Returns (points, tags, custom info)."""
@@ -343,7 +343,7 @@ class MetricsService:
             infos = self._check_custom_info(v, prefix, entry.custom_info)
             checked.append(ExecutionMetricsIn(entry.execution_id, points, tags, infos))
         v.raise_if_any(summary="metrics refused")
-        return self.store.write(resource_group, checked, now_us)
+        return await self.store.write(resource_group, checked, now_us)
 
     @staticmethod
     def _check_tags(
@@ -374,7 +374,7 @@ class MetricsService:
 
     # ------------------------------------------------------------------ read
 
-    def read(
+    async def read(
         self,
         resource_group: str,
         execution_ids: Sequence[str],
@@ -395,7 +395,7 @@ class MetricsService:
         page = page_request(
             page_size, page_token, filters, default=DEFAULT_POINTS_PAGE, maximum=MAX_POINTS_PAGE
         )
-        self.store.require_visible(resource_group, execution_ids)
+        await self.store.require_visible(resource_group, execution_ids)
         index, after_name, after_seq = 0, "", 0
         if page.after is not None:
             index, after_name, after_seq = _page_key(page.after, 3)
@@ -411,8 +411,8 @@ class MetricsService:
         first_page = page.after is None
         results: list[ExecutionMetrics] = []
         if first_page:
-            tags = self.store.tags(execution_ids)
-            infos = self.store.custom_info(execution_ids)
+            tags = await self.store.tags(execution_ids)
+            infos = await self.store.custom_info(execution_ids)
             results = [
                 ExecutionMetrics(eid, [], tags.get(eid, {}), infos.get(eid, []))
                 for eid in execution_ids
@@ -424,9 +424,9 @@ class MetricsService:
             eid = execution_ids[i]
             start = (after_name, after_seq) if i == index and page.after is not None else None
             if view is MetricView.LATEST:
-                points = self.store.latest_points(eid, name_filter, start, remaining)
+                points = await self.store.latest_points(eid, name_filter, start, remaining)
             else:
-                points = self.store.series_points(eid, name_filter, start, remaining)
+                points = await self.store.series_points(eid, name_filter, start, remaining)
             fetched.extend((i, p) for p in points)
             remaining -= len(points)
             if remaining <= 0:
@@ -448,16 +448,18 @@ class MetricsService:
             token = encode_token([last_index, last.name, last.seq], filters)
         return results, token
 
-    def delete(self, resource_group: str, execution_id: str, names: Sequence[str] = ()) -> int:
+    async def delete(
+        self, resource_group: str, execution_id: str, names: Sequence[str] = ()
+    ) -> int:
         v = Violations()
         validation.check_id(v, "execution_id", execution_id)
         _check_names(v, "names", names)
         v.raise_if_any()
-        return self.store.delete(resource_group, execution_id, sorted(set(names)))
+        return await self.store.delete(resource_group, execution_id, sorted(set(names)))
 
     # --------------------------------------------------------------- compare
 
-    def compare(
+    async def compare(
         self,
         resource_group: str,
         *,
@@ -516,7 +518,7 @@ class MetricsService:
                 )
             after = (missing, value, position)
         if execution_ids:
-            self.store.require_executions(resource_group, execution_ids)
+            await self.store.require_executions(resource_group, execution_ids)
         shown = list(dict.fromkeys(selectors))
         names = None
         if shown:
@@ -533,7 +535,7 @@ class MetricsService:
             names=names,
             after=after,
         )
-        rows, total, best = self.store.compare_page(query)
+        rows, total, best = await self.store.compare_page(query)
         more = len(rows) > page.size
         rows = rows[: page.size]
         if not shown:  # every name found on this page, latest values

@@ -3,6 +3,12 @@
 API handlers call these methods; the runtime reports progress through ``transition``
 and ``update_execution``. Every committed change of an execution is announced to the
 ``listeners`` (status watch streams subscribe there).
+
+The methods that read or write are coroutines: the store (a port, server/domain/ports.py)
+runs its work off the event loop, so a slow or locked database delays only the calls
+that need it. Nothing here relies on the absence of an ``await`` between a read and a
+write: lifecycle changes are compare-and-set in the store, and watchers order what they
+hear by the history's sequence numbers.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from server.domain import templates, validation, workflow
-from server.domain.errors import DomainError, InvalidArgument
+from server.domain.errors import DomainError, InvalidArgument, StoreUnavailable
 from server.domain.ids import time_ordered_id
 from server.domain.models import (
     Artifact,
@@ -37,22 +43,16 @@ from server.domain.paging import page_request
 from server.domain.validation import Violations
 
 if TYPE_CHECKING:
+    from server.domain.ports import Store
     from server.runtime.base import Runtime
-    from server.store.repository import Store
 
 log = structlog.get_logger(__name__)
 
 MAX_DEFINITION_BYTES = 1024 * 1024
 MAX_BATCH = 100
-# Creates written in one transaction at most: bounds the time one write holds the loop.
+# Creates written in one transaction at most: bounds the time one write holds the
+# store's write lock.
 MAX_GROUP = 256
-# Turns of the event loop a create waits for others to share its commit. gRPC takes
-# several turns per call, so under load 32 turns gather about four creates per commit
-# (measured at 64 calls in flight: 1.0 per commit with 3 turns, 1.6 with 8, 4 with
-# 32, 7 with 64 and no faster); an idle loop runs 32 turns in about 0.1 ms.
-GROUP_TURNS = 32
-# ... but never longer than this (seconds), however long the loop's turns take.
-MAX_GROUP_WAIT = 0.005
 
 
 # A create waiting for its grouped write: execution, request id, the caller's future
@@ -93,7 +93,7 @@ class ControlPlane:
     listeners: list[Callable[[ExecutionEvent], None]] = field(default_factory=list)
     # Creates waiting for their grouped write, and the step names of each executable.
     _creates: list[_WaitingCreate] = field(default_factory=list, init=False, repr=False)
-    _creates_since: float = field(default=0.0, init=False, repr=False)
+    _writing: asyncio.Task | None = field(default=None, init=False, repr=False)
     _steps: dict[tuple[str, str, str, str], list[str]] = field(
         default_factory=dict, init=False, repr=False
     )
@@ -109,40 +109,47 @@ class ControlPlane:
 
     # -------------------------------------------------------------- executables
 
-    def register_executable(self, resource_group: str, definition: str) -> tuple[Executable, bool]:
+    async def register_executable(
+        self, resource_group: str, definition: str
+    ) -> tuple[Executable, bool]:
         if not definition.strip():
             raise InvalidArgument.of("definition", "is required")
         if len(definition.encode()) > MAX_DEFINITION_BYTES:
             raise InvalidArgument.of("definition", "must be at most 1 MiB")
-        parsed = templates.parse_template_text(definition, resource_group)
+        # YAML parsing takes milliseconds for a large template: off the loop.
+        parsed = await asyncio.to_thread(templates.parse_template_text, definition, resource_group)
         if len(parsed) != 1:
             raise InvalidArgument.of(
                 "definition", f"must hold exactly one WorkflowTemplate, found {len(parsed)}"
             )
-        return self.store.put_executable(parsed[0])
+        return await self.store.put_executable(parsed[0])
 
-    def load_executables(self, directory: str | Path, resource_group: str) -> list[Executable]:
+    async def load_executables(
+        self, directory: str | Path, resource_group: str
+    ) -> list[Executable]:
         """Load every template of ``directory``; broken files are logged and skipped."""
-        loaded, failures = templates.load_directory(directory, resource_group)
+        loaded, failures = await asyncio.to_thread(
+            templates.load_directory, directory, resource_group
+        )
         stored: list[Executable] = []
         for exe in loaded:
             try:
-                stored.append(self.store.put_executable(exe)[0])
+                stored.append((await self.store.put_executable(exe))[0])
             except DomainError as exc:
                 log.warning("executable not loaded", executable_id=exe.id, error=str(exc))
         for path, error in failures:
             log.warning("executable file not loaded", file=str(path), error=error)
         return stored
 
-    def get_executable(
+    async def get_executable(
         self, resource_group: str, executable_id: str, version: str = ""
     ) -> Executable:
         v = Violations()
         validation.check_id(v, "executable_id", executable_id)
         v.raise_if_any()
-        return self.store.get_executable(resource_group, executable_id, version)
+        return await self.store.get_executable(resource_group, executable_id, version)
 
-    def list_executables(
+    async def list_executables(
         self,
         resource_group: str,
         page_size: int,
@@ -152,27 +159,29 @@ class ControlPlane:
     ) -> Page[Executable]:
         filters = {"scenario_id": scenario_id, "all_versions": all_versions}
         page = page_request(page_size, page_token, filters)
-        return self.store.list_executables(resource_group, page, scenario_id, all_versions)
+        return await self.store.list_executables(resource_group, page, scenario_id, all_versions)
 
     # ---------------------------------------------------------------- scenarios
 
-    def get_scenario(self, resource_group: str, scenario_id: str) -> tuple[Scenario, int]:
+    async def get_scenario(self, resource_group: str, scenario_id: str) -> tuple[Scenario, int]:
         v = Violations()
         validation.check_id(v, "scenario_id", scenario_id)
         v.raise_if_any()
-        scenario = self.store.get_scenario(resource_group, scenario_id)
-        return scenario, self.store.count_executables(resource_group, scenario_id)
+        scenario = await self.store.get_scenario(resource_group, scenario_id)
+        return scenario, await self.store.count_executables(resource_group, scenario_id)
 
-    def list_scenarios(
+    async def list_scenarios(
         self, resource_group: str, page_size: int, page_token: str
     ) -> Page[tuple[Scenario, int]]:
-        page = self.store.list_scenarios(resource_group, page_request(page_size, page_token, {}))
-        items = [(s, self.store.count_executables(resource_group, s.id)) for s in page.items]
+        page = await self.store.list_scenarios(
+            resource_group, page_request(page_size, page_token, {})
+        )
+        items = [(s, await self.store.count_executables(resource_group, s.id)) for s in page.items]
         return Page(items, page.next_page_token, page.total_size)
 
     # ---------------------------------------------------------------- artifacts
 
-    def create_artifact(
+    async def create_artifact(
         self,
         resource_group: str,
         *,
@@ -195,7 +204,7 @@ class ControlPlane:
         validation.check_labels(v, "artifact.labels", labels)
         validation.check_request_id(v, request_id)
         v.raise_if_any()
-        self.store.get_scenario(resource_group, scenario_id)
+        await self.store.get_scenario(resource_group, scenario_id)
         artifact = Artifact(
             id=new_id(),
             resource_group=resource_group,
@@ -206,21 +215,21 @@ class ControlPlane:
             description=description,
             labels=labels,
         )
-        return self.store.create_artifact(artifact, request_id)
+        return await self.store.create_artifact(artifact, request_id)
 
-    def register_output_artifact(self, artifact: Artifact) -> Artifact:
+    async def register_output_artifact(self, artifact: Artifact) -> Artifact:
         """Runtime use: register an artifact an execution produced."""
         if not artifact.id:
             artifact.id = new_id()
-        return self.store.create_artifact(artifact)
+        return await self.store.create_artifact(artifact)
 
-    def get_artifact(self, resource_group: str, artifact_id: str) -> Artifact:
+    async def get_artifact(self, resource_group: str, artifact_id: str) -> Artifact:
         v = Violations()
         validation.check_id(v, "artifact_id", artifact_id)
         v.raise_if_any()
-        return self.store.get_artifact(resource_group, artifact_id)
+        return await self.store.get_artifact(resource_group, artifact_id)
 
-    def list_artifacts(
+    async def list_artifacts(
         self,
         resource_group: str,
         page_size: int,
@@ -243,7 +252,7 @@ class ControlPlane:
             "name": name,
         }
         page = page_request(page_size, page_token, filters)
-        return self.store.list_artifacts(
+        return await self.store.list_artifacts(
             resource_group,
             page,
             scenario_id=scenario_id,
@@ -255,7 +264,7 @@ class ControlPlane:
 
     # ----------------------------------------------------------- configurations
 
-    def create_configuration(
+    async def create_configuration(
         self,
         resource_group: str,
         *,
@@ -282,10 +291,14 @@ class ControlPlane:
                 v, f"configuration.input_artifact_bindings[{i}].artifact_id", artifact_id
             )
         v.raise_if_any()
-        executable = self.store.get_executable(resource_group, executable_id, executable_version)
+        executable = await self.store.get_executable(
+            resource_group, executable_id, executable_version
+        )
         artifacts = {
             a.id: a
-            for a in self.store.get_artifacts(resource_group, [aid for _, aid in artifact_bindings])
+            for a in await self.store.get_artifacts(
+                resource_group, [aid for _, aid in artifact_bindings]
+            )
         }
         resolved, bound = validation.check_configuration(
             executable, scenario_id, parameters, artifact_bindings, artifacts
@@ -300,15 +313,15 @@ class ControlPlane:
             parameter_bindings=resolved,
             input_artifact_bindings=bound,
         )
-        return self.store.create_configuration(configuration, request_id)
+        return await self.store.create_configuration(configuration, request_id)
 
-    def get_configuration(self, resource_group: str, configuration_id: str) -> Configuration:
+    async def get_configuration(self, resource_group: str, configuration_id: str) -> Configuration:
         v = Violations()
         validation.check_id(v, "configuration_id", configuration_id)
         v.raise_if_any()
-        return self.store.get_configuration(resource_group, configuration_id)
+        return await self.store.get_configuration(resource_group, configuration_id)
 
-    def list_configurations(
+    async def list_configurations(
         self,
         resource_group: str,
         page_size: int,
@@ -318,15 +331,17 @@ class ControlPlane:
     ) -> Page[Configuration]:
         filters = {"scenario_id": scenario_id, "executable_id": executable_id}
         page = page_request(page_size, page_token, filters)
-        return self.store.list_configurations(resource_group, page, scenario_id, executable_id)
+        return await self.store.list_configurations(
+            resource_group, page, scenario_id, executable_id
+        )
 
     # --------------------------------------------------------------- executions
 
-    def create_execution(
+    async def create_execution(
         self, resource_group: str, configuration_id: str, request_id: str = ""
     ) -> Execution:
         execution = self._new_execution(resource_group, configuration_id, request_id)
-        stored, created = self.store.create_execution(execution, request_id)
+        stored, created = await self.store.create_execution(execution, request_id)
         if created:
             self._execution_created(stored)
         return stored
@@ -334,59 +349,55 @@ class ControlPlane:
     async def create_execution_grouped(
         self, resource_group: str, configuration_id: str, request_id: str = ""
     ) -> Execution:
-        """:meth:`create_execution`, written together with the creates that arrive in
-        the next few turns of the event loop: one transaction and one commit for all."""
-        execution = self._new_execution(resource_group, configuration_id, request_id)
+        """:meth:`create_execution`, written together with the creates that arrive
+        while an earlier group is being written: one transaction and one commit for
+        all of them (group commit). An idle server writes a create at once; under load
+        each commit takes everything that queued during the one before."""
+        execution = await self._new_execution(resource_group, configuration_id, request_id)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         # The announcement and the runtime's tasks run in the caller's context (its
         # request id on their log lines), the grouped write in a context of its own.
         self._creates.append((execution, request_id, future, contextvars.copy_context()))
-        if len(self._creates) == 1:
-            self._creates_since = loop.time()
-            loop.call_soon(self._write_creates, GROUP_TURNS, context=contextvars.Context())
+        if self._writing is None:
+            self._writing = loop.create_task(self._write_creates(), context=contextvars.Context())
         return await future
 
-    def _write_creates(self, turns: int) -> None:
-        """Write the waiting creates, at most MAX_GROUP per transaction. Runs as one
-        callback of the event loop: no transaction spans an await.
-
-        The write waits ``turns`` more turns of the loop first (each turn takes in the
-        calls that gRPC has received meanwhile) unless MAX_GROUP creates are waiting or
-        the first has waited MAX_GROUP_WAIT: on an idle loop a turn takes microseconds,
-        under load each turn brings more creates into the one commit."""
-        loop = asyncio.get_running_loop()
-        if (
-            turns > 0
-            and len(self._creates) < MAX_GROUP
-            and loop.time() - self._creates_since < MAX_GROUP_WAIT
-        ):
-            loop.call_soon(self._write_creates, turns - 1, context=contextvars.Context())
-            return
-        waiting, self._creates = self._creates, []
-        # A create whose caller went away (deadline, disconnect) is not written.
-        waiting = [item for item in waiting if not item[2].done()]
+    async def _write_creates(self) -> None:
+        """Write the waiting creates, MAX_GROUP per transaction, until none waits."""
         try:
-            for start in range(0, len(waiting), MAX_GROUP):
-                self._write_group(waiting[start : start + MAX_GROUP])
+            while self._creates:
+                waiting = self._creates[:MAX_GROUP]
+                del self._creates[:MAX_GROUP]
+                # A create whose caller went away (deadline, disconnect) is not written.
+                waiting = [item for item in waiting if not item[2].done()]
+                try:
+                    if waiting:
+                        await self._write_group(waiting)
+                finally:
+                    for _, _, future, _ in waiting:
+                        if not future.done():  # only after a bug: never leave a caller waiting
+                            future.set_exception(RuntimeError("execution create not written"))
         finally:
-            for _, _, future, _ in waiting:
-                if not future.done():  # only after a bug above: never leave a caller waiting
-                    future.set_exception(RuntimeError("execution create not written"))
+            self._writing = None
 
-    def _write_group(self, group: list[_WaitingCreate]) -> None:
+    async def _write_group(self, group: list[_WaitingCreate]) -> None:
         items = [(execution, request_id) for execution, request_id, _, _ in group]
         try:
-            results: list = self.store.create_executions(items)
+            results: list = await self.store.create_executions(items)
+        except StoreUnavailable as exc:  # the store is down: every caller hears it
+            results = [exc] * len(items)
         except Exception:  # noqa: BLE001 - retried one by one, each with its own error
             log.warning("grouped create failed; writing one at a time", exc_info=True)
             results = []
             for item in items:
                 try:
-                    results.append(self.store.create_execution(*item))
+                    results.append(await self.store.create_execution(*item))
                 except Exception as exc:  # noqa: BLE001 - handed to that caller
                     results.append(exc)
         for (_, _, future, context), result in zip(group, results, strict=True):
+            if future.done():
+                continue
             if isinstance(result, BaseException):
                 future.set_exception(result)
                 continue
@@ -399,7 +410,7 @@ class ControlPlane:
                 continue
             future.set_result(stored)
 
-    def _new_execution(
+    async def _new_execution(
         self, resource_group: str, configuration_id: str, request_id: str
     ) -> Execution:
         """A validated, not yet stored execution of the configuration."""
@@ -407,8 +418,8 @@ class ControlPlane:
         validation.check_id(v, "configuration_id", configuration_id)
         validation.check_request_id(v, request_id)
         v.raise_if_any()
-        configuration = self.store.get_configuration(resource_group, configuration_id)
-        executable = self.store.get_executable(
+        configuration = await self.store.get_configuration(resource_group, configuration_id)
+        executable = await self.store.get_executable(
             resource_group, configuration.executable_id, configuration.executable_version
         )
         return Execution(
@@ -439,21 +450,21 @@ class ControlPlane:
 
     def on_execution_written(self, callback: Callable[[str], None]) -> None:
         """Call ``callback`` with an execution's id whenever its row or history is
-        written or deleted, by anyone, before the write commits and on the writing
-        thread (the event loop's): a cache of what was read drops it then. Unlike the
-        listeners, which hear the announced changes, this hears every write."""
-        self.store.execution_write_hooks.append(callback)
+        written or deleted, by anyone, on the event loop once the write has committed
+        and before the writer resumes: a cache of what was read drops it then. Unlike
+        the listeners, which hear the announced changes, this hears every write."""
+        self.store.on_execution_written(callback)
 
-    def get_execution(self, resource_group: str, execution_id: str) -> Execution:
+    async def get_execution(self, resource_group: str, execution_id: str) -> Execution:
         v = Violations()
         validation.check_id(v, "execution_id", execution_id)
         v.raise_if_any()
-        return self.store.get_execution(resource_group, execution_id)
+        return await self.store.get_execution(resource_group, execution_id)
 
-    def execution_history(self, resource_group: str, execution_id: str) -> list[Transition]:
-        return self.get_execution(resource_group, execution_id).history
+    async def execution_history(self, resource_group: str, execution_id: str) -> list[Transition]:
+        return (await self.get_execution(resource_group, execution_id)).history
 
-    def list_executions(
+    async def list_executions(
         self,
         resource_group: str,
         page_size: int,
@@ -471,7 +482,7 @@ class ControlPlane:
             "configuration_id": configuration_id,
         }
         page = page_request(page_size, page_token, filters)
-        return self.store.list_executions(
+        return await self.store.list_executions(
             resource_group,
             page,
             statuses=statuses,
@@ -480,30 +491,30 @@ class ControlPlane:
             configuration_id=configuration_id,
         )
 
-    def stop_execution(self, resource_group: str, execution_id: str) -> Execution:
+    async def stop_execution(self, resource_group: str, execution_id: str) -> Execution:
         v = Violations()
         validation.check_id(v, "execution_id", execution_id)
         v.raise_if_any()
-        stopped = self.store.request_stop(resource_group, execution_id)
+        stopped = await self.store.request_stop(resource_group, execution_id)
         self._announce_transition(stopped)
         if self.runtime is not None:
-            self.runtime.stop(execution_id)
-        return self.store.get_execution(resource_group, execution_id)
+            await self.runtime.stop(execution_id)
+        return await self.store.get_execution(resource_group, execution_id)
 
-    def delete_execution(
+    async def delete_execution(
         self, resource_group: str, execution_id: str, keep_metrics: bool = False
     ) -> None:
         v = Violations()
         validation.check_id(v, "execution_id", execution_id)
         v.raise_if_any()
-        execution = self.store.get_execution(resource_group, execution_id, with_history=False)
-        self.store.delete_execution(resource_group, execution_id, keep_metrics)
+        execution = await self.store.get_execution(resource_group, execution_id, with_history=False)
+        await self.store.delete_execution(resource_group, execution_id, keep_metrics)
         execution.target_status = TargetStatus.DELETED
         self._announce(ExecutionEvent("deleted", execution))
         if self.runtime is not None:
             self.runtime.forget(execution_id)
 
-    def _batch(
+    async def _batch(
         self, execution_ids: Sequence[str], action: Callable[[str], Any]
     ) -> list[BatchOutcome]:
         v = Violations()
@@ -521,7 +532,7 @@ class ControlPlane:
         outcomes = []
         for eid in execution_ids:
             try:
-                result = action(eid)
+                result = await action(eid)
                 status = result.status if isinstance(result, Execution) else None
                 outcomes.append(BatchOutcome(eid, True, status=status))
             except DomainError as exc:
@@ -538,13 +549,17 @@ class ControlPlane:
                 )
         return outcomes
 
-    def batch_stop(self, resource_group: str, execution_ids: Sequence[str]) -> list[BatchOutcome]:
-        return self._batch(execution_ids, lambda eid: self.stop_execution(resource_group, eid))
+    async def batch_stop(
+        self, resource_group: str, execution_ids: Sequence[str]
+    ) -> list[BatchOutcome]:
+        return await self._batch(
+            execution_ids, lambda eid: self.stop_execution(resource_group, eid)
+        )
 
-    def batch_delete(
+    async def batch_delete(
         self, resource_group: str, execution_ids: Sequence[str], keep_metrics: bool = False
     ) -> list[BatchOutcome]:
-        return self._batch(
+        return await self._batch(
             execution_ids,
             lambda eid: self.delete_execution(resource_group, eid, keep_metrics),
         )
@@ -552,11 +567,12 @@ class ControlPlane:
     # ----------------------------------------------------------- runtime reports
 
     def _announce_transition(self, execution: Execution) -> None:
-        history = self.store.history(execution.id)
-        execution.history = history
-        self._announce(ExecutionEvent("transition", execution, transition=history[-1]))
+        """Announce a written move (the store returns it with its whole history)."""
+        self._announce(
+            ExecutionEvent("transition", execution, transition=execution.history[-1])
+        )
 
-    def transition(
+    async def transition(
         self,
         execution_id: str,
         to_status: Status,
@@ -565,22 +581,22 @@ class ControlPlane:
         **kwargs: Any,
     ) -> Execution:
         """Runtime use: move an execution along the lifecycle and announce it."""
-        execution = self.store.transition(execution_id, to_status, cause, message, **kwargs)
+        execution = await self.store.transition(execution_id, to_status, cause, message, **kwargs)
         self._announce_transition(execution)
         return execution
 
-    def update_execution(
+    async def update_execution(
         self, execution_id: str, *, changed_step: StepDetail | None = None, **kwargs: Any
     ) -> Execution:
         """Runtime use: update step details, outputs or the submit time."""
-        execution = self.store.update_execution(execution_id, **kwargs)
+        execution = await self.store.update_execution(execution_id, **kwargs)
         if changed_step is not None:
             self._announce(ExecutionEvent("step", execution, step=changed_step))
         return execution
 
-    def require_execution(self, resource_group: str, execution_id: str) -> Execution:
+    async def require_execution(self, resource_group: str, execution_id: str) -> Execution:
         """The execution without history; NotFound outside ``resource_group``."""
         v = Violations()
         validation.check_id(v, "execution_id", execution_id)
         v.raise_if_any()
-        return self.store.get_execution(resource_group, execution_id, with_history=False)
+        return await self.store.get_execution(resource_group, execution_id, with_history=False)

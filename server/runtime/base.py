@@ -34,8 +34,9 @@ class ExecutionInfo:
 
 
 class Runtime(abc.ABC):
-    """Runs executions. Every method but ``start``/``recover``/``close`` is called on
-    the event loop and must return quickly: work happens in the runtime's own tasks."""
+    """Runs executions. Every method is called on the event loop; the plain ones must
+    return at once (work happens in the runtime's own tasks), the coroutines await
+    only the store."""
 
     name: str = "runtime"
 
@@ -56,7 +57,7 @@ class Runtime(abc.ABC):
         """A new PENDING execution: queue it; it starts when capacity allows."""
 
     @abc.abstractmethod
-    def stop(self, execution_id: str) -> None:
+    async def stop(self, execution_id: str) -> None:
         """The execution is now STOPPING: terminate it (or drop it from the queue)."""
 
     @abc.abstractmethod

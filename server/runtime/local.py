@@ -69,6 +69,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 STATE_FILE = "state.json"
 KILL_TIMEOUT = 5.0  # how long a SIGKILLed process group may take to disappear
 DRAIN_TIMEOUT = 2.0  # how long to read a step's pipes after its processes are gone
+PUMP_RETRY_SECONDS = 1.0  # wait before starting again after the store failed a start
 
 
 def reachable_address(address: str) -> str:
@@ -147,6 +148,8 @@ class LocalRuntime(Runtime):
         self._accepting = False
         self._closed = False
         self._subreaper = False  # set by start(): orphans of steps come back to us
+        self._pumping: asyncio.Task | None = None
+        self._starting: dict[str, bool] = {}  # being read by the pump: stop requested
 
     # ----------------------------------------------------------------- interface
 
@@ -167,15 +170,19 @@ class LocalRuntime(Runtime):
         self._queue[execution_id] = None
         self._pump()
 
-    def stop(self, execution_id: str) -> None:
+    async def stop(self, execution_id: str) -> None:
+        if execution_id in self._starting:
+            self._starting[execution_id] = True
+            await self._stop_unstarted(execution_id, "stopped before it started")
+            return
         if execution_id in self._queue:
             del self._queue[execution_id]
-            self._stop_unstarted(execution_id, "stopped before it started")
+            await self._stop_unstarted(execution_id, "stopped before it started")
             return
         run = self._runs.get(execution_id)
         if run is None:
             if not self._closed:
-                self._stop_unstarted(execution_id, "stopped; it was not running")
+                await self._stop_unstarted(execution_id, "stopped; it was not running")
             return
         run.stopping = True
         self._terminate(run, "stop requested")
@@ -242,23 +249,53 @@ class LocalRuntime(Runtime):
         task.add_done_callback(self._background.discard)
 
     def _pump(self) -> None:
-        """Hand queued executions to free slots, oldest first."""
-        if not self._accepting:
+        """Hand queued executions to free slots, oldest first (in a task of its own,
+        one at a time, so that starts keep the queue's order)."""
+        if not self._accepting or self._pumping is not None:
             return
-        while self._queue and len(self._runs) < self.max_concurrent:
-            execution_id = next(iter(self._queue))
-            del self._queue[execution_id]
-            try:
-                execution = self.plane.store.get_execution(None, execution_id, with_history=False)
-            except NotFound:
-                continue
-            if execution.status != Status.PENDING:
-                continue
-            run = _Run(execution, self.work_dir / execution_id)
-            self._runs[execution_id] = run
-            self.plane.update_execution(execution_id, submitted=True)
-            run.task = asyncio.create_task(self._execute(run), name=f"execution-{execution_id}")
-            run.task.add_done_callback(partial(self._run_done, run))
+        if not self._queue or len(self._runs) >= self.max_concurrent:
+            return
+        self._pumping = asyncio.create_task(self._pump_queue(), name="runtime-pump")
+
+    async def _pump_queue(self) -> None:
+        try:
+            while (
+                self._accepting and self._queue and len(self._runs) < self.max_concurrent
+            ):
+                execution_id = next(iter(self._queue))
+                del self._queue[execution_id]
+                # A stop that comes while the execution is being read marks it here.
+                self._starting[execution_id] = False
+                try:
+                    execution = await self.plane.store.get_execution(
+                        None, execution_id, with_history=False
+                    )
+                    if execution.status != Status.PENDING or self._starting[execution_id]:
+                        continue
+                    await self.plane.update_execution(execution_id, submitted=True)
+                except NotFound:
+                    continue
+                except Exception:  # noqa: BLE001 - the store failed: queue it again
+                    log.warning(
+                        "execution not started; queued again",
+                        exc_info=True,
+                        execution_id=execution_id,
+                    )
+                    self._queue[execution_id] = None
+                    await asyncio.sleep(PUMP_RETRY_SECONDS)
+                    continue
+                finally:
+                    stopped = self._starting.pop(execution_id)
+                run = _Run(execution, self.work_dir / execution_id)
+                run.stopping = stopped
+                self._runs[execution_id] = run
+                run.task = asyncio.create_task(
+                    self._execute(run), name=f"execution-{execution_id}"
+                )
+                run.task.add_done_callback(partial(self._run_done, run))
+        finally:
+            self._pumping = None
+        self._pump()
 
     def _run_done(self, run: _Run, task: asyncio.Task) -> None:
         self._runs.pop(run.id, None)
@@ -266,10 +303,12 @@ class LocalRuntime(Runtime):
             log.error("execution task failed", execution_id=run.id, exc_info=task.exception())
         self._pump()
 
-    def _stop_unstarted(self, execution_id: str, message: str) -> None:
+    async def _stop_unstarted(self, execution_id: str, message: str) -> None:
         """A stop of an execution no process ever ran for: STOPPING -> STOPPED now."""
         try:
-            execution = self.plane.store.get_execution(None, execution_id, with_history=False)
+            execution = await self.plane.store.get_execution(
+                None, execution_id, with_history=False
+            )
         except NotFound:
             return
         details = [
@@ -279,7 +318,7 @@ class LocalRuntime(Runtime):
         self.sink.system(execution_id, f"execution stopped: {message}")
         self.sink.flush()
         try:
-            self.plane.transition(
+            await self.plane.transition(
                 execution_id,
                 Status.STOPPED,
                 "processes_exited",
@@ -306,16 +345,16 @@ class LocalRuntime(Runtime):
                 *(procs.terminate_group(p.pgid, 0.5) for p in list(run.processes.values())),
                 return_exceptions=True,
             )
-            self._finish(run, Status.DEAD, "runtime_error", f"the runtime failed: {exc}")
+            await self._finish(run, Status.DEAD, "runtime_error", f"the runtime failed: {exc}")
         if not run.closing:
             await self._kill_strays(run.id)
 
     async def _run_execution(self, run: _Run) -> None:
         execution = run.execution
         try:
-            run.plan = self._plan(execution, run.work_dir)
+            run.plan = await self._plan(execution, run.work_dir)
         except (PlanError, DomainError) as exc:
-            self._finish(run, Status.DEAD, "start_failed", f"cannot start: {exc}")
+            await self._finish(run, Status.DEAD, "start_failed", f"cannot start: {exc}")
             return
         stored = {d.name: d for d in execution.step_details}
         run.details = {n: stored.get(n) or StepDetail(n) for n in run.plan.names}
@@ -327,47 +366,51 @@ class LocalRuntime(Runtime):
             await self._stage_inputs(run)
         except (StagingError, OSError) as exc:
             if not (run.closing or run.stopping):
-                self._finish(run, Status.DEAD, "start_failed", f"cannot start: {exc}")
+                await self._finish(run, Status.DEAD, "start_failed", f"cannot start: {exc}")
                 return
-        if self._cut_short(run):
+        if await self._cut_short(run):
             return
 
         await self._run_steps(run)
-        if self._cut_short(run):
+        if await self._cut_short(run):
             return
         if run.failure:
-            self._finish(run, Status.DEAD, "step_failed", run.failure)
+            await self._finish(run, Status.DEAD, "step_failed", run.failure)
             return
 
         try:
             await self._collect_outputs(run)
         except (StagingError, OSError, DomainError) as exc:
             if not (run.closing or run.stopping):
-                self._finish(run, Status.DEAD, "step_failed", f"cannot collect outputs: {exc}")
+                await self._finish(
+                    run, Status.DEAD, "step_failed", f"cannot collect outputs: {exc}"
+                )
                 return
-        if self._cut_short(run):
+        if await self._cut_short(run):
             return
-        self._finish(run, Status.COMPLETED, "steps_succeeded", "every step succeeded")
+        await self._finish(run, Status.COMPLETED, "steps_succeeded", "every step succeeded")
 
-    def _cut_short(self, run: _Run) -> bool:
+    async def _cut_short(self, run: _Run) -> bool:
         """A shutdown leaves the execution as it is (the next start reconciles it); a
         stop ends it STOPPED."""
         if run.closing:
             return True
         if run.stopping:
-            self._finish_stopped(run)
+            await self._finish_stopped(run)
             return True
         return False
 
-    def _plan(self, execution: Execution, work_dir: Path) -> Plan:
+    async def _plan(self, execution: Execution, work_dir: Path) -> Plan:
         store = self.plane.store
         group = execution.resource_group
-        configuration = store.get_configuration(group, execution.configuration_id)
-        executable = store.get_executable(
+        configuration = await store.get_configuration(group, execution.configuration_id)
+        executable = await store.get_executable(
             group, configuration.executable_id, configuration.executable_version
         )
         bindings = configuration.input_artifact_bindings
-        artifacts = {a.id: a for a in store.get_artifacts(group, list(bindings.values()))}
+        artifacts = {
+            a.id: a for a in await store.get_artifacts(group, list(bindings.values()))
+        }
         urls = {}
         for name, artifact_id in bindings.items():
             if artifact_id not in artifacts:
@@ -434,7 +477,7 @@ class LocalRuntime(Runtime):
         for step in pending:
             detail = run.details[step.name]
             _ended(detail, StepPhase.SKIPPED, f"not started: {why}")
-            self._step_changed(run, detail)
+            await self._step_changed(run, detail)
 
     async def _run_step(self, run: _Run, step: PlannedStep) -> bool:
         """Run one step to its end; True when it succeeded."""
@@ -442,12 +485,12 @@ class LocalRuntime(Runtime):
         try:
             await asyncio.to_thread(_stage_step, run.plan, step)
         except StagingError as exc:
-            self._fail(run, step, None, f"step {step.name}: {exc}")
+            await self._fail(run, step, None, f"step {step.name}: {exc}")
             return False
         if run.halted:
             if not run.closing:
                 _ended(detail, StepPhase.SKIPPED, "not started: the execution is ending")
-                self._step_changed(run, detail)
+                await self._step_changed(run, detail)
             return False
 
         self.sink.system(
@@ -464,7 +507,7 @@ class LocalRuntime(Runtime):
                 start_new_session=True,
             )
         except OSError as exc:
-            self._fail(run, step, None, f"step {step.name} could not start: {exc}")
+            await self._fail(run, step, None, f"step {step.name} could not start: {exc}")
             return False
         handle = _Process(step.name, process, process.pid)
         run.processes[step.name] = handle
@@ -480,7 +523,7 @@ class LocalRuntime(Runtime):
         if not run.running and not run.halted:
             run.running = True
             try:
-                self.plane.transition(
+                await self.plane.transition(
                     run.id,
                     Status.RUNNING,
                     "step_started",
@@ -490,7 +533,7 @@ class LocalRuntime(Runtime):
                 )
             except DomainError as exc:
                 log.warning("not moved to RUNNING", execution_id=run.id, error=str(exc))
-        self._step_changed(run, detail)
+        await self._step_changed(run, detail)
         if run.halted:  # a stop or a failure came while the process was being created
             why = "stop requested" if run.stopping or run.closing else "another step failed"
             self._signal(run, handle, why)
@@ -523,9 +566,11 @@ class LocalRuntime(Runtime):
             del run.processes[step.name]
         if run.closing:
             return False  # the next start tells how it ended
-        return self._step_exited(run, step, handle, returncode)
+        return await self._step_exited(run, step, handle, returncode)
 
-    def _step_exited(self, run: _Run, step: PlannedStep, handle: _Process, returncode: int) -> bool:
+    async def _step_exited(
+        self, run: _Run, step: PlannedStep, handle: _Process, returncode: int
+    ) -> bool:
         detail = run.details[step.name]
         code = returncode if returncode >= 0 else 128 - returncode
         if returncode >= 0:
@@ -563,15 +608,15 @@ class LocalRuntime(Runtime):
                 record["phase"] = str(StepPhase.SUCCEEDED)
                 ok = True
         procs.write_state(run.work_dir / STATE_FILE, run.state)
-        self._step_changed(run, detail)
+        await self._step_changed(run, detail)
         return ok
 
-    def _fail(self, run: _Run, step: PlannedStep, code: int | None, message: str) -> None:
+    async def _fail(self, run: _Run, step: PlannedStep, code: int | None, message: str) -> None:
         """A step failed before its process ran."""
         detail = run.details[step.name]
         self.sink.system(run.id, message, step=step.name)
         _ended(detail, StepPhase.FAILED, message, code)
-        self._step_changed(run, detail)
+        await self._step_changed(run, detail)
         self._halt(run, message, step.name)
 
     def _halt(self, run: _Run, message: str, step: str) -> None:
@@ -656,12 +701,12 @@ class LocalRuntime(Runtime):
         )
         return env
 
-    def _step_changed(self, run: _Run, detail: StepDetail) -> None:
-        self.plane.update_execution(
+    async def _step_changed(self, run: _Run, detail: StepDetail) -> None:
+        await self.plane.update_execution(
             run.id, step_details=list(run.details.values()), changed_step=detail
         )
 
-    def _finish(self, run: _Run, status: Status, cause: str, message: str) -> None:
+    async def _finish(self, run: _Run, status: Status, cause: str, message: str) -> None:
         """Record the final status, after every log line of the execution is stored."""
         for detail in run.details.values():
             if detail.phase == StepPhase.PENDING:
@@ -673,7 +718,7 @@ class LocalRuntime(Runtime):
         )
         details = list(run.details.values()) or None
         try:
-            self.plane.transition(
+            await self.plane.transition(
                 run.id,
                 status,
                 cause,
@@ -684,14 +729,14 @@ class LocalRuntime(Runtime):
             )
         except FailedPrecondition:
             # Stopped meanwhile: a stopping execution ends STOPPED, whatever happened.
-            self._finish_stopped(run)
+            await self._finish_stopped(run)
             return
         except NotFound:
             pass
         self.sink.forget(run.id)
         log.info("execution finished", execution_id=run.id, status=str(status), message=message)
 
-    def _finish_stopped(self, run: _Run) -> None:
+    async def _finish_stopped(self, run: _Run) -> None:
         for detail in run.details.values():
             if detail.phase == StepPhase.PENDING:
                 _ended(detail, StepPhase.SKIPPED, "not started: the execution was stopped")
@@ -699,7 +744,7 @@ class LocalRuntime(Runtime):
         self.sink.system(run.id, f"execution stopped: {message}")
         self.sink.flush()
         try:
-            self.plane.transition(
+            await self.plane.transition(
                 run.id,
                 Status.STOPPED,
                 "processes_exited",
@@ -718,7 +763,10 @@ class LocalRuntime(Runtime):
         execution = run.execution
         group = execution.resource_group
         registered = {
-            a.name: a for a in self.plane.list_artifacts(group, 100, "", execution_id=run.id).items
+            a.name: a
+            for a in (
+                await self.plane.list_artifacts(group, 100, "", execution_id=run.id)
+            ).items
         }
         ids: list[str] = []
         for item in run.plan.collect:
@@ -731,7 +779,7 @@ class LocalRuntime(Runtime):
             path = await asyncio.to_thread(
                 staging.collect, item.path, self.artifacts_dir / run.id / spec.name
             )
-            artifact = self.plane.register_output_artifact(
+            artifact = await self.plane.register_output_artifact(
                 Artifact(
                     id="",
                     resource_group=group,
@@ -751,12 +799,12 @@ class LocalRuntime(Runtime):
                 step=item.step,
             )
         if ids:
-            self.plane.update_execution(run.id, output_artifact_ids=ids)
+            await self.plane.update_execution(run.id, output_artifact_ids=ids)
 
     # ------------------------------------------------------------------ recovery
 
     async def recover(self) -> None:
-        active = self.plane.store.executions_in(ACTIVE_STATUSES)
+        active = await self.plane.store.executions_in(ACTIVE_STATUSES)
         if not active:
             return
         strays = await asyncio.to_thread(procs.processes_of, [e.id for e in active])
@@ -847,7 +895,7 @@ class LocalRuntime(Runtime):
         self.sink.system(eid, f"execution {str(status).lower()}: {message}")
         self.sink.flush()
         try:
-            self.plane.transition(
+            await self.plane.transition(
                 eid,
                 status,
                 "server_restart",
@@ -870,7 +918,7 @@ class LocalRuntime(Runtime):
         """Every step had succeeded when the server stopped: register the outputs and
         complete. False when that cannot be done."""
         try:
-            plan = self._plan(execution, work_dir)
+            plan = await self._plan(execution, work_dir)
         except (PlanError, DomainError):
             return False
         if set(plan.names) != set(succeeded):
@@ -884,7 +932,7 @@ class LocalRuntime(Runtime):
         message = "server restarted after every step succeeded; outputs registered"
         self.sink.system(execution.id, f"execution completed: {message}")
         self.sink.flush()
-        self.plane.transition(
+        await self.plane.transition(
             execution.id,
             Status.COMPLETED,
             "server_restart",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -27,6 +28,7 @@ from server.domain.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    StoreUnavailable,
 )
 from server.domain.models import (
     Artifact,
@@ -58,6 +60,14 @@ STREAM_NAMES = {v: k for k, v in STREAM_CODES.items()}
 STATUSES = {str(s): s for s in Status}
 TARGET_STATUSES = {str(s): s for s in TargetStatus}
 STEP_PHASES = {str(p): p for p in StepPhase}
+
+# Times a compare-and-set write reads again after another writer changed the row.
+CAS_ATTEMPTS = 16
+
+
+class _Conflict(Exception):
+    """The row changed between this transaction's read and its conditional write."""
+
 
 # Rows per INSERT statement of log lines (6 parameters each; SQLite allows 32,766).
 LOG_INSERT_ROWS = 4096
@@ -310,23 +320,26 @@ def _executable_definition(exe: Executable) -> dict:
 
 
 class _Cache:
-    """A small LRU map for immutable rows."""
+    """A small LRU map for immutable rows, shared by the store's worker threads."""
 
     def __init__(self, size: int):
         self.size = size
         self.items: OrderedDict = OrderedDict()
+        self.lock = threading.Lock()
 
     def get(self, key):
-        value = self.items.get(key)
-        if value is not None:
-            self.items.move_to_end(key)
-        return value
+        with self.lock:
+            value = self.items.get(key)
+            if value is not None:
+                self.items.move_to_end(key)
+            return value
 
     def put(self, key, value):
-        self.items[key] = value
-        self.items.move_to_end(key)
-        while len(self.items) > self.size:
-            self.items.popitem(last=False)
+        with self.lock:
+            self.items[key] = value
+            self.items.move_to_end(key)
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
         return value
 
 
@@ -337,6 +350,7 @@ class Store:
 
     def __init__(self, url: str):
         self.url = url
+        self.in_memory = ":memory:" in url
         self.db = open_database(url)
         # Called with the execution id inside delete transactions, so that other parts
         # (metrics) can remove their rows atomically with the execution.
@@ -749,7 +763,6 @@ class Store:
         cause: str,
         message: str,
     ) -> Transition:
-        row["history_len"] += 1
         self.db.execute_sql(
             "INSERT INTO transition (execution_id, seq, from_status, to_status, at_us, cause,"
             " message) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -926,6 +939,21 @@ class Store:
             raise NotFound.of("execution", execution_id)
         return dict(zip(_EXEC_FIELDS, found, strict=True))
 
+    def execution_context(
+        self, resource_group: str, executions: Sequence[Execution]
+    ) -> tuple[dict[str, Artifact], dict[str, str]]:
+        """The output artifacts (by id) and configuration names (by id) of executions
+        of one group: what their messages show beside their own rows."""
+        artifact_ids = [a for e in executions for a in e.output_artifact_ids]
+        artifacts = {a.id: a for a in self.get_artifacts(resource_group, artifact_ids)}
+        names = {
+            c.id: c.name
+            for c in self.get_configurations(
+                resource_group, [e.configuration_id for e in executions]
+            ).values()
+        }
+        return artifacts, names
+
     def get_execution(
         self, resource_group: str | None, execution_id: str, with_history: bool = True
     ) -> Execution:
@@ -998,7 +1026,10 @@ class Store:
         for hook in self.execution_write_hooks:
             hook(execution_id)
 
-    def _save(self, row: dict, changed: Iterable[str]) -> None:
+    def _save(self, row: dict, changed: Iterable[str], read: dict | None = None) -> None:
+        """Write the changed columns of ``row``. With ``read`` (the status and history
+        length it had when read), a compare-and-set: the row is written only if it is
+        still in that state, else Conflict (the caller reads again and retries)."""
         self._written(row["execution_id"])
         columns = sorted(set(changed))
         values = [
@@ -1006,8 +1037,33 @@ class Store:
             for c in columns
         ]
         assignments = ", ".join(f"{c} = ?" for c in columns)
-        self.db.execute_sql(
-            f"UPDATE execution SET {assignments} WHERE id = ?", [*values, row["id"]]
+        if read is None:
+            self.db.execute_sql(
+                f"UPDATE execution SET {assignments} WHERE id = ?", [*values, row["id"]]
+            )
+            return
+        found = self.db.execute_sql(
+            f"UPDATE execution SET {assignments} WHERE id = ? AND status = ? AND history_len = ?"
+            " RETURNING id",
+            [*values, row["id"], read["status"], read["history_len"]],
+        ).fetchall()
+        if not found:
+            raise _Conflict()
+
+    def _compare_and_set(self, change: Callable[[], Any]) -> Any:
+        """Run ``change`` (a read, checks, then compare-and-set writes) in a write
+        transaction; when another writer changed the row between the read and the
+        write (Conflict), read again and retry. Correctness rests on the conditional
+        UPDATE, not on the transaction's lock, so it holds under READ COMMITTED too."""
+        for _ in range(CAS_ATTEMPTS):
+            try:
+                with self.write_lock():
+                    return change()
+            except _Conflict:
+                continue
+        raise StoreUnavailable(
+            message="the execution kept changing under this write; retry",
+            metadata={"cause": "write conflict"},
         )
 
     def transition(
@@ -1025,9 +1081,11 @@ class Store:
     ) -> Execution:
         """Move an execution to ``to_status`` if the lifecycle allows it, recording the
         transition in its history in the same transaction. ``expected``: the statuses
-        the caller believes it is in (compare-and-set); FailedPrecondition otherwise."""
-        with self.write_lock():
+        the caller believes it is in; FailedPrecondition otherwise."""
+
+        def change() -> Execution:
             row = self._execution_row(None, execution_id)
+            read = dict(row)
             current = Status(row["status"])
             if expected is not None and current not in set(expected):
                 raise FailedPrecondition(
@@ -1036,29 +1094,29 @@ class Store:
                     metadata={"status": str(current)},
                 )
             lifecycle.check_transition(execution_id, current, to_status)
-            changed = self._apply(row, current, to_status, cause, message, status_message, at=at)
+            stamp = to_us(at) if at else now_us()
+            changed = self._apply(row, to_status, status_message, stamp)
             if step_details is not None:
                 row["step_details"] = [_step_to_json(s) for s in step_details]
                 changed.append("step_details")
             if target_status is not None:
                 row["target_status"] = str(target_status)
                 changed.append("target_status")
-            self._save(row, changed)
-        return _execution_from(row)
+            self._save(row, changed, read)
+            self._record(row, current, to_status, stamp, cause, message)
+            execution = _execution_from(row)
+            execution.history = self.history(execution_id)
+            return execution
+
+        return self._compare_and_set(change)
 
     def _apply(
-        self,
-        row: dict,
-        current: Status,
-        to_status: Status,
-        cause: str,
-        message: str,
-        status_message: str | None,
-        at: datetime | None = None,
+        self, row: dict, to_status: Status, status_message: str | None, stamp: int
     ) -> list[str]:
-        stamp = to_us(at) if at else now_us()
+        """Set the columns a move to ``to_status`` changes; returns their names."""
         row["status"] = str(to_status)
         row["modified_us"] = stamp
+        row["history_len"] += 1
         changed = ["status", "modified_us", "history_len"]
         if status_message is not None:
             row["status_message"] = status_message
@@ -1069,44 +1127,61 @@ class Store:
         if lifecycle.is_final(to_status):
             row["completed_us"] = stamp
             changed.append("completed_us")
+        return changed
+
+    def _record(
+        self, row: dict, current: Status, to_status: Status, stamp: int, cause: str, message: str
+    ) -> None:
+        """The history entry and the status counts of a move that was written."""
         self._add_transition(row, current, to_status, stamp, cause, message)
         self._count(row, str(current), -1)
         self._count(row, str(to_status), 1)
-        return changed
 
     def request_stop(self, resource_group: str, execution_id: str) -> Execution:
         """The user's stop: PENDING or RUNNING -> STOPPING, target STOPPED."""
-        with self.write_lock():
+
+        def change() -> Execution:
             row = self._execution_row(resource_group, execution_id)
+            read = dict(row)
             current = Status(row["status"])
             lifecycle.check_operation(execution_id, current, lifecycle.Operation.STOP)
+            stamp = now_us()
             row["target_status"] = str(TargetStatus.STOPPED)
-            changed = self._apply(
-                row,
-                current,
-                Status.STOPPING,
-                "stop_requested",
-                "stop requested by user",
-                "stop requested",
+            changed = self._apply(row, Status.STOPPING, "stop requested", stamp)
+            self._save(row, [*changed, "target_status"], read)
+            self._record(
+                row, current, Status.STOPPING, stamp, "stop_requested", "stop requested by user"
             )
-            self._save(row, [*changed, "target_status"])
-        return _execution_from(row)
+            execution = _execution_from(row)
+            execution.history = self.history(execution_id)
+            return execution
+
+        return self._compare_and_set(change)
 
     def delete_execution(
         self, resource_group: str, execution_id: str, keep_metrics: bool = False
     ) -> None:
         """Delete a final execution with its history and logs (artifacts stay)."""
-        with self.write_lock():
+
+        def change() -> None:
             row = self._execution_row(resource_group, execution_id)
             current = Status(row["status"])
             lifecycle.check_operation(execution_id, current, lifecycle.Operation.DELETE)
-            self.db.execute_sql("DELETE FROM log_line WHERE execution_id = ?", (execution_id,))
+            self._written(execution_id)
+            deleted = self.db.execute_sql(
+                "DELETE FROM execution WHERE id = ? AND status = ? AND history_len = ?"
+                " RETURNING id",
+                (row["id"], row["status"], row["history_len"]),
+            ).fetchall()
+            if not deleted:
+                raise _Conflict()
+            self._count(row, str(current), -1)
             self.db.execute_sql("DELETE FROM transition WHERE execution_id = ?", (execution_id,))
+            self.db.execute_sql("DELETE FROM log_line WHERE execution_id = ?", (execution_id,))
             for hook in self.delete_hooks:
                 hook(execution_id, keep_metrics)
-            self._count(row, str(current), -1)
-            self.db.execute_sql("DELETE FROM execution WHERE id = ?", (row["id"],))
-            self._written(execution_id)
+
+        self._compare_and_set(change)
 
     def update_execution(
         self,
@@ -1150,11 +1225,16 @@ class Store:
     def force_status(self, execution_id: str, status: Status) -> None:
         """Put an execution straight into ``status`` (tests drive the lifecycle table
         with it). Records the jump in the history like any transition."""
-        with self.write_lock():
+
+        def change() -> None:
             row = self._execution_row(None, execution_id)
+            read = dict(row)
             current = Status(row["status"])
-            changed = self._apply(row, current, status, "forced", "status set directly", None)
-            self._save(row, changed)
+            stamp = now_us()
+            self._save(row, self._apply(row, status, None, stamp), read)
+            self._record(row, current, status, stamp, "forced", "status set directly")
+
+        self._compare_and_set(change)
 
     # ---------------------------------------------------------------------- logs
 
@@ -1256,6 +1336,24 @@ class Store:
         sql.append(f"ORDER BY seq {'DESC' if descending else 'ASC'} LIMIT ?")
         args.append(limit)
         return self.db.execute_sql(" ".join(sql), args).fetchall()
+
+    def read_log_rows_to_end(
+        self,
+        execution_id: str,
+        *,
+        after_seq: int,
+        limit: int,
+        steps: Sequence[str] = (),
+        stream_codes: Sequence[int] = (),
+    ) -> tuple[int, list[tuple]]:
+        """(the highest stored sequence number, read first; then the rows after
+        ``after_seq``). A read shorter than ``limit`` has every stored line up to that
+        number: a tailer that then sees no later line published may go live."""
+        head = self.last_log_seq(execution_id)
+        rows = self.read_log_rows(
+            execution_id, after_seq=after_seq, limit=limit, steps=steps, stream_codes=stream_codes
+        )
+        return head, rows
 
     def last_transition_seqs(self, execution_ids: Sequence[str]) -> dict[str, int]:
         """The sequence number of the latest history entry of each execution."""

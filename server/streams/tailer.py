@@ -5,11 +5,13 @@ How a tail runs (``LogTails.tail``):
 
 1. With ``follow``, it subscribes to the execution's lines and events *before* reading
    anything, so nothing published from then on can be missed.
-2. It reads the store after its cursor in chunks. A short read means it reached the end
-   of the store; in the same synchronous step (no ``await`` in between) it turns its
-   subscription live, so every line stored later lands in its buffer. Whatever the
-   buffer holds at or below the cursor is dropped: sequence numbers make the hand-over
-   from store to buffer exact.
+2. It reads the store after its cursor in chunks, on a store thread; each read also
+   returns the highest stored sequence number it saw. A short read means it reached
+   the end of the store. If the broker has meanwhile published lines past that number
+   (they were stored after the read looked), it reads again; otherwise it turns its
+   subscription live, and every line published later lands in its buffer. Whatever
+   the buffer holds at or below the cursor is dropped: sequence numbers, not the
+   absence of an ``await``, make the hand-over from store to buffer exact.
 3. Live, it sends what its buffer holds, lingering up to ``linger`` seconds for more
    unless a full message is waiting. The tailers of an execution linger together, on
    one timer of the broker's (a tailer that falls behind thus sends fewer, fuller
@@ -115,7 +117,7 @@ class LogTails:
         """Yield lists of consecutive batches (in sequence order, filters applied) until
         the log is read (without ``follow``) or the execution is final and drained."""
         options.validate()
-        execution = self.plane.require_execution(resource_group, execution_id)
+        execution = await self.plane.require_execution(resource_group, execution_id)
         limits = self.limits
         store = self.plane.store
         steps = frozenset(options.steps)
@@ -137,9 +139,9 @@ class LogTails:
                 events.also_wake = subscription
             else:
                 # A snapshot: what is stored now, and nothing after.
-                upto = store.last_log_seq(execution_id)
+                upto = await store.last_log_seq(execution_id)
 
-            cursor, first = self._start(execution_id, options, step_list, code_list)
+            cursor, first = await self._start(execution_id, options, step_list, code_list)
             if first:
                 cursor = first[-1][1]
                 yield [LogBatch(execution_id, first)]
@@ -149,7 +151,7 @@ class LogTails:
             overflows = 0
             while True:
                 if events is not None and not final:
-                    final = self._final_seen(execution_id, events)
+                    final = await self._final_seen(execution_id, events)
                 if subscription is not None and subscription.overflows != overflows:
                     # The buffer overflowed while we waited or sent: back to the store.
                     overflows = subscription.overflows
@@ -157,19 +159,33 @@ class LogTails:
                     self.catchups += 1
                 if subscription is None or not subscription.live:
                     # Read the store after the cursor (history, catch-up or drain).
-                    rows = store.read_log_rows(
-                        execution_id,
-                        after_seq=cursor,
-                        upto_seq=upto,
-                        limit=limits.chunk_lines,
-                        steps=step_list,
-                        stream_codes=code_list,
-                    )
+                    if upto is None:
+                        stored, rows = await store.read_log_rows_to_end(
+                            execution_id,
+                            after_seq=cursor,
+                            limit=limits.chunk_lines,
+                            steps=step_list,
+                            stream_codes=code_list,
+                        )
+                    else:
+                        stored, rows = upto, await store.read_log_rows(
+                            execution_id,
+                            after_seq=cursor,
+                            upto_seq=upto,
+                            limit=limits.chunk_lines,
+                            steps=step_list,
+                            stream_codes=code_list,
+                        )
                     at_end = len(rows) < limits.chunk_lines
                     if at_end and subscription is not None and not final:
-                        subscription.go_live()
-                        overflows = subscription.overflows
-                        behind = False
+                        if self.broker.head_seq(execution_id) > stored:
+                            # Published while the read ran, after what it saw: read
+                            # again before turning live, or those lines would be lost.
+                            at_end = False
+                        else:
+                            subscription.go_live()
+                            overflows = subscription.overflows
+                            behind = False
                     if rows:
                         cursor = rows[-1][1]
                         yield [LogBatch(execution_id, rows)]
@@ -220,7 +236,7 @@ class LogTails:
             if events is not None:
                 events.close()
 
-    def _start(
+    async def _start(
         self, execution_id: str, options: TailOptions, steps: list[str], codes: list[int]
     ) -> tuple[int, list[tuple]]:
         """The cursor to read after, and for ``tail_lines`` the lines already read."""
@@ -229,9 +245,9 @@ class LogTails:
             return options.after_sequence, []
         if options.since is not None:
             since_us = int(options.since.timestamp() * 1_000_000)
-            return store.first_log_seq_at(execution_id, since_us), []
+            return await store.first_log_seq_at(execution_id, since_us), []
         if options.tail_lines:
-            rows = store.read_log_rows(
+            rows = await store.read_log_rows(
                 execution_id,
                 limit=options.tail_lines,
                 descending=True,
@@ -256,13 +272,15 @@ class LogTails:
                 metadata={"cursor": str(cursor), "execution_id": execution_id},
             )
 
-    def _final_seen(self, execution_id: str, events: EventSubscription) -> bool:
+    async def _final_seen(self, execution_id: str, events: EventSubscription) -> bool:
         """True once the execution reached a final status or was deleted."""
         if not events.queue and not events.overflowed:
             return False
         if events.overflowed:
             try:
-                execution = self.plane.store.get_execution(None, execution_id, with_history=False)
+                execution = await self.plane.store.get_execution(
+                    None, execution_id, with_history=False
+                )
             except NotFound:
                 return True
             return is_final(execution.status)

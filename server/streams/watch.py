@@ -140,7 +140,7 @@ class ExecutionWatches:
             execution_id=execution_id, max_events=self.max_pending_events
         )
         try:
-            execution = self.plane.get_execution(group, execution_id)
+            execution = await self.plane.get_execution(group, execution_id)
             history = execution.history
             position = history[-1].seq if history else 0
             if after is not None and after > position:
@@ -173,7 +173,7 @@ class ExecutionWatches:
                             continue
                         if seq > position + 1:
                             # Fill a gap from the store (a broker may lose messages).
-                            for missed in self.plane.store.history(execution_id):
+                            for missed in await self.plane.store.history(execution_id):
                                 if position < missed.seq < seq:
                                     yield WatchEvent(
                                         "transition", event.execution,
@@ -274,7 +274,7 @@ class ExecutionWatches:
         held: Execution | None = None
         token = ""
         while True:
-            page = self.plane.list_executions(
+            page = await self.plane.list_executions(
                 group,
                 SNAPSHOT_PAGE,
                 token,
@@ -283,7 +283,9 @@ class ExecutionWatches:
                 executable_id=options.executable_id,
                 configuration_id=options.configuration_id,
             )
-            positions.update(self.plane.store.last_transition_seqs([e.id for e in page.items]))
+            positions.update(
+                await self.plane.store.last_transition_seqs([e.id for e in page.items])
+            )
             for execution in page.items:
                 if held is not None:
                     yield WatchEvent("snapshot", held, "")

@@ -68,7 +68,13 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_INTERNAL_ERROR: _ErrorReason.ValueType  # 50
     """An unexpected server fault. Metadata `request_id` identifies it in the server log."""
     ERROR_REASON_UNAVAILABLE: _ErrorReason.ValueType  # 51
-    """The store is momentarily busy; retry with backoff."""
+    """The server is momentarily unable to serve the call; retry with backoff."""
+    ERROR_REASON_STORE_UNAVAILABLE: _ErrorReason.ValueType  # 52
+    """The metadata store could not be reached or did not answer in time (busy beyond
+    its timeout, locked, an I/O error, a lost connection). Nothing of the request was
+    written. Status UNAVAILABLE, with a `google.rpc.RetryInfo` detail giving the delay
+    to wait before retrying; metadata `cause` names the store's fault in a few words.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Machine-readable reasons carried in the `google.rpc.ErrorInfo` detail of every
@@ -124,5 +130,11 @@ resume from.
 ERROR_REASON_INTERNAL_ERROR: ErrorReason.ValueType  # 50
 """An unexpected server fault. Metadata `request_id` identifies it in the server log."""
 ERROR_REASON_UNAVAILABLE: ErrorReason.ValueType  # 51
-"""The store is momentarily busy; retry with backoff."""
+"""The server is momentarily unable to serve the call; retry with backoff."""
+ERROR_REASON_STORE_UNAVAILABLE: ErrorReason.ValueType  # 52
+"""The metadata store could not be reached or did not answer in time (busy beyond
+its timeout, locked, an I/O error, a lost connection). Nothing of the request was
+written. Status UNAVAILABLE, with a `google.rpc.RetryInfo` detail giving the delay
+to wait before retrying; metadata `cause` names the store's fault in a few words.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

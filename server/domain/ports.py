@@ -1,0 +1,250 @@
+"""The ports: what the domain needs of the store, one protocol per aggregate.
+
+The use cases (server/domain/service.py, logs.py, metrics.py), the runtime and the
+streams depend on these protocols only. Every method is a coroutine: an adapter runs
+the work off the event loop (server/store/async_store.py runs the SQLite and
+PostgreSQL repositories on worker threads) and raises the domain's errors:
+NotFound, AlreadyExists, FailedPrecondition for refused lifecycle changes, and
+StoreUnavailable for storage faults (nothing of the refused call is written).
+
+Writes are single transactions. Lifecycle changes are compare-and-set: the adapter
+changes the status only if it is still one the lifecycle table allows, and records
+the transition in the history in the same transaction, so the rules hold with many
+writers on many replicas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import Protocol
+
+from server.domain.metrics import (
+    ComparedExecution,
+    CompareQuery,
+    CustomInfo,
+    ExecutionMetricsIn,
+    MetricPoint,
+    Summary,
+)
+from server.domain.models import (
+    Artifact,
+    ArtifactKind,
+    Configuration,
+    Executable,
+    Execution,
+    LogLine,
+    LogStream,
+    Page,
+    Scenario,
+    Status,
+    StepDetail,
+    TargetStatus,
+    Transition,
+)
+from server.domain.paging import PageRequest
+
+
+class CatalogStore(Protocol):
+    """Scenarios, executables, artifacts and configurations of the resource groups.
+    Executable versions and configurations never change once written."""
+
+    async def put_executable(self, exe: Executable) -> tuple[Executable, bool]:
+        """Register a version; (stored, created). Another definition under the same id
+        and version is AlreadyExists."""
+        ...
+
+    async def get_executable(
+        self, resource_group: str, executable_id: str, version: str = ""
+    ) -> Executable: ...
+
+    async def list_executables(
+        self, resource_group: str, page: PageRequest, scenario_id: str = "",
+        all_versions: bool = False,
+    ) -> Page[Executable]: ...
+
+    async def get_scenario(self, resource_group: str, scenario_id: str) -> Scenario: ...
+
+    async def count_executables(self, resource_group: str, scenario_id: str) -> int: ...
+
+    async def list_scenarios(self, resource_group: str, page: PageRequest) -> Page[Scenario]: ...
+
+    async def create_artifact(self, art: Artifact, request_id: str = "") -> Artifact:
+        """Insert; a known request id returns the first artifact."""
+        ...
+
+    async def get_artifact(self, resource_group: str, artifact_id: str) -> Artifact: ...
+
+    async def get_artifacts(
+        self, resource_group: str, artifact_ids: Sequence[str]
+    ) -> list[Artifact]: ...
+
+    async def list_artifacts(
+        self, resource_group: str, page: PageRequest, *, scenario_id: str = "",
+        kind: ArtifactKind | None = None, execution_id: str = "",
+        labels: dict[str, str] | None = None, name: str = "",
+    ) -> Page[Artifact]: ...
+
+    async def create_configuration(
+        self, cfg: Configuration, request_id: str = ""
+    ) -> Configuration: ...
+
+    async def get_configuration(
+        self, resource_group: str, configuration_id: str
+    ) -> Configuration: ...
+
+    async def get_configurations(
+        self, resource_group: str, configuration_ids: Sequence[str]
+    ) -> dict[str, Configuration]: ...
+
+    async def list_configurations(
+        self, resource_group: str, page: PageRequest, scenario_id: str = "",
+        executable_id: str = "",
+    ) -> Page[Configuration]: ...
+
+
+class ExecutionStore(Protocol):
+    """Executions with their history of transitions, and their client request ids
+    (idempotent creates). ``resource_group`` None reads across groups (runtime use)."""
+
+    async def create_executions(
+        self, items: Sequence[tuple[Execution, str]]
+    ) -> list[tuple[Execution, bool] | Exception]:
+        """Many creates (each with its request id or "") in one transaction; per item
+        (execution, created) or the DomainError that refused it."""
+        ...
+
+    async def create_execution(
+        self, execution: Execution, request_id: str = ""
+    ) -> tuple[Execution, bool]: ...
+
+    async def get_execution(
+        self, resource_group: str | None, execution_id: str, with_history: bool = True
+    ) -> Execution: ...
+
+    async def execution_context(
+        self, resource_group: str, executions: Sequence[Execution]
+    ) -> tuple[dict[str, Artifact], dict[str, str]]:
+        """Output artifacts by id and configuration names by id of executions of one
+        group (what their messages show beside their own rows)."""
+        ...
+
+    async def history(self, execution_id: str) -> list[Transition]: ...
+
+    async def last_transition_seqs(self, execution_ids: Sequence[str]) -> dict[str, int]: ...
+
+    async def list_executions(
+        self, resource_group: str, page: PageRequest, statuses: Sequence[Status] = (),
+        scenario_id: str = "", executable_id: str = "", configuration_id: str = "",
+    ) -> Page[Execution]: ...
+
+    async def executions_in(self, statuses: Iterable[Status]) -> list[Execution]:
+        """Executions of every group in these statuses, oldest first."""
+        ...
+
+    async def transition(
+        self, execution_id: str, to_status: Status, cause: str, message: str = "", *,
+        expected: Iterable[Status] | None = None, status_message: str | None = None,
+        step_details: list[StepDetail] | None = None,
+        target_status: TargetStatus | None = None, at: datetime | None = None,
+    ) -> Execution:
+        """Compare-and-set: FailedPrecondition unless the current status may go to
+        ``to_status`` (and is one of ``expected``, when given)."""
+        ...
+
+    async def request_stop(self, resource_group: str, execution_id: str) -> Execution:
+        """PENDING or RUNNING -> STOPPING with target STOPPED; FailedPrecondition
+        (EXECUTION_NOT_STOPPABLE) in any other status."""
+        ...
+
+    async def delete_execution(
+        self, resource_group: str, execution_id: str, keep_metrics: bool = False
+    ) -> None:
+        """Delete a final execution with its history and logs; FailedPrecondition
+        (EXECUTION_NOT_DELETABLE) in any other status."""
+        ...
+
+    async def update_execution(
+        self, execution_id: str, *, step_details: list[StepDetail] | None = None,
+        output_artifact_ids: list[str] | None = None, status_message: str | None = None,
+        submitted: bool = False,
+    ) -> Execution: ...
+
+    async def force_status(self, execution_id: str, status: Status) -> None:
+        """Tests drive the lifecycle table with it."""
+        ...
+
+    def on_execution_written(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(execution_id)`` on the event loop after every committed
+        write of an execution's row or history, before the writer resumes."""
+        ...
+
+
+class LogStore(Protocol):
+    """Stored log lines of executions, numbered 1, 2, 3, ... per execution."""
+
+    async def last_log_seq(self, execution_id: str) -> int: ...
+
+    async def read_logs(
+        self, execution_id: str, *, after_seq: int = 0, before_seq: int | None = None,
+        limit: int = 1000, descending: bool = False, steps: Sequence[str] = (),
+        streams: Sequence[LogStream] = (), start_us: int | None = None,
+        end_us: int | None = None,
+    ) -> list[LogLine]: ...
+
+    async def read_log_rows(
+        self, execution_id: str, *, after_seq: int = 0, upto_seq: int | None = None,
+        before_seq: int | None = None, limit: int = 1000, descending: bool = False,
+        steps: Sequence[str] = (), stream_codes: Sequence[int] = (),
+        start_us: int | None = None, end_us: int | None = None,
+    ) -> list[tuple]: ...
+
+    async def read_log_rows_to_end(
+        self, execution_id: str, *, after_seq: int, limit: int, steps: Sequence[str] = (),
+        stream_codes: Sequence[int] = (),
+    ) -> tuple[int, list[tuple]]:
+        """(the highest stored sequence number, read first; then up to ``limit`` rows
+        after ``after_seq``). A short read covers every line up to that number."""
+        ...
+
+    async def first_log_seq_at(self, execution_id: str, start_us: int) -> int: ...
+
+
+class MetricStore(Protocol):
+    """Metric series, points, tags and custom info of executions."""
+
+    async def write(
+        self, resource_group: str, entries: Sequence[ExecutionMetricsIn], now_us: int
+    ) -> tuple[int, int, int]: ...
+
+    async def require_executions(
+        self, resource_group: str, execution_ids: Sequence[str]
+    ) -> None: ...
+
+    async def require_visible(self, resource_group: str, execution_ids: Sequence[str]) -> None: ...
+
+    async def latest_points(
+        self, execution_id: str, names: Sequence[str], after: tuple[str, int] | None, limit: int
+    ) -> list[MetricPoint]: ...
+
+    async def series_points(
+        self, execution_id: str, names: Sequence[str], after: tuple[str, int] | None, limit: int
+    ) -> list[MetricPoint]: ...
+
+    async def tags(self, execution_ids: Sequence[str]) -> dict[str, dict[str, str]]: ...
+
+    async def custom_info(self, execution_ids: Sequence[str]) -> dict[str, list[CustomInfo]]: ...
+
+    async def summaries(self, execution_ids: Sequence[str]) -> dict[str, dict[str, Summary]]: ...
+
+    async def delete(self, resource_group: str, execution_id: str, names: Sequence[str]) -> int: ...
+
+    async def compare_page(
+        self, q: CompareQuery
+    ) -> tuple[list[tuple[ComparedExecution, tuple]], int, float | None]: ...
+
+
+class Store(CatalogStore, ExecutionStore, LogStore, Protocol):
+    """Everything the control plane reads and writes of its metadata."""
+
+    kind: str  # "sqlite" or "postgresql"

@@ -1,0 +1,164 @@
+"""The store ports (server/domain/ports.py) on the synchronous repositories.
+
+Each method hands its repository call to a worker thread (server/store/workers.py):
+reads to a reader, writes to the writer. Rows become domain objects on the worker, so
+the event loop only receives finished objects.
+
+Writes of an execution's row or history are tracked on the writer: once the write
+has committed, the loop calls the ``on_execution_written`` callbacks with each
+written execution id before the writer's caller resumes. A cache of reads (the
+GetExecution responses) drops the execution then; see server/api/executions.py for
+how a read that raced with a write is kept out of it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from server.store.metrics import MetricStore as SyncMetricStore
+from server.store.repository import Store as SyncStore
+from server.store.workers import StoreWorkers, storage_fault
+
+
+def _reader(method: Callable[..., Any]):
+    name = method.__name__
+
+    async def read(self, *args, **kwargs):
+        return await self.workers.read(getattr(self.sync, name), *args, **kwargs)
+
+    read.__name__ = read.__qualname__ = name
+    read.__doc__ = method.__doc__
+    return read
+
+
+def _writer(method: Callable[..., Any]):
+    name = method.__name__
+
+    async def write(self, *args, **kwargs):
+        return await self._write(getattr(self.sync, name), *args, **kwargs)
+
+    write.__name__ = write.__qualname__ = name
+    write.__doc__ = method.__doc__
+    return write
+
+
+class AsyncStore:
+    """The control plane's store: catalog, executions, logs, off the event loop."""
+
+    def __init__(self, url: str, readers: int = 4):
+        self.sync = SyncStore(url)
+        self.kind = self.sync.kind
+        self.url = url
+        self.workers = StoreWorkers(
+            readers, shared=not self.sync.in_memory, close_connection=self.sync.close
+        )
+        self._written = threading.local()
+        self.sync.execution_write_hooks.append(self._track_written)
+        self._on_written: list[Callable[[str], None]] = []
+
+    # ------------------------------------------------------------- plumbing
+
+    def _track_written(self, execution_id: str) -> None:
+        ids = getattr(self._written, "ids", None)
+        if ids is not None:
+            ids.append(execution_id)
+
+    def _tracked(self, fn: Callable[..., Any], args, kwargs) -> tuple[bool, Any, list[str]]:
+        """On the writer: run ``fn``, noting the executions it wrote."""
+        self._written.ids = []
+        try:
+            return True, fn(*args, **kwargs), self._written.ids
+        except Exception as exc:  # noqa: BLE001 - re-raised on the loop
+            return False, exc, self._written.ids
+        finally:
+            self._written.ids = None
+
+    async def _write(self, fn: Callable[..., Any], *args, **kwargs):
+        ok, value, written = await self.workers.write(self._tracked, fn, args, kwargs)
+        for execution_id in written:
+            for callback in self._on_written:
+                callback(execution_id)
+        if not ok:
+            raise storage_fault(value) or value
+        return value
+
+    def on_execution_written(self, callback: Callable[[str], None]) -> None:
+        self._on_written.append(callback)
+
+    async def run_read(self, fn: Callable[..., Any], *args, **kwargs):
+        """Run ``fn(sync_store, ...)`` on a reader (tests and tools)."""
+        return await self.workers.read(fn, self.sync, *args, **kwargs)
+
+    async def run_write(self, fn: Callable[..., Any], *args, **kwargs):
+        """Run ``fn(sync_store, ...)`` on the writer, tracked like every write."""
+        return await self._write(fn, self.sync, *args, **kwargs)
+
+    def close(self) -> None:
+        self.workers.close()
+        self.sync.close()
+
+    # -------------------------------------------------------------- catalog
+
+    put_executable = _writer(SyncStore.put_executable)
+    get_executable = _reader(SyncStore.get_executable)
+    list_executables = _reader(SyncStore.list_executables)
+    get_scenario = _reader(SyncStore.get_scenario)
+    count_executables = _reader(SyncStore.count_executables)
+    list_scenarios = _reader(SyncStore.list_scenarios)
+    create_artifact = _writer(SyncStore.create_artifact)
+    get_artifact = _reader(SyncStore.get_artifact)
+    get_artifacts = _reader(SyncStore.get_artifacts)
+    list_artifacts = _reader(SyncStore.list_artifacts)
+    create_configuration = _writer(SyncStore.create_configuration)
+    get_configuration = _reader(SyncStore.get_configuration)
+    get_configurations = _reader(SyncStore.get_configurations)
+    list_configurations = _reader(SyncStore.list_configurations)
+
+    # ----------------------------------------------------------- executions
+
+    create_executions = _writer(SyncStore.create_executions)
+    create_execution = _writer(SyncStore.create_execution)
+    get_execution = _reader(SyncStore.get_execution)
+    execution_context = _reader(SyncStore.execution_context)
+    history = _reader(SyncStore.history)
+    last_transition_seqs = _reader(SyncStore.last_transition_seqs)
+    list_executions = _reader(SyncStore.list_executions)
+    executions_in = _reader(SyncStore.executions_in)
+    transition = _writer(SyncStore.transition)
+    request_stop = _writer(SyncStore.request_stop)
+    delete_execution = _writer(SyncStore.delete_execution)
+    update_execution = _writer(SyncStore.update_execution)
+    force_status = _writer(SyncStore.force_status)
+
+    # ----------------------------------------------------------------- logs
+
+    last_log_seq = _reader(SyncStore.last_log_seq)
+    read_logs = _reader(SyncStore.read_logs)
+    read_log_rows = _reader(SyncStore.read_log_rows)
+    read_log_rows_to_end = _reader(SyncStore.read_log_rows_to_end)
+    first_log_seq_at = _reader(SyncStore.first_log_seq_at)
+
+
+class AsyncMetricStore:
+    """The metric port on the synchronous metric repository, on the same workers."""
+
+    def __init__(self, store: AsyncStore):
+        self.sync = SyncMetricStore(store.sync)
+        self.workers = store.workers
+        self._store = store
+
+    async def _write(self, fn, *args, **kwargs):
+        return await self._store._write(fn, *args, **kwargs)
+
+    write = _writer(SyncMetricStore.write)
+    delete = _writer(SyncMetricStore.delete)
+    require_executions = _reader(SyncMetricStore.require_executions)
+    require_visible = _reader(SyncMetricStore.require_visible)
+    latest_points = _reader(SyncMetricStore.latest_points)
+    series_points = _reader(SyncMetricStore.series_points)
+    tags = _reader(SyncMetricStore.tags)
+    custom_info = _reader(SyncMetricStore.custom_info)
+    summaries = _reader(SyncMetricStore.summaries)
+    compare_page = _reader(SyncMetricStore.compare_page)
