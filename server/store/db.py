@@ -24,7 +24,7 @@ SQLITE_PRAGMAS = {
 
 
 def open_database(url: str) -> pw.Database:
-    """Open the database named by ``url`` and bind the tables to it.
+    """Open the database named by ``url`` and bring its schema to SCHEMA_VERSION.
 
     Supported: ``sqlite:///relative/or/absolute/path.db`` and ``sqlite:///:memory:``.
     """
@@ -39,19 +39,18 @@ def open_database(url: str) -> pw.Database:
         os.makedirs(parent, exist_ok=True)
     db = pw.SqliteDatabase(None)
     db.init(path, pragmas=SQLITE_PRAGMAS, check_same_thread=False)
-    tables.DATABASE.initialize(db)
     db.connect(reuse_if_open=True)
     migrate(db)
     return db
 
 
 def _migration_1(db: pw.Database) -> None:
-    db.create_tables(tables.ALL_TABLES)
+    db.create_tables(tables.bind(db).bound(tables.ALL_TABLES))
 
 
 def _migration_2(db: pw.Database) -> None:
     """Metrics: series with their summaries, points, tags, custom info, owners."""
-    db.create_tables(tables.METRIC_TABLES)
+    db.create_tables(tables.bind(db).bound(tables.METRIC_TABLES))
 
 
 # Numbered schema migrations; index + 1 is the version they bring the schema to.
@@ -61,9 +60,10 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 def migrate(db: pw.Database) -> int:
     """Bring the schema to SCHEMA_VERSION, recording each step. Returns the version."""
+    SchemaVersion = tables.bind(db).SchemaVersion
     with db.atomic():
-        db.create_tables([tables.SchemaVersion])
-    current = tables.SchemaVersion.select(pw.fn.MAX(tables.SchemaVersion.version)).scalar() or 0
+        db.create_tables([SchemaVersion])
+    current = SchemaVersion.select(pw.fn.MAX(SchemaVersion.version)).scalar() or 0
     if current > SCHEMA_VERSION:
         raise RuntimeError(
             f"database schema version {current} is newer than this server ({SCHEMA_VERSION})"
@@ -71,5 +71,5 @@ def migrate(db: pw.Database) -> int:
     for version in range(current + 1, SCHEMA_VERSION + 1):
         with db.atomic():
             MIGRATIONS[version - 1](db)
-            tables.SchemaVersion.create(version=version)
+            SchemaVersion.create(version=version)
     return SCHEMA_VERSION
