@@ -2,7 +2,9 @@
 
 The classes below are bound to no database. ``bind(db)`` gives a ``Tables`` of
 subclasses bound to ``db`` alone, so two stores in one process (two files, or a
-SQLite file and a PostgreSQL server) never share a binding.
+SQLite file and a PostgreSQL server) never share a binding. The models only read and
+write rows: the DDL is the frozen text in ``server.store.migrations``, and a test
+checks that every model agrees with the schema those statements build.
 """
 
 from __future__ import annotations
@@ -204,19 +206,6 @@ class IdempotencyRow(Base):
         primary_key = pw.CompositeKey("resource_group", "kind", "request_id")
 
 
-ALL_TABLES = [
-    ScenarioRow,
-    ExecutableRow,
-    ArtifactRow,
-    ConfigurationRow,
-    ExecutionRow,
-    ExecutionCount,
-    TransitionRow,
-    LogRow,
-    IdempotencyRow,
-]
-
-
 # ----------------------------------------------------------------- metrics (migration 2)
 
 
@@ -296,8 +285,6 @@ class MetricCustomInfoRow(Base):
         without_rowid = True
 
 
-METRIC_TABLES = [MetricOwnerRow, MetricSeriesRow, MetricPointRow, MetricTagRow, MetricCustomInfoRow]
-
 MODELS: tuple[type[Base], ...] = (
     SchemaVersion,
     ScenarioRow,
@@ -344,9 +331,6 @@ class Tables:
         self.models: tuple[type[Base], ...] = tuple(_bound(m, database) for m in MODELS)
         for model in self.models:
             setattr(self, model.__name__, model)
-
-    def bound(self, declared: list[type[Base]]) -> list[type[Base]]:
-        return [getattr(self, model.__name__) for model in declared]
 
 
 def _bound(model: type[Base], database: pw.Database) -> type[Base]:
