@@ -1,17 +1,19 @@
 """Database set-up: the deferred database, its pragmas, the numbered migrations.
 
-The only modules that import peewee are in this package.
+The only modules that import peewee are in this package. The models are bound to
+each database by its store (``tables.bind``), never here, and never process-wide.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from urllib.parse import urlparse
 
 import peewee as pw
 
-from server.store import tables
+from server.store.migrations import SCHEMA_VERSION, SchemaTooNew, migrate
+
+__all__ = ["SCHEMA_VERSION", "SQLITE_PRAGMAS", "SchemaTooNew", "migrate", "open_database"]
 
 SQLITE_PRAGMAS = {
     "journal_mode": "wal",
@@ -24,7 +26,7 @@ SQLITE_PRAGMAS = {
 
 
 def open_database(url: str) -> pw.Database:
-    """Open the database named by ``url`` and bind the tables to it.
+    """Open the database named by ``url`` and bring its schema to SCHEMA_VERSION.
 
     Supported: ``sqlite:///relative/or/absolute/path.db`` and ``sqlite:///:memory:``.
     """
@@ -39,37 +41,6 @@ def open_database(url: str) -> pw.Database:
         os.makedirs(parent, exist_ok=True)
     db = pw.SqliteDatabase(None)
     db.init(path, pragmas=SQLITE_PRAGMAS, check_same_thread=False)
-    tables.DATABASE.initialize(db)
     db.connect(reuse_if_open=True)
-    migrate(db)
+    migrate(db, "sqlite")
     return db
-
-
-def _migration_1(db: pw.Database) -> None:
-    db.create_tables(tables.ALL_TABLES)
-
-
-def _migration_2(db: pw.Database) -> None:
-    """Metrics: series with their summaries, points, tags, custom info, owners."""
-    db.create_tables(tables.METRIC_TABLES)
-
-
-# Numbered schema migrations; index + 1 is the version they bring the schema to.
-MIGRATIONS: list[Callable[[pw.Database], None]] = [_migration_1, _migration_2]
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def migrate(db: pw.Database) -> int:
-    """Bring the schema to SCHEMA_VERSION, recording each step. Returns the version."""
-    with db.atomic():
-        db.create_tables([tables.SchemaVersion])
-    current = tables.SchemaVersion.select(pw.fn.MAX(tables.SchemaVersion.version)).scalar() or 0
-    if current > SCHEMA_VERSION:
-        raise RuntimeError(
-            f"database schema version {current} is newer than this server ({SCHEMA_VERSION})"
-        )
-    for version in range(current + 1, SCHEMA_VERSION + 1):
-        with db.atomic():
-            MIGRATIONS[version - 1](db)
-            tables.SchemaVersion.create(version=version)
-    return SCHEMA_VERSION

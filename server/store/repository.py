@@ -51,7 +51,7 @@ from server.domain.models import (
     Transition,
 )
 from server.domain.paging import PageRequest
-from server.store import tables as t
+from server.store import tables
 from server.store.db import open_database
 
 STREAM_CODES = {LogStream.STDOUT: 1, LogStream.STDERR: 2, LogStream.SYSTEM: 3}
@@ -151,7 +151,7 @@ def _step_from_json(data: dict) -> StepDetail:
     )
 
 
-def _scenario(row: t.ScenarioRow) -> Scenario:
+def _scenario(row: tables.ScenarioRow) -> Scenario:
     return Scenario(
         id=row.scenario_id,
         resource_group=row.resource_group,
@@ -163,7 +163,7 @@ def _scenario(row: t.ScenarioRow) -> Scenario:
     )
 
 
-def _executable(row: t.ExecutableRow, scenario_name: str = "") -> Executable:
+def _executable(row: tables.ExecutableRow, scenario_name: str = "") -> Executable:
     d = row.definition
     return Executable(
         id=row.executable_id,
@@ -209,7 +209,7 @@ def _executable(row: t.ExecutableRow, scenario_name: str = "") -> Executable:
     )
 
 
-def _artifact(row: t.ArtifactRow) -> Artifact:
+def _artifact(row: tables.ArtifactRow) -> Artifact:
     return Artifact(
         id=row.artifact_id,
         resource_group=row.resource_group,
@@ -225,7 +225,7 @@ def _artifact(row: t.ArtifactRow) -> Artifact:
     )
 
 
-def _configuration(row: t.ConfigurationRow) -> Configuration:
+def _configuration(row: tables.ConfigurationRow) -> Configuration:
     return Configuration(
         id=row.configuration_id,
         resource_group=row.resource_group,
@@ -352,6 +352,8 @@ class Store:
         self.url = url
         self.in_memory = ":memory:" in url
         self.db = open_database(url)
+        # The models, bound to this database only (never process-wide).
+        self.t = tables.bind(self.db)
         # Called with the execution id inside delete transactions, so that other parts
         # (metrics) can remove their rows atomically with the execution.
         self.delete_hooks: list = []
@@ -411,12 +413,12 @@ class Store:
     def _upsert_scenario(
         self, resource_group: str, scenario_id: str, name: str, description: str, at: int
     ) -> None:
-        row = t.ScenarioRow.get_or_none(
-            (t.ScenarioRow.resource_group == resource_group)
-            & (t.ScenarioRow.scenario_id == scenario_id)
+        row = self.t.ScenarioRow.get_or_none(
+            (self.t.ScenarioRow.resource_group == resource_group)
+            & (self.t.ScenarioRow.scenario_id == scenario_id)
         )
         if row is None:
-            t.ScenarioRow.create(
+            self.t.ScenarioRow.create(
                 resource_group=resource_group,
                 scenario_id=scenario_id,
                 name=name or scenario_id,
@@ -431,9 +433,9 @@ class Store:
             row.save()
 
     def get_scenario(self, resource_group: str, scenario_id: str) -> Scenario:
-        row = t.ScenarioRow.get_or_none(
-            (t.ScenarioRow.resource_group == resource_group)
-            & (t.ScenarioRow.scenario_id == scenario_id)
+        row = self.t.ScenarioRow.get_or_none(
+            (self.t.ScenarioRow.resource_group == resource_group)
+            & (self.t.ScenarioRow.scenario_id == scenario_id)
         )
         if row is None:
             raise NotFound.of("scenario", scenario_id)
@@ -441,22 +443,22 @@ class Store:
 
     def count_executables(self, resource_group: str, scenario_id: str) -> int:
         return (
-            t.ExecutableRow.select()
+            self.t.ExecutableRow.select()
             .where(
-                (t.ExecutableRow.resource_group == resource_group)
-                & (t.ExecutableRow.scenario_id == scenario_id)
+                (self.t.ExecutableRow.resource_group == resource_group)
+                & (self.t.ExecutableRow.scenario_id == scenario_id)
             )
             .count()
         )
 
     def list_scenarios(self, resource_group: str, page: PageRequest) -> Page[Scenario]:
-        where = t.ScenarioRow.resource_group == resource_group
-        total = t.ScenarioRow.select().where(where).count()
-        query = t.ScenarioRow.select().where(where)
+        where = self.t.ScenarioRow.resource_group == resource_group
+        total = self.t.ScenarioRow.select().where(where).count()
+        query = self.t.ScenarioRow.select().where(where)
         if page.after is not None:
             after = _str_key(page.after, 1)
-            query = query.where(t.ScenarioRow.scenario_id > after[0])
-        rows = list(query.order_by(t.ScenarioRow.scenario_id).limit(page.size + 1))
+            query = query.where(self.t.ScenarioRow.scenario_id > after[0])
+        rows = list(query.order_by(self.t.ScenarioRow.scenario_id).limit(page.size + 1))
         more = len(rows) > page.size
         rows = rows[: page.size]
         token = page.next_token([rows[-1].scenario_id]) if more else ""
@@ -468,10 +470,10 @@ class Store:
         """Register ``exe``; returns (stored, created). Same id + version with another
         definition is AlreadyExists: a changed definition needs a new version."""
         with self.write_lock():
-            row = t.ExecutableRow.get_or_none(
-                (t.ExecutableRow.resource_group == exe.resource_group)
-                & (t.ExecutableRow.executable_id == exe.id)
-                & (t.ExecutableRow.version == exe.version)
+            row = self.t.ExecutableRow.get_or_none(
+                (self.t.ExecutableRow.resource_group == exe.resource_group)
+                & (self.t.ExecutableRow.executable_id == exe.id)
+                & (self.t.ExecutableRow.version == exe.version)
             )
             if row is not None:
                 if row.digest != exe.digest:
@@ -492,7 +494,7 @@ class Store:
                 exe.scenario_description,
                 at,
             )
-            row = t.ExecutableRow.create(
+            row = self.t.ExecutableRow.create(
                 resource_group=exe.resource_group,
                 executable_id=exe.id,
                 version=exe.version,
@@ -517,13 +519,13 @@ class Store:
             cached = self._executables.get((resource_group, executable_id, version))
             if cached is not None:
                 return cached
-        query = t.ExecutableRow.select().where(
-            (t.ExecutableRow.resource_group == resource_group)
-            & (t.ExecutableRow.executable_id == executable_id)
+        query = self.t.ExecutableRow.select().where(
+            (self.t.ExecutableRow.resource_group == resource_group)
+            & (self.t.ExecutableRow.executable_id == executable_id)
         )
         if version:
-            query = query.where(t.ExecutableRow.version == version)
-        row = query.order_by(t.ExecutableRow.id.desc()).first()
+            query = query.where(self.t.ExecutableRow.version == version)
+        row = query.order_by(self.t.ExecutableRow.id.desc()).first()
         if row is None:
             name = f"{executable_id}@{version}" if version else executable_id
             raise NotFound.of("executable", name)
@@ -536,7 +538,7 @@ class Store:
         scenario_id: str = "",
         all_versions: bool = False,
     ) -> Page[Executable]:
-        R = t.ExecutableRow
+        R = self.t.ExecutableRow
         where = R.resource_group == resource_group
         if scenario_id:
             where &= R.scenario_id == scenario_id
@@ -568,7 +570,7 @@ class Store:
                 return self.get_artifact(art.resource_group, existing)
             at = now_us()
             try:
-                t.ArtifactRow.create(
+                self.t.ArtifactRow.create(
                     resource_group=art.resource_group,
                     artifact_id=art.id,
                     name=art.name,
@@ -591,9 +593,9 @@ class Store:
         return self.get_artifact(art.resource_group, art.id)
 
     def get_artifact(self, resource_group: str, artifact_id: str) -> Artifact:
-        row = t.ArtifactRow.get_or_none(
-            (t.ArtifactRow.resource_group == resource_group)
-            & (t.ArtifactRow.artifact_id == artifact_id)
+        row = self.t.ArtifactRow.get_or_none(
+            (self.t.ArtifactRow.resource_group == resource_group)
+            & (self.t.ArtifactRow.artifact_id == artifact_id)
         )
         if row is None:
             raise NotFound.of("artifact", artifact_id)
@@ -603,9 +605,9 @@ class Store:
         """The artifacts that exist among ``artifact_ids``, in the given order."""
         if not artifact_ids:
             return []
-        rows = t.ArtifactRow.select().where(
-            (t.ArtifactRow.resource_group == resource_group)
-            & (t.ArtifactRow.artifact_id.in_(list(artifact_ids)))
+        rows = self.t.ArtifactRow.select().where(
+            (self.t.ArtifactRow.resource_group == resource_group)
+            & (self.t.ArtifactRow.artifact_id.in_(list(artifact_ids)))
         )
         by_id = {r.artifact_id: _artifact(r) for r in rows}
         return [by_id[i] for i in artifact_ids if i in by_id]
@@ -620,7 +622,7 @@ class Store:
         labels: dict[str, str] | None = None,
         name: str = "",
     ) -> Page[Artifact]:
-        R = t.ArtifactRow
+        R = self.t.ArtifactRow
         where = R.resource_group == resource_group
         if scenario_id:
             where &= R.scenario_id == scenario_id
@@ -660,7 +662,7 @@ class Store:
             )
             if existing:
                 return self.get_configuration(cfg.resource_group, existing)
-            t.ConfigurationRow.create(
+            self.t.ConfigurationRow.create(
                 resource_group=cfg.resource_group,
                 configuration_id=cfg.id,
                 name=cfg.name,
@@ -680,9 +682,9 @@ class Store:
         cached = self._configurations.get(key)
         if cached is not None:
             return cached
-        row = t.ConfigurationRow.get_or_none(
-            (t.ConfigurationRow.resource_group == resource_group)
-            & (t.ConfigurationRow.configuration_id == configuration_id)
+        row = self.t.ConfigurationRow.get_or_none(
+            (self.t.ConfigurationRow.resource_group == resource_group)
+            & (self.t.ConfigurationRow.configuration_id == configuration_id)
         )
         if row is None:
             raise NotFound.of("configuration", configuration_id)
@@ -700,9 +702,9 @@ class Store:
             else:
                 missing.append(configuration_id)
         if missing:
-            rows = t.ConfigurationRow.select().where(
-                (t.ConfigurationRow.resource_group == resource_group)
-                & (t.ConfigurationRow.configuration_id.in_(missing))
+            rows = self.t.ConfigurationRow.select().where(
+                (self.t.ConfigurationRow.resource_group == resource_group)
+                & (self.t.ConfigurationRow.configuration_id.in_(missing))
             )
             for r in rows:
                 found[r.configuration_id] = self._configurations.put(
@@ -717,7 +719,7 @@ class Store:
         scenario_id: str = "",
         executable_id: str = "",
     ) -> Page[Configuration]:
-        R = t.ConfigurationRow
+        R = self.t.ConfigurationRow
         where = R.resource_group == resource_group
         if scenario_id:
             where &= R.scenario_id == scenario_id
@@ -1262,8 +1264,8 @@ class Store:
 
     def last_log_seq(self, execution_id: str) -> int:
         value = (
-            t.LogRow.select(pw.fn.MAX(t.LogRow.seq))
-            .where(t.LogRow.execution_id == execution_id)
+            self.t.LogRow.select(pw.fn.MAX(self.t.LogRow.seq))
+            .where(self.t.LogRow.execution_id == execution_id)
             .scalar()
         )
         return int(value or 0)

@@ -1,4 +1,11 @@
-"""peewee table definitions. Times are integer microseconds since the Unix epoch (UTC)."""
+"""peewee models: the query layer. Times are integer microseconds since the Unix epoch (UTC).
+
+The classes below are bound to no database. ``bind(db)`` gives a ``Tables`` of
+subclasses bound to ``db`` alone, so two stores in one process (two files, or a
+SQLite file and a PostgreSQL server) never share a binding. The models only read and
+write rows: the DDL is the frozen text in ``server.store.migrations``, and a test
+checks that every model agrees with the schema those statements build.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +13,6 @@ import json
 import time
 
 import peewee as pw
-
-DATABASE = pw.DatabaseProxy()
 
 
 class JSONField(pw.TextField):
@@ -22,7 +27,7 @@ class JSONField(pw.TextField):
 
 class Base(pw.Model):
     class Meta:
-        database = DATABASE
+        database = None  # bound per database by bind()
         legacy_table_names = False
 
 
@@ -201,19 +206,6 @@ class IdempotencyRow(Base):
         primary_key = pw.CompositeKey("resource_group", "kind", "request_id")
 
 
-ALL_TABLES = [
-    ScenarioRow,
-    ExecutableRow,
-    ArtifactRow,
-    ConfigurationRow,
-    ExecutionRow,
-    ExecutionCount,
-    TransitionRow,
-    LogRow,
-    IdempotencyRow,
-]
-
-
 # ----------------------------------------------------------------- metrics (migration 2)
 
 
@@ -293,4 +285,72 @@ class MetricCustomInfoRow(Base):
         without_rowid = True
 
 
-METRIC_TABLES = [MetricOwnerRow, MetricSeriesRow, MetricPointRow, MetricTagRow, MetricCustomInfoRow]
+MODELS: tuple[type[Base], ...] = (
+    SchemaVersion,
+    ScenarioRow,
+    ExecutableRow,
+    ArtifactRow,
+    ConfigurationRow,
+    ExecutionRow,
+    ExecutionCount,
+    TransitionRow,
+    LogRow,
+    IdempotencyRow,
+    MetricOwnerRow,
+    MetricSeriesRow,
+    MetricPointRow,
+    MetricTagRow,
+    MetricCustomInfoRow,
+)
+
+
+# ------------------------------------------------------------------------- binding
+
+
+class Tables:
+    """Every model, as a subclass bound to one database (``bind``)."""
+
+    SchemaVersion: type[SchemaVersion]
+    ScenarioRow: type[ScenarioRow]
+    ExecutableRow: type[ExecutableRow]
+    ArtifactRow: type[ArtifactRow]
+    ConfigurationRow: type[ConfigurationRow]
+    ExecutionRow: type[ExecutionRow]
+    ExecutionCount: type[ExecutionCount]
+    TransitionRow: type[TransitionRow]
+    LogRow: type[LogRow]
+    IdempotencyRow: type[IdempotencyRow]
+    MetricOwnerRow: type[MetricOwnerRow]
+    MetricSeriesRow: type[MetricSeriesRow]
+    MetricPointRow: type[MetricPointRow]
+    MetricTagRow: type[MetricTagRow]
+    MetricCustomInfoRow: type[MetricCustomInfoRow]
+
+    def __init__(self, database: pw.Database):
+        self.database = database
+        self.models: tuple[type[Base], ...] = tuple(_bound(m, database) for m in MODELS)
+        for model in self.models:
+            setattr(self, model.__name__, model)
+
+
+def _bound(model: type[Base], database: pw.Database) -> type[Base]:
+    """A subclass of ``model`` bound to ``database``; ``model`` itself is not touched
+    (peewee's ``bind`` and ``bind_ctx`` rebind the class for the whole process).
+
+    Subclassing copies the fields, the indexes and the primary key; the options peewee
+    does not inherit (the table name, WITHOUT ROWID) are passed on here."""
+    meta = type(
+        "Meta",
+        (),
+        {
+            "database": database,
+            "table_name": model._meta.table_name,
+            "without_rowid": model._meta.without_rowid,
+        },
+    )
+    return type(model.__name__, (model,), {"Meta": meta, "__module__": model.__module__})
+
+
+def bind(database: pw.Database) -> Tables:
+    """The models bound to ``database`` (a new set of classes per call)."""
+    return Tables(database)

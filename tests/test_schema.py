@@ -1,0 +1,420 @@
+"""The schema: models bound per database, frozen numbered migrations, upgrades from the
+databases earlier releases wrote."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+from pathlib import Path
+
+import peewee as pw
+import pytest
+
+from server.domain import templates
+from server.domain.errors import NotFound
+from server.domain.metrics import ExecutionMetricsIn
+from server.domain.models import (
+    Artifact,
+    ArtifactKind,
+    Execution,
+    Status,
+)
+from server.domain.paging import PageRequest
+from server.store import migrations, tables
+from server.store.db import SQLITE_PRAGMAS
+from server.store.metrics import MetricStore
+from server.store.migrations import SCHEMA_VERSION, SchemaTooNew, migrate
+from server.store.repository import Store
+from tests.conftest import SAMPLES
+
+# A database that the release before frozen migrations wrote (schema version 2), with
+# rows in every table.
+RELEASE_V2 = Path(__file__).parent / "data" / "schema_v2_release.sql"
+# The tables each version added, in the order of the versions.
+TABLES_OF_VERSION = {
+    1: {
+        "scenario",
+        "executable",
+        "artifact",
+        "configuration",
+        "execution",
+        "execution_count",
+        "transition",
+        "log_line",
+        "idempotency_key",
+    },
+    2: {"metric_owner", "metric_series", "metric_point", "metric_tag", "metric_custom_info"},
+}
+_SCHEMA_SQL = "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
+
+
+def _sqlite(path: Path) -> pw.SqliteDatabase:
+    return pw.SqliteDatabase(str(path), pragmas=SQLITE_PRAGMAS)
+
+
+def _rows(con: sqlite3.Connection, table: str, schema: str = "main") -> list[tuple]:
+    columns = [r[1] for r in con.execute(f'PRAGMA {schema}.table_info("{table}")')]
+    order = ", ".join(f'"{c}"' for c in columns)
+    return con.execute(f'SELECT * FROM {schema}."{table}" ORDER BY {order}').fetchall()
+
+
+def _load_release(path: Path) -> None:
+    con = sqlite3.connect(path)
+    con.executescript(RELEASE_V2.read_text())
+    con.close()
+
+
+def _versions(path: Path) -> list[tuple[int, int]]:
+    con = sqlite3.connect(path)
+    try:
+        return con.execute("SELECT version, applied_us FROM schema_version ORDER BY 1").fetchall()
+    finally:
+        con.close()
+
+
+def _seed(store: Store, artifact_id: str) -> None:
+    exe = templates.parse_template_text((SAMPLES / "iris-train.yaml").read_text(), "g")[0]
+    store.put_executable(exe)
+    store.create_artifact(
+        Artifact(artifact_id, "g", "iris", ArtifactKind.DATASET, "file:///iris.csv", "iris")
+    )
+
+
+# ------------------------------------------------------------------------- binding
+
+
+def test_two_stores_in_one_process_write_their_own_files(tmp_path):
+    a = Store(f"sqlite:///{tmp_path / 'a.db'}")
+    b = Store(f"sqlite:///{tmp_path / 'b.db'}")
+    try:
+        _seed(a, "only-in-a")
+        _seed(b, "only-in-b")
+        a.create_artifact(
+            Artifact("also-in-a", "g", "x", ArtifactKind.DATASET, "file:///x.csv", "iris")
+        )
+        assert a.get_artifact("g", "only-in-a").id == "only-in-a"
+        with pytest.raises(NotFound):
+            a.get_artifact("g", "only-in-b")
+        with pytest.raises(NotFound):
+            b.get_artifact("g", "also-in-a")
+    finally:
+        a.close()
+        b.close()
+    for name, expected in (("a.db", {"only-in-a", "also-in-a"}), ("b.db", {"only-in-b"})):
+        con = sqlite3.connect(tmp_path / name)
+        assert {r[0] for r in con.execute("SELECT artifact_id FROM artifact")} == expected
+        assert con.execute("SELECT COUNT(*) FROM executable").fetchone()[0] == 1
+        assert con.execute("SELECT COUNT(*) FROM scenario").fetchone()[0] == 1
+        con.close()
+    # The declared models stay unbound: nothing binds them process-wide.
+    assert all(model._meta.database is None for model in tables.MODELS)
+
+
+def test_bound_models_mirror_their_declarations():
+    db = pw.SqliteDatabase(":memory:")
+    bound = tables.bind(db)
+    again = tables.bind(db)
+    assert len(bound.models) == len(tables.MODELS)
+    for declared, model in zip(tables.MODELS, bound.models, strict=True):
+        assert getattr(bound, declared.__name__) is model
+        assert issubclass(model, declared) and model is not getattr(again, declared.__name__)
+        assert model._meta.database is db
+        for option in ("table_name", "without_rowid", "indexes", "composite_key"):
+            assert getattr(model._meta, option) == getattr(declared._meta, option), option
+        assert [(f.name, f.column_name, type(f), f.null) for f in model._meta.sorted_fields] == [
+            (f.name, f.column_name, type(f), f.null) for f in declared._meta.sorted_fields
+        ]
+        assert model._meta.get_primary_keys()[0].name == declared._meta.get_primary_keys()[0].name
+
+
+# ---------------------------------------------------------- the models and the DDL
+
+
+def _family(type_name: str) -> str:
+    name = type_name.upper()
+    if name in ("INTEGER", "BIGINT", "SMALLINT", "INT"):
+        return "integer"
+    if name in ("REAL", "DOUBLE PRECISION", "FLOAT", "DOUBLE"):
+        return "real"
+    if name == "TEXT":
+        return "text"
+    if name in ("BOOLEAN", "BOOL"):
+        return "boolean"
+    raise AssertionError(f"unexpected column type {type_name}")
+
+
+def _field_family(field: pw.Field, backend: str) -> str:
+    kind = field.field_type
+    if kind in ("AUTO", "BIGAUTO", "INT", "BIGINT", "SMALLINT"):
+        return "integer"
+    if kind in ("FLOAT", "DOUBLE"):
+        return "real"
+    if kind == "TEXT":
+        return "text"
+    if kind == "BOOL":
+        return "integer" if backend == "sqlite" else "boolean"
+    raise AssertionError(f"no column type family for {field}")
+
+
+def assert_models_match_schema(db: pw.Database, backend: str) -> None:
+    """Every model's table, columns (type family, NULL or not), primary key and indexes
+    are in the schema of ``db``, and every table there has a model."""
+    bound = tables.bind(db)
+    assert set(db.get_tables()) == {m._meta.table_name for m in bound.models}
+    for model in bound.models:
+        table = model._meta.table_name
+        columns = {c.name: c for c in db.get_columns(table)}
+        fields = {f.column_name: f for f in model._meta.sorted_fields}
+        assert set(columns) == set(fields), table
+        for name, field in fields.items():
+            column = columns[name]
+            assert _family(column.data_type) == _field_family(field, backend), (table, name)
+            assert column.null == field.null, (table, name)
+        keys = [f.column_name for f in model._meta.get_primary_keys()]
+        assert db.get_primary_keys(table) == keys, table
+        indexes = {(tuple(i.columns), i.unique) for i in db.get_indexes(table)}
+        wanted = {(tuple(names), unique) for names, unique in model._meta.indexes}
+        wanted |= {((f.column_name,), True) for f in fields.values() if f.unique}
+        wanted |= {((f.column_name,), False) for f in fields.values() if f.index}
+        assert wanted <= indexes, table
+
+
+def test_models_match_the_migrated_schema():
+    db = pw.SqliteDatabase(":memory:")
+    migrate(db, "sqlite")
+    assert_models_match_schema(db, "sqlite")
+
+
+def test_migrations_are_numbered_in_order_for_both_backends():
+    assert [m.version for m in migrations.MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
+    assert set(TABLES_OF_VERSION) == set(range(1, SCHEMA_VERSION + 1))
+    for m in migrations.MIGRATIONS:
+        assert m.sqlite and len(m.postgresql) == len(m.sqlite), m.name
+        assert not any("WITHOUT ROWID" in s for s in m.postgresql), m.name
+        assert m.statements("postgresql") == m.postgresql and m.statements("sqlite") == m.sqlite
+
+
+# SHA-256 of each version's statements (joined by newlines), per backend. A version's
+# DDL is frozen once a release has built databases with it: a mismatch here means a
+# released migration was edited, which databases already at that version never see.
+# Write a new version instead.
+FROZEN_DIGESTS = {
+    (1, "sqlite"): "50689c5538cacd5b57cfb180620b1a8f79fa2b419b268d356523ee104291b010",
+    (1, "postgresql"): "08b76f1a7f1bd436d5931081c3d3e296d34ad4d2d6bd01c6581235871f590ba3",
+    (2, "sqlite"): "178971ccf6f3255316d6afff3612175db527f7d036b98b5834051d2c9a06bcdc",
+    (2, "postgresql"): "6b0afbb7bb077886a153871fe429db0f2acb1ab47fb3a5770ecdc027f8887c49",
+}
+
+
+def test_released_migrations_are_unchanged():
+    for (version, backend), digest in FROZEN_DIGESTS.items():
+        statements = migrations.MIGRATIONS[version - 1].statements(backend)
+        assert hashlib.sha256("\n".join(statements).encode()).hexdigest() == digest, (
+            version,
+            backend,
+        )
+
+
+def test_frozen_ddl_builds_the_schema_the_release_wrote(tmp_path):
+    """Databases created before migrations were frozen are recognised as versions 1-2:
+    the frozen DDL builds exactly the schema that release's models created."""
+    _load_release(tmp_path / "release.db")
+    db = _sqlite(tmp_path / "fresh.db")
+    migrate(db, "sqlite")
+    release = sqlite3.connect(tmp_path / "release.db")
+    assert db.execute_sql(_SCHEMA_SQL).fetchall() == release.execute(_SCHEMA_SQL).fetchall()
+    release.close()
+    db.close()
+
+
+# -------------------------------------------------------------------- the migrator
+
+
+def test_migrate_twice_changes_nothing(tmp_path):
+    db = _sqlite(tmp_path / "x.db")
+    assert migrate(db, "sqlite") == SCHEMA_VERSION
+    schema = db.execute_sql(_SCHEMA_SQL).fetchall()
+    versions = _versions(tmp_path / "x.db")
+    assert [v for v, _ in versions] == list(range(1, SCHEMA_VERSION + 1))
+    assert migrate(db, "sqlite") == SCHEMA_VERSION
+    assert migrate(db) == SCHEMA_VERSION  # the backend from the database's class
+    assert db.execute_sql(_SCHEMA_SQL).fetchall() == schema
+    assert _versions(tmp_path / "x.db") == versions
+    db.close()
+
+
+def test_database_newer_than_the_server_is_refused(tmp_path):
+    path = tmp_path / "newer.db"
+    db = _sqlite(path)
+    migrate(db, "sqlite")
+    db.execute_sql(
+        "INSERT INTO schema_version (version, applied_us) VALUES (?, 0)", (SCHEMA_VERSION + 1,)
+    )
+    with pytest.raises(SchemaTooNew) as refused:
+        migrate(db, "sqlite")
+    assert refused.value.found == SCHEMA_VERSION + 1 and refused.value.known == SCHEMA_VERSION
+    assert f"schema version {SCHEMA_VERSION + 1} is newer" in str(refused.value)
+    db.close()
+    with pytest.raises(SchemaTooNew):
+        Store(f"sqlite:///{path}")
+
+
+def test_failed_migration_leaves_the_version_before(tmp_path, monkeypatch):
+    broken = migrations.Migration(
+        2,
+        "broken",
+        ('CREATE TABLE "half_done" ("x" INTEGER)', "CREATE TABLE broken ("),
+        ('CREATE TABLE "half_done" ("x" INTEGER)', "CREATE TABLE broken ("),
+    )
+    monkeypatch.setattr(migrations, "MIGRATIONS", (migrations.MIGRATIONS[0], broken))
+    db = _sqlite(tmp_path / "x.db")
+    with pytest.raises(pw.OperationalError):
+        migrate(db, "sqlite", target=2)
+    assert [v for v, _ in _versions(tmp_path / "x.db")] == [1]
+    assert "half_done" not in db.get_tables() and "scenario" in db.get_tables()
+    db.close()
+
+
+def test_concurrent_starters_apply_each_version_once(tmp_path):
+    path = tmp_path / "x.db"
+    starters = 4
+    barrier = threading.Barrier(starters)
+    results: list[int] = []
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        db = _sqlite(path)
+        try:
+            barrier.wait(timeout=30)
+            results.append(migrate(db, "sqlite"))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            db.close()
+
+    threads = [threading.Thread(target=start) for _ in range(starters)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors and results == [SCHEMA_VERSION] * starters
+    assert [v for v, _ in _versions(path)] == list(range(1, SCHEMA_VERSION + 1))
+
+
+def test_unknown_backend_and_version_are_refused():
+    db = pw.SqliteDatabase(":memory:")
+    with pytest.raises(ValueError):
+        migrate(db, "oracle")
+    with pytest.raises(ValueError):
+        migrate(db, "sqlite", target=SCHEMA_VERSION + 1)
+
+
+# ------------------------------------------------------------------------ upgrades
+
+
+def _assert_release_data_found(store: Store, with_metrics: bool) -> None:
+    """What the release fixture holds, read back through the store's own calls."""
+    assert store.get_scenario("g", "iris").name == "Iris classification"
+    exe = store.get_executable("g", "iris-train")
+    assert exe.version == "1.0.0" and exe.parameters[0].name == "learning_rate"
+    artifact = store.get_artifact("g", "a1")
+    assert artifact.url == "file:///iris.csv" and artifact.labels == {"k": "v"}
+    config = store.get_configuration("g", "c1")
+    assert config.parameter_bindings == {"learning_rate": "0.1"}
+    assert config.input_artifact_bindings == {"iris-data": "a1"}
+    done = store.get_execution("g", "e0")
+    assert done.status is Status.COMPLETED
+    assert [t.to_status for t in done.history] == [
+        Status.PENDING,
+        Status.RUNNING,
+        Status.COMPLETED,
+    ]
+    assert store.get_execution("g", "e1").status is Status.PENDING
+    assert store.list_executions("g", PageRequest(10)).total_size == 2
+    pending = store.list_executions("g", PageRequest(10), statuses=[Status.PENDING])
+    assert pending.total_size == 1 and [e.id for e in pending.items] == ["e1"]
+    assert [line.text for line in store.read_logs("e0")] == [
+        "epoch 1",
+        "warning: slow",
+        "step train done",
+    ]
+    assert store.last_log_seq("e0") == 3
+    # The idempotency key of the release's create call still answers its retry.
+    retried = store.create_artifact(
+        Artifact(
+            "a1", "g", "iris", ArtifactKind.DATASET, "file:///iris.csv", "iris", labels={"k": "v"}
+        ),
+        "req-a1",
+    )
+    assert retried.id == "a1"
+    metrics = MetricStore(store)
+    if with_metrics:
+        latest = metrics.latest_points("e0", [], None, 10)
+        assert [(p.name, p.value) for p in latest] == [("accuracy", 0.9), ("loss", 0.25)]
+        assert [p.value for p in metrics.series_points("e0", ["loss"], None, 10)] == [0.5, 0.25]
+        assert metrics.tags(["e0"]) == {"e0": {"owner": "ada"}}
+        assert [c.name for c in metrics.custom_info(["e0"])["e0"]] == ["notes"]
+        assert metrics.summaries(["e0"])["e0"]["loss"][0] == 2
+    else:
+        assert metrics.latest_points("e0", [], None, 10) == []
+
+
+def _assert_new_writes_work(store: Store) -> None:
+    """Every version's tables take new rows after the upgrade."""
+    store.create_execution(Execution("e2", "g", "c1", "iris-train", "iris"))
+    store.transition("e2", Status.RUNNING, "step_started")
+    store.append_logs([("e2", 1, 1, "train", 1, "hello")])
+    MetricStore(store).write("g", [ExecutionMetricsIn("e2", points=[("loss", 1.0, 1, 5, None)])], 9)
+    listed = store.list_executions("g", PageRequest(10))
+    assert listed.total_size == 3 and listed.items[0].id == "e2"
+    assert MetricStore(store).latest_points("e2", [], None, 10)[0].value == 1.0
+    assert store.integrity_check() == "ok"
+
+
+def test_release_database_opens_as_it_is(tmp_path):
+    """A database file written by the release before frozen migrations: the server
+    recognises its version, changes nothing and finds every row."""
+    path = tmp_path / "release.db"
+    _load_release(path)
+    versions = _versions(path)
+    store = Store(f"sqlite:///{path}")
+    try:
+        assert _versions(path) == versions == [(v, versions[v - 1][1]) for v in (1, 2)]
+        _assert_release_data_found(store, with_metrics=True)
+        _assert_new_writes_work(store)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("from_version", range(1, SCHEMA_VERSION + 1))
+def test_upgrade_keeps_every_row(tmp_path, from_version):
+    """A database at an earlier version, built with that version's frozen DDL, with the
+    release's rows in every table it has: opened by this server, it is brought to
+    SCHEMA_VERSION and every row is still there, readable, and the tables of the later
+    versions take writes."""
+    path = tmp_path / "old.db"
+    old = _sqlite(path)
+    assert migrate(old, "sqlite", target=from_version) == from_version
+    old.close()
+    _load_release(tmp_path / "release.db")
+    present = set().union(*(TABLES_OF_VERSION[v] for v in range(1, from_version + 1)))
+    con = sqlite3.connect(path)
+    con.execute("ATTACH DATABASE ? AS release", (str(tmp_path / "release.db"),))
+    with con:
+        for table in sorted(present):
+            con.execute(f'INSERT INTO main."{table}" SELECT * FROM release."{table}"')
+    expected = {table: _rows(con, table, "release") for table in present}
+    con.close()
+
+    store = Store(f"sqlite:///{path}")
+    try:
+        assert [v for v, _ in _versions(path)] == list(range(1, SCHEMA_VERSION + 1))
+        con = sqlite3.connect(path)
+        for table, rows in expected.items():
+            assert rows and _rows(con, table) == rows, table
+        con.close()
+        _assert_release_data_found(store, with_metrics=from_version >= 2)
+        _assert_new_writes_work(store)
+    finally:
+        store.close()
