@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from server.app import TrainyardServer, start_server
 from server.config import Settings
 from server.log_setup import configure_logging
+from tests.services.postgres import PostgresCluster, start_postgres_or_skip
 from trainyard.v1 import (
     artifact_service_pb2_grpc,
     configuration_service_pb2_grpc,
@@ -190,3 +192,38 @@ def stubs_for():
 def group(name: str) -> tuple[tuple[str, str], ...]:
     """Call metadata selecting a resource group."""
     return (("ai-resource-group", name),)
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """One throwaway PostgreSQL cluster for the whole run, started by the first test that
+    asks for it (tests/services/postgres.py). Skipped where PostgreSQL is not installed
+    or does not start; failed instead with TRAINYARD_REQUIRE_SERVICES=1."""
+    cluster = start_postgres_or_skip()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def postgres_databases(postgres_cluster: PostgresCluster) -> Iterator[Callable[[], str]]:
+    """Make fresh empty databases on the cluster: each call returns a new one's URL; all
+    are dropped at the end of the test, with any sessions still connected to them."""
+    made: list[str] = []
+
+    def factory() -> str:
+        name = f"t_{uuid.uuid4().hex[:16]}"
+        made.append(name)
+        return postgres_cluster.create_database(name)
+
+    yield factory
+    for name in made:
+        postgres_cluster.drop_database(name)
+
+
+@pytest.fixture
+def postgres_url(postgres_databases: Callable[[], str]) -> str:
+    """The URL of a fresh empty database of this test's own
+    (postgresql://trainyard@127.0.0.1:PORT/t_...), dropped at its end."""
+    return postgres_databases()

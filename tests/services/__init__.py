@@ -1,0 +1,27 @@
+"""Real system services started for the tests that need them (PostgreSQL, ...), each a
+throwaway instance on loopback in a temporary folder of its own.
+
+A service that is absent or does not start skips the tests that need it, with one line
+saying why; with ``TRAINYARD_REQUIRE_SERVICES=1`` (as CI runs) it fails them instead.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NoReturn
+
+REQUIRE_ENV = "TRAINYARD_REQUIRE_SERVICES"
+
+
+def services_required() -> bool:
+    """True when a missing service must fail the run rather than skip its tests."""
+    return os.environ.get(REQUIRE_ENV, "").strip() not in ("", "0", "false", "no")
+
+
+def unavailable(message: str) -> NoReturn:
+    """Skip the requesting test with ``message``, or fail it when services are required."""
+    import pytest
+
+    if services_required():
+        pytest.fail(f"{message} ({REQUIRE_ENV}=1)", pytrace=False)
+    pytest.skip(message)
