@@ -140,8 +140,32 @@ def make_settings(tmp_path: Path, **overrides) -> Settings:
     return Settings(**values)
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests of modules marked ``backends("sqlite", "postgresql")`` run once per backend
+    (their servers' database); every other test runs on SQLite."""
+    if "backend" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("backends")
+        names = marker.args if marker is not None else ("sqlite",)
+        metafunc.parametrize("backend", names, indirect=True, scope="function")
+
+
 @pytest.fixture
-def server_factory(tmp_path: Path, request: pytest.FixtureRequest):
+def backend(request: pytest.FixtureRequest) -> str:
+    """The store backend of the test's servers: "sqlite" or "postgresql"."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def database_url(backend: str, request: pytest.FixtureRequest) -> str:
+    """The database URL the test's servers share ("" for SQLite: each server's data
+    directory holds its file)."""
+    if backend == "postgresql":
+        return request.getfixturevalue("postgres_url")
+    return ""
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path, request: pytest.FixtureRequest, database_url: str):
     """Start servers with custom settings; every one is stopped at the end. In modules
     marked ``driven`` the servers run no runtime: the tests play its part themselves
     (lines through the log sink, transitions through the control plane)."""
@@ -149,6 +173,8 @@ def server_factory(tmp_path: Path, request: pytest.FixtureRequest):
     driven = request.node.get_closest_marker("driven") is not None
 
     def factory(**overrides) -> ServerThread:
+        if database_url:
+            overrides.setdefault("database_url", database_url)
         if driven:
             overrides.setdefault("runtime", "none")
         thread = ServerThread(make_settings(tmp_path, **overrides)).start()

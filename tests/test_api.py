@@ -24,6 +24,8 @@ from trainyard.v1 import execution_service_pb2 as ex
 from trainyard.v1 import meta_service_pb2 as meta
 from trainyard.v1 import scenario_service_pb2 as scn
 
+pytestmark = pytest.mark.backends("sqlite", "postgresql")
+
 
 def configuration_request(dataset_id: str, params: dict[str, str], artifacts=None, **fields):
     return cfg.CreateConfigurationRequest(
@@ -505,7 +507,7 @@ def test_executable_registration_and_versions(stubs):
     assert details(bad)["fields"]
 
 
-def test_health_reflection_and_meta(stubs, server):
+def test_health_reflection_and_meta(stubs, server, backend):
     health = health_pb2_grpc.HealthStub(stubs.channel)
     assert (
         health.Check(health_pb2.HealthCheckRequest()).status
@@ -523,7 +525,7 @@ def test_health_reflection_and_meta(stubs, server):
     assert "trainyard.v1.ExecutionService" in names and "grpc.health.v1.Health" in names
     info = stubs.meta.GetMeta(meta.GetMetaRequest())
     assert info.api_version == "v1" and info.capabilities.bulk_updates
-    assert info.store == "sqlite"
+    assert info.store == backend
 
 
 def test_no_traceback_reaches_the_client(stubs, server):

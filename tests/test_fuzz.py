@@ -24,6 +24,8 @@ from trainyard.v1 import (  # noqa: F401 - imported to load every service descri
     scenario_service_pb2,
 )
 
+pytestmark = pytest.mark.backends("sqlite", "postgresql")
+
 ALLOWED = {
     grpc.StatusCode.OK,
     grpc.StatusCode.INVALID_ARGUMENT,

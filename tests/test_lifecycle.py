@@ -15,6 +15,8 @@ from tests.helpers import details, iris_configuration, register_iris, rpc_error
 from trainyard.v1 import execution_pb2
 from trainyard.v1 import execution_service_pb2 as pb
 
+pytestmark = pytest.mark.backends("sqlite", "postgresql")
+
 # DESIGN.md, "Lifecycle": status -> (stop allowed, delete allowed)
 TABLE = {
     Status.UNKNOWN: (False, True),

@@ -14,6 +14,8 @@ from server.domain import lifecycle
 from server.domain.models import Status
 from tests.workflow_helpers import STATUS_NAME, Runner, python, workflow
 
+pytestmark = pytest.mark.backends("sqlite", "postgresql")
+
 ALLOWED_REFUSALS = {"FAILED_PRECONDITION", "NOT_FOUND"}
 
 SLEEPER = workflow(

@@ -25,6 +25,8 @@ from workflow_helpers import (
 
 from server.domain.models import Status
 
+pytestmark = pytest.mark.backends("sqlite", "postgresql")
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Writes its process group id to DIR/<execution id>, says ready, then sleeps.

@@ -1,4 +1,5 @@
-"""The repository on its own, on an in-memory and on a file database."""
+"""The repository on its own: on an in-memory and a file SQLite database, and on
+PostgreSQL."""
 
 from __future__ import annotations
 
@@ -13,9 +14,14 @@ from server.store.repository import Store
 from tests.conftest import SAMPLES
 
 
-@pytest.fixture(params=["memory", "file"])
+@pytest.fixture(params=["memory", "file", "postgresql"])
 def store(request, tmp_path):
-    url = "sqlite:///:memory:" if request.param == "memory" else f"sqlite:///{tmp_path / 'x.db'}"
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+    elif request.param == "memory":
+        url = "sqlite:///:memory:"
+    else:
+        url = f"sqlite:///{tmp_path / 'x.db'}"
     s = Store(url)
     yield s
     s.close()
@@ -111,7 +117,7 @@ def test_grouped_create_writes_each_and_refuses_alone(store):
 
 def test_grouped_create_rolls_back_as_a_whole_on_a_store_error(store):
     ids = seed(store, 1)
-    with pytest.raises(Exception, match="UNIQUE"):
+    with pytest.raises(Exception, match="(?i)unique"):
         store.create_executions(
             [
                 (Execution("e9", "g", "c1", "iris-train", "iris"), "r9"),

@@ -16,7 +16,7 @@ from server.domain.models import LogStream, Status
 from trainyard.v1 import log_pb2, log_service_pb2_grpc
 from trainyard.v1 import log_service_pb2 as lpb
 
-pytestmark = pytest.mark.driven
+pytestmark = [pytest.mark.driven, pytest.mark.backends("sqlite", "postgresql")]
 
 
 def tail(stubs, execution_id: str, timeout: float = 30, **kwargs):

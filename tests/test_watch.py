@@ -12,7 +12,7 @@ from server.domain.models import Status, StepDetail, StepPhase
 from trainyard.v1 import execution_pb2 as xpb
 from trainyard.v1 import execution_service_pb2 as epb
 
-pytestmark = pytest.mark.driven
+pytestmark = [pytest.mark.driven, pytest.mark.backends("sqlite", "postgresql")]
 
 SNAPSHOT = epb.WATCH_EVENT_TYPE_SNAPSHOT
 TRANSITION = epb.WATCH_EVENT_TYPE_TRANSITION

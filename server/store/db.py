@@ -1,46 +1,20 @@
-"""Database set-up: the deferred database, its pragmas, the numbered migrations.
+"""Database set-up: opening a database by URL, its dialect, the numbered migrations.
 
 The only modules that import peewee are in this package. The models are bound to
 each database by its store (``tables.bind``), never here, and never process-wide.
+The backends' differences live in server/store/dialects.py.
 """
 
 from __future__ import annotations
 
-import os
-from urllib.parse import urlparse
-
-import peewee as pw
-
+from server.store.dialects import SQLITE_PRAGMAS, Dialect, open_database
 from server.store.migrations import SCHEMA_VERSION, SchemaTooNew, migrate
 
-__all__ = ["SCHEMA_VERSION", "SQLITE_PRAGMAS", "SchemaTooNew", "migrate", "open_database"]
-
-SQLITE_PRAGMAS = {
-    "journal_mode": "wal",
-    "foreign_keys": 1,
-    "synchronous": 1,  # NORMAL: durable across a process crash, fast commits in WAL mode
-    "busy_timeout": 10_000,
-    "cache_size": -64 * 1024,  # 64 MiB
-    "temp_store": "memory",
-}
-
-
-def open_database(url: str) -> pw.Database:
-    """Open the database named by ``url`` and bring its schema to SCHEMA_VERSION.
-
-    Supported: ``sqlite:///relative/or/absolute/path.db`` and ``sqlite:///:memory:``.
-    """
-    parsed = urlparse(url)
-    if parsed.scheme != "sqlite":
-        raise ValueError(f"unsupported database URL scheme {parsed.scheme!r} (supported: sqlite)")
-    path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else parsed.path
-    if not path:
-        raise ValueError(f"database URL {url!r} names no file")
-    if path != ":memory:":
-        parent = os.path.dirname(os.path.abspath(path))
-        os.makedirs(parent, exist_ok=True)
-    db = pw.SqliteDatabase(None)
-    db.init(path, pragmas=SQLITE_PRAGMAS, check_same_thread=False)
-    db.connect(reuse_if_open=True)
-    migrate(db, "sqlite")
-    return db
+__all__ = [
+    "SCHEMA_VERSION",
+    "SQLITE_PRAGMAS",
+    "Dialect",
+    "SchemaTooNew",
+    "migrate",
+    "open_database",
+]

@@ -30,6 +30,8 @@ from server.store.repository import Store
 
 # SQLite accepts at most 32766 bound variables per statement; stay well below.
 CHUNK = 500
+# The key of the lock that metric writes take in turn (PostgreSQL advisory lock).
+METRIC_WRITE_LOCK = 7_302_001
 
 _AGG_COLUMN = {
     Aggregation.LATEST: "s.last_value",
@@ -57,7 +59,7 @@ class MetricStore:
         store.delete_hooks.append(self.on_execution_deleted)
 
     def _sql(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
-        return self.db.execute_sql(sql, args).fetchall()
+        return self.store.execute(sql, args).fetchall()
 
     # ----------------------------------------------------------------- write
 
@@ -68,11 +70,14 @@ class MetricStore:
         execution does not exist in ``resource_group``."""
         ids = [e.execution_id for e in entries]
         with self.store.write_lock():
+            # New series take the next ids: one metric writer at a time, on every
+            # replica (SQLite's write lock already is that; PostgreSQL takes a lock).
+            self.store.dialect.serialize(self.db, METRIC_WRITE_LOCK)
             self.require_executions(resource_group, ids)
-            cursor = self.db.cursor()
+            cursor = self.store.cursor()
             cursor.executemany(
-                "INSERT OR IGNORE INTO metric_owner (execution_id, resource_group, created_us) "
-                "VALUES (?, ?, ?)",
+                "INSERT INTO metric_owner (execution_id, resource_group, created_us) "
+                "VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                 [(eid, resource_group, now_us) for eid in ids],
             )
             points = tags = infos = 0
@@ -319,17 +324,17 @@ class MetricStore:
         name_sql = f" AND name IN ({_marks(len(names))})" if names else ""
         where = f"execution_id = ?{name_sql}"
         args = [execution_id, *names]
-        deleted = self.db.execute_sql(
+        deleted = self.store.execute(
             "DELETE FROM metric_point WHERE series_id IN "
             f"(SELECT series_id FROM metric_series WHERE {where})",
             args,
         ).rowcount
-        self.db.execute_sql(f"DELETE FROM metric_series WHERE {where}", args)
+        self.store.execute(f"DELETE FROM metric_series WHERE {where}", args)
         return max(deleted, 0)
 
     def _delete_rest(self, execution_id: str) -> None:
         for table in ("metric_tag", "metric_custom_info", "metric_owner"):
-            self.db.execute_sql(f"DELETE FROM {table} WHERE execution_id = ?", (execution_id,))
+            self.store.execute(f"DELETE FROM {table} WHERE execution_id = ?", (execution_id,))
 
     # --------------------------------------------------------------- compare
 

@@ -52,7 +52,7 @@ from server.domain.models import (
 )
 from server.domain.paging import PageRequest
 from server.store import tables
-from server.store.db import open_database
+from server.store.dialects import open_database
 
 STREAM_CODES = {LogStream.STDOUT: 1, LogStream.STDERR: 2, LogStream.SYSTEM: 3}
 STREAM_NAMES = {v: k for k, v in STREAM_CODES.items()}
@@ -319,6 +319,24 @@ def _executable_definition(exe: Executable) -> dict:
 # ----------------------------------------------------------------------- repository
 
 
+class _Cursor:
+    """A driver cursor whose statements are written in portable SQL."""
+
+    __slots__ = ("cursor", "sql")
+
+    def __init__(self, cursor, sql: Callable[[str], str]):
+        self.cursor = cursor
+        self.sql = sql
+
+    def execute(self, sql: str, args: Sequence[Any] = ()):
+        self.cursor.execute(self.sql(sql), args)
+        return self.cursor
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]):
+        self.cursor.executemany(self.sql(sql), rows)
+        return self.cursor
+
+
 class _Cache:
     """A small LRU map for immutable rows, shared by the store's worker threads."""
 
@@ -346,12 +364,11 @@ class _Cache:
 class Store:
     """Trainyard's metadata store on a peewee database (SQLite by default)."""
 
-    kind = "sqlite"
-
-    def __init__(self, url: str):
+    def __init__(self, url: str, *, busy_timeout: float = 10.0):
         self.url = url
         self.in_memory = ":memory:" in url
-        self.db = open_database(url)
+        self.db, self.dialect = open_database(url, busy_timeout=busy_timeout)
+        self.kind = self.dialect.name
         # The models, bound to this database only (never process-wide).
         self.t = tables.bind(self.db)
         # Called with the execution id inside delete transactions, so that other parts
@@ -373,11 +390,32 @@ class Store:
         return self.db.atomic()
 
     def write_lock(self):
-        """A transaction that takes SQLite's write lock at once (read-check-write)."""
-        return self.db.atomic("IMMEDIATE")
+        """A write transaction for a read-check-write (see Dialect.write_transaction)."""
+        return self.dialect.write_transaction(self.db)
 
     def integrity_check(self) -> str:
-        return self.db.execute_sql("PRAGMA integrity_check").fetchone()[0]
+        return self.dialect.integrity_check(self.db)
+
+    def execute(self, sql: str, args: Sequence[Any] = ()):
+        """Run portable SQL (``?`` placeholders) through peewee; returns the cursor."""
+        return self.db.execute_sql(self.dialect.sql(sql), args)
+
+    def cursor(self) -> _Cursor:
+        """A cursor of this thread's connection that takes portable SQL."""
+        return _Cursor(self.db.cursor(), self.dialect.sql)
+
+    def reset_connection(self) -> None:
+        """After a storage fault: drop this thread's connection if it is no longer
+        usable (a lost PostgreSQL connection), so that the next call opens a new one."""
+        try:
+            usable = self.db.is_connection_usable()
+        except Exception:  # noqa: BLE001 - a broken connection may fail to answer
+            usable = False
+        if not usable and not self.in_memory:
+            try:
+                self.db.close()
+            except Exception:  # noqa: BLE001 - closing what is already broken
+                pass
 
     # --------------------------------------------------------------- idempotency
 
@@ -386,7 +424,7 @@ class Store:
     ) -> str | None:
         if not request_id:
             return None
-        found = self.db.execute_sql(
+        found = self.execute(
             "SELECT resource_id, request_digest FROM idempotency_key"
             " WHERE resource_group = ? AND kind = ? AND request_id = ?",
             (resource_group, kind, request_id),
@@ -402,7 +440,7 @@ class Store:
         self, resource_group: str, kind: str, request_id: str, digest: str, resource_id: str
     ) -> None:
         if request_id:
-            self.db.execute_sql(
+            self.execute(
                 "INSERT INTO idempotency_key (resource_group, kind, request_id, resource_id,"
                 " request_digest, created_us) VALUES (?, ?, ?, ?, ?, ?)",
                 (resource_group, kind, request_id, resource_id, digest, now_us()),
@@ -418,14 +456,15 @@ class Store:
             & (self.t.ScenarioRow.scenario_id == scenario_id)
         )
         if row is None:
-            self.t.ScenarioRow.create(
+            # Another replica may create it at the same time: either insert counts.
+            self.t.ScenarioRow.insert(
                 resource_group=resource_group,
                 scenario_id=scenario_id,
                 name=name or scenario_id,
                 description=description,
                 created_us=at,
                 modified_us=at,
-            )
+            ).on_conflict_ignore().execute()
         elif (name and name != row.name) or (description and description != row.description):
             row.name = name or row.name
             row.description = description or row.description
@@ -633,7 +672,7 @@ class Store:
         if name:
             where &= R.name == name
         for key, value in sorted((labels or {}).items()):
-            where &= pw.fn.json_extract(R.labels, f'$."{key}"') == value
+            where &= self.dialect.label_equals(R.labels, key, value)
         total = R.select().where(where).count()
         query = R.select().where(where)
         if page.after is not None:
@@ -741,11 +780,11 @@ class Store:
     # so they use plain SQL through peewee's connection: no per-call query building.
 
     def _count(self, row: dict, status: str, delta: int) -> None:
-        self.db.execute_sql(
+        self.execute(
             "INSERT INTO execution_count (resource_group, status, scenario_id, executable_id,"
             " configuration_id, n) VALUES (?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (resource_group, status, configuration_id, scenario_id, executable_id)"
-            " DO UPDATE SET n = n + excluded.n",
+            " DO UPDATE SET n = execution_count.n + excluded.n",
             (
                 row["resource_group"],
                 status,
@@ -765,7 +804,7 @@ class Store:
         cause: str,
         message: str,
     ) -> Transition:
-        self.db.execute_sql(
+        self.execute(
             "INSERT INTO transition (execution_id, seq, from_status, to_status, at_us, cause,"
             " message) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
@@ -891,12 +930,15 @@ class Store:
                 Transition(1, execution.id, None, Status.PENDING, created_at, "created", message)
             ]
         cursor = self.db.cursor()
+        sql = self.dialect.sql
         cursor.executemany(
-            f"INSERT INTO execution ({_EXEC_INSERT}) VALUES ({', '.join('?' * 13)})", rows
+            sql(f"INSERT INTO execution ({_EXEC_INSERT}) VALUES ({', '.join('?' * 13)})"), rows
         )
         cursor.executemany(
-            "INSERT INTO transition (execution_id, seq, from_status, to_status, at_us, cause,"
-            " message) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            sql(
+                "INSERT INTO transition (execution_id, seq, from_status, to_status, at_us,"
+                " cause, message) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            ),
             transitions,
         )
         for (group, scenario_id, executable_id, configuration_id), n in counts.items():
@@ -912,8 +954,11 @@ class Store:
             )
         if claimed:
             cursor.executemany(
-                "INSERT INTO idempotency_key (resource_group, kind, request_id, resource_id,"
-                " request_digest, created_us) VALUES (?, 'execution', ?, ?, ?, ?)",
+                sql(
+                    "INSERT INTO idempotency_key (resource_group, kind, request_id,"
+                    " resource_id, request_digest, created_us)"
+                    " VALUES (?, 'execution', ?, ?, ?, ?)"
+                ),
                 [
                     (group, request_id, items[i][0].id, digest, at)
                     for (group, request_id), (digest, i) in claimed.items()
@@ -923,7 +968,7 @@ class Store:
     def _read(self, sql: str, args: Sequence[Any]):
         """A read on the raw connection: peewee's execute_sql adds a few microseconds
         (query logging, error translation) that the GetExecution path can do without."""
-        return self.db.connection().execute(sql, args)
+        return self.db.connection().execute(self.dialect.sql(sql), args)
 
     def _execution_row(self, resource_group: str | None, execution_id: str) -> dict:
         if resource_group is None:
@@ -1008,13 +1053,13 @@ class Store:
                 where.append(f"{column} = ?")
                 args.append(value)
         condition = " AND ".join(where)
-        total = self.db.execute_sql(
+        total = self.execute(
             f"SELECT COALESCE(SUM(n), 0) FROM execution_count WHERE {condition}", args
         ).fetchone()[0]
         if page.after is not None:
             condition += " AND id < ?"
             args.append(_int_key(page.after))
-        cursor = self.db.execute_sql(
+        cursor = self.execute(
             f"SELECT {_EXEC_COLUMNS} FROM execution WHERE {condition} ORDER BY id DESC LIMIT ?",
             [*args, page.size + 1],
         )
@@ -1040,11 +1085,11 @@ class Store:
         ]
         assignments = ", ".join(f"{c} = ?" for c in columns)
         if read is None:
-            self.db.execute_sql(
+            self.execute(
                 f"UPDATE execution SET {assignments} WHERE id = ?", [*values, row["id"]]
             )
             return
-        found = self.db.execute_sql(
+        found = self.execute(
             f"UPDATE execution SET {assignments} WHERE id = ? AND status = ? AND history_len = ?"
             " RETURNING id",
             [*values, row["id"], read["status"], read["history_len"]],
@@ -1170,7 +1215,7 @@ class Store:
             current = Status(row["status"])
             lifecycle.check_operation(execution_id, current, lifecycle.Operation.DELETE)
             self._written(execution_id)
-            deleted = self.db.execute_sql(
+            deleted = self.execute(
                 "DELETE FROM execution WHERE id = ? AND status = ? AND history_len = ?"
                 " RETURNING id",
                 (row["id"], row["status"], row["history_len"]),
@@ -1178,8 +1223,8 @@ class Store:
             if not deleted:
                 raise _Conflict()
             self._count(row, str(current), -1)
-            self.db.execute_sql("DELETE FROM transition WHERE execution_id = ?", (execution_id,))
-            self.db.execute_sql("DELETE FROM log_line WHERE execution_id = ?", (execution_id,))
+            self.execute("DELETE FROM transition WHERE execution_id = ?", (execution_id,))
+            self.execute("DELETE FROM log_line WHERE execution_id = ?", (execution_id,))
             for hook in self.delete_hooks:
                 hook(execution_id, keep_metrics)
 
@@ -1217,7 +1262,7 @@ class Store:
     def executions_in(self, statuses: Iterable[Status]) -> list[Execution]:
         """Executions of every group in these statuses, oldest first (runtime use)."""
         names = [str(s) for s in statuses]
-        cursor = self.db.execute_sql(
+        cursor = self.execute(
             f"SELECT {_EXEC_COLUMNS} FROM execution"
             f" WHERE status IN ({', '.join('?' * len(names))}) ORDER BY id",
             names,
@@ -1258,7 +1303,8 @@ class Store:
                 while size > total - start:
                     size //= 2
                 cursor.execute(
-                    _log_insert_sql(size), list(chain.from_iterable(lines[start : start + size]))
+                    self.dialect.sql(_log_insert_sql(size)),
+                    list(chain.from_iterable(lines[start : start + size])),
                 )
                 start += size
 
@@ -1337,7 +1383,7 @@ class Store:
             args.extend(stream_codes)
         sql.append(f"ORDER BY seq {'DESC' if descending else 'ASC'} LIMIT ?")
         args.append(limit)
-        return self.db.execute_sql(" ".join(sql), args).fetchall()
+        return self.execute(" ".join(sql), args).fetchall()
 
     def read_log_rows_to_end(
         self,
@@ -1363,7 +1409,7 @@ class Store:
         ids = list(execution_ids)
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
-            cursor = self.db.execute_sql(
+            cursor = self.execute(
                 "SELECT execution_id, MAX(seq) FROM transition WHERE execution_id IN "
                 f"({','.join('?' * len(chunk))}) GROUP BY execution_id",
                 chunk,
@@ -1373,7 +1419,7 @@ class Store:
 
     def first_log_seq_at(self, execution_id: str, start_us: int) -> int:
         """Sequence number just before the first line at or after ``start_us``."""
-        value = self.db.execute_sql(
+        value = self.execute(
             "SELECT MIN(seq) FROM log_line WHERE execution_id = ? AND at_us >= ?",
             (execution_id, start_us),
         ).fetchone()[0]

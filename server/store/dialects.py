@@ -1,0 +1,138 @@
+"""What differs between the two backends, and nothing else.
+
+The repositories (server/store/repository.py, metrics.py) write portable SQL with
+``?`` placeholders; a dialect turns it into its driver's form, opens its database and
+says how a write transaction starts. SQLite-only and PostgreSQL-only SQL lives here.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from urllib.parse import unquote, urlparse
+
+import peewee as pw
+
+from server.store.migrations import migrate
+
+SQLITE_PRAGMAS = {
+    "journal_mode": "wal",
+    "foreign_keys": 1,
+    "synchronous": 1,  # NORMAL: durable across a process crash, fast commits in WAL mode
+    "busy_timeout": 10_000,
+    "cache_size": -64 * 1024,  # 64 MiB
+    "temp_store": "memory",
+}
+
+
+class Dialect:
+    """A backend: its name, its SQL and its transactions."""
+
+    name = ""
+
+    def sql(self, text: str) -> str:
+        """Portable SQL (``?`` placeholders) in the driver's form."""
+        return text
+
+    def write_transaction(self, db: pw.Database):
+        """A transaction for a read-check-write (its checks are compare-and-set
+        anyway; the dialect may take its lock early to avoid retries)."""
+        return db.atomic()
+
+    def label_equals(self, column: pw.Field, key: str, value: str) -> pw.Expression:
+        """``column`` (a JSON object as text) has ``key`` set to ``value``."""
+        raise NotImplementedError
+
+    def integrity_check(self, db: pw.Database) -> str:
+        return "ok"
+
+    def serialize(self, db: pw.Database, key: int) -> None:
+        """Inside a write transaction: wait until no other transaction holding ``key``
+        runs, on any connection or replica, and hold it until this one ends."""
+
+
+class SqliteDialect(Dialect):
+    name = "sqlite"
+
+    def write_transaction(self, db: pw.Database):
+        # SQLite: take the write lock at BEGIN, so a read-check-write never fails to
+        # upgrade its read lock (SQLITE_BUSY_SNAPSHOT) when another connection wrote.
+        return db.atomic("IMMEDIATE")
+
+    def label_equals(self, column, key, value):
+        return pw.fn.json_extract(column, f'$."{key}"') == value
+
+    def integrity_check(self, db):
+        return db.execute_sql("PRAGMA integrity_check").fetchone()[0]
+
+    def serialize(self, db, key):
+        pass  # the transaction began IMMEDIATE: it holds the database's one write lock
+
+
+class PostgresDialect(Dialect):
+    name = "postgresql"
+
+    def sql(self, text: str) -> str:
+        return _percent_placeholders(text)
+
+    def label_equals(self, column, key, value):
+        return pw.SQL(f"(CAST({column.column_name} AS jsonb) ->> %s)", [key]) == value
+
+    def serialize(self, db, key):
+        db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (key,))
+
+
+@functools.lru_cache(maxsize=4096)
+def _percent_placeholders(text: str) -> str:
+    # The portable SQL has no literal '?' or '%' of its own.
+    return text.replace("%", "%%").replace("?", "%s")
+
+
+def open_database(url: str, *, busy_timeout: float = 10.0) -> tuple[pw.Database, Dialect]:
+    """Open the database named by ``url``, bring its schema to the current version,
+    and return it with its dialect.
+
+    ``sqlite:///relative/or/absolute/path.db``, ``sqlite:///:memory:`` or
+    ``postgresql://USER[:PASSWORD]@HOST:PORT/DB`` (psycopg 3).
+    ``busy_timeout``: seconds SQLite waits for another writer's lock.
+    """
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        return _open_sqlite(url, parsed, busy_timeout), SqliteDialect()
+    if parsed.scheme in ("postgresql", "postgres"):
+        return _open_postgres(parsed), PostgresDialect()
+    raise ValueError(
+        f"unsupported database URL scheme {parsed.scheme!r} (supported: sqlite, postgresql)"
+    )
+
+
+def _open_sqlite(url: str, parsed, busy_timeout: float) -> pw.Database:
+    path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else parsed.path
+    if not path:
+        raise ValueError(f"database URL {url!r} names no file")
+    if path != ":memory:":
+        parent = os.path.dirname(os.path.abspath(path))
+        os.makedirs(parent, exist_ok=True)
+    db = pw.SqliteDatabase(None)
+    pragmas = dict(SQLITE_PRAGMAS, busy_timeout=int(busy_timeout * 1000))
+    db.init(path, pragmas=pragmas, check_same_thread=False)
+    db.connect(reuse_if_open=True)
+    migrate(db, "sqlite")
+    return db
+
+
+def _open_postgres(parsed) -> pw.Database:
+    name = unquote(parsed.path.lstrip("/"))
+    if not name:
+        raise ValueError("a postgresql:// database URL must name its database")
+    params: dict = {"host": parsed.hostname or "127.0.0.1", "port": parsed.port or 5432}
+    if parsed.username:
+        params["user"] = unquote(parsed.username)
+    if parsed.password:
+        params["password"] = unquote(parsed.password)
+    params["connect_timeout"] = 5
+    params["application_name"] = "trainyard"
+    db = pw.PostgresqlDatabase(name, prefer_psycopg3=True, **params)
+    db.connect(reuse_if_open=True)
+    migrate(db, "postgresql")
+    return db
