@@ -52,7 +52,10 @@ class AsyncStore:
         self.kind = self.sync.kind
         self.url = url
         self.workers = StoreWorkers(
-            readers, shared=not self.sync.in_memory, close_connection=self.sync.close
+            readers,
+            shared=not self.sync.in_memory,
+            close_connection=self.sync.close,
+            on_fault=self.sync.reset_connection,
         )
         self._written = threading.local()
         self.sync.execution_write_hooks.append(self._track_written)
@@ -71,6 +74,8 @@ class AsyncStore:
         try:
             return True, fn(*args, **kwargs), self._written.ids
         except Exception as exc:  # noqa: BLE001 - re-raised on the loop
+            if storage_fault(exc) is not None:
+                self.workers._after_fault()
             return False, exc, self._written.ids
         finally:
             self._written.ids = None

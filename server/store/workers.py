@@ -110,12 +110,20 @@ class _Thread:
 class StoreWorkers:
     """Runs synchronous store functions on the writer or on a reader thread."""
 
-    def __init__(self, readers: int = 4, *, shared: bool = True,
-                 close_connection: Callable[[], None] = lambda: None):
+    def __init__(
+        self,
+        readers: int = 4,
+        *,
+        shared: bool = True,
+        close_connection: Callable[[], None] = lambda: None,
+        on_fault: Callable[[], None] = lambda: None,
+    ):
         """``shared``: whether threads may have connections of their own (False for an
         in-memory database: then one thread does everything). ``close_connection``
         runs on each worker as it exits (peewee's ``db.close`` closes the calling
-        thread's connection)."""
+        thread's connection); ``on_fault`` on a worker after a storage fault (to drop
+        a connection that was lost)."""
+        self.on_fault = on_fault
         self._write_calls: queue.SimpleQueue = queue.SimpleQueue()
         self._read_calls: queue.SimpleQueue = (
             queue.SimpleQueue() if shared else self._write_calls
@@ -162,6 +170,7 @@ class StoreWorkers:
                 fault = storage_fault(exc)
                 if fault is not None:
                     log.warning("store fault", cause=fault.metadata.get("cause", ""))
+                    self._after_fault()
                     exc = fault
                 loop.call_soon_threadsafe(resolve, False, exc)
             else:
@@ -169,6 +178,12 @@ class StoreWorkers:
 
         calls.put(run)
         return future
+
+    def _after_fault(self) -> None:
+        try:
+            self.on_fault()
+        except Exception:  # noqa: BLE001 - the fault itself is reported to the caller
+            log.warning("store connection reset failed", exc_info=True)
 
     def close(self) -> None:
         """Finish the calls already queued, then stop every thread (each closes its
