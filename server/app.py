@@ -123,6 +123,8 @@ async def start_server(settings: Settings) -> TrainyardServer:
             artifacts_dir=settings.artifacts_dir,
             max_concurrent=settings.max_concurrent_executions,
             stop_grace=settings.stop_grace_seconds,
+            replica_id=settings.replica_id,
+            lease_seconds=settings.lease_seconds,
         )
     if settings.executables_dir is not None:
         loaded = await plane.load_executables(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,11 +25,18 @@ class Settings:
     max_streams_per_client: int = 100
     runtime: str = "local"  # local: steps run as local processes; none: nothing runs
     port_file: Path | None = None  # where `serve` writes the bound port
+    # This server among the replicas of one database; default: the host name and a
+    # digest of the data directory, the same across restarts of the same server.
+    replica_id: str = ""
+    lease_seconds: float = 10.0  # a replica that does not renew for this long is lost
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'trainyard.db'}"
+        if not self.replica_id:
+            where = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:8]
+            self.replica_id = f"{socket.gethostname()}-{where}"
 
     @property
     def work_dir(self) -> Path:
@@ -110,6 +119,19 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         "stay PENDING (TRAINYARD_RUNTIME)",
     )
     parser.add_argument(
+        "--replica-id",
+        default=_env("REPLICA_ID", ""),
+        help="this server's name among the replicas of one database; default: host name "
+        "and a digest of the data directory (TRAINYARD_REPLICA_ID)",
+    )
+    parser.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=float(_env("LEASE_SECONDS", "10")),
+        help="how long a replica's claim on its executions lasts unless renewed; the "
+        "executions of a replica silent for longer are taken over (TRAINYARD_LEASE_SECONDS)",
+    )
+    parser.add_argument(
         "--port-file",
         default=None,
         help="write the bound port to this file once the server serves",
@@ -117,6 +139,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     args = parser.parse_args(argv)
     if args.max_concurrent_executions < 1:
         parser.error("--max-concurrent-executions must be at least 1")
+    if args.lease_seconds <= 0:
+        parser.error("--lease-seconds must be positive")
     return Settings(
         address=args.address,
         data_dir=Path(args.data_dir),
@@ -130,4 +154,6 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         max_streams_per_client=args.max_streams_per_client,
         runtime=args.runtime,
         port_file=Path(args.port_file) if args.port_file else None,
+        replica_id=args.replica_id,
+        lease_seconds=args.lease_seconds,
     )

@@ -89,6 +89,17 @@ class ServerThread:
         self.thread.join(10)
         self.loop.close()
 
+    def detach_runtime(self) -> None:
+        """Stop the server's runtime and take it away: nothing runs from now on, and
+        executions stay as the test puts them."""
+
+        async def detach():
+            runtime, self.plane.runtime = self.plane.runtime, None
+            if runtime is not None:
+                await runtime.close()
+
+        self.call(detach())
+
     @property
     def address(self) -> str:
         assert self.running is not None

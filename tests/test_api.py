@@ -230,7 +230,7 @@ def test_empty_and_malformed_ids_are_invalid(stubs):
 
 
 def test_resource_groups_are_isolated_both_ways(stubs, server):
-    server.run_sync(setattr, server.plane, "runtime", None)
+    server.detach_runtime()
     a, b = group("team-a"), group("team-b")
     for g in (a, b):
         stubs.executables.CreateExecutable(
@@ -293,7 +293,7 @@ def test_resource_groups_are_isolated_both_ways(stubs, server):
 
 
 def test_pagination_has_no_duplicates_or_gaps(stubs, server):
-    server.run_sync(setattr, server.plane, "runtime", None)
+    server.detach_runtime()
     dataset = register_iris(stubs)
     config = iris_configuration(stubs, dataset)
     created = [
@@ -336,7 +336,7 @@ def test_pagination_has_no_duplicates_or_gaps(stubs, server):
 
 
 def test_creates_written_together_each_get_their_own_outcome(stubs, server):
-    server.run_sync(setattr, server.plane, "runtime", None)
+    server.detach_runtime()
     dataset = register_iris(stubs)
     config = stubs.configurations.CreateConfiguration(
         configuration_request(dataset, {})
@@ -372,7 +372,7 @@ def test_creates_written_together_each_get_their_own_outcome(stubs, server):
 
 
 def test_creates_that_arrive_during_a_write_share_the_next_commit(stubs, server):
-    server.run_sync(setattr, server.plane, "runtime", None)
+    server.detach_runtime()
     config = stubs.configurations.CreateConfiguration(
         configuration_request(register_iris(stubs), {})
     ).configuration.id
@@ -415,7 +415,7 @@ def test_creates_that_arrive_during_a_write_share_the_next_commit(stubs, server)
 
 
 def test_idempotent_creates_return_the_first_result(stubs, server):
-    server.run_sync(setattr, server.plane, "runtime", None)
+    server.detach_runtime()
     dataset = register_iris(stubs)
     again = stubs.artifacts.CreateArtifact(
         art.CreateArtifactRequest(
@@ -569,7 +569,7 @@ def test_restart_on_the_same_database_keeps_everything(server_factory, tmp_path)
     from tests.conftest import make_stubs
 
     first = server_factory()
-    first.run_sync(setattr, first.plane, "runtime", None)
+    first.detach_runtime()
     stubs = make_stubs(first.address)
     dataset = register_iris(stubs)
     config = iris_configuration(stubs, dataset)

@@ -14,7 +14,7 @@ from tests.conftest import ROOT
 
 @pytest.fixture
 def idle_server(server):
-    server.run_sync(setattr, server.plane, "runtime", None)
+    server.detach_runtime()
     return server
 
 

@@ -183,7 +183,7 @@ def snapshot(server) -> tuple:
 
 @pytest.fixture
 def world(server):
-    server.run_sync(setattr, server.plane, "runtime", None)
+    server.detach_runtime()
     stubs = make_stubs(server.address)
     dataset = register_iris(stubs)
     config = iris_configuration(stubs, dataset)

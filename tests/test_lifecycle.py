@@ -69,7 +69,7 @@ def test_final_statuses_allow_no_transition():
 def idle(server, stubs):
     """A server whose executions are never picked up by a runtime, so the test can
     drive each one into any status through the store."""
-    server.run_sync(setattr, server.plane, "runtime", None)
+    server.detach_runtime()
     dataset = register_iris(stubs)
     configuration = iris_configuration(stubs, dataset)
 

@@ -33,7 +33,7 @@ def test_definition_over_one_mebibyte_is_invalid(stubs):
 def test_writer_contention_surfaces_no_locked_error(server, stubs):
     """Another process holds SQLite's write lock, and a long read runs, while 16 clients
     create executions: every create waits its turn and succeeds."""
-    server.run_sync(setattr, server.plane, "runtime", None)
+    server.detach_runtime()
     dataset = register_iris(stubs)
     config = iris_configuration(stubs, dataset)
     path = server.settings.data_dir / "trainyard.db"

@@ -45,6 +45,7 @@ TABLES_OF_VERSION = {
         "idempotency_key",
     },
     2: {"metric_owner", "metric_series", "metric_point", "metric_tag", "metric_custom_info"},
+    3: set(),  # the lease columns of execution
 }
 _SCHEMA_SQL = "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
 
@@ -53,10 +54,17 @@ def _sqlite(path: Path) -> pw.SqliteDatabase:
     return pw.SqliteDatabase(str(path), pragmas=SQLITE_PRAGMAS)
 
 
-def _rows(con: sqlite3.Connection, table: str, schema: str = "main") -> list[tuple]:
-    columns = [r[1] for r in con.execute(f'PRAGMA {schema}.table_info("{table}")')]
-    order = ", ".join(f'"{c}"' for c in columns)
-    return con.execute(f'SELECT * FROM {schema}."{table}" ORDER BY {order}').fetchall()
+def _columns(con: sqlite3.Connection, table: str, schema: str = "main") -> list[str]:
+    return [r[1] for r in con.execute(f'PRAGMA {schema}.table_info("{table}")')]
+
+
+def _rows(
+    con: sqlite3.Connection, table: str, schema: str = "main", columns: list[str] | None = None
+) -> list[tuple]:
+    """The rows of ``table`` (only ``columns``, by default all), in a stable order."""
+    columns = columns or _columns(con, table, schema)
+    listed = ", ".join(f'"{c}"' for c in columns)
+    return con.execute(f'SELECT {listed} FROM {schema}."{table}" ORDER BY {listed}').fetchall()
 
 
 def _load_release(path: Path) -> None:
@@ -204,6 +212,8 @@ FROZEN_DIGESTS = {
     (1, "postgresql"): "08b76f1a7f1bd436d5931081c3d3e296d34ad4d2d6bd01c6581235871f590ba3",
     (2, "sqlite"): "178971ccf6f3255316d6afff3612175db527f7d036b98b5834051d2c9a06bcdc",
     (2, "postgresql"): "6b0afbb7bb077886a153871fe429db0f2acb1ab47fb3a5770ecdc027f8887c49",
+    (3, "sqlite"): "ced23bba6c9a63da728ad410b26f0521b6dcaf1c6b70ff3b0c8d721fdec060c6",
+    (3, "postgresql"): "121e9266fc74d341bd7c716c9e14fb2f59d75b775f81027b051f6d27c3a62670",
 }
 
 
@@ -221,7 +231,7 @@ def test_frozen_ddl_builds_the_schema_the_release_wrote(tmp_path):
     the frozen DDL builds exactly the schema that release's models created."""
     _load_release(tmp_path / "release.db")
     db = _sqlite(tmp_path / "fresh.db")
-    migrate(db, "sqlite")
+    migrate(db, "sqlite", target=2)
     release = sqlite3.connect(tmp_path / "release.db")
     assert db.execute_sql(_SCHEMA_SQL).fetchall() == release.execute(_SCHEMA_SQL).fetchall()
     release.close()
@@ -374,13 +384,17 @@ def _assert_new_writes_work(store: Store) -> None:
 
 def test_release_database_opens_as_it_is(tmp_path):
     """A database file written by the release before frozen migrations: the server
-    recognises its version, changes nothing and finds every row."""
+    recognises its version (2), keeps its version rows, applies only the later
+    versions and finds every row."""
     path = tmp_path / "release.db"
     _load_release(path)
     versions = _versions(path)
     store = Store(f"sqlite:///{path}")
     try:
-        assert _versions(path) == versions == [(v, versions[v - 1][1]) for v in (1, 2)]
+        assert [v for v, _ in versions] == [1, 2]
+        after = _versions(path)
+        assert after[:2] == versions
+        assert [v for v, _ in after] == list(range(1, SCHEMA_VERSION + 1))
         _assert_release_data_found(store, with_metrics=True)
         _assert_new_writes_work(store)
     finally:
@@ -401,9 +415,13 @@ def test_upgrade_keeps_every_row(tmp_path, from_version):
     present = set().union(*(TABLES_OF_VERSION[v] for v in range(1, from_version + 1)))
     con = sqlite3.connect(path)
     con.execute("ATTACH DATABASE ? AS release", (str(tmp_path / "release.db"),))
+    released = {table: _columns(con, table, "release") for table in present}
     with con:
         for table in sorted(present):
-            con.execute(f'INSERT INTO main."{table}" SELECT * FROM release."{table}"')
+            listed = ", ".join(f'"{c}"' for c in released[table])
+            con.execute(
+                f'INSERT INTO main."{table}" ({listed}) SELECT {listed} FROM release."{table}"'
+            )
     expected = {table: _rows(con, table, "release") for table in present}
     con.close()
 
@@ -412,7 +430,7 @@ def test_upgrade_keeps_every_row(tmp_path, from_version):
         assert [v for v, _ in _versions(path)] == list(range(1, SCHEMA_VERSION + 1))
         con = sqlite3.connect(path)
         for table, rows in expected.items():
-            assert rows and _rows(con, table) == rows, table
+            assert rows and _rows(con, table, columns=released[table]) == rows, table
         con.close()
         _assert_release_data_found(store, with_metrics=from_version >= 2)
         _assert_new_writes_work(store)

@@ -197,6 +197,18 @@ class Execution:
     completed_at: datetime | None = None
     modified_at: datetime | None = None
     history: list[Transition] = field(default_factory=list)
+    # The replica that has claimed it to run it ("" when none has), runtime use.
+    owner: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A replica's claim on an execution: its id and the claim's fencing token. Writes
+    made under a lease are refused once another replica has taken the execution over
+    (the token moved on)."""
+
+    owner: str
+    token: int
 
 
 @dataclass(slots=True)

@@ -33,6 +33,7 @@ from server.domain.models import (
     Configuration,
     Executable,
     Execution,
+    Lease,
     LogLine,
     LogStream,
     Page,
@@ -147,6 +148,7 @@ class ExecutionStore(Protocol):
         expected: Iterable[Status] | None = None, status_message: str | None = None,
         step_details: list[StepDetail] | None = None,
         target_status: TargetStatus | None = None, at: datetime | None = None,
+        lease: Lease | None = None,
     ) -> Execution:
         """Compare-and-set: FailedPrecondition unless the current status may go to
         ``to_status`` (and is one of ``expected``, when given)."""
@@ -167,7 +169,7 @@ class ExecutionStore(Protocol):
     async def update_execution(
         self, execution_id: str, *, step_details: list[StepDetail] | None = None,
         output_artifact_ids: list[str] | None = None, status_message: str | None = None,
-        submitted: bool = False,
+        submitted: bool = False, lease: Lease | None = None,
     ) -> Execution: ...
 
     async def force_status(self, execution_id: str, status: Status) -> None:
@@ -178,6 +180,36 @@ class ExecutionStore(Protocol):
         """Call ``callback(execution_id)`` on the event loop after every committed
         write of an execution's row or history, before the writer resumes."""
         ...
+
+
+class ClaimStore(Protocol):
+    """Which replica runs which execution: claims, leases and fencing tokens. Every
+    claim takes a new token; writes made under an older one are refused
+    (FailedPrecondition LEASE_LOST)."""
+
+    async def claim_pending(
+        self, owner: str, limit: int, lease_until_us: int
+    ) -> list[tuple[Execution, Lease]]:
+        """Up to ``limit`` unclaimed PENDING executions, oldest first, each claimed by
+        one replica only."""
+        ...
+
+    async def claim_for_recovery(
+        self, owner: str, now_us: int, lease_until_us: int, limit: int = 1000,
+        include_own: bool = True,
+    ) -> list[tuple[Execution, Lease, str]]:
+        """The active executions ``owner`` must reconcile (its own from before a
+        restart, unowned running ones, and those of replicas whose lease lapsed), with
+        the previous owner of each."""
+        ...
+
+    async def release_claim(self, execution_id: str, lease: Lease) -> bool: ...
+
+    async def renew_leases(self, owner: str, lease_until_us: int) -> dict[str, int]:
+        """Extend ``owner``'s leases; the token of each execution it still holds."""
+        ...
+
+    async def queue_position(self, execution_id: str) -> int | None: ...
 
 
 class LogStore(Protocol):
@@ -244,7 +276,7 @@ class MetricStore(Protocol):
     ) -> tuple[list[tuple[ComparedExecution, tuple]], int, float | None]: ...
 
 
-class Store(CatalogStore, ExecutionStore, LogStore, Protocol):
+class Store(CatalogStore, ExecutionStore, ClaimStore, LogStore, Protocol):
     """Everything the control plane reads and writes of its metadata."""
 
     kind: str  # "sqlite" or "postgresql"

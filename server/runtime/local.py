@@ -37,6 +37,7 @@ import os
 import shlex
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -45,11 +46,11 @@ from pathlib import Path
 import structlog
 
 from server.domain.errors import DomainError, FailedPrecondition, NotFound
-from server.domain.lifecycle import ACTIVE_STATUSES
 from server.domain.logsink import LogSink
 from server.domain.models import (
     Artifact,
     Execution,
+    Lease,
     LogStream,
     Status,
     StepDetail,
@@ -60,6 +61,7 @@ from server.runtime import processes as procs
 from server.runtime import staging
 from server.runtime.base import ExecutionInfo, Runtime, StepProcess
 from server.runtime.plan import SCRIPTS_DIR, Plan, PlanError, PlannedStep, build_plan
+from server.runtime.scheduler import Scheduler
 from server.runtime.staging import StagingError
 
 log = structlog.get_logger(__name__)
@@ -69,7 +71,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 STATE_FILE = "state.json"
 KILL_TIMEOUT = 5.0  # how long a SIGKILLed process group may take to disappear
 DRAIN_TIMEOUT = 2.0  # how long to read a step's pipes after its processes are gone
-PUMP_RETRY_SECONDS = 1.0  # wait before starting again after the store failed a start
 
 
 def reachable_address(address: str) -> str:
@@ -80,6 +81,10 @@ def reachable_address(address: str) -> str:
     elif host in ("[::]", "::"):
         host = "[::1]"
     return f"{host}:{port}"
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
 
 
 def _now() -> datetime:
@@ -107,6 +112,8 @@ class _Run:
     processes: dict[str, _Process] = field(default_factory=dict)
     state: dict = field(default_factory=dict)  # what state.json holds
     task: asyncio.Task | None = None
+    lease: Lease | None = None  # this replica's claim: every write of the run carries it
+    fenced: bool = False  # another replica took the execution over
     running: bool = False  # moved to RUNNING
     stopping: bool = False  # the user asked for a stop
     closing: bool = False  # the server is shutting down
@@ -134,6 +141,8 @@ class LocalRuntime(Runtime):
         artifacts_dir: Path,
         max_concurrent: int = 4,
         stop_grace: float = 10.0,
+        replica_id: str = "local",
+        lease_seconds: float = 10.0,
     ):
         self.plane = plane
         self.sink = log_sink
@@ -141,15 +150,23 @@ class LocalRuntime(Runtime):
         self.artifacts_dir = Path(artifacts_dir).resolve()
         self.max_concurrent = max(1, max_concurrent)
         self.stop_grace = stop_grace
+        self.replica_id = replica_id
         self.server_address = ""
-        self._queue: dict[str, None] = {}  # execution ids in submission order
         self._runs: dict[str, _Run] = {}
         self._background: set[asyncio.Task] = set()
-        self._accepting = False
         self._closed = False
         self._subreaper = False  # set by start(): orphans of steps come back to us
-        self._pumping: asyncio.Task | None = None
-        self._starting: dict[str, bool] = {}  # being read by the pump: stop requested
+        self.scheduler = Scheduler(
+            plane.store,
+            replica_id,
+            free_slots=lambda: 0 if self._closed else self.max_concurrent - len(self._runs),
+            launch=self._launch,
+            reconcile=self._reconcile,
+            held=lambda: {eid: run.lease for eid, run in self._runs.items()},
+            fenced=self._fenced,
+            lease_seconds=lease_seconds,
+        )
+        plane.listeners.append(self._on_event)
 
     # ----------------------------------------------------------------- interface
 
@@ -157,38 +174,62 @@ class LocalRuntime(Runtime):
         self.server_address = reachable_address(server_address)
         await asyncio.to_thread(self._make_dirs)
         self._subreaper = procs.become_subreaper()
-        await self.recover()
-        self._accepting = True
+        await self.scheduler.start()
         log.info(
-            "local runtime started", max_concurrent=self.max_concurrent, work_dir=str(self.work_dir)
+            "local runtime started",
+            max_concurrent=self.max_concurrent,
+            work_dir=str(self.work_dir),
+            replica_id=self.replica_id,
         )
-        self._pump()
+        self.scheduler.wake()
 
     def submit(self, execution_id: str) -> None:
-        if self._closed or execution_id in self._queue or execution_id in self._runs:
-            return
-        self._queue[execution_id] = None
-        self._pump()
+        if not self._closed:
+            self.scheduler.wake()
 
     async def stop(self, execution_id: str) -> None:
-        if execution_id in self._starting:
-            self._starting[execution_id] = True
-            await self._stop_unstarted(execution_id, "stopped before it started")
-            return
-        if execution_id in self._queue:
-            del self._queue[execution_id]
-            await self._stop_unstarted(execution_id, "stopped before it started")
-            return
         run = self._runs.get(execution_id)
-        if run is None:
-            if not self._closed:
-                await self._stop_unstarted(execution_id, "stopped; it was not running")
+        if run is not None:
+            self._stop_run(run)
             return
-        run.stopping = True
-        self._terminate(run, "stop requested")
+        if self._closed:
+            return
+        try:
+            execution = await self.plane.store.get_execution(
+                None, execution_id, with_history=False
+            )
+        except NotFound:
+            return
+        if execution.status != Status.STOPPING:
+            return
+        if execution.owner in ("", self.replica_id):
+            # Unclaimed (queued): no process ever ran for it, whoever stops it ends it.
+            await self._stop_unstarted(execution_id, "stopped before it started")
+        # Otherwise the replica that runs it hears of the stop and ends it there.
+
+    def _stop_run(self, run: _Run) -> None:
+        if not run.stopping:
+            run.stopping = True
+            self._terminate(run, "stop requested")
+
+    def _on_event(self, event) -> None:
+        """A committed change announced here or by another replica: a stop of an
+        execution this replica runs, or new work to claim."""
+        execution = event.execution
+        if event.kind == "created":
+            if not self._closed:
+                self.scheduler.wake()
+        elif event.kind == "transition" and execution.status == Status.STOPPING:
+            run = self._runs.get(execution.id)
+            if run is not None:
+                self._stop_run(run)
+        elif event.kind == "deleted":
+            run = self._runs.get(execution.id)
+            if run is not None:
+                run.stopping = True
+                self._terminate(run, "execution deleted")
 
     def forget(self, execution_id: str) -> None:
-        self._queue.pop(execution_id, None)
         run = self._runs.get(execution_id)
         if run is not None:
             run.stopping = True
@@ -196,13 +237,13 @@ class LocalRuntime(Runtime):
         self.sink.forget(execution_id)
         self._spawn_background(asyncio.to_thread(staging.remove_dir, self.work_dir / execution_id))
 
-    def inspect(self, execution_id: str) -> ExecutionInfo | None:
-        if execution_id in self._queue:
-            position = list(self._queue).index(execution_id)
-            return ExecutionInfo(execution_id, "queued", queue_position=position)
+    async def inspect(self, execution_id: str) -> ExecutionInfo | None:
         run = self._runs.get(execution_id)
         if run is None:
-            return None
+            position = await self.plane.store.queue_position(execution_id)
+            if position is None:
+                return None
+            return ExecutionInfo(execution_id, "queued", queue_position=position)
         return ExecutionInfo(
             execution_id,
             "active",
@@ -215,8 +256,10 @@ class LocalRuntime(Runtime):
         )
 
     async def close(self) -> None:
-        self._accepting = False
         self._closed = True
+        if self._on_event in self.plane.listeners:
+            self.plane.listeners.remove(self._on_event)
+        await self.scheduler.close()
         runs = list(self._runs.values())
         for run in runs:
             run.closing = True
@@ -248,60 +291,27 @@ class LocalRuntime(Runtime):
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _pump(self) -> None:
-        """Hand queued executions to free slots, oldest first (in a task of its own,
-        one at a time, so that starts keep the queue's order)."""
-        if not self._accepting or self._pumping is not None:
-            return
-        if not self._queue or len(self._runs) >= self.max_concurrent:
-            return
-        self._pumping = asyncio.create_task(self._pump_queue(), name="runtime-pump")
+    def _launch(self, execution: Execution, lease: Lease) -> None:
+        """The scheduler claimed ``execution`` for this replica: run it."""
+        run = _Run(execution, self.work_dir / execution.id, lease=lease)
+        self._runs[execution.id] = run
+        run.task = asyncio.create_task(self._execute(run), name=f"execution-{execution.id}")
+        run.task.add_done_callback(partial(self._run_done, run))
 
-    async def _pump_queue(self) -> None:
-        try:
-            while (
-                self._accepting and self._queue and len(self._runs) < self.max_concurrent
-            ):
-                execution_id = next(iter(self._queue))
-                del self._queue[execution_id]
-                # A stop that comes while the execution is being read marks it here.
-                self._starting[execution_id] = False
-                try:
-                    execution = await self.plane.store.get_execution(
-                        None, execution_id, with_history=False
-                    )
-                    if execution.status != Status.PENDING or self._starting[execution_id]:
-                        continue
-                    await self.plane.update_execution(execution_id, submitted=True)
-                except NotFound:
-                    continue
-                except Exception:  # noqa: BLE001 - the store failed: queue it again
-                    log.warning(
-                        "execution not started; queued again",
-                        exc_info=True,
-                        execution_id=execution_id,
-                    )
-                    self._queue[execution_id] = None
-                    await asyncio.sleep(PUMP_RETRY_SECONDS)
-                    continue
-                finally:
-                    stopped = self._starting.pop(execution_id)
-                run = _Run(execution, self.work_dir / execution_id)
-                run.stopping = stopped
-                self._runs[execution_id] = run
-                run.task = asyncio.create_task(
-                    self._execute(run), name=f"execution-{execution_id}"
-                )
-                run.task.add_done_callback(partial(self._run_done, run))
-        finally:
-            self._pumping = None
-        self._pump()
+    def _fenced(self, execution_id: str) -> None:
+        """Another replica took the execution over: stop its processes here and write
+        nothing more (the writes would be refused anyway)."""
+        run = self._runs.get(execution_id)
+        if run is not None and not run.fenced:
+            run.fenced = True
+            run.closing = True
+            self._terminate(run, "lease lost to another replica")
 
     def _run_done(self, run: _Run, task: asyncio.Task) -> None:
         self._runs.pop(run.id, None)
         if not task.cancelled() and task.exception() is not None:
             log.error("execution task failed", execution_id=run.id, exc_info=task.exception())
-        self._pump()
+        self.scheduler.wake()
 
     async def _stop_unstarted(self, execution_id: str, message: str) -> None:
         """A stop of an execution no process ever ran for: STOPPING -> STOPPED now."""
@@ -351,6 +361,11 @@ class LocalRuntime(Runtime):
 
     async def _run_execution(self, run: _Run) -> None:
         execution = run.execution
+        try:
+            await self.plane.update_execution(run.id, submitted=True, lease=run.lease)
+        except DomainError as exc:  # deleted, or already taken over
+            log.warning("execution not started", execution_id=run.id, error=str(exc))
+            return
         try:
             run.plan = await self._plan(execution, run.work_dir)
         except (PlanError, DomainError) as exc:
@@ -529,6 +544,7 @@ class LocalRuntime(Runtime):
                     "step_started",
                     f"step {step.name} started",
                     expected=[Status.PENDING],
+                    lease=run.lease,
                     status_message="",
                 )
             except DomainError as exc:
@@ -703,7 +719,7 @@ class LocalRuntime(Runtime):
 
     async def _step_changed(self, run: _Run, detail: StepDetail) -> None:
         await self.plane.update_execution(
-            run.id, step_details=list(run.details.values()), changed_step=detail
+            run.id, step_details=list(run.details.values()), changed_step=detail, lease=run.lease
         )
 
     async def _finish(self, run: _Run, status: Status, cause: str, message: str) -> None:
@@ -724,10 +740,14 @@ class LocalRuntime(Runtime):
                 cause,
                 message,
                 expected=expected,
+                lease=run.lease,
                 status_message=message,
                 step_details=details,
             )
-        except FailedPrecondition:
+        except FailedPrecondition as exc:
+            if exc.reason == "LEASE_LOST":
+                log.warning("final status not written", execution_id=run.id, error=str(exc))
+                return
             # Stopped meanwhile: a stopping execution ends STOPPED, whatever happened.
             await self._finish_stopped(run)
             return
@@ -750,6 +770,7 @@ class LocalRuntime(Runtime):
                 "processes_exited",
                 message,
                 expected=[Status.STOPPING],
+                lease=run.lease,
                 status_message="stopped",
                 step_details=list(run.details.values()) or None,
             )
@@ -799,23 +820,40 @@ class LocalRuntime(Runtime):
                 step=item.step,
             )
         if ids:
-            await self.plane.update_execution(run.id, output_artifact_ids=ids)
+            await self.plane.update_execution(run.id, output_artifact_ids=ids, lease=run.lease)
 
     # ------------------------------------------------------------------ recovery
 
     async def recover(self) -> None:
-        active = await self.plane.store.executions_in(ACTIVE_STATUSES)
-        if not active:
-            return
-        strays = await asyncio.to_thread(procs.processes_of, [e.id for e in active])
-        await asyncio.gather(*(self._recover(e, strays.get(e.id, [])) for e in active))
-        for execution in active:  # oldest first
-            if execution.status == Status.PENDING:
-                self._queue[execution.id] = None
-        log.info("executions reconciled", count=len(active))
+        """Reconcile what this replica must (see Scheduler.start); idempotent."""
+        lease_us = int(self.scheduler.lease_seconds * 1_000_000)
+        taken = await self.plane.store.claim_for_recovery(
+            self.replica_id, _now_us(), _now_us() + lease_us
+        )
+        await self._reconcile(taken)
 
-    async def _recover(self, execution: Execution, strays: list[int]) -> None:
+    async def _reconcile(self, taken: list[tuple[Execution, Lease, str]]) -> None:
+        """End what a previous server (this replica before a restart, or a replica that
+        was lost) left active: pending ones go back to the queue, the others end with
+        a cause, and none of their processes is left."""
+        if not taken:
+            return
+        strays = await asyncio.to_thread(procs.processes_of, [e.id for e, _, _ in taken])
+        await asyncio.gather(
+            *(
+                self._recover(e, strays.get(e.id, []), lease, previous)
+                for e, lease, previous in taken
+            )
+        )
+        log.info("executions reconciled", count=len(taken))
+
+    async def _recover(
+        self, execution: Execution, strays: list[int], lease: Lease, previous: str
+    ) -> None:
         eid = execution.id
+        lost = bool(previous) and previous != self.replica_id
+        cause = "replica_lost" if lost else "server_restart"
+        what = f"replica {previous} was lost" if lost else "server restarted"
         work_dir = self.work_dir / eid
         state = procs.read_state(work_dir / STATE_FILE)
         records = state["steps"] if state else {}
@@ -831,22 +869,23 @@ class LocalRuntime(Runtime):
                 groups.append(pgid)
                 self.sink.system(
                     eid,
-                    f"server restarted: step {name} still has processes (process group "
+                    f"{what}: step {name} still has processes (process group "
                     f"{pgid}); stopping them",
                     step=name,
                 )
             else:
                 lost.append(name)
         if strays:
-            self.sink.system(eid, f"server restarted: stopping leftover processes {strays}")
+            self.sink.system(eid, f"{what}: stopping leftover processes {strays}")
         await asyncio.gather(
             *(procs.terminate_group(g, self.stop_grace) for g in groups),
             procs.kill_processes(strays, self.stop_grace),
         )
 
         if execution.status == Status.PENDING:
-            self.sink.system(eid, "server restarted: the execution is queued again")
+            self.sink.system(eid, f"{what}: the execution is queued again")
             self.sink.flush()
+            await self.plane.store.release_claim(eid, lease)
             return
         details = {d.name: d for d in execution.step_details}
         not_started = [n for n, d in details.items() if d.phase == StepPhase.PENDING]
@@ -862,34 +901,34 @@ class LocalRuntime(Runtime):
         for name in alive + lost:
             detail = details.setdefault(name, StepDetail(name))
             if execution.status == Status.STOPPING:
-                _ended(detail, StepPhase.STOPPED, "stopped by a server restart")
+                _ended(detail, StepPhase.STOPPED, f"stopped: {what}")
             else:
-                _ended(detail, StepPhase.FAILED, "interrupted by a server restart")
+                _ended(detail, StepPhase.FAILED, f"interrupted: {what}")
         for detail in details.values():
             if detail.phase == StepPhase.PENDING:
-                _ended(detail, StepPhase.SKIPPED, "not started: the server restarted")
+                _ended(detail, StepPhase.SKIPPED, f"not started: {what}")
             elif detail.phase == StepPhase.RUNNING:  # running, yet not in the state file
-                _ended(detail, StepPhase.FAILED, "interrupted by a server restart")
+                _ended(detail, StepPhase.FAILED, f"interrupted: {what}")
         failures = [r["failure"] for r in records.values() if r.get("failure")]
 
         if execution.status == Status.STOPPING:
             status = Status.STOPPED
-            message = "server restarted while stopping; every process is gone"
+            message = f"{what} while stopping; every process is gone"
         elif state is None:
             status = Status.UNKNOWN
-            message = "server restarted while running; the runtime state of the execution was lost"
+            message = f"{what} while running; the runtime state of the execution was lost"
         elif failures:
             status, message = Status.DEAD, failures[0]
         elif alive or lost:
             status = Status.DEAD
-            message = f"server restarted while running; {_steps(alive + lost)} interrupted"
+            message = f"{what} while running; {_steps(alive + lost)} interrupted"
         else:
             done = [n for n, r in records.items() if r.get("phase") == str(StepPhase.SUCCEEDED)]
-            if await self._complete_after_restart(execution, work_dir, done, details):
+            if await self._complete_after_restart(execution, work_dir, done, details, lease):
                 return
             status = Status.DEAD
             waiting = [n for n in not_started if n not in records]
-            message = "server restarted while running" + (
+            message = f"{what} while running" + (
                 f"; {_steps(waiting)} not started" if waiting else ""
             )
         self.sink.system(eid, f"execution {str(status).lower()}: {message}")
@@ -898,9 +937,10 @@ class LocalRuntime(Runtime):
             await self.plane.transition(
                 eid,
                 status,
-                "server_restart",
+                cause,
                 message,
                 expected=[execution.status],
+                lease=lease,
                 status_message=message,
                 step_details=list(details.values()) or None,
             )
@@ -914,6 +954,7 @@ class LocalRuntime(Runtime):
         work_dir: Path,
         succeeded: list[str],
         details: dict[str, StepDetail],
+        lease: Lease,
     ) -> bool:
         """Every step had succeeded when the server stopped: register the outputs and
         complete. False when that cannot be done."""
@@ -923,7 +964,7 @@ class LocalRuntime(Runtime):
             return False
         if set(plan.names) != set(succeeded):
             return False
-        run = _Run(execution, work_dir, plan)
+        run = _Run(execution, work_dir, plan, lease=lease)
         run.details = details
         try:
             await self._collect_outputs(run)
@@ -938,6 +979,7 @@ class LocalRuntime(Runtime):
             "server_restart",
             message,
             expected=[Status.RUNNING],
+            lease=lease,
             status_message=message,
             step_details=list(details.values()) or None,
         )

@@ -137,6 +137,14 @@ class AsyncStore:
     update_execution = _writer(SyncStore.update_execution)
     force_status = _writer(SyncStore.force_status)
 
+    # ---------------------------------------------------------------- leases
+
+    claim_pending = _writer(SyncStore.claim_pending)
+    claim_for_recovery = _writer(SyncStore.claim_for_recovery)
+    release_claim = _writer(SyncStore.release_claim)
+    renew_leases = _writer(SyncStore.renew_leases)
+    queue_position = _reader(SyncStore.queue_position)
+
     # ----------------------------------------------------------------- logs
 
     last_log_seq = _reader(SyncStore.last_log_seq)

@@ -46,6 +46,10 @@ class Dialect:
     def integrity_check(self, db: pw.Database) -> str:
         return "ok"
 
+    def skip_locked(self) -> str:
+        """The clause that makes a SELECT lock its rows and pass over locked ones."""
+        return ""
+
     def serialize(self, db: pw.Database, key: int) -> None:
         """Inside a write transaction: wait until no other transaction holding ``key``
         runs, on any connection or replica, and hold it until this one ends."""
@@ -80,6 +84,9 @@ class PostgresDialect(Dialect):
 
     def serialize(self, db, key):
         db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (key,))
+
+    def skip_locked(self):
+        return " FOR UPDATE SKIP LOCKED"
 
 
 @functools.lru_cache(maxsize=4096)

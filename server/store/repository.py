@@ -37,6 +37,7 @@ from server.domain.models import (
     Executable,
     Execution,
     InputArtifactSpec,
+    Lease,
     LogLine,
     LogStream,
     OutputArtifactSpec,
@@ -67,6 +68,19 @@ CAS_ATTEMPTS = 16
 
 class _Conflict(Exception):
     """The row changed between this transaction's read and its conditional write."""
+
+
+def _check_lease(row: dict, lease: Lease | None) -> None:
+    """Refuse a runtime write made under a lease another replica has since taken."""
+    if lease is not None and (row["owner"] != lease.owner or row["fence"] != lease.token):
+        raise FailedPrecondition(
+            message=(
+                f"execution {row['execution_id']} is no longer run by {lease.owner}"
+                f" (claim {lease.token}); another replica took it over"
+            ),
+            reason="LEASE_LOST",
+            metadata={"execution_id": row["execution_id"], "owner": row["owner"] or ""},
+        )
 
 
 # Rows per INSERT statement of log lines (6 parameters each; SQLite allows 32,766).
@@ -257,6 +271,9 @@ _EXEC_FIELDS = (
     "completed_us",
     "modified_us",
     "history_len",
+    "owner",
+    "lease_expires_us",
+    "fence",
 )
 _EXEC_COLUMNS = ", ".join(_EXEC_FIELDS)
 _EXEC_INSERT = (
@@ -293,6 +310,7 @@ def _execution_from(row: dict) -> Execution:
         started_at=to_dt(row["started_us"]),
         completed_at=to_dt(row["completed_us"]),
         modified_at=to_dt(row["modified_us"]),
+        owner=row["owner"] or "",
     )
 
 
@@ -1090,9 +1108,9 @@ class Store:
             )
             return
         found = self.execute(
-            f"UPDATE execution SET {assignments} WHERE id = ? AND status = ? AND history_len = ?"
-            " RETURNING id",
-            [*values, row["id"], read["status"], read["history_len"]],
+            f"UPDATE execution SET {assignments}"
+            " WHERE id = ? AND status = ? AND history_len = ? AND fence = ? RETURNING id",
+            [*values, row["id"], read["status"], read["history_len"], read["fence"]],
         ).fetchall()
         if not found:
             raise _Conflict()
@@ -1125,14 +1143,17 @@ class Store:
         step_details: list[StepDetail] | None = None,
         target_status: TargetStatus | None = None,
         at: datetime | None = None,
+        lease: Lease | None = None,
     ) -> Execution:
         """Move an execution to ``to_status`` if the lifecycle allows it, recording the
         transition in its history in the same transaction. ``expected``: the statuses
-        the caller believes it is in; FailedPrecondition otherwise."""
+        the caller believes it is in; FailedPrecondition otherwise. ``lease``: the
+        runtime's claim; LEASE_LOST when another replica has taken the execution."""
 
         def change() -> Execution:
             row = self._execution_row(None, execution_id)
             read = dict(row)
+            _check_lease(row, lease)
             current = Status(row["status"])
             if expected is not None and current not in set(expected):
                 raise FailedPrecondition(
@@ -1238,10 +1259,15 @@ class Store:
         output_artifact_ids: list[str] | None = None,
         status_message: str | None = None,
         submitted: bool = False,
+        lease: Lease | None = None,
     ) -> Execution:
-        """Update runtime-owned fields that are not a status change."""
-        with self.write_lock():
+        """Update runtime-owned fields that are not a status change (compare-and-set,
+        like a transition: a concurrent stop is never written over)."""
+
+        def change() -> Execution:
             row = self._execution_row(None, execution_id)
+            read = dict(row)
+            _check_lease(row, lease)
             changed = ["modified_us"]
             if step_details is not None:
                 row["step_details"] = [_step_to_json(s) for s in step_details]
@@ -1256,8 +1282,118 @@ class Store:
                 row["submitted_us"] = now_us()
                 changed.append("submitted_us")
             row["modified_us"] = now_us()
-            self._save(row, changed)
-        return _execution_from(row)
+            self._save(row, changed, read)
+            return _execution_from(row)
+
+        return self._compare_and_set(change)
+
+    # ------------------------------------------------------------------- leases
+
+    def _claim(self, where: str, args: Sequence[Any], owner: str, limit: int,
+               lease_until_us: int) -> list[tuple[Execution, int, str]]:
+        """Take the executions ``where`` selects (oldest first, at most ``limit``,
+        skipping rows another transaction holds): owner, lease and a new fencing token.
+        Returns (execution, token, previous owner) per execution taken."""
+        with self.write_lock():
+            found = self.execute(
+                f"SELECT {_EXEC_COLUMNS} FROM execution WHERE {where} ORDER BY id LIMIT ?"
+                + self.dialect.skip_locked(),
+                [*args, limit],
+            ).fetchall()
+            if not found:
+                return []
+            rows = [dict(zip(_EXEC_FIELDS, r, strict=True)) for r in found]
+            ids = [r["id"] for r in rows]
+            self.execute(
+                "UPDATE execution SET owner = ?, lease_expires_us = ?, fence = fence + 1"
+                f" WHERE id IN ({', '.join('?' * len(ids))})",
+                [owner, lease_until_us, *ids],
+            )
+        taken = []
+        for row in rows:
+            previous = row["owner"] or ""
+            row["owner"], row["fence"] = owner, row["fence"] + 1
+            self._written(row["execution_id"])
+            taken.append((_execution_from(row), row["fence"], previous))
+        return taken
+
+    def claim_pending(
+        self, owner: str, limit: int, lease_until_us: int
+    ) -> list[tuple[Execution, Lease]]:
+        """Claim up to ``limit`` PENDING executions no replica has claimed, in creation
+        order; each replica's claims skip the rows another is claiming (PostgreSQL's
+        SKIP LOCKED; SQLite has one writer), so every execution is claimed once."""
+        taken = self._claim(
+            "status = ? AND owner IS NULL", [str(Status.PENDING)], owner, limit, lease_until_us
+        )
+        return [(execution, Lease(owner, token)) for execution, token, _ in taken]
+
+    def claim_for_recovery(
+        self,
+        owner: str,
+        now_us: int,
+        lease_until_us: int,
+        limit: int = 1000,
+        include_own: bool = True,
+    ) -> list[tuple[Execution, Lease, str]]:
+        """Claim what ``owner`` must reconcile: any replica's PENDING, RUNNING and
+        STOPPING executions whose lease has lapsed (the replica is gone), and with
+        ``include_own`` (at start) its own from before a restart and running or
+        stopping ones nobody owns (a database from before leases). Returns
+        (execution, lease, previous owner)."""
+        active = [str(s) for s in (Status.PENDING, Status.RUNNING, Status.STOPPING)]
+        where = "status IN (?, ?, ?) AND (owner <> ? AND lease_expires_us < ?"
+        args: list[Any] = [*active, owner, now_us]
+        if include_own:
+            where += " OR owner = ? OR (owner IS NULL AND status <> ?)"
+            args += [owner, str(Status.PENDING)]
+        where += ")"
+        taken = self._claim(where, args, owner, limit, lease_until_us)
+        return [(execution, Lease(owner, token), was) for execution, token, was in taken]
+
+    def release_claim(self, execution_id: str, lease: Lease) -> bool:
+        """Give a PENDING execution back to the queue (any replica may claim it)."""
+        with self.write_lock():
+            done = self.execute(
+                "UPDATE execution SET owner = NULL, lease_expires_us = NULL"
+                " WHERE execution_id = ? AND owner = ? AND fence = ? AND status = ?"
+                " RETURNING id",
+                (execution_id, lease.owner, lease.token, str(Status.PENDING)),
+            ).fetchall()
+        return bool(done)
+
+    def renew_leases(self, owner: str, lease_until_us: int) -> dict[str, int]:
+        """Extend every lease ``owner`` holds on an active execution; returns the
+        fencing token of each (an execution missing here was taken over, or ended)."""
+        with self.write_lock():
+            rows = self.execute(
+                "UPDATE execution SET lease_expires_us = ?"
+                " WHERE owner = ? AND status IN (?, ?, ?) RETURNING execution_id, fence",
+                (
+                    lease_until_us,
+                    owner,
+                    str(Status.PENDING),
+                    str(Status.RUNNING),
+                    str(Status.STOPPING),
+                ),
+            ).fetchall()
+        return {eid: int(fence) for eid, fence in rows}
+
+    def queue_position(self, execution_id: str) -> int | None:
+        """How many unclaimed PENDING executions were created before this one (None
+        when it is not an unclaimed PENDING execution)."""
+        found = self.execute(
+            "SELECT id FROM execution WHERE execution_id = ? AND status = ? AND owner IS NULL",
+            (execution_id, str(Status.PENDING)),
+        ).fetchone()
+        if found is None:
+            return None
+        return int(
+            self.execute(
+                "SELECT COUNT(*) FROM execution WHERE status = ? AND owner IS NULL AND id < ?",
+                (str(Status.PENDING), found[0]),
+            ).fetchone()[0]
+        )
 
     def executions_in(self, statuses: Iterable[Status]) -> list[Execution]:
         """Executions of every group in these statuses, oldest first (runtime use)."""

@@ -131,6 +131,10 @@ class ExecutionRow(Base):
     completed_us = pw.BigIntegerField(null=True)
     modified_us = pw.BigIntegerField()
     history_len = pw.IntegerField(default=0)
+    # Since schema version 3: the replica running it, its lease, the claim's token.
+    owner = pw.TextField(null=True)
+    lease_expires_us = pw.BigIntegerField(null=True)
+    fence = pw.BigIntegerField(default=0)
 
     class Meta:
         table_name = "execution"

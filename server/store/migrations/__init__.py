@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import peewee as pw
 
-from server.store.migrations import v001_core, v002_metrics
+from server.store.migrations import v001_core, v002_metrics, v003_leases
 
 BACKENDS = ("sqlite", "postgresql")
 
@@ -46,6 +46,7 @@ class Migration:
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core", v001_core.SQLITE, v001_core.POSTGRESQL),
     Migration(2, "metrics", v002_metrics.SQLITE, v002_metrics.POSTGRESQL),
+    Migration(3, "leases", v003_leases.SQLITE, v003_leases.POSTGRESQL),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
