@@ -94,7 +94,7 @@ class TrainyardServer:
             await self.plane.runtime.close()
         sink = self.extra.get("log_sink")
         if sink is not None:
-            sink.close()
+            await sink.close()
         self.store.close()
         log.info("server stopped")
 

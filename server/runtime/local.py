@@ -46,7 +46,7 @@ import structlog
 
 from server.domain.errors import DomainError, FailedPrecondition, NotFound
 from server.domain.lifecycle import ACTIVE_STATUSES
-from server.domain.logsink import LogSink
+from server.domain.logsink import LogSink, LogsNotStored
 from server.domain.models import (
     Artifact,
     Execution,
@@ -55,6 +55,7 @@ from server.domain.models import (
     StepDetail,
     StepPhase,
 )
+from server.domain.retry import until_stored
 from server.domain.service import ControlPlane
 from server.runtime import processes as procs
 from server.runtime import staging
@@ -69,6 +70,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 STATE_FILE = "state.json"
 KILL_TIMEOUT = 5.0  # how long a SIGKILLed process group may take to disappear
 DRAIN_TIMEOUT = 2.0  # how long to read a step's pipes after its processes are gone
+# ... and longer while the log store holds the readers back, up to this much.
+STORE_DRAIN_TIMEOUT = 60.0
 
 
 def reachable_address(address: str) -> str:
@@ -147,6 +150,8 @@ class LocalRuntime(Runtime):
         self._accepting = False
         self._closed = False
         self._subreaper = False  # set by start(): orphans of steps come back to us
+        self._log_reports: dict[str, asyncio.Future] = {}  # status messages of lost logs
+        log_sink.loss_listeners.append(self._logs_not_stored)
 
     # ----------------------------------------------------------------- interface
 
@@ -170,12 +175,15 @@ class LocalRuntime(Runtime):
     def stop(self, execution_id: str) -> None:
         if execution_id in self._queue:
             del self._queue[execution_id]
-            self._stop_unstarted(execution_id, "stopped before it started")
+            message = "stopped before it started"
+            self._spawn_background(self._stop_unstarted(execution_id, message))
             return
         run = self._runs.get(execution_id)
         if run is None:
             if not self._closed:
-                self._stop_unstarted(execution_id, "stopped; it was not running")
+                self._spawn_background(
+                    self._stop_unstarted(execution_id, "stopped; it was not running")
+                )
             return
         run.stopping = True
         self._terminate(run, "stop requested")
@@ -236,10 +244,11 @@ class LocalRuntime(Runtime):
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
 
-    def _spawn_background(self, coro) -> None:
+    def _spawn_background(self, coro) -> asyncio.Future:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     def _pump(self) -> None:
         """Hand queued executions to free slots, oldest first."""
@@ -266,7 +275,7 @@ class LocalRuntime(Runtime):
             log.error("execution task failed", execution_id=run.id, exc_info=task.exception())
         self._pump()
 
-    def _stop_unstarted(self, execution_id: str, message: str) -> None:
+    async def _stop_unstarted(self, execution_id: str, message: str) -> None:
         """A stop of an execution no process ever ran for: STOPPING -> STOPPED now."""
         try:
             execution = self.plane.store.get_execution(None, execution_id, with_history=False)
@@ -277,15 +286,16 @@ class LocalRuntime(Runtime):
             for d in execution.step_details
         ]
         self.sink.system(execution_id, f"execution stopped: {message}")
-        self.sink.flush()
+        lost = await self._flush_logs(execution_id)
         try:
-            self.plane.transition(
+            await until_stored(
+                self.plane.transition,
                 execution_id,
                 Status.STOPPED,
                 "processes_exited",
                 message,
                 expected=[Status.STOPPING],
-                status_message=message,
+                status_message=f"{message}; {lost}" if lost else message,
                 step_details=details,
             )
         except DomainError as exc:
@@ -306,7 +316,7 @@ class LocalRuntime(Runtime):
                 *(procs.terminate_group(p.pgid, 0.5) for p in list(run.processes.values())),
                 return_exceptions=True,
             )
-            self._finish(run, Status.DEAD, "runtime_error", f"the runtime failed: {exc}")
+            await self._finish(run, Status.DEAD, "runtime_error", f"the runtime failed: {exc}")
         if not run.closing:
             await self._kill_strays(run.id)
 
@@ -315,7 +325,7 @@ class LocalRuntime(Runtime):
         try:
             run.plan = self._plan(execution, run.work_dir)
         except (PlanError, DomainError) as exc:
-            self._finish(run, Status.DEAD, "start_failed", f"cannot start: {exc}")
+            await self._finish(run, Status.DEAD, "start_failed", f"cannot start: {exc}")
             return
         stored = {d.name: d for d in execution.step_details}
         run.details = {n: stored.get(n) or StepDetail(n) for n in run.plan.names}
@@ -327,35 +337,36 @@ class LocalRuntime(Runtime):
             await self._stage_inputs(run)
         except (StagingError, OSError) as exc:
             if not (run.closing or run.stopping):
-                self._finish(run, Status.DEAD, "start_failed", f"cannot start: {exc}")
+                await self._finish(run, Status.DEAD, "start_failed", f"cannot start: {exc}")
                 return
-        if self._cut_short(run):
+        if await self._cut_short(run):
             return
 
         await self._run_steps(run)
-        if self._cut_short(run):
+        if await self._cut_short(run):
             return
         if run.failure:
-            self._finish(run, Status.DEAD, "step_failed", run.failure)
+            await self._finish(run, Status.DEAD, "step_failed", run.failure)
             return
 
         try:
             await self._collect_outputs(run)
         except (StagingError, OSError, DomainError) as exc:
             if not (run.closing or run.stopping):
-                self._finish(run, Status.DEAD, "step_failed", f"cannot collect outputs: {exc}")
+                message = f"cannot collect outputs: {exc}"
+                await self._finish(run, Status.DEAD, "step_failed", message)
                 return
-        if self._cut_short(run):
+        if await self._cut_short(run):
             return
-        self._finish(run, Status.COMPLETED, "steps_succeeded", "every step succeeded")
+        await self._finish(run, Status.COMPLETED, "steps_succeeded", "every step succeeded")
 
-    def _cut_short(self, run: _Run) -> bool:
+    async def _cut_short(self, run: _Run) -> bool:
         """A shutdown leaves the execution as it is (the next start reconciles it); a
         stop ends it STOPPED."""
         if run.closing:
             return True
         if run.stopping:
-            self._finish_stopped(run)
+            await self._finish_stopped(run)
             return True
         return False
 
@@ -495,9 +506,11 @@ class LocalRuntime(Runtime):
             why = "stop requested" if run.stopping or run.closing else "another step failed"
             self._signal(run, handle, why)
 
-        write = self.sink.write_lines
+        write, room = self.sink.write_lines, partial(self.sink.wait_for_room, run.id)
         readers = [
-            asyncio.create_task(procs.read_lines(pipe, partial(write, run.id, step.name, stream)))
+            asyncio.create_task(
+                procs.read_lines(pipe, partial(write, run.id, step.name, stream), room)
+            )
             for pipe, stream in (
                 (process.stdout, LogStream.STDOUT),
                 (process.stderr, LogStream.STDERR),
@@ -511,6 +524,14 @@ class LocalRuntime(Runtime):
                 handle.kill_timer.cancel()
             await self._clear_group(run, handle)
             _, unread = await asyncio.wait(readers, timeout=DRAIN_TIMEOUT)
+            drained_by = asyncio.get_running_loop().time() + STORE_DRAIN_TIMEOUT
+            while (
+                unread
+                and self.sink.queued(run.id)
+                and asyncio.get_running_loop().time() < drained_by
+            ):
+                # Held back by a slow log store, not by a pipe left open: read on.
+                _, unread = await asyncio.wait(unread, timeout=DRAIN_TIMEOUT)
             for reader in unread:
                 reader.cancel()
             if unread:
@@ -633,7 +654,7 @@ class LocalRuntime(Runtime):
         ).get(execution_id, [])
         if strays:
             self.sink.system(execution_id, f"stopping {len(strays)} leftover processes: {strays}")
-            self.sink.flush()
+            await self._flush_logs(execution_id)
             await procs.kill_processes(strays, self.stop_grace)
 
     # -------------------------------------------------------------------- reports
@@ -661,19 +682,23 @@ class LocalRuntime(Runtime):
             run.id, step_details=list(run.details.values()), changed_step=detail
         )
 
-    def _finish(self, run: _Run, status: Status, cause: str, message: str) -> None:
-        """Record the final status, after every log line of the execution is stored."""
+    async def _finish(self, run: _Run, status: Status, cause: str, message: str) -> None:
+        """Record the final status, after every log line of the execution is stored
+        (or given up on, which the status message then says)."""
         for detail in run.details.values():
             if detail.phase == StepPhase.PENDING:
                 _ended(detail, StepPhase.SKIPPED, "not started")
         self.sink.system(run.id, f"execution {str(status).lower()}: {message}")
-        self.sink.flush()
+        lost = await self._flush_logs(run.id)
+        if lost:
+            message = f"{message}; {lost}"
         expected = (
             [Status.RUNNING] if status == Status.COMPLETED else [Status.PENDING, Status.RUNNING]
         )
         details = list(run.details.values()) or None
         try:
-            self.plane.transition(
+            await until_stored(
+                self.plane.transition,
                 run.id,
                 status,
                 cause,
@@ -684,34 +709,62 @@ class LocalRuntime(Runtime):
             )
         except FailedPrecondition:
             # Stopped meanwhile: a stopping execution ends STOPPED, whatever happened.
-            self._finish_stopped(run)
+            await self._finish_stopped(run)
             return
         except NotFound:
             pass
         self.sink.forget(run.id)
         log.info("execution finished", execution_id=run.id, status=str(status), message=message)
 
-    def _finish_stopped(self, run: _Run) -> None:
+    async def _finish_stopped(self, run: _Run) -> None:
         for detail in run.details.values():
             if detail.phase == StepPhase.PENDING:
                 _ended(detail, StepPhase.SKIPPED, "not started: the execution was stopped")
         message = "stopped; every process has exited"
         self.sink.system(run.id, f"execution stopped: {message}")
-        self.sink.flush()
+        lost = await self._flush_logs(run.id)
         try:
-            self.plane.transition(
+            await until_stored(
+                self.plane.transition,
                 run.id,
                 Status.STOPPED,
                 "processes_exited",
                 message,
                 expected=[Status.STOPPING],
-                status_message="stopped",
+                status_message=f"stopped; {lost}" if lost else "stopped",
                 step_details=list(run.details.values()) or None,
             )
         except DomainError as exc:
             log.warning("stop not recorded", execution_id=run.id, error=str(exc))
         self.sink.forget(run.id)
         log.info("execution stopped", execution_id=run.id)
+
+    async def _flush_logs(self, execution_id: str) -> str:
+        """Wait until every line of the execution written so far is stored: "" then,
+        else what its status message should say of the lines that could not be."""
+        try:
+            await self.sink.flush(execution_id)
+        except LogsNotStored as exc:
+            report = self._log_reports.get(execution_id)
+            if report is not None:  # the final status message comes after it
+                await asyncio.wait([report])
+            return str(exc)
+        return ""
+
+    def _logs_not_stored(self, execution_id: str, message: str) -> None:
+        """The log sink gave up on lines of the execution: say so in its status
+        message now (its final status message says it again)."""
+        self._log_reports[execution_id] = self._spawn_background(
+            self._report_lost_logs(execution_id, message)
+        )
+
+    async def _report_lost_logs(self, execution_id: str, message: str) -> None:
+        try:
+            await until_stored(self.plane.update_execution, execution_id, status_message=message)
+        except DomainError as exc:
+            log.warning("lost logs not reported", execution_id=execution_id, error=str(exc))
+        finally:
+            self._log_reports.pop(execution_id, None)
 
     async def _collect_outputs(self, run: _Run) -> None:
         """Move each declared output to the artifact store and register it."""
@@ -798,7 +851,7 @@ class LocalRuntime(Runtime):
 
         if execution.status == Status.PENDING:
             self.sink.system(eid, "server restarted: the execution is queued again")
-            self.sink.flush()
+            await self._flush_logs(eid)
             return
         details = {d.name: d for d in execution.step_details}
         not_started = [n for n, d in details.items() if d.phase == StepPhase.PENDING]
@@ -845,9 +898,12 @@ class LocalRuntime(Runtime):
                 f"; {_steps(waiting)} not started" if waiting else ""
             )
         self.sink.system(eid, f"execution {str(status).lower()}: {message}")
-        self.sink.flush()
+        lost = await self._flush_logs(eid)
+        if lost:
+            message = f"{message}; {lost}"
         try:
-            self.plane.transition(
+            await until_stored(
+                self.plane.transition,
                 eid,
                 status,
                 "server_restart",
@@ -883,8 +939,11 @@ class LocalRuntime(Runtime):
             return False
         message = "server restarted after every step succeeded; outputs registered"
         self.sink.system(execution.id, f"execution completed: {message}")
-        self.sink.flush()
-        self.plane.transition(
+        lost = await self._flush_logs(execution.id)
+        if lost:
+            message = f"{message}; {lost}"
+        await until_stored(
+            self.plane.transition,
             execution.id,
             Status.COMPLETED,
             "server_restart",
