@@ -10,7 +10,7 @@ import sqlite3
 import threading
 import time
 
-from server.domain.logsink import LogSink
+from server.domain.logsink import LogSink, LogsNotStored
 from server.domain.models import LogStream
 from server.store.repository import Store
 
@@ -221,3 +221,42 @@ def test_lines_written_many_at_a_time_are_numbered_on_with_single_ones():
     ]
     assert [r[1:2] + r[5:] for r in store.rows if r[0] == "e2"] == [(1, "other execution")]
     assert seen == store.rows
+
+
+class FailingThreadsOf(ThreadsOf):
+    """ThreadsOf whose next calls raise the errors of ``errors``, in turn."""
+
+    def __init__(self, store: Store, errors: list[Exception]):
+        super().__init__(store)
+        self.errors = errors
+
+    def append_logs(self, rows) -> None:
+        if self.errors:
+            raise self.errors.pop(0)
+        super().append_logs(rows)
+
+
+def test_an_in_memory_database_is_retried_and_given_up_on_like_a_file():
+    async def main():
+        store = Store("sqlite:///:memory:")
+        locked = [sqlite3.OperationalError("database is locked")] * 3
+        failing = FailingThreadsOf(store, locked)
+        sink = LogSink(failing, retry_delay=0.001)
+        for i in range(10):
+            sink.write("e1", "train", LogStream.STDOUT, f"line {i}")
+        await sink.flush("e1")  # through three failures
+        stored = store.read_log_rows("e1", limit=100)
+        failing.errors = [sqlite3.IntegrityError("bad row")]
+        sink.write("e2", "train", LogStream.STDOUT, "lost")
+        try:
+            await sink.flush("e2")
+        except LogsNotStored as exc:
+            error = str(exc)
+        await sink.close()
+        store.close()
+        return stored, error, failing.threads
+
+    stored, error, threads = asyncio.run(main())
+    assert [r[1] for r in stored] == list(range(1, 11))
+    assert error == "logs could not be stored: bad row (1 lines lost)"
+    assert threads == {threading.current_thread().name}
