@@ -173,8 +173,9 @@ async def history(total: int) -> dict:
         sink = running.extra["log_sink"]
         for start in range(0, total, 5000):
             write_lines(sink, execution_id, min(5000, total - start))
+            await sink.wait_for_room(execution_id)
             await asyncio.sleep(0)
-        sink.flush()
+        await sink.flush()
         running.plane.transition(execution_id, Status.COMPLETED, "bench")
         result = await read_in_client(running.address, execution_id)
     assert result["lines"] == total, result
@@ -193,8 +194,9 @@ async def live(total: int) -> dict:
             # Like the runtime reading a step's pipe: a chunk of lines per loop turn.
             for start in range(0, total, CHUNK):
                 write_lines(sink, execution_id, min(CHUNK, total - start))
+                await sink.wait_for_room(execution_id)
                 await asyncio.sleep(0)
-            sink.flush()
+            await sink.flush()
             produced["seconds"] = time.perf_counter() - began
             running.plane.transition(execution_id, Status.COMPLETED, "bench")
 

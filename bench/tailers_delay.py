@@ -322,7 +322,7 @@ async def measure_trainyard(tailers: int, rate: int, seconds: float, processes: 
                 sink.write(execution_id, "train", LogStream.STDOUT, TEXT)
 
         window = await write_for(write, rate, seconds, clients)
-        sink.flush()
+        await sink.flush()
         stats = broker.stats()
         running.plane.transition(execution_id, Status.COMPLETED, "bench")
         result = await collect(clients, window)

@@ -93,7 +93,7 @@ class TrainyardServer:
             await self.plane.runtime.close()
         sink = self.extra.get("log_sink")
         if sink is not None:
-            await asyncio.to_thread(sink.close)
+            await sink.close()
         await asyncio.to_thread(self.store.close)
         log.info("server stopped")
 

@@ -86,19 +86,19 @@ class Driver:
         """Write ``count`` lines (numbered on from what this driver wrote)."""
         start = self.written
 
-        def _write():
+        async def _write():
             for i in range(start, start + count):
                 self.sink.write(
                     self.execution_id, step, stream, text(i) if text else f"line {i + 1}"
                 )
             if flush:
-                self.sink.flush()
+                await self.sink.flush()
 
-        self.server.run_sync(_write)
+        self.server.call(_write())
         self.written += count
 
     def flush(self) -> None:
-        self.server.run_sync(self.sink.flush)
+        self.server.call(self.sink.flush())
 
     def transition(self, status: Status, cause: str = "test", message: str = "") -> None:
         plane = self.server.plane

@@ -1,14 +1,16 @@
 """The log sink's writer thread: lines are stored off the event loop, in order, each
-batch published only once it is stored; flush() still means stored and published;
-a failing database opens no gap; a slow one holds the writers back."""
+batch published only once it is stored; flush() means stored and published; a
+database that fails for a while opens no gap; a slow one holds the writers back.
+(Faults that last: tests/test_log_storage_faults.py.)"""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
 
-from server.domain.logsink import LogSink
+from server.domain.logsink import LogSink, LogsNotStored
 from server.domain.models import LogStream
 from server.store.repository import Store
 
@@ -32,7 +34,7 @@ class RecordingStore:
         with self.lock:
             if self.failures:
                 self.failures -= 1
-                raise RuntimeError("database is locked")
+                raise sqlite3.OperationalError("database is locked")
             self.rows.extend(rows)
             self.threads.add(threading.current_thread().name)
 
@@ -70,7 +72,7 @@ def test_lines_are_stored_on_the_writer_thread_and_published_after_they_are_stor
         deadline = time.monotonic() + 10
         while len(seen) < 12_345 and time.monotonic() < deadline:
             await asyncio.sleep(0.01)  # no flush: the timer and the writer do it
-        sink.close()
+        await sink.close()
         return store, seen
 
     store, seen = asyncio.run(main())
@@ -88,29 +90,28 @@ def test_flush_returns_once_every_line_is_stored_and_published():
         for i in range(100):
             sink.write("e1", "train", LogStream.STDOUT, f"line {i}")
         sink.system("e1", "execution completed")
-        sink.flush()
+        await sink.flush()
         result = [r[1] for r in seen]
-        sink.close()
+        await sink.close()
         return result
 
     assert asyncio.run(main()) == list(range(1, 102))
 
 
-def test_a_failing_database_opens_no_gap_and_does_not_hang_flush():
+def test_a_database_locked_for_a_while_opens_no_gap_and_flush_waits_for_it():
     async def main():
         store = RecordingStore()
         store.failures = 3
-        sink = LogSink(store)
+        sink = LogSink(store, retry_delay=0.001)
         seen = published_after_stored(sink, store)
         for i in range(10):
             sink.write("e1", "train", LogStream.STDOUT, f"a {i}")
-        sink.flush()  # returns although the first tries fail (they are retried)
+        await sink.flush()  # the first tries fail; it returns once they are stored
+        assert len(store.rows) == len(seen) == 10
         for i in range(10):
             sink.write("e1", "train", LogStream.STDOUT, f"b {i}")
-        deadline = time.monotonic() + 10
-        while len(seen) < 20 and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        sink.close()
+        await sink.flush()
+        await sink.close()
         return store, seen
 
     store, seen = asyncio.run(main())
@@ -129,9 +130,9 @@ def test_a_slow_database_holds_writers_back_instead_of_queueing_without_bound():
         peak = 0
         for i in range(5000):
             sink.write("e1", "train", LogStream.STDOUT, f"line {i}")
-            if sink._writer is not None:
-                peak = max(peak, sink._writer.queued_lines)
-        sink.close()
+            peak = max(peak, sink.queued("e1"))
+            await sink.wait_for_room("e1")
+        await sink.close()
         return store, peak
 
     store, peak = asyncio.run(main())
@@ -139,22 +140,41 @@ def test_a_slow_database_holds_writers_back_instead_of_queueing_without_bound():
     assert [r[1] for r in store.rows] == list(range(1, 5001))
 
 
+class ThreadsOf:
+    """A store that records the threads its lines are stored on."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.url = store.url
+        self.threads: set[str] = set()
+
+    def append_logs(self, rows) -> None:
+        self.threads.add(threading.current_thread().name)
+        self.store.append_logs(rows)
+
+    def last_log_seq(self, execution_id: str) -> int:
+        return self.store.last_log_seq(execution_id)
+
+    def close(self) -> None:
+        pass
+
+
 def test_an_in_memory_database_is_written_on_the_loop(tmp_path):
     async def main():
         store = Store("sqlite:///:memory:")
-        sink = LogSink(store)
+        recording = ThreadsOf(store)
+        sink = LogSink(recording)
         for i in range(10):
             sink.write("e1", "train", LogStream.STDOUT, f"line {i}")
-        sink.flush()
+        await sink.flush()
         stored = store.read_log_rows("e1", limit=100)
-        threaded = sink._writer is not None
-        sink.close()
+        await sink.close()
         store.close()
-        return stored, threaded
+        return stored, recording.threads
 
-    stored, threaded = asyncio.run(main())
+    stored, threads = asyncio.run(main())
     assert [r[1] for r in stored] == list(range(1, 11))
-    assert not threaded
+    assert threads == {threading.current_thread().name}
 
 
 def test_lines_written_on_the_writer_thread_are_in_the_database(tmp_path):
@@ -163,9 +183,9 @@ def test_lines_written_on_the_writer_thread_are_in_the_database(tmp_path):
         sink = LogSink(store)
         for i in range(3000):
             sink.write("e1", "train", LogStream.STDOUT, f"line {i}")
-        sink.flush()
+        await sink.flush()
         stored = store.read_log_rows("e1", limit=10_000)
-        sink.close()
+        await sink.close()
         store.close()
         return stored
 
@@ -184,8 +204,8 @@ def test_lines_written_many_at_a_time_are_numbered_on_with_single_ones():
         sink.write_lines("e1", "train", LogStream.STDERR, [])
         sink.write_lines("e1", "eval", LogStream.STDERR, ["short", "y" * 70_000, "after"])
         sink.write_lines("e2", "train", LogStream.STDOUT, ["other execution"])
-        sink.flush()
-        sink.close()
+        await sink.flush()
+        await sink.close()
         return store, seen
 
     store, seen = asyncio.run(main())
@@ -201,3 +221,42 @@ def test_lines_written_many_at_a_time_are_numbered_on_with_single_ones():
     ]
     assert [r[1:2] + r[5:] for r in store.rows if r[0] == "e2"] == [(1, "other execution")]
     assert seen == store.rows
+
+
+class FailingThreadsOf(ThreadsOf):
+    """ThreadsOf whose next calls raise the errors of ``errors``, in turn."""
+
+    def __init__(self, store: Store, errors: list[Exception]):
+        super().__init__(store)
+        self.errors = errors
+
+    def append_logs(self, rows) -> None:
+        if self.errors:
+            raise self.errors.pop(0)
+        super().append_logs(rows)
+
+
+def test_an_in_memory_database_is_retried_and_given_up_on_like_a_file():
+    async def main():
+        store = Store("sqlite:///:memory:")
+        locked = [sqlite3.OperationalError("database is locked")] * 3
+        failing = FailingThreadsOf(store, locked)
+        sink = LogSink(failing, retry_delay=0.001)
+        for i in range(10):
+            sink.write("e1", "train", LogStream.STDOUT, f"line {i}")
+        await sink.flush("e1")  # through three failures
+        stored = store.read_log_rows("e1", limit=100)
+        failing.errors = [sqlite3.IntegrityError("bad row")]
+        sink.write("e2", "train", LogStream.STDOUT, "lost")
+        try:
+            await sink.flush("e2")
+        except LogsNotStored as exc:
+            error = str(exc)
+        await sink.close()
+        store.close()
+        return stored, error, failing.threads
+
+    stored, error, threads = asyncio.run(main())
+    assert [r[1] for r in stored] == list(range(1, 11))
+    assert error == "logs could not be stored: bad row (1 lines lost)"
+    assert threads == {threading.current_thread().name}

@@ -1,40 +1,59 @@
 """The log sink: where the runtime writes every line a step prints.
 
-It numbers lines per execution (1, 2, 3, ... with no gap), batches them, stores each
-batch in one transaction, and only then hands the batch to its subscribers (the live
-tailers): a line is durable before any tailer sees it.
+It numbers lines per execution (1, 2, 3, ...), batches them, stores them in
+transactions, and only then hands each batch to its subscribers (the live tailers): a
+line is durable before any tailer sees it.
 
-A batch is written when it holds ``max_batch`` lines or ``flush_interval`` seconds after
-its first line, whichever comes first, so a step that prints as fast as it can costs
-one transaction per few thousand lines, and a quiet step's line is visible within
-milliseconds.
+Lines are handed to the store when ``max_batch`` lines wait or ``flush_interval``
+seconds after the first of them, whichever comes first, so a step that prints as fast
+as it can costs one transaction per few thousand lines, and a quiet step's line is
+visible within milliseconds.
 
 The transactions run on a writer thread with its own database connection, so that the
 event loop (which numbers the lines, and serves every stream) does not spend its time
-in SQLite: storing a line costs the loop well under a microsecond instead of about
-three. Batches are stored in the order they were numbered; the writer hands each stored
-batch back to the loop, which publishes it. ``flush()`` still means what it meant when
-the loop stored the lines itself: when it returns, every line written before it is
-stored and published (the runtime relies on this before an execution's final status,
-so that tailers see every line before the end). An in-memory database cannot be shared
-by two connections: there the loop stores the batches itself.
+in SQLite. The loop never waits for that thread: it hands batches over through a queue
+that never blocks, and the writer hands back what became of each batch (stored, or
+given up on) with ``call_soon_threadsafe``; the loop then publishes the stored ones, in
+the order they were written. An in-memory database cannot be shared by two
+connections: there the loop stores the batches itself (tests only).
+
+Bounds. Each execution may have ``max_queued_lines`` lines (``max_queued_chars``
+characters) written and not yet stored. Writing never blocks; a producer awaits
+:meth:`LogSink.wait_for_room` after each write, and the runtime's pipe readers do so
+before they read more: while the store is slower than a step, the step's pipe fills
+and its writes block in the kernel. One flooding execution slows only itself.
+
+Failures. The writer stores what is queued (of every execution) in one transaction.
+When that fails, each execution's lines are tried alone, so that one execution's bad
+lines cannot hold the others back. A transient fault (the database locked or busy, an
+I/O error, a full disk: see server/domain/retry.py) is retried with a growing delay,
+``max_attempts`` times at most; the execution's later lines wait behind (in order,
+and against its bound), other executions' lines go on being stored. A batch that
+fails permanently, or for the last time, is dropped: the execution's numbering goes
+on after it (a gap where the lost lines were), the loss listeners are told once (the
+runtime puts it in the execution's status message) and :meth:`LogSink.flush` of that
+execution raises :class:`LogsNotStored` from then on.
+
+``await flush()`` returns once every line written before it is stored and published,
+and never while some are still only queued; the runtime relies on it before an
+execution's final status, so that tailers see every line before the end.
 """
 
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import repeat
-from operator import countOf, itemgetter
 
 import structlog
 
 from server.domain.models import LogLine, LogStream
+from server.domain.retry import backoff, describe, is_transient
 
 log = structlog.get_logger(__name__)
 
@@ -47,150 +66,367 @@ Subscriber = Callable[[str, list[LogLine]], None]
 # tuple that was stored: (execution_id, seq, at_us, step, stream_code, text). No
 # object is built per line for them: this is the live tailers' path.
 RowSubscriber = Callable[[str, list[tuple]], None]
+# Loss listeners get (execution_id, message) on the event loop the first time lines of
+# the execution could not be stored; message: "logs could not be stored: <why>".
+LossListener = Callable[[str, str], None]
 
-_EXECUTION = itemgetter(0)  # of a row
-
-RETRY_SECONDS = 0.1
-ROUND_LINES = 5000
+ROUND_LINES = 5000  # the writer stores about this many queued lines per transaction
 
 
-class _Writer:
-    """The thread that stores batches, in order, each in one transaction."""
+class LogsNotStored(Exception):
+    """Lines that were written could not be stored. ``failures`` maps each execution
+    to what its final status message should say."""
 
-    def __init__(self, store, loop: asyncio.AbstractEventLoop, on_stored: Callable[[], None]):
+    def __init__(self, failures: dict[str, str]):
+        self.failures = failures
+        if len(failures) == 1:
+            text = next(iter(failures.values()))
+        else:
+            text = "; ".join(f"execution {e}: {m}" for e, m in failures.items())
+        super().__init__(text)
+
+
+class _Batch:
+    """Lines of one execution, in order, handed to the writer together."""
+
+    __slots__ = ("execution_id", "rows", "chars")
+
+    def __init__(self, execution_id: str, rows: list[tuple], chars: int):
+        self.execution_id = execution_id
+        self.rows = rows
+        self.chars = chars
+
+
+# What became of a batch: (batch, None) when stored, (batch, why) when given up on.
+Outcome = tuple[_Batch, str | None]
+
+
+@dataclass(frozen=True)
+class _Retries:
+    attempts: int  # tries of a batch, the first included, before it is given up on
+    delay: float  # after the first failure; doubled after each further one
+    max_delay: float
+
+
+@dataclass(eq=False)
+class _Held:
+    """An execution whose lines failed with a transient fault and wait for a retry."""
+
+    failed: list[_Batch]  # tried (together), to be tried again
+    behind: list[_Batch]  # written since; tried once the failed ones are settled
+    attempts: int
+    at: float  # time.monotonic() of the next try
+    error: str
+
+
+class _Storer:
+    """Stores rounds of batches, isolates an execution whose lines fail, retries
+    transient faults. Not thread-safe: one thread (the writer, or the loop) uses it."""
+
+    def __init__(self, store, retries: _Retries):
         self.store = store
+        self.retries = retries
+        self.held: dict[str, _Held] = {}
+
+    def store_round(self, batches: list[_Batch]) -> list[Outcome]:
+        """Store these batches in one transaction when possible; the batches of an
+        execution that is waiting for a retry go behind its failed ones."""
+        fresh: list[_Batch] = []
+        for batch in batches:
+            held = self.held.get(batch.execution_id)
+            if held is None:
+                fresh.append(batch)
+            else:
+                held.behind.append(batch)
+        if not fresh:
+            return []
+        try:
+            self._append(fresh)
+            return [(b, None) for b in fresh]
+        except Exception as exc:
+            error = exc
+        groups: dict[str, list[_Batch]] = {}
+        for batch in fresh:
+            groups.setdefault(batch.execution_id, []).append(batch)
+        if len(groups) == 1:
+            return self._failed(fresh[0].execution_id, fresh, [], error, 1)
+        log.warning(
+            "storing log lines failed; storing each execution's alone",
+            executions=len(groups),
+            lines=sum(len(b.rows) for b in fresh),
+            error=describe(error),
+        )
+        outcomes: list[Outcome] = []
+        for execution_id, own in groups.items():
+            outcomes += self._try(execution_id, own, [], 1)
+        return outcomes
+
+    def retry_due(self, now: float) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        for execution_id, held in list(self.held.items()):
+            if held.at <= now:
+                del self.held[execution_id]
+                outcomes += self._try(execution_id, held.failed, held.behind, held.attempts + 1)
+        return outcomes
+
+    def next_retry(self) -> float | None:
+        return min((h.at for h in self.held.values()), default=None)
+
+    def give_up(self, error: str) -> list[Outcome]:
+        """Drop everything waiting for a retry."""
+        outcomes = [(b, error) for h in self.held.values() for b in h.failed + h.behind]
+        self.held.clear()
+        return outcomes
+
+    def _try(
+        self, execution_id: str, batches: list[_Batch], behind: list[_Batch], attempt: int
+    ) -> list[Outcome]:
+        try:
+            self._append(batches)
+        except Exception as exc:
+            return self._failed(execution_id, batches, behind, exc, attempt)
+        if attempt > 1:
+            log.info("log lines stored after retrying", execution_id=execution_id, attempts=attempt)
+        outcomes: list[Outcome] = [(b, None) for b in batches]
+        return outcomes + self.store_round(behind) if behind else outcomes
+
+    def _failed(
+        self,
+        execution_id: str,
+        batches: list[_Batch],
+        behind: list[_Batch],
+        exc: Exception,
+        attempt: int,
+    ) -> list[Outcome]:
+        error = describe(exc)
+        lines = sum(len(b.rows) for b in batches)
+        if is_transient(exc) and attempt < self.retries.attempts:
+            delay = backoff(attempt, self.retries.delay, self.retries.max_delay)
+            log.warning(
+                "storing log lines failed; retrying",
+                execution_id=execution_id,
+                lines=lines,
+                attempt=attempt,
+                retry_in=delay,
+                error=error,
+            )
+            self.held[execution_id] = _Held(
+                batches, behind, attempt, time.monotonic() + delay, error
+            )
+            return []
+        log.error(
+            "log lines could not be stored; dropping them",
+            execution_id=execution_id,
+            lines=lines,
+            attempts=attempt,
+            error=error,
+        )
+        outcomes: list[Outcome] = [(b, error) for b in batches]
+        return outcomes + self.store_round(behind) if behind else outcomes
+
+    def _append(self, batches: list[_Batch]) -> None:
+        if len(batches) == 1:
+            rows = batches[0].rows
+        else:
+            rows = [row for batch in batches for row in batch.rows]
+        self.store.append_logs(rows)
+
+
+_CLOSE = object()
+
+
+class _ThreadWriter:
+    """Runs a _Storer on a thread of its own; outcomes go back to the loop."""
+
+    def __init__(
+        self,
+        storer: _Storer,
+        loop: asyncio.AbstractEventLoop,
+        settle: Callable[[list[Outcome]], None],
+    ):
+        self.storer = storer
         self.loop = loop
-        self.on_stored = on_stored
-        self.cond = threading.Condition()
-        self.queue: deque[list[tuple]] = deque()  # submitted, not attempted yet
-        self.stored: deque[list[tuple]] = deque()  # stored, not published yet
-        self.queued_lines = 0  # lines submitted and not stored yet
-        self.submitted = 0  # batches submitted so far
-        self.attempted = 0  # batches the writer has tried to store (stored or failed)
-        self.closing = False
-        # Set while storing fails (and is retried): nobody waits for the writer then,
-        # as nobody waited when the loop stored lines itself.
-        self.failing = False
-        self._notify_pending = False
+        self.settle = settle
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()  # lists of batches; never blocks
+        self.dead = ""  # why the thread ended early
         self.thread = threading.Thread(target=self._run, name="trainyard-log-writer", daemon=True)
         self.thread.start()
 
-    def submit(self, batch: list[tuple]) -> None:
-        with self.cond:
-            self.queue.append(batch)
-            self.queued_lines += len(batch)
-            self.submitted += 1
-            self.cond.notify_all()
+    def submit(self, batches: list[_Batch]) -> None:
+        self.inbox.put(batches)
+        if self.dead:
+            self._deliver(self._drain(self.dead))
 
-    def wait_attempted(self) -> None:
-        """Block until the writer has tried to store every batch submitted so far."""
-        with self.cond:
-            number = self.submitted
-            while self.attempted < number and not self.failing and self.thread.is_alive():
-                self.cond.wait()
+    async def close(self) -> None:
+        self.inbox.put(_CLOSE)
+        await asyncio.to_thread(self.thread.join)
 
-    def wait_below(self, lines: int) -> None:
-        """Block until at most ``lines`` lines wait to be stored."""
-        with self.cond:
-            while self.queued_lines > lines and not self.failing and self.thread.is_alive():
-                self.cond.wait()
+    def _deliver(self, outcomes: list[Outcome]) -> None:
+        if not outcomes:
+            return
+        try:
+            self.loop.call_soon_threadsafe(self.settle, outcomes)
+        except RuntimeError:  # the loop is closed: nobody to tell
+            pass
 
-    def take_stored(self) -> list[list[tuple]]:
-        with self.cond:
-            self._notify_pending = False
-            batches = list(self.stored)
-            self.stored.clear()
-            return batches
-
-    def close(self) -> None:
-        with self.cond:
-            self.closing = True
-            self.cond.notify_all()
-        self.thread.join()
+    def _drain(self, error: str) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        while True:
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                return outcomes
+            if item is not _CLOSE:
+                outcomes += [(b, error) for b in item]
 
     def _run(self) -> None:
+        storer = self.storer
+        closing = False
+        batches: list[_Batch] = []
         try:
             while True:
-                with self.cond:
-                    while not self.queue and not self.closing:
-                        self.cond.wait()
-                    if not self.queue:
-                        return
-                    # What is queued goes in one transaction (in order), up to about
-                    # ROUND_LINES lines: the loop keeps queueing meanwhile.
-                    batches = [self.queue.popleft()]
-                    lines = len(batches[0])
-                    while self.queue and lines + len(self.queue[0]) <= ROUND_LINES:
-                        lines += len(self.queue[0])
-                        batches.append(self.queue.popleft())
-                    taken = self.submitted - len(self.queue)
-                rows = batches[0] if len(batches) == 1 else [r for b in batches for r in b]
-                while True:
+                at = storer.next_retry()
+                if at is None and closing:
+                    return
+                wait = None if at is None else max(0.0, at - time.monotonic())
+                batches = []
+                if closing:
+                    time.sleep(wait or 0.0)
+                else:
                     try:
-                        self.store.append_logs(rows)
-                        break
-                    except Exception:
-                        # Keep the lines (and their numbers) and try again: a busy
-                        # database must not open a gap in the sequence.
-                        log.exception("storing log lines failed; retrying", lines=len(rows))
-                        with self.cond:
-                            # A flush() waiting for these returns, as it did when the
-                            # loop stored lines itself; they are stored later.
-                            self.attempted = max(self.attempted, taken)
-                            self.failing = True
-                            self.cond.notify_all()
-                            if self.closing:
-                                return
-                        time.sleep(RETRY_SECONDS)
-                with self.cond:
-                    # Published as they were submitted: one stored transaction may
-                    # hold many batches, but a tailer's buffer takes them one by one.
-                    self.stored.extend(batches)
-                    self.queued_lines -= len(rows)
-                    self.attempted = max(self.attempted, taken)
-                    self.failing = False
-                    self.cond.notify_all()
-                    notify = not self._notify_pending
-                    self._notify_pending = True
-                if notify:
-                    try:
-                        self.loop.call_soon_threadsafe(self.on_stored)
-                    except RuntimeError:  # the loop is closed: nobody to tell
-                        pass
+                        if wait == 0.0:
+                            item = self.inbox.get_nowait()
+                        else:
+                            item = self.inbox.get(timeout=wait)
+                    except queue.Empty:
+                        item = None
+                    lines = 0
+                    while item is not None:
+                        if item is _CLOSE:
+                            closing = True
+                            break
+                        batches += item
+                        lines += sum(len(b.rows) for b in item)
+                        if lines >= ROUND_LINES:
+                            break
+                        try:
+                            item = self.inbox.get_nowait()
+                        except queue.Empty:
+                            item = None
+                outcomes = storer.store_round(batches) if batches else []
+                outcomes += storer.retry_due(time.monotonic())
+                self._deliver(outcomes)
+        except BaseException as exc:
+            # A bug, not a storage fault (those are caught where they are met): drop
+            # what is held rather than leave the loop waiting for it forever.
+            log.exception("the log writer failed")
+            self.dead = f"the log writer failed: {describe(exc)}"
+            lost = storer.give_up(self.dead)
+            held = {id(b) for b, _ in lost}
+            lost += [(b, self.dead) for b in batches if id(b) not in held]
+            self._deliver(lost + self._drain(self.dead))
         finally:
             # Store.close closes this thread's connection (peewee keeps one per thread).
-            self.store.close()
+            storer.store.close()
+
+
+class _LoopWriter:
+    """Runs a _Storer on the event loop itself (an in-memory database)."""
+
+    def __init__(
+        self,
+        storer: _Storer,
+        loop: asyncio.AbstractEventLoop,
+        settle: Callable[[list[Outcome]], None],
+    ):
+        self.storer = storer
+        self.loop = loop
+        self.settle = settle
+        self.timer: asyncio.TimerHandle | None = None
+
+    def submit(self, batches: list[_Batch]) -> None:
+        self._deliver(self.storer.store_round(batches))
+
+    async def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _retry(self) -> None:
+        self.timer = None
+        self._deliver(self.storer.retry_due(time.monotonic()))
+
+    def _deliver(self, outcomes: list[Outcome]) -> None:
+        if outcomes:
+            self.loop.call_soon(self.settle, outcomes)
+        at = self.storer.next_retry()
+        if at is not None:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = self.loop.call_later(max(0.0, at - time.monotonic()), self._retry)
+
+
+@dataclass(eq=False)
+class _Log:
+    """One execution's lines on their way to the store (kept on the event loop)."""
+
+    next_seq: int
+    pending: list[tuple] = field(default_factory=list)  # numbered, not handed over yet
+    pending_chars: int = 0
+    queued_lines: int = 0  # written and not settled (pending ones included)
+    queued_chars: int = 0
+    written: int = 0  # lines written so far
+    settled: int = 0  # of those, stored or given up on (always the first ones)
+    lost: int = 0  # given up on
+    error: str = ""  # why the first of those were
+    flushes: list[tuple[int, asyncio.Future]] = field(default_factory=list)
+    room: asyncio.Future | None = None  # set once there is room again
+    forgotten: bool = False  # dropped once settled
+
+    def loss(self) -> str:
+        return f"logs could not be stored: {self.error} ({self.lost} lines lost)"
 
 
 @dataclass
 class LogSink:
-    store: object  # server.store.repository.Store (append_logs, last_log_seq, url)
+    store: object  # server.store.repository.Store (append_logs, last_log_seq, url, close)
     flush_interval: float = 0.005
     max_batch: int = 5000
-    # Lines stored by the writer thread may lag the written ones by this much; past it,
-    # writing waits for the writer (the loop slows down with the database, as it did
-    # when it stored the lines itself, instead of queueing without bound).
-    max_queued_lines: int = 40_000
+    # Per execution: lines (characters) written and not yet stored, past which
+    # wait_for_room waits.
+    max_queued_lines: int = 20_000
+    max_queued_chars: int = 16 * 1024 * 1024
+    # Transient storage faults: tries of a batch before it is given up on, and the
+    # waits between them (doubling from retry_delay up to max_retry_delay).
+    max_attempts: int = 10
+    retry_delay: float = 0.05
+    max_retry_delay: float = 2.0
     subscribers: list[Subscriber] = field(default_factory=list)
     row_subscribers: list[RowSubscriber] = field(default_factory=list)
-    _next_seq: dict[str, int] = field(default_factory=dict)
-    _pending: list[tuple] = field(default_factory=list)
+    loss_listeners: list[LossListener] = field(default_factory=list)
+    lines_written: int = 0  # stored and published
+    lines_lost: int = 0  # given up on
+    _logs: dict[str, _Log] = field(default_factory=dict)
+    _dirty: dict[str, _Log] = field(default_factory=dict)  # executions with pending lines
+    _pending_lines: int = 0
     _timer: asyncio.TimerHandle | None = None
-    _writer: _Writer | None = None
-    lines_written: int = 0
+    _writer: _ThreadWriter | _LoopWriter | None = None
+
+    # ------------------------------------------------------------------ writing
 
     def write(self, execution_id: str, step: str, stream: LogStream, text: str) -> None:
-        """Queue one line (called on the event loop). Long lines are split."""
+        """Queue one line (on the event loop; never blocks). Long lines are split."""
         self.write_lines(execution_id, step, stream, [text])
 
     def write_lines(
         self, execution_id: str, step: str, stream: LogStream, texts: list[str]
     ) -> None:
         """Queue many lines of one step's stream (what one read of its pipe held), with
-        one time for all; lines longer than MAX_LINE_CHARS are split. The numbering is
-        done in one go, with no Python code run per line: at a few hundred thousand
-        lines a second, numbering line by line cost the event loop about a sixth of its
-        time."""
+        one time for all; lines longer than MAX_LINE_CHARS are split. Never blocks:
+        a producer of many lines awaits :meth:`wait_for_room` after writing. The
+        numbering is done in one go, with no Python code run per line: at a few
+        hundred thousand lines a second, numbering line by line cost the event loop
+        about a sixth of its time."""
         if not texts:
             return
         if max(map(len, texts)) > MAX_LINE_CHARS:
@@ -199,12 +435,14 @@ class LogSink:
                 for text in texts
                 for i in range(0, len(text) or 1, MAX_LINE_CHARS)
             ]
+        state = self._logs.get(execution_id)
+        if state is None:
+            state = self._logs[execution_id] = _Log(self.store.last_log_seq(execution_id) + 1)
         now_us = time.time_ns() // 1000
-        seq = self._next_seq.get(execution_id)
-        if seq is None:
-            seq = self.store.last_log_seq(execution_id) + 1
+        seq = state.next_seq
         count = len(texts)
-        self._pending.extend(
+        chars = sum(map(len, texts))
+        state.pending.extend(
             zip(
                 repeat(execution_id, count),
                 range(seq, seq + count),
@@ -215,8 +453,14 @@ class LogSink:
                 strict=True,
             )
         )
-        self._next_seq[execution_id] = seq + count
-        if len(self._pending) >= self.max_batch:
+        state.next_seq = seq + count
+        state.pending_chars += chars
+        state.written += count
+        state.queued_lines += count
+        state.queued_chars += chars
+        self._dirty[execution_id] = state
+        self._pending_lines += count
+        if self._pending_lines >= self.max_batch:
             self._submit()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.flush_interval, self._submit)
@@ -224,123 +468,184 @@ class LogSink:
     def system(self, execution_id: str, text: str, step: str = "") -> None:
         self.write(execution_id, step, LogStream.SYSTEM, text)
 
+    async def wait_for_room(self, execution_id: str) -> None:
+        """Return once the execution has fewer than ``max_queued_lines`` lines (and
+        ``max_queued_chars`` characters) written and not yet stored or given up on:
+        at once, unless the store lags behind it."""
+        state = self._logs.get(execution_id)
+        while state is not None and self._full(state):
+            if state.pending:
+                self._submit()
+            if state.room is None:
+                state.room = asyncio.get_running_loop().create_future()
+            # Shared by every producer of the execution: one's cancel is not theirs.
+            await asyncio.shield(state.room)
+            state = self._logs.get(execution_id)
+
+    def queued(self, execution_id: str) -> int:
+        """Lines of the execution written and not yet stored or given up on."""
+        state = self._logs.get(execution_id)
+        return 0 if state is None else state.queued_lines
+
+    # ----------------------------------------------------------------- flushing
+
+    async def flush(self, execution_id: str | None = None) -> None:
+        """Return once every line written before the call (of this execution, or of
+        every one) is stored and published. Raises LogsNotStored when some lines of
+        the execution(s) could not be stored, these or earlier ones (until forget).
+        While storing fails transiently it waits: the retries are bounded, so it
+        returns or raises within their time."""
+        self._submit()
+        if execution_id is None:
+            states = list(self._logs.items())
+        else:
+            state = self._logs.get(execution_id)
+            states = [] if state is None else [(execution_id, state)]
+        loop = asyncio.get_running_loop()
+        waits = []
+        for _, state in states:
+            if state.settled < state.written:
+                future = loop.create_future()
+                state.flushes.append((state.written, future))
+                waits.append(future)
+        for future in waits:
+            await future
+        failures = {eid: state.loss() for eid, state in states if state.lost}
+        if failures:
+            raise LogsNotStored(failures)
+
+    async def close(self) -> None:
+        """Flush, then stop the writer thread (at server shutdown)."""
+        try:
+            await self.flush()
+        except LogsNotStored as exc:
+            log.error("log lines were lost", error=str(exc))
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            await writer.close()
+
+    def forget(self, execution_id: str) -> None:
+        """The execution is final: drop what the sink keeps of it (its counter, its
+        losses) once its lines are settled. Its next line, if any, is numbered on from
+        the store."""
+        state = self._logs.get(execution_id)
+        if state is None:
+            return
+        if state.settled == state.written:
+            del self._logs[execution_id]
+        else:
+            state.forgotten = True
+
+    def last_seq(self, execution_id: str) -> int:
+        """The sequence number of the last line written (stored or queued)."""
+        state = self._logs.get(execution_id)
+        if state is None:
+            return self.store.last_log_seq(execution_id)
+        return state.next_seq - 1
+
+    # ---------------------------------------------------------------- internals
+
+    def _full(self, state: _Log) -> bool:
+        return (
+            state.queued_lines >= self.max_queued_lines
+            or state.queued_chars >= self.max_queued_chars
+        )
+
     def _threaded(self) -> bool:
         return ":memory:" not in getattr(self.store, "url", ":memory:")
 
     def _submit(self) -> None:
-        """Hand the queued lines to the writer thread (or store them here, without
-        one)."""
+        """Hand the pending lines to the writer, a batch per execution."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if not self._pending:
+        if not self._dirty:
             return
+        batches = []
+        for execution_id, state in self._dirty.items():
+            batches.append(_Batch(execution_id, state.pending, state.pending_chars))
+            state.pending = []
+            state.pending_chars = 0
+        self._dirty = {}
+        self._pending_lines = 0
         writer = self._writer
         if writer is None:
-            if not self._threaded():
-                self._store_here()
-                return
-            writer = self._writer = _Writer(
-                self.store, asyncio.get_running_loop(), self._publish_stored
-            )
-        batch, self._pending = self._pending, []
-        writer.submit(batch)
-        if writer.queued_lines > self.max_queued_lines:
-            # The database is slower than the steps: wait for it, as the loop did when
-            # it stored lines itself. Publish as it goes, never more than the limit at
-            # once (tailers' buffers hold more than that).
-            writer.wait_below(self.max_queued_lines // 2)
-            self._publish_stored()
+            loop = asyncio.get_running_loop()
+            retries = _Retries(max(1, self.max_attempts), self.retry_delay, self.max_retry_delay)
+            kind = _ThreadWriter if self._threaded() else _LoopWriter
+            writer = self._writer = kind(_Storer(self.store, retries), loop, self._settle)
+        writer.submit(batches)
 
-    def flush(self) -> None:
-        """Store every line written so far, then publish it, before returning (on the
-        event loop, which waits for the writer thread meanwhile)."""
-        self._submit()
-        writer = self._writer
-        if writer is not None:
-            writer.wait_attempted()
-            self._publish_stored()
-
-    def close(self) -> None:
-        """Flush, then stop the writer thread (at server shutdown)."""
-        self.flush()
-        if self._writer is not None:
-            self._writer.close()
-            self._publish_stored()
-            self._writer = None
-
-    def _store_here(self) -> None:
-        batch, self._pending = self._pending, []
-        try:
-            self.store.append_logs(batch)
-        except Exception:
-            # Keep the lines (and their numbers) and try again shortly: a busy database
-            # must not open a gap in the sequence.
-            log.exception("storing log lines failed; retrying", lines=len(batch))
-            self._pending = batch + self._pending
-            self._timer = asyncio.get_running_loop().call_later(RETRY_SECONDS, self._submit)
-            return
-        self._publish(batch)
-
-    def _publish_stored(self) -> None:
-        """Publish what the writer thread has stored (on the event loop, in order)."""
-        writer = self._writer
-        if writer is None:
-            return
-        for batch in writer.take_stored():
-            self._publish(batch)
-
-    def _publish(self, batch: list[tuple]) -> None:
-        self.lines_written += len(batch)
-        if self.row_subscribers:
-            first = batch[0][0]
-            if batch[-1][0] == first and countOf(map(_EXECUTION, batch), first) == len(batch):
-                groups = {first: batch}
+    def _settle(self, outcomes: list[Outcome]) -> None:
+        """What became of batches (on the loop, in the order they were written, per
+        execution): publish the stored ones, count the lost ones, wake who waits."""
+        for batch, error in outcomes:
+            execution_id = batch.execution_id
+            count = len(batch.rows)
+            if error is None:
+                self._publish(execution_id, batch.rows)
             else:
-                groups = {}
-                for row in batch:
-                    groups.setdefault(row[0], []).append(row)
-            for execution_id, rows in groups.items():
-                for row_subscriber in list(self.row_subscribers):
-                    try:
-                        row_subscriber(execution_id, rows)
-                    except Exception:
-                        log.exception("log subscriber failed", execution_id=execution_id)
+                self.lines_lost += count
+            state = self._logs.get(execution_id)
+            if state is None:
+                continue
+            state.queued_lines -= count
+            state.queued_chars -= batch.chars
+            state.settled += count
+            if error is not None:
+                first = not state.lost
+                state.lost += count
+                if first:
+                    state.error = error
+                    self._report_loss(execution_id, f"logs could not be stored: {error}")
+            if state.flushes:
+                waiting = []
+                for target, future in state.flushes:
+                    if target <= state.settled:
+                        if not future.done():
+                            future.set_result(None)
+                    else:
+                        waiting.append((target, future))
+                state.flushes = waiting
+            if state.room is not None and not self._full(state):
+                if not state.room.done():
+                    state.room.set_result(None)
+                state.room = None
+            if state.forgotten and state.settled == state.written:
+                del self._logs[execution_id]
+
+    def _report_loss(self, execution_id: str, message: str) -> None:
+        for listener in list(self.loss_listeners):
+            try:
+                listener(execution_id, message)
+            except Exception:
+                log.exception("log loss listener failed", execution_id=execution_id)
+
+    def _publish(self, execution_id: str, rows: list[tuple]) -> None:
+        self.lines_written += len(rows)
+        for row_subscriber in list(self.row_subscribers):
+            try:
+                row_subscriber(execution_id, rows)
+            except Exception:
+                log.exception("log subscriber failed", execution_id=execution_id)
         if not self.subscribers:
             return
-        by_execution: dict[str, list[LogLine]] = {}
-        for execution_id, seq, at_us, step, code, text in batch:
-            by_execution.setdefault(execution_id, []).append(
-                LogLine(
-                    execution_id,
-                    seq,
-                    datetime.fromtimestamp(at_us / 1_000_000, tz=UTC),
-                    step,
-                    _STREAMS[code],
-                    text,
-                )
+        lines = [
+            LogLine(
+                execution_id,
+                seq,
+                datetime.fromtimestamp(at_us / 1_000_000, tz=UTC),
+                step,
+                _STREAMS[code],
+                text,
             )
-        for execution_id, lines in by_execution.items():
-            for subscriber in list(self.subscribers):
-                try:
-                    subscriber(execution_id, lines)
-                except Exception:
-                    log.exception("log subscriber failed", execution_id=execution_id)
-
-    def forget(self, execution_id: str) -> None:
-        """The execution is final and flushed: drop its counter."""
-        writer = self._writer
-        if self._pending or (writer is not None and writer.queued_lines):
-            # Its next number must come from the store: store what is on its way.
-            self.flush()
-        self._next_seq.pop(execution_id, None)
-
-    def last_seq(self, execution_id: str) -> int:
-        """The sequence number of the last line written (stored or queued)."""
-        seq = self._next_seq.get(execution_id)
-        if seq is None:
-            return self.store.last_log_seq(execution_id)
-        return seq - 1
+            for _, seq, at_us, step, code, text in rows
+        ]
+        for subscriber in list(self.subscribers):
+            try:
+                subscriber(execution_id, lines)
+            except Exception:
+                log.exception("log subscriber failed", execution_id=execution_id)
 
 
 _STREAMS = {v: k for k, v in STREAM_CODES.items()}

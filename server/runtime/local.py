@@ -46,7 +46,7 @@ from pathlib import Path
 import structlog
 
 from server.domain.errors import DomainError, FailedPrecondition, NotFound
-from server.domain.logsink import LogSink
+from server.domain.logsink import LogSink, LogsNotStored
 from server.domain.models import (
     Artifact,
     Execution,
@@ -56,6 +56,7 @@ from server.domain.models import (
     StepDetail,
     StepPhase,
 )
+from server.domain.retry import until_stored
 from server.domain.service import ControlPlane
 from server.runtime import processes as procs
 from server.runtime import staging
@@ -71,6 +72,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 STATE_FILE = "state.json"
 KILL_TIMEOUT = 5.0  # how long a SIGKILLed process group may take to disappear
 DRAIN_TIMEOUT = 2.0  # how long to read a step's pipes after its processes are gone
+# ... and longer while the log store holds the readers back, up to this much.
+STORE_DRAIN_TIMEOUT = 60.0
 
 
 def reachable_address(address: str) -> str:
@@ -167,6 +170,8 @@ class LocalRuntime(Runtime):
             lease_seconds=lease_seconds,
         )
         plane.listeners.append(self._on_event)
+        self._log_reports: dict[str, asyncio.Future] = {}  # status messages of lost logs
+        log_sink.loss_listeners.append(self._logs_not_stored)
 
     # ----------------------------------------------------------------- interface
 
@@ -286,10 +291,11 @@ class LocalRuntime(Runtime):
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
 
-    def _spawn_background(self, coro) -> None:
+    def _spawn_background(self, coro) -> asyncio.Future:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     def _launch(self, execution: Execution, lease: Lease) -> None:
         """The scheduler claimed ``execution`` for this replica: run it."""
@@ -326,15 +332,16 @@ class LocalRuntime(Runtime):
             for d in execution.step_details
         ]
         self.sink.system(execution_id, f"execution stopped: {message}")
-        self.sink.flush()
+        lost = await self._flush_logs(execution_id)
         try:
-            await self.plane.transition(
+            await until_stored(
+                self.plane.transition,
                 execution_id,
                 Status.STOPPED,
                 "processes_exited",
                 message,
                 expected=[Status.STOPPING],
-                status_message=message,
+                status_message=f"{message}; {lost}" if lost else message,
                 step_details=details,
             )
         except DomainError as exc:
@@ -397,9 +404,8 @@ class LocalRuntime(Runtime):
             await self._collect_outputs(run)
         except (StagingError, OSError, DomainError) as exc:
             if not (run.closing or run.stopping):
-                await self._finish(
-                    run, Status.DEAD, "step_failed", f"cannot collect outputs: {exc}"
-                )
+                message = f"cannot collect outputs: {exc}"
+                await self._finish(run, Status.DEAD, "step_failed", message)
                 return
         if await self._cut_short(run):
             return
@@ -554,9 +560,11 @@ class LocalRuntime(Runtime):
             why = "stop requested" if run.stopping or run.closing else "another step failed"
             self._signal(run, handle, why)
 
-        write = self.sink.write_lines
+        write, room = self.sink.write_lines, partial(self.sink.wait_for_room, run.id)
         readers = [
-            asyncio.create_task(procs.read_lines(pipe, partial(write, run.id, step.name, stream)))
+            asyncio.create_task(
+                procs.read_lines(pipe, partial(write, run.id, step.name, stream), room)
+            )
             for pipe, stream in (
                 (process.stdout, LogStream.STDOUT),
                 (process.stderr, LogStream.STDERR),
@@ -570,6 +578,14 @@ class LocalRuntime(Runtime):
                 handle.kill_timer.cancel()
             await self._clear_group(run, handle)
             _, unread = await asyncio.wait(readers, timeout=DRAIN_TIMEOUT)
+            drained_by = asyncio.get_running_loop().time() + STORE_DRAIN_TIMEOUT
+            while (
+                unread
+                and self.sink.queued(run.id)
+                and asyncio.get_running_loop().time() < drained_by
+            ):
+                # Held back by a slow log store, not by a pipe left open: read on.
+                _, unread = await asyncio.wait(unread, timeout=DRAIN_TIMEOUT)
             for reader in unread:
                 reader.cancel()
             if unread:
@@ -694,7 +710,7 @@ class LocalRuntime(Runtime):
         ).get(execution_id, [])
         if strays:
             self.sink.system(execution_id, f"stopping {len(strays)} leftover processes: {strays}")
-            self.sink.flush()
+            await self._flush_logs(execution_id)
             await procs.kill_processes(strays, self.stop_grace)
 
     # -------------------------------------------------------------------- reports
@@ -723,18 +739,22 @@ class LocalRuntime(Runtime):
         )
 
     async def _finish(self, run: _Run, status: Status, cause: str, message: str) -> None:
-        """Record the final status, after every log line of the execution is stored."""
+        """Record the final status, after every log line of the execution is stored
+        (or given up on, which the status message then says)."""
         for detail in run.details.values():
             if detail.phase == StepPhase.PENDING:
                 _ended(detail, StepPhase.SKIPPED, "not started")
         self.sink.system(run.id, f"execution {str(status).lower()}: {message}")
-        self.sink.flush()
+        lost = await self._flush_logs(run.id)
+        if lost:
+            message = f"{message}; {lost}"
         expected = (
             [Status.RUNNING] if status == Status.COMPLETED else [Status.PENDING, Status.RUNNING]
         )
         details = list(run.details.values()) or None
         try:
-            await self.plane.transition(
+            await until_stored(
+                self.plane.transition,
                 run.id,
                 status,
                 cause,
@@ -762,22 +782,50 @@ class LocalRuntime(Runtime):
                 _ended(detail, StepPhase.SKIPPED, "not started: the execution was stopped")
         message = "stopped; every process has exited"
         self.sink.system(run.id, f"execution stopped: {message}")
-        self.sink.flush()
+        lost = await self._flush_logs(run.id)
         try:
-            await self.plane.transition(
+            await until_stored(
+                self.plane.transition,
                 run.id,
                 Status.STOPPED,
                 "processes_exited",
                 message,
                 expected=[Status.STOPPING],
                 lease=run.lease,
-                status_message="stopped",
+                status_message=f"stopped; {lost}" if lost else "stopped",
                 step_details=list(run.details.values()) or None,
             )
         except DomainError as exc:
             log.warning("stop not recorded", execution_id=run.id, error=str(exc))
         self.sink.forget(run.id)
         log.info("execution stopped", execution_id=run.id)
+
+    async def _flush_logs(self, execution_id: str) -> str:
+        """Wait until every line of the execution written so far is stored: "" then,
+        else what its status message should say of the lines that could not be."""
+        try:
+            await self.sink.flush(execution_id)
+        except LogsNotStored as exc:
+            report = self._log_reports.get(execution_id)
+            if report is not None:  # the final status message comes after it
+                await asyncio.wait([report])
+            return str(exc)
+        return ""
+
+    def _logs_not_stored(self, execution_id: str, message: str) -> None:
+        """The log sink gave up on lines of the execution: say so in its status
+        message now (its final status message says it again)."""
+        self._log_reports[execution_id] = self._spawn_background(
+            self._report_lost_logs(execution_id, message)
+        )
+
+    async def _report_lost_logs(self, execution_id: str, message: str) -> None:
+        try:
+            await until_stored(self.plane.update_execution, execution_id, status_message=message)
+        except DomainError as exc:
+            log.warning("lost logs not reported", execution_id=execution_id, error=str(exc))
+        finally:
+            self._log_reports.pop(execution_id, None)
 
     async def _collect_outputs(self, run: _Run) -> None:
         """Move each declared output to the artifact store and register it."""
@@ -884,7 +932,7 @@ class LocalRuntime(Runtime):
 
         if execution.status == Status.PENDING:
             self.sink.system(eid, f"{what}: the execution is queued again")
-            self.sink.flush()
+            await self._flush_logs(eid)
             await self.plane.store.release_claim(eid, lease)
             return
         details = {d.name: d for d in execution.step_details}
@@ -932,9 +980,12 @@ class LocalRuntime(Runtime):
                 f"; {_steps(waiting)} not started" if waiting else ""
             )
         self.sink.system(eid, f"execution {str(status).lower()}: {message}")
-        self.sink.flush()
+        lost = await self._flush_logs(eid)
+        if lost:
+            message = f"{message}; {lost}"
         try:
-            await self.plane.transition(
+            await until_stored(
+                self.plane.transition,
                 eid,
                 status,
                 cause,
@@ -972,8 +1023,11 @@ class LocalRuntime(Runtime):
             return False
         message = "server restarted after every step succeeded; outputs registered"
         self.sink.system(execution.id, f"execution completed: {message}")
-        self.sink.flush()
-        await self.plane.transition(
+        lost = await self._flush_logs(execution.id)
+        if lost:
+            message = f"{message}; {lost}"
+        await until_stored(
+            self.plane.transition,
             execution.id,
             Status.COMPLETED,
             "server_restart",

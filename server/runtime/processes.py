@@ -19,7 +19,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +45,19 @@ def become_subreaper() -> bool:
         return False
 
 
-async def read_lines(stream: asyncio.StreamReader, emit: Callable[[list[str]], None]) -> None:
+async def read_lines(
+    stream: asyncio.StreamReader,
+    emit: Callable[[list[str]], None],
+    room: Callable[[], Awaitable[None]] | None = None,
+) -> None:
     """Call ``emit`` with the lines of ``stream`` (without their ends of line, a
     trailing carriage return dropped too), decoded as UTF-8 with bad bytes replaced: a
     list per read, of the lines it completed. Over-long lines are cut in pieces of
     MAX_LINE_BYTES.
+
+    ``room`` (the log sink's ``wait_for_room``) is awaited after each emit, before the
+    next read: while it waits nothing is read, the pipe fills, and the writing process
+    blocks in its writes.
 
     The complete lines of a read are decoded at once and split in C. This decodes
     exactly as line by line would: a newline byte is never part of a UTF-8 sequence,
@@ -71,6 +79,8 @@ async def read_lines(stream: asyncio.StreamReader, emit: Callable[[list[str]], N
         while len(buffer) >= MAX_LINE_BYTES:
             emit([_decode(buffer[:MAX_LINE_BYTES])])
             del buffer[:MAX_LINE_BYTES]
+        if room is not None:
+            await room()
     if buffer:
         emit([_decode(buffer)])
 
