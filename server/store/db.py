@@ -19,17 +19,21 @@ SQLITE_PRAGMAS = {
     "journal_mode": "wal",
     "foreign_keys": 1,
     "synchronous": 1,  # NORMAL: durable across a process crash, fast commits in WAL mode
-    "busy_timeout": 10_000,
+    "busy_timeout": 10_000,  # ms; open_database's busy_timeout replaces it
     "cache_size": -64 * 1024,  # 64 MiB
     "temp_store": "memory",
 }
 
 
-def open_database(url: str) -> pw.Database:
+def open_database(url: str, busy_timeout: float = 10.0) -> pw.Database:
     """Open the database named by ``url`` and bring its schema to SCHEMA_VERSION.
 
     Supported: ``sqlite:///relative/or/absolute/path.db`` and ``sqlite:///:memory:``.
+    ``busy_timeout``: seconds a statement waits for a lock another connection holds
+    before it fails with "database is locked" (a storage fault: UNAVAILABLE).
     """
+    if busy_timeout < 0:
+        raise ValueError(f"busy_timeout must not be negative, got {busy_timeout}")
     parsed = urlparse(url)
     if parsed.scheme != "sqlite":
         raise ValueError(f"unsupported database URL scheme {parsed.scheme!r} (supported: sqlite)")
@@ -40,7 +44,9 @@ def open_database(url: str) -> pw.Database:
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
     db = pw.SqliteDatabase(None)
-    db.init(path, pragmas=SQLITE_PRAGMAS, check_same_thread=False)
+    pragmas = {**SQLITE_PRAGMAS, "busy_timeout": round(busy_timeout * 1000)}
+    # timeout: the same wait from the connection's start (its pragmas are statements too).
+    db.init(path, pragmas=pragmas, timeout=busy_timeout, check_same_thread=False)
     db.connect(reuse_if_open=True)
     migrate(db, "sqlite")
     return db

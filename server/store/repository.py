@@ -348,10 +348,12 @@ class Store:
 
     kind = "sqlite"
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, busy_timeout: float = 10.0):
+        """``busy_timeout``: seconds a statement waits for another connection's lock
+        (SQLite's busy timeout) before it fails as a storage fault."""
         self.url = url
         self.in_memory = ":memory:" in url
-        self.db = open_database(url)
+        self.db = open_database(url, busy_timeout)
         # The models, bound to this database only (never process-wide).
         self.t = tables.bind(self.db)
         # Called with the execution id inside delete transactions, so that other parts
