@@ -92,13 +92,14 @@ class Driver:
                     self.execution_id, step, stream, text(i) if text else f"line {i + 1}"
                 )
             if flush:
-                self.sink.flush()
+                return self.sink.flushed()  # awaited on the loop, as the runtime does
+            return None
 
         self.server.run_sync(_write)
         self.written += count
 
     def flush(self) -> None:
-        self.server.run_sync(self.sink.flush)
+        self.server.run_sync(self.sink.flushed)
 
     def transition(self, status: Status, cause: str = "test", message: str = "") -> None:
         plane = self.server.plane

@@ -16,7 +16,8 @@ three. Batches are stored in the order they were numbered; the writer hands each
 batch back to the loop, which publishes it. ``flush()`` still means what it meant when
 the loop stored the lines itself: when it returns, every line written before it is
 stored and published (the runtime relies on this before an execution's final status,
-so that tailers see every line before the end). An in-memory database cannot be shared
+so that tailers see every line before the end); ``await flushed()`` means the same
+without holding the loop while the writer works. An in-memory database cannot be shared
 by two connections: there the loop stores the batches itself.
 """
 
@@ -82,10 +83,12 @@ class _Writer:
             self.submitted += 1
             self.cond.notify_all()
 
-    def wait_attempted(self) -> None:
-        """Block until the writer has tried to store every batch submitted so far."""
+    def wait_attempted(self, number: int | None = None) -> None:
+        """Block until the writer has tried to store the first ``number`` batches
+        (default: every batch submitted so far)."""
         with self.cond:
-            number = self.submitted
+            if number is None:
+                number = self.submitted
             while self.attempted < number and not self.failing and self.thread.is_alive():
                 self.cond.wait()
 
@@ -259,6 +262,17 @@ class LogSink:
         writer = self._writer
         if writer is not None:
             writer.wait_attempted()
+            self._publish_stored()
+
+    async def flushed(self) -> None:
+        """:meth:`flush` for coroutines on the event loop (the runtime's): the same
+        promise, but the loop goes on serving while the writer thread stores the lines.
+        A database locked by another process holds that thread up to the busy timeout;
+        a blocking flush would hold every call and stream of the server as long."""
+        self._submit()
+        writer = self._writer
+        if writer is not None:
+            await asyncio.to_thread(writer.wait_attempted, writer.submitted)
             self._publish_stored()
 
     def close(self) -> None:

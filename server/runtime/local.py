@@ -316,7 +316,7 @@ class LocalRuntime(Runtime):
             for d in execution.step_details
         ]
         self.sink.system(execution_id, f"execution stopped: {message}")
-        self.sink.flush()
+        await self.sink.flushed()
         try:
             await self.plane.transition(
                 execution_id,
@@ -678,7 +678,7 @@ class LocalRuntime(Runtime):
         ).get(execution_id, [])
         if strays:
             self.sink.system(execution_id, f"stopping {len(strays)} leftover processes: {strays}")
-            self.sink.flush()
+            await self.sink.flushed()
             await procs.kill_processes(strays, self.stop_grace)
 
     # -------------------------------------------------------------------- reports
@@ -712,7 +712,7 @@ class LocalRuntime(Runtime):
             if detail.phase == StepPhase.PENDING:
                 _ended(detail, StepPhase.SKIPPED, "not started")
         self.sink.system(run.id, f"execution {str(status).lower()}: {message}")
-        self.sink.flush()
+        await self.sink.flushed()
         expected = (
             [Status.RUNNING] if status == Status.COMPLETED else [Status.PENDING, Status.RUNNING]
         )
@@ -742,7 +742,7 @@ class LocalRuntime(Runtime):
                 _ended(detail, StepPhase.SKIPPED, "not started: the execution was stopped")
         message = "stopped; every process has exited"
         self.sink.system(run.id, f"execution stopped: {message}")
-        self.sink.flush()
+        await self.sink.flushed()
         try:
             await self.plane.transition(
                 run.id,
@@ -846,7 +846,7 @@ class LocalRuntime(Runtime):
 
         if execution.status == Status.PENDING:
             self.sink.system(eid, "server restarted: the execution is queued again")
-            self.sink.flush()
+            await self.sink.flushed()
             return
         details = {d.name: d for d in execution.step_details}
         not_started = [n for n, d in details.items() if d.phase == StepPhase.PENDING]
@@ -893,7 +893,7 @@ class LocalRuntime(Runtime):
                 f"; {_steps(waiting)} not started" if waiting else ""
             )
         self.sink.system(eid, f"execution {str(status).lower()}: {message}")
-        self.sink.flush()
+        await self.sink.flushed()
         try:
             await self.plane.transition(
                 eid,
@@ -931,7 +931,7 @@ class LocalRuntime(Runtime):
             return False
         message = "server restarted after every step succeeded; outputs registered"
         self.sink.system(execution.id, f"execution completed: {message}")
-        self.sink.flush()
+        await self.sink.flushed()
         await self.plane.transition(
             execution.id,
             Status.COMPLETED,
