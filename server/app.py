@@ -105,7 +105,9 @@ async def start_server(settings: Settings) -> TrainyardServer:
             " (sqlite:///PATH) or PostgreSQL, not an in-memory database"
         )
     # Opening runs the migrations: off the loop like every other store call.
-    store = await asyncio.to_thread(AsyncStore, settings.database_url)
+    store = await asyncio.to_thread(
+        AsyncStore, settings.database_url, busy_timeout=settings.database_busy_timeout
+    )
     plane = ControlPlane(store=store, default_resource_group=settings.default_resource_group)
     # The sink stores lines on a writer thread of its own, with its own connection.
     log_sink = LogSink(store.sync)

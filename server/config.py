@@ -15,6 +15,9 @@ class Settings:
     address: str = "127.0.0.1:50051"
     data_dir: Path = field(default_factory=lambda: Path(".data"))
     database_url: str = ""  # default: sqlite file under data_dir
+    # Seconds a SQLite statement waits for another connection's lock before the call
+    # fails with UNAVAILABLE (STORE_UNAVAILABLE).
+    database_busy_timeout: float = 10.0
     executables_dir: Path | None = None
     default_resource_group: str = "default"
     log_format: str = "auto"  # auto | json | console
@@ -71,6 +74,14 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         "--database-url",
         default=_env("DATABASE_URL", ""),
         help="metadata store URL, default sqlite:///DATA_DIR/trainyard.db (TRAINYARD_DATABASE_URL)",
+    )
+    parser.add_argument(
+        "--database-busy-timeout",
+        type=float,
+        default=float(_env("DATABASE_BUSY_TIMEOUT", "10")),
+        metavar="SECONDS",
+        help="how long a SQLite statement waits for a lock held by another connection "
+        "before the call fails with UNAVAILABLE (TRAINYARD_DATABASE_BUSY_TIMEOUT)",
     )
     parser.add_argument(
         "--executables-dir",
@@ -141,10 +152,13 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         parser.error("--max-concurrent-executions must be at least 1")
     if args.lease_seconds <= 0:
         parser.error("--lease-seconds must be positive")
+    if args.database_busy_timeout < 0:
+        parser.error("--database-busy-timeout must not be negative")
     return Settings(
         address=args.address,
         data_dir=Path(args.data_dir),
         database_url=args.database_url,
+        database_busy_timeout=args.database_busy_timeout,
         executables_dir=Path(args.executables_dir) if args.executables_dir else None,
         default_resource_group=args.default_resource_group,
         log_format=args.log_format,

@@ -47,8 +47,8 @@ def _writer(method: Callable[..., Any]):
 class AsyncStore:
     """The control plane's store: catalog, executions, logs, off the event loop."""
 
-    def __init__(self, url: str, readers: int = 4):
-        self.sync = SyncStore(url)
+    def __init__(self, url: str, readers: int = 4, *, busy_timeout: float = 10.0):
+        self.sync = SyncStore(url, busy_timeout=busy_timeout)
         self.kind = self.sync.kind
         self.url = url
         self.workers = StoreWorkers(

@@ -121,8 +121,11 @@ def _open_sqlite(url: str, parsed, busy_timeout: float) -> pw.Database:
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
     db = pw.SqliteDatabase(None)
-    pragmas = dict(SQLITE_PRAGMAS, busy_timeout=int(busy_timeout * 1000))
-    db.init(path, pragmas=pragmas, check_same_thread=False)
+    if busy_timeout < 0:
+        raise ValueError(f"busy_timeout must not be negative, got {busy_timeout}")
+    pragmas = dict(SQLITE_PRAGMAS, busy_timeout=round(busy_timeout * 1000))
+    # timeout: how long opening a connection (its pragmas) waits for a lock, too.
+    db.init(path, pragmas=pragmas, check_same_thread=False, timeout=busy_timeout)
     db.connect(reuse_if_open=True)
     migrate(db, "sqlite")
     return db
