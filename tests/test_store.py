@@ -3,6 +3,8 @@ PostgreSQL."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from server.domain import templates
@@ -154,3 +156,97 @@ def test_log_reads(store):
     assert [x.seq for x in store.read_logs(ids[0], limit=3, descending=True)] == [100, 99, 98]
     assert all(x.step == "a" for x in store.read_logs(ids[0], steps=["a"]))
     assert store.first_log_seq_at(ids[0], 1050) == 49
+
+
+# ------------------------------------------------------------------ claims and leases
+
+
+def test_pending_executions_are_claimed_once_in_creation_order(store):
+    ids = seed(store, 5)
+    first = store.claim_pending("a", 2, lease_until_us=10**18)
+    second = store.claim_pending("b", 10, lease_until_us=10**18)
+    assert [e.id for e, _ in first] == ids[:2]
+    assert [e.id for e, _ in second] == ids[2:]
+    assert store.claim_pending("c", 10, lease_until_us=10**18) == []
+    assert {lease.owner for _, lease in first} == {"a"}
+    assert store.get_execution("g", ids[0]).owner == "a"
+    assert store.queue_position(ids[0]) is None
+
+
+def test_a_write_under_a_lease_another_replica_took_over_is_refused(store):
+    ids = seed(store, 1)
+    [(_, lease_a)] = store.claim_pending("a", 1, lease_until_us=1_000)
+    store.transition(ids[0], Status.RUNNING, "step_started", lease=lease_a)
+    # Replica a stops renewing; b finds its lease lapsed and takes the execution over.
+    [(taken, lease_b, previous)] = store.claim_for_recovery(
+        "b", now_us=2_000, lease_until_us=10**18, include_own=False
+    )
+    assert (taken.id, previous, lease_b.token) == (ids[0], "a", lease_a.token + 1)
+    with pytest.raises(FailedPrecondition) as late:
+        store.update_execution(ids[0], status_message="a is still here", lease=lease_a)
+    assert late.value.reason == "LEASE_LOST"
+    with pytest.raises(FailedPrecondition) as late:
+        store.transition(ids[0], Status.COMPLETED, "steps_succeeded", lease=lease_a)
+    assert late.value.reason == "LEASE_LOST"
+    assert store.renew_leases("a", 10**18) == {}
+    store.transition(ids[0], Status.DEAD, "replica_lost", lease=lease_b)
+    execution = store.get_execution("g", ids[0])
+    assert execution.status == Status.DEAD and execution.status_message == ""
+    assert [t.cause for t in execution.history] == ["created", "step_started", "replica_lost"]
+
+
+def test_a_live_lease_is_not_taken_over_and_a_restart_reclaims_its_own(store):
+    ids = seed(store, 2)
+    store.claim_pending("a", 2, lease_until_us=5_000)
+    assert store.claim_for_recovery("b", now_us=4_000, lease_until_us=10**18) == []
+    assert store.renew_leases("a", 9_000) == {ids[0]: 1, ids[1]: 1}
+    # A restart of replica a reconciles its own executions, whatever their leases.
+    mine = store.claim_for_recovery("a", now_us=4_000, lease_until_us=10**18)
+    assert [(e.id, previous) for e, _, previous in mine] == [(ids[0], "a"), (ids[1], "a")]
+    assert store.release_claim(ids[0], mine[0][1])
+    assert store.queue_position(ids[0]) == 0
+    assert [e.id for e, _ in store.claim_pending("b", 5, 10**18)] == [ids[0]]
+
+
+@pytest.fixture(params=["file", "postgresql"])
+def shared_store(request, tmp_path):
+    """A store whose database other connections can open too."""
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+    else:
+        url = f"sqlite:///{tmp_path / 'x.db'}"
+    s = Store(url)
+    yield s
+    s.close()
+
+
+def test_concurrent_claimers_each_take_different_executions(shared_store):
+    store = shared_store
+    order = seed(store, 60)
+    ids = set(order)
+    stores = [Store(store.url) for _ in range(4)]
+    claimed: list[list[str]] = [[] for _ in stores]
+    errors: list[BaseException] = []
+
+    def claim(i: int) -> None:
+        try:
+            while True:
+                got = stores[i].claim_pending(f"r{i}", 3, lease_until_us=10**18)
+                if not got:
+                    return
+                claimed[i].extend(e.id for e, _ in got)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(len(stores))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for other in stores:
+        other.close()
+    assert not errors, errors
+    every = [eid for part in claimed for eid in part]
+    assert sorted(every) == sorted(ids) and len(every) == len(set(every))
+    for part in claimed:  # each claimer took its share in creation order
+        assert part == sorted(part, key=order.index)
