@@ -188,7 +188,7 @@ def test_a_write_under_a_lease_another_replica_took_over_is_refused(store):
     with pytest.raises(FailedPrecondition) as late:
         store.transition(ids[0], Status.COMPLETED, "steps_succeeded", lease=lease_a)
     assert late.value.reason == "LEASE_LOST"
-    assert store.renew_leases("a", 10**18) == {}
+    assert store.renew_leases("a", 10**18, [ids[0]]) == {}
     store.transition(ids[0], Status.DEAD, "replica_lost", lease=lease_b)
     execution = store.get_execution("g", ids[0])
     assert execution.status == Status.DEAD and execution.status_message == ""
@@ -196,10 +196,13 @@ def test_a_write_under_a_lease_another_replica_took_over_is_refused(store):
 
 
 def test_a_live_lease_is_not_taken_over_and_a_restart_reclaims_its_own(store):
-    ids = seed(store, 2)
-    store.claim_pending("a", 2, lease_until_us=5_000)
+    ids = seed(store, 3)
+    store.claim_pending("a", 3, lease_until_us=5_000)
     assert store.claim_for_recovery("b", now_us=4_000, lease_until_us=10**18) == []
-    assert store.renew_leases("a", 9_000) == {ids[0]: 1, ids[1]: 1}
+    store.transition(ids[2], Status.RUNNING, "step_started")
+    store.transition(ids[2], Status.COMPLETED, "steps_succeeded")
+    # Renewal: the ended execution is still a's (not taken over), with its token.
+    assert store.renew_leases("a", 9_000, ids) == {ids[0]: 1, ids[1]: 1, ids[2]: 1}
     # A restart of replica a reconciles its own executions, whatever their leases.
     mine = store.claim_for_recovery("a", now_us=4_000, lease_until_us=10**18)
     assert [(e.id, previous) for e, _, previous in mine] == [(ids[0], "a"), (ids[1], "a")]

@@ -205,8 +205,11 @@ class ClaimStore(Protocol):
 
     async def release_claim(self, execution_id: str, lease: Lease) -> bool: ...
 
-    async def renew_leases(self, owner: str, lease_until_us: int) -> dict[str, int]:
-        """Extend ``owner``'s leases; the token of each execution it still holds."""
+    async def renew_leases(
+        self, owner: str, lease_until_us: int, held: Sequence[str] = ()
+    ) -> dict[str, int]:
+        """Extend ``owner``'s leases; the token of each execution of ``held`` it still
+        holds (active or just ended)."""
         ...
 
     async def queue_position(self, execution_id: str) -> int | None: ...

@@ -734,9 +734,20 @@ class LocalRuntime(Runtime):
         return env
 
     async def _step_changed(self, run: _Run, detail: StepDetail) -> None:
-        await self.plane.update_execution(
-            run.id, step_details=list(run.details.values()), changed_step=detail, lease=run.lease
-        )
+        if run.fenced:
+            return
+        try:
+            await self.plane.update_execution(
+                run.id,
+                step_details=list(run.details.values()),
+                changed_step=detail,
+                lease=run.lease,
+            )
+        except FailedPrecondition as exc:
+            if exc.reason != "LEASE_LOST":
+                raise
+            log.warning("step change not written", execution_id=run.id, error=str(exc))
+            self._fenced(run.id)
 
     async def _finish(self, run: _Run, status: Status, cause: str, message: str) -> None:
         """Record the final status, after every log line of the execution is stored

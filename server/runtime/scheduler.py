@@ -119,9 +119,9 @@ class Scheduler:
 
     async def _renew(self) -> None:
         held = self.held()
-        tokens = await self.store.renew_leases(self.replica_id, self._until())
+        tokens = await self.store.renew_leases(self.replica_id, self._until(), list(held))
         for execution_id, lease in held.items():
-            if tokens.get(execution_id) != lease.token:
+            if lease is not None and tokens.get(execution_id) != lease.token:
                 log.warning(
                     "lease lost: another replica took the execution over",
                     execution_id=execution_id,

@@ -1362,22 +1362,29 @@ class Store:
             ).fetchall()
         return bool(done)
 
-    def renew_leases(self, owner: str, lease_until_us: int) -> dict[str, int]:
-        """Extend every lease ``owner`` holds on an active execution; returns the
-        fencing token of each (an execution missing here was taken over, or ended)."""
+    def renew_leases(
+        self, owner: str, lease_until_us: int, held: Sequence[str] = ()
+    ) -> dict[str, int]:
+        """Extend every lease ``owner`` holds on an active execution. Returns the
+        fencing token of each execution of ``held`` that ``owner`` still holds, active
+        or just ended: one missing was taken over by another replica, or deleted."""
+        active = (str(Status.PENDING), str(Status.RUNNING), str(Status.STOPPING))
         with self.write_lock():
-            rows = self.execute(
-                "UPDATE execution SET lease_expires_us = ?"
-                " WHERE owner = ? AND status IN (?, ?, ?) RETURNING execution_id, fence",
-                (
-                    lease_until_us,
-                    owner,
-                    str(Status.PENDING),
-                    str(Status.RUNNING),
-                    str(Status.STOPPING),
-                ),
-            ).fetchall()
-        return {eid: int(fence) for eid, fence in rows}
+            self.execute(
+                "UPDATE execution SET lease_expires_us = ? WHERE owner = ? AND status IN (?, ?, ?)",
+                (lease_until_us, owner, *active),
+            )
+            tokens: dict[str, int] = {}
+            ids = list(held)
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                rows = self.execute(
+                    "SELECT execution_id, fence FROM execution WHERE owner = ?"
+                    f" AND execution_id IN ({', '.join('?' * len(chunk))})",
+                    [owner, *chunk],
+                ).fetchall()
+                tokens.update({eid: int(fence) for eid, fence in rows})
+        return tokens
 
     def queue_position(self, execution_id: str) -> int | None:
         """How many unclaimed PENDING executions were created before this one (None

@@ -1,0 +1,203 @@
+"""Several server replicas on one PostgreSQL database act as one service: each
+execution is claimed and run by one replica once, in creation order; a replica that
+dies has its executions taken over once its lease lapses; a replica that lost its
+lease writes nothing over its successor. Real server processes, real steps, a real
+PostgreSQL cluster on loopback."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+from pathlib import Path
+
+import psycopg
+import pytest
+from workflow_helpers import (
+    STATUS_NAME,
+    Runner,
+    ServerProcess,
+    container,
+    inputs,
+    live_members,
+    python,
+    wait_for,
+    workflow,
+)
+
+LEASE_SECONDS = 2.0
+
+QUICK = workflow("quick", [container("main", "sh", "-c", "echo ran once")], entrypoint="main")
+
+# Writes its process group id to DIR/<execution id>, says ready, then sleeps.
+LONG = workflow(
+    "long",
+    [
+        python(
+            "main",
+            "import os, pathlib, time\n"
+            "path = pathlib.Path('{{inputs.parameters.dir}}', '{{workflow.name}}')\n"
+            "assert not path.exists(), 'started twice'\n"
+            "path.write_text(str(os.getpgid(0)))\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(120)\n",
+            inputs=inputs("dir"),
+        )
+    ],
+    entrypoint="main",
+    parameters={"dir": "."},
+)
+
+
+def replica(tmp_path: Path, name: str) -> ServerProcess:
+    folder = tmp_path / name
+    folder.mkdir()
+    return ServerProcess(folder)
+
+
+def start_replica(server: ServerProcess, url: str, *options: str) -> ServerProcess:
+    return server.start(
+        "--database-url",
+        url,
+        "--replica-id",
+        server.tmp_path.name,
+        "--lease-seconds",
+        str(LEASE_SECONDS),
+        "--stop-grace-seconds",
+        "1",
+        *options,
+    )
+
+
+@pytest.fixture
+def replicas(tmp_path, postgres_url):
+    """A factory of replica server processes on one database; all stopped at the end."""
+    started: list[ServerProcess] = []
+
+    def make(name: str, *options: str) -> ServerProcess:
+        server = start_replica(replica(tmp_path, name), postgres_url, *options)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        if server.process is not None and server.process.poll() is None:
+            server.process.kill()
+            server.process.wait(10)
+
+
+def owners(url: str) -> list[tuple[str, str, int | None]]:
+    """(execution id, owner, submitted time) of every execution, in creation order."""
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT execution_id, owner, submitted_us FROM execution ORDER BY id"
+        ).fetchall()
+
+
+def test_a_burst_over_three_replicas_runs_each_execution_once_in_order(
+    replicas, postgres_url
+):
+    servers = [replicas(name, "--max-concurrent-executions", "3") for name in "abc"]
+    runners = [Runner(s.address) for s in servers]
+    try:
+        runners[0].register(QUICK)
+        config = runners[0].configure("quick")
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            created = list(
+                pool.map(lambda i: runners[i % 3].start(config), range(200))
+            )
+        assert len(set(created)) == 200
+        for execution_id in created:
+            execution = runners[0].wait(execution_id, timeout=120)
+            assert STATUS_NAME[execution.status] == "COMPLETED", execution.status_message
+        for execution_id in created:
+            history = runners[1].history(execution_id)
+            assert [h[1] for h in history].count("step_started") == 1, history
+            starts = [t for s, _, t in runners[2].logs(execution_id) if t.startswith("starting")]
+            assert len(starts) == 1 and runners[2].output(execution_id) == ["ran once"]
+        rows = owners(postgres_url)
+        assert {owner for _, owner, _ in rows} <= {"a", "b", "c"}
+        assert len({owner for _, owner, _ in rows}) >= 2  # the work was shared
+        for name in "abc":  # each replica took its executions in creation order
+            mine = [submitted for _, owner, submitted in rows if owner == name]
+            assert mine == sorted(mine)
+    finally:
+        for runner in runners:
+            runner.close()
+
+
+def test_kill_9_of_the_owner_has_another_replica_reconcile_it_once(
+    replicas, postgres_url, tmp_path
+):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    a = replicas("a")
+    runner_a = Runner(a.address)
+    runner_a.register(LONG)
+    config = runner_a.configure("long", {"dir": str(marks)})
+    execution_id = runner_a.start(config)
+    runner_a.wait_output(execution_id, "ready")
+    pgid = int((marks / execution_id).read_text())
+    runner_a.close()
+    assert owners(postgres_url)[0][1] == "a"
+    group_killed = False
+    try:
+        b = replicas("b")
+        runner_b = Runner(b.address)
+        assert runner_b.status(execution_id) == "RUNNING"  # a's lease is alive: b leaves it
+
+        a.kill()
+        assert live_members(pgid), "the step outlives its killed replica"
+        ended = runner_b.wait(execution_id, timeout=LEASE_SECONDS + 5)
+        assert STATUS_NAME[ended.status] in ("UNKNOWN", "DEAD")
+        history = runner_b.history(execution_id)
+        assert history[-1][1] == "replica_lost", history
+        assert "replica a was lost" in ended.status_message
+        wait_for(lambda: live_members(pgid) == [], 10, "the lost replica's step to be gone")
+        group_killed = True
+        assert [t for t in runner_b.output(execution_id) if t == "ready"] == ["ready"]
+        runner_b.close()
+    finally:
+        if not group_killed:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_a_replica_that_stalled_past_its_lease_writes_nothing_over_its_successor(
+    replicas, postgres_url, tmp_path
+):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    a = replicas("a")
+    runner_a = Runner(a.address)
+    runner_a.register(LONG)
+    execution_id = runner_a.start(runner_a.configure("long", {"dir": str(marks)}))
+    runner_a.wait_output(execution_id, "ready")
+    pgid = int((marks / execution_id).read_text())
+    b = replicas("b")
+    runner_b = Runner(b.address)
+    try:
+        a.process.send_signal(signal.SIGSTOP)  # a stalls: no renewals, no writes
+        ended = runner_b.wait(execution_id, timeout=LEASE_SECONDS + 5)
+        assert runner_b.history(execution_id)[-1][1] == "replica_lost"
+        wait_for(lambda: live_members(pgid) == [], 10, "the stalled replica's step to be gone")
+        before = runner_b.history(execution_id)
+        a.process.send_signal(signal.SIGCONT)
+        # a wakes up: its step died under it; its late writes (step failed, DEAD) are
+        # refused, so the successor's record stands. a notices at its next renewal.
+        wait_for(lambda: "lease lost" in a.log(), LEASE_SECONDS + 5, "a to notice")
+        assert runner_a.history(execution_id) == before
+        assert runner_a.get(execution_id).status == ended.status
+        wait_for(lambda: "no longer run by a" in a.log(), 10, "a's late write to be refused")
+        assert runner_b.history(execution_id) == before
+    finally:
+        if a.process.poll() is None:
+            a.process.send_signal(signal.SIGCONT)
+        runner_a.close()
+        runner_b.close()
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
