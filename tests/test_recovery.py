@@ -74,13 +74,14 @@ def snapshot(runner: Runner, ids: list[str]) -> dict[str, tuple]:
     return result
 
 
-def test_kill_9_during_a_run_then_restarts_reconcile_once(tmp_path):
+def test_kill_9_during_a_run_then_restarts_reconcile_once(tmp_path, database_url):
     pgids = tmp_path / "pgids"
     pgids.mkdir()
     server = ServerProcess(tmp_path)
+    store = ("--database-url", database_url) if database_url else ()
     groups: list[int] = []
     try:
-        server.start("--max-concurrent-executions", "3", "--stop-grace-seconds", "30")
+        server.start("--max-concurrent-executions", "3", "--stop-grace-seconds", "30", *store)
         runner = Runner(server.address)
         runner.register(restartable(pgids))
         long = runner.configure("restartable")
@@ -101,7 +102,7 @@ def test_kill_9_during_a_run_then_restarts_reconcile_once(tmp_path):
         assert all(live_members(g) for g in groups), "steps outlive a killed server"
         (server.data_dir / "executions" / lost_state / "state.json").unlink()
 
-        server.start("--max-concurrent-executions", "3", "--stop-grace-seconds", "1")
+        server.start("--max-concurrent-executions", "3", "--stop-grace-seconds", "1", *store)
         runner = Runner(server.address)
         for execution_id in (interrupted, lost_state, stopping):
             assert runner.history(execution_id)[-1][1] == "server_restart"
@@ -122,7 +123,7 @@ def test_kill_9_during_a_run_then_restarts_reconcile_once(tmp_path):
         before = snapshot(runner, [interrupted, lost_state, stopping, queued])
         runner.close()
         server.terminate()
-        server.start("--max-concurrent-executions", "3", "--stop-grace-seconds", "1")
+        server.start("--max-concurrent-executions", "3", "--stop-grace-seconds", "1", *store)
         runner = Runner(server.address)
         assert snapshot(runner, [interrupted, lost_state, stopping, queued]) == before
         runner.close()
