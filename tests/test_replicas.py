@@ -86,6 +86,24 @@ def replicas(tmp_path, postgres_url):
             server.process.wait(10)
 
 
+def start_long(replicas, marks: Path) -> tuple[ServerProcess, Runner, str, int]:
+    """Replica a running one long step: (a, a client, the execution id, its group)."""
+    marks.mkdir()
+    a = replicas("a")
+    runner = Runner(a.address)
+    runner.register(LONG)
+    execution_id = runner.start(runner.configure("long", {"dir": str(marks)}))
+    runner.wait_output(execution_id, "ready")
+    return a, runner, execution_id, int((marks / execution_id).read_text())
+
+
+def kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def owners(url: str) -> list[tuple[str, str, int | None]]:
     """(execution id, owner, submitted time) of every execution, in creation order."""
     with psycopg.connect(url) as conn:
@@ -129,15 +147,7 @@ def test_a_burst_over_three_replicas_runs_each_execution_once_in_order(
 def test_kill_9_of_the_owner_has_another_replica_reconcile_it_once(
     replicas, postgres_url, tmp_path
 ):
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    a = replicas("a")
-    runner_a = Runner(a.address)
-    runner_a.register(LONG)
-    config = runner_a.configure("long", {"dir": str(marks)})
-    execution_id = runner_a.start(config)
-    runner_a.wait_output(execution_id, "ready")
-    pgid = int((marks / execution_id).read_text())
+    a, runner_a, execution_id, pgid = start_long(replicas, tmp_path / "marks")
     runner_a.close()
     assert owners(postgres_url)[0][1] == "a"
     group_killed = False
@@ -159,23 +169,13 @@ def test_kill_9_of_the_owner_has_another_replica_reconcile_it_once(
         runner_b.close()
     finally:
         if not group_killed:
-            try:
-                os.killpg(pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            kill_group(pgid)
 
 
 def test_a_replica_that_stalled_past_its_lease_writes_nothing_over_its_successor(
     replicas, postgres_url, tmp_path
 ):
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    a = replicas("a")
-    runner_a = Runner(a.address)
-    runner_a.register(LONG)
-    execution_id = runner_a.start(runner_a.configure("long", {"dir": str(marks)}))
-    runner_a.wait_output(execution_id, "ready")
-    pgid = int((marks / execution_id).read_text())
+    a, runner_a, execution_id, pgid = start_long(replicas, tmp_path / "marks")
     b = replicas("b")
     runner_b = Runner(b.address)
     try:
@@ -197,7 +197,4 @@ def test_a_replica_that_stalled_past_its_lease_writes_nothing_over_its_successor
             a.process.send_signal(signal.SIGCONT)
         runner_a.close()
         runner_b.close()
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_group(pgid)

@@ -418,6 +418,19 @@ class Store:
         """Run portable SQL (``?`` placeholders) through peewee; returns the cursor."""
         return self.db.execute_sql(self.dialect.sql(sql), args)
 
+    def _select_in(
+        self, sql: str, ids: Sequence[str], args: Sequence[Any] = (), suffix: str = ""
+    ) -> list[tuple]:
+        """Rows of ``sql`` ending in ``... IN`` for every id, 500 ids a statement."""
+        rows: list[tuple] = []
+        ids = list(ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            rows += self.execute(
+                f"{sql} ({', '.join('?' * len(chunk))}){suffix}", [*args, *chunk]
+            ).fetchall()
+        return rows
+
     def cursor(self) -> _Cursor:
         """A cursor of this thread's connection that takes portable SQL."""
         return _Cursor(self.db.cursor(), self.dialect.sql)
@@ -1374,17 +1387,12 @@ class Store:
                 "UPDATE execution SET lease_expires_us = ? WHERE owner = ? AND status IN (?, ?, ?)",
                 (lease_until_us, owner, *active),
             )
-            tokens: dict[str, int] = {}
-            ids = list(held)
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                rows = self.execute(
-                    "SELECT execution_id, fence FROM execution WHERE owner = ?"
-                    f" AND execution_id IN ({', '.join('?' * len(chunk))})",
-                    [owner, *chunk],
-                ).fetchall()
-                tokens.update({eid: int(fence) for eid, fence in rows})
-        return tokens
+            rows = self._select_in(
+                "SELECT execution_id, fence FROM execution WHERE owner = ? AND execution_id IN",
+                held,
+                [owner],
+            )
+        return {eid: int(fence) for eid, fence in rows}
 
     def queue_position(self, execution_id: str) -> int | None:
         """How many unclaimed PENDING executions were created before this one (None
@@ -1548,16 +1556,12 @@ class Store:
 
     def last_transition_seqs(self, execution_ids: Sequence[str]) -> dict[str, int]:
         """The sequence number of the latest history entry of each execution."""
-        result: dict[str, int] = {}
-        ids = list(execution_ids)
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            cursor = self.execute(
-                "SELECT execution_id, MAX(seq) FROM transition WHERE execution_id IN "
-                f"({','.join('?' * len(chunk))}) GROUP BY execution_id",
-                chunk,
-            )
-            result.update({eid: int(seq) for eid, seq in cursor.fetchall()})
+        rows = self._select_in(
+            "SELECT execution_id, MAX(seq) FROM transition WHERE execution_id IN",
+            execution_ids,
+            suffix=" GROUP BY execution_id",
+        )
+        result = {eid: int(seq) for eid, seq in rows}
         return result
 
     def first_log_seq_at(self, execution_id: str, start_us: int) -> int:
