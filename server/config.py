@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+
+REPLICA_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 @dataclass(slots=True)
@@ -23,11 +27,18 @@ class Settings:
     max_streams_per_client: int = 100
     runtime: str = "local"  # local: steps run as local processes; none: nothing runs
     port_file: Path | None = None  # where `serve` writes the bound port
+    # This server's name among the replicas of one PostgreSQL database (in the
+    # cross-replica notifications); default: random, new for every process.
+    replica_id: str = field(default_factory=lambda: secrets.token_hex(6))
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'trainyard.db'}"
+        if not REPLICA_ID_RE.match(self.replica_id):
+            raise ValueError(
+                f"replica id {self.replica_id!r}: 1-64 letters, digits, '.', '_' or '-'"
+            )
 
     @property
     def work_dir(self) -> Path:
@@ -114,9 +125,18 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         default=None,
         help="write the bound port to this file once the server serves",
     )
+    parser.add_argument(
+        "--replica-id",
+        default=_env("REPLICA_ID", ""),
+        help="this server's name among replicas of one PostgreSQL database, 1-64 letters,"
+        " digits, '.', '_' or '-'; default random per process (TRAINYARD_REPLICA_ID)",
+    )
     args = parser.parse_args(argv)
     if args.max_concurrent_executions < 1:
         parser.error("--max-concurrent-executions must be at least 1")
+    if args.replica_id and not REPLICA_ID_RE.match(args.replica_id):
+        parser.error("--replica-id: 1-64 letters, digits, '.', '_' or '-'")
+    extra = {"replica_id": args.replica_id} if args.replica_id else {}
     return Settings(
         address=args.address,
         data_dir=Path(args.data_dir),
@@ -130,4 +150,5 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         max_streams_per_client=args.max_streams_per_client,
         runtime=args.runtime,
         port_file=Path(args.port_file) if args.port_file else None,
+        **extra,
     )

@@ -246,6 +246,10 @@ class ExecutionWatches:
                 async for event in self._snapshot(group, options, digest, start_number, positions):
                     yield event
             while True:
+                if events.resync:
+                    # Events may have been lost on their way here: no cursor of this
+                    # stream can be resumed exactly, so the client starts over.
+                    raise self._too_slow(_encode_cursor({"p": "", "n": 0, "f": digest}))
                 items = events.take()
                 if not items:
                     if events.overflowed:
