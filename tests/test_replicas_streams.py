@@ -306,8 +306,8 @@ def test_notifier_recovers_after_its_connections_are_killed_and_loses_nothing(
     replicas, postgres_url
 ):
     a, b, stubs_a, stubs_b = replicas
-    # A slower reconnect, so that what follows happens while B is deaf.
-    notifier(b).min_backoff = 0.5
+    nb = notifier(b)
+    nb.max_backoff = 0.1
     execution_id = make_execution(stubs_a)
     driver = Driver(a, execution_id)
     driver.transition(Status.RUNNING)
@@ -319,13 +319,23 @@ def test_notifier_recovers_after_its_connections_are_killed_and_loses_nothing(
     group_watch = watch(stubs_b)
     assert next(group_watch).type == SNAPSHOT
     wait_for(lambda: broker(b).stats().event_subscriptions >= 3, what="watchers on B")
+    request = epb.GetExecutionRequest(execution_id=execution_id)
+    assert stubs_b.executions.GetExecution(request).execution.status == RUNNING  # cached
 
+    # Kill B's LISTEN connection, and keep B from connecting again for a while.
+    url = nb.url
+    nb.url = url.rsplit("/", 1)[0] + "/no_such_database"
     assert _terminate(postgres_url, "trainyard-b-listen") == 1
-    wait_for(lambda: not notifier(b).listening, what="B to notice its lost connection")
+    wait_for(lambda: not nb.listening, what="B to notice its lost connection")
     driver.write(1000)  # while B hears nothing
     driver.transition(Status.STOPPING, "test")
-    wait_for(lambda: notifier(b).listening, timeout=30, what="B to listen again")
-    assert notifier(b).connects == 2
+    assert not nb.listening
+    assert broker(b).head_seq(execution_id) <= 1000
+    # Nothing is cached while B may miss writes: A's change shows at once.
+    assert stubs_b.executions.GetExecution(request).execution.status == STOPPING
+    nb.url = url
+    wait_for(lambda: nb.listening, timeout=30, what="B to listen again")
+    assert nb.connects == 2
     driver.write(1000)
     # A's sending connection too: what A sends meanwhile is sent again.
     assert _terminate(postgres_url, "trainyard-a-notify") == 1
