@@ -224,3 +224,21 @@ def test_a_deletion_is_announced_from_the_payload(parts):
     assert str(e.target_status) == "DELETED"
     assert store.reads == 0
     assert store.written == ["e9", "e9"]
+
+
+def test_a_log_notification_moves_the_sinks_stale_numbering_past_it(parts):
+    from server.domain.logsink import LogSink
+
+    store, _, _, notifier, _ = parts
+    sink = LogSink(store)
+    notifier.log_sink = sink
+    sink._next_seq["e1"] = 11  # this replica wrote lines 1-10 earlier
+    sink._next_seq["e2"] = 50
+
+    async def scenario():
+        notifier._on_notify(LOG_CHANNEL, "a|e1|30")
+        notifier._on_notify(LOG_CHANNEL, "a|e2|20")
+        notifier._on_notify(LOG_CHANNEL, "a|e3|5")
+
+    asyncio.run(scenario())
+    assert sink._next_seq == {"e1": 31, "e2": 50}

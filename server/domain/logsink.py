@@ -335,6 +335,15 @@ class LogSink:
             self.flush()
         self._next_seq.pop(execution_id, None)
 
+    def numbered_elsewhere(self, execution_id: str, seq: int) -> None:
+        """Another replica stored the execution's lines up to ``seq`` (its
+        notification said so): a number this sink kept for it from an earlier write
+        here is stale, and its next line is numbered after ``seq``. (Two replicas never
+        write one execution's lines at the same time: its runtime owner writes them.)"""
+        next_seq = self._next_seq.get(execution_id)
+        if next_seq is not None and next_seq <= seq:
+            self._next_seq[execution_id] = seq + 1
+
     def last_seq(self, execution_id: str) -> int:
         """The sequence number of the last line written (stored or queued)."""
         seq = self._next_seq.get(execution_id)

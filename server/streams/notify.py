@@ -60,8 +60,11 @@ Receiving (another replica's notifications; a replica ignores its own):
   store's caches of executables and configurations (repository.py ``_Cache``) hold
   immutable rows (a version or a configuration never changes once written) and the
   control plane's step names (``_steps``) are per executable version: neither needs
-  invalidating. The broker's retained events are this replica's own numbering (see
-  the set-watch cursors below).
+  invalidating. The log sink's next number per execution (``LogSink._next_seq``) is
+  moved past every number another replica announces for it
+  (``LogSink.numbered_elsewhere``), so a replica that wrote an execution's lines
+  before another did numbers its next line after theirs. The broker's retained events
+  are this replica's own numbering (see the set-watch cursors below).
 
 Why a tailer on a replica that does not write the lines misses nothing (B tails, A
 writes). A tailer subscribes before it reads the store, reads the highest stored
@@ -177,6 +180,7 @@ class PostgresNotifier:
         self.store = store
         self.plane = plane
         self.broker = broker
+        self.log_sink = log_sink
         self.chunk_lines = chunk_lines
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff
@@ -443,7 +447,10 @@ class PostgresNotifier:
                 origin, execution_id, seq = payload.split("|")
                 if origin != self.replica_id:
                     self.counters["received"] += 1
-                    self._log_notified(execution_id, int(seq))
+                    number = int(seq)
+                    if self.log_sink is not None:
+                        self.log_sink.numbered_elsewhere(execution_id, number)
+                    self._log_notified(execution_id, number)
             elif channel == EVENT_CHANNEL:
                 origin, kind, group, execution_id, detail = payload.split("|", 4)
                 if origin != self.replica_id:
