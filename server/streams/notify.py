@@ -242,7 +242,7 @@ class PostgresNotifier:
         """Send what is queued (within ``timeout`` seconds), then stop."""
         if self._closing:
             return
-        if self._tasks and not self._tasks[1].done() and self._pending_out():
+        if self._tasks and not self._tasks[1].done() and (self._pending_out() or self._sending):
             self._out_ready.set()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
