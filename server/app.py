@@ -32,6 +32,7 @@ from server.process_tuning import tune_process
 from server.runtime.local import LocalRuntime
 from server.store.async_store import AsyncMetricStore, AsyncStore
 from server.streams.broker import LocalBroker
+from server.streams.notify import PostgresNotifier
 from server.streams.tailer import LogTails
 from server.streams.watch import ExecutionWatches
 from trainyard.v1 import (
@@ -94,6 +95,10 @@ class TrainyardServer:
         sink = self.extra.get("log_sink")
         if sink is not None:
             await sink.close()
+        notifier = self.extra.get("notifier")
+        if notifier is not None:
+            # After the sink: its last lines and the final transitions are announced.
+            await notifier.close()
         await asyncio.to_thread(self.store.close)
         log.info("server stopped")
 
@@ -117,6 +122,18 @@ async def start_server(settings: Settings) -> TrainyardServer:
     plane.listeners.append(broker.publish_event)
     tails = LogTails(plane, broker)
     watches = ExecutionWatches(plane, broker)
+    notifier: PostgresNotifier | None = None
+    if store.kind == "postgresql":
+        # Replicas of one database: what is committed here reaches the others' brokers
+        # (and theirs this one's) through LISTEN / NOTIFY (server/streams/notify.py).
+        notifier = PostgresNotifier(
+            settings.database_url,
+            replica_id=settings.replica_id,
+            store=store,
+            plane=plane,
+            broker=broker,
+            log_sink=log_sink,
+        )
     if settings.runtime == "local":
         plane.runtime = LocalRuntime(
             plane,
@@ -177,6 +194,10 @@ async def start_server(settings: Settings) -> TrainyardServer:
     port = server.add_insecure_port(settings.address)
     if port == 0:
         raise RuntimeError(f"cannot listen on {settings.address}")
+    if notifier is not None:
+        # Listening before anything is served or run: no tailer or watcher here can
+        # miss a notification.
+        await notifier.start()
     if plane.runtime is not None:
         # Reconcile what a previous server left before serving; steps dial `address`.
         await plane.runtime.start(f"{settings.address.rsplit(':', 1)[0]}:{port}")
@@ -197,9 +218,15 @@ async def start_server(settings: Settings) -> TrainyardServer:
             "watches": watches,
             "interceptor": interceptor,
             "execution_responses": executions.responses,
+            "notifier": notifier,
         },
     )
-    log.info("server started", address=running.address, database=settings.database_url)
+    log.info(
+        "server started",
+        address=running.address,
+        database=settings.database_url,
+        replica_id=settings.replica_id,
+    )
     return running
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+
+REPLICA_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 @dataclass(slots=True)
@@ -40,6 +43,10 @@ class Settings:
         if not self.replica_id:
             where = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:8]
             self.replica_id = f"{socket.gethostname()}-{where}"
+        if not REPLICA_ID_RE.match(self.replica_id):
+            raise ValueError(
+                f"replica id {self.replica_id!r}: 1-64 letters, digits, '.', '_' or '-'"
+            )
 
     @property
     def work_dir(self) -> Path:
@@ -132,8 +139,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument(
         "--replica-id",
         default=_env("REPLICA_ID", ""),
-        help="this server's name among the replicas of one database; default: host name "
-        "and a digest of the data directory (TRAINYARD_REPLICA_ID)",
+        help="this server's name among the replicas of one database, 1-64 letters, digits,"
+        " '.', '_' or '-'; default: host name and a digest of the data directory"
+        " (TRAINYARD_REPLICA_ID)",
     )
     parser.add_argument(
         "--lease-seconds",
@@ -154,6 +162,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         parser.error("--lease-seconds must be positive")
     if args.database_busy_timeout < 0:
         parser.error("--database-busy-timeout must not be negative")
+    if args.replica_id and not REPLICA_ID_RE.match(args.replica_id):
+        parser.error("--replica-id: 1-64 letters, digits, '.', '_' or '-'")
     return Settings(
         address=args.address,
         data_dir=Path(args.data_dir),

@@ -185,12 +185,14 @@ def test_a_replica_that_stalled_past_its_lease_writes_nothing_over_its_successor
         wait_for(lambda: live_members(pgid) == [], 10, "the stalled replica's step to be gone")
         before = runner_b.history(execution_id)
         a.process.send_signal(signal.SIGCONT)
-        # a wakes up: its step died under it; its late writes (step failed, DEAD) are
-        # refused, so the successor's record stands. a notices at its next renewal.
-        wait_for(lambda: "lease lost" in a.log(), LEASE_SECONDS + 5, "a to notice")
+        # a wakes up: its step died under it; its late writes (the step's end, the
+        # final status) are refused, so the successor's record stands.
+        wait_for(
+            lambda: "no longer run by a" in a.log(), LEASE_SECONDS + 10,
+            "a's late write to be refused",
+        )
         assert runner_a.history(execution_id) == before
         assert runner_a.get(execution_id).status == ended.status
-        wait_for(lambda: "no longer run by a" in a.log(), 10, "a's late write to be refused")
         assert runner_b.history(execution_id) == before
     finally:
         if a.process.poll() is None:

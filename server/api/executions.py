@@ -29,8 +29,11 @@ class _Responses:
     A read runs on a store thread while writes go on, so a read that began before a
     write committed may return the state before it. ``begin`` marks a read in flight;
     a write of that execution while it is in flight marks it stale, and ``put`` keeps
-    nothing read stale. Across replicas the same drop comes from the store's change
-    notifications.
+    nothing read stale. Across replicas the same drop comes from the cross-replica
+    notifications (server/streams/notify.py calls the same callbacks when it hears of
+    another replica's write, which is then visible to reads); while those may be lost
+    (the notifier is reconnecting) nothing is cached, and the cache starts empty again
+    once they are heard (``unheard``).
 
     Dashboards and bots poll GetExecution; between two changes of an execution they
     all get the same message, built once."""
@@ -40,6 +43,8 @@ class _Responses:
         self.items: OrderedDict[str, tuple[str, pb.GetExecutionResponse]] = OrderedDict()
         # Reads in flight per execution id: [count, written meanwhile].
         self.reading: dict[str, list] = {}
+        # False while other replicas' writes may go unheard.
+        self.enabled = True
 
     def get(self, resource_group: str, execution_id: str) -> pb.GetExecutionResponse | None:
         item = self.items.get(execution_id)
@@ -66,6 +71,8 @@ class _Responses:
         return stale
 
     def put(self, resource_group: str, execution_id: str, response: pb.GetExecutionResponse):
+        if not self.enabled:
+            return
         self.items[execution_id] = (resource_group, response)
         self.items.move_to_end(execution_id)
         if len(self.items) > self.size:
@@ -77,12 +84,21 @@ class _Responses:
         if state is not None:
             state[1] = True
 
+    def unheard(self, unheard: bool) -> None:
+        """Writes elsewhere may go unheard (True) or are heard again (False): drop
+        everything, and cache nothing meanwhile."""
+        self.enabled = not unheard
+        self.items.clear()
+        for state in self.reading.values():
+            state[1] = True
+
 
 class ExecutionService(execution_service_pb2_grpc.ExecutionServiceServicer):
     def __init__(self, plane: ControlPlane):
         self.plane = plane
         self.responses = _Responses()
         plane.on_execution_written(self.responses.discard)
+        plane.on_writes_unheard(self.responses.unheard)
 
     async def render(
         self, executions: list[Execution], with_history: bool

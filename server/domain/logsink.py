@@ -536,6 +536,15 @@ class LogSink:
         else:
             state.forgotten = True
 
+    def numbered_elsewhere(self, execution_id: str, seq: int) -> None:
+        """Another replica stored the execution's lines up to ``seq`` (its
+        notification said so): a number this sink kept for it from an earlier write
+        here is stale, and its next line is numbered after ``seq``. (Two replicas never
+        write one execution's lines at the same time: its runtime owner writes them.)"""
+        state = self._logs.get(execution_id)
+        if state is not None and state.next_seq <= seq:
+            state.next_seq = seq + 1
+
     def last_seq(self, execution_id: str) -> int:
         """The sequence number of the last line written (stored or queued)."""
         state = self._logs.get(execution_id)

@@ -178,7 +178,15 @@ class ExecutionStore(Protocol):
 
     def on_execution_written(self, callback: Callable[[str], None]) -> None:
         """Call ``callback(execution_id)`` on the event loop after every committed
-        write of an execution's row or history, before the writer resumes."""
+        write of an execution's row or history, before the writer resumes; and, on a
+        database shared by replicas, when another replica's write of it is heard of."""
+        ...
+
+    def on_writes_unheard(self, callback: Callable[[bool], None]) -> None:
+        """Call ``callback(True)`` when other replicas' writes may go unheard from now
+        on (their notifications are lost): whatever was cached of executions may be
+        stale and nothing should be cached; ``callback(False)`` once they are heard
+        again (caches start empty again)."""
         ...
 
 

@@ -73,6 +73,9 @@ class ExecutionEvent:
     execution: Execution
     transition: Transition | None = None
     step: StepDetail | None = None
+    # The replica the change was made on, for a change heard from another replica;
+    # "" for a change made here.
+    origin: str = ""
 
 
 @dataclass(slots=True)
@@ -106,6 +109,12 @@ class ControlPlane:
                 listener(event)
             except Exception:  # a faulty listener must not break a state change
                 log.exception("execution listener failed", execution_id=event.execution.id)
+
+    def receive_remote(self, event: ExecutionEvent) -> None:
+        """A change committed by another replica (``event.origin``), as rebuilt from
+        the store by the cross-replica notifier: announced to the listeners like a
+        change made here."""
+        self._announce(event)
 
     # -------------------------------------------------------------- executables
 
@@ -454,6 +463,12 @@ class ControlPlane:
         and before the writer resumes: a cache of what was read drops it then. Unlike
         the listeners, which hear the announced changes, this hears every write."""
         self.store.on_execution_written(callback)
+
+    def on_writes_unheard(self, callback: Callable[[bool], None]) -> None:
+        """Call ``callback(True)`` when writes of other replicas may go unheard (a
+        cache of reads must drop everything and cache nothing), ``callback(False)``
+        when they are heard again; see the store port."""
+        self.store.on_writes_unheard(callback)
 
     async def get_execution(self, resource_group: str, execution_id: str) -> Execution:
         v = Violations()

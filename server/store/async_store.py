@@ -60,6 +60,8 @@ class AsyncStore:
         self._written = threading.local()
         self.sync.execution_write_hooks.append(self._track_written)
         self._on_written: list[Callable[[str], None]] = []
+        self._on_written_here: list[Callable[[str], None]] = []
+        self._on_unheard: list[Callable[[bool], None]] = []
 
     # ------------------------------------------------------------- plumbing
 
@@ -85,12 +87,39 @@ class AsyncStore:
         for execution_id in written:
             for callback in self._on_written:
                 callback(execution_id)
+            for callback in self._on_written_here:
+                callback(execution_id)
         if not ok:
             raise storage_fault(value) or value
         return value
 
     def on_execution_written(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(execution_id)`` after every committed write of an
+        execution: by this process, and (through ``written_elsewhere``) by another
+        replica of the same database."""
         self._on_written.append(callback)
+
+    def on_execution_written_here(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(execution_id)`` after every write this process committed,
+        and not for writes heard of from elsewhere (what a notifier tells the others)."""
+        self._on_written_here.append(callback)
+
+    def on_writes_unheard(self, callback: Callable[[bool], None]) -> None:
+        self._on_unheard.append(callback)
+
+    def writes_unheard(self, unheard: bool) -> None:
+        """True: other replicas' writes may go unheard from now on (the notifier lost
+        its connection); False: they are heard again. The ``on_writes_unheard``
+        callbacks drop every cached read either way."""
+        for callback in self._on_unheard:
+            callback(unheard)
+
+    def written_elsewhere(self, execution_id: str) -> None:
+        """Another replica committed a write of the execution (its notification was
+        received, so the write is visible to reads from now on): the
+        ``on_execution_written`` callbacks drop what they cached of it."""
+        for callback in self._on_written:
+            callback(execution_id)
 
     async def run_read(self, fn: Callable[..., Any], *args, **kwargs):
         """Run ``fn(sync_store, ...)`` on a reader (tests and tools)."""

@@ -379,6 +379,7 @@ class EventSubscription(_Waitable):
         "overflowed",
         "closed",
         "also_wake",
+        "resync",
         "_broker",
     )
 
@@ -397,6 +398,10 @@ class EventSubscription(_Waitable):
         self.queue: deque[NumberedEvent] = deque()
         self.overflowed = False
         self.closed = False
+        # Set when events may have been lost on their way to this broker (a
+        # cross-replica notifier lost its connection): a watcher of a set cannot tell
+        # what it missed and must start over (see server/streams/watch.py).
+        self.resync = False
 
     def push(self, item: NumberedEvent) -> None:
         if self.overflowed:
@@ -541,6 +546,49 @@ class LocalBroker(Broker):
 
     def head_seq(self, execution_id: str) -> int:
         return self._heads.get(execution_id, 0)
+
+    # ------------------------------------------- for a cross-replica notifier
+
+    def has_log_subscribers(self, execution_id: str) -> bool:
+        """Whether any tailer of the execution is subscribed (live or not)."""
+        return execution_id in self._logs
+
+    def has_live_log_subscribers(self, execution_id: str) -> bool:
+        """Whether any subscription of the execution is live: only a live one takes
+        what is published (one that is not live reads the store, and checks
+        ``head_seq`` before it turns live)."""
+        topic = self._logs.get(execution_id)
+        return topic is not None and bool(topic.at)
+
+    def advance_head(self, execution_id: str, seq: int) -> None:
+        """Lines up to ``seq`` are stored (written elsewhere) and no live subscription
+        needs them: move ``head_seq`` without publishing. A tailer that is reading
+        the store then reads again before it turns live, as for published lines."""
+        if seq > self._heads.get(execution_id, 0):
+            self._heads[execution_id] = seq
+
+    def forget_head(self, execution_id: str) -> None:
+        """The execution is final and nothing more is published for it."""
+        self._heads.pop(execution_id, None)
+
+    def log_executions(self) -> list[str]:
+        """Executions with log subscriptions."""
+        return list(self._logs)
+
+    def event_executions(self) -> list[str]:
+        """Executions with event subscriptions of their own."""
+        return list(self._by_execution)
+
+    def resync_sets(self) -> None:
+        """Events may have been lost: start a new epoch (event cursors issued so far
+        are no longer resumed from memory) and tell every watcher of a resource group
+        to start over."""
+        self.epoch = secrets.token_hex(4)
+        self._recent.clear()
+        for subscriptions in self._by_group.values():
+            for subscription in subscriptions:
+                subscription.resync = True
+                subscription._wake()
 
     # ---------------------------------------------------------------- events
 

@@ -12,6 +12,13 @@ Two kinds of watch, with two kinds of cursor (both opaque to clients):
   events after it that the broker still holds; when it no longer holds them (restart,
   or too many events since) the watch starts over with fresh SNAPSHOT events, which a
   client treats as "replace what you knew". A filtered watch never ends by itself.
+  With replicas on one PostgreSQL database the broker hears the other replicas'
+  changes too (server/streams/notify.py), so a set watch sees every replica's changes
+  and its cursors resume on the replica that issued them; a cursor of another
+  replica starts over with SNAPSHOT events (its numbering is not this broker's). When
+  the broker may have missed events (its notifier lost its connection), every set
+  watch is ended with RESOURCE_EXHAUSTED and a cursor that starts over, and the
+  broker's epoch changes, so that no earlier cursor resumes past the gap either.
 
 Live and stored state meet without gaps or doubles by sequence number: a transition at
 or below what a snapshot (or the cursor) already covered is dropped; a gap in the live
@@ -246,6 +253,10 @@ class ExecutionWatches:
                 async for event in self._snapshot(group, options, digest, start_number, positions):
                     yield event
             while True:
+                if events.resync:
+                    # Events may have been lost on their way here: no cursor of this
+                    # stream can be resumed exactly, so the client starts over.
+                    raise self._too_slow(_encode_cursor({"p": "", "n": 0, "f": digest}))
                 items = events.take()
                 if not items:
                     if events.overflowed:
