@@ -83,18 +83,18 @@ def table_counts(server, execution_id: str) -> dict[str, int]:
     """Rows of an execution in every metric table."""
 
     def count() -> dict[str, int]:
-        db = server.plane.store.sync.db
+        db = server.plane.store.sync
         result = {}
         for table in ("metric_owner", "metric_series", "metric_tag", "metric_custom_info"):
-            result[table] = db.execute_sql(
+            result[table] = db.execute(
                 f"SELECT COUNT(*) FROM {table} WHERE execution_id = ?", (execution_id,)
             ).fetchone()[0]
-        result["metric_point"] = db.execute_sql(
+        result["metric_point"] = db.execute(
             "SELECT COUNT(*) FROM metric_point WHERE series_id IN "
             "(SELECT series_id FROM metric_series WHERE execution_id = ?)",
             (execution_id,),
         ).fetchone()[0]
-        result["metric_point_all"] = db.execute_sql("SELECT COUNT(*) FROM metric_point").fetchone()[
+        result["metric_point_all"] = db.execute("SELECT COUNT(*) FROM metric_point").fetchone()[
             0
         ]
         return result

@@ -405,7 +405,13 @@ class MetricStore:
             "SELECT x.execution_id, x.resource_group, x.configuration_id, x.executable_id, "
             f"x.status, x.created_us, x.started_us, x.completed_us, x.pos, {value_sql} AS v "
             f"{base} " + (f"WHERE {' AND '.join(where)} " if where else "")
-            + (f"ORDER BY (v IS NULL), v {direction}, x.pos" if q.order_by else "ORDER BY x.pos")
+            # The expression, not its alias: PostgreSQL takes an alias in ORDER BY only
+            # on its own, never inside an expression such as ``v IS NULL``.
+            + (
+                f"ORDER BY ({value_sql} IS NULL), {value_sql} {direction}, x.pos"
+                if q.order_by
+                else "ORDER BY x.pos"
+            )
             + " LIMIT ?"
         )
         page_args.append(q.limit)
