@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
+import threading
 from pathlib import Path
 
 import psycopg
@@ -25,7 +26,24 @@ from workflow_helpers import (
     workflow,
 )
 
+from client.streams import follow_logs, watch
+
 LEASE_SECONDS = 2.0
+
+# Prints numbered lines until it is stopped.
+CHATTY = workflow(
+    "chatty",
+    [
+        python(
+            "main",
+            "import itertools, time\n"
+            "for i in itertools.count(1):\n"
+            "    print(f'line {i}', flush=True)\n"
+            "    time.sleep(0.002)\n",
+        )
+    ],
+    entrypoint="main",
+)
 
 QUICK = workflow("quick", [container("main", "sh", "-c", "echo ran once")], entrypoint="main")
 
@@ -141,6 +159,56 @@ def test_a_burst_over_three_replicas_runs_each_execution_once_in_order(
             assert mine == sorted(mine)
     finally:
         for runner in runners:
+            runner.close()
+
+
+def test_create_on_one_replica_tail_and_watch_on_another_stop_on_a_third(replicas):
+    a, b, c = (replicas(name) for name in "abc")
+    runner_a, runner_b, runner_c = Runner(a.address), Runner(b.address), Runner(c.address)
+    try:
+        runner_a.register(CHATTY)
+        execution_id = runner_a.start(runner_a.configure("chatty"))
+        lines: list[tuple[int, str]] = []
+        events: list[str] = []
+        tail = threading.Thread(
+            target=lambda: lines.extend(
+                (line.sequence, line.text) for line in follow_logs(runner_b.client, execution_id)
+            ),
+            daemon=True,
+        )
+        watcher = threading.Thread(
+            target=lambda: events.extend(
+                STATUS_NAME[e.execution.status] for e in watch(runner_b.client, execution_id)
+            ),
+            daemon=True,
+        )
+        tail.start()
+        watcher.start()
+        wait_for(lambda: len(lines) >= 500, 30, "500 lines on replica b")
+        runner_c.client.stop_execution(execution_id)
+        stopped = runner_c.wait(execution_id, "STOPPED", timeout=15)
+        tail.join(15)
+        watcher.join(15)
+        assert not tail.is_alive() and not watcher.is_alive(), "b's streams end by themselves"
+
+        stored = [(line.sequence, line.text) for line in runner_a.client.list_logs(execution_id)]
+        assert lines == stored  # every line once, in order, none missing
+        assert [seq for seq, _ in lines] == list(range(1, len(lines) + 1))
+        printed = [text for _, text in lines if text.startswith("line ")]
+        assert printed == [f"line {i}" for i in range(1, len(printed) + 1)]
+        # Statuses as b's watch saw them change (step events repeat the status): from
+        # the state at the watch's start, then each transition once, in order.
+        seen = [status for i, status in enumerate(events) if i == 0 or events[i - 1] != status]
+        assert seen in (
+            ["PENDING", "RUNNING", "STOPPING", "STOPPED"],
+            ["RUNNING", "STOPPING", "STOPPED"],
+        ), events
+        assert [h[0] for h in runner_b.history(execution_id)] == [
+            "PENDING", "RUNNING", "STOPPING", "STOPPED"
+        ]
+        assert stopped.status_message.startswith("stopped")
+    finally:
+        for runner in (runner_a, runner_b, runner_c):
             runner.close()
 
 
