@@ -260,3 +260,29 @@ def test_an_in_memory_database_is_retried_and_given_up_on_like_a_file():
     assert [r[1] for r in stored] == list(range(1, 11))
     assert error == "logs could not be stored: bad row (1 lines lost)"
     assert threads == {threading.current_thread().name}
+
+
+def test_an_opened_execution_is_numbered_on_without_reading_the_store_on_the_loop(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'x.db'}")
+    store.append_logs([("e1", 1, 1, "", 3, "before"), ("e1", 2, 1, "", 3, "before")])
+    sink = LogSink(store)
+    loop_thread = threading.get_ident()
+    reads: list[int] = []
+    real = store.last_log_seq
+
+    def traced(execution_id):
+        reads.append(threading.get_ident())
+        return real(execution_id)
+
+    store.last_log_seq = traced
+
+    async def scenario():
+        await sink.open("e1")
+        sink.system("e1", "after")
+        await sink.flush("e1")
+        await sink.close()
+
+    asyncio.run(scenario())
+    assert reads and loop_thread not in reads
+    assert [r[1] for r in store.read_log_rows("e1")] == [1, 2, 3]
+    store.close()

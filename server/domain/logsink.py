@@ -468,6 +468,19 @@ class LogSink:
     def system(self, execution_id: str, text: str, step: str = "") -> None:
         self.write(execution_id, step, LogStream.SYSTEM, text)
 
+    async def open(self, execution_id: str) -> None:
+        """Read where the execution's numbering goes on (its last stored line) off the
+        event loop, before its first write; a write to an execution not opened reads
+        it on the loop."""
+        if execution_id in self._logs:
+            return
+        if self._threaded():
+            last = await asyncio.to_thread(self.store.last_log_seq, execution_id)
+        else:  # an in-memory database is one connection's, on this thread
+            last = self.store.last_log_seq(execution_id)
+        if execution_id not in self._logs:
+            self._logs[execution_id] = _Log(last + 1)
+
     async def wait_for_room(self, execution_id: str) -> None:
         """Return once the execution has fewer than ``max_queued_lines`` lines (and
         ``max_queued_chars`` characters) written and not yet stored or given up on:

@@ -331,6 +331,7 @@ class LocalRuntime(Runtime):
             _ended(d, StepPhase.SKIPPED, "not started: the execution was stopped")
             for d in execution.step_details
         ]
+        await self.sink.open(execution_id)
         self.sink.system(execution_id, f"execution stopped: {message}")
         lost = await self._flush_logs(execution_id)
         try:
@@ -352,6 +353,7 @@ class LocalRuntime(Runtime):
 
     async def _execute(self, run: _Run) -> None:
         try:
+            await self.sink.open(run.id)
             await self._run_execution(run)
         except asyncio.CancelledError:
             raise
@@ -910,6 +912,7 @@ class LocalRuntime(Runtime):
         self, execution: Execution, strays: list[int], lease: Lease, previous: str
     ) -> None:
         eid = execution.id
+        await self.sink.open(eid)
         lost = bool(previous) and previous != self.replica_id
         cause = "replica_lost" if lost else "server_restart"
         what = f"replica {previous} was lost" if lost else "server restarted"
