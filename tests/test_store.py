@@ -3,6 +3,8 @@ PostgreSQL."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from server.domain import templates
@@ -179,6 +181,38 @@ def test_deleted_lines_are_hidden_at_once_and_purged_in_chunks(store):
     assert [store.purge_logs(10) for _ in range(5)] == [10, 10, 5, 7, 0]
     assert _stored_lines(store) == {"kept": 3}
     assert len(store.read_logs("kept")) == 3
+
+
+def test_two_replicas_purging_at_once_delete_every_line_once(store):
+    if store.in_memory:
+        pytest.skip("one connection only")
+    ids = seed(store, 6)
+    for eid in ids:
+        store.append_logs([(eid, i, i, "s", 1, f"{eid} {i}") for i in range(1, 3001)])
+        store.force_status(eid, Status.COMPLETED)
+        store.delete_execution("g", eid)
+    deleted: list[int] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2)
+
+    def purge(replica: Store) -> None:
+        try:
+            barrier.wait(timeout=30)
+            while n := replica.purge_logs(500):
+                deleted.append(n)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            replica.close()
+
+    replicas = [Store(store.url), Store(store.url)]
+    threads = [threading.Thread(target=purge, args=(r,)) for r in replicas]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors and sum(deleted) == 6 * 3000
+    assert _stored_lines(store) == {}
 
 
 def test_purge_of_an_execution_another_purge_emptied_deletes_nothing_twice(store):
