@@ -24,6 +24,7 @@ from server.api.resources import (
 )
 from server.api.watch import WatchingExecutionService
 from server.config import Settings
+from server.domain.logpurge import LogPurger
 from server.domain.logs import LogReader
 from server.domain.logsink import LogSink
 from server.domain.metrics import MetricsService
@@ -90,6 +91,9 @@ class TrainyardServer:
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        purger = self.extra.get("log_purger")
+        if purger is not None:
+            await purger.close()
         if self.plane.runtime is not None:
             await self.plane.runtime.close()
         sink = self.extra.get("log_sink")
@@ -121,6 +125,9 @@ async def start_server(settings: Settings) -> TrainyardServer:
     log_sink.row_subscribers.append(broker.publish_logs)
     plane.listeners.append(broker.publish_event)
     tails = LogTails(plane, broker)
+    # Log lines of deleted executions, removed in the background (woken by deletes).
+    log_purger = LogPurger(store)
+    plane.listeners.append(log_purger.on_event)
     watches = ExecutionWatches(plane, broker)
     notifier: PostgresNotifier | None = None
     if store.kind == "postgresql":
@@ -202,6 +209,7 @@ async def start_server(settings: Settings) -> TrainyardServer:
         # Reconcile what a previous server left before serving; steps dial `address`.
         await plane.runtime.start(f"{settings.address.rsplit(':', 1)[0]}:{port}")
     await server.start()
+    log_purger.start()  # first what a previous server left queued
     for name in ["", *SERVICE_NAMES]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     running = TrainyardServer(
@@ -213,6 +221,7 @@ async def start_server(settings: Settings) -> TrainyardServer:
         health_servicer,
         extra={
             "log_sink": log_sink,
+            "log_purger": log_purger,
             "broker": broker,
             "tails": tails,
             "watches": watches,

@@ -45,6 +45,7 @@ TABLES = [
     "execution_count",
     "transition",
     "log_line",
+    "log_purge",
     "idempotency_key",
     "metric_owner",
     "metric_series",

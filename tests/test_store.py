@@ -143,6 +143,87 @@ def test_delete_removes_history_logs_and_count(store):
     assert store.history(ids[0]) == []
     assert store.list_executions("g", PageRequest(10)).total_size == 1
     assert store.get_artifact("g", "a1").name == "iris"  # artifacts stay
+    # The lines are queued for the purger, then gone.
+    assert store.purge_logs(100) == 2 and store.purge_logs(100) == 0
+    assert _stored_lines(store) == {}
+
+
+def _stored_lines(store: Store) -> dict[str, int]:
+    """Log lines in the table (hidden or not), per execution, and the queue."""
+    rows = store.execute(
+        "SELECT execution_id, COUNT(*) FROM log_line GROUP BY execution_id"
+    ).fetchall()
+    found = {eid: n for eid, n in rows}
+    for (eid,) in store.execute("SELECT execution_id FROM log_purge").fetchall():
+        found[f"queued:{eid}"] = 1
+    return found
+
+
+def test_deleted_lines_are_hidden_at_once_and_purged_in_chunks(store):
+    ids = seed(store, 3)
+    for eid, count in zip(ids, (25, 0, 7), strict=True):
+        store.append_logs([(eid, i, 1000 + i, "s", 1, f"{eid} {i}") for i in range(1, count + 1)])
+        store.force_status(eid, Status.COMPLETED)
+    store.append_logs([("kept", i, 1000 + i, "s", 1, "x") for i in range(1, 4)])
+    assert store.purge_logs(10) == 0  # nothing queued
+    for eid in ids:
+        store.delete_execution("g", eid)
+    assert _stored_lines(store) == {
+        ids[0]: 25, ids[2]: 7, "kept": 3, **{f"queued:{e}": 1 for e in ids}
+    }
+    # Every read of a deleted execution's lines finds none, while they are stored.
+    for eid in (ids[0], ids[2]):
+        assert store.read_logs(eid) == [] and store.read_log_rows(eid, descending=True) == []
+        assert store.last_log_seq(eid) == 0 and store.first_log_seq_at(eid, 0) == 0
+        assert store.read_log_rows_to_end(eid, after_seq=0, limit=10) == (0, [])
+    # Up to a chunk per call, the oldest queued execution first, by key range; an
+    # execution without lines leaves the queue on the way.
+    assert [store.purge_logs(10) for _ in range(5)] == [10, 10, 5, 7, 0]
+    assert _stored_lines(store) == {"kept": 3}
+    assert len(store.read_logs("kept")) == 3
+
+
+def test_two_replicas_purging_at_once_delete_every_line_once(store):
+    if store.in_memory:
+        pytest.skip("one connection only")
+    ids = seed(store, 6)
+    for eid in ids:
+        store.append_logs([(eid, i, i, "s", 1, f"{eid} {i}") for i in range(1, 3001)])
+        store.force_status(eid, Status.COMPLETED)
+        store.delete_execution("g", eid)
+    deleted: list[int] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2)
+
+    def purge(replica: Store) -> None:
+        try:
+            barrier.wait(timeout=30)
+            while n := replica.purge_logs(500):
+                deleted.append(n)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            replica.close()
+
+    replicas = [Store(store.url), Store(store.url)]
+    threads = [threading.Thread(target=purge, args=(r,)) for r in replicas]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors and sum(deleted) == 6 * 3000
+    assert _stored_lines(store) == {}
+
+
+def test_purge_of_an_execution_another_purge_emptied_deletes_nothing_twice(store):
+    ids = seed(store, 1)
+    store.append_logs([(ids[0], i, i, "s", 1, "x") for i in range(1, 21)])
+    store.force_status(ids[0], Status.COMPLETED)
+    store.delete_execution("g", ids[0])
+    # Another replica deleted the lower lines meanwhile: this one deletes the rest.
+    store.execute("DELETE FROM log_line WHERE seq <= 15")
+    assert store.purge_logs(10) == 5 and store.purge_logs(10) == 0
+    assert _stored_lines(store) == {}
 
 
 def test_log_reads(store):

@@ -162,8 +162,10 @@ class ExecutionStore(Protocol):
     async def delete_execution(
         self, resource_group: str, execution_id: str, keep_metrics: bool = False
     ) -> None:
-        """Delete a final execution with its history and logs; FailedPrecondition
-        (EXECUTION_NOT_DELETABLE) in any other status."""
+        """Delete a final execution with its history; FailedPrecondition
+        (EXECUTION_NOT_DELETABLE) in any other status. Its log lines are hidden from
+        every read at once and queued for :meth:`LogStore.purge_logs`, which removes
+        them later: the delete takes as long with millions of lines as with none."""
         ...
 
     async def update_execution(
@@ -251,6 +253,13 @@ class LogStore(Protocol):
         ...
 
     async def first_log_seq_at(self, execution_id: str, start_us: int) -> int: ...
+
+    async def purge_logs(self, chunk: int) -> int:
+        """Delete up to ``chunk`` stored lines of one deleted execution, in a short
+        transaction of its own (the queue goes on where it stopped after a restart);
+        the number deleted, 0 when no deleted execution has lines left. Safe to call
+        from several replicas at once."""
+        ...
 
 
 class MetricStore(Protocol):

@@ -181,6 +181,8 @@ class AsyncStore:
     read_log_rows = _reader(SyncStore.read_log_rows)
     read_log_rows_to_end = _reader(SyncStore.read_log_rows_to_end)
     first_log_seq_at = _reader(SyncStore.first_log_seq_at)
+    # A writer: its chunks take turns with every other write on the writer thread.
+    purge_logs = _writer(SyncStore.purge_logs)
 
 
 class AsyncMetricStore:

@@ -83,6 +83,13 @@ def _check_lease(row: dict, lease: Lease | None) -> None:
         )
 
 
+# The condition, on a read of one execution's log lines, that the execution is not
+# deleted (queued for purging): its lines vanish from every read with the delete's
+# commit, though the purger removes them later. Its parameter is the execution id.
+_NOT_PURGED = "AND NOT EXISTS (SELECT 1 FROM log_purge AS p WHERE p.execution_id = ?)"
+# Log lines deleted per purge transaction (Store.purge_logs).
+PURGE_CHUNK = 20_000
+
 # Rows per INSERT statement of log lines (6 parameters each; SQLite allows 32,766).
 LOG_INSERT_ROWS = 4096
 
@@ -1242,7 +1249,10 @@ class Store:
     def delete_execution(
         self, resource_group: str, execution_id: str, keep_metrics: bool = False
     ) -> None:
-        """Delete a final execution with its history and logs (artifacts stay)."""
+        """Delete a final execution with its history (artifacts stay). Its log lines,
+        of which there may be millions, are not deleted here: the execution is queued
+        in ``log_purge`` in the same transaction, which hides its lines from every read
+        at once, and :meth:`purge_logs` removes them later in short transactions."""
 
         def change() -> None:
             row = self._execution_row(resource_group, execution_id)
@@ -1258,7 +1268,11 @@ class Store:
                 raise _Conflict()
             self._count(row, str(current), -1)
             self.execute("DELETE FROM transition WHERE execution_id = ?", (execution_id,))
-            self.execute("DELETE FROM log_line WHERE execution_id = ?", (execution_id,))
+            self.execute(
+                "INSERT INTO log_purge (execution_id, queued_us) VALUES (?, ?)"
+                " ON CONFLICT (execution_id) DO NOTHING",
+                (execution_id, now_us()),
+            )
             for hook in self.delete_hooks:
                 hook(execution_id, keep_metrics)
 
@@ -1460,12 +1474,52 @@ class Store:
                 start += size
 
     def last_log_seq(self, execution_id: str) -> int:
-        value = (
-            self.t.LogRow.select(pw.fn.MAX(self.t.LogRow.seq))
-            .where(self.t.LogRow.execution_id == execution_id)
-            .scalar()
-        )
+        value = self.execute(
+            f"SELECT MAX(seq) FROM log_line WHERE execution_id = ? {_NOT_PURGED}",
+            (execution_id, execution_id),
+        ).fetchone()[0]
         return int(value or 0)
+
+    def purge_logs(self, chunk: int = PURGE_CHUNK) -> int:
+        """Delete up to ``chunk`` log lines of one deleted execution (the first queued
+        in ``log_purge`` that no other replica is purging), in a short transaction of
+        its own; with them the queue row, once no line of the execution is left.
+        Returns the lines deleted: 0 when nothing is queued.
+
+        The lines go by key range (the ``chunk`` lowest sequence numbers), so two
+        replicas that purge one execution at once only delete fewer each; PostgreSQL's
+        SKIP LOCKED sends them to different executions anyway."""
+        if chunk < 1:
+            raise ValueError(f"chunk must be positive, got {chunk}")
+        # Nothing queued (the usual case): no write transaction, no write lock.
+        if self.execute("SELECT 1 FROM log_purge LIMIT 1").fetchone() is None:
+            return 0
+        with self.write_lock():
+            while True:
+                found = self.execute(
+                    "SELECT execution_id FROM log_purge ORDER BY queued_us, execution_id"
+                    " LIMIT 1" + self.dialect.skip_locked()
+                ).fetchone()
+                if found is None:
+                    return 0
+                execution_id = found[0]
+                count, last = self.execute(
+                    "SELECT COUNT(*), MAX(seq) FROM (SELECT seq FROM log_line"
+                    " WHERE execution_id = ? ORDER BY seq LIMIT ?) AS head",
+                    (execution_id, chunk),
+                ).fetchone()
+                deleted = 0
+                if count:
+                    deleted = self.execute(
+                        "DELETE FROM log_line WHERE execution_id = ? AND seq <= ?",
+                        (execution_id, last),
+                    ).rowcount
+                if count < chunk:
+                    # That was the rest of its lines: the execution is purged.
+                    self.execute("DELETE FROM log_purge WHERE execution_id = ?", (execution_id,))
+                if count:
+                    return deleted
+                # An execution with no lines left: on to the next one.
 
     def read_logs(
         self,
@@ -1514,9 +1568,9 @@ class Store:
         text), with no object per line: the live tailers' read path."""
         sql = [
             "SELECT execution_id, seq, at_us, step, stream, text FROM log_line"
-            " WHERE execution_id = ? AND seq > ?"
+            f" WHERE execution_id = ? AND seq > ? {_NOT_PURGED}"
         ]
-        args: list[Any] = [execution_id, after_seq]
+        args: list[Any] = [execution_id, after_seq, execution_id]
         for condition, value in (
             ("seq <= ?", upto_seq),
             ("seq < ?", before_seq),
@@ -1567,8 +1621,8 @@ class Store:
     def first_log_seq_at(self, execution_id: str, start_us: int) -> int:
         """Sequence number just before the first line at or after ``start_us``."""
         value = self.execute(
-            "SELECT MIN(seq) FROM log_line WHERE execution_id = ? AND at_us >= ?",
-            (execution_id, start_us),
+            f"SELECT MIN(seq) FROM log_line WHERE execution_id = ? AND at_us >= ? {_NOT_PURGED}",
+            (execution_id, start_us, execution_id),
         ).fetchone()[0]
         if value is None:
             return self.last_log_seq(execution_id)

@@ -195,6 +195,18 @@ class LogRow(Base):
         without_rowid = True
 
 
+class LogPurgeRow(Base):
+    """Since schema version 4: an execution that was deleted while its log lines are
+    still being removed (in chunks, by the log purger). Its lines are invisible from
+    the moment its row is here."""
+
+    execution_id = pw.TextField(primary_key=True)
+    queued_us = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "log_purge"
+
+
 class IdempotencyRow(Base):
     """Client request ids of create calls, so retries return the first result."""
 
@@ -299,6 +311,7 @@ MODELS: tuple[type[Base], ...] = (
     ExecutionCount,
     TransitionRow,
     LogRow,
+    LogPurgeRow,
     IdempotencyRow,
     MetricOwnerRow,
     MetricSeriesRow,
@@ -323,6 +336,7 @@ class Tables:
     ExecutionCount: type[ExecutionCount]
     TransitionRow: type[TransitionRow]
     LogRow: type[LogRow]
+    LogPurgeRow: type[LogPurgeRow]
     IdempotencyRow: type[IdempotencyRow]
     MetricOwnerRow: type[MetricOwnerRow]
     MetricSeriesRow: type[MetricSeriesRow]

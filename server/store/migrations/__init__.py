@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import peewee as pw
 
-from server.store.migrations import v001_core, v002_metrics, v003_leases
+from server.store.migrations import v001_core, v002_metrics, v003_leases, v004_log_purge
 
 BACKENDS = ("sqlite", "postgresql")
 
@@ -47,6 +47,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core", v001_core.SQLITE, v001_core.POSTGRESQL),
     Migration(2, "metrics", v002_metrics.SQLITE, v002_metrics.POSTGRESQL),
     Migration(3, "leases", v003_leases.SQLITE, v003_leases.POSTGRESQL),
+    Migration(4, "log_purge", v004_log_purge.SQLITE, v004_log_purge.POSTGRESQL),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
