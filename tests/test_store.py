@@ -29,6 +29,18 @@ def store(request, tmp_path):
     s.close()
 
 
+@pytest.fixture(params=["file", "postgresql"])
+def shared_store(request, tmp_path):
+    """A store whose database other connections can open too."""
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+    else:
+        url = f"sqlite:///{tmp_path / 'x.db'}"
+    s = Store(url)
+    yield s
+    s.close()
+
+
 def seed(store: Store, n: int = 3) -> list[str]:
     exe = templates.parse_template_text((SAMPLES / "iris-train.yaml").read_text(), "g")[0]
     store.put_executable(exe)
@@ -183,9 +195,8 @@ def test_deleted_lines_are_hidden_at_once_and_purged_in_chunks(store):
     assert len(store.read_logs("kept")) == 3
 
 
-def test_two_replicas_purging_at_once_delete_every_line_once(store):
-    if store.in_memory:
-        pytest.skip("one connection only")
+def test_two_replicas_purging_at_once_delete_every_line_once(shared_store):
+    store = shared_store
     ids = seed(store, 6)
     for eid in ids:
         store.append_logs([(eid, i, i, "s", 1, f"{eid} {i}") for i in range(1, 3001)])
@@ -290,18 +301,6 @@ def test_a_live_lease_is_not_taken_over_and_a_restart_reclaims_its_own(store):
     assert store.release_claim(ids[0], mine[0][1])
     assert store.queue_position(ids[0]) == 0
     assert [e.id for e, _ in store.claim_pending("b", 5, 10**18)] == [ids[0]]
-
-
-@pytest.fixture(params=["file", "postgresql"])
-def shared_store(request, tmp_path):
-    """A store whose database other connections can open too."""
-    if request.param == "postgresql":
-        url = request.getfixturevalue("postgres_url")
-    else:
-        url = f"sqlite:///{tmp_path / 'x.db'}"
-    s = Store(url)
-    yield s
-    s.close()
 
 
 def test_concurrent_claimers_each_take_different_executions(shared_store):

@@ -371,11 +371,6 @@ class LocalRuntime(Runtime):
     async def _run_execution(self, run: _Run) -> None:
         execution = run.execution
         try:
-            await self.plane.update_execution(run.id, submitted=True, lease=run.lease)
-        except DomainError as exc:  # deleted, or already taken over
-            log.warning("execution not started", execution_id=run.id, error=str(exc))
-            return
-        try:
             run.plan = await self._plan(execution, run.work_dir)
         except (PlanError, DomainError) as exc:
             await self._finish(run, Status.DEAD, "start_failed", f"cannot start: {exc}")

@@ -1,0 +1,595 @@
+"""The executions' repository: rows, history, counts, and the compare-and-set
+writes of the lifecycle (a status changes only if it still is what was read, with
+its history entry in the same transaction)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from server.domain import lifecycle
+from server.domain.errors import (
+    DomainError,
+    FailedPrecondition,
+    NotFound,
+    StoreUnavailable,
+)
+from server.domain.models import (
+    Artifact,
+    Execution,
+    Lease,
+    Page,
+    Status,
+    StepDetail,
+    TargetStatus,
+    Transition,
+)
+from server.domain.paging import PageRequest
+from server.store.rows import (
+    _EXEC_COLUMNS,
+    _EXEC_FIELDS,
+    _EXEC_INSERT,
+    STATUSES,
+    _dumps,
+    _execution_from,
+    _int_key,
+    _request_id_reused,
+    _step_to_json,
+    now_us,
+    request_digest,
+    to_dt,
+    to_us,
+)
+
+# Times a compare-and-set write reads again after another writer changed the row.
+CAS_ATTEMPTS = 16
+
+
+class _Conflict(Exception):
+    """The row changed between this transaction's read and its conditional write."""
+
+
+def _check_lease(row: dict, lease: Lease | None) -> None:
+    """Refuse a runtime write made under a lease another replica has since taken."""
+    if lease is not None and (row["owner"] != lease.owner or row["fence"] != lease.token):
+        raise FailedPrecondition(
+            message=(
+                f"execution {row['execution_id']} is no longer run by {lease.owner}"
+                f" (claim {lease.token}); another replica took it over"
+            ),
+            reason="LEASE_LOST",
+            metadata={"execution_id": row["execution_id"], "owner": row["owner"] or ""},
+        )
+
+
+
+class ExecutionRepository:
+    """Part of :class:`server.store.repository.Store`."""
+
+    # ---------------------------------------------------------------- executions
+    #
+    # The execution paths are the hot ones (create, get, list, every runtime report),
+    # so they use plain SQL through peewee's connection: no per-call query building.
+
+    def _count(self, row: dict, status: str, delta: int) -> None:
+        self.execute(
+            "INSERT INTO execution_count (resource_group, status, scenario_id, executable_id,"
+            " configuration_id, n) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (resource_group, status, configuration_id, scenario_id, executable_id)"
+            " DO UPDATE SET n = execution_count.n + excluded.n",
+            (
+                row["resource_group"],
+                status,
+                row["scenario_id"],
+                row["executable_id"],
+                row["configuration_id"],
+                delta,
+            ),
+        )
+
+    def _add_transition(
+        self,
+        row: dict,
+        from_status: Status | None,
+        to_status: Status,
+        at: int,
+        cause: str,
+        message: str,
+    ) -> Transition:
+        self.execute(
+            "INSERT INTO transition (execution_id, seq, from_status, to_status, at_us, cause,"
+            " message) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                row["execution_id"],
+                row["history_len"],
+                str(from_status) if from_status else None,
+                str(to_status),
+                at,
+                cause,
+                message,
+            ),
+        )
+        return Transition(
+            row["history_len"],
+            row["execution_id"],
+            from_status,
+            to_status,
+            to_dt(at),
+            cause,
+            message,
+        )
+
+    def create_execution(
+        self, execution: Execution, request_id: str = ""
+    ) -> tuple[Execution, bool]:
+        """Insert a PENDING execution and its first history entry. Returns (execution,
+        created); a known ``request_id`` returns the first execution, created False."""
+        result = self.create_executions([(execution, request_id)])[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def create_executions(
+        self, items: Sequence[tuple[Execution, str]]
+    ) -> list[tuple[Execution, bool] | DomainError]:
+        """Create many executions (each with its client request id, or "") in one
+        transaction: one commit, and one statement per table, for all of them.
+
+        Each item's outcome is (execution, created) as for :meth:`create_execution`,
+        or the DomainError that refused it (a request id reused for another request);
+        a refused item writes nothing and does not affect the others. Any other error
+        rolls the whole transaction back and is raised."""
+        results: list[tuple[Execution, bool] | DomainError | None] = [None] * len(items)
+        new: list[int] = []
+        with self.write_lock():
+            # Request ids: those of earlier items of this batch, then the stored ones.
+            claimed: dict[tuple[str, str], tuple[str, int]] = {}
+            for i, (execution, request_id) in enumerate(items):
+                if not request_id:
+                    new.append(i)
+                    continue
+                digest = request_digest({"configuration_id": execution.configuration_id})
+                key = (execution.resource_group, request_id)
+                try:
+                    if key in claimed:
+                        first_digest, first = claimed[key]
+                        if first_digest != digest:
+                            raise _request_id_reused(request_id)
+                        results[i] = (items[first][0], False)
+                        continue
+                    existing = self._idempotent_lookup(
+                        execution.resource_group, "execution", request_id, digest
+                    )
+                    if existing:
+                        results[i] = (self.get_execution(execution.resource_group, existing), False)
+                        continue
+                except DomainError as exc:
+                    results[i] = exc
+                    continue
+                claimed[key] = (digest, i)
+                new.append(i)
+            if new:
+                self._insert_executions(items, new, claimed)
+        for i in new:
+            results[i] = (items[i][0], True)
+        return results  # type: ignore[return-value]
+
+    def _insert_executions(
+        self,
+        items: Sequence[tuple[Execution, str]],
+        new: list[int],
+        claimed: dict[tuple[str, str], tuple[str, int]],
+    ) -> None:
+        """The rows of new PENDING executions; fills in their times and first history
+        entry (the objects in ``items`` become the created executions)."""
+        at = now_us()
+        created_at = to_dt(at)
+        pending, completed = str(Status.PENDING), str(TargetStatus.COMPLETED)
+        message = "execution created"
+        rows, transitions, counts = [], [], {}
+        for i in new:
+            execution = items[i][0]
+            rows.append(
+                (
+                    execution.resource_group,
+                    execution.id,
+                    execution.configuration_id,
+                    execution.executable_id,
+                    execution.scenario_id,
+                    pending,
+                    completed,
+                    execution.status_message,
+                    _dumps([_step_to_json(s) for s in execution.step_details]),
+                    "[]",
+                    at,
+                    at,
+                    1,
+                )
+            )
+            transitions.append((execution.id, 1, None, pending, at, "created", message))
+            key = (
+                execution.resource_group,
+                execution.scenario_id,
+                execution.executable_id,
+                execution.configuration_id,
+            )
+            counts[key] = counts.get(key, 0) + 1
+            execution.status = Status.PENDING
+            execution.target_status = TargetStatus.COMPLETED
+            execution.output_artifact_ids = []
+            execution.created_at = execution.modified_at = created_at
+            execution.history = [
+                Transition(1, execution.id, None, Status.PENDING, created_at, "created", message)
+            ]
+        cursor = self.db.cursor()
+        sql = self.dialect.sql
+        cursor.executemany(
+            sql(f"INSERT INTO execution ({_EXEC_INSERT}) VALUES ({', '.join('?' * 13)})"), rows
+        )
+        cursor.executemany(
+            sql(
+                "INSERT INTO transition (execution_id, seq, from_status, to_status, at_us,"
+                " cause, message) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            ),
+            transitions,
+        )
+        for (group, scenario_id, executable_id, configuration_id), n in counts.items():
+            self._count(
+                {
+                    "resource_group": group,
+                    "scenario_id": scenario_id,
+                    "executable_id": executable_id,
+                    "configuration_id": configuration_id,
+                },
+                pending,
+                n,
+            )
+        if claimed:
+            cursor.executemany(
+                sql(
+                    "INSERT INTO idempotency_key (resource_group, kind, request_id,"
+                    " resource_id, request_digest, created_us)"
+                    " VALUES (?, 'execution', ?, ?, ?, ?)"
+                ),
+                [
+                    (group, request_id, items[i][0].id, digest, at)
+                    for (group, request_id), (digest, i) in claimed.items()
+                ],
+            )
+
+    def _read(self, sql: str, args: Sequence[Any]):
+        """A read on the raw connection: peewee's execute_sql adds a few microseconds
+        (query logging, error translation) that the GetExecution path can do without."""
+        return self.db.connection().execute(self.dialect.sql(sql), args)
+
+    def _execution_row(self, resource_group: str | None, execution_id: str) -> dict:
+        if resource_group is None:
+            cursor = self._read(
+                f"SELECT {_EXEC_COLUMNS} FROM execution WHERE execution_id = ?", (execution_id,)
+            )
+        else:
+            cursor = self._read(
+                f"SELECT {_EXEC_COLUMNS} FROM execution"
+                " WHERE execution_id = ? AND resource_group = ?",
+                (execution_id, resource_group),
+            )
+        found = cursor.fetchone()
+        if found is None:
+            raise NotFound.of("execution", execution_id)
+        return dict(zip(_EXEC_FIELDS, found, strict=True))
+
+    def execution_context(
+        self, resource_group: str, executions: Sequence[Execution]
+    ) -> tuple[dict[str, Artifact], dict[str, str]]:
+        """The output artifacts (by id) and configuration names (by id) of executions
+        of one group: what their messages show beside their own rows."""
+        artifact_ids = [a for e in executions for a in e.output_artifact_ids]
+        artifacts = {a.id: a for a in self.get_artifacts(resource_group, artifact_ids)}
+        names = {
+            c.id: c.name
+            for c in self.get_configurations(
+                resource_group, [e.configuration_id for e in executions]
+            ).values()
+        }
+        return artifacts, names
+
+    def get_execution(
+        self, resource_group: str | None, execution_id: str, with_history: bool = True
+    ) -> Execution:
+        """One execution; ``resource_group`` None looks across groups (runtime use)."""
+        execution = _execution_from(self._execution_row(resource_group, execution_id))
+        if with_history:
+            execution.history = self.history(execution_id)
+        return execution
+
+    def history(self, execution_id: str) -> list[Transition]:
+        cursor = self._read(
+            "SELECT seq, from_status, to_status, at_us, cause, message FROM transition"
+            " WHERE execution_id = ? ORDER BY seq",
+            (execution_id,),
+        )
+        return [
+            Transition(
+                seq,
+                execution_id,
+                STATUSES[source] if source else None,
+                STATUSES[target],
+                to_dt(at),
+                cause,
+                message,
+            )
+            for seq, source, target, at, cause, message in cursor.fetchall()
+        ]
+
+    def list_executions(
+        self,
+        resource_group: str,
+        page: PageRequest,
+        statuses: Sequence[Status] = (),
+        scenario_id: str = "",
+        executable_id: str = "",
+        configuration_id: str = "",
+    ) -> Page[Execution]:
+        where = ["resource_group = ?"]
+        args: list[Any] = [resource_group]
+        if statuses:
+            names = sorted({str(s) for s in statuses})
+            where.append(f"status IN ({', '.join('?' * len(names))})")
+            args.extend(names)
+        for column, value in (
+            ("scenario_id", scenario_id),
+            ("executable_id", executable_id),
+            ("configuration_id", configuration_id),
+        ):
+            if value:
+                where.append(f"{column} = ?")
+                args.append(value)
+        condition = " AND ".join(where)
+        total = self.execute(
+            f"SELECT COALESCE(SUM(n), 0) FROM execution_count WHERE {condition}", args
+        ).fetchone()[0]
+        if page.after is not None:
+            condition += " AND id < ?"
+            args.append(_int_key(page.after))
+        cursor = self.execute(
+            f"SELECT {_EXEC_COLUMNS} FROM execution WHERE {condition} ORDER BY id DESC LIMIT ?",
+            [*args, page.size + 1],
+        )
+        rows = [dict(zip(_EXEC_FIELDS, r, strict=True)) for r in cursor.fetchall()]
+        more = len(rows) > page.size
+        rows = rows[: page.size]
+        token = page.next_token(rows[-1]["id"]) if more else ""
+        return Page([_execution_from(r) for r in rows], token, int(total))
+
+    def _written(self, execution_id: str) -> None:
+        for hook in self.execution_write_hooks:
+            hook(execution_id)
+
+    def _save(self, row: dict, changed: Iterable[str], read: dict | None = None) -> None:
+        """Write the changed columns of ``row``. With ``read`` (the status and history
+        length it had when read), a compare-and-set: the row is written only if it is
+        still in that state, else Conflict (the caller reads again and retries)."""
+        self._written(row["execution_id"])
+        columns = sorted(set(changed))
+        values = [
+            _dumps(row[c]) if c in ("step_details", "output_artifact_ids") else row[c]
+            for c in columns
+        ]
+        assignments = ", ".join(f"{c} = ?" for c in columns)
+        if read is None:
+            self.execute(
+                f"UPDATE execution SET {assignments} WHERE id = ?", [*values, row["id"]]
+            )
+            return
+        found = self.execute(
+            f"UPDATE execution SET {assignments}"
+            " WHERE id = ? AND status = ? AND history_len = ? AND fence = ? RETURNING id",
+            [*values, row["id"], read["status"], read["history_len"], read["fence"]],
+        ).fetchall()
+        if not found:
+            raise _Conflict()
+
+    def _compare_and_set(self, change: Callable[[], Any]) -> Any:
+        """Run ``change`` (a read, checks, then compare-and-set writes) in a write
+        transaction; when another writer changed the row between the read and the
+        write (Conflict), read again and retry. Correctness rests on the conditional
+        UPDATE, not on the transaction's lock, so it holds under READ COMMITTED too."""
+        for _ in range(CAS_ATTEMPTS):
+            try:
+                with self.write_lock():
+                    return change()
+            except _Conflict:
+                continue
+        raise StoreUnavailable(
+            message="the execution kept changing under this write; retry",
+            metadata={"cause": "write conflict"},
+        )
+
+    def transition(
+        self,
+        execution_id: str,
+        to_status: Status,
+        cause: str,
+        message: str = "",
+        *,
+        expected: Iterable[Status] | None = None,
+        status_message: str | None = None,
+        step_details: list[StepDetail] | None = None,
+        target_status: TargetStatus | None = None,
+        at: datetime | None = None,
+        lease: Lease | None = None,
+    ) -> Execution:
+        """Move an execution to ``to_status`` if the lifecycle allows it, recording the
+        transition in its history in the same transaction. ``expected``: the statuses
+        the caller believes it is in; FailedPrecondition otherwise. ``lease``: the
+        runtime's claim; LEASE_LOST when another replica has taken the execution."""
+
+        def change() -> Execution:
+            row = self._execution_row(None, execution_id)
+            read = dict(row)
+            _check_lease(row, lease)
+            current = Status(row["status"])
+            if expected is not None and current not in set(expected):
+                raise FailedPrecondition(
+                    message=f"execution {execution_id} is {current}",
+                    reason="INVALID_TRANSITION",
+                    metadata={"status": str(current)},
+                )
+            lifecycle.check_transition(execution_id, current, to_status)
+            stamp = to_us(at) if at else now_us()
+            changed = self._apply(row, to_status, status_message, stamp)
+            if step_details is not None:
+                row["step_details"] = [_step_to_json(s) for s in step_details]
+                changed.append("step_details")
+            if target_status is not None:
+                row["target_status"] = str(target_status)
+                changed.append("target_status")
+            self._save(row, changed, read)
+            self._record(row, current, to_status, stamp, cause, message)
+            execution = _execution_from(row)
+            execution.history = self.history(execution_id)
+            return execution
+
+        return self._compare_and_set(change)
+
+    def _apply(
+        self, row: dict, to_status: Status, status_message: str | None, stamp: int
+    ) -> list[str]:
+        """Set the columns a move to ``to_status`` changes; returns their names."""
+        row["status"] = str(to_status)
+        row["modified_us"] = stamp
+        row["history_len"] += 1
+        changed = ["status", "modified_us", "history_len"]
+        if status_message is not None:
+            row["status_message"] = status_message
+            changed.append("status_message")
+        if to_status == Status.RUNNING and row["started_us"] is None:
+            row["started_us"] = stamp
+            changed.append("started_us")
+        if lifecycle.is_final(to_status):
+            row["completed_us"] = stamp
+            changed.append("completed_us")
+        return changed
+
+    def _record(
+        self, row: dict, current: Status, to_status: Status, stamp: int, cause: str, message: str
+    ) -> None:
+        """The history entry and the status counts of a move that was written."""
+        self._add_transition(row, current, to_status, stamp, cause, message)
+        self._count(row, str(current), -1)
+        self._count(row, str(to_status), 1)
+
+    def request_stop(self, resource_group: str, execution_id: str) -> Execution:
+        """The user's stop: PENDING or RUNNING -> STOPPING, target STOPPED."""
+
+        def change() -> Execution:
+            row = self._execution_row(resource_group, execution_id)
+            read = dict(row)
+            current = Status(row["status"])
+            lifecycle.check_operation(execution_id, current, lifecycle.Operation.STOP)
+            stamp = now_us()
+            row["target_status"] = str(TargetStatus.STOPPED)
+            changed = self._apply(row, Status.STOPPING, "stop requested", stamp)
+            self._save(row, [*changed, "target_status"], read)
+            self._record(
+                row, current, Status.STOPPING, stamp, "stop_requested", "stop requested by user"
+            )
+            execution = _execution_from(row)
+            execution.history = self.history(execution_id)
+            return execution
+
+        return self._compare_and_set(change)
+
+    def delete_execution(
+        self, resource_group: str, execution_id: str, keep_metrics: bool = False
+    ) -> None:
+        """Delete a final execution with its history (artifacts stay). Its log lines,
+        of which there may be millions, are not deleted here: the execution is queued
+        in ``log_purge`` in the same transaction, which hides its lines from every read
+        at once, and :meth:`purge_logs` removes them later in short transactions."""
+
+        def change() -> None:
+            row = self._execution_row(resource_group, execution_id)
+            current = Status(row["status"])
+            lifecycle.check_operation(execution_id, current, lifecycle.Operation.DELETE)
+            self._written(execution_id)
+            deleted = self.execute(
+                "DELETE FROM execution WHERE id = ? AND status = ? AND history_len = ?"
+                " RETURNING id",
+                (row["id"], row["status"], row["history_len"]),
+            ).fetchall()
+            if not deleted:
+                raise _Conflict()
+            self._count(row, str(current), -1)
+            self.execute("DELETE FROM transition WHERE execution_id = ?", (execution_id,))
+            self.execute(
+                "INSERT INTO log_purge (execution_id, queued_us) VALUES (?, ?)"
+                " ON CONFLICT (execution_id) DO NOTHING",
+                (execution_id, now_us()),
+            )
+            for hook in self.delete_hooks:
+                hook(execution_id, keep_metrics)
+
+        self._compare_and_set(change)
+
+    def update_execution(
+        self,
+        execution_id: str,
+        *,
+        step_details: list[StepDetail] | None = None,
+        output_artifact_ids: list[str] | None = None,
+        status_message: str | None = None,
+        submitted: bool = False,
+        lease: Lease | None = None,
+    ) -> Execution:
+        """Update runtime-owned fields that are not a status change (compare-and-set,
+        like a transition: a concurrent stop is never written over)."""
+
+        def change() -> Execution:
+            row = self._execution_row(None, execution_id)
+            read = dict(row)
+            _check_lease(row, lease)
+            changed = ["modified_us"]
+            if step_details is not None:
+                row["step_details"] = [_step_to_json(s) for s in step_details]
+                changed.append("step_details")
+            if output_artifact_ids is not None:
+                row["output_artifact_ids"] = list(output_artifact_ids)
+                changed.append("output_artifact_ids")
+            if status_message is not None:
+                row["status_message"] = status_message
+                changed.append("status_message")
+            if submitted and row["submitted_us"] is None:
+                row["submitted_us"] = now_us()
+                changed.append("submitted_us")
+            row["modified_us"] = now_us()
+            self._save(row, changed, read)
+            return _execution_from(row)
+
+        return self._compare_and_set(change)
+
+    def executions_in(self, statuses: Iterable[Status]) -> list[Execution]:
+        """Executions of every group in these statuses, oldest first (runtime use)."""
+        names = [str(s) for s in statuses]
+        cursor = self.execute(
+            f"SELECT {_EXEC_COLUMNS} FROM execution"
+            f" WHERE status IN ({', '.join('?' * len(names))}) ORDER BY id",
+            names,
+        )
+        return [_execution_from(dict(zip(_EXEC_FIELDS, r, strict=True))) for r in cursor]
+
+    def force_status(self, execution_id: str, status: Status) -> None:
+        """Put an execution straight into ``status`` (tests drive the lifecycle table
+        with it). Records the jump in the history like any transition."""
+
+        def change() -> None:
+            row = self._execution_row(None, execution_id)
+            read = dict(row)
+            current = Status(row["status"])
+            stamp = now_us()
+            self._save(row, self._apply(row, status, None, stamp), read)
+            self._record(row, current, status, stamp, "forced", "status set directly")
+
+        self._compare_and_set(change)
+
