@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.store.db import SQLITE_PRAGMAS
@@ -137,3 +138,30 @@ def env_with_root() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+def tree_cpu(pid: int | None) -> dict[int, float]:
+    """CPU seconds of a process and of each of its children, by process id."""
+    if pid is None:
+        return {}
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return {}
+    seconds = {}
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        seconds[process.pid] = times.user + times.system
+    return seconds
+
+
+def cpu_since(pid: int | None, before: dict[int, float]) -> float:
+    """CPU seconds a process and its children used since ``before`` (tree_cpu's); a
+    child that started meanwhile counts whole, one that ended meanwhile is missed."""
+    return sum(
+        seconds - before.get(child, 0.0) for child, seconds in tree_cpu(pid).items()
+    )

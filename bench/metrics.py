@@ -22,6 +22,7 @@ the end.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import multiprocessing
 import random
 import statistics
@@ -43,15 +44,19 @@ METRIC_NAMES = ["accuracy", "loss", "f1", "precision", "recall"]
 
 def prepare(data_dir: Path, configurations: int, executions: int) -> list[str]:
     """A database with ``executions`` COMPLETED executions of iris-train."""
+    return asyncio.run(_prepare(data_dir, configurations, executions))
+
+
+async def _prepare(data_dir: Path, configurations: int, executions: int) -> list[str]:
     from server.domain.models import ArtifactKind, Status
     from server.domain.service import ControlPlane
-    from server.store.repository import Store
+    from server.store.async_store import AsyncStore
 
-    store = Store(f"sqlite:///{data_dir / 'trainyard.db'}")
+    store = await asyncio.to_thread(AsyncStore, f"sqlite:///{data_dir / 'trainyard.db'}")
     try:
         plane = ControlPlane(store=store)
-        plane.load_executables(ROOT / "samples" / "executables", "default")
-        dataset = plane.create_artifact(
+        await plane.load_executables(ROOT / "samples" / "executables", "default")
+        dataset = await plane.create_artifact(
             "default",
             name="iris",
             kind=ArtifactKind.DATASET,
@@ -61,7 +66,7 @@ def prepare(data_dir: Path, configurations: int, executions: int) -> list[str]:
         config_ids = []
         for i in range(configurations):
             lr = round(0.01 + i * 0.99 / max(configurations - 1, 1), 4)
-            config = plane.create_configuration(
+            config = await plane.create_configuration(
                 "default",
                 name=f"lr-{lr}",
                 executable_id="iris-train",
@@ -72,13 +77,13 @@ def prepare(data_dir: Path, configurations: int, executions: int) -> list[str]:
             config_ids.append(config.id)
         ids = []
         for i in range(executions):
-            execution = plane.create_execution("default", config_ids[i % len(config_ids)])
-            store.force_status(execution.id, Status.RUNNING)
-            store.force_status(execution.id, Status.COMPLETED)
+            execution = await plane.create_execution("default", config_ids[i % len(config_ids)])
+            await store.force_status(execution.id, Status.RUNNING)
+            await store.force_status(execution.id, Status.COMPLETED)
             ids.append(execution.id)
         return ids
     finally:
-        store.close()
+        await asyncio.to_thread(store.close)
 
 
 # ---------------------------------------------------------------------- writes

@@ -2,6 +2,7 @@
 COPY and NOTIFY round trips, on a throwaway cluster of this run.
 
     python -m bench.pg_baseline [--seconds 2.5] [--rows 200000] [--batch 5000] [--runs 3]
+                                [--connections 64]
 
 These are the bare figures the PostgreSQL store is measured against (the performance
 budget's ratios): nothing of Trainyard runs. The cluster is the tests' own
@@ -12,6 +13,8 @@ process over loopback TCP:
 
 * insert+commit: one row (an id, a time, 100 bytes) per transaction, for ``--seconds``;
   BEGIN, INSERT, COMMIT as a store's write does, and also as one autocommit INSERT;
+  then on ``--connections`` connections at once (threads of this process), as many
+  concurrent creates would write without grouping;
 * executemany: log-line rows (execution_id text, seq bigint, at_us bigint, step text,
   stream smallint, text text of 100 bytes; primary key (execution_id, seq)) in
   transactions of ``--batch`` rows, ``--rows`` rows a run, median of ``--runs``;
@@ -33,6 +36,7 @@ from collections.abc import Callable
 
 import psycopg
 
+from bench.common import cpu_since, tree_cpu
 from tests.services.postgres import PostgresCluster, PostgresNotFound, PostgresStartError
 
 LOG_COLUMNS = "execution_id, seq, at_us, step, stream, text"
@@ -74,6 +78,94 @@ def single_row_rate(conn: psycopg.Connection, seconds: float, autocommit: bool) 
     elapsed = time.perf_counter() - start
     conn.autocommit = False
     return rows / elapsed, rows, elapsed
+
+
+def concurrent_single_row_rate(
+    url: str, connections: int, seconds: float, postmaster_pid: int | None = None
+) -> dict:
+    """One row per transaction (BEGIN, INSERT, COMMIT) on ``connections`` connections
+    at once, each in a thread of this process, for ``seconds``: the bare rate of
+    concurrent single-row writes (PostgreSQL flushes the WAL of commits that wait
+    together at once). A fresh ``one_row`` table; returns rate, rows, seconds, this
+    process's CPU and the cluster's (``postmaster_pid``'s and its children's), of a
+    core."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS one_row")
+        conn.execute(ROW_TABLE)
+    body = "x" * 100
+    insert = "INSERT INTO one_row (id, created_us, body) VALUES (%s, %s, %s)"
+    opened = [psycopg.connect(url) for _ in range(connections)]
+    counts = [0] * connections
+    errors: list[BaseException] = []
+    start_line = threading.Barrier(connections + 1)
+    bound = max(1, MAX_SINGLE_ROWS // connections)
+
+    def write(n: int) -> None:
+        conn = opened[n]
+        try:
+            for warm in range(5):  # plan, pages
+                conn.execute(insert, (f"w{n}-{warm}", warm, body), prepare=True)
+                conn.commit()
+            start_line.wait(30)
+            deadline = time.perf_counter() + seconds
+            rows = 0
+            while rows < bound and time.perf_counter() < deadline:
+                conn.execute(insert, (f"c{n}-{rows}", time.time_ns() // 1000, body), prepare=True)
+                conn.commit()
+                rows += 1
+            counts[n] = rows
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+            start_line.abort()
+
+    threads = [threading.Thread(target=write, args=(n,), daemon=True) for n in range(connections)]
+    try:
+        for thread in threads:
+            thread.start()
+        try:
+            start_line.wait(30)
+        except threading.BrokenBarrierError:
+            pass  # a writer failed: reported below
+        start, cpu = time.perf_counter(), time.process_time()
+        database = tree_cpu(postmaster_pid)
+        for thread in threads:
+            thread.join(seconds + 30)
+        elapsed = time.perf_counter() - start
+        cpu = (time.process_time() - cpu) / elapsed
+        database_cpu = cpu_since(postmaster_pid, database) / elapsed
+    finally:
+        for conn in opened:
+            conn.close()
+    if errors:
+        raise RuntimeError(f"bare insert+commit failed: {errors[0]!r}")
+    return {
+        "rate": sum(counts) / elapsed,
+        "rows": sum(counts),
+        "seconds": elapsed,
+        "cpu": cpu,
+        "database_cpu": database_cpu,
+    }
+
+
+def copy_rate(url: str, rows: list[tuple], batch: int) -> float:
+    """Rows/s of COPY (text) of ``rows`` into an empty log_line table of ``url``'s
+    database (created when absent), one COPY and commit a batch."""
+    with psycopg.connect(url) as conn:
+        conn.execute(LOG_TABLE.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS"))
+        conn.commit()
+        return batched_rate(conn, rows, batch, write_copy_text)
+
+
+def describe(url: str) -> str:
+    """The server's version and durability settings, for a benchmark's set-up line."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        version = conn.info.parameter_status("server_version")
+        fsync = conn.execute("SHOW fsync").fetchone()[0]
+        sync_commit = conn.execute("SHOW synchronous_commit").fetchone()[0]
+    return (
+        f"PostgreSQL {version}, throwaway cluster on 127.0.0.1 (fsync {fsync}, "
+        f"synchronous_commit {sync_commit}), psycopg {psycopg.__version__}"
+    )
 
 
 def log_rows(run: int, rows: int) -> list[tuple]:
@@ -190,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=200_000, help="log rows per run (200000)")
     parser.add_argument("--batch", type=int, default=5000, help="rows per transaction (5000)")
     parser.add_argument("--runs", type=int, default=3, help="runs; the median is reported (3)")
+    parser.add_argument("--connections", type=int, default=64,
+                        help="connections of the concurrent insert+commit (64)")
     parser.add_argument("--notifies", type=int, default=2000, help="NOTIFY round trips (2000)")
     args = parser.parse_args(argv)
 
@@ -212,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
             conn.commit()
             tx_rate, tx_rows, tx_seconds = single_row_rate(conn, args.seconds, False)
             auto_rate, _, _ = single_row_rate(conn, args.seconds, True)
-
+        concurrent = concurrent_single_row_rate(url, args.connections, args.seconds, cluster.pid)
+        with psycopg.connect(url) as conn:
             conn.execute(LOG_TABLE)
             conn.commit()
             writers = {
@@ -231,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"PostgreSQL {version}, throwaway cluster on 127.0.0.1 (fsync {fsync}, "
-        f"synchronous_commit {sync_commit}), psycopg {psycopg.__version__}, one connection"
+        f"synchronous_commit {sync_commit}), psycopg {psycopg.__version__}, one connection "
+        "unless said"
     )
     print(
         f"bare insert+commit     {tx_rate:10,.0f} rows/s   one row per transaction "
@@ -239,6 +335,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{1e6 / tx_rate:,.0f} us each"
     )
     print(f"  autocommit INSERT    {auto_rate:10,.0f} rows/s   (one round trip a row)")
+    print(
+        f"  {args.connections} connections     {concurrent['rate']:10,.0f} rows/s   "
+        f"(the same on {args.connections} connections at once, threads of this process; "
+        f"CPU: this process {concurrent['cpu']:.0%} of a core, PostgreSQL "
+        f"{concurrent['database_cpu']:.0%})"
+    )
     for name, runs in rates.items():
         print(
             f"{name + ' log rows':<22} {statistics.median(runs):10,.0f} rows/s   "

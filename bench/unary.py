@@ -4,6 +4,7 @@ queued in the runtime), and the server's idle memory.
 
     python -m bench.unary [--seconds 3] [--runs 5] [--concurrency 64]
                           [--client-processes 1] [--log-level info]
+                          [--backend all|sqlite|postgresql]
 
 The set-up, printed with the figures:
 - The server runs at its default log level (info: one JSON line per call), written to
@@ -30,6 +31,18 @@ The set-up, printed with the figures:
   client processes only take CPU from the server (measured: the echo and GetExecution
   rates fell with 2 and 3). When other work used more than a fifth of a core during a
   run, the figures are flagged.
+
+PostgreSQL (``--backend postgresql``, and after the SQLite figures by default where
+PostgreSQL is installed; one line says it was skipped where it is not): the same queued
+CreateExecution runs with the store on a throwaway cluster of this run
+(tests/services/postgres.py: its own initdb, 127.0.0.1, fsync on), each run followed by
+a bare psycopg insert+commit on the same cluster (bench/pg_baseline.py: one row per
+transaction on as many connections at once as there are calls in flight, threads of this
+process) and by a bare echo run with the same clients. The ratio is the median of the
+create/insert pairs'; the budget is 1.0. The creates of concurrent calls are committed
+together (ControlPlane.create_execution_grouped), so their rate is not bound by
+PostgreSQL's commit latency; the echo shows what gRPC's own per-call work leaves.
+PostgreSQL's CPU (its postmaster and backends) is printed apart from other work.
 """
 
 from __future__ import annotations
@@ -39,6 +52,7 @@ import contextlib
 import json
 import sqlite3
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -46,7 +60,17 @@ from pathlib import Path
 
 import psutil
 
-from bench.common import PYTHON, ROOT, free_port, median, rss_mb, trainyard_server, verdict
+from bench.common import (
+    PYTHON,
+    ROOT,
+    cpu_since,
+    free_port,
+    median,
+    rss_mb,
+    trainyard_server,
+    tree_cpu,
+    verdict,
+)
 from client.client import TrainyardClient
 from server.api.executions import RESPONSE_CACHE_SIZE
 from trainyard.v1 import execution_pb2
@@ -74,12 +98,15 @@ OTHER_WORK_LIMIT = 0.2  # of a core: more than this, and a run's figures are fla
 
 def load(
     address: str, kind: str, seconds: float, concurrency: int, processes: int, arg: str,
-    server_pid: int,
+    server_pid: int, database_pid: int | None = None,
 ) -> dict:
     """``processes`` client processes with ``concurrency`` calls in flight in all: the
     summed rate, latency percentiles (median p50, worst p99 of the processes) and the
-    CPU used by the server, the clients and everything else on the machine."""
+    CPU used by the server, the clients, the database server (``database_pid``: a
+    PostgreSQL postmaster, whose backends are its children) and everything else on
+    the machine."""
     server = psutil.Process(server_pid)
+    database = tree_cpu(database_pid)
     times = server.cpu_times()
     server_cpu = times.user + times.system
     children_cpu = times.children_user + times.children_system
@@ -112,6 +139,7 @@ def load(
     busy = (sum(after) - sum(machine)) - (after.idle - machine.idle)
     busy -= after.iowait - machine.iowait
     client_cpu = sum(r["cpu_s"] for r in results) / elapsed
+    database_cpu = cpu_since(database_pid, database) / elapsed
     return {
         "rate": sum(r["calls_per_s"] for r in results),
         "errors": sum(r["errors"] for r in results),
@@ -121,9 +149,12 @@ def load(
         "loop_cpu": loop_cpu,
         "client_cpu": client_cpu,
         "executions_cpu": children_cpu,
+        "database_cpu": database_cpu,
         # Client start-up falls outside the clients' own timed CPU: not counted as other.
         "other_cpu": max(
-            0.0, busy / elapsed - server_cpu - children_cpu - client_cpu - 0.1 * processes
+            0.0,
+            busy / elapsed - server_cpu - children_cpu - client_cpu - database_cpu
+            - 0.1 * processes,
         ),
     }
 
@@ -147,6 +178,9 @@ def cpu_line(runs: list[dict]) -> str:
     )
     if executions > 0.01:
         text += f", execution processes {executions:.0%}"
+    database = median([r.get("database_cpu", 0.0) for r in runs])
+    if database > 0.005:
+        text += f", PostgreSQL {database:.0%}"
     text += f", other work {other:.0%}"
     if other > OTHER_WORK_LIMIT:
         text += "  (OTHER WORK RAN ON THE MACHINE: figures low)"
@@ -226,7 +260,7 @@ def iris_configuration(ty: TrainyardClient) -> str:
     ).id
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--runs", type=int, default=5)
@@ -235,7 +269,22 @@ def main() -> None:
                         help="spread the calls in flight over this many client processes")
     parser.add_argument("--log-level", default="info",
                         help="the server's log level (its default: info)")
+    parser.add_argument(
+        "--backend", choices=("all", "sqlite", "postgresql"), default="all",
+        help="the store: sqlite (every figure), postgresql (CreateExecution on a throwaway "
+        "cluster, beside a bare psycopg insert+commit on it), or all: both, PostgreSQL "
+        "skipped with one line where it is not installed (all)",
+    )
     args = parser.parse_args()
+    code = 0
+    if args.backend in ("all", "sqlite"):
+        sqlite_figures(args)
+    if args.backend in ("all", "postgresql"):
+        code = postgres_figures(args)
+    return code
+
+
+def sqlite_figures(args: argparse.Namespace) -> None:
     server_args = ("--max-concurrent-executions", "1")
     common = (args.seconds, args.concurrency, args.client_processes)
 
@@ -335,7 +384,11 @@ def main() -> None:
         f"{r['rate']:.0f}/s from {n}" for r, n in zip(create_runs, queue_lengths, strict=True)
     )
     print(f"  per run, from queue length: {per_run}; queue at the end {final_queue}")
-    print(f"  target >= 2000/s: {verdict(create_rate >= 2000)}")
+    print(
+        f"  {create_rate / echo_rate:.2f} x the echo's median (budget >= 0.5: "
+        f"{verdict(create_rate / echo_rate >= 0.5)}); target >= 2000/s: "
+        f"{verdict(create_rate >= 2000)}"
+    )
     print(
         f"CreateExecution   {busy_rate:10.0f} calls/s   with iris-train runs back to back on "
         f"the same cores   {cpu_line(busy_runs)}"
@@ -367,5 +420,118 @@ def main() -> None:
         print(f"ERRORS: {errors} calls failed")
 
 
+PG_CREATE_TARGET = 1.0  # x the bare insert+commit on as many connections as calls in flight
+
+
+def postgres_figures(args: argparse.Namespace) -> int:
+    """CreateExecution on PostgreSQL: the same queued creates as on SQLite, against a
+    throwaway cluster of this run, runs alternating with a bare psycopg insert+commit
+    on as many connections as there are calls in flight (pg_baseline's), on the same
+    cluster. Returns the exit code."""
+    from bench.pg_baseline import concurrent_single_row_rate, describe, single_row_rate
+    from tests.services.postgres import PostgresCluster, PostgresNotFound, PostgresStartError
+
+    try:
+        cluster = PostgresCluster()
+    except PostgresNotFound:
+        print("PostgreSQL: skipped (not installed: no initdb)")
+        return 0
+    try:
+        cluster.start()
+    except PostgresStartError as exc:
+        print(f"PostgreSQL did not start: {exc}", file=sys.stderr)
+        return 1
+    common = (args.seconds, args.concurrency, args.client_processes)
+    try:
+        url = cluster.create_database("trainyard_bench")
+        baseline_url = cluster.create_database("bench_baseline")
+        setup = describe(url)
+        server_args = ("--max-concurrent-executions", "1", "--database-url", url)
+        create_runs, bare_runs, echo_runs, queue_lengths = [], [], [], []
+        with trainyard_server(*server_args, log_level=args.log_level, log_to_file=True) as (
+            address,
+            process,
+        ):
+            with TrainyardClient(address) as ty:
+                ty.create_executable(json.dumps(SLEEPER))
+                sleeper = ty.create_configuration("bench", "bench-sleeper", "bench").id
+                running = ty.create_execution(sleeper).id
+                wait_status(ty, running, execution_pb2.EXECUTION_STATUS_RUNNING)
+                size = len(ty.get_execution(running).SerializeToString())
+                with echo_server() as (echo_address, echo_pid):
+                    for _ in range(args.runs):
+                        queue_lengths.append(queued(ty, sleeper))
+                        create_runs.append(
+                            load(address, "create", *common, sleeper, process.pid, cluster.pid)
+                        )
+                        bare_runs.append(
+                            concurrent_single_row_rate(
+                                baseline_url, args.concurrency, args.seconds, cluster.pid
+                            )
+                        )
+                        echo_runs.append(
+                            load(echo_address, "echo", *common, str(size), echo_pid)
+                        )
+                final_queue = queued(ty, sleeper)
+        import psycopg
+
+        with psycopg.connect(baseline_url) as conn:
+            one_rate, _, _ = single_row_rate(conn, args.seconds, autocommit=False)
+    finally:
+        cluster.stop()
+
+    create_rate = median([r["rate"] for r in create_runs])
+    bare_rate = median([r["rate"] for r in bare_runs])
+    ratios = [c["rate"] / b["rate"] for c, b in zip(create_runs, bare_runs, strict=True)]
+    ratio = median(ratios)
+    errors = sum(r["errors"] for r in create_runs)
+    print(
+        f"PostgreSQL: {setup}; {args.client_processes} client process(es), "
+        f"{args.concurrency} calls in flight, {args.seconds:g} s x {args.runs} runs (medians)"
+    )
+    print(
+        f"CreateExecution   {create_rate:10.0f} calls/s   (validated, committed, history row, "
+        f"queued)   {cpu_line(create_runs)}"
+    )
+    print(
+        f"  p50 / p99       {median([r['p50_ms'] for r in create_runs]):8.2f} / "
+        f"{median([r['p99_ms'] for r in create_runs]):.2f} ms"
+    )
+    per_run = ", ".join(
+        f"{r['rate']:.0f}/s from {n}" for r, n in zip(create_runs, queue_lengths, strict=True)
+    )
+    print(f"  per run, from queue length: {per_run}; queue at the end {final_queue}")
+    bare_cpu = (
+        f"CPU: this process {median([r['cpu'] for r in bare_runs]):.0%} of a core, "
+        f"PostgreSQL {median([r['database_cpu'] for r in bare_runs]):.0%}"
+    )
+    print(
+        f"bare insert+commit {bare_rate:9.0f} rows/s   psycopg, one row per transaction "
+        f"(BEGIN, INSERT, COMMIT) on {args.concurrency} connections at once, runs "
+        f"alternating with CreateExecution's   {bare_cpu}"
+    )
+    print(f"  one connection  {one_rate:10.0f} rows/s   (after the runs, on its own)")
+    print(
+        f"  ratio           {ratio:10.3f}   (median of the pairs; {min(ratios):.3f} to "
+        f"{max(ratios):.3f}; {create_rate / one_rate:.2f} x one connection's)   target >= "
+        f"{PG_CREATE_TARGET:.1f}: {verdict(ratio >= PG_CREATE_TARGET)}"
+    )
+    echo_rate = median([r["rate"] for r in echo_runs])
+    print(
+        f"bare aio echo     {echo_rate:10.0f} calls/s   (same clients, {size}-byte payload, "
+        f"runs alternating with the others; CreateExecution {create_rate / echo_rate:.2f} x "
+        f"it)   {cpu_line(echo_runs)}"
+    )
+    if ratio < PG_CREATE_TARGET and echo_rate < bare_rate * PG_CREATE_TARGET:
+        print(
+            f"  what bounds it: gRPC itself. A bare grpc.aio server that stores nothing "
+            f"answers {echo_rate / bare_rate:.2f} x the bare insert+commit rate with these "
+            f"clients; every create pays that call's work and its own."
+        )
+    if errors:
+        print(f"ERRORS: {errors} calls failed")
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -229,11 +229,10 @@ def test_filtered_watch_on_b_sees_creations_and_changes_on_a(replicas):
     make_execution(stubs_a, other)
     created = make_execution(stubs_a, configuration_id)
     event = next(call)
-    assert (event.type, event.execution.id, event.transition.to_status) == (
-        CREATED,
-        created,
-        PENDING,
-    )
+    # B's snapshot is read off the event loop, so it may already hold the new execution
+    # (then its CREATED event is not repeated); the other configuration's never shows.
+    assert event.execution.id == created and event.type in (SNAPSHOT, CREATED)
+    assert event.execution.status == PENDING
     Driver(a, created).transition(Status.RUNNING)
     event = next(call)
     assert (event.type, event.execution.id, event.transition.to_status) == (

@@ -333,3 +333,88 @@ def test_concurrent_claimers_each_take_different_executions(shared_store):
     assert sorted(every) == sorted(ids) and len(every) == len(set(every))
     for part in claimed:  # each claimer took its share in creation order
         assert part == sorted(part, key=order.index)
+
+
+# ------------------------------------------------------------------ log storage
+
+AWKWARD_TEXTS = [
+    "",
+    " ",
+    "plain line",
+    "tab\there",
+    "back\\slash and \\N and \\.",
+    "\\.",
+    "\\N",
+    "carriage\rreturn",
+    "new\nline",
+    "form\ffeed, vertical\vtab, bell\a, escape\x1b[31m",
+    "quotes ' \" ` and , ; | separators",
+    "unicode: é ß 漢字 🚀 \u2028 \ufeff",
+    "x" * (64 * 1024),
+]
+
+
+def log_rows_of(execution_id: str) -> list[tuple]:
+    steps = ["train", "step with spaces", "étape"]
+    return [
+        (execution_id, seq, 2**62 + seq, steps[seq % 3], 1 + seq % 3, text)
+        for seq, text in enumerate(AWKWARD_TEXTS, start=1)
+    ]
+
+
+def stored_log_rows(store: Store, execution_id: str) -> list[tuple]:
+    return [tuple(row[1:]) for row in store.read_log_rows(execution_id, limit=10_000)]
+
+
+def test_postgres_copy_stores_what_insert_stores(postgres_url, monkeypatch):
+    """On PostgreSQL append_logs goes through COPY; the multi-row INSERT path (SQLite's)
+    stores the very same rows, and both give back exactly what was written."""
+    store = Store(postgres_url)
+    try:
+        copies = []
+        copy_rows = store.dialect.copy_rows
+
+        def counting(*args):
+            copies.append(args[1])
+            return copy_rows(*args)
+
+        monkeypatch.setattr(store.dialect, "copy_rows", counting)
+        store.append_logs(log_rows_of("e-copy"))
+        assert copies == ["log_line"]
+        monkeypatch.setattr(store.dialect, "copy_rows", lambda *args: False)
+        store.append_logs(log_rows_of("e-insert"))
+        written = [tuple(row[1:]) for row in log_rows_of("any")]
+        assert stored_log_rows(store, "e-copy") == written
+        assert stored_log_rows(store, "e-insert") == written
+        assert store.last_log_seq("e-copy") == len(AWKWARD_TEXTS)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("path", ["copy", "insert"])
+def test_postgres_log_batches_fail_whole_alike(postgres_url, monkeypatch, path):
+    """A batch with a line already stored fails with the same driver error on either
+    path and stores none of its lines."""
+    store = Store(postgres_url)
+    try:
+        if path == "insert":
+            monkeypatch.setattr(store.dialect, "copy_rows", lambda *args: False)
+        store.append_logs([("e1", 1, 1, "s", 1, "first")])
+        with pytest.raises(Exception) as duplicate:
+            store.append_logs([("e1", 2, 2, "s", 1, "second"), ("e1", 1, 3, "s", 1, "again")])
+        assert type(duplicate.value).__name__ == "UniqueViolation"
+        assert stored_log_rows(store, "e1") == [(1, 1, "s", 1, "first")]
+        store.append_logs([("e1", 2, 5, "s", 2, "after the failures")])
+        assert [row[0] for row in stored_log_rows(store, "e1")] == [1, 2]
+    finally:
+        store.close()
+
+
+def test_postgres_stores_a_nul_character_as_the_replacement_character(postgres_url):
+    """PostgreSQL's text cannot hold NUL: the line is kept, with U+FFFD in its place."""
+    store = Store(postgres_url)
+    try:
+        store.append_logs([("e1", 1, 1, "s", 1, "a\x00b"), ("e1", 2, 2, "s", 1, "fine")])
+        assert [row[-1] for row in stored_log_rows(store, "e1")] == ["a\ufffdb", "fine"]
+    finally:
+        store.close()

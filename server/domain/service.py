@@ -349,7 +349,7 @@ class ControlPlane:
     async def create_execution(
         self, resource_group: str, configuration_id: str, request_id: str = ""
     ) -> Execution:
-        execution = self._new_execution(resource_group, configuration_id, request_id)
+        execution = await self._new_execution(resource_group, configuration_id, request_id)
         stored, created = await self.store.create_execution(execution, request_id)
         if created:
             self._execution_created(stored)

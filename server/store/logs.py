@@ -29,13 +29,15 @@ PURGE_CHUNK = 20_000
 LOG_INSERT_ROWS = 4096
 
 
+LOG_COLUMNS = ("execution_id", "seq", "at_us", "step", "stream", "text")
+
+
 @functools.cache
 def _log_insert_sql(rows: int) -> str:
     return (
-        "INSERT INTO log_line (execution_id, seq, at_us, step, stream, text) VALUES "
+        f"INSERT INTO log_line ({', '.join(LOG_COLUMNS)}) VALUES "
         + ",".join(["(?,?,?,?,?,?)"] * rows)
     )
-
 
 
 class LogRepository:
@@ -46,7 +48,8 @@ class LogRepository:
     def append_logs(self, lines: Sequence[tuple]) -> None:
         """Store log lines: tuples (execution_id, seq, at_us, step, stream_code, text).
 
-        One transaction; the lines go in with multi-row INSERT statements of
+        One transaction. On PostgreSQL the lines go in by COPY (the dialect's
+        copy_rows). Elsewhere (SQLite) with multi-row INSERT statements of
         LOG_INSERT_ROWS rows (the rest in halving sizes, so at most a dozen distinct
         statements are ever prepared and cached). Per row, executemany returns to
         Python and takes the GIL back: about 30 % slower inline, and on the log writer
@@ -54,6 +57,8 @@ class LogRepository:
         if not lines:
             return
         with self.db.atomic():
+            if self.dialect.copy_rows(self.db, "log_line", LOG_COLUMNS, lines):
+                return
             cursor = self.db.cursor()
             start, total = 0, len(lines)
             while start < total:
