@@ -242,12 +242,16 @@ def test_filtered_watch_on_b_sees_creations_and_changes_on_a(replicas):
     )
     Driver(a, created).transition(Status.COMPLETED)
     stubs_a.executions.DeleteExecution(epb.DeleteExecutionRequest(execution_id=created))
-    events = [next(call), next(call)]
-    assert [(e.type, e.execution.id) for e in events] == [
-        (TRANSITION, created),
-        (DELETED, created),
-    ]
-    assert events[1].execution.configuration_id == configuration_id
+    events = [next(call)]
+    while events[-1].type != DELETED:
+        events.append(next(call))
+    # B rebuilds each change from the store: when the delete commits before B has read
+    # the execution for its last transition, B's watchers get the deletion alone.
+    assert [(e.type, e.execution.id) for e in events] in (
+        [(TRANSITION, created), (DELETED, created)],
+        [(DELETED, created)],
+    )
+    assert events[-1].execution.configuration_id == configuration_id
     call.cancel()
 
 
