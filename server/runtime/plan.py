@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from server.domain.models import Executable, OutputArtifactSpec
+from server.domain.resources import Resources
 from server.domain.workflow import WorkflowError, WorkflowStep, walk
 
 STEPS_DIR = "steps"
@@ -111,6 +112,7 @@ class PlannedStep:
     env: dict[str, str] = field(default_factory=dict)  # the template's own env entries
     inputs: list[StepInput] = field(default_factory=list)
     outputs: list[StepOutput] = field(default_factory=list)
+    resources: Resources = field(default_factory=Resources)  # limits a runner applies
 
     def output(self, name: str) -> StepOutput | None:
         return next((o for o in self.outputs if o.name == name), None)
@@ -131,6 +133,10 @@ class Plan:
     work_dir: Path
     steps: list[PlannedStep]
     collect: list[Collect]
+    # Registry credentials from the template's imagePullSecrets, resolved in the
+    # execution's resource group: the text of a container auth file
+    # ({"auths": {REGISTRY: {"auth": ...}}}, as a .dockerconfigjson holds), or None.
+    pull_auth: str | None = None
 
     def step(self, name: str) -> PlannedStep:
         return next(s for s in self.steps if s.name == name)
