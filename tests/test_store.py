@@ -4,6 +4,7 @@ PostgreSQL."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -416,5 +417,60 @@ def test_postgres_stores_a_nul_character_as_the_replacement_character(postgres_u
     try:
         store.append_logs([("e1", 1, 1, "s", 1, "a\x00b"), ("e1", 2, 2, "s", 1, "fine")])
         assert [row[-1] for row in stored_log_rows(store, "e1")] == ["a\ufffdb", "fine"]
+    finally:
+        store.close()
+
+
+def test_cached_catalog_reads_skip_the_reader_threads(tmp_path, monkeypatch):
+    """The async store answers a configuration or an exact executable version that the
+    store has cached on the event loop, with no hand-off to a reader thread; a cold
+    one, or one whose cache another thread holds at that moment (the loop never waits
+    on a lock), is read on a reader."""
+    import asyncio
+
+    from server.store.async_store import AsyncStore
+
+    store = AsyncStore(f"sqlite:///{tmp_path / 'x.db'}")
+    try:
+        seed(store.sync, 0)
+        version = store.sync.get_executable("g", "iris-train").version
+        handed_off = []
+        read = store.workers.read
+
+        async def counting(fn, *args, **kwargs):
+            handed_off.append(fn.__name__)
+            return await read(fn, *args, **kwargs)
+
+        monkeypatch.setattr(store.workers, "read", counting)
+        store.sync._configurations.items.clear()
+        store.sync._executables.items.clear()
+
+        async def reads():
+            for _ in range(3):
+                configuration = await store.get_configuration("g", "c1")
+                executable = await store.get_executable("g", "iris-train", version)
+                assert (configuration.id, executable.version) == ("c1", version)
+            held = threading.Event()
+
+            def hold() -> None:  # another thread in the cache's map for a moment
+                with store.sync._configurations.lock:
+                    held.set()
+                    time.sleep(0.2)
+
+            holder = threading.Thread(target=hold)
+            holder.start()
+            held.wait(10)
+            assert store.sync.cached_configuration("g", "c1") is None
+            assert (await store.get_configuration("g", "c1")).id == "c1"
+            holder.join(10)
+            await store.get_executable("g", "iris-train")  # the newest: always read
+
+        asyncio.run(reads())
+        assert handed_off == [
+            "get_configuration", "get_executable", "get_configuration", "get_executable"
+        ]
+        assert store.sync.cached_configuration("g", "c1").id == "c1"
+        with pytest.raises(NotFound):
+            asyncio.run(store.get_configuration("g", "c-missing"))
     finally:
         store.close()

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from server.domain.models import Configuration, Executable
 from server.store.metrics import MetricStore as SyncMetricStore
 from server.store.repository import Store as SyncStore
 from server.store.workers import StoreWorkers, storage_fault
@@ -136,7 +137,20 @@ class AsyncStore:
     # -------------------------------------------------------------- catalog
 
     put_executable = _writer(SyncStore.put_executable)
-    get_executable = _reader(SyncStore.get_executable)
+
+    async def get_executable(
+        self, resource_group: str, executable_id: str, version: str = ""
+    ) -> Executable:
+        """SyncStore.get_executable; an exact version that is cached is answered here,
+        without the hand-off to a reader (every create reads one)."""
+        if version:
+            cached = self.sync.cached_executable(resource_group, executable_id, version)
+            if cached is not None:
+                return cached
+        return await self.workers.read(
+            self.sync.get_executable, resource_group, executable_id, version
+        )
+
     list_executables = _reader(SyncStore.list_executables)
     get_scenario = _reader(SyncStore.get_scenario)
     count_executables = _reader(SyncStore.count_executables)
@@ -146,7 +160,17 @@ class AsyncStore:
     get_artifacts = _reader(SyncStore.get_artifacts)
     list_artifacts = _reader(SyncStore.list_artifacts)
     create_configuration = _writer(SyncStore.create_configuration)
-    get_configuration = _reader(SyncStore.get_configuration)
+
+    async def get_configuration(self, resource_group: str, configuration_id: str) -> Configuration:
+        """SyncStore.get_configuration; a cached one is answered here, without the
+        hand-off to a reader (every create reads one)."""
+        cached = self.sync.cached_configuration(resource_group, configuration_id)
+        if cached is not None:
+            return cached
+        return await self.workers.read(
+            self.sync.get_configuration, resource_group, configuration_id
+        )
+
     get_configurations = _reader(SyncStore.get_configurations)
     list_configurations = _reader(SyncStore.list_configurations)
 

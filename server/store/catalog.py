@@ -192,6 +192,12 @@ class CatalogRepository:
             raise NotFound.of("executable", name)
         return self._executables.put((resource_group, executable_id, row.version), _executable(row))
 
+    def cached_executable(
+        self, resource_group: str, executable_id: str, version: str
+    ) -> Executable | None:
+        """The exact version if it is cached, else None; no query (safe on any thread)."""
+        return self._executables.peek((resource_group, executable_id, version))
+
     def list_executables(
         self,
         resource_group: str,
@@ -350,6 +356,12 @@ class CatalogRepository:
         if row is None:
             raise NotFound.of("configuration", configuration_id)
         return self._configurations.put(key, _configuration(row))
+
+    def cached_configuration(
+        self, resource_group: str, configuration_id: str
+    ) -> Configuration | None:
+        """The configuration if it is cached, else None; no query (safe on any thread)."""
+        return self._configurations.peek((resource_group, configuration_id))
 
     def get_configurations(
         self, resource_group: str, configuration_ids: Iterable[str]

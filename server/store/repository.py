@@ -55,6 +55,19 @@ class _Cache:
                 self.items.move_to_end(key)
             return value
 
+    def peek(self, key):
+        """The cached value, or None; None too, rather than waiting, while another
+        thread holds the map (for the event loop, which never waits on a lock)."""
+        if not self.lock.acquire(blocking=False):
+            return None
+        try:
+            value = self.items.get(key)
+            if value is not None:
+                self.items.move_to_end(key)
+            return value
+        finally:
+            self.lock.release()
+
     def put(self, key, value):
         with self.lock:
             self.items[key] = value
