@@ -13,6 +13,7 @@ from server.domain.errors import AlreadyExists, FailedPrecondition, NotFound
 from server.domain.models import Artifact, ArtifactKind, Configuration, Execution, Status
 from server.domain.paging import PageRequest
 from server.store import db as store_db
+from server.store.catalog import IDEMPOTENCY_CHUNK
 from server.store.repository import Store
 from tests.conftest import SAMPLES
 
@@ -128,6 +129,50 @@ def test_grouped_create_writes_each_and_refuses_alone(store):
     assert store.list_executions("g", PageRequest(10)).total_size == 3
     again = store.create_execution(Execution("e7", "g", "c1", "iris-train", "iris"), "r2")
     assert again[0].id == "e2" and again[1] is False
+
+
+def test_grouped_create_looks_up_only_the_request_ids_stored_before(store, monkeypatch):
+    """More request ids than one statement records, in two resource groups, some stored
+    before and some new: each stored one returns its first execution (looked up alone),
+    each new one is created and recorded with no lookup."""
+    seed(store, 0)
+    n = IDEMPOTENCY_CHUNK + 40
+    first = {}
+    for group in ("g", "h"):
+        for i in range(0, n, 3):  # every third request id is stored already
+            execution = Execution(f"{group}-old{i}", group, "c1", "iris-train", "iris")
+            first[(group, f"r{i}")] = store.create_execution(execution, f"r{i}")[0].id
+    statements = []
+    execute = store.execute
+
+    def counting(sql, args=()):
+        if "idempotency_key" in sql:
+            statements.append(sql.split()[0])
+        return execute(sql, args)
+
+    monkeypatch.setattr(store, "execute", counting)
+    items = [
+        (Execution(f"{group}-new{i}", group, "c1", "iris-train", "iris"), f"r{i}")
+        for group in ("g", "h")
+        for i in range(n)
+    ]
+    items.append((Execution("g-again", "g", "c1", "iris-train", "iris"), "r1"))  # new, twice
+    results = store.create_executions(items)
+    assert statements.count("SELECT") == len(first)
+    assert statements.count("INSERT") <= 2 + (2 * n).bit_length()
+    for (execution, request_id), (stored, created) in zip(items[:-1], results, strict=False):
+        key = (execution.resource_group, request_id)
+        if key in first:
+            assert (stored.id, created) == (first[key], False)
+        else:
+            assert (stored.id, created) == (execution.id, True)
+            assert store.get_execution(execution.resource_group, execution.id).id == stored.id
+    assert (results[-1][0].id, results[-1][1]) == ("g-new1", False)
+    total = sum(store.list_executions(g, PageRequest(10)).total_size for g in ("g", "h"))
+    assert total == 2 * n
+    monkeypatch.undo()
+    again = store.create_executions([(Execution("x", "h", "c1", "iris-train", "iris"), "r5")])
+    assert (again[0][0].id, again[0][1]) == ("h-new5", False)
 
 
 def test_grouped_create_rolls_back_as_a_whole_on_a_store_error(store):

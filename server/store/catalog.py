@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
+from itertools import chain
 
 import peewee as pw
 
@@ -35,6 +36,9 @@ from server.store.rows import (
     request_digest,
 )
 
+# Request ids recorded per INSERT statement (6 parameters each).
+IDEMPOTENCY_CHUNK = 256
+
 
 class CatalogRepository:
     """Part of :class:`server.store.repository.Store`."""
@@ -57,6 +61,39 @@ class CatalogRepository:
         if stored_digest != digest:
             raise _request_id_reused(request_id)
         return resource_id
+
+    def _idempotent_claims(
+        self, kind: str, claims: dict[tuple[str, str], tuple[str, str]], at: int
+    ) -> set[tuple[str, str]]:
+        """Record each (resource group, request id) of ``claims`` -> (request digest,
+        resource id) that no stored key holds yet, and return the keys recorded; the
+        others were stored before (or by another replica meanwhile: ON CONFLICT waits
+        for its transaction, then leaves its key). Multi-row INSERTs of
+        IDEMPOTENCY_CHUNK rows, the rest in halving sizes so that few distinct
+        statements are ever prepared: no lookup for new request ids, which are nearly
+        all of them, and one statement for many rather than a round trip each."""
+        rows = [
+            (group, kind, request_id, resource_id, digest, at)
+            for (group, request_id), (digest, resource_id) in claims.items()
+        ]
+        recorded: set[tuple[str, str]] = set()
+        start = 0
+        while start < len(rows):
+            size = IDEMPOTENCY_CHUNK
+            while size > len(rows) - start:
+                size //= 2
+            recorded.update(
+                (group, request_id)
+                for group, request_id in self.execute(
+                    "INSERT INTO idempotency_key (resource_group, kind, request_id,"
+                    " resource_id, request_digest, created_us) VALUES "
+                    + ", ".join(["(?, ?, ?, ?, ?, ?)"] * size)
+                    + " ON CONFLICT DO NOTHING RETURNING resource_group, request_id",
+                    list(chain.from_iterable(rows[start : start + size])),
+                ).fetchall()
+            )
+            start += size
+        return recorded
 
     def _idempotent_record(
         self, resource_group: str, kind: str, request_id: str, digest: str, resource_id: str

@@ -143,44 +143,49 @@ class ExecutionRepository:
         results: list[tuple[Execution, bool] | DomainError | None] = [None] * len(items)
         new: list[int] = []
         with self.write_lock():
-            # Request ids: those of earlier items of this batch, then the stored ones.
-            claimed: dict[tuple[str, str], tuple[str, int]] = {}
+            # The first item of each request id claims it, unless a stored key holds it.
+            digests = [
+                request_digest({"configuration_id": execution.configuration_id})
+                if request_id
+                else ""
+                for execution, request_id in items
+            ]
+            first: dict[tuple[str, str], int] = {}
+            for i, (execution, request_id) in enumerate(items):
+                if request_id:
+                    first.setdefault((execution.resource_group, request_id), i)
+            claimed = self._idempotent_claims(
+                "execution",
+                {key: (digests[i], items[i][0].id) for key, i in first.items()},
+                now_us(),
+            )
             for i, (execution, request_id) in enumerate(items):
                 if not request_id:
                     new.append(i)
                     continue
-                digest = request_digest({"configuration_id": execution.configuration_id})
                 key = (execution.resource_group, request_id)
                 try:
                     if key in claimed:
-                        first_digest, first = claimed[key]
-                        if first_digest != digest:
+                        if first[key] == i:
+                            new.append(i)
+                        elif digests[first[key]] != digests[i]:
                             raise _request_id_reused(request_id)
-                        results[i] = (items[first][0], False)
+                        else:
+                            results[i] = (items[first[key]][0], False)
                         continue
                     existing = self._idempotent_lookup(
-                        execution.resource_group, "execution", request_id, digest
+                        execution.resource_group, "execution", request_id, digests[i]
                     )
-                    if existing:
-                        results[i] = (self.get_execution(execution.resource_group, existing), False)
-                        continue
+                    results[i] = (self.get_execution(execution.resource_group, existing), False)
                 except DomainError as exc:
                     results[i] = exc
-                    continue
-                claimed[key] = (digest, i)
-                new.append(i)
             if new:
-                self._insert_executions(items, new, claimed)
+                self._insert_executions(items, new)
         for i in new:
             results[i] = (items[i][0], True)
         return results  # type: ignore[return-value]
 
-    def _insert_executions(
-        self,
-        items: Sequence[tuple[Execution, str]],
-        new: list[int],
-        claimed: dict[tuple[str, str], tuple[str, int]],
-    ) -> None:
+    def _insert_executions(self, items: Sequence[tuple[Execution, str]], new: list[int]) -> None:
         """The rows of new PENDING executions; fills in their times and first history
         entry (the objects in ``items`` become the created executions)."""
         at = now_us()
@@ -244,18 +249,6 @@ class ExecutionRepository:
                 },
                 pending,
                 n,
-            )
-        if claimed:
-            cursor.executemany(
-                sql(
-                    "INSERT INTO idempotency_key (resource_group, kind, request_id,"
-                    " resource_id, request_digest, created_us)"
-                    " VALUES (?, 'execution', ?, ?, ?, ?)"
-                ),
-                [
-                    (group, request_id, items[i][0].id, digest, at)
-                    for (group, request_id), (digest, i) in claimed.items()
-                ],
             )
 
     def _read(self, sql: str, args: Sequence[Any]):
