@@ -16,7 +16,8 @@ Printed beside it, from the same run:
 * the step alone: the same program read from a pipe by this process and split into
   lines, with nothing stored (what the step and the pipe can give);
 * raw sqlite3 ``executemany`` of the same rows into the server's log table, with the
-  server's pragmas, one transaction per 5,000 rows as the log sink writes them.
+  server's pragmas, one transaction per 5,000 rows as the log sink writes them; one
+  such run after each of the server's, and the ratio is the median of the pairs'.
 
 Target (the benchmarks issue): 200,000 lines/s stored; budget (DESIGN.md): 0.9 x the raw
 executemany.
@@ -193,9 +194,11 @@ def server_rates(args: argparse.Namespace, *server_args: str, between=None) -> l
 
 
 def sqlite_figures(args: argparse.Namespace) -> None:
-    rates = server_rates(args)
+    raws: list[float] = []
+    rates = server_rates(args, between=lambda: raws.append(raw_sqlite_rate(args.lines)))
     alone = statistics.median(asyncio.run(step_alone(args.lines)) for _ in range(args.runs))
-    raw = statistics.median(raw_sqlite_rate(args.lines) for _ in range(args.runs))
+    raw = median(raws)
+    ratio = median([r / w for r, w in zip(rates, raws, strict=True)])
 
     rate = median(rates)
     runs = ", ".join(f"{r:,.0f}" for r in rates)
@@ -207,9 +210,12 @@ def sqlite_figures(args: argparse.Namespace) -> None:
     print(f"  the step alone, read from a pipe, nothing stored: {alone:,.0f} lines/s")
     print(
         f"raw sqlite3 executemany baseline (this process, same table and pragmas, "
-        f"{SINK_BATCH} rows per transaction): {raw:,.0f} rows/s; the server reaches "
-        f"{rate / raw:.0%} of it (budget >= {SQLITE_RATIO:.0%}): "
-        f"{verdict(rate / raw >= SQLITE_RATIO)}"
+        f"{SINK_BATCH} rows per transaction, runs alternating with the server's): "
+        f"{raw:,.0f} rows/s ({', '.join(f'{w:,.0f}' for w in raws)})"
+    )
+    print(
+        f"  ratio {ratio:.2f} (median of the pairs)   budget >= {SQLITE_RATIO}: "
+        f"{verdict(ratio >= SQLITE_RATIO)}"
     )
 
 

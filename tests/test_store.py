@@ -468,9 +468,10 @@ def test_postgres_stores_a_nul_character_as_the_replacement_character(postgres_u
 
 def test_cached_catalog_reads_skip_the_reader_threads(tmp_path, monkeypatch):
     """The async store answers a configuration or an exact executable version that the
-    store has cached on the event loop, with no hand-off to a reader thread; a cold
-    one, or one whose cache another thread holds at that moment (the loop never waits
-    on a lock), is read on a reader."""
+    store has cached on the event loop, with no hand-off to a reader thread, and so an
+    execution's context when it needs nothing else; a cold one, or one whose cache
+    another thread holds at that moment (the loop never waits on a lock), is read on a
+    reader."""
     import asyncio
 
     from server.store.async_store import AsyncStore
@@ -509,10 +510,25 @@ def test_cached_catalog_reads_skip_the_reader_threads(tmp_path, monkeypatch):
             assert (await store.get_configuration("g", "c1")).id == "c1"
             holder.join(10)
             await store.get_executable("g", "iris-train")  # the newest: always read
+            # What an execution's message shows beside it: from the cache when it has
+            # no output artifacts and its configuration is cached, else read.
+            plain = Execution("e1", "g", "c1", "iris-train", "iris")
+            assert await store.execution_context("g", [plain]) == ({}, {"c1": "cfg"})
+            with_output = Execution("e2", "g", "c1", "iris-train", "iris")
+            with_output.output_artifact_ids = ["a1"]
+            artifacts, names = await store.execution_context("g", [plain, with_output])
+            assert (list(artifacts), names) == (["a1"], {"c1": "cfg"})
+            store.sync._configurations.items.clear()
+            assert await store.execution_context("g", [plain]) == ({}, {"c1": "cfg"})
 
         asyncio.run(reads())
         assert handed_off == [
-            "get_configuration", "get_executable", "get_configuration", "get_executable"
+            "get_configuration",
+            "get_executable",
+            "get_configuration",
+            "get_executable",
+            "execution_context",
+            "execution_context",
         ]
         assert store.sync.cached_configuration("g", "c1").id == "c1"
         with pytest.raises(NotFound):
