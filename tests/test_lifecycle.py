@@ -3,6 +3,7 @@ domain and through the API with the store driven into each status."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 
 import grpc
@@ -156,6 +157,66 @@ def test_history_records_every_transition(idle, stubs, server):
         pb.GetExecutionRequest(execution_id=execution_id)
     ).execution
     assert execution.HasField("start_time") and execution.HasField("complete_time")
+
+
+def test_an_ungrouped_create_is_stored_like_a_grouped_one(idle, stubs, server):
+    """ControlPlane.create_execution (the one-at-a-time path that tools and a failed
+    group fall back to) stores a PENDING execution with its "created" transition, and
+    a repeated request id returns the same execution."""
+    grouped = stubs.executions.GetExecution(
+        pb.GetExecutionRequest(execution_id=idle(Status.PENDING))
+    ).execution
+    created = server.run_sync(
+        server.plane.create_execution, "default", grouped.configuration_id, "one-at-a-time"
+    )
+    again = server.run_sync(
+        server.plane.create_execution, "default", grouped.configuration_id, "one-at-a-time"
+    )
+    assert again.id == created.id != grouped.id
+    stored = stubs.executions.GetExecution(
+        pb.GetExecutionRequest(execution_id=created.id)
+    ).execution
+    assert stored.status == execution_pb2.EXECUTION_STATUS_PENDING
+    assert stored.configuration_id == grouped.configuration_id
+    assert [s.name for s in stored.step_details] == [s.name for s in grouped.step_details]
+    history = stubs.executions.ListExecutionHistory(
+        pb.ListExecutionHistoryRequest(execution_id=created.id)
+    ).transitions
+    assert [(t.to_status, t.cause) for t in history] == [
+        (execution_pb2.EXECUTION_STATUS_PENDING, "created")
+    ]
+
+
+def test_creates_a_few_loop_turns_apart_share_one_commit(server, stubs, monkeypatch):
+    """Creates that arrive within a few turns of the event loop of each other (as a
+    burst of calls does, gRPC taking several turns per call) are written in one
+    transaction; each gets its own execution."""
+    server.detach_runtime()
+    configuration = iris_configuration(stubs, register_iris(stubs))
+    store = server.plane.store
+    groups = []
+    create_executions = store.create_executions
+
+    async def counting(items):
+        groups.append(len(items))
+        return await create_executions(items)
+
+    monkeypatch.setattr(store, "create_executions", counting)
+
+    async def burst():
+        async def one(turns: int):
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            return await server.plane.create_execution_grouped("default", configuration)
+
+        return await asyncio.gather(*(one(turns) for turns in range(0, 20, 2)))
+
+    created = server.run_sync(burst)
+    assert groups == [10]
+    assert len({e.id for e in created}) == 10
+    for execution in created:
+        stored = stubs.executions.GetExecution(pb.GetExecutionRequest(execution_id=execution.id))
+        assert stored.execution.status == execution_pb2.EXECUTION_STATUS_PENDING
 
 
 def test_runtime_cannot_break_the_table(idle, server):
