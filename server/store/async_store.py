@@ -2,7 +2,10 @@
 
 Each method hands its repository call to a worker thread (server/store/workers.py):
 reads to a reader, writes to the writer. Rows become domain objects on the worker, so
-the event loop only receives finished objects.
+the event loop only receives finished objects. The exception: what the repository keeps
+in its caches of immutable rows (configurations, executable versions) is answered on
+the loop, without a query or a wait on a lock, and so is an execution's context when it
+needs nothing else; every create reads them, and a hand-off costs more than the read.
 
 Writes of an execution's row or history are tracked on the writer: once the write
 has committed, the loop calls the ``on_execution_written`` callbacks with each
