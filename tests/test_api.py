@@ -532,7 +532,7 @@ def test_no_traceback_reaches_the_client(stubs, server):
     def broken(*args, **kwargs):
         raise RuntimeError("secret internal detail")
 
-    server.run_sync(setattr, server.plane, "get_execution", broken)
+    server.run_sync(setattr, server.plane, "get_execution_with_context", broken)
     error = rpc_error(stubs.executions.GetExecution, ex.GetExecutionRequest(execution_id="abc"))
     assert error.code() == grpc.StatusCode.INTERNAL
     assert "secret" not in error.details() and "Traceback" not in error.details()
@@ -547,7 +547,7 @@ def test_log_lines_of_a_call_carry_its_request_id_rpc_and_group(stubs, server):
         seen.update(call_context.add_call_context(None, "info", {"event": "x"}))
         raise NotFound.of("execution", execution_id)
 
-    server.run_sync(setattr, server.plane, "get_execution", spy)
+    server.run_sync(setattr, server.plane, "get_execution_with_context", spy)
     error = rpc_error(
         stubs.executions.GetExecution,
         ex.GetExecutionRequest(execution_id="abc"),

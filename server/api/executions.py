@@ -9,7 +9,7 @@ import grpc
 
 from server.api import convert
 from server.api.context import resource_group
-from server.domain.models import Execution
+from server.domain.models import Artifact, Execution
 from server.domain.service import BatchOutcome, ControlPlane
 from trainyard.v1 import execution_pb2, execution_service_pb2_grpc
 from trainyard.v1 import execution_service_pb2 as pb
@@ -93,6 +93,21 @@ class _Responses:
             state[1] = True
 
 
+def _message(
+    execution: Execution,
+    artifacts: dict[str, Artifact],
+    names: dict[str, str],
+    with_history: bool,
+) -> execution_pb2.Execution:
+    """An execution as a message, given its artifacts and its configuration's name."""
+    return convert.execution_pb(
+        execution,
+        artifacts=[artifacts[a] for a in execution.output_artifact_ids if a in artifacts],
+        configuration_name=names.get(execution.configuration_id, ""),
+        with_history=with_history,
+    )
+
+
 class ExecutionService(execution_service_pb2_grpc.ExecutionServiceServicer):
     def __init__(self, plane: ControlPlane):
         self.plane = plane
@@ -110,15 +125,7 @@ class ExecutionService(execution_service_pb2_grpc.ExecutionServiceServicer):
         artifacts, names = await self.plane.store.execution_context(
             executions[0].resource_group, executions
         )
-        return [
-            convert.execution_pb(
-                e,
-                artifacts=[artifacts[a] for a in e.output_artifact_ids if a in artifacts],
-                configuration_name=names.get(e.configuration_id, ""),
-                with_history=with_history,
-            )
-            for e in executions
-        ]
+        return [_message(e, artifacts, names, with_history) for e in executions]
 
     async def one(self, execution: Execution) -> execution_pb2.Execution:
         return (await self.render([execution], with_history=True))[0]
@@ -138,8 +145,12 @@ class ExecutionService(execution_service_pb2_grpc.ExecutionServiceServicer):
         self.responses.begin(execution_id)
         stale = True
         try:
-            execution = await self.plane.get_execution(group, execution_id)
-            response = pb.GetExecutionResponse(execution=await self.one(execution))
+            execution, artifacts, names = await self.plane.get_execution_with_context(
+                group, execution_id
+            )
+            response = pb.GetExecutionResponse(
+                execution=_message(execution, artifacts, names, with_history=True)
+            )
         finally:
             stale = self.responses.end(execution_id)
         if not stale:

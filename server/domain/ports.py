@@ -7,6 +7,10 @@ PostgreSQL repositories on worker threads) and raises the domain's errors:
 NotFound, AlreadyExists, FailedPrecondition for refused lifecycle changes, and
 StoreUnavailable for storage faults (nothing of the refused call is written).
 
+Client request ids (idempotency keys) are not a port of their own: each is recorded
+in the same transaction as the resource it created, so it belongs to that aggregate's
+writes (``create_executions``, ``create_artifact``, ``create_configuration``).
+
 Writes are single transactions. Lifecycle changes are compare-and-set: the adapter
 changes the status only if it is still one the lifecycle table allows, and records
 the transition in the history in the same transaction, so the rules hold with many
@@ -130,6 +134,13 @@ class ExecutionStore(Protocol):
         group (what their messages show beside their own rows)."""
         ...
 
+    async def execution_with_context(
+        self, resource_group: str, execution_id: str
+    ) -> tuple[Execution, dict[str, Artifact], dict[str, str]]:
+        """:meth:`get_execution` with its history and :meth:`execution_context`, read
+        together (one hand-off to the store for a read of one execution)."""
+        ...
+
     async def history(self, execution_id: str) -> list[Transition]: ...
 
     async def last_transition_seqs(self, execution_ids: Sequence[str]) -> dict[str, int]: ...
@@ -177,6 +188,14 @@ class ExecutionStore(Protocol):
     async def force_status(self, execution_id: str, status: Status) -> None:
         """Tests drive the lifecycle table with it."""
         ...
+
+
+class ExecutionEvents(Protocol):
+    """The events port: who hears of committed writes of executions, on this replica
+    and from the others (through the database's notifications). Caches of reads and
+    the runtime's view of remote stops subscribe here; the event and log streams read
+    the rows themselves (streams/), so an event lost here costs only a cache entry,
+    never a line or a transition a client sees."""
 
     def on_execution_written(self, callback: Callable[[str], None]) -> None:
         """Call ``callback(execution_id)`` on the event loop after every committed
@@ -296,7 +315,7 @@ class MetricStore(Protocol):
     ) -> tuple[list[tuple[ComparedExecution, tuple]], int, float | None]: ...
 
 
-class Store(CatalogStore, ExecutionStore, ClaimStore, LogStore, Protocol):
+class Store(CatalogStore, ExecutionStore, ExecutionEvents, ClaimStore, LogStore, Protocol):
     """Everything the control plane reads and writes of its metadata."""
 
     kind: str  # "sqlite" or "postgresql"

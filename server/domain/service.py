@@ -493,6 +493,16 @@ class ControlPlane:
         v.raise_if_any()
         return await self.store.get_execution(resource_group, execution_id)
 
+    async def get_execution_with_context(
+        self, resource_group: str, execution_id: str
+    ) -> tuple[Execution, dict[str, Artifact], dict[str, str]]:
+        """:meth:`get_execution`, with the output artifacts (by id) and configuration
+        names (by id) its message shows, read in one store call."""
+        v = Violations()
+        validation.check_id(v, "execution_id", execution_id)
+        v.raise_if_any()
+        return await self.store.execution_with_context(resource_group, execution_id)
+
     async def execution_history(self, resource_group: str, execution_id: str) -> list[Transition]:
         return (await self.get_execution(resource_group, execution_id)).history
 

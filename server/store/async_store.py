@@ -199,6 +199,7 @@ class AsyncStore:
                 return {}, names
         return await self.workers.read(self.sync.execution_context, resource_group, executions)
 
+    execution_with_context = _reader(SyncStore.execution_with_context)
     history = _reader(SyncStore.history)
     last_transition_seqs = _reader(SyncStore.last_transition_seqs)
     list_executions = _reader(SyncStore.list_executions)

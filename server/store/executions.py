@@ -287,6 +287,13 @@ class ExecutionRepository:
         }
         return artifacts, names
 
+    def execution_with_context(
+        self, resource_group: str, execution_id: str
+    ) -> tuple[Execution, dict[str, Artifact], dict[str, str]]:
+        """One execution with its history, and what its message shows beside them."""
+        execution = self.get_execution(resource_group, execution_id)
+        return (execution, *self.execution_context(resource_group, [execution]))
+
     def get_execution(
         self, resource_group: str | None, execution_id: str, with_history: bool = True
     ) -> Execution:
