@@ -535,3 +535,44 @@ def test_cached_catalog_reads_skip_the_reader_threads(tmp_path, monkeypatch):
             asyncio.run(store.get_configuration("g", "c-missing"))
     finally:
         store.close()
+
+
+def test_postgres_one_request_id_on_two_replicas_at_once_creates_one(postgres_url):
+    """Two replicas' stores create with the same request id at the same moment, each
+    holding its transaction open until the other has sent its insert: one execution
+    is created and both answers name it; neither fails on the unique key."""
+    first, second = Store(postgres_url), Store(postgres_url)
+    try:
+        seed(first, 0)
+        barrier = threading.Barrier(2, timeout=30)
+        claims = first._idempotent_claims
+
+        def racing(kind, wanted, at):  # both transactions have begun before either claims
+            barrier.wait()
+            return claims(kind, wanted, at)
+
+        first._idempotent_claims = racing
+        second._idempotent_claims = lambda kind, wanted, at: (
+            barrier.wait(), Store._idempotent_claims(second, kind, wanted, at)
+        )[1]
+        results = {}
+
+        def create(store: Store, execution_id: str) -> None:
+            execution = Execution(execution_id, "g", "c1", "iris-train", "iris")
+            results[execution_id] = store.create_executions([(execution, "same")])[0]
+
+        threads = [
+            threading.Thread(target=create, args=(s, i))
+            for s, i in ((first, "ea"), (second, "eb"))
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        outcomes = {i: (r[0].id, r[1]) for i, r in results.items()}
+        winner = next(i for i, (_, created) in outcomes.items() if created)
+        assert sorted(outcomes.values()) == sorted([(winner, True), (winner, False)])
+        assert first.list_executions("g", PageRequest(10)).total_size == 1
+    finally:
+        first.close()
+        second.close()
