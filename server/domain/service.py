@@ -96,6 +96,13 @@ class BatchOutcome:
     status: Status | None = None
 
 
+def _check_execution_id(execution_id: str) -> None:
+    """InvalidArgument naming ``execution_id`` unless it is a well-formed id."""
+    v = Violations()
+    validation.check_id(v, "execution_id", execution_id)
+    v.raise_if_any()
+
+
 @dataclass
 class ControlPlane:
     store: Store
@@ -488,9 +495,7 @@ class ControlPlane:
         self.store.on_writes_unheard(callback)
 
     async def get_execution(self, resource_group: str, execution_id: str) -> Execution:
-        v = Violations()
-        validation.check_id(v, "execution_id", execution_id)
-        v.raise_if_any()
+        _check_execution_id(execution_id)
         return await self.store.get_execution(resource_group, execution_id)
 
     async def get_execution_with_context(
@@ -498,9 +503,7 @@ class ControlPlane:
     ) -> tuple[Execution, dict[str, Artifact], dict[str, str]]:
         """:meth:`get_execution`, with the output artifacts (by id) and configuration
         names (by id) its message shows, read in one store call."""
-        v = Violations()
-        validation.check_id(v, "execution_id", execution_id)
-        v.raise_if_any()
+        _check_execution_id(execution_id)
         return await self.store.execution_with_context(resource_group, execution_id)
 
     async def execution_history(self, resource_group: str, execution_id: str) -> list[Transition]:
@@ -534,9 +537,7 @@ class ControlPlane:
         )
 
     async def stop_execution(self, resource_group: str, execution_id: str) -> Execution:
-        v = Violations()
-        validation.check_id(v, "execution_id", execution_id)
-        v.raise_if_any()
+        _check_execution_id(execution_id)
         stopped = await self.store.request_stop(resource_group, execution_id)
         self._announce_transition(stopped)
         if self.runtime is not None:
@@ -546,9 +547,7 @@ class ControlPlane:
     async def delete_execution(
         self, resource_group: str, execution_id: str, keep_metrics: bool = False
     ) -> None:
-        v = Violations()
-        validation.check_id(v, "execution_id", execution_id)
-        v.raise_if_any()
+        _check_execution_id(execution_id)
         execution = await self.store.get_execution(resource_group, execution_id, with_history=False)
         await self.store.delete_execution(resource_group, execution_id, keep_metrics)
         execution.target_status = TargetStatus.DELETED
@@ -638,7 +637,5 @@ class ControlPlane:
 
     async def require_execution(self, resource_group: str, execution_id: str) -> Execution:
         """The execution without history; NotFound outside ``resource_group``."""
-        v = Violations()
-        validation.check_id(v, "execution_id", execution_id)
-        v.raise_if_any()
+        _check_execution_id(execution_id)
         return await self.store.get_execution(resource_group, execution_id, with_history=False)

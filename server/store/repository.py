@@ -50,10 +50,7 @@ class _Cache:
 
     def get(self, key):
         with self.lock:
-            value = self.items.get(key)
-            if value is not None:
-                self.items.move_to_end(key)
-            return value
+            return self._lookup(key)
 
     def peek(self, key):
         """The cached value, or None; None too, rather than waiting, while another
@@ -61,12 +58,15 @@ class _Cache:
         if not self.lock.acquire(blocking=False):
             return None
         try:
-            value = self.items.get(key)
-            if value is not None:
-                self.items.move_to_end(key)
-            return value
+            return self._lookup(key)
         finally:
             self.lock.release()
+
+    def _lookup(self, key):  # the caller holds the lock
+        value = self.items.get(key)
+        if value is not None:
+            self.items.move_to_end(key)
+        return value
 
     def put(self, key, value):
         with self.lock:
