@@ -126,6 +126,30 @@ def test_delete_follows_the_table(idle, stubs, status):
         stubs.executions.GetExecution(pb.GetExecutionRequest(execution_id=execution_id))
 
 
+@pytest.mark.parametrize("status", list(Status))
+def test_allowed_operations_follow_the_table(idle, stubs, status):
+    """Execution.allowed_operations, in a read, a list and a watch snapshot, is the
+    table's row of the execution's status: what the console enables its buttons by."""
+    execution_id = idle(status)
+    stop, delete = TABLE[status]
+    expected = [
+        op
+        for op, allowed in (
+            (execution_pb2.EXECUTION_OPERATION_STOP, stop),
+            (execution_pb2.EXECUTION_OPERATION_DELETE, delete),
+        )
+        if allowed
+    ]
+    read = stubs.executions.GetExecution(pb.GetExecutionRequest(execution_id=execution_id))
+    assert list(read.execution.allowed_operations) == expected
+    listed = stubs.executions.ListExecutions(pb.ListExecutionsRequest()).executions
+    assert [list(e.allowed_operations) for e in listed if e.id == execution_id] == [expected]
+    snapshot = next(
+        iter(stubs.executions.WatchExecutions(pb.WatchExecutionsRequest(execution_id=execution_id)))
+    )
+    assert list(snapshot.execution.allowed_operations) == expected
+
+
 def test_history_records_every_transition(idle, stubs, server):
     execution_id = idle(Status.PENDING)
     server.run_sync(server.plane.transition, execution_id, Status.RUNNING, "step_started")

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from google.protobuf import timestamp_pb2
 
-from server.domain import metrics
+from server.domain import lifecycle, metrics
 from server.domain.errors import InvalidArgument
 from server.domain.models import (
     Artifact,
@@ -45,6 +45,17 @@ STATUS_TO_PB = {
     Status.UNKNOWN: execution_pb2.EXECUTION_STATUS_UNKNOWN,
 }
 STATUS_FROM_PB = {v: k for k, v in STATUS_TO_PB.items()}
+
+OPERATION_TO_PB = {
+    lifecycle.Operation.STOP: execution_pb2.EXECUTION_OPERATION_STOP,
+    lifecycle.Operation.DELETE: execution_pb2.EXECUTION_OPERATION_DELETE,
+}
+# status -> the operations it allows (Execution.allowed_operations), in enum order:
+# read off the domain's lifecycle table, never restated here.
+ALLOWED_OPERATIONS_PB: dict[Status, list[int]] = {
+    status: sorted(OPERATION_TO_PB[op] for op in operations)
+    for status, operations in lifecycle.OPERATIONS.items()
+}
 
 TARGET_TO_PB = {
     TargetStatus.COMPLETED: execution_pb2.TARGET_STATUS_COMPLETED,
@@ -281,6 +292,7 @@ def execution_pb(
         complete_time=ts(ex.completed_at),
         update_time=ts(ex.modified_at),
         history=[_transition_fields(t) for t in ex.history] if with_history else [],
+        allowed_operations=ALLOWED_OPERATIONS_PB[ex.status],
     )
 
 

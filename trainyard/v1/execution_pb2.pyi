@@ -149,6 +149,33 @@ STEP_PHASE_STOPPED: StepPhase.ValueType  # 6
 """Terminated by a stop."""
 Global___StepPhase: _TypeAlias = StepPhase  # noqa: Y015
 
+class _ExecutionOperation:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ExecutionOperationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExecutionOperation.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EXECUTION_OPERATION_UNSPECIFIED: _ExecutionOperation.ValueType  # 0
+    """Not set; never returned by the server."""
+    EXECUTION_OPERATION_STOP: _ExecutionOperation.ValueType  # 1
+    """StopExecution (or a bulk stop) is accepted."""
+    EXECUTION_OPERATION_DELETE: _ExecutionOperation.ValueType  # 2
+    """DeleteExecution (or a bulk delete) is accepted."""
+
+class ExecutionOperation(_ExecutionOperation, metaclass=_ExecutionOperationEnumTypeWrapper):
+    """A user operation on an execution. Which ones an execution allows follows from its
+    status alone, by the server's lifecycle table: PENDING and RUNNING allow STOP;
+    COMPLETED, DEAD, STOPPED and UNKNOWN allow DELETE; STOPPING allows none.
+    """
+
+EXECUTION_OPERATION_UNSPECIFIED: ExecutionOperation.ValueType  # 0
+"""Not set; never returned by the server."""
+EXECUTION_OPERATION_STOP: ExecutionOperation.ValueType  # 1
+"""StopExecution (or a bulk stop) is accepted."""
+EXECUTION_OPERATION_DELETE: ExecutionOperation.ValueType  # 2
+"""DeleteExecution (or a bulk delete) is accepted."""
+Global___ExecutionOperation: _TypeAlias = ExecutionOperation  # noqa: Y015
+
 @_typing.final
 class StepDetail(_message.Message):
     """Status details of one step."""
@@ -265,6 +292,7 @@ class Execution(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
     CONFIGURATION_NAME_FIELD_NUMBER: _builtins.int
+    ALLOWED_OPERATIONS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. Server-assigned id."""
     configuration_id: _builtins.str
@@ -315,6 +343,14 @@ class Execution(_message.Message):
         list responses leave it empty.
         """
 
+    @_builtins.property
+    def allowed_operations(self) -> _containers.RepeatedScalarFieldContainer[Global___ExecutionOperation.ValueType]:
+        """Output only. The operations its current status allows, from the server's lifecycle
+        table, in enum order: a client enables its Stop and Delete actions by this list
+        instead of keeping a copy of the table. An operation not listed is refused with
+        FAILED_PRECONDITION.
+        """
+
     def __init__(
         self,
         *,
@@ -334,10 +370,11 @@ class Execution(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         history: _abc.Iterable[Global___StatusTransition] | None = ...,
         configuration_name: _builtins.str = ...,
+        allowed_operations: _abc.Iterable[Global___ExecutionOperation.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "create_time", b"create_time", "start_time", b"start_time", "submit_time", b"submit_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "configuration_id", b"configuration_id", "configuration_name", b"configuration_name", "create_time", b"create_time", "executable_id", b"executable_id", "history", b"history", "id", b"id", "output_artifacts", b"output_artifacts", "scenario_id", b"scenario_id", "start_time", b"start_time", "status", b"status", "status_message", b"status_message", "step_details", b"step_details", "submit_time", b"submit_time", "target_status", b"target_status", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_operations", b"allowed_operations", "complete_time", b"complete_time", "configuration_id", b"configuration_id", "configuration_name", b"configuration_name", "create_time", b"create_time", "executable_id", b"executable_id", "history", b"history", "id", b"id", "output_artifacts", b"output_artifacts", "scenario_id", b"scenario_id", "start_time", b"start_time", "status", b"status", "status_message", b"status_message", "step_details", b"step_details", "submit_time", b"submit_time", "target_status", b"target_status", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
