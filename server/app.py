@@ -24,6 +24,7 @@ from server.api.resources import (
 )
 from server.api.watch import WatchingExecutionService
 from server.config import Settings
+from server.domain import resources
 from server.domain.logpurge import LogPurger
 from server.domain.logs import LogReader
 from server.domain.logsink import LogSink
@@ -117,7 +118,14 @@ async def start_server(settings: Settings) -> TrainyardServer:
     store = await asyncio.to_thread(
         AsyncStore, settings.database_url, busy_timeout=settings.database_busy_timeout
     )
-    plane = ControlPlane(store=store, default_resource_group=settings.default_resource_group)
+    plans = dict(resources.DEFAULT_PLANS)
+    if settings.resource_plans_file is not None:
+        plans = await asyncio.to_thread(resources.load_plan_file, settings.resource_plans_file)
+    plane = ControlPlane(
+        store=store,
+        default_resource_group=settings.default_resource_group,
+        resource_plans=plans,
+    )
     # The sink stores lines on a writer thread of its own, with its own connection.
     log_sink = LogSink(store.sync)
     # Live streams: stored log lines and committed execution changes go to the broker.

@@ -35,6 +35,8 @@ class Settings:
     # digest of the data directory, the same across restarts of the same server.
     replica_id: str = ""
     lease_seconds: float = 10.0  # a replica that does not renew for this long is lost
+    # A YAML file of resource plans added to (or replacing some of) SAP's defaults.
+    resource_plans_file: Path | None = None
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
@@ -151,6 +153,13 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         "executions of a replica silent for longer are taken over (TRAINYARD_LEASE_SECONDS)",
     )
     parser.add_argument(
+        "--resource-plans",
+        default=_env("RESOURCE_PLANS"),
+        metavar="FILE",
+        help="YAML file mapping resource plan names to {cpu, memory, gpu}, added to "
+        "SAP AI Core's plans (starter, basic, ...) or replacing some (TRAINYARD_RESOURCE_PLANS)",
+    )
+    parser.add_argument(
         "--port-file",
         default=None,
         help="write the bound port to this file once the server serves",
@@ -180,4 +189,5 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         port_file=Path(args.port_file) if args.port_file else None,
         replica_id=args.replica_id,
         lease_seconds=args.lease_seconds,
+        resource_plans_file=Path(args.resource_plans) if args.resource_plans else None,
     )

@@ -3,6 +3,7 @@ place that knows both."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf import timestamp_pb2
@@ -14,6 +15,7 @@ from server.domain.models import (
     ArtifactKind,
     Configuration,
     Executable,
+    ExecutableStep,
     Execution,
     LogLine,
     LogStream,
@@ -164,7 +166,10 @@ def scenario_pb(scenario: Scenario, executable_count: int = 0) -> scenario_pb2.S
     )
 
 
-def executable_pb(exe: Executable, steps: list[str] | None = None) -> executable_pb2.Executable:
+def executable_pb(
+    exe: Executable, steps: Sequence[ExecutableStep] = ()
+) -> executable_pb2.Executable:
+    """``steps``: the executable's steps (ControlPlane.executable_steps)."""
     return executable_pb2.Executable(
         id=exe.id,
         name=exe.name,
@@ -196,7 +201,18 @@ def executable_pb(exe: Executable, steps: list[str] | None = None) -> executable
             )
             for a in exe.output_artifacts
         ],
-        steps=steps or [t.get("name", "") for t in exe.spec.get("templates", [])],
+        steps=[s.name for s in steps],
+        workflow_steps=[
+            executable_pb2.ExecutableStep(
+                name=s.name,
+                template=s.template,
+                resource_plan=s.resource_plan,
+                cpus=s.resources.cpus or 0.0,
+                memory_bytes=s.resources.memory_bytes or 0,
+                gpus=s.resources.gpus,
+            )
+            for s in steps
+        ],
         digest=exe.digest,
         create_time=ts(exe.created_at),
         update_time=ts(exe.modified_at),

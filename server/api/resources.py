@@ -51,14 +51,17 @@ class ExecutableService(executable_service_pb2_grpc.ExecutableServiceServicer):
     async def CreateExecutable(self, request, context):
         exe, created = await self.plane.register_executable(resource_group(), request.definition)
         return exe_pb.CreateExecutableResponse(
-            executable=convert.executable_pb(exe), created=created
+            executable=convert.executable_pb(exe, self.plane.executable_steps(exe)),
+            created=created,
         )
 
     async def GetExecutable(self, request, context):
         exe = await self.plane.get_executable(
             resource_group(), request.executable_id, request.version
         )
-        return exe_pb.GetExecutableResponse(executable=convert.executable_pb(exe))
+        return exe_pb.GetExecutableResponse(
+            executable=convert.executable_pb(exe, self.plane.executable_steps(exe))
+        )
 
     async def ListExecutables(self, request, context):
         page = await self.plane.list_executables(
@@ -69,7 +72,9 @@ class ExecutableService(executable_service_pb2_grpc.ExecutableServiceServicer):
             all_versions=request.all_versions,
         )
         return exe_pb.ListExecutablesResponse(
-            executables=[convert.executable_pb(e) for e in page.items],
+            executables=[
+                convert.executable_pb(e, self.plane.executable_steps(e)) for e in page.items
+            ],
             next_page_token=page.next_page_token,
             total_size=page.total_size,
         )

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
+from server.domain.resources import Resources
+
 T = TypeVar("T")
 
 
@@ -126,6 +128,17 @@ class Executable:
     digest: str = ""
     created_at: datetime | None = None
     modified_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutableStep:
+    """One step of an executable's workflow, named as its executions' step details
+    name it, with the template it runs and what it may use of a machine."""
+
+    name: str
+    template: str
+    resource_plan: str = ""  # ai.sap.com/resourcePlan, "" when none applies
+    resources: Resources = field(default_factory=Resources)
 
 
 @dataclass(slots=True)

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from server.domain import templates, validation, workflow
+from server.domain import resources, templates, validation, workflow
 from server.domain.errors import DomainError, InvalidArgument, StoreUnavailable
 from server.domain.ids import time_ordered_id
 from server.domain.models import (
@@ -30,6 +30,7 @@ from server.domain.models import (
     ArtifactKind,
     Configuration,
     Executable,
+    ExecutableStep,
     Execution,
     Page,
     Scenario,
@@ -108,11 +109,15 @@ class ControlPlane:
     store: Store
     default_resource_group: str = "default"
     runtime: Runtime | None = None
+    # The resource plan table (server/domain/resources.py): name -> what a step may use.
+    resource_plans: Mapping[str, resources.Resources] = field(
+        default_factory=lambda: dict(resources.DEFAULT_PLANS)
+    )
     listeners: list[Callable[[ExecutionEvent], None]] = field(default_factory=list)
     # Creates waiting for their grouped write, and the step names of each executable.
     _creates: list[_WaitingCreate] = field(default_factory=list, init=False, repr=False)
     _writing: asyncio.Task | None = field(default=None, init=False, repr=False)
-    _steps: dict[tuple[str, str, str, str], list[str]] = field(
+    _steps: dict[tuple[str, str, str, str], list[ExecutableStep]] = field(
         default_factory=dict, init=False, repr=False
     )
 
@@ -146,7 +151,22 @@ class ControlPlane:
             raise InvalidArgument.of(
                 "definition", f"must hold exactly one WorkflowTemplate, found {len(parsed)}"
             )
+        self.check_resources(parsed[0])
         return await self.store.put_executable(parsed[0])
+
+    def check_resources(self, exe: Executable) -> None:
+        """InvalidArgument naming every unknown resource plan (reason
+        RESOURCE_PLAN_UNKNOWN) and bad ``resources`` quantity of the executable."""
+        violations = resources.check_spec(exe.spec, self.resource_plans)
+        if not violations:
+            return
+        unknown_plan = any(resources.RESOURCE_PLAN_LABEL in v.field for v in violations)
+        listed = "; ".join(f"{v.field}: {v.description}" for v in violations)
+        raise InvalidArgument(
+            message=f"invalid workflow template: {listed}",
+            reason=resources.RESOURCE_PLAN_UNKNOWN if unknown_plan else "INVALID_ARGUMENT",
+            violations=violations,
+        )
 
     async def load_executables(
         self, directory: str | Path, resource_group: str
@@ -158,6 +178,7 @@ class ControlPlane:
         stored: list[Executable] = []
         for exe in loaded:
             try:
+                self.check_resources(exe)
                 stored.append((await self.store.put_executable(exe))[0])
             except DomainError as exc:
                 log.warning("executable not loaded", executable_id=exe.id, error=str(exc))
@@ -467,14 +488,38 @@ class ControlPlane:
         )
 
     def _step_names(self, executable: Executable) -> list[str]:
-        """The executable's steps in workflow order (a version never changes: kept)."""
+        return [step.name for step in self.executable_steps(executable)]
+
+    def executable_steps(self, executable: Executable) -> list[ExecutableStep]:
+        """The executable's steps in workflow order, named as step details name them,
+        with their templates and resources (a version never changes: kept). Empty when
+        the workflow cannot run (the execution's start then says why)."""
         key = (executable.resource_group, executable.id, executable.version, executable.digest)
-        names = self._steps.get(key)
-        if names is None:
+        steps = self._steps.get(key)
+        if steps is None:
             if len(self._steps) >= 1000:
                 self._steps.clear()
-            names = self._steps[key] = workflow.step_names(executable.spec)
-        return names
+            steps = self._steps[key] = self._walk_steps(executable)
+        return steps
+
+    def _walk_steps(self, executable: Executable) -> list[ExecutableStep]:
+        try:
+            walked = workflow.walk(executable.spec)
+        except workflow.WorkflowError:
+            return []
+        steps = []
+        for ws in walked:
+            plan = resources.step_plan([link.template for link in ws.chain]) or ""
+            try:
+                # A plan given as a placeholder is known only when an execution starts.
+                limits = resources.resolve(
+                    plan if "{{" not in plan else "", ws.template.get(ws.kind) or {},
+                    self.resource_plans,
+                )
+            except (KeyError, ValueError):
+                limits = resources.Resources()
+            steps.append(ExecutableStep(ws.name, ws.template.get("name", ""), plan, limits))
+        return steps
 
     def _execution_created(self, execution: Execution) -> None:
         self._announce(ExecutionEvent("created", execution, transition=execution.history[-1]))

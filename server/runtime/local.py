@@ -441,6 +441,7 @@ class LocalRuntime(Runtime):
             execution_id=execution.id,
             resource_group=group,
             work_dir=work_dir,
+            plans=self.plane.resource_plans,
         )
 
     def _prepare_dir(self, run: _Run) -> None:

@@ -38,10 +38,12 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from server.domain import resources as plans_
 from server.domain.models import Executable, OutputArtifactSpec
 from server.domain.resources import Resources
 from server.domain.workflow import WorkflowError, WorkflowStep, walk
@@ -158,8 +160,12 @@ def build_plan(
     execution_id: str,
     resource_group: str,
     work_dir: Path,
+    plans: Mapping[str, Resources] | None = None,
 ) -> Plan:
-    """Resolve the executable's workflow for one execution. Raises :class:`PlanError`."""
+    """Resolve the executable's workflow for one execution. Raises :class:`PlanError`.
+
+    ``plans`` is the resource plan table (default: SAP's plans) that gives each step
+    its :class:`Resources` (see server/domain/resources.py)."""
     try:
         workflow = walk(executable.spec)
     except WorkflowError as exc:
@@ -179,7 +185,13 @@ def build_plan(
     for name, value in workflow_parameters.items():
         global_values[f"workflow.parameters.{name}"] = value
 
-    planner = _Planner(global_values, workflow_parameters, artifact_urls, work_dir)
+    planner = _Planner(
+        global_values,
+        workflow_parameters,
+        artifact_urls,
+        work_dir,
+        plans_.DEFAULT_PLANS if plans is None else plans,
+    )
     steps = [planner.step(ws) for ws in workflow]
     _link(steps)
     collect = []
@@ -237,11 +249,13 @@ class _Planner:
         workflow_parameters: dict[str, str],
         artifact_urls: dict[str, str],
         work_dir: Path,
+        plans: Mapping[str, Resources],
     ):
         self.global_values = global_values
         self.workflow_parameters = workflow_parameters
         self.artifact_urls = artifact_urls
         self.work_dir = work_dir
+        self.plans = plans
 
     def step(self, ws: WorkflowStep) -> PlannedStep:
         scope = self._scope(ws)
@@ -291,6 +305,18 @@ class _Planner:
                 )
             env[name] = _substitute(str(entry.get("value", "")), values, where)
 
+        plan = plans_.step_plan([link.template for link in ws.chain])
+        if plan:
+            plan = _substitute(plan, values, where)
+        try:
+            resources = plans_.resolve(plan, process, self.plans)
+        except KeyError:
+            raise PlanError(
+                f"{where}: unknown resource plan {plan!r} (known: {', '.join(sorted(self.plans))})"
+            ) from None
+        except ValueError as exc:
+            raise PlanError(f"{where}: resources: {exc}") from None
+
         script = script_path = None
         if ws.kind == "script":
             if not command:
@@ -315,6 +341,7 @@ class _Planner:
             env=env,
             inputs=inputs,
             outputs=outputs,
+            resources=resources,
         )
 
     def _scope(self, ws: WorkflowStep) -> _Scope:

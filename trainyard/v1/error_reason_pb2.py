@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ftrainyard/v1/error_reason.proto\x12\x0ctrainyard.v1*\xbf\x05\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12!\n\x1d\x45RROR_REASON_INVALID_ARGUMENT\x10\x01\x12&\n\"ERROR_REASON_CONFIGURATION_INVALID\x10\x02\x12#\n\x1f\x45RROR_REASON_INVALID_PAGE_TOKEN\x10\x03\x12#\n\x1f\x45RROR_REASON_SCENARIO_NOT_FOUND\x10\n\x12%\n!ERROR_REASON_EXECUTABLE_NOT_FOUND\x10\x0b\x12#\n\x1f\x45RROR_REASON_ARTIFACT_NOT_FOUND\x10\x0c\x12(\n$ERROR_REASON_CONFIGURATION_NOT_FOUND\x10\r\x12$\n ERROR_REASON_EXECUTION_NOT_FOUND\x10\x0e\x12\x1f\n\x1b\x45RROR_REASON_ALREADY_EXISTS\x10\x14\x12\"\n\x1e\x45RROR_REASON_REQUEST_ID_REUSED\x10\x15\x12(\n$ERROR_REASON_EXECUTION_NOT_STOPPABLE\x10\x1e\x12(\n$ERROR_REASON_EXECUTION_NOT_DELETABLE\x10\x1f\x12\"\n\x1e\x45RROR_REASON_EXECUTABLE_IN_USE\x10 \x12\x1f\n\x1b\x45RROR_REASON_LIMIT_EXCEEDED\x10(\x12 \n\x1c\x45RROR_REASON_TAILER_TOO_SLOW\x10)\x12\x1f\n\x1b\x45RROR_REASON_INTERNAL_ERROR\x10\x32\x12\x1c\n\x18\x45RROR_REASON_UNAVAILABLE\x10\x33\x12\"\n\x1e\x45RROR_REASON_STORE_UNAVAILABLE\x10\x34\x42@Z>github.com/trainyard/trainyard/gen/go/trainyard/v1;trainyardv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ftrainyard/v1/error_reason.proto\x12\x0ctrainyard.v1*\xe7\x05\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12!\n\x1d\x45RROR_REASON_INVALID_ARGUMENT\x10\x01\x12&\n\"ERROR_REASON_CONFIGURATION_INVALID\x10\x02\x12#\n\x1f\x45RROR_REASON_INVALID_PAGE_TOKEN\x10\x03\x12#\n\x1f\x45RROR_REASON_SCENARIO_NOT_FOUND\x10\n\x12%\n!ERROR_REASON_EXECUTABLE_NOT_FOUND\x10\x0b\x12#\n\x1f\x45RROR_REASON_ARTIFACT_NOT_FOUND\x10\x0c\x12(\n$ERROR_REASON_CONFIGURATION_NOT_FOUND\x10\r\x12$\n ERROR_REASON_EXECUTION_NOT_FOUND\x10\x0e\x12\x1f\n\x1b\x45RROR_REASON_ALREADY_EXISTS\x10\x14\x12\"\n\x1e\x45RROR_REASON_REQUEST_ID_REUSED\x10\x15\x12(\n$ERROR_REASON_EXECUTION_NOT_STOPPABLE\x10\x1e\x12(\n$ERROR_REASON_EXECUTION_NOT_DELETABLE\x10\x1f\x12\"\n\x1e\x45RROR_REASON_EXECUTABLE_IN_USE\x10 \x12\x1f\n\x1b\x45RROR_REASON_LIMIT_EXCEEDED\x10(\x12 \n\x1c\x45RROR_REASON_TAILER_TOO_SLOW\x10)\x12\x1f\n\x1b\x45RROR_REASON_INTERNAL_ERROR\x10\x32\x12\x1c\n\x18\x45RROR_REASON_UNAVAILABLE\x10\x33\x12\"\n\x1e\x45RROR_REASON_STORE_UNAVAILABLE\x10\x34\x12&\n\"ERROR_REASON_RESOURCE_PLAN_UNKNOWN\x10<B@Z>github.com/trainyard/trainyard/gen/go/trainyard/v1;trainyardv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z>github.com/trainyard/trainyard/gen/go/trainyard/v1;trainyardv1'
   _globals['_ERRORREASON']._serialized_start=50
-  _globals['_ERRORREASON']._serialized_end=753
+  _globals['_ERRORREASON']._serialized_end=793
 # @@protoc_insertion_point(module_scope)

@@ -75,6 +75,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     written. Status UNAVAILABLE, with a `google.rpc.RetryInfo` detail giving the delay
     to wait before retrying; metadata `cause` names the store's fault in a few words.
     """
+    ERROR_REASON_RESOURCE_PLAN_UNKNOWN: _ErrorReason.ValueType  # 60
+    """An executable names a resource plan (`ai.sap.com/resourcePlan`) that the server's
+    plan table does not hold; the `google.rpc.BadRequest` detail names the label's
+    field, and its description lists the known plans.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Machine-readable reasons carried in the `google.rpc.ErrorInfo` detail of every
@@ -136,5 +141,10 @@ ERROR_REASON_STORE_UNAVAILABLE: ErrorReason.ValueType  # 52
 its timeout, locked, an I/O error, a lost connection). Nothing of the request was
 written. Status UNAVAILABLE, with a `google.rpc.RetryInfo` detail giving the delay
 to wait before retrying; metadata `cause` names the store's fault in a few words.
+"""
+ERROR_REASON_RESOURCE_PLAN_UNKNOWN: ErrorReason.ValueType  # 60
+"""An executable names a resource plan (`ai.sap.com/resourcePlan`) that the server's
+plan table does not hold; the `google.rpc.BadRequest` detail names the label's
+field, and its description lists the known plans.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -156,6 +156,59 @@ class OutputArtifactSpec(_message.Message):
 Global___OutputArtifactSpec: _TypeAlias = OutputArtifactSpec  # noqa: Y015
 
 @_typing.final
+class ExecutableStep(_message.Message):
+    """One step of an executable's workflow: what an execution of it runs as one step
+    detail, with the template it runs and what it may use of a machine.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TEMPLATE_FIELD_NUMBER: _builtins.int
+    RESOURCE_PLAN_FIELD_NUMBER: _builtins.int
+    CPUS_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    GPUS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Output only. Step name, as `StepDetail.name` of the executable's executions gives
+    it: the name of the step or dag task that runs it (`outer.inner` for a step of a
+    called steps / dag template), or the template's name when the entrypoint itself
+    runs a container or script.
+    """
+    template: _builtins.str
+    """Output only. Name of the template (`spec.templates[].name`) the step runs."""
+    resource_plan: _builtins.str
+    """Output only. The step's resource plan (the `ai.sap.com/resourcePlan` label of its
+    template, or of the nearest calling template); empty when none applies. A plan
+    written as a placeholder is shown as written and resolved when an execution starts.
+    """
+    cpus: _builtins.float
+    """Output only. CPU cores the step may use, from its plan and its container's
+    `resources` (limits, else requests); 0 when not limited.
+    """
+    memory_bytes: _builtins.int
+    """Output only. Memory the step may use, in bytes; 0 when not limited."""
+    gpus: _builtins.int
+    """Output only. GPUs the step asks for (`nvidia.com/gpu`, or its plan's); 0 for none."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        template: _builtins.str = ...,
+        resource_plan: _builtins.str = ...,
+        cpus: _builtins.float = ...,
+        memory_bytes: _builtins.int = ...,
+        gpus: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "gpus", b"gpus", "memory_bytes", b"memory_bytes", "name", b"name", "resource_plan", b"resource_plan", "template", b"template"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExecutableStep: _TypeAlias = ExecutableStep  # noqa: Y015
+
+@_typing.final
 class Executable(_message.Message):
     """A versioned workflow template: the steps to run and the placeholders a configuration
     fills. Defined in the Argo WorkflowTemplate form used by SAP AI Core.
@@ -197,6 +250,7 @@ class Executable(_message.Message):
     DIGEST_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    WORKFLOW_STEPS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. Executable id (`metadata.name`), unique per resource group."""
     name: _builtins.str
@@ -231,7 +285,10 @@ class Executable(_message.Message):
 
     @_builtins.property
     def steps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Output only. Names of the templates (steps) of the workflow."""
+        """Output only. Names of the steps in workflow order, as the `StepDetail.name` of its
+        executions gives them (the names of `workflow_steps`); empty when the workflow
+        cannot run.
+        """
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -240,6 +297,12 @@ class Executable(_message.Message):
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When this version last changed."""
+
+    @_builtins.property
+    def workflow_steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExecutableStep]:
+        """Output only. The steps in workflow order (the same order and names as `steps`),
+        each with its template, resource plan and resources.
+        """
 
     def __init__(
         self,
@@ -258,10 +321,11 @@ class Executable(_message.Message):
         digest: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        workflow_steps: _abc.Iterable[Global___ExecutableStep] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deployable", b"deployable", "description", b"description", "digest", b"digest", "id", b"id", "input_artifacts", b"input_artifacts", "labels", b"labels", "name", b"name", "output_artifacts", b"output_artifacts", "parameters", b"parameters", "scenario_id", b"scenario_id", "steps", b"steps", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deployable", b"deployable", "description", b"description", "digest", b"digest", "id", b"id", "input_artifacts", b"input_artifacts", "labels", b"labels", "name", b"name", "output_artifacts", b"output_artifacts", "parameters", b"parameters", "scenario_id", b"scenario_id", "steps", b"steps", "update_time", b"update_time", "version", b"version", "workflow_steps", b"workflow_steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
