@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 from server.app import serve
 from server.config import parse_args
@@ -10,7 +11,12 @@ from server.log_setup import configure_logging
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = parse_args(argv)
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["tokens"]:
+        from server.security.tokens_cli import main as tokens_main
+
+        sys.exit(tokens_main(args[1:]))
+    settings = parse_args(args)
     configure_logging(settings.log_format, settings.log_level)
     asyncio.run(serve(settings))
 

@@ -32,6 +32,9 @@ from server.domain.metrics import MetricsService
 from server.domain.service import ControlPlane
 from server.process_tuning import tune_process
 from server.runtime.local import LocalRuntime
+from server.security.authn import Authenticator, Limits
+from server.security.tls import ServerTLS, is_loopback
+from server.security.tokens import StepTokens
 from server.store.async_store import AsyncMetricStore, AsyncStore
 from server.streams.broker import LocalBroker
 from server.streams.notify import PostgresNotifier
@@ -92,6 +95,9 @@ class TrainyardServer:
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        auth = self.extra.get("auth")
+        if auth is not None:
+            await auth.close()
         purger = self.extra.get("log_purger")
         if purger is not None:
             await purger.close()
@@ -108,12 +114,47 @@ class TrainyardServer:
         log.info("server stopped")
 
 
+def check_exposure(settings: Settings) -> None:
+    """Refuses to serve plaintext or unauthenticated beyond loopback unless told to."""
+    if is_loopback(settings.address) or settings.insecure:
+        return
+    if not settings.tls_enabled:
+        raise ValueError(
+            f"refusing plaintext on non-loopback address {settings.address}: give"
+            " --tls-cert and --tls-key, or --insecure"
+        )
+    if not settings.auth_enabled:
+        raise ValueError(
+            f"refusing to serve {settings.address} without authentication: give"
+            " --auth-tokens or --tls-client-ca, or --insecure"
+        )
+
+
 async def start_server(settings: Settings) -> TrainyardServer:
     if ":memory:" in settings.database_url:
         raise ValueError(
             "the server needs a database its threads can share: use a file"
             " (sqlite:///PATH) or PostgreSQL, not an in-memory database"
         )
+    check_exposure(settings)
+    tls = (
+        ServerTLS(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+        if settings.tls_cert is not None and settings.tls_key is not None
+        else None
+    )
+    step_tokens = StepTokens()
+    auth = await asyncio.to_thread(
+        Authenticator,
+        settings.auth_tokens,
+        client_certificates=settings.tls_client_ca is not None,
+        step_tokens=step_tokens,
+        limits=Limits(
+            requests_per_second=settings.max_requests_per_second,
+            burst=2 * settings.max_requests_per_second,
+            max_streams=settings.max_streams_per_principal,
+        ),
+        reload_seconds=settings.auth_reload_seconds,
+    )
     # Opening runs the migrations: off the loop like every other store call.
     store = await asyncio.to_thread(
         AsyncStore, settings.database_url, busy_timeout=settings.database_busy_timeout
@@ -171,7 +212,9 @@ async def start_server(settings: Settings) -> TrainyardServer:
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
-    interceptor = ErrorInterceptor(settings.default_resource_group, settings.max_streams_per_client)
+    interceptor = ErrorInterceptor(
+        settings.default_resource_group, settings.max_streams_per_client, auth=auth
+    )
     server = grpc.aio.server(interceptors=[interceptor], options=options)
     scenario_service_pb2_grpc.add_ScenarioServiceServicer_to_server(ScenarioService(plane), server)
     executable_service_pb2_grpc.add_ExecutableServiceServicer_to_server(
@@ -197,7 +240,15 @@ async def start_server(settings: Settings) -> TrainyardServer:
         "executable_registration": True,
     }
     meta_service_pb2_grpc.add_MetaServiceServicer_to_server(
-        MetaService(settings, capabilities, runtime=settings.runtime, store=store.kind), server
+        MetaService(
+            settings,
+            capabilities,
+            runtime=settings.runtime,
+            store=store.kind,
+            auth_enabled=auth.enabled,
+            tls_enabled=tls is not None,
+        ),
+        server,
     )
 
     health_servicer = health.aio.HealthServicer()
@@ -206,7 +257,10 @@ async def start_server(settings: Settings) -> TrainyardServer:
         [*SERVICE_NAMES, reflection.SERVICE_NAME, health.SERVICE_NAME], server
     )
 
-    port = server.add_insecure_port(settings.address)
+    if tls is not None:
+        port = server.add_secure_port(settings.address, tls.credentials())
+    else:
+        port = server.add_insecure_port(settings.address)
     if port == 0:
         raise RuntimeError(f"cannot listen on {settings.address}")
     if notifier is not None:
@@ -217,6 +271,7 @@ async def start_server(settings: Settings) -> TrainyardServer:
         # Reconcile what a previous server left before serving; steps dial `address`.
         await plane.runtime.start(f"{settings.address.rsplit(':', 1)[0]}:{port}")
     await server.start()
+    await auth.start()
     log_purger.start()  # first what a previous server left queued
     for name in ["", *SERVICE_NAMES]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -236,6 +291,9 @@ async def start_server(settings: Settings) -> TrainyardServer:
             "interceptor": interceptor,
             "execution_responses": executions.responses,
             "notifier": notifier,
+            "auth": auth,
+            "tls": tls,
+            "step_tokens": step_tokens,
         },
     )
     log.info(
@@ -243,6 +301,8 @@ async def start_server(settings: Settings) -> TrainyardServer:
         address=running.address,
         database=settings.database_url,
         replica_id=settings.replica_id,
+        auth=auth.enabled,
+        tls=tls is not None,
     )
     return running
 
@@ -259,6 +319,16 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    tls = running.extra.get("tls")
+    if tls is not None:
+        reloads: set[asyncio.Task] = set()
+
+        def reload_tls() -> None:
+            task = loop.create_task(tls.reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, reload_tls)
     await stop.wait()
     log.info("shutting down")
     await running.stop(grace=5.0)

@@ -37,6 +37,18 @@ class Settings:
     lease_seconds: float = 10.0  # a replica that does not renew for this long is lost
     # A YAML file of resource plans added to (or replacing some of) SAP's defaults.
     resource_plans_file: Path | None = None
+    # Security (docs/security.md). Auth is on when a token file or a client CA is given.
+    auth_tokens: Path | None = None  # the token file (hashes only)
+    tls_cert: Path | None = None  # PEM certificate chain; with tls_key: TLS
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # PEM CA bundle: mutual TLS, client certificates
+    insecure: bool = False  # allow plaintext / no auth on a non-loopback address
+    # Abuse limits per authenticated principal (0: none).
+    max_requests_per_second: float = 1000.0
+    max_streams_per_principal: int = 100
+    # How often the token file is checked for changes, and live streams for
+    # credentials that expired or were revoked.
+    auth_reload_seconds: float = 1.0
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
@@ -49,6 +61,22 @@ class Settings:
             raise ValueError(
                 f"replica id {self.replica_id!r}: 1-64 letters, digits, '.', '_' or '-'"
             )
+        for name in ("auth_tokens", "tls_cert", "tls_key", "tls_client_ca"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                setattr(self, name, Path(value))
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.auth_tokens is not None or self.tls_client_ca is not None
 
     @property
     def work_dir(self) -> Path:
@@ -160,6 +188,49 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         "SAP AI Core's plans (starter, basic, ...) or replacing some (TRAINYARD_RESOURCE_PLANS)",
     )
     parser.add_argument(
+        "--auth-tokens",
+        default=_env("AUTH_TOKENS"),
+        metavar="FILE",
+        help="token file (`trainyard-server tokens add`); turns authentication on; "
+        "changes are noticed without a restart (TRAINYARD_AUTH_TOKENS)",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        default=_env("TLS_CERT"),
+        metavar="PEM",
+        help="server certificate chain; with --tls-key serves TLS; both are reread on "
+        "SIGHUP (TRAINYARD_TLS_CERT)",
+    )
+    parser.add_argument(
+        "--tls-key", default=_env("TLS_KEY"), metavar="PEM", help="server private key"
+    )
+    parser.add_argument(
+        "--tls-client-ca",
+        default=_env("TLS_CLIENT_CA"),
+        metavar="PEM",
+        help="CA bundle of client certificates: mutual TLS, a certificate's subject maps "
+        "to a principal of the token file (TRAINYARD_TLS_CLIENT_CA)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=_env("INSECURE", "") in ("1", "true", "yes"),
+        help="allow plaintext and no authentication on a non-loopback address",
+    )
+    parser.add_argument(
+        "--max-requests-per-second",
+        type=float,
+        default=float(_env("MAX_REQUESTS_PER_SECOND", "1000")),
+        help="calls per second per authenticated principal (bursts of twice that); more "
+        "are RESOURCE_EXHAUSTED with a retry delay; 0: no limit",
+    )
+    parser.add_argument(
+        "--max-streams-per-principal",
+        type=int,
+        default=int(_env("MAX_STREAMS_PER_PRINCIPAL", "100")),
+        help="open server streams per authenticated principal; 0: no limit",
+    )
+    parser.add_argument(
         "--port-file",
         default=None,
         help="write the bound port to this file once the server serves",
@@ -173,7 +244,24 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         parser.error("--database-busy-timeout must not be negative")
     if args.replica_id and not REPLICA_ID_RE.match(args.replica_id):
         parser.error("--replica-id: 1-64 letters, digits, '.', '_' or '-'")
+    try:
+        return _settings(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    def path(value: str | None) -> Path | None:
+        return Path(value) if value else None
+
     return Settings(
+        auth_tokens=path(args.auth_tokens),
+        tls_cert=path(args.tls_cert),
+        tls_key=path(args.tls_key),
+        tls_client_ca=path(args.tls_client_ca),
+        insecure=args.insecure,
+        max_requests_per_second=args.max_requests_per_second,
+        max_streams_per_principal=args.max_streams_per_principal,
         address=args.address,
         data_dir=Path(args.data_dir),
         database_url=args.database_url,

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import contextvars
 
+from server.domain.principal import ANONYMOUS, Principal
+
 RESOURCE_GROUP_KEY = "ai-resource-group"
 REQUEST_ID_KEY = "x-request-id"
+AUTHORIZATION_KEY = "authorization"
 
 resource_group_var: contextvars.ContextVar[str] = contextvars.ContextVar(
     "resource_group", default="default"
 )
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 rpc_var: contextvars.ContextVar[str] = contextvars.ContextVar("rpc", default="")
+principal_var: contextvars.ContextVar[Principal] = contextvars.ContextVar(
+    "principal", default=ANONYMOUS
+)
 
 
 def add_call_context(logger, method_name: str, event_dict: dict) -> dict:
@@ -29,3 +35,8 @@ def add_call_context(logger, method_name: str, event_dict: dict) -> dict:
 def resource_group() -> str:
     """The resource group of the current call (validated by the interceptor)."""
     return resource_group_var.get()
+
+
+def principal() -> Principal:
+    """The authenticated caller of the current call (ANONYMOUS when auth is off)."""
+    return principal_var.get()

@@ -4,6 +4,7 @@ one canonical log line per call."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
@@ -22,9 +23,12 @@ from server.domain.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    Unauthenticated,
     Unavailable,
 )
 from server.domain.ids import random_hex
+from server.domain.principal import ANONYMOUS
+from server.security.authn import Authenticator, OpenStream
 
 log = structlog.get_logger("trainyard.rpc")
 
@@ -98,7 +102,9 @@ def to_status(error: DomainError, request_id: str) -> tuple[grpc.StatusCode, str
                 )
             )
         )
-    if isinstance(error, Unavailable):
+    if isinstance(error, Unavailable) or (
+        isinstance(error, ResourceExhausted) and error.retry_after > 0
+    ):
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(error.retry_after * 1e9))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
@@ -121,9 +127,16 @@ def _internal(request_id: str) -> DomainError:
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Binds request id / rpc / resource group, maps errors, logs each call once."""
 
-    def __init__(self, default_resource_group: str = "default", max_streams_per_client: int = 100):
+    def __init__(
+        self,
+        default_resource_group: str = "default",
+        max_streams_per_client: int = 100,
+        auth: Authenticator | None = None,
+    ):
         self.default_resource_group = default_resource_group
         self.max_streams_per_client = max_streams_per_client
+        # Who may call what (server/security/authn.py); None: everyone, everything.
+        self.auth = auth if auth is not None and auth.enabled else None
         # Open server streams per client connection (peer address).
         self.open_streams: dict[str, int] = {}
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
@@ -151,9 +164,14 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             inner = handler.unary_unary
 
             async def unary_unary(request, context):
-                start = self._begin(method, context)
+                start, authorization = self._begin(method, context)
                 try:
-                    validation.check_resource_group(ctx.resource_group())
+                    group = ctx.resource_group()
+                    validation.check_resource_group(group)
+                    if self.auth is not None:
+                        ctx.principal_var.set(
+                            self.auth.check(method, group, request, authorization, context)
+                        )
                     return await inner(request, context)
                 except Exception as exc:  # noqa: BLE001 - mapped below, never leaked
                     await self._fail(context, exc)
@@ -170,11 +188,20 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             inner_stream = handler.unary_stream
 
             async def unary_stream(request, context) -> AsyncIterator[Any]:
-                start = self._begin(method, context)
+                start, authorization = self._begin(method, context)
                 peer = context.peer()
                 counted = False
+                stream: OpenStream | None = None
                 try:
-                    validation.check_resource_group(ctx.resource_group())
+                    group = ctx.resource_group()
+                    validation.check_resource_group(group)
+                    if self.auth is not None:
+                        principal = self.auth.check(method, group, request, authorization, context)
+                        ctx.principal_var.set(principal)
+                        if principal is not ANONYMOUS:
+                            self.auth.limits.open_stream(principal.name)
+                            stream = OpenStream(principal, asyncio.current_task())
+                            self.auth.streams.add(stream)
                     if self.open_streams.get(peer, 0) >= self.max_streams_per_client:
                         raise ResourceExhausted(
                             message=(
@@ -191,9 +218,23 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                     async with contextlib.aclosing(inner_stream(request, context)) as items:
                         async for item in items:
                             yield item
+                except asyncio.CancelledError:
+                    if stream is None or not stream.ended_by_auth:
+                        raise
+                    # Its credential expired or was revoked while it was open.
+                    await self._fail(
+                        context,
+                        Unauthenticated(
+                            message="the stream's token expired or was revoked",
+                            reason="UNAUTHENTICATED",
+                        ),
+                    )
                 except Exception as exc:  # noqa: BLE001
                     await self._fail(context, exc)
                 finally:
+                    if stream is not None:
+                        self.auth.streams.discard(stream)
+                        self.auth.limits.close_stream(stream.principal.name)
                     if counted:
                         left = self.open_streams[peer] - 1
                         if left:
@@ -209,14 +250,17 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             )
         return handler
 
-    def _begin(self, method: str, context: grpc.aio.ServicerContext) -> float:
+    def _begin(self, method: str, context: grpc.aio.ServicerContext) -> tuple[float, str]:
         request_id = ""
         group = ""
+        authorization = ""
         for key, value in context.invocation_metadata() or ():
             if key == ctx.RESOURCE_GROUP_KEY:
                 group = value
             elif key == ctx.REQUEST_ID_KEY:
                 request_id = value
+            elif key == ctx.AUTHORIZATION_KEY:
+                authorization = value
         request_id = request_id or random_hex(16)
         group = group or self.default_resource_group
         # Each call runs in its own task, with its own copy of these variables; the
@@ -224,7 +268,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         ctx.request_id_var.set(request_id)
         ctx.resource_group_var.set(group)
         ctx.rpc_var.set(method)
-        return time.perf_counter()
+        return time.perf_counter(), authorization
 
     async def _fail(self, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
         request_id = ctx.request_id_var.get()

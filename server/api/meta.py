@@ -9,8 +9,18 @@ from trainyard.v1 import meta_service_pb2_grpc
 
 
 class MetaService(meta_service_pb2_grpc.MetaServiceServicer):
-    def __init__(self, settings: Settings, capabilities: dict[str, bool], runtime: str, store: str):
+    def __init__(
+        self,
+        settings: Settings,
+        capabilities: dict[str, bool],
+        runtime: str,
+        store: str,
+        auth_enabled: bool = False,
+        tls_enabled: bool = False,
+    ):
         self.settings = settings
+        self.auth_enabled = auth_enabled
+        self.tls_enabled = tls_enabled
         self.capabilities = capabilities
         self.runtime = runtime
         self.store = store
@@ -24,4 +34,6 @@ class MetaService(meta_service_pb2_grpc.MetaServiceServicer):
             store=self.store,
             default_resource_group=self.settings.default_resource_group,
             max_concurrent_executions=self.settings.max_concurrent_executions,
+            auth_enabled=self.auth_enabled,
+            tls_enabled=self.tls_enabled,
         )

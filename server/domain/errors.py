@@ -88,16 +88,30 @@ class FailedPrecondition(DomainError):
 
 @dataclass
 class ResourceExhausted(DomainError):
-    """A limit was reached (stream buffers, concurrent streams, message sizes)."""
+    """A limit was reached (stream buffers, concurrent streams, message sizes, a
+    principal's request rate). ``retry_after`` > 0: the caller may retry after that
+    many seconds (a RetryInfo detail)."""
 
     reason: str = "RESOURCE_EXHAUSTED"
+    retry_after: float = 0.0
     code = "RESOURCE_EXHAUSTED"
 
 
 @dataclass
 class PermissionDenied(DomainError):
+    """The caller is known but holds no role that allows the call."""
+
     reason: str = "PERMISSION_DENIED"
     code = "PERMISSION_DENIED"
+
+
+@dataclass
+class Unauthenticated(DomainError):
+    """The call carries no valid credential (missing, malformed, unknown, expired or
+    revoked)."""
+
+    reason: str = "UNAUTHENTICATED"
+    code = "UNAUTHENTICATED"
 
 
 @dataclass

@@ -80,6 +80,25 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     plan table does not hold; the `google.rpc.BadRequest` detail names the label's
     field, and its description lists the known plans.
     """
+    ERROR_REASON_UNAUTHENTICATED: _ErrorReason.ValueType  # 65
+    """The call carries no valid credential: no `authorization` metadata (and no known
+    client certificate), a malformed one, or an unknown or revoked token. Status
+    UNAUTHENTICATED; a live stream whose token is revoked ends with it too.
+    """
+    ERROR_REASON_TOKEN_EXPIRED: _ErrorReason.ValueType  # 66
+    """The token has expired. Status UNAUTHENTICATED."""
+    ERROR_REASON_PERMISSION_DENIED: _ErrorReason.ValueType  # 67
+    """The caller is known but its roles do not allow the call in this resource group
+    (metadata `role` names the role needed). Status PERMISSION_DENIED.
+    """
+    ERROR_REASON_RATE_LIMITED: _ErrorReason.ValueType  # 68
+    """The caller sent more requests per second than its limit. Status
+    RESOURCE_EXHAUSTED, with a `google.rpc.RetryInfo` delay.
+    """
+    ERROR_REASON_TOO_MANY_STREAMS: _ErrorReason.ValueType  # 69
+    """The caller has as many streams open as its limit allows. Status
+    RESOURCE_EXHAUSTED, with a `google.rpc.RetryInfo` delay.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Machine-readable reasons carried in the `google.rpc.ErrorInfo` detail of every
@@ -146,5 +165,24 @@ ERROR_REASON_RESOURCE_PLAN_UNKNOWN: ErrorReason.ValueType  # 60
 """An executable names a resource plan (`ai.sap.com/resourcePlan`) that the server's
 plan table does not hold; the `google.rpc.BadRequest` detail names the label's
 field, and its description lists the known plans.
+"""
+ERROR_REASON_UNAUTHENTICATED: ErrorReason.ValueType  # 65
+"""The call carries no valid credential: no `authorization` metadata (and no known
+client certificate), a malformed one, or an unknown or revoked token. Status
+UNAUTHENTICATED; a live stream whose token is revoked ends with it too.
+"""
+ERROR_REASON_TOKEN_EXPIRED: ErrorReason.ValueType  # 66
+"""The token has expired. Status UNAUTHENTICATED."""
+ERROR_REASON_PERMISSION_DENIED: ErrorReason.ValueType  # 67
+"""The caller is known but its roles do not allow the call in this resource group
+(metadata `role` names the role needed). Status PERMISSION_DENIED.
+"""
+ERROR_REASON_RATE_LIMITED: ErrorReason.ValueType  # 68
+"""The caller sent more requests per second than its limit. Status
+RESOURCE_EXHAUSTED, with a `google.rpc.RetryInfo` delay.
+"""
+ERROR_REASON_TOO_MANY_STREAMS: ErrorReason.ValueType  # 69
+"""The caller has as many streams open as its limit allows. Status
+RESOURCE_EXHAUSTED, with a `google.rpc.RetryInfo` delay.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

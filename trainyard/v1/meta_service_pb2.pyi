@@ -92,6 +92,8 @@ class GetMetaResponse(_message.Message):
     STORE_FIELD_NUMBER: _builtins.int
     DEFAULT_RESOURCE_GROUP_FIELD_NUMBER: _builtins.int
     MAX_CONCURRENT_EXECUTIONS_FIELD_NUMBER: _builtins.int
+    AUTH_ENABLED_FIELD_NUMBER: _builtins.int
+    TLS_ENABLED_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """Server version (semantic versioning)."""
     api_version: _builtins.str
@@ -104,6 +106,13 @@ class GetMetaResponse(_message.Message):
     """Resource group used when a request carries no `ai-resource-group` metadata."""
     max_concurrent_executions: _builtins.int
     """Maximum number of executions running at once."""
+    auth_enabled: _builtins.bool
+    """Whether calls must carry a credential (a bearer token in `authorization`
+    metadata, or a client certificate). False only on a server listening on loopback
+    (or started with `--insecure`): then every caller may do everything.
+    """
+    tls_enabled: _builtins.bool
+    """Whether the server speaks TLS (false: plaintext)."""
     @_builtins.property
     def capabilities(self) -> Global___Capabilities:
         """Optional features this server offers."""
@@ -118,10 +127,12 @@ class GetMetaResponse(_message.Message):
         store: _builtins.str = ...,
         default_resource_group: _builtins.str = ...,
         max_concurrent_executions: _builtins.int = ...,
+        auth_enabled: _builtins.bool = ...,
+        tls_enabled: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_version", b"api_version", "capabilities", b"capabilities", "default_resource_group", b"default_resource_group", "max_concurrent_executions", b"max_concurrent_executions", "runtime", b"runtime", "store", b"store", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_version", b"api_version", "auth_enabled", b"auth_enabled", "capabilities", b"capabilities", "default_resource_group", b"default_resource_group", "max_concurrent_executions", b"max_concurrent_executions", "runtime", b"runtime", "store", b"store", "tls_enabled", b"tls_enabled", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
