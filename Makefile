@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DATA_DIR ?= .data
-ADDRESS ?= 127.0.0.1:50051
+# `make run` takes its settings from TRAINYARD_* variables (the environment or the make
+# command line: `make run TRAINYARD_ADDRESS=127.0.0.1:50052`); what is unset gets these.
+TRAINYARD_DATA_DIR ?= .data
+TRAINYARD_EXECUTABLES_DIR ?= samples/executables
+export TRAINYARD_DATA_DIR TRAINYARD_EXECUTABLES_DIR
 PROTO_FILES := $(wildcard protos/trainyard/v1/*.proto)
 
 .PHONY: run test protos protos-check lint breaking bench clean setup node-deps
@@ -45,8 +48,10 @@ BASE ?= main
 breaking: $(STAMP)
 	$(VENV)/bin/buf breaking --against '.git#branch=$(BASE)'
 
+# The server listens on TRAINYARD_ADDRESS (default 127.0.0.1:50051); every other flag
+# of `trainyard serve --help` reads its TRAINYARD_* variable too.
 run: $(STAMP)
-	$(PY) -m server --address $(ADDRESS) --data-dir $(DATA_DIR) --executables-dir samples/executables
+	$(PY) -m server
 
 test: $(STAMP) node-deps
 	$(PY) -m pytest -q
@@ -69,4 +74,4 @@ bench: $(STAMP)
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) $(DATA_DIR) .pytest_cache .ruff_cache build *.egg-info tests/node/node_modules
+	rm -rf $(VENV) $(TRAINYARD_DATA_DIR) .pytest_cache .ruff_cache build *.egg-info tests/node/node_modules

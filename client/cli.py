@@ -3,6 +3,10 @@
 Subcommands live in client/commands/: every module there has a
 ``register(subparsers)`` function that adds its commands, each with a ``handler``
 taking (client, args) and returning an exit code.
+
+The global options (--address, -g, --timeout, --json, -q, --no-color) are accepted
+anywhere on the line: every command's parser carries them too, with defaults that do not
+override a value given before the command.
 """
 
 from __future__ import annotations
@@ -12,39 +16,118 @@ import importlib
 import os
 import pkgutil
 import sys
+from importlib import metadata
 
-from client import commands
+import grpc
+
+from client import commands, output
 from client.client import DEFAULT_ADDRESS, TrainyardClient, TrainyardError
+
+
+def version() -> str:
+    try:
+        return metadata.version("trainyard")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def add_global_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """The options every command takes. Below the top level their defaults are
+    suppressed, so that `trainyard -g a executions list` keeps ``a``."""
+
+    def default(value):
+        return value if top else argparse.SUPPRESS
+
+    group = parser.add_argument_group("global options")
+    group.add_argument(
+        "--address",
+        default=default(None),
+        help=f"server address (TRAINYARD_ADDRESS, default {DEFAULT_ADDRESS})",
+    )
+    group.add_argument(
+        "-g",
+        "--resource-group",
+        default=default(None),
+        help="resource group (TRAINYARD_RESOURCE_GROUP, default 'default')",
+    )
+    group.add_argument(
+        "--timeout",
+        type=float,
+        default=default(30.0),
+        help="deadline of each call in seconds (default 30)",
+    )
+    group.add_argument(
+        "--json", action="store_true", default=default(False), help="print JSON, not tables"
+    )
+    group.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=default(False),
+        help="print only ids (one a line), for scripts",
+    )
+    group.add_argument(
+        "--no-color",
+        action="store_true",
+        default=default(False),
+        help="no colour, even on a terminal (also NO_COLOR)",
+    )
+
+
+class CommandParser(argparse.ArgumentParser):
+    """A parser whose commands (at any depth) take the global options; a command made
+    with ``global_options=False`` (`serve`, whose flags are the server's) does not."""
+
+    def __init__(self, *args, global_options: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        if global_options:
+            add_global_options(self, top=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trainyard", description="Trainyard: run and watch AI training executions."
     )
-    parser.add_argument("--address", default=None,
-                        help=f"server address (TRAINYARD_ADDRESS, default {DEFAULT_ADDRESS})")
-    parser.add_argument("-g", "--resource-group", default=None,
-                        help="resource group (TRAINYARD_RESOURCE_GROUP, default 'default')")
-    parser.add_argument("--timeout", type=float, default=30.0,
-                        help="deadline of each call in seconds (default 30)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"trainyard {version()}")
+    add_global_options(parser, top=True)
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=CommandParser
+    )
     for module_info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{commands.__name__}.{module_info.name}")
         module.register(subparsers)
     return parser
 
 
+def print_error(error: TrainyardError, address: str) -> None:
+    """One error, once: the server's message without the field violations it repeats,
+    then each violation on its own line."""
+    if error.code == grpc.StatusCode.UNAVAILABLE and not error.reason:
+        output.error(f"cannot reach a Trainyard server at {address} ({error.message})")
+        output.hint(
+            "start one with `trainyard serve` (or `make run`), or point --address or "
+            "TRAINYARD_ADDRESS at a running one"
+        )
+        return
+    message = error.message
+    for violation in error.violations:
+        message = message.replace(f"{violation.field}: {violation.description}", "")
+    message = message.strip().rstrip(":;, ").replace(": ;", ":")
+    while ";;" in message or "; ;" in message:
+        message = message.replace("; ;", ";").replace(";;", ";")
+    text = f"{error.code.name}: {message}"
+    if error.reason:
+        text += f" [{error.reason}]"
+    output.error(text)
+    for violation in error.violations:
+        output.detail(f"{violation.field}: {violation.description}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    # --json is accepted anywhere on the line (`trainyard executions list --json`),
-    # except after `serve`, whose options belong to the server.
-    as_json = "--json" in argv and (not argv or argv[0] != "serve")
-    if as_json:
-        argv = [a for a in argv if a != "--json"]
     args = parser.parse_args(argv)
-    args.json = args.json or as_json
+    output.configure(quiet=args.quiet, color=not args.no_color)
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
@@ -55,9 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(client, args) or 0
     except TrainyardError as error:
-        print(f"error: {error}", file=sys.stderr)
-        for violation in error.violations:
-            print(f"  {violation.field}: {violation.description}", file=sys.stderr)
+        print_error(error, client.address)
         return 1
     except KeyboardInterrupt:
         return 130

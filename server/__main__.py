@@ -6,7 +6,7 @@ import asyncio
 import sys
 
 from server.app import serve
-from server.config import parse_args
+from server.config import Settings, parse_args
 from server.log_setup import configure_logging
 
 
@@ -16,7 +16,11 @@ def main(argv: list[str] | None = None) -> None:
         from server.security.tokens_cli import main as tokens_main
 
         sys.exit(tokens_main(args[1:]))
-    settings = parse_args(args)
+    run(parse_args(args))
+
+
+def run(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT."""
     configure_logging(settings.log_format, settings.log_level)
     asyncio.run(serve(settings))
 

@@ -93,10 +93,19 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"TRAINYARD_{name}", default)
 
 
+DESCRIPTION = "Run the Trainyard control plane."
+
+
 def parse_args(argv: list[str] | None = None) -> Settings:
-    parser = argparse.ArgumentParser(
-        prog="trainyard-server", description="Run the Trainyard control plane."
-    )
+    """Settings of `trainyard-server` (and `python -m server`) from its command line."""
+    parser = argparse.ArgumentParser(prog="trainyard-server", description=DESCRIPTION)
+    add_arguments(parser)
+    return settings_from(parser.parse_args(argv), parser)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the server's flags to ``parser``: the one definition that `trainyard-server`
+    and `trainyard serve` share. Each flag's default reads its TRAINYARD_* variable."""
     parser.add_argument(
         "--address",
         default=_env("ADDRESS", "127.0.0.1:50051"),
@@ -128,7 +137,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument(
         "--default-resource-group",
         default=_env("DEFAULT_RESOURCE_GROUP", "default"),
-        help="resource group of requests without ai-resource-group metadata",
+        help="resource group of requests without ai-resource-group metadata "
+        "(TRAINYARD_DEFAULT_RESOURCE_GROUP)",
     )
     parser.add_argument(
         "--log-format",
@@ -145,19 +155,22 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         "--max-concurrent-executions",
         type=int,
         default=int(_env("MAX_CONCURRENT_EXECUTIONS", "4")),
-        help="executions running at once; others wait PENDING",
+        help="executions running at once; others wait PENDING "
+        "(TRAINYARD_MAX_CONCURRENT_EXECUTIONS)",
     )
     parser.add_argument(
         "--stop-grace-seconds",
         type=float,
         default=float(_env("STOP_GRACE_SECONDS", "10")),
-        help="time between SIGTERM and SIGKILL when stopping a step",
+        help="time between SIGTERM and SIGKILL when stopping a step "
+        "(TRAINYARD_STOP_GRACE_SECONDS)",
     )
     parser.add_argument(
         "--max-streams-per-client",
         type=int,
         default=int(_env("MAX_STREAMS_PER_CLIENT", "100")),
-        help="open server streams per client connection; more are RESOURCE_EXHAUSTED",
+        help="open server streams per client connection; more are RESOURCE_EXHAUSTED "
+        "(TRAINYARD_MAX_STREAMS_PER_CLIENT)",
     )
     parser.add_argument(
         "--runtime",
@@ -232,10 +245,14 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     )
     parser.add_argument(
         "--port-file",
-        default=None,
-        help="write the bound port to this file once the server serves",
+        default=_env("PORT_FILE"),
+        help="write the bound port to this file once the server serves (TRAINYARD_PORT_FILE)",
     )
-    args = parser.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Settings:
+    """Settings from flags parsed by a parser that :func:`add_arguments` set up; a bad
+    combination exits through ``parser.error``."""
     if args.max_concurrent_executions < 1:
         parser.error("--max-concurrent-executions must be at least 1")
     if args.lease_seconds <= 0:

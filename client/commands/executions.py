@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import signal
 from collections.abc import Callable
 
 from client.client import TrainyardClient
-from client.output import duration, enum_name, print_json, table, when
+from client.output import duration, enum_name, print_json, shorten, table, when
 from trainyard.v1 import artifact_pb2, execution_pb2
 
 STATUSES = {
@@ -23,6 +24,16 @@ DETAIL_SECTIONS: list[
 
 def status_name(value: int) -> str:
     return enum_name(execution_pb2.ExecutionStatus.Name(value))
+
+
+def exit_text(code: int) -> str:
+    """An exit code, with the signal a code of 128 + N reports: ``143 (SIGTERM)``."""
+    if 128 < code < 128 + signal.NSIG:
+        try:
+            return f"{code} ({signal.Signals(code - 128).name})"
+        except ValueError:
+            pass
+    return str(code)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -91,7 +102,7 @@ def render_execution(client: TrainyardClient, e: execution_pb2.Execution) -> lis
     if not e.step_details:
         lines.append("  (none yet)")
     for s in e.step_details:
-        code = str(s.exit_code) if s.HasField("exit_code") else "-"
+        code = exit_text(s.exit_code) if s.HasField("exit_code") else "-"
         lines.append(
             f"  {s.name:<20} {enum_name(execution_pb2.StepPhase.Name(s.phase)):<10} "
             f"exit {code:<4} {duration(s.start_time, s.finish_time):>8}  {s.message}".rstrip()
@@ -141,7 +152,7 @@ def list_cmd(client: TrainyardClient, args) -> int:
                 e.executable_id,
                 when(e.create_time),
                 duration(e.start_time, e.complete_time),
-                e.status_message[:50],
+                shorten(e.status_message, 60),
             ]
             for e in items
         ],
@@ -149,7 +160,13 @@ def list_cmd(client: TrainyardClient, args) -> int:
     return 0
 
 
-def _outcomes(outcomes, verb: str, as_json: bool) -> int:
+def _stop_result(status: int) -> str:
+    """What a granted stop did: a PENDING execution is STOPPED at once, a running one is
+    STOPPING until its processes are gone."""
+    return "stopped" if status == execution_pb2.EXECUTION_STATUS_STOPPED else "stopping"
+
+
+def _outcomes(outcomes, result: Callable[[int], str], as_json: bool) -> int:
     if as_json:
         print_json(list(outcomes))
     else:
@@ -158,7 +175,7 @@ def _outcomes(outcomes, verb: str, as_json: bool) -> int:
             [
                 [
                     o.execution_id,
-                    verb if o.ok else "refused",
+                    result(o.status) if o.ok else "refused",
                     status_name(o.status) if o.status else "-",
                     o.reason or o.message,
                 ]
@@ -173,7 +190,7 @@ def stop_cmd(client: TrainyardClient, args) -> int:
         e = client.stop_execution(args.execution_ids[0])
         print(f"{e.id} {status_name(e.status)}")
         return 0
-    return _outcomes(client.batch_stop(args.execution_ids), "stopping", args.json)
+    return _outcomes(client.batch_stop(args.execution_ids), _stop_result, args.json)
 
 
 def delete_cmd(client: TrainyardClient, args) -> int:
@@ -183,7 +200,7 @@ def delete_cmd(client: TrainyardClient, args) -> int:
         return 0
     return _outcomes(
         client.batch_delete(args.execution_ids, keep_metrics=args.keep_metrics),
-        "deleted",
+        lambda _status: "deleted",
         args.json,
     )
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from client.client import TrainyardClient
-from client.output import enum_name, print_json, table, when
+from client.output import enum_name, print_json, quiet, shorten, table, when
 from trainyard.v1 import artifact_pb2, executable_pb2
 
 KINDS = {
@@ -30,21 +30,25 @@ def _pairs(values: list[str], option: str) -> dict[str, str]:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     # scenarios
-    scenarios = subparsers.add_parser("scenarios", help="list or show scenarios")
+    scenarios = subparsers.add_parser("scenarios", help="list scenarios, or get one")
     s_sub = scenarios.add_subparsers(dest="action", required=True)
     s_sub.add_parser("list", help="list scenarios").set_defaults(handler=scenarios_list)
-    s_get = s_sub.add_parser("get", help="show one scenario")
+    s_get = s_sub.add_parser("get", help="a scenario: name, description, labels")
     s_get.add_argument("scenario_id")
     s_get.set_defaults(handler=scenarios_get)
 
     # executables
-    exes = subparsers.add_parser("executables", help="list, show or register executables")
+    exes = subparsers.add_parser(
+        "executables", help="list executables, get one, or register a WorkflowTemplate"
+    )
     e_sub = exes.add_subparsers(dest="action", required=True)
     e_list = e_sub.add_parser("list", help="list executables with their parameters")
     e_list.add_argument("--scenario", default="")
     e_list.add_argument("--all-versions", action="store_true")
     e_list.set_defaults(handler=executables_list)
-    e_get = e_sub.add_parser("get", help="show one executable")
+    e_get = e_sub.add_parser(
+        "get", help="an executable: its parameters with types and defaults, artifacts, steps"
+    )
     e_get.add_argument("executable_id")
     e_get.add_argument("--version", default="")
     e_get.set_defaults(handler=executables_get)
@@ -53,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e_reg.set_defaults(handler=executables_register)
 
     # artifacts
-    arts = subparsers.add_parser("artifacts", help="register, list or show artifacts")
+    arts = subparsers.add_parser("artifacts", help="register artifacts, list them, or get one")
     a_sub = arts.add_subparsers(dest="action", required=True)
     a_create = a_sub.add_parser("create", help="register an artifact (a data set, usually)")
     a_create.add_argument("path_or_url", help="a local path or a file:// URL")
@@ -70,12 +74,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a_list.add_argument("--execution", default="")
     a_list.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
     a_list.set_defaults(handler=artifacts_list)
-    a_get = a_sub.add_parser("get", help="show one artifact")
+    a_get = a_sub.add_parser(
+        "get", help="an artifact: kind, URL, labels, the execution that made it"
+    )
     a_get.add_argument("artifact_id")
     a_get.set_defaults(handler=artifacts_get)
 
     # configurations
-    cfgs = subparsers.add_parser("configurations", help="create, list or show configurations")
+    cfgs = subparsers.add_parser(
+        "configurations", help="create configurations, list them, or get one"
+    )
     c_sub = cfgs.add_subparsers(dest="action", required=True)
     c_create = c_sub.add_parser("create", help="bind parameters and artifacts to an executable")
     c_create.add_argument("--name", required=True)
@@ -92,7 +100,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c_list.add_argument("--scenario", default="")
     c_list.add_argument("--executable", default="")
     c_list.set_defaults(handler=configurations_list)
-    c_get = c_sub.add_parser("get", help="show one configuration")
+    c_get = c_sub.add_parser(
+        "get", help="a configuration: its executable, parameter values, bound artifacts"
+    )
     c_get.add_argument("configuration_id")
     c_get.set_defaults(handler=configurations_get)
 
@@ -104,14 +114,47 @@ def scenarios_list(client: TrainyardClient, args) -> int:
         return 0
     table(
         ["ID", "NAME", "EXECUTABLES", "DESCRIPTION"],
-        [[s.id, s.name, s.executable_count, s.description[:60]] for s in items],
+        [[s.id, s.name, s.executable_count, shorten(s.description, 60)] for s in items],
     )
     return 0
 
 
-def scenarios_get(client: TrainyardClient, args) -> int:
-    print_json(client.get_scenario(args.scenario_id))
+def _kind(value: int) -> str:
+    return enum_name(artifact_pb2.ArtifactKind.Name(value)).lower()
+
+
+def _type(value: int) -> str:
+    return enum_name(executable_pb2.ParameterType.Name(value)).lower()
+
+
+def _show(args, message, lines: list[str]) -> int:
+    """Print a resource: JSON with --json, its id with -q, else the readable lines."""
+    if args.json:
+        print_json(message)
+    elif quiet():
+        print(message.id)
+    else:
+        print("\n".join(line.rstrip() for line in lines))
     return 0
+
+
+def _labels(labels) -> list[str]:
+    return [f"  {k}={v}" for k, v in sorted(labels.items())] or ["  (none)"]
+
+
+def scenarios_get(client: TrainyardClient, args) -> int:
+    s = client.get_scenario(args.scenario_id)
+    lines = [
+        f"Scenario     {s.id}",
+        f"Name         {s.name}",
+        f"Description  {s.description or '-'}",
+        f"Executables  {s.executable_count}",
+        f"Created      {when(s.create_time)}",
+        "",
+        "Labels",
+        *_labels(s.labels),
+    ]
+    return _show(args, s, lines)
 
 
 def _params(exe: executable_pb2.Executable) -> str:
@@ -151,8 +194,37 @@ def executables_list(client: TrainyardClient, args) -> int:
 
 
 def executables_get(client: TrainyardClient, args) -> int:
-    print_json(client.get_executable(args.executable_id, args.version))
-    return 0
+    e = client.get_executable(args.executable_id, args.version)
+    lines = [
+        f"Executable   {e.id}",
+        f"Name         {e.name}",
+        f"Version      {e.version}",
+        f"Scenario     {e.scenario_id}",
+        f"Description  {e.description or '-'}",
+        f"Steps        {' -> '.join(e.steps) or '-'}",
+        f"Created      {when(e.create_time)}",
+        "",
+        "Parameters",
+    ]
+    width = max((len(p.name) for p in e.parameters), default=0)
+    for p in e.parameters:
+        default = f"default {p.default_value}" if p.HasField("default_value") else "required"
+        lines.append(f"  {p.name:<{width}}  {_type(p.type):<7} {default:<16} {p.description}")
+    if not e.parameters:
+        lines.append("  (none)")
+    lines += ["", "Input artifacts"]
+    for a in e.input_artifacts:
+        lines.append(f"  {a.name}  {_kind(a.kind)}  {a.description}")
+    if not e.input_artifacts:
+        lines.append("  (none)")
+    lines += ["", "Output artifacts"]
+    for o in e.output_artifacts:
+        step = f"  (step {o.step})" if o.step else ""
+        lines.append(f"  {o.name}  {_kind(o.kind)}{step}  {o.description}")
+    if not e.output_artifacts:
+        lines.append("  (none)")
+    lines += ["", "Labels", *_labels(e.labels)]
+    return _show(args, e, lines)
 
 
 def executables_register(client: TrainyardClient, args) -> int:
@@ -223,8 +295,21 @@ def artifacts_list(client: TrainyardClient, args) -> int:
 
 
 def artifacts_get(client: TrainyardClient, args) -> int:
-    print_json(client.get_artifact(args.artifact_id))
-    return 0
+    a = client.get_artifact(args.artifact_id)
+    lines = [
+        f"Artifact     {a.id}",
+        f"Name         {a.name}",
+        f"Kind         {_kind(a.kind)}",
+        f"Scenario     {a.scenario_id}",
+        f"URL          {a.url}",
+        f"Description  {a.description or '-'}",
+        f"Execution    {a.execution_id or '- (registered by hand)'}",
+        f"Created      {when(a.create_time)}",
+        "",
+        "Labels",
+        *_labels(a.labels),
+    ]
+    return _show(args, a, lines)
 
 
 def configurations_create(client: TrainyardClient, args) -> int:
@@ -268,5 +353,18 @@ def configurations_list(client: TrainyardClient, args) -> int:
 
 
 def configurations_get(client: TrainyardClient, args) -> int:
-    print_json(client.get_configuration(args.configuration_id))
-    return 0
+    c = client.get_configuration(args.configuration_id)
+    lines = [
+        f"Configuration  {c.id}",
+        f"Name           {c.name}",
+        f"Executable     {c.executable_id} version {c.executable_version}",
+        f"Scenario       {c.scenario_id}",
+        f"Created        {when(c.create_time)}",
+        "",
+        "Parameters",
+        *([f"  {b.key}={b.value}" for b in c.parameter_bindings] or ["  (none)"]),
+        "",
+        "Input artifacts",
+        *([f"  {b.key}={b.artifact_id}" for b in c.input_artifact_bindings] or ["  (none)"]),
+    ]
+    return _show(args, c, lines)

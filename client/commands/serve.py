@@ -1,4 +1,5 @@
-"""`trainyard serve`: run the server in the foreground."""
+"""`trainyard serve`: run the server in the foreground, with the flags of
+`trainyard-server` (one definition, in server/config.py)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,21 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from server.config import DESCRIPTION, add_arguments
+
     parser = subparsers.add_parser(
-        "serve", help="run the Trainyard server (same options as trainyard-server)",
-        add_help=False,
+        "serve",
+        help="run the Trainyard server in the foreground (the flags of trainyard-server)",
+        description=DESCRIPTION + " Every flag also reads a TRAINYARD_* variable.",
+        global_options=False,
     )
-    parser.add_argument("server_args", nargs=argparse.REMAINDER)
-    parser.set_defaults(handler=_serve, no_client=True)
+    add_arguments(parser)
+    parser.set_defaults(handler=_serve, no_client=True, parser=parser)
 
 
 def _serve(_client, args) -> int:
-    from server.__main__ import main
+    from server.__main__ import run
+    from server.config import settings_from
 
-    main(args.server_args)
+    run(settings_from(args, args.parser))
     return 0

@@ -81,9 +81,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     w.set_defaults(handler=watch_cmd)
 
 
-def _notice(error: TrainyardError, position: object) -> None:
-    print(f"trainyard: {error.code.name}, reconnecting (resuming after {position or 'start'})",
-          file=sys.stderr)
+def _why(error: TrainyardError) -> str:
+    if error.code.name == "UNAVAILABLE":
+        return "lost the connection to the server"
+    return "the server cut off this reader for falling behind"
+
+
+def _log_notice(error: TrainyardError, position: object) -> None:
+    where = f"after line {position}" if position else "from the start"
+    print(f"trainyard: {_why(error)}; reconnecting, resuming {where}", file=sys.stderr)
+
+
+def _watch_notice(error: TrainyardError, _cursor: object) -> None:
+    # The cursor is opaque: tell what it means, not what it is.
+    print(
+        f"trainyard: {_why(error)}; reconnecting, resuming after the last event shown",
+        file=sys.stderr,
+    )
 
 
 def format_line(line: log_pb2.LogLine, prefix: bool) -> str:
@@ -104,7 +118,7 @@ def logs_cmd(client: TrainyardClient, args) -> int:
         tail_lines=args.tail,
         steps=args.step,
         streams=[STREAMS[s] for s in args.stream],
-        on_reconnect=_notice,
+        on_reconnect=_log_notice,
     )
     out = sys.stdout
     for line in lines:
@@ -153,7 +167,7 @@ def watch_cmd(client: TrainyardClient, args) -> int:
         configuration_id=args.configuration,
         executable_id=args.executable,
         keep_watching=args.keep_watching,
-        on_reconnect=_notice,
+        on_reconnect=_watch_notice,
     )
     out = sys.stdout
     for event in events:

@@ -603,10 +603,13 @@ class LocalRuntime(Runtime):
     ) -> bool:
         detail = run.details[step.name]
         code = returncode if returncode >= 0 else 128 - returncode
-        if returncode >= 0:
-            how = f"exited with code {code}"
+        # A shell that runs the command exits with 128 + N when the command died of
+        # signal N (SIGTERM: 143): name the signal either way.
+        killed_by = -returncode if returncode < 0 else procs.signal_of_exit_code(returncode)
+        if killed_by:
+            how = f"was killed by {procs.signal_name(killed_by)} (exit code {code})"
         else:
-            how = f"was killed by {procs.signal_name(-returncode)} (exit code {code})"
+            how = f"exited with code {code}"
         self.sink.system(run.id, f"step {step.name} {how}", step=step.name)
         record = run.state["steps"][step.name]
         record["exit_code"] = code

@@ -246,6 +246,18 @@ async def kill_processes(pids: Iterable[int], grace: float) -> None:
     await asyncio.gather(*(terminate_group(g, grace) for g in groups))
 
 
+def signal_of_exit_code(code: int) -> int:
+    """The signal a shell's exit code 128 + N reports (N), or 0 for an ordinary code."""
+    number = code - 128
+    if number <= 0:
+        return 0
+    try:
+        signal.Signals(number)
+    except ValueError:
+        return 0
+    return number
+
+
 def signal_name(number: int) -> str:
     try:
         return signal.Signals(number).name
