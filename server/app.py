@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -12,6 +13,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from server.api.connect import Bridge, HandlerCollector
 from server.api.errors import ErrorInterceptor
 from server.api.logs import LogService, add_log_service
 from server.api.meta import MetaService
@@ -24,6 +26,7 @@ from server.api.resources import (
 )
 from server.api.watch import WatchingExecutionService
 from server.config import Settings
+from server.console import ConsoleServer, build_app, connect_apps
 from server.domain import resources
 from server.domain.logpurge import LogPurger
 from server.domain.logs import LogReader
@@ -41,24 +44,44 @@ from server.streams.notify import PostgresNotifier
 from server.streams.tailer import LogTails
 from server.streams.watch import ExecutionWatches
 from trainyard.v1 import (
+    artifact_service_connect,
     artifact_service_pb2,
     artifact_service_pb2_grpc,
+    configuration_service_connect,
     configuration_service_pb2,
     configuration_service_pb2_grpc,
+    executable_service_connect,
     executable_service_pb2,
     executable_service_pb2_grpc,
+    execution_service_connect,
     execution_service_pb2,
     execution_service_pb2_grpc,
+    log_service_connect,
     log_service_pb2,
+    meta_service_connect,
     meta_service_pb2,
     meta_service_pb2_grpc,
+    metric_service_connect,
     metric_service_pb2,
     metric_service_pb2_grpc,
+    scenario_service_connect,
     scenario_service_pb2,
     scenario_service_pb2_grpc,
 )
 
 log = structlog.get_logger("trainyard.server")
+
+# The generated Connect modules of the services, beside their message modules.
+CONNECT_MODULES = [
+    (scenario_service_connect, scenario_service_pb2),
+    (executable_service_connect, executable_service_pb2),
+    (artifact_service_connect, artifact_service_pb2),
+    (configuration_service_connect, configuration_service_pb2),
+    (execution_service_connect, execution_service_pb2),
+    (log_service_connect, log_service_pb2),
+    (meta_service_connect, meta_service_pb2),
+    (metric_service_connect, metric_service_pb2),
+]
 
 SERVICE_NAMES = [
     scenario_service_pb2.DESCRIPTOR.services_by_name["ScenarioService"].full_name,
@@ -94,6 +117,9 @@ class TrainyardServer:
         ``grace`` seconds, stop every execution process, close the store."""
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
+        console = self.extra.get("console")
+        if console is not None:
+            await console.stop()
         await self.server.stop(grace)
         auth = self.extra.get("auth")
         if auth is not None:
@@ -215,21 +241,9 @@ async def start_server(settings: Settings) -> TrainyardServer:
     interceptor = ErrorInterceptor(
         settings.default_resource_group, settings.max_streams_per_client, auth=auth
     )
-    server = grpc.aio.server(interceptors=[interceptor], options=options)
-    scenario_service_pb2_grpc.add_ScenarioServiceServicer_to_server(ScenarioService(plane), server)
-    executable_service_pb2_grpc.add_ExecutableServiceServicer_to_server(
-        ExecutableService(plane), server
-    )
-    artifact_service_pb2_grpc.add_ArtifactServiceServicer_to_server(ArtifactService(plane), server)
-    configuration_service_pb2_grpc.add_ConfigurationServiceServicer_to_server(
-        ConfigurationService(plane), server
-    )
+    interceptors: list[grpc.aio.ServerInterceptor] = [interceptor]
+    server = grpc.aio.server(interceptors=interceptors, options=options)
     executions = WatchingExecutionService(plane, watches)
-    execution_service_pb2_grpc.add_ExecutionServiceServicer_to_server(executions, server)
-    add_log_service(server, LogService(LogReader(plane), tails))
-    metric_service_pb2_grpc.add_MetricServiceServicer_to_server(
-        MetricService(MetricsService(AsyncMetricStore(store)), settings.max_message_bytes), server
-    )
     capabilities = {
         "logs": True,
         "log_streaming": True,
@@ -239,17 +253,48 @@ async def start_server(settings: Settings) -> TrainyardServer:
         "idempotent_creates": True,
         "executable_registration": True,
     }
-    meta_service_pb2_grpc.add_MetaServiceServicer_to_server(
-        MetaService(
-            settings,
-            capabilities,
-            runtime=settings.runtime,
-            store=store.kind,
-            auth_enabled=auth.enabled,
-            tls_enabled=tls is not None,
-        ),
-        server,
+    meta = MetaService(
+        settings,
+        capabilities,
+        runtime=settings.runtime,
+        store=store.kind,
+        auth_enabled=auth.enabled,
+        tls_enabled=tls is not None,
     )
+    # Each service's registration, on the gRPC server and for the console's bridge.
+    registrations: list[tuple[Callable, object]] = [
+        (scenario_service_pb2_grpc.add_ScenarioServiceServicer_to_server, ScenarioService(plane)),
+        (
+            executable_service_pb2_grpc.add_ExecutableServiceServicer_to_server,
+            ExecutableService(plane),
+        ),
+        (artifact_service_pb2_grpc.add_ArtifactServiceServicer_to_server, ArtifactService(plane)),
+        (
+            configuration_service_pb2_grpc.add_ConfigurationServiceServicer_to_server,
+            ConfigurationService(plane),
+        ),
+        (execution_service_pb2_grpc.add_ExecutionServiceServicer_to_server, executions),
+        (
+            lambda servicer, target: add_log_service(target, servicer),
+            LogService(LogReader(plane), tails),
+        ),
+        (
+            metric_service_pb2_grpc.add_MetricServiceServicer_to_server,
+            MetricService(MetricsService(AsyncMetricStore(store)), settings.max_message_bytes),
+        ),
+        (meta_service_pb2_grpc.add_MetaServiceServicer_to_server, meta),
+    ]
+    for add, servicer in registrations:
+        add(servicer, server)
+    console: ConsoleServer | None = None
+    if settings.console_address:
+        collector = HandlerCollector()
+        for add, servicer in registrations:
+            add(servicer, collector)
+        bridge = Bridge(collector.handlers, interceptors)
+        console = ConsoleServer(
+            build_app(connect_apps(bridge, CONNECT_MODULES)), settings.console_address
+        )
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -272,6 +317,9 @@ async def start_server(settings: Settings) -> TrainyardServer:
         await plane.runtime.start(f"{settings.address.rsplit(':', 1)[0]}:{port}")
     await server.start()
     await auth.start()
+    if console is not None:
+        await console.start()
+        meta.console_address = console.address
     log_purger.start()  # first what a previous server left queued
     for name in ["", *SERVICE_NAMES]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -294,6 +342,7 @@ async def start_server(settings: Settings) -> TrainyardServer:
             "auth": auth,
             "tls": tls,
             "step_tokens": step_tokens,
+            "console": console,
         },
     )
     log.info(

@@ -49,6 +49,8 @@ class Settings:
     # How often the token file is checked for changes, and live streams for
     # credentials that expired or were revoked.
     auth_reload_seconds: float = 1.0
+    # host:port of the browser console (HTTP, the Connect protocol); "" serves none.
+    console_address: str = ""
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
@@ -244,6 +246,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="open server streams per authenticated principal; 0: no limit",
     )
     parser.add_argument(
+        "--console-address",
+        default=_env("CONSOLE_ADDRESS", "127.0.0.1:8051"),
+        help="host:port of the browser console (TRAINYARD_CONSOLE_ADDRESS)",
+    )
+    parser.add_argument(
+        "--no-console",
+        action="store_true",
+        default=_env("NO_CONSOLE", "") not in ("", "0", "false"),
+        help="serve no browser console (TRAINYARD_NO_CONSOLE=1)",
+    )
+    parser.add_argument(
         "--port-file",
         default=_env("PORT_FILE"),
         help="write the bound port to this file once the server serves (TRAINYARD_PORT_FILE)",
@@ -295,4 +308,5 @@ def _settings(args: argparse.Namespace) -> Settings:
         replica_id=args.replica_id,
         lease_seconds=args.lease_seconds,
         resource_plans_file=Path(args.resource_plans) if args.resource_plans else None,
+        console_address="" if args.no_console else args.console_address,
     )

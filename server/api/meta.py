@@ -24,6 +24,7 @@ class MetaService(meta_service_pb2_grpc.MetaServiceServicer):
         self.capabilities = capabilities
         self.runtime = runtime
         self.store = store
+        self.console_address = ""  # set once the console listens
 
     async def GetMeta(self, request, context):
         return pb.GetMetaResponse(
@@ -36,4 +37,5 @@ class MetaService(meta_service_pb2_grpc.MetaServiceServicer):
             max_concurrent_executions=self.settings.max_concurrent_executions,
             auth_enabled=self.auth_enabled,
             tls_enabled=self.tls_enabled,
+            console_address=self.console_address,
         )

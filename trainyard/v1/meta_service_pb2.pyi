@@ -94,6 +94,7 @@ class GetMetaResponse(_message.Message):
     MAX_CONCURRENT_EXECUTIONS_FIELD_NUMBER: _builtins.int
     AUTH_ENABLED_FIELD_NUMBER: _builtins.int
     TLS_ENABLED_FIELD_NUMBER: _builtins.int
+    CONSOLE_ADDRESS_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """Server version (semantic versioning)."""
     api_version: _builtins.str
@@ -113,6 +114,10 @@ class GetMetaResponse(_message.Message):
     """
     tls_enabled: _builtins.bool
     """Whether the server speaks TLS (false: plaintext)."""
+    console_address: _builtins.str
+    """host:port where this server serves the browser console (over HTTP, calling these
+    services with the Connect protocol); empty when it serves none.
+    """
     @_builtins.property
     def capabilities(self) -> Global___Capabilities:
         """Optional features this server offers."""
@@ -129,10 +134,11 @@ class GetMetaResponse(_message.Message):
         max_concurrent_executions: _builtins.int = ...,
         auth_enabled: _builtins.bool = ...,
         tls_enabled: _builtins.bool = ...,
+        console_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_version", b"api_version", "auth_enabled", b"auth_enabled", "capabilities", b"capabilities", "default_resource_group", b"default_resource_group", "max_concurrent_executions", b"max_concurrent_executions", "runtime", b"runtime", "store", b"store", "tls_enabled", b"tls_enabled", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_version", b"api_version", "auth_enabled", b"auth_enabled", "capabilities", b"capabilities", "console_address", b"console_address", "default_resource_group", b"default_resource_group", "max_concurrent_executions", b"max_concurrent_executions", "runtime", b"runtime", "store", b"store", "tls_enabled", b"tls_enabled", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
