@@ -8,6 +8,7 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from google.rpc import error_details_pb2
 
+from tests.authkit import GROUP, make_tokens
 from tests.helpers import iris_configuration, register_iris
 from trainyard.v1 import configuration_pb2, execution_pb2
 from trainyard.v1 import configuration_service_connect as cfg_connect
@@ -120,3 +121,25 @@ def test_watch_and_tail_stream_a_run_to_its_end(console, stubs_for):
     listed = stubs.logs.ListLogs(logs.ListLogsRequest(execution_id=created.id, limit=1000))
     assert over_connect == [line.sequence for line in listed.lines]
     assert over_connect == list(range(1, len(over_connect) + 1))
+
+
+def test_authentication_applies_over_connect(server_factory, tmp_path):
+    """The console's port is no way around the token check: the same role table."""
+    tokens = make_tokens(tmp_path / "tokens.json")
+    secured = server_factory(
+        console_address="127.0.0.1:0",
+        auth_tokens=tokens.file,
+        default_resource_group=GROUP,
+        runtime="none",
+    )
+    client = ex_connect.ExecutionServiceClientSync(url(secured))
+    with pytest.raises(ConnectError) as raised:
+        client.list_executions(ex.ListExecutionsRequest(), headers={"ai-resource-group": GROUP})
+    assert raised.value.code == Code.UNAUTHENTICATED
+    viewer = dict(tokens.md(tokens.viewer))
+    assert client.list_executions(ex.ListExecutionsRequest(), headers=viewer).total_size == 0
+    with pytest.raises(ConnectError) as raised:
+        client.stop_execution(ex.StopExecutionRequest(execution_id="f" * 32), headers=viewer)
+    assert raised.value.code == Code.PERMISSION_DENIED
+    answer = meta_connect.MetaServiceClientSync(url(secured)).get_meta(meta.GetMetaRequest())
+    assert answer.auth_enabled
