@@ -91,33 +91,39 @@ def test_artifact_paths_stay_inside_the_step_root():
     assert step.inputs[0].path == WORK / "steps" / "main" / "etc" / "passwd"
 
 
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        ({"withItems": [1, 2]}, "withItems is not supported"),
-        ({"when": "{{workflow.parameters.p}} == 1"}, "when is not supported"),
-    ],
+LEAF = container(
+    "leaf", "echo", "{{inputs.parameters.v}}", inputs={"parameters": [{"name": "v"}]}
 )
-def test_unsupported_step_features_are_plan_errors(change, message):
-    main = steps("main", [("s", "leaf")])
-    main["steps"][0][0].update(change)
-    text = workflow("unsupported", [main, container("leaf", "true")])
-    assert step_names(executable(text).spec) == []
-    with pytest.raises(PlanError, match=message):
-        plan(text)
 
 
-def test_rich_depends_expressions_are_plan_errors():
-    text = workflow(
-        "depends",
-        [
-            dag("main", {"name": "a", "template": "leaf"},
-                {"name": "b", "template": "leaf", "depends": "a.Failed || a"}),
-            container("leaf", "true"),
-        ],
+def test_with_items_runs_the_call_once_per_item_named_as_argo_names_it():
+    main = steps(
+        "main",
+        [("fan", "leaf")],
+        [("last", "leaf")],
     )
-    with pytest.raises(PlanError, match="only task names joined with &&"):
-        plan(text)
+    main["steps"][0][0].update(
+        withItems=["a", {"lr": 0.1, "model": "x"}, 3],
+        arguments={"parameters": [{"name": "v", "value": "{{item}}"}]},
+    )
+    main["steps"][1][0]["arguments"] = {"parameters": [{"name": "v", "value": "end"}]}
+    leaf = LEAF
+    text = workflow("loop", [main, leaf])
+    assert step_names(executable(text).spec) == [
+        "fan(0:a)", "fan(1:lr:0.1,model:x)", "fan(2:3)", "last"
+    ]
+    result = plan(text)
+    assert [s.argv[1] for s in result.steps] == ["a", '{"lr":0.1,"model":"x"}', "3", "end"]
+    assert result.step("last").after == {"fan(0:a)", "fan(1:lr:0.1,model:x)", "fan(2:3)"}
+
+
+def test_item_keys_and_a_written_with_param_list():
+    main = dag("main", {"name": "t", "template": "leaf", "withParam": '[{"k": "one"}, {"k": 2}]',
+                        "arguments": {"parameters": [{"name": "v", "value": "k={{item.k}}"}]}})
+    result = plan(workflow("param", [main, LEAF]))
+    assert [(s.name, s.argv[1]) for s in result.steps] == [
+        ("t(0:k:one)", "k=one"), ("t(1:k:2)", "k=2")
+    ]
 
 
 def test_artifact_sources_the_local_runtime_cannot_read_are_plan_errors():

@@ -63,6 +63,7 @@ from typing import Any
 import yaml
 
 from server.domain.errors import FieldViolation, InvalidArgument
+from server.domain.expressions import DEPENDS_RESULTS, ExpressionError, parse_depends, parse_when
 from server.domain.models import (
     ArtifactKind,
     Executable,
@@ -71,6 +72,7 @@ from server.domain.models import (
     ParameterSpec,
     ParameterType,
 )
+from server.domain.workflow import NOT_RUN_YET
 
 __all__ = [
     "API_VERSION",
@@ -103,19 +105,6 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9._]*[A-Za-z0-9])?$")
 _PARAMETER_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$")
 _INT_RE = re.compile(r"^[+-]?[0-9]+$")
 _FLOAT_RE = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$")
-# A task name in a dag ``depends`` expression, optionally followed by ``.Succeeded`` etc.
-_DEPENDS_TOKEN_RE = re.compile(r"[A-Za-z0-9][-A-Za-z0-9._]*")
-_DEPENDS_RESULTS = {
-    "Succeeded",
-    "Failed",
-    "Errored",
-    "Skipped",
-    "Omitted",
-    "Daemoned",
-    "AnySucceeded",
-    "AllFailed",
-}
-
 _PARAMETER_TYPES = {t.value for t in ParameterType}
 _TEMPLATE_TYPES = ("container", "script", "steps", "dag")
 _UNSUPPORTED_TEMPLATE_TYPES = (
@@ -126,6 +115,41 @@ _UNSUPPORTED_TEMPLATE_TYPES = (
     "plugin",
     "data",
 )
+# Fields the runtime does not run, refused at registration: where they are allowed
+# (spec, template, step or task, container or script) -> field -> why.
+_REFUSED = {
+    "spec": {
+        "hooks": "lifecycle hooks are not supported; use onExit",
+        "templateDefaults": "templateDefaults is not supported; set the fields on each template",
+        "volumeClaimTemplates": "persistent volume claims are not supported; use artifacts",
+        "synchronization": "synchronization (semaphores, mutexes) is not supported",
+        "suspend": "suspended workflows are not supported",
+    },
+    "template": {
+        "daemon": "daemon templates are not supported",
+        "sidecars": "sidecars are not supported",
+        "initContainers": "init containers are not supported",
+        "synchronization": "synchronization (semaphores, mutexes) is not supported",
+        "memoize": "memoization is not supported",
+        "timeout": "timeout is not supported; use activeDeadlineSeconds",
+        "failFast": "failFast is not supported",
+        "parallelism": "parallelism is not supported",
+    },
+    "call": {
+        "withSequence": "withSequence is not supported; use withItems",
+        "continueOn": "continueOn is not supported; use depends with .Failed in a dag",
+        "hooks": "lifecycle hooks are not supported; use the workflow's onExit",
+        "onExit": "a step's own exit handler is not supported; use the workflow's onExit",
+        "inline": "inline templates are not supported; name a template of this document",
+    },
+}
+_RETRY_POLICIES = ("Always", "OnFailure", "OnError", "OnTransientError")
+_RETRY_FIELDS = ("limit", "retryPolicy", "backoff")
+_BACKOFF_FIELDS = ("duration", "factor", "maxDuration")
+_DURATION_RE = re.compile(r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$|^[0-9]+$")
+_OUTPUT_PARAMETER_SOURCES = ("path", "default")
+_PLACEHOLDER_RE = re.compile(r"\{\{[^{}]*\}\}")
+
 # Keys that give an artifact a source of its own, so no configuration has to bind it.
 _ARTIFACT_SOURCES = (
     "from",
@@ -319,6 +343,7 @@ def _parse(doc: Any, resource_group: str, problems: _Problems) -> Executable | N
     spec = _mapping(doc, "spec", "spec", problems, required=True)
     parameters = _parameters(spec, problems)
     templates = _templates(spec, problems)
+    _check_spec_fields(spec, templates, problems)
     input_artifacts = _input_artifacts(spec, templates, annotations, problems)
     output_artifacts = _output_artifacts(templates, annotations, problems)
 
@@ -471,6 +496,16 @@ def _check_template(template: _Template, templates: dict[str, _Template], proble
         else:
             _check_dag(body["dag"], f"{path}.dag", templates, problems)
 
+    _refuse(body, "template", path, problems)
+    _check_retry(body.get("retryStrategy"), f"{path}.retryStrategy", problems)
+    _check_deadline(body, path, problems)
+    for key in ("retryStrategy", "activeDeadlineSeconds"):
+        _not_run_yet(body, key, key, f"{path}.{key}", problems)
+    if isinstance(body.get("outputs"), dict):
+        outputs_ = body["outputs"]
+        _not_run_yet(
+            outputs_, "parameters", "outputs.parameters", f"{path}.outputs.parameters", problems
+        )
     leaf = len(present) == 1 and present[0] in ("container", "script")
     inputs = _mapping(body, "inputs", f"{path}.inputs", problems)
     _check_names(
@@ -490,6 +525,170 @@ def _check_template(template: _Template, templates: dict[str, _Template], proble
     ):
         if leaf:
             _check_artifact_path(entry, entry_path, problems)
+    for entry_path, entry in _check_names(
+        _entries(outputs, "parameters", f"{path}.outputs.parameters", problems),
+        "parameter",
+        problems,
+        parameter=True,
+    ):
+        _check_output_parameter(entry, entry_path, leaf, problems)
+
+
+def _check_output_parameter(entry: dict, path: str, leaf: bool, problems: _Problems) -> None:
+    """An output parameter: read from a file the step wrote (``valueFrom.path``), with
+    an optional ``valueFrom.default``."""
+    if "globalName" in entry:
+        problems.add(f"{path}.globalName", "global output parameters are not supported")
+    value_from = entry.get("valueFrom")
+    if value_from is None:
+        if "value" not in entry:
+            problems.add(f"{path}.valueFrom", "an output parameter needs valueFrom.path")
+        return
+    if not isinstance(value_from, dict):
+        problems.add(f"{path}.valueFrom", f"must be a mapping, not {_type_name(value_from)}")
+        return
+    for key in value_from:
+        if key not in _OUTPUT_PARAMETER_SOURCES:
+            problems.add(
+                f"{path}.valueFrom.{key}",
+                f"{key} is not supported; an output parameter is read from valueFrom.path",
+            )
+    file = value_from.get("path")
+    if not isinstance(file, str) or not file.strip():
+        problems.add(f"{path}.valueFrom.path", "the file to read the value from is required")
+    elif not leaf:
+        problems.add(
+            f"{path}.valueFrom.path",
+            "only a container or script template writes files to read a value from",
+        )
+
+
+def _check_spec_fields(spec: dict, templates: dict[str, _Template], problems: _Problems) -> None:
+    _refuse(spec, "spec", "spec", problems)
+    _check_deadline(spec, "spec", problems)
+    for key in ("onExit", "activeDeadlineSeconds"):
+        _not_run_yet(spec, key, key, f"spec.{key}", problems)
+    on_exit = spec.get("onExit")
+    if on_exit is not None and (not isinstance(on_exit, str) or on_exit not in templates):
+        problems.add("spec.onExit", f"no template named {on_exit!r}{_known(templates)}")
+
+
+def _not_run_yet(holder: dict, key: str, feature: str, path: str, problems: _Problems) -> None:
+    if holder.get(key) is not None and feature in NOT_RUN_YET:
+        problems.add(path, NOT_RUN_YET[feature])
+
+
+def _refuse(holder: dict, level: str, path: str, problems: _Problems) -> None:
+    for key, why in _REFUSED[level].items():
+        if key in holder:
+            problems.add(f"{path}.{key}", why)
+
+
+def _check_deadline(holder: dict, path: str, problems: _Problems) -> None:
+    value = holder.get("activeDeadlineSeconds")
+    if value is None:
+        return
+    if isinstance(value, bool) or not (
+        (isinstance(value, int) and value > 0)
+        or (isinstance(value, str) and value.isdigit() and int(value) > 0)
+    ):
+        problems.add(
+            f"{path}.activeDeadlineSeconds", f"must be a positive whole number, not {value!r}"
+        )
+
+
+def _check_retry(retry: Any, path: str, problems: _Problems) -> None:
+    """``retryStrategy``: ``limit``, ``retryPolicy`` and ``backoff``."""
+    if retry is None:
+        return
+    if not isinstance(retry, dict):
+        problems.add(path, f"must be a mapping, not {_type_name(retry)}")
+        return
+    for key in retry:
+        if key not in _RETRY_FIELDS:
+            problems.add(
+                f"{path}.{key}", f"{key} is not supported (use {', '.join(_RETRY_FIELDS)})"
+            )
+    limit = retry.get("limit")
+    if limit is not None and not _whole(limit):
+        problems.add(f"{path}.limit", f"must be a whole number of retries, not {limit!r}")
+    policy = retry.get("retryPolicy")
+    if policy is not None and policy not in _RETRY_POLICIES:
+        problems.add(
+            f"{path}.retryPolicy", f"{policy!r} is not one of {', '.join(_RETRY_POLICIES)}"
+        )
+    backoff = retry.get("backoff")
+    if backoff is None:
+        return
+    if not isinstance(backoff, dict):
+        problems.add(f"{path}.backoff", f"must be a mapping, not {_type_name(backoff)}")
+        return
+    for key in backoff:
+        if key not in _BACKOFF_FIELDS:
+            problems.add(f"{path}.backoff.{key}", f"{key} is not supported")
+    for key in ("duration", "maxDuration"):
+        value = backoff.get(key)
+        if value is not None and not (
+            (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
+            or (isinstance(value, str) and _DURATION_RE.match(value))
+        ):
+            problems.add(
+                f"{path}.backoff.{key}",
+                f"{value!r} is not a duration: seconds, or a text such as 10s, 1m30s",
+            )
+    factor = backoff.get("factor")
+    if factor is not None and not _whole(factor, minimum=1):
+        problems.add(f"{path}.backoff.factor", f"must be a whole number from 1, not {factor!r}")
+
+
+def _whole(value: Any, minimum: int = 0) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    return isinstance(value, int) and value >= minimum
+
+
+def _check_call(call: dict, path: str, problems: _Problems) -> None:
+    """What a step or task adds to the template it calls: loops and conditions."""
+    _refuse(call, "call", path, problems)
+    items = call.get("withItems")
+    if items is not None and not (isinstance(items, list) and items):
+        problems.add(f"{path}.withItems", "must be a non-empty list of items")
+    param = call.get("withParam")
+    if param is not None:
+        if not isinstance(param, str) or not param.strip():
+            problems.add(f"{path}.withParam", "must be a JSON list, or a placeholder giving one")
+        elif items is not None:
+            problems.add(f"{path}.withParam", "a step loops over withItems or withParam, not both")
+        elif not _PLACEHOLDER_RE.search(param):
+            try:
+                loaded = json.loads(param)
+            except ValueError:
+                loaded = None
+            if not isinstance(loaded, list):
+                problems.add(f"{path}.withParam", f"{param!r} is not a JSON list")
+    when = call.get("when")
+    if when is not None:
+        if not isinstance(when, str):
+            problems.add(f"{path}.when", "must be an expression")
+        else:
+            try:  # placeholders stand for a value each until the step runs
+                parse_when(_PLACEHOLDER_RE.sub("v", when))
+            except ExpressionError as exc:
+                problems.add(f"{path}.when", f"{when!r}: {exc}")
+            else:
+                _not_run_yet(call, "when", "when", f"{path}.when", problems)
+    arguments = call.get("arguments")
+    if isinstance(arguments, dict):
+        for entry_path, entry in _entries(
+            arguments, "parameters", f"{path}.arguments.parameters", problems
+        ):
+            if "valueFrom" in entry:
+                problems.add(
+                    f"{entry_path}.valueFrom",
+                    "valueFrom is not supported in arguments; pass a value",
+                )
 
 
 def _check_process(body: dict, path: str, kind: str, problems: _Problems) -> None:
@@ -539,6 +738,7 @@ def _check_steps(
                     problems.add(f"{step_path}.name", f"step {name!r} is declared twice")
                 seen.add(name)
             _check_reference(step, step_path, templates, problems)
+            _check_call(step, step_path, problems)
 
 
 def _check_dag(dag: Any, path: str, templates: dict[str, _Template], problems: _Problems):
@@ -563,6 +763,7 @@ def _check_dag(dag: Any, path: str, templates: dict[str, _Template], problems: _
             else:
                 index[name] = t
         _check_reference(task, task_path, templates, problems)
+        _check_call(task, task_path, problems)
 
     # Edges: task -> the tasks it waits for, with the field that declares each wait.
     waits: dict[str, list[str]] = {name: [] for name in index}
@@ -604,19 +805,30 @@ def _task_dependencies(
             problems.add(f"{task_path}.dependencies", "must be a list of task names")
     depends = task.get("depends")
     if depends is not None:
-        if isinstance(depends, str):
-            yield "depends", _depends_names(depends)
-        else:
+        if not isinstance(depends, str):
             problems.add(f"{task_path}.depends", "must be an expression of task names")
+            return
+        if task.get("dependencies") is not None:
+            problems.add(f"{task_path}.depends", "use depends or dependencies, not both")
+        try:
+            yield "depends", list(parse_depends(depends).names)
+        except ExpressionError as exc:
+            problems.add(f"{task_path}.depends", f"{depends!r}: {exc}")
+        else:
+            if not _plain_depends(depends):
+                _not_run_yet(task, "depends", "depends", f"{task_path}.depends", problems)
 
 
-def _depends_names(expression: str) -> list[str]:
-    """Task names in an Argo ``depends`` expression such as ``A && (B.Failed || C)``."""
-    names = []
-    for token in _DEPENDS_TOKEN_RE.findall(expression):
-        head, _, tail = token.rpartition(".")
-        names.append(head if head and tail in _DEPENDS_RESULTS else token)
-    return names
+def _plain_depends(expression: str) -> bool:
+    """Task names (optionally ``.Succeeded``) joined with ``&&``: what plain
+    ``dependencies`` say."""
+    for part in expression.split("&&"):
+        head, dot, tail = part.strip().rpartition(".")
+        if dot and tail in DEPENDS_RESULTS and tail != "Succeeded":
+            return False
+        if any(c in part for c in "|!()"):
+            return False
+    return True
 
 
 def _cycles(waits: dict[str, list[str]], order: dict[str, int]) -> list[list[str]]:
@@ -659,8 +871,7 @@ def _check_reference(
         )
         return
     if "inline" in call:
-        problems.add(f"{path}.inline", "inline templates are not supported")
-        return
+        return  # refused with the other fields a call cannot have
     target = call.get("template")
     if not target:
         problems.add(f"{path}.template", "the template to run is required")

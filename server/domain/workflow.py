@@ -1,15 +1,26 @@
-"""The shape of a workflow: which steps an executable runs, in which order.
+"""The shape of a workflow: which steps an executable runs, and when each may run.
 
 A parsed WorkflowTemplate (``Executable.spec``) is a tree of templates: the entrypoint
 is a ``container`` or ``script`` template (one step), or a ``steps`` / ``dag`` template
 that calls other templates. :func:`walk` flattens that tree into its leaves, the steps
-that run a process, each with the steps that must succeed before it:
+that run a process, each with what must be true before it runs:
 
 * ``steps``: a list of groups run one after the other; the steps of a group run in
-  parallel, and each waits for every step of the group before it.
-* ``dag``: each task waits for the tasks named in ``dependencies`` or ``depends``.
+  parallel, and each waits for every step of the group before it (which must have
+  succeeded, or been skipped).
+* ``dag``: each task waits for the tasks named in ``dependencies`` (each succeeded or
+  skipped) or in its ``depends`` expression (server/domain/expressions.py), which is
+  decided once every task it names has ended.
 * A step or task that calls a ``steps`` / ``dag`` template expands in place; its leaves
   are named ``outer.inner`` and wait for whatever the calling step waits for.
+* ``withItems`` (or ``withParam`` with a JSON list written in the template) runs the
+  call once per item; item ``i`` is named ``name(i:item)`` as Argo names it, and
+  ``{{item}}`` / ``{{item.KEY}}`` take the item in the call's arguments and ``when``.
+* ``when``: kept on the call (:attr:`Call.when`); the runtime decides it when the step is
+  ready to run, after its placeholders are resolved. False: the step is SKIPPED.
+* ``spec.onExit``: the exit handler's steps come last, named ``onExit`` (or
+  ``onExit.inner``), marked :attr:`WorkflowStep.exit_handler`; they run after the main
+  flow ended, whatever its outcome.
 
 The leaves come in workflow order (document order, dependencies first), which is the
 order of an execution's step details. Values (parameters, artifact paths) are not
@@ -18,26 +29,69 @@ resolved here: that is the runtime's planner (server/runtime/plan.py).
 
 from __future__ import annotations
 
-import re
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
-MAX_DEPTH = 16
+from server.domain.expressions import Depends, ExpressionError, all_succeeded, parse_depends
 
-_DEPENDS_TOKEN_RE = re.compile(r"[A-Za-z0-9][-A-Za-z0-9._]*")
+MAX_DEPTH = 16
+EXIT_HANDLER = "onExit"
+# withItems entries at most (a loop's items are step details of their own).
+MAX_ITEMS = 1000
+
+
+# Fields the grammar accepts that the runtime does not run yet: registration refuses
+# them (naming the field), so that what loads also starts.
+NOT_RUN_YET: dict[str, str] = {
+    "when": "when is not run by the runtime yet",
+    "retryStrategy": "retryStrategy is not run by the runtime yet",
+    "onExit": "exit handlers are not run by the runtime yet",
+    "activeDeadlineSeconds": "activeDeadlineSeconds is not run by the runtime yet",
+    "outputs.parameters": "output parameters are not run by the runtime yet",
+    "depends": "depends beyond task names joined with && is not run by the runtime yet",
+}
 
 
 class WorkflowError(ValueError):
     """The workflow cannot be run as written (a loop of calls, an unknown template...)."""
 
 
+_NO_ITEM = object()
+
+
 @dataclass(frozen=True, slots=True)
 class Call:
     """One link of the chain from the entrypoint to a step: a step or task (``call``,
-    None for the entrypoint itself) and the template it runs."""
+    None for the entrypoint itself) and the template it runs; for one item of a loop,
+    ``item`` is that item (``has_item``)."""
 
     call: dict[str, Any] | None
     template: dict[str, Any]
+    item: Any = _NO_ITEM
+
+    @property
+    def has_item(self) -> bool:
+        return self.item is not _NO_ITEM
+
+    @property
+    def when(self) -> str:
+        """The call's ``when`` expression as written, or ``""``."""
+        value = (self.call or {}).get("when")
+        return value if isinstance(value, str) else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Requirement:
+    """A ``depends`` condition (plain ``dependencies`` and step groups are one too:
+    ``A && B``) over the tasks of one steps/dag template, each task standing for the
+    steps it expanded to."""
+
+    expression: Depends
+    tasks: dict[str, tuple[str, ...]]  # task name in the template -> step names
+
+    def steps(self) -> frozenset[str]:
+        return frozenset(s for names in self.tasks.values() for s in names)
 
 
 @dataclass(slots=True)
@@ -47,8 +101,10 @@ class WorkflowStep:
     name: str
     template: dict[str, Any]
     chain: list[Call]  # entrypoint first, this step's own template last
-    after: frozenset[str] = field(default_factory=frozenset)  # steps that must succeed first
+    after: frozenset[str] = field(default_factory=frozenset)  # steps that end first
+    requires: tuple[Requirement, ...] = ()  # all true once ``after`` ended, or skipped
     siblings: dict[str, str] = field(default_factory=dict)  # caller-local name -> step name
+    exit_handler: bool = False
 
     @property
     def kind(self) -> str:
@@ -64,7 +120,19 @@ def walk(spec: dict[str, Any]) -> list[WorkflowStep]:
     if entrypoint is None:
         raise WorkflowError(f"no entrypoint template {spec.get('entrypoint')!r}")
     steps: list[WorkflowStep] = []
-    _expand(templates, entrypoint, "", frozenset(), [Call(None, entrypoint)], steps)
+    _expand(templates, entrypoint, "", (), [Call(None, entrypoint)], steps)
+    main = {s.name for s in steps}
+    on_exit = spec.get("onExit")
+    if on_exit:
+        handler = templates.get(on_exit)
+        if handler is None:
+            raise WorkflowError(f"no exit handler template {on_exit!r}")
+        first = len(steps)
+        _expand(templates, handler, EXIT_HANDLER, (), [Call(None, handler)], steps)
+        for step in steps[first:]:
+            step.exit_handler = True
+            if step.name in main:
+                raise WorkflowError(f"exit handler step {step.name!r} clashes with a step")
     return steps
 
 
@@ -77,27 +145,23 @@ def step_names(spec: dict[str, Any]) -> list[str]:
         return []
 
 
-def depends_names(expression: str) -> list[str]:
-    """The task names of a ``depends`` expression made of names joined with ``&&``
-    (``A && B.Succeeded``). Raises :class:`WorkflowError` for anything richer."""
-    names = []
-    for part in expression.split("&&"):
-        part = part.strip()
-        if part.endswith(".Succeeded"):
-            part = part[: -len(".Succeeded")]
-        if not _DEPENDS_TOKEN_RE.fullmatch(part):
-            raise WorkflowError(
-                f"depends {expression!r}: only task names joined with && are supported"
-            )
-        names.append(part)
-    return names
+def item_label(item: Any) -> str:
+    """How an item shows in its step's name, as Argo writes it: ``a``, ``3``,
+    ``lr:0.1,model:x`` (keys sorted)."""
+    if isinstance(item, dict):
+        return ",".join(f"{k}:{item_label(item[k])}" for k in sorted(item))
+    if isinstance(item, bool):
+        return "true" if item else "false"
+    if isinstance(item, list):
+        return json.dumps(item, separators=(",", ":"))
+    return str(item)
 
 
 def _expand(
     templates: dict[str, dict],
     template: dict,
     prefix: str,
-    after: frozenset[str],
+    requires: tuple[Requirement, ...],
     chain: list[Call],
     out: list[WorkflowStep],
     siblings: dict[str, str] | None = None,
@@ -108,12 +172,13 @@ def _expand(
         raise WorkflowError(f"templates call each other too deeply: {path}")
     if "container" in template or "script" in template:
         name = prefix or template["name"]
-        out.append(WorkflowStep(name, template, chain, after, dict(siblings or {})))
+        after = frozenset().union(*(r.steps() for r in requires))
+        out.append(WorkflowStep(name, template, chain, after, requires, dict(siblings or {})))
         return [name]
     if "steps" in template:
-        return _expand_steps(templates, template, prefix, after, chain, out)
+        return _expand_steps(templates, template, prefix, requires, chain, out)
     if "dag" in template:
-        return _expand_dag(templates, template, prefix, after, chain, out)
+        return _expand_dag(templates, template, prefix, requires, chain, out)
     raise WorkflowError(f"template {template.get('name')!r} runs nothing")
 
 
@@ -121,71 +186,125 @@ def _called(templates: dict[str, dict], call: dict) -> dict:
     target = templates.get(call.get("template", ""))
     if target is None:
         raise WorkflowError(f"step {call.get('name')!r} calls no known template")
-    for key in ("withItems", "withParam", "withSequence", "when"):
-        if key in call:
-            raise WorkflowError(
-                f"step {call.get('name')!r}: {key} is not supported by the local runtime"
-            )
     return target
 
 
-def _expand_steps(templates, template, prefix, after, chain, out) -> list[str]:
+def _items(call: dict) -> list[Any] | None:
+    """The items a call loops over; None when it is no loop."""
+    if "withItems" in call:
+        items = call["withItems"]
+    elif "withParam" in call:
+        text = call["withParam"]
+        try:
+            items = json.loads(text) if isinstance(text, str) else None
+        except ValueError:
+            items = None
+        if not isinstance(items, list):
+            raise WorkflowError(
+                f"step {call.get('name')!r}: withParam must be a JSON list written in the "
+                f"template, not {text!r}"
+            )
+    else:
+        return None
+    if not isinstance(items, list) or not items:
+        raise WorkflowError(f"step {call.get('name')!r}: the loop has no items")
+    if len(items) > MAX_ITEMS:
+        raise WorkflowError(f"step {call.get('name')!r}: more than {MAX_ITEMS} items")
+    return items
+
+
+def _run_call(
+    templates: dict[str, dict],
+    call: dict,
+    name: str,
+    prefix: str,
+    requires: tuple[Requirement, ...],
+    chain: list[Call],
+    out: list[WorkflowStep],
+    local: dict[str, str],
+) -> list[str]:
+    """Expand one step or task, once or per item; returns the step names it produced."""
+    target = _called(templates, call)
+    items = _items(call)
+    if items is None:
+        links = [(_join(prefix, name), Call(call, target))]
+    else:
+        links = [
+            (_join(prefix, f"{name}({i}:{item_label(item)})"), Call(call, target, item))
+            for i, item in enumerate(items)
+        ]
+    produced: list[str] = []
+    for full, link in links:
+        produced += _expand(templates, target, full, requires, [*chain, link], out, local)
+    return produced
+
+
+def _expand_steps(templates, template, prefix, requires, chain, out) -> list[str]:
     names: list[str] = []
-    waits = after
+    waits = requires
     local: dict[str, str] = {}  # name in this template -> step name, for {{steps.X...}}
     for group in template["steps"]:
-        group_names: list[str] = []
+        group_tasks: dict[str, tuple[str, ...]] = {}
         for call in group:
-            target = _called(templates, call)
-            full = _join(prefix, call["name"])
-            produced = _expand(
-                templates, target, full, waits, [*chain, Call(call, target)], out, local
-            )
-            if len(produced) == 1:
+            produced = _run_call(templates, call, call["name"], prefix, waits, chain, out, local)
+            if len(produced) == 1 and "withItems" not in call and "withParam" not in call:
                 local[call["name"]] = produced[0]
-            group_names.extend(produced)
-        names.extend(group_names)
-        waits = frozenset(group_names)
+            group_tasks[call["name"]] = tuple(produced)
+            names.extend(produced)
+        waits = (*requires, _all_of(group_tasks))
     return names
 
 
-def _expand_dag(templates, template, prefix, after, chain, out) -> list[str]:
+def _expand_dag(templates, template, prefix, requires, chain, out) -> list[str]:
     tasks = {task["name"]: task for task in template["dag"]["tasks"]}
-    waits_on: dict[str, list[str]] = {}
+    conditions: dict[str, Depends | None] = {}
     for name, task in tasks.items():
-        deps = list(task.get("dependencies") or [])
-        if task.get("depends"):
-            deps += depends_names(task["depends"])
-        unknown = [d for d in deps if d not in tasks]
+        depends = task.get("depends")
+        if depends:
+            try:
+                conditions[name] = parse_depends(depends)
+            except ExpressionError as exc:
+                raise WorkflowError(f"task {name!r}: depends {depends!r}: {exc}") from None
+        elif task.get("dependencies"):
+            conditions[name] = all_succeeded(list(task["dependencies"]))
+        else:
+            conditions[name] = None
+        waits_on = conditions[name].names if conditions[name] else ()
+        unknown = [d for d in waits_on if d not in tasks]
         if unknown:
             raise WorkflowError(f"task {name!r} depends on unknown tasks {unknown}")
-        waits_on[name] = deps
 
-    produced: dict[str, list[str]] = {}
+    produced: dict[str, tuple[str, ...]] = {}
     local: dict[str, str] = {}
     names: list[str] = []
     remaining = list(tasks)  # document order; each round takes the first ready task
     while remaining:
-        ready = next((n for n in remaining if all(d in produced for d in waits_on[n])), None)
+        ready = next(
+            (
+                n
+                for n in remaining
+                if all(d in produced for d in (conditions[n].names if conditions[n] else ()))
+            ),
+            None,
+        )
         if ready is None:
             raise WorkflowError(f"tasks {remaining} depend on each other in a cycle")
         remaining.remove(ready)
         task = tasks[ready]
-        target = _called(templates, task)
-        waits = after.union(*(produced[d] for d in waits_on[ready]))
-        produced[ready] = _expand(
-            templates,
-            target,
-            _join(prefix, ready),
-            frozenset(waits),
-            [*chain, Call(task, target)],
-            out,
-            local,
-        )
-        if len(produced[ready]) == 1:
+        condition = conditions[ready]
+        waits = requires
+        if condition is not None:
+            waits = (*requires, Requirement(condition, {d: produced[d] for d in condition.names}))
+        produced[ready] = tuple(_run_call(templates, task, ready, prefix, waits, chain, out, local))
+        if len(produced[ready]) == 1 and "withItems" not in task and "withParam" not in task:
             local[ready] = produced[ready][0]
         names.extend(produced[ready])
     return names
+
+
+def _all_of(tasks: dict[str, tuple[str, ...]]) -> Requirement:
+    """Every task of a step group succeeded (or was skipped)."""
+    return Requirement(all_succeeded(list(tasks)), dict(tasks))
 
 
 def _join(prefix: str, name: str) -> str:

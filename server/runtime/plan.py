@@ -22,6 +22,8 @@ Placeholders (``{{ ... }}``, spaces inside allowed):
   path in the step's root.
 * ``{{workflow.name}}``, ``{{workflow.uid}}``: the execution id;
   ``{{workflow.namespace}}``: the resource group.
+* ``{{item}}``, ``{{item.KEY}}``: in the arguments and ``when`` of a call that loops
+  (``withItems``), the item (a mapping or list as JSON) or one of its values.
 
 Values are pasted as plain text. A placeholder of those families that has no value is an
 error; any other ``{{...}}`` text is left as it is.
@@ -36,6 +38,7 @@ Planning is pure: it touches no file. :class:`PlanError` says why a workflow can
 
 from __future__ import annotations
 
+import json
 import posixpath
 import re
 from collections.abc import Mapping
@@ -46,7 +49,7 @@ from typing import Any
 from server.domain import resources as plans_
 from server.domain.models import Executable, OutputArtifactSpec
 from server.domain.resources import Resources
-from server.domain.workflow import WorkflowError, WorkflowStep, walk
+from server.domain.workflow import Requirement, WorkflowError, WorkflowStep, walk
 
 STEPS_DIR = "steps"
 SCRIPTS_DIR = "scripts"
@@ -99,6 +102,21 @@ class StepOutput:
     optional: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """A step's ``retryStrategy``: how many more attempts, on which failures, how soon."""
+
+    limit: int  # attempts after the first
+    policy: str = "OnFailure"  # Always | OnFailure | OnError | OnTransientError
+    duration: float = 0.0  # seconds before the first retry
+    factor: int = 1  # each later wait is this many times the one before
+    max_duration: float | None = None  # no retry starts later than this after the first
+
+    def delay(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (from 1)."""
+        return self.duration * self.factor ** (retry - 1)
+
+
 @dataclass(slots=True)
 class PlannedStep:
     name: str
@@ -107,7 +125,12 @@ class PlannedStep:
     image: str
     argv: list[str]
     root: Path  # the step's file system root and current directory
-    after: frozenset[str] = frozenset()
+    after: frozenset[str] = frozenset()  # steps that end before it is decided
+    requires: tuple[Requirement, ...] = ()  # all true, or the step is SKIPPED
+    when: tuple[str, ...] = ()  # ``when`` of its calls (substituted), all true to run
+    exit_handler: bool = False
+    retry: Retry | None = None
+    deadline: float | None = None  # the template's activeDeadlineSeconds
     upstream: frozenset[str] = frozenset()  # every step that finishes before it starts
     script: str | None = None  # script source, written to ``script_path`` before the start
     script_path: Path | None = None
@@ -139,6 +162,7 @@ class Plan:
     # execution's resource group: the text of a container auth file
     # ({"auths": {REGISTRY: {"auth": ...}}}, as a .dockerconfigjson holds), or None.
     pull_auth: str | None = None
+    deadline: float | None = None  # the workflow's activeDeadlineSeconds
 
     def step(self, name: str) -> PlannedStep:
         return next(s for s in self.steps if s.name == name)
@@ -206,7 +230,7 @@ def build_plan(
         if producers:
             step, output = producers[-1]
             collect.append(Collect(spec, step.name, output.path, output.optional))
-    return Plan(work_dir, steps, collect)
+    return Plan(work_dir, steps, collect, deadline=_seconds(executable.spec, "spec"))
 
 
 def _link(steps: list[PlannedStep]) -> None:
@@ -240,6 +264,7 @@ class _Scope:
 
     parameters: dict[str, str]
     artifacts: dict[str, Source]
+    when: list[str] = field(default_factory=list)  # the calls' conditions, outermost first
 
 
 class _Planner:
@@ -336,6 +361,11 @@ class _Planner:
             argv=argv,
             root=root,
             after=ws.after,
+            requires=ws.requires,
+            when=tuple(scope.when),
+            exit_handler=ws.exit_handler,
+            retry=_retry(template.get("retryStrategy"), where),
+            deadline=_seconds(template, where),
             script=script,
             script_path=script_path,
             env=env,
@@ -347,6 +377,7 @@ class _Planner:
     def _scope(self, ws: WorkflowStep) -> _Scope:
         """Walk the call chain from the entrypoint down to the step's template."""
         scope = _Scope({}, {})
+        when: list[str] = []
         last = len(ws.chain) - 1
         for i, link in enumerate(ws.chain):
             template = link.template
@@ -359,6 +390,10 @@ class _Planner:
                 caller_values.update(
                     {f"inputs.parameters.{k}": v for k, v in scope.parameters.items()}
                 )
+                if link.has_item:
+                    caller_values.update(_item_values(link.item))
+                if link.when:
+                    when.append(_substitute(link.when, caller_values, where))
                 arguments = link.call.get("arguments") or {}
                 passed = {
                     e["name"]: _substitute(_text(e.get("value", "")), caller_values, where)
@@ -406,7 +441,7 @@ class _Planner:
                     raise PlanError(
                         f"{where}: input artifact {name} is not bound in the configuration"
                     )
-            scope = _Scope(parameters, artifacts)
+            scope = _Scope(parameters, artifacts, when)
         return scope
 
     def _argument_source(
@@ -446,6 +481,75 @@ class _Planner:
                 f"{where}: artifact {name}: {other} sources are not supported by the local runtime"
             )
         return None
+
+
+def _item_values(item: Any) -> dict[str, str]:
+    """``item`` and ``item.KEY`` for one item of a loop."""
+    if isinstance(item, dict | list):
+        values = {"item": json.dumps(item, separators=(",", ":"))}
+    else:
+        values = {"item": _text(item)}
+    if isinstance(item, dict):
+        for key, value in item.items():
+            values[f"item.{key}"] = (
+                json.dumps(value, separators=(",", ":"))
+                if isinstance(value, dict | list)
+                else _text(value)
+            )
+    return values
+
+
+def _seconds(holder: dict, where: str) -> float | None:
+    value = holder.get("activeDeadlineSeconds")
+    if value is None:
+        return None
+    try:
+        seconds = float(int(str(value)))
+    except ValueError:
+        raise PlanError(f"{where}: activeDeadlineSeconds {value!r} is not seconds") from None
+    if seconds <= 0:
+        raise PlanError(f"{where}: activeDeadlineSeconds must be positive")
+    return seconds
+
+
+_DURATION_PART_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration_seconds(value: Any) -> float:
+    """A duration as Argo writes it (``30``, ``"30"``, ``"10s"``, ``"1m30s"``) in seconds.
+    Raises ValueError."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    text = str(value).strip()
+    if text.isdigit():
+        return float(text)
+    parts = _DURATION_PART_RE.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"{value!r} is not a duration")
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+
+
+def _retry(strategy: Any, where: str) -> Retry | None:
+    if not isinstance(strategy, dict):
+        return None
+    backoff = strategy.get("backoff") or {}
+    try:
+        limit = int(str(strategy.get("limit", 0)))
+        duration = duration_seconds(backoff.get("duration", 0))
+        factor = int(str(backoff.get("factor", 1)))
+        max_duration = (
+            duration_seconds(backoff["maxDuration"]) if "maxDuration" in backoff else None
+        )
+    except ValueError as exc:
+        raise PlanError(f"{where}: retryStrategy: {exc}") from None
+    return Retry(
+        limit=max(0, limit),
+        policy=str(strategy.get("retryPolicy") or "OnFailure"),
+        duration=duration,
+        factor=max(1, factor),
+        max_duration=max_duration,
+    )
 
 
 def _substitute(text: str, values: dict[str, str], where: str) -> str:
