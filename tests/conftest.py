@@ -19,6 +19,7 @@ from server.app import TrainyardServer, start_server
 from server.config import Settings
 from server.log_setup import configure_logging
 from tests.services.postgres import PostgresCluster, start_postgres_or_skip
+from tests.services.ray_cluster import RayCluster, start_ray_or_skip
 from trainyard.v1 import (
     artifact_service_pb2_grpc,
     configuration_service_pb2_grpc,
@@ -237,6 +238,19 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
     asks for it (tests/services/postgres.py). Skipped where PostgreSQL is not installed
     or does not start; failed instead with TRAINYARD_REQUIRE_SERVICES=1."""
     cluster = start_postgres_or_skip()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[RayCluster]:
+    """One throwaway Ray cluster (a head and one worker node, 1 CPU each, loopback only)
+    for the whole run, started by the first test that asks for it
+    (tests/services/ray_cluster.py). Skipped where Ray is not installed or does not
+    start; failed instead with TRAINYARD_REQUIRE_SERVICES=1."""
+    cluster = start_ray_or_skip(head_cpus=1, worker_cpus=1)
     try:
         yield cluster
     finally:
