@@ -10,7 +10,7 @@ from workflow_helpers import container, dag, inputs, python, steps, workflow
 
 from server.domain.templates import load_directory, parse_template_text
 from server.domain.workflow import step_names
-from server.runtime.plan import PlanError, build_plan
+from server.runtime.plan import PlanError, build_plan, late_key, resolve_late
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "executables"
 WORK = Path("/work-dir/abc")
@@ -154,3 +154,65 @@ def test_raw_artifacts_and_step_outputs_are_inputs():
     sources = {i.name: i.source for i in use.inputs}
     assert (sources["in"].step, sources["in"].output) == ("make", "out")
     assert sources["note"].raw == "run abc"
+
+
+@pytest.fixture
+def all_accepted(monkeypatch):
+    """Plan what registration refuses until the runtime runs it."""
+    import server.domain.templates as templates
+
+    monkeypatch.setattr(templates, "NOT_RUN_YET", {})
+
+
+def test_step_outputs_stay_for_the_runtime_under_their_step_names(all_accepted):
+    gen = container("gen", "sh", "-c", "echo 3 > /tmp/n", outputs={"parameters": [
+        {"name": "n", "valueFrom": {"path": "/tmp/n", "default": "0"}}]})
+    inner = steps("inner", [("make", "gen")], [("use", "leaf")])
+    inner["steps"][1][0]["arguments"] = {"parameters": [
+        {"name": "v", "value": "{{steps.make.outputs.parameters.n}}:{{steps.make.outputs.result}}"}
+    ]}
+    inner["steps"][1][0]["when"] = "{{steps.make.outputs.parameters.n}} > 2"
+    text = workflow("outs", [steps("main", [("in", "inner")]), inner, gen, LEAF])
+    result = plan(text)
+    use = result.step("in.use")
+    assert use.argv[1] == (
+        "{{steps.in.make.outputs.parameters.n}}:{{steps.in.make.outputs.result}}"
+    )
+    assert use.when == ("{{steps.in.make.outputs.parameters.n}} > 2",)
+    make = result.step("in.make")
+    assert [(p.name, p.path, p.default) for p in make.parameters] == [
+        ("n", WORK / "steps" / "in.make" / "tmp" / "n", "0")
+    ]
+    assert make.keeps_result and not use.keeps_result
+    values = {late_key("in.make", "parameters.n"): "3", late_key("in.make", "result"): "ok"}
+    assert resolve_late(use.argv[1], values, "here") == "3:ok"
+    with pytest.raises(PlanError, match=r"outputs.result\}\} has no value"):
+        resolve_late(use.argv[1], {late_key("in.make", "parameters.n"): "3"}, "here")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("{{steps.use.outputs.parameters.n}}", "names no step that finishes before it"),
+        ("{{steps.make.outputs.parameters.nope}}", "has no output parameter nope"),
+        ("{{workflow.status}}", "in the exit handler only"),
+    ],
+)
+def test_step_outputs_must_come_from_an_earlier_step(value, message, all_accepted):
+    gen = container("gen", "true", outputs={"parameters": [
+        {"name": "n", "valueFrom": {"path": "/tmp/n"}}]})
+    main = steps("main", [("make", "gen")], [("use", "leaf")])
+    main["steps"][1][0]["arguments"] = {"parameters": [{"name": "v", "value": value}]}
+    with pytest.raises(PlanError, match=message):
+        plan(workflow("bad-outs", [main, gen, LEAF]))
+
+
+def test_depends_on_a_failure_marks_it_handled(all_accepted):
+    text = workflow("handled", [
+        dag("main", {"name": "a", "template": "leaf0"}, {"name": "b", "template": "leaf0"},
+            {"name": "c", "template": "leaf0", "depends": "a.Failed || b"}),
+        container("leaf0", "true"),
+    ])
+    result = plan(text)
+    assert result.handled == {"a"}
+    assert result.step("c").after == {"a", "b"}

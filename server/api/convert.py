@@ -261,6 +261,8 @@ def _step_fields(step: StepDetail) -> dict:
         "finish_time": ts(step.finished_at),
         "exit_code": step.exit_code,
         "message": step.message,
+        "attempt": step.attempt,
+        "output_parameters": step.output_parameters,
     }
 
 

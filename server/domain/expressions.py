@@ -349,6 +349,7 @@ class Depends:
     text: str
     names: tuple[str, ...]  # the tasks it names, first mention first
     _root: _Node
+    mentions: tuple[tuple[str, str], ...] = ()  # (task, RESULT) as written, bare: Succeeded
 
     def evaluate(self, result: Callable[[str, str], bool]) -> bool:
         """Evaluate with ``result(task, RESULT)``: whether ``task`` ended that way (one
@@ -363,7 +364,8 @@ def all_succeeded(tasks: list[str]) -> Depends:
     root: _Node = _Result(tasks[0], _BARE_RESULTS)
     for task in tasks[1:]:
         root = _And(root, _Result(task, _BARE_RESULTS))
-    return Depends(" && ".join(tasks), tuple(dict.fromkeys(tasks)), root)
+    names = tuple(dict.fromkeys(tasks))
+    return Depends(" && ".join(tasks), names, root, tuple((t, "Succeeded") for t in names))
 
 
 def parse_depends(text: str) -> Depends:
@@ -371,17 +373,18 @@ def parse_depends(text: str) -> Depends:
     if not isinstance(text, str) or not text.strip():
         raise ExpressionError("the expression is empty")
     parser = _Parser(text)
-    names: list[str] = []
-    root = parser.binary(lambda: _depends_unary(parser, names))
+    mentions: list[tuple[str, str]] = []
+    root = parser.binary(lambda: _depends_unary(parser, mentions))
     parser.expect_end()
-    return Depends(text, tuple(dict.fromkeys(names)), root)
+    names = tuple(dict.fromkeys(task for task, _ in mentions))
+    return Depends(text, names, root, tuple(dict.fromkeys(mentions)))
 
 
-def _depends_unary(parser: _Parser, names: list[str]) -> _Node:
+def _depends_unary(parser: _Parser, mentions: list[tuple[str, str]]) -> _Node:
     if parser.accept("!"):
-        return _Not(_depends_unary(parser, names))
+        return _Not(_depends_unary(parser, mentions))
     if parser.accept("("):
-        node = parser.binary(lambda: _depends_unary(parser, names))
+        node = parser.binary(lambda: _depends_unary(parser, mentions))
         if not parser.accept(")"):
             raise parser.unexpected("')'")
         return node
@@ -390,7 +393,7 @@ def _depends_unary(parser: _Parser, names: list[str]) -> _Node:
         raise parser.unexpected("a task name")
     parser.take()
     task, results = _task_result(token)
-    names.append(task)
+    mentions.append((task, results[0]))
     return _Result(task, results)
 
 

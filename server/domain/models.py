@@ -177,6 +177,8 @@ class StepDetail:
     finished_at: datetime | None = None
     exit_code: int | None = None
     message: str = ""
+    attempt: int = 1  # which try of the step, from 1 (retryStrategy)
+    output_parameters: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

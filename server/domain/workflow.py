@@ -69,6 +69,9 @@ class Call:
     call: dict[str, Any] | None
     template: dict[str, Any]
     item: Any = _NO_ITEM
+    # The steps or tasks of the calling template before this one, by their names there
+    # (for ``{{steps.X.outputs...}}`` / ``{{tasks.X.outputs...}}``): step names.
+    siblings: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def has_item(self) -> bool:
@@ -226,11 +229,15 @@ def _run_call(
     """Expand one step or task, once or per item; returns the step names it produced."""
     target = _called(templates, call)
     items = _items(call)
+    known = dict(local)
     if items is None:
-        links = [(_join(prefix, name), Call(call, target))]
+        links = [(_join(prefix, name), Call(call, target, siblings=known))]
     else:
         links = [
-            (_join(prefix, f"{name}({i}:{item_label(item)})"), Call(call, target, item))
+            (
+                _join(prefix, f"{name}({i}:{item_label(item)})"),
+                Call(call, target, item, siblings=known),
+            )
             for i, item in enumerate(items)
         ]
     produced: list[str] = []

@@ -28,6 +28,17 @@ Placeholders (``{{ ... }}``, spaces inside allowed):
 Values are pasted as plain text. A placeholder of those families that has no value is an
 error; any other ``{{...}}`` text is left as it is.
 
+Some values are known only while the execution runs; their placeholders are left in the
+step's command, env, script and ``when`` for the runtime to resolve when the step starts
+(:func:`resolve_late`):
+
+* ``{{steps.X.outputs.parameters.P}}`` / ``{{tasks.X.outputs.parameters.P}}``: the value
+  step X read from its ``outputs.parameters[P].valueFrom.path`` (or its default);
+  ``{{steps.X.outputs.result}}``: what X wrote to its standard output (at most 256 KiB,
+  the trailing newline dropped). X is a step or task of the calling template that
+  finishes before this one; the planner rewrites its name to the step name.
+* ``{{workflow.status}}``: in the exit handler, ``Succeeded``, ``Failed`` or ``Error``.
+
 Input artifacts come from the calling step's ``arguments.artifacts`` (``from:
 "{{inputs.artifacts.X}}"``, ``from: "{{steps.S.outputs.artifacts.O}}"`` or ``tasks.``,
 ``raw``), then the input's own ``raw`` data, then the configuration's artifact bound to
@@ -55,6 +66,12 @@ STEPS_DIR = "steps"
 SCRIPTS_DIR = "scripts"
 
 _PLACEHOLDER_RE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+# An output of another step, known once it ended: steps.X.outputs.parameters.P / .result
+_LATE_OUTPUT_RE = re.compile(
+    r"^(?:steps|tasks)\.(?P<step>.+?)\.outputs\.(?P<what>parameters\.[^.{}\s]+|result)$"
+)
+WORKFLOW_STATUS = "workflow.status"
+RESULT_LIMIT = 256 * 1024
 _RESOLVED_FAMILIES = ("inputs.", "outputs.", "workflow.", "steps.", "tasks.")
 _FROM_INPUT_RE = re.compile(r"^\{\{\s*inputs\.artifacts\.([^.{}\s]+)\s*\}\}$")
 _FROM_STEP_RE = re.compile(
@@ -92,6 +109,15 @@ class StepInput:
     name: str
     path: Path
     source: Source
+
+
+@dataclass(slots=True)
+class OutputParameter:
+    """An output parameter: read from ``path`` (in the step's root) once it succeeded."""
+
+    name: str
+    path: Path
+    default: str | None = None
 
 
 @dataclass(slots=True)
@@ -138,6 +164,8 @@ class PlannedStep:
     inputs: list[StepInput] = field(default_factory=list)
     outputs: list[StepOutput] = field(default_factory=list)
     resources: Resources = field(default_factory=Resources)  # limits a runner applies
+    parameters: list[OutputParameter] = field(default_factory=list)  # outputs.parameters
+    keeps_result: bool = False  # a later step reads its {{...outputs.result}}
 
     def output(self, name: str) -> StepOutput | None:
         return next((o for o in self.outputs if o.name == name), None)
@@ -163,6 +191,9 @@ class Plan:
     # ({"auths": {REGISTRY: {"auth": ...}}}, as a .dockerconfigjson holds), or None.
     pull_auth: str | None = None
     deadline: float | None = None  # the workflow's activeDeadlineSeconds
+    # Steps whose failure a depends expression handles (names it .Failed, .Errored or
+    # .AllFailed): their failure does not end the execution.
+    handled: frozenset[str] = frozenset()
 
     def step(self, name: str) -> PlannedStep:
         return next(s for s in self.steps if s.name == name)
@@ -218,6 +249,12 @@ def build_plan(
     )
     steps = [planner.step(ws) for ws in workflow]
     _link(steps)
+    handled: set[str] = set()
+    for step in steps:
+        for requirement in step.requires:
+            for task, result in requirement.expression.mentions:
+                if result in _HANDLING_RESULTS:
+                    handled.update(requirement.tasks.get(task, ()))
     collect = []
     for spec in executable.output_artifacts:
         producers = [
@@ -230,7 +267,13 @@ def build_plan(
         if producers:
             step, output = producers[-1]
             collect.append(Collect(spec, step.name, output.path, output.optional))
-    return Plan(work_dir, steps, collect, deadline=_seconds(executable.spec, "spec"))
+    return Plan(
+        work_dir,
+        steps,
+        collect,
+        deadline=_seconds(executable.spec, "spec"),
+        handled=frozenset(handled),
+    )
 
 
 def _link(steps: list[PlannedStep]) -> None:
@@ -255,6 +298,27 @@ def _link(steps: list[PlannedStep]) -> None:
                 raise PlanError(
                     f"step {step.name}: step {source.step} has no output artifact "
                     f"{source.output}"
+                )
+        for key in _late_keys(step):
+            match = _LATE_OUTPUT_RE.match(key)
+            if match is None:
+                if key == WORKFLOW_STATUS and not step.exit_handler:
+                    raise PlanError(
+                        f"step {step.name}: {{{{{key}}}}} has a value in the exit handler only"
+                    )
+                continue
+            name, what = match.group("step"), match.group("what")
+            producer = by_name.get(name)
+            if producer is None or name not in step.upstream:
+                raise PlanError(
+                    f"step {step.name}: {{{{{key}}}}} names no step that finishes before it"
+                )
+            if what == "result":
+                producer.keeps_result = True
+            elif not any(p.name == what.removeprefix("parameters.") for p in producer.parameters):
+                raise PlanError(
+                    f"step {step.name}: step {name} has no output parameter "
+                    f"{what.removeprefix('parameters.')}"
                 )
 
 
@@ -315,6 +379,17 @@ class _Planner:
                 )
             )
 
+        parameters = []
+        for entry in _entries(template.get("outputs"), "parameters"):
+            value_from = entry.get("valueFrom") or {}
+            path = _in_root(
+                root, str(value_from.get("path", "")), f"{where}: output parameter {entry['name']}"
+            )
+            default = value_from.get("default")
+            parameters.append(
+                OutputParameter(entry["name"], path, None if default is None else _text(default))
+            )
+
         process = template[ws.kind]
         image = str(process.get("image", ""))
         command = [_substitute(c, values, where) for c in process.get("command") or []]
@@ -372,6 +447,7 @@ class _Planner:
             inputs=inputs,
             outputs=outputs,
             resources=resources,
+            parameters=parameters,
         )
 
     def _scope(self, ws: WorkflowStep) -> _Scope:
@@ -393,10 +469,14 @@ class _Planner:
                 if link.has_item:
                     caller_values.update(_item_values(link.item))
                 if link.when:
-                    when.append(_substitute(link.when, caller_values, where))
+                    when.append(
+                        _substitute(link.when, caller_values, where, link.siblings)
+                    )
                 arguments = link.call.get("arguments") or {}
                 passed = {
-                    e["name"]: _substitute(_text(e.get("value", "")), caller_values, where)
+                    e["name"]: _substitute(
+                        _text(e.get("value", "")), caller_values, where, link.siblings
+                    )
                     for e in _entries(arguments, "parameters")
                     if "value" in e
                 }
@@ -512,6 +592,8 @@ def _seconds(holder: dict, where: str) -> float | None:
     return seconds
 
 
+_HANDLING_RESULTS = ("Failed", "Errored", "AllFailed")
+
 _DURATION_PART_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|ms|s|m|h)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -552,14 +634,62 @@ def _retry(strategy: Any, where: str) -> Retry | None:
     )
 
 
-def _substitute(text: str, values: dict[str, str], where: str) -> str:
+def _substitute(
+    text: str, values: dict[str, str], where: str, siblings: dict[str, str] | None = None
+) -> str:
+    """Paste the values; outputs of other steps and the workflow's status stay for
+    :func:`resolve_late`, a sibling's local name (``siblings``) rewritten to its step
+    name."""
+
     def replace(match: re.Match) -> str:
         key = match.group(1)
         if key in values:
             return values[key]
+        if key == WORKFLOW_STATUS:
+            return match.group(0)
+        late = _LATE_OUTPUT_RE.match(key)
+        if late is not None:
+            step = late.group("step")
+            if siblings and step in siblings:
+                return f"{{{{steps.{siblings[step]}.outputs.{late.group('what')}}}}}"
+            return match.group(0)
         if key.startswith(_RESOLVED_FAMILIES):
             raise PlanError(f"{where}: cannot resolve {{{{{key}}}}}")
         return match.group(0)
+
+    return _PLACEHOLDER_RE.sub(replace, text)
+
+
+def _late_keys(step: PlannedStep) -> list[str]:
+    texts = [*step.argv, *step.env.values(), *step.when, step.script or ""]
+    return [
+        m.group(1)
+        for text in texts
+        for m in _PLACEHOLDER_RE.finditer(text)
+        if m.group(1) == WORKFLOW_STATUS or _LATE_OUTPUT_RE.match(m.group(1))
+    ]
+
+
+def late_key(step: str, what: str) -> str:
+    """The key of a step's output for :func:`resolve_late`: ``what`` is
+    ``parameters.NAME`` or ``result``."""
+    return f"steps.{step}.outputs.{what}"
+
+
+def resolve_late(text: str, values: Mapping[str, str], where: str) -> str:
+    """Resolve what :func:`_substitute` left: step outputs (keys from :func:`late_key`)
+    and ``workflow.status``. Raises :class:`PlanError` for one without a value."""
+
+    def replace(match: re.Match) -> str:
+        key = match.group(1)
+        if key != WORKFLOW_STATUS and _LATE_OUTPUT_RE.match(key) is None:
+            return match.group(0)
+        late = _LATE_OUTPUT_RE.match(key)
+        if late is not None:
+            key = late_key(late.group("step"), late.group("what"))
+        if key not in values:
+            raise PlanError(f"{where}: {match.group(0)} has no value")
+        return values[key]
 
     return _PLACEHOLDER_RE.sub(replace, text)
 

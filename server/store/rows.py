@@ -97,6 +97,8 @@ def _step_to_json(step: StepDetail) -> dict:
         "finished_us": to_us(step.finished_at),
         "exit_code": step.exit_code,
         "message": step.message,
+        "attempt": step.attempt,
+        "outputs": step.output_parameters,
     }
 
 
@@ -108,6 +110,8 @@ def _step_from_json(data: dict) -> StepDetail:
         finished_at=to_dt(data.get("finished_us")),
         exit_code=data.get("exit_code"),
         message=data.get("message", ""),
+        attempt=data.get("attempt", 1),
+        output_parameters=dict(data.get("outputs") or {}),
     )
 
 

@@ -182,12 +182,34 @@ class StepDetail(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class OutputParametersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     PHASE_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     FINISH_TIME_FIELD_NUMBER: _builtins.int
     EXIT_CODE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    OUTPUT_PARAMETERS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Step name (the task or step name in the workflow)."""
     phase: Global___StepPhase.ValueType
@@ -196,6 +218,10 @@ class StepDetail(_message.Message):
     """Exit code of its process; unset until it exited."""
     message: _builtins.str
     """Human-readable detail, for example the signal that ended it."""
+    attempt: _builtins.int
+    """Which try of the step this entry tells, from 1. A step with a retryStrategy has
+    one entry per attempt, in order, under the same name.
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """When its process started; unset before."""
@@ -203,6 +229,12 @@ class StepDetail(_message.Message):
     @_builtins.property
     def finish_time(self) -> _timestamp_pb2.Timestamp:
         """When it finished; unset before."""
+
+    @_builtins.property
+    def output_parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Output parameters the step produced (outputs.parameters, read from
+        valueFrom.path once it succeeded), by name.
+        """
 
     def __init__(
         self,
@@ -213,10 +245,12 @@ class StepDetail(_message.Message):
         finish_time: _timestamp_pb2.Timestamp | None = ...,
         exit_code: _builtins.int | None = ...,
         message: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        output_parameters: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "exit_code", b"exit_code", "finish_time", b"finish_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "exit_code", b"exit_code", "finish_time", b"finish_time", "message", b"message", "name", b"name", "phase", b"phase", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "attempt", b"attempt", "exit_code", b"exit_code", "finish_time", b"finish_time", "message", b"message", "name", b"name", "output_parameters", b"output_parameters", "phase", b"phase", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
