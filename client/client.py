@@ -378,7 +378,7 @@ class TrainyardClient(MetricsCalls):
         request = log_service_pb2.ListLogsRequest(
             execution_id=execution_id,
             after_sequence=after_sequence,
-            limit=limit,
+            page_size=limit,
             steps=steps or [],
             streams=streams or [],
             order=log_service_pb2.LOG_ORDER_DESCENDING

@@ -14,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from server.api.connect import Bridge, HandlerCollector
-from server.api.errors import ErrorInterceptor
+from server.api.errors import ErrorInterceptor, receive_limit
 from server.api.logs import LogService, add_log_service
 from server.api.meta import MetaService
 from server.api.metrics import MetricService
@@ -234,12 +234,17 @@ async def start_server(settings: Settings) -> TrainyardServer:
         log.info("executables loaded", count=len(loaded), directory=str(settings.executables_dir))
 
     options = [
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        # Above the server's limit, so that the interceptor sees (and refuses with
+        # LIMIT_EXCEEDED details) requests up to RECEIVE_HEADROOM times the limit.
+        ("grpc.max_receive_message_length", receive_limit(settings.max_message_bytes)),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
     interceptor = ErrorInterceptor(
-        settings.default_resource_group, settings.max_streams_per_client, auth=auth
+        settings.default_resource_group,
+        settings.max_streams_per_client,
+        settings.max_message_bytes,
+        auth=auth,
     )
     interceptors: list[grpc.aio.ServerInterceptor] = [interceptor]
     server = grpc.aio.server(interceptors=interceptors, options=options)

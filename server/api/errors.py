@@ -20,8 +20,10 @@ from server.domain import validation
 from server.domain.errors import (
     DomainError,
     FailedPrecondition,
+    FieldViolation,
     InvalidArgument,
     NotFound,
+    Reason,
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
@@ -35,6 +37,14 @@ log = structlog.get_logger("trainyard.rpc")
 ERROR_DOMAIN = "trainyard.dev"
 DETAILS_KEY = "grpc-status-details-bin"
 
+# What an error echoes is capped, so that its trailers stay well under gRPC's default
+# metadata limit (8 KiB, where a client's call fails with RESOURCE_EXHAUSTED instead
+# of the error): the message travels twice (grpc-message, percent-encoded, and in the
+# status), the serialized status once (base64: 4/3 of its size).
+MAX_MESSAGE_CHARS = 400  # bytes of grpc-message (at most 3 on the wire per byte)
+MAX_TEXT_CHARS = 200  # bytes of each field path, description, metadata value
+MAX_STATUS_BYTES = 4096  # serialized google.rpc.Status (about 5.5 KiB in base64)
+
 
 def _pack(message: Any) -> any_pb2.Any:
     packed = any_pb2.Any()
@@ -42,37 +52,56 @@ def _pack(message: Any) -> any_pb2.Any:
     return packed
 
 
+def clip(text: str, limit: int = MAX_TEXT_CHARS) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes, marked with an ellipsis when cut."""
+    raw = text.encode()
+    if len(raw) <= limit:
+        return text
+    return raw[: limit - 3].decode(errors="ignore") + "\u2026"
+
+
+def _bad_request(violations: list[FieldViolation]) -> error_details_pb2.BadRequest:
+    """The violations, clipped, as many as fit in half the status budget; when some
+    are left out, a last one says how many."""
+    bad = error_details_pb2.BadRequest()
+    size = 0
+    for i, v in enumerate(violations):
+        item = error_details_pb2.BadRequest.FieldViolation(
+            field=clip(v.field), description=clip(v.description)
+        )
+        size += item.ByteSize() + 4
+        if size > MAX_STATUS_BYTES // 2 and i:
+            bad.field_violations.add(description=f"and {len(violations) - i} more, not listed")
+            break
+        bad.field_violations.append(item)
+    return bad
+
+
 def to_status(error: DomainError, request_id: str) -> tuple[grpc.StatusCode, str, bytes]:
-    """The gRPC code, message and serialized google.rpc.Status of a domain error."""
+    """The gRPC code, message and serialized google.rpc.Status of a domain error, with
+    what it echoes capped (see MAX_STATUS_BYTES)."""
     code = getattr(grpc.StatusCode, error.code, grpc.StatusCode.INTERNAL)
-    metadata = dict(error.metadata)
+    message = clip(error.message, MAX_MESSAGE_CHARS)
+    metadata = {clip(k, 64): clip(v) for k, v in error.metadata.items()}
     if request_id:
-        metadata.setdefault("request_id", request_id)
+        metadata.setdefault("request_id", clip(request_id))
     details = [
         _pack(
-            error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata)
+            error_details_pb2.ErrorInfo(
+                reason=str(error.reason), domain=ERROR_DOMAIN, metadata=metadata
+            )
         )
     ]
     if isinstance(error, InvalidArgument) and error.violations:
-        details.append(
-            _pack(
-                error_details_pb2.BadRequest(
-                    field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(
-                            field=v.field, description=v.description
-                        )
-                        for v in error.violations
-                    ]
-                )
-            )
-        )
+        bad = _bad_request(error.violations)
+        details.append(_pack(bad))
     if isinstance(error, NotFound) and error.resource_type:
         details.append(
             _pack(
                 error_details_pb2.ResourceInfo(
                     resource_type=error.resource_type,
-                    resource_name=error.resource_name,
-                    description=error.message,
+                    resource_name=clip(error.resource_name),
+                    description=message,
                 )
             )
         )
@@ -82,9 +111,9 @@ def to_status(error: DomainError, request_id: str) -> tuple[grpc.StatusCode, str
                 error_details_pb2.PreconditionFailure(
                     violations=[
                         error_details_pb2.PreconditionFailure.Violation(
-                            type=error.reason,
+                            type=str(error.reason),
                             subject=metadata.get("execution_id", ""),
-                            description=error.message,
+                            description=message,
                         )
                     ]
                 )
@@ -96,7 +125,7 @@ def to_status(error: DomainError, request_id: str) -> tuple[grpc.StatusCode, str
                 error_details_pb2.QuotaFailure(
                     violations=[
                         error_details_pb2.QuotaFailure.Violation(
-                            subject=error.reason, description=error.message
+                            subject=str(error.reason), description=message
                         )
                     ]
                 )
@@ -110,18 +139,48 @@ def to_status(error: DomainError, request_id: str) -> tuple[grpc.StatusCode, str
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     status = status_pb2.Status(
         code=getattr(code_pb2, error.code, code_pb2.INTERNAL),
-        message=error.message,
+        message=message,
         details=details,
     )
-    return code, error.message, status.SerializeToString()
+    return code, message, status.SerializeToString()
 
 
 def _internal(request_id: str) -> DomainError:
     return DomainError(
         message=f"internal error (request id {request_id})",
-        reason="INTERNAL_ERROR",
+        reason=Reason.INTERNAL_ERROR,
         metadata={"request_id": request_id},
     )
+
+
+class _Oversized:
+    """What the request deserializer hands on for a message over the size limit."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int):
+        self.size = size
+
+
+# gRPC's own receive limit is this many times the server's message limit: a request
+# between the two is refused by the interceptor with LIMIT_EXCEEDED details; one over
+# gRPC's limit is refused by gRPC itself before any server code sees it (status
+# RESOURCE_EXHAUSTED, no details).
+RECEIVE_HEADROOM = 4
+
+
+def receive_limit(max_message_bytes: int) -> int:
+    """The ``grpc.max_receive_message_length`` for a server limit of ``max_message_bytes``."""
+    return min(RECEIVE_HEADROOM * max_message_bytes, 2**31 - 1)
+
+
+def _checked(deserialize: Callable[[bytes], Any] | None, limit: int) -> Callable[[bytes], Any]:
+    def checked(data: bytes) -> Any:
+        if len(data) > limit:
+            return _Oversized(len(data))
+        return deserialize(data) if deserialize is not None else data
+
+    return checked
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
@@ -131,10 +190,12 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         self,
         default_resource_group: str = "default",
         max_streams_per_client: int = 100,
+        max_message_bytes: int = 4 * 1024 * 1024,
         auth: Authenticator | None = None,
     ):
         self.default_resource_group = default_resource_group
         self.max_streams_per_client = max_streams_per_client
+        self.max_message_bytes = max_message_bytes
         # Who may call what (server/security/authn.py); None: everyone, everything.
         self.auth = auth if auth is not None and auth.enabled else None
         # Open server streams per client connection (peer address).
@@ -157,9 +218,20 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         self._wrapped[method] = wrapped
         return wrapped
 
+    def _oversized(self, request: _Oversized) -> ResourceExhausted:
+        return ResourceExhausted(
+            message=(
+                f"request of {request.size} bytes is over the server's limit of"
+                f" {self.max_message_bytes} bytes"
+            ),
+            reason=Reason.LIMIT_EXCEEDED,
+            metadata={"limit": str(self.max_message_bytes), "size": str(request.size)},
+        )
+
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        """The handler with context binding, error mapping and the per-call log line
-        (built once per method)."""
+        """The handler with context binding, error mapping, the request size check and
+        the per-call log line (built once per method)."""
+        deserialize = _checked(handler.request_deserializer, self.max_message_bytes)
         if handler.unary_unary is not None:
             inner = handler.unary_unary
 
@@ -168,6 +240,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     group = ctx.resource_group()
                     validation.check_resource_group(group)
+                    if type(request) is _Oversized:
+                        raise self._oversized(request)
                     if self.auth is not None:
                         ctx.principal_var.set(
                             self.auth.check(method, group, request, authorization, context)
@@ -180,7 +254,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserialize,
                 response_serializer=handler.response_serializer,
             )
 
@@ -195,6 +269,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     group = ctx.resource_group()
                     validation.check_resource_group(group)
+                    if type(request) is _Oversized:
+                        raise self._oversized(request)
                     if self.auth is not None:
                         principal = self.auth.check(method, group, request, authorization, context)
                         ctx.principal_var.set(principal)
@@ -208,7 +284,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                                 f"at most {self.max_streams_per_client} open streams per client"
                                 " connection; close some or open another connection"
                             ),
-                            reason="LIMIT_EXCEEDED",
+                            reason=Reason.LIMIT_EXCEEDED,
                             metadata={"limit": str(self.max_streams_per_client)},
                         )
                     self.open_streams[peer] = self.open_streams.get(peer, 0) + 1
@@ -226,7 +302,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                         context,
                         Unauthenticated(
                             message="the stream's token expired or was revoked",
-                            reason="UNAUTHENTICATED",
+                            reason=Reason.UNAUTHENTICATED,
                         ),
                     )
                 except Exception as exc:  # noqa: BLE001
@@ -245,7 +321,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserialize,
                 response_serializer=handler.response_serializer,
             )
         return handler

@@ -18,6 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from server.api import convert
 from server.api.context import resource_group
+from server.domain.errors import InvalidArgument
 from server.domain.logs import LogReader
 from server.streams.broker import LogBatch, LogRow
 from server.streams.tailer import LogTails, TailOptions
@@ -222,6 +223,9 @@ def tail_options(request: pb.TailLogsRequest) -> TailOptions:
     )
 
 
+_ORDERS = frozenset(pb.LogOrder.values())
+
+
 class LogService(log_service_pb2_grpc.LogServiceServicer):
     def __init__(self, reader: LogReader, tails: LogTails | None = None):
         self.reader = reader
@@ -238,6 +242,15 @@ class LogService(log_service_pb2_grpc.LogServiceServicer):
                     yield message
 
     async def ListLogs(self, request, context):
+        if request.order not in _ORDERS:
+            raise InvalidArgument.of("order", f"unknown log order {request.order}")
+        size, size_field = request.page_size, "page_size"
+        if request.limit:
+            if size and size != request.limit:
+                raise InvalidArgument.of(
+                    "page_size", "differs from the deprecated limit: set page_size only"
+                )
+            size, size_field = request.limit, "limit"
         start = end = None
         if request.HasField("start_time"):
             start = convert.from_ts(request.start_time, "start_time")
@@ -246,7 +259,8 @@ class LogService(log_service_pb2_grpc.LogServiceServicer):
         lines, token = await self.reader.list_page(
             resource_group(),
             request.execution_id,
-            limit=request.limit,
+            page_size=size,
+            size_field=size_field,
             page_token=request.page_token,
             descending=request.order == pb.LOG_ORDER_DESCENDING,
             steps=list(request.steps),

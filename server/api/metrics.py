@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from server.api import convert
 from server.api.context import resource_group
-from server.domain.errors import ResourceExhausted
+from server.domain.errors import Reason, ResourceExhausted
 from server.domain.metrics import MetricsService, MetricView
 from trainyard.v1 import metric_service_pb2 as pb
 from trainyard.v1 import metric_service_pb2_grpc
@@ -49,7 +49,7 @@ class MetricService(metric_service_pb2_grpc.MetricServiceServicer):
                     f"the page would be {size} bytes, over the server's limit "
                     f"of {self.max_message_bytes}: ask for fewer executions or a smaller page_size"
                 ),
-                reason="LIMIT_EXCEEDED",
+                reason=Reason.LIMIT_EXCEEDED,
             )
         return response
 

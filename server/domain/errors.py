@@ -2,13 +2,47 @@
 
 The domain does not import grpc: ``code`` is the name of a ``grpc.StatusCode`` member,
 and the API layer's interceptor (server/api/errors.py) turns the error into a status
-with ``google.rpc`` details. ``reason`` is a stable machine-readable string
-(documented in protos/trainyard/v1/error_reason.proto).
+with ``google.rpc`` details. ``reason`` is a :class:`Reason`, the mirror of the
+``ErrorReason`` enum of protos/trainyard/v1/error_reason.proto (a test checks that the
+two hold the same names), so no error can carry a reason the contract does not list.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """``ErrorInfo.reason`` values: the ``ErrorReason`` names without their prefix."""
+
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    CONFIGURATION_INVALID = "CONFIGURATION_INVALID"
+    INVALID_PAGE_TOKEN = "INVALID_PAGE_TOKEN"
+    SCENARIO_NOT_FOUND = "SCENARIO_NOT_FOUND"
+    EXECUTABLE_NOT_FOUND = "EXECUTABLE_NOT_FOUND"
+    ARTIFACT_NOT_FOUND = "ARTIFACT_NOT_FOUND"
+    CONFIGURATION_NOT_FOUND = "CONFIGURATION_NOT_FOUND"
+    EXECUTION_NOT_FOUND = "EXECUTION_NOT_FOUND"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    REQUEST_ID_REUSED = "REQUEST_ID_REUSED"
+    EXECUTION_NOT_STOPPABLE = "EXECUTION_NOT_STOPPABLE"
+    EXECUTION_NOT_DELETABLE = "EXECUTION_NOT_DELETABLE"
+    EXECUTABLE_IN_USE = "EXECUTABLE_IN_USE"
+    LIMIT_EXCEEDED = "LIMIT_EXCEEDED"
+    TAILER_TOO_SLOW = "TAILER_TOO_SLOW"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+    UNAVAILABLE = "UNAVAILABLE"
+    STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
+    INVALID_TRANSITION = "INVALID_TRANSITION"
+    LEASE_LOST = "LEASE_LOST"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    RESOURCE_PLAN_UNKNOWN = "RESOURCE_PLAN_UNKNOWN"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    TOKEN_EXPIRED = "TOKEN_EXPIRED"
+    RATE_LIMITED = "RATE_LIMITED"
+    TOO_MANY_STREAMS = "TOO_MANY_STREAMS"
 
 
 @dataclass(slots=True)
@@ -24,9 +58,13 @@ class DomainError(Exception):
     """Base of every error the domain raises on purpose."""
 
     message: str
-    reason: str = "INTERNAL_ERROR"
+    reason: Reason = Reason.INTERNAL_ERROR
     metadata: dict[str, str] = field(default_factory=dict)
     code = "INTERNAL"
+
+    def __post_init__(self) -> None:
+        # A reason outside the enum is a programming error: fail where it is made.
+        self.reason = Reason(self.reason)
 
     def __str__(self) -> str:
         return self.message
@@ -37,11 +75,11 @@ class InvalidArgument(DomainError):
     """The request is malformed; ``violations`` name the fields."""
 
     violations: list[FieldViolation] = field(default_factory=list)
-    reason: str = "INVALID_ARGUMENT"
+    reason: Reason = Reason.INVALID_ARGUMENT
     code = "INVALID_ARGUMENT"
 
     @classmethod
-    def of(cls, field_name: str, description: str, reason: str = "INVALID_ARGUMENT"):
+    def of(cls, field_name: str, description: str, reason: Reason = Reason.INVALID_ARGUMENT):
         return cls(
             message=f"{field_name}: {description}",
             reason=reason,
@@ -55,7 +93,7 @@ class NotFound(DomainError):
 
     resource_type: str = ""
     resource_name: str = ""
-    reason: str = "NOT_FOUND"
+    reason: Reason = Reason.EXECUTION_NOT_FOUND
     code = "NOT_FOUND"
 
     @classmethod
@@ -64,7 +102,7 @@ class NotFound(DomainError):
             message=f"{resource_type} {resource_name!r} not found",
             resource_type=resource_type,
             resource_name=resource_name,
-            reason=f"{resource_type.upper()}_NOT_FOUND",
+            reason=Reason(f"{resource_type.upper()}_NOT_FOUND"),
         )
 
 
@@ -74,7 +112,7 @@ class AlreadyExists(DomainError):
 
     resource_type: str = ""
     resource_name: str = ""
-    reason: str = "ALREADY_EXISTS"
+    reason: Reason = Reason.ALREADY_EXISTS
     code = "ALREADY_EXISTS"
 
 
@@ -82,7 +120,7 @@ class AlreadyExists(DomainError):
 class FailedPrecondition(DomainError):
     """The operation is refused in the resource's current state (lifecycle rules)."""
 
-    reason: str = "FAILED_PRECONDITION"
+    reason: Reason = Reason.FAILED_PRECONDITION
     code = "FAILED_PRECONDITION"
 
 
@@ -92,7 +130,7 @@ class ResourceExhausted(DomainError):
     principal's request rate). ``retry_after`` > 0: the caller may retry after that
     many seconds (a RetryInfo detail)."""
 
-    reason: str = "RESOURCE_EXHAUSTED"
+    reason: Reason = Reason.LIMIT_EXCEEDED
     retry_after: float = 0.0
     code = "RESOURCE_EXHAUSTED"
 
@@ -101,7 +139,7 @@ class ResourceExhausted(DomainError):
 class PermissionDenied(DomainError):
     """The caller is known but holds no role that allows the call."""
 
-    reason: str = "PERMISSION_DENIED"
+    reason: Reason = Reason.PERMISSION_DENIED
     code = "PERMISSION_DENIED"
 
 
@@ -110,7 +148,7 @@ class Unauthenticated(DomainError):
     """The call carries no valid credential (missing, malformed, unknown, expired or
     revoked)."""
 
-    reason: str = "UNAUTHENTICATED"
+    reason: Reason = Reason.UNAUTHENTICATED
     code = "UNAUTHENTICATED"
 
 
@@ -118,7 +156,7 @@ class Unauthenticated(DomainError):
 class Unavailable(DomainError):
     """A transient condition; the caller may retry after ``retry_after`` seconds."""
 
-    reason: str = "UNAVAILABLE"
+    reason: Reason = Reason.UNAVAILABLE
     retry_after: float = 1.0
     code = "UNAVAILABLE"
 
@@ -129,4 +167,4 @@ class StoreUnavailable(Unavailable):
     error, a lost connection); the transaction was rolled back, so nothing of the
     request was written."""
 
-    reason: str = "STORE_UNAVAILABLE"
+    reason: Reason = Reason.STORE_UNAVAILABLE

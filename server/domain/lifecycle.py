@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 
-from server.domain.errors import FailedPrecondition
+from server.domain.errors import FailedPrecondition, Reason
 from server.domain.models import Status
 
 
@@ -54,9 +54,9 @@ OPERATIONS: dict[Status, frozenset[Operation]] = {
 }
 
 # Reason of the refusal of each operation (protos/trainyard/v1/error_reason.proto).
-REFUSAL_REASONS: dict[Operation, str] = {
-    Operation.STOP: "EXECUTION_NOT_STOPPABLE",
-    Operation.DELETE: "EXECUTION_NOT_DELETABLE",
+REFUSAL_REASONS: dict[Operation, Reason] = {
+    Operation.STOP: Reason.EXECUTION_NOT_STOPPABLE,
+    Operation.DELETE: Reason.EXECUTION_NOT_DELETABLE,
 }
 
 
@@ -77,7 +77,7 @@ def check_transition(execution_id: str, current: Status, new: Status) -> None:
     if not can_transition(current, new):
         raise FailedPrecondition(
             message=f"execution {execution_id} cannot go from {current} to {new}",
-            reason="INVALID_TRANSITION",
+            reason=Reason.INVALID_TRANSITION,
             metadata={"status": str(current), "requested_status": str(new)},
         )
 

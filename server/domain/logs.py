@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from server.domain.errors import InvalidArgument
+from server.domain.errors import InvalidArgument, Reason
 from server.domain.models import LogLine, LogStream
 from server.domain.paging import page_request
 from server.domain.service import ControlPlane
@@ -14,6 +14,18 @@ from server.domain.service import ControlPlane
 DEFAULT_LOG_PAGE = 1000
 MAX_LOG_PAGE = 10_000
 MAX_STEP_FILTERS = 100
+
+
+def check_filters(after_sequence: int, steps: Sequence[str]) -> None:
+    """The checks ListLogs and TailLogs share, in the same order (both check their
+    arguments before they look the execution up)."""
+    if after_sequence < 0:
+        raise InvalidArgument.of("after_sequence", "must not be negative")
+    if len(steps) > MAX_STEP_FILTERS:
+        raise InvalidArgument.of("steps", f"at most {MAX_STEP_FILTERS} steps")
+    for i, step in enumerate(steps):
+        if not isinstance(step, str) or not step or len(step) > 253:
+            raise InvalidArgument.of(f"steps[{i}]", "must be a step name")
 
 
 def _us(value: datetime | None) -> int | None:
@@ -29,7 +41,7 @@ class LogReader:
         resource_group: str,
         execution_id: str,
         *,
-        limit: int,
+        page_size: int,
         page_token: str,
         descending: bool,
         steps: Sequence[str],
@@ -37,12 +49,9 @@ class LogReader:
         start: datetime | None,
         end: datetime | None,
         after_sequence: int,
+        size_field: str = "page_size",
     ) -> tuple[list[LogLine], str]:
-        await self.plane.require_execution(resource_group, execution_id)
-        if after_sequence < 0:
-            raise InvalidArgument.of("after_sequence", "must not be negative")
-        if len(steps) > MAX_STEP_FILTERS:
-            raise InvalidArgument.of("steps", f"at most {MAX_STEP_FILTERS} steps")
+        check_filters(after_sequence, steps)
         if start and end and end <= start:
             raise InvalidArgument.of("end_time", "must be after start_time")
         filters = {
@@ -55,19 +64,20 @@ class LogReader:
             "after": after_sequence,
         }
         page = page_request(
-            limit,
+            page_size,
             page_token,
             filters,
             default=DEFAULT_LOG_PAGE,
             maximum=MAX_LOG_PAGE,
-            size_field="limit",
+            size_field=size_field,
         )
         if page.after is not None and (
             not isinstance(page.after, int) or isinstance(page.after, bool)
         ):
             raise InvalidArgument.of(
-                "page_token", "malformed page token", reason="INVALID_PAGE_TOKEN"
+                "page_token", "malformed page token", reason=Reason.INVALID_PAGE_TOKEN
             )
+        await self.plane.require_execution(resource_group, execution_id)
         after = after_sequence
         before = None
         if page.after is not None:

@@ -19,7 +19,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from server.domain import validation
-from server.domain.errors import InvalidArgument
+from server.domain.errors import InvalidArgument, Reason
 from server.domain.models import Status
 from server.domain.paging import encode_token, page_request
 from server.domain.validation import Violations
@@ -224,7 +224,7 @@ class _Capped(Violations):
         else:
             self.dropped += 1
 
-    def raise_if_any(self, reason: str = "INVALID_ARGUMENT", summary: str = "") -> None:
+    def raise_if_any(self, reason: Reason = Reason.INVALID_ARGUMENT, summary: str = "") -> None:
         if self.dropped:
             super().add("executions", f"and {self.dropped} more problems")
         super().raise_if_any(reason, summary)
@@ -292,7 +292,9 @@ def _check_names(v: Violations, field_name: str, names: Sequence[str]) -> None:
 
 def _page_key(after: object, parts: int) -> list:
     if not isinstance(after, list) or len(after) != parts:
-        raise InvalidArgument.of("page_token", "malformed page token", reason="INVALID_PAGE_TOKEN")
+        raise InvalidArgument.of(
+            "page_token", "malformed page token", reason=Reason.INVALID_PAGE_TOKEN
+        )
     return after
 
 
@@ -406,7 +408,7 @@ class MetricsService:
                 or not isinstance(after_seq, int)
             ):
                 raise InvalidArgument.of(
-                    "page_token", "malformed page token", reason="INVALID_PAGE_TOKEN"
+                    "page_token", "malformed page token", reason=Reason.INVALID_PAGE_TOKEN
                 )
         first_page = page.after is None
         results: list[ExecutionMetrics] = []
@@ -514,7 +516,7 @@ class MetricsService:
                 or (missing == 0 and not isinstance(value, int | float))
             ):
                 raise InvalidArgument.of(
-                    "page_token", "malformed page token", reason="INVALID_PAGE_TOKEN"
+                    "page_token", "malformed page token", reason=Reason.INVALID_PAGE_TOKEN
                 )
             after = (missing, value, position)
         if execution_ids:

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from server.domain.errors import InvalidArgument
+from server.domain.errors import InvalidArgument, Reason
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -68,14 +68,16 @@ def page_request(
         digest = decoded["f"]
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
         raise InvalidArgument.of(
-            token_field, "malformed page token", reason="INVALID_PAGE_TOKEN"
+            token_field, "malformed page token", reason=Reason.INVALID_PAGE_TOKEN
         ) from exc
     if digest != expected:
         raise InvalidArgument.of(
             token_field,
             "page token was issued for a different filter",
-            reason="INVALID_PAGE_TOKEN",
+            reason=Reason.INVALID_PAGE_TOKEN,
         )
     if after is None:
-        raise InvalidArgument.of(token_field, "malformed page token", reason="INVALID_PAGE_TOKEN")
+        raise InvalidArgument.of(
+            token_field, "malformed page token", reason=Reason.INVALID_PAGE_TOKEN
+        )
     return PageRequest(size=size, after=after, filter_digest=expected)

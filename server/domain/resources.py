@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server.domain.errors import FieldViolation
+from server.domain.errors import FieldViolation, Reason
 
 RESOURCE_PLAN_LABEL = "ai.sap.com/resourcePlan"
 GPU_RESOURCE = "nvidia.com/gpu"
-RESOURCE_PLAN_UNKNOWN = "RESOURCE_PLAN_UNKNOWN"
+RESOURCE_PLAN_UNKNOWN = Reason.RESOURCE_PLAN_UNKNOWN
 
 _GIB = 1024**3
 

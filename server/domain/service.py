@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from server.domain import resources, templates, validation, workflow
-from server.domain.errors import DomainError, InvalidArgument, StoreUnavailable
+from server.domain.errors import DomainError, InvalidArgument, Reason, StoreUnavailable
 from server.domain.ids import time_ordered_id
 from server.domain.models import (
     Artifact,
@@ -164,7 +164,7 @@ class ControlPlane:
         listed = "; ".join(f"{v.field}: {v.description}" for v in violations)
         raise InvalidArgument(
             message=f"invalid workflow template: {listed}",
-            reason=resources.RESOURCE_PLAN_UNKNOWN if unknown_plan else "INVALID_ARGUMENT",
+            reason=resources.RESOURCE_PLAN_UNKNOWN if unknown_plan else Reason.INVALID_ARGUMENT,
             violations=violations,
         )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from server.domain.errors import FieldViolation, InvalidArgument
+from server.domain.errors import FieldViolation, InvalidArgument, Reason
 from server.domain.models import (
     Artifact,
     ArtifactKind,
@@ -40,7 +40,7 @@ class Violations:
     def add(self, field: str, description: str) -> None:
         self.items.append(FieldViolation(field, description))
 
-    def raise_if_any(self, reason: str = "INVALID_ARGUMENT", summary: str = "") -> None:
+    def raise_if_any(self, reason: Reason = Reason.INVALID_ARGUMENT, summary: str = "") -> None:
         if self.items:
             head = summary or "invalid request"
             detail = "; ".join(f"{v.field}: {v.description}" for v in self.items[:5])
@@ -197,7 +197,7 @@ def check_configuration(
                 + (f" to a {spec.kind} artifact" if spec.kind else ""),
             )
     v.raise_if_any(
-        reason="CONFIGURATION_INVALID", summary="configuration does not match executable"
+        reason=Reason.CONFIGURATION_INVALID, summary="configuration does not match executable"
     )
     return resolved, bound_artifacts
 

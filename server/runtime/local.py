@@ -45,7 +45,7 @@ from pathlib import Path
 
 import structlog
 
-from server.domain.errors import DomainError, FailedPrecondition, NotFound
+from server.domain.errors import DomainError, FailedPrecondition, NotFound, Reason
 from server.domain.logsink import LogSink, LogsNotStored
 from server.domain.models import (
     Artifact,
@@ -745,7 +745,7 @@ class LocalRuntime(Runtime):
                 lease=run.lease,
             )
         except FailedPrecondition as exc:
-            if exc.reason != "LEASE_LOST":
+            if exc.reason != Reason.LEASE_LOST:
                 raise
             log.warning("step change not written", execution_id=run.id, error=str(exc))
             self._fenced(run.id)
@@ -777,7 +777,7 @@ class LocalRuntime(Runtime):
                 step_details=details,
             )
         except FailedPrecondition as exc:
-            if exc.reason == "LEASE_LOST":
+            if exc.reason == Reason.LEASE_LOST:
                 log.warning("final status not written", execution_id=run.id, error=str(exc))
                 return
             # Stopped meanwhile: a stopping execution ends STOPPED, whatever happened.

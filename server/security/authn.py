@@ -17,6 +17,7 @@ from server.api.roles import OPEN, rule_of, step_execution_ids
 from server.domain.errors import (
     NotFound,
     PermissionDenied,
+    Reason,
     ResourceExhausted,
     Unauthenticated,
 )
@@ -76,7 +77,7 @@ class Limits:
             wait = (1.0 - bucket.tokens) / rate
             raise ResourceExhausted(
                 message=f"more than {rate:g} requests per second from {name!r}; retry later",
-                reason="RATE_LIMITED",
+                reason=Reason.RATE_LIMITED,
                 retry_after=max(wait, 0.001),
                 metadata={"limit": f"{rate:g}", "principal": name},
             )
@@ -89,7 +90,7 @@ class Limits:
         if count >= self.max_streams:
             raise ResourceExhausted(
                 message=f"at most {self.max_streams} open streams per principal; close some",
-                reason="TOO_MANY_STREAMS",
+                reason=Reason.TOO_MANY_STREAMS,
                 retry_after=1.0,
                 metadata={"limit": str(self.max_streams), "principal": name},
             )
@@ -204,7 +205,7 @@ class Authenticator:
             if authorization[: len(BEARER)].lower() != BEARER:
                 raise Unauthenticated(
                     message="authorization metadata must be 'Bearer TOKEN'",
-                    reason="UNAUTHENTICATED",
+                    reason=Reason.UNAUTHENTICATED,
                 )
             token = authorization[len(BEARER) :].strip()
             if token.startswith(STEP_TOKEN_PREFIX):
@@ -215,24 +216,24 @@ class Authenticator:
             subject = _peer_subject(context)
             if not subject:
                 raise Unauthenticated(
-                    message="no token and no client certificate", reason="UNAUTHENTICATED"
+                    message="no token and no client certificate", reason=Reason.UNAUTHENTICATED
                 )
             found = self.index.subject(subject, now)
             if found.principal is None and not found.expired:
                 raise Unauthenticated(
                     message="the client certificate's subject is not known",
-                    reason="UNAUTHENTICATED",
+                    reason=Reason.UNAUTHENTICATED,
                 )
         else:
             raise Unauthenticated(
                 message="this server requires a token: authorization metadata 'Bearer TOKEN'",
-                reason="UNAUTHENTICATED",
+                reason=Reason.UNAUTHENTICATED,
             )
         if found.expired:
-            raise Unauthenticated(message="the token has expired", reason="TOKEN_EXPIRED")
+            raise Unauthenticated(message="the token has expired", reason=Reason.TOKEN_EXPIRED)
         if found.principal is None:
             raise Unauthenticated(
-                message="the token is not valid (unknown or revoked)", reason="UNAUTHENTICATED"
+                message="the token is not valid (unknown or revoked)", reason=Reason.UNAUTHENTICATED
             )
         return found.principal
 
@@ -240,7 +241,7 @@ class Authenticator:
         """Raises unless the table lets ``principal`` call ``method`` in the group."""
         rule = rule_of(method)
         if rule is None:
-            raise PermissionDenied(message=f"{method} is not allowed", reason="PERMISSION_DENIED")
+            raise PermissionDenied(message=f"{method} is not allowed", reason=Reason.PERMISSION_DENIED)
         if rule.role == OPEN or principal is ANONYMOUS:
             return
         if principal.is_step:
@@ -258,7 +259,7 @@ class Authenticator:
                     f"{principal.name!r} needs the {rule.role} role in resource group"
                     f" {resource_group!r} for {method.rsplit('/', 1)[-1]}"
                 ),
-                reason="PERMISSION_DENIED",
+                reason=Reason.PERMISSION_DENIED,
                 metadata={"role": rule.role, "resource_group": resource_group},
             )
 
@@ -266,7 +267,7 @@ class Authenticator:
         if not rule.step:
             raise PermissionDenied(
                 message=f"a step's token may not call {method.rsplit('/', 1)[-1]}",
-                reason="PERMISSION_DENIED",
+                reason=Reason.PERMISSION_DENIED,
             )
         if rule.step == "configuration":
             ident = request.configuration_id

@@ -13,6 +13,7 @@ from server.domain.errors import (
     DomainError,
     FailedPrecondition,
     NotFound,
+    Reason,
     StoreUnavailable,
 )
 from server.domain.models import (
@@ -58,7 +59,7 @@ def _check_lease(row: dict, lease: Lease | None) -> None:
                 f"execution {row['execution_id']} is no longer run by {lease.owner}"
                 f" (claim {lease.token}); another replica took it over"
             ),
-            reason="LEASE_LOST",
+            reason=Reason.LEASE_LOST,
             metadata={"execution_id": row["execution_id"], "owner": row["owner"] or ""},
         )
 
@@ -433,7 +434,7 @@ class ExecutionRepository:
             if expected is not None and current not in set(expected):
                 raise FailedPrecondition(
                     message=f"execution {execution_id} is {current}",
-                    reason="INVALID_TRANSITION",
+                    reason=Reason.INVALID_TRANSITION,
                     metadata={"status": str(current)},
                 )
             lifecycle.check_transition(execution_id, current, to_status)

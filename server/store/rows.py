@@ -10,10 +10,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from server.domain.errors import (
-    FailedPrecondition,
-    InvalidArgument,
-)
+from server.domain.errors import FailedPrecondition, InvalidArgument, Reason
 from server.domain.models import (
     Artifact,
     ArtifactKind,
@@ -59,7 +56,7 @@ def to_us(dt: datetime | None) -> int | None:
 
 def _int_key(after: Any, field: str = "page_token") -> int:
     if not isinstance(after, int) or isinstance(after, bool):
-        raise InvalidArgument.of(field, "malformed page token", reason="INVALID_PAGE_TOKEN")
+        raise InvalidArgument.of(field, "malformed page token", reason=Reason.INVALID_PAGE_TOKEN)
     return after
 
 
@@ -69,7 +66,7 @@ def _str_key(after: Any, parts: int, field: str = "page_token") -> list[str]:
         or len(after) != parts
         or not all(isinstance(x, str) for x in after)
     ):
-        raise InvalidArgument.of(field, "malformed page token", reason="INVALID_PAGE_TOKEN")
+        raise InvalidArgument.of(field, "malformed page token", reason=Reason.INVALID_PAGE_TOKEN)
     return after
 
 
@@ -81,7 +78,7 @@ def request_digest(payload: Any) -> str:
 def _request_id_reused(request_id: str) -> FailedPrecondition:
     return FailedPrecondition(
         message=f"request_id {request_id!r} was already used for a different request",
-        reason="REQUEST_ID_REUSED",
+        reason=Reason.REQUEST_ID_REUSED,
         metadata={"request_id": request_id},
     )
 

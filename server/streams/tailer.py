@@ -33,15 +33,15 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from server.domain.errors import InvalidArgument, NotFound, ResourceExhausted
+from server.domain.errors import InvalidArgument, NotFound, Reason, ResourceExhausted
 from server.domain.lifecycle import is_final
+from server.domain.logs import check_filters
 from server.domain.logsink import STREAM_CODES
 from server.domain.models import LogStream
 from server.domain.service import ControlPlane
 from server.streams.broker import Broker, EventSubscription, LogBatch, LogSubscription
 
 MAX_TAIL_LINES = 100_000
-MAX_STEP_FILTERS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +56,7 @@ class TailOptions:
     streams: Sequence[LogStream] = ()
 
     def validate(self) -> None:
-        if self.after_sequence < 0:
-            raise InvalidArgument.of("after_sequence", "must not be negative")
+        check_filters(self.after_sequence, self.steps)
         if self.tail_lines < 0 or self.tail_lines > MAX_TAIL_LINES:
             raise InvalidArgument.of("tail_lines", f"must be between 0 and {MAX_TAIL_LINES}")
         chosen = [
@@ -73,11 +72,6 @@ class TailOptions:
             raise InvalidArgument.of(
                 chosen[1], f"cannot be combined with {chosen[0]}: choose one start option"
             )
-        if len(self.steps) > MAX_STEP_FILTERS:
-            raise InvalidArgument.of("steps", f"at most {MAX_STEP_FILTERS} steps")
-        for i, step in enumerate(self.steps):
-            if not isinstance(step, str) or len(step) > 253:
-                raise InvalidArgument.of(f"steps[{i}]", "must be a step name")
 
 
 @dataclass(slots=True)
@@ -268,7 +262,7 @@ class LogTails:
                     f"log tailer fell {lag} lines behind execution {execution_id}; "
                     f"reconnect with after_sequence={cursor}"
                 ),
-                reason="TAILER_TOO_SLOW",
+                reason=Reason.TAILER_TOO_SLOW,
                 metadata={"cursor": str(cursor), "execution_id": execution_id},
             )
 

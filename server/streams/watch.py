@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from server.domain.errors import InvalidArgument, ResourceExhausted
+from server.domain.errors import InvalidArgument, Reason, ResourceExhausted
 from server.domain.lifecycle import is_final
 from server.domain.models import Execution, Status, StepDetail, Transition
 from server.domain.service import ControlPlane, ExecutionEvent
@@ -328,7 +328,7 @@ class ExecutionWatches:
     def _too_slow(self, cursor: str) -> ResourceExhausted:
         return ResourceExhausted(
             message="watcher fell too far behind; reconnect with after_cursor",
-            reason="LIMIT_EXCEEDED",
+            reason=Reason.LIMIT_EXCEEDED,
             metadata={"cursor": cursor},
         )
 

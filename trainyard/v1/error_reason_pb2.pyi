@@ -14,6 +14,11 @@ if sys.version_info >= (3, 10):
 else:
     from typing_extensions import TypeAlias as _TypeAlias
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class _ErrorReason:
@@ -54,8 +59,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """Delete refused: the execution's status does not allow it. Metadata `status` holds
     the current status.
     """
-    ERROR_REASON_EXECUTABLE_IN_USE: _ErrorReason.ValueType  # 32
-    """The executable cannot be changed because configurations use it."""
+    @_builtins.property
+    @_deprecated("""This enum value has been marked as deprecated using proto enum value options.""")
+    def ERROR_REASON_EXECUTABLE_IN_USE(self) -> _ErrorReason.ValueType:   # 32
+        """Never sent: executables are immutable versions (a changed definition is a new
+        version), so nothing refuses a change because configurations use one.
+        """
     ERROR_REASON_LIMIT_EXCEEDED: _ErrorReason.ValueType  # 40
     """A server limit was reached (message size, streams per client, slow consumer).
     For a status watcher that fell behind, metadata `cursor` holds the cursor to
@@ -68,12 +77,28 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_INTERNAL_ERROR: _ErrorReason.ValueType  # 50
     """An unexpected server fault. Metadata `request_id` identifies it in the server log."""
     ERROR_REASON_UNAVAILABLE: _ErrorReason.ValueType  # 51
-    """The server is momentarily unable to serve the call; retry with backoff."""
+    """The server is momentarily unable to serve the call (for example it is shutting
+    down and ends its open streams); status UNAVAILABLE with a `google.rpc.RetryInfo`
+    detail: retry with backoff, on this server or another replica.
+    """
     ERROR_REASON_STORE_UNAVAILABLE: _ErrorReason.ValueType  # 52
     """The metadata store could not be reached or did not answer in time (busy beyond
     its timeout, locked, an I/O error, a lost connection). Nothing of the request was
     written. Status UNAVAILABLE, with a `google.rpc.RetryInfo` detail giving the delay
     to wait before retrying; metadata `cause` names the store's fault in a few words.
+    """
+    ERROR_REASON_INVALID_TRANSITION: _ErrorReason.ValueType  # 53
+    """A status change the execution lifecycle does not allow from the current status
+    (status FAILED_PRECONDITION). Metadata `status` holds the current status and
+    `requested_status` the refused one.
+    """
+    ERROR_REASON_LEASE_LOST: _ErrorReason.ValueType  # 54
+    """The server that ran an execution lost its lease on it to another replica; the
+    write was refused (status FAILED_PRECONDITION).
+    """
+    ERROR_REASON_FAILED_PRECONDITION: _ErrorReason.ValueType  # 55
+    """The operation is refused in the resource's current state, for a cause without a
+    reason of its own (status FAILED_PRECONDITION).
     """
     ERROR_REASON_RESOURCE_PLAN_UNKNOWN: _ErrorReason.ValueType  # 60
     """An executable names a resource plan (`ai.sap.com/resourcePlan`) that the server's
@@ -105,7 +130,20 @@ class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     error the server returns. `ErrorInfo.reason` holds the value's name without the
     `ERROR_REASON_` prefix (for example `EXECUTION_NOT_STOPPABLE`) and
     `ErrorInfo.domain` is `trainyard.dev`. Clients switch on the reason, never on the
-    message text. Reasons are stable: a value is never renamed or reused.
+    message text. Reasons are stable: a value is never renamed or reused. Every error's
+    `ErrorInfo.metadata` holds `request_id`: the call's `x-request-id` request metadata
+    when it sent one, else the id the server gave the call (it names the call in the
+    server's log). What an error echoes of the request is cut short (a few hundred
+    bytes per text, an ellipsis marks the cut), so its trailers stay under gRPC's
+    default 8 KiB metadata limit.
+
+    Where the server cannot attach ErrorInfo: a request larger than the server's
+    message limit (default 4 MiB) is refused with RESOURCE_EXHAUSTED and reason
+    LIMIT_EXCEEDED (metadata `limit`, `size`), but one larger than 4 times that limit
+    is refused by the gRPC library before any server code runs: RESOURCE_EXHAUSTED
+    without details. A response larger than the client's own receive limit fails in
+    the client, also without details. An rpc the server does not implement is
+    UNIMPLEMENTED without details.
     """
 
 ERROR_REASON_UNSPECIFIED: ErrorReason.ValueType  # 0
@@ -141,7 +179,9 @@ ERROR_REASON_EXECUTION_NOT_DELETABLE: ErrorReason.ValueType  # 31
 the current status.
 """
 ERROR_REASON_EXECUTABLE_IN_USE: ErrorReason.ValueType  # 32
-"""The executable cannot be changed because configurations use it."""
+"""Never sent: executables are immutable versions (a changed definition is a new
+version), so nothing refuses a change because configurations use one.
+"""
 ERROR_REASON_LIMIT_EXCEEDED: ErrorReason.ValueType  # 40
 """A server limit was reached (message size, streams per client, slow consumer).
 For a status watcher that fell behind, metadata `cursor` holds the cursor to
@@ -154,12 +194,28 @@ resume from.
 ERROR_REASON_INTERNAL_ERROR: ErrorReason.ValueType  # 50
 """An unexpected server fault. Metadata `request_id` identifies it in the server log."""
 ERROR_REASON_UNAVAILABLE: ErrorReason.ValueType  # 51
-"""The server is momentarily unable to serve the call; retry with backoff."""
+"""The server is momentarily unable to serve the call (for example it is shutting
+down and ends its open streams); status UNAVAILABLE with a `google.rpc.RetryInfo`
+detail: retry with backoff, on this server or another replica.
+"""
 ERROR_REASON_STORE_UNAVAILABLE: ErrorReason.ValueType  # 52
 """The metadata store could not be reached or did not answer in time (busy beyond
 its timeout, locked, an I/O error, a lost connection). Nothing of the request was
 written. Status UNAVAILABLE, with a `google.rpc.RetryInfo` detail giving the delay
 to wait before retrying; metadata `cause` names the store's fault in a few words.
+"""
+ERROR_REASON_INVALID_TRANSITION: ErrorReason.ValueType  # 53
+"""A status change the execution lifecycle does not allow from the current status
+(status FAILED_PRECONDITION). Metadata `status` holds the current status and
+`requested_status` the refused one.
+"""
+ERROR_REASON_LEASE_LOST: ErrorReason.ValueType  # 54
+"""The server that ran an execution lost its lease on it to another replica; the
+write was refused (status FAILED_PRECONDITION).
+"""
+ERROR_REASON_FAILED_PRECONDITION: ErrorReason.ValueType  # 55
+"""The operation is refused in the resource's current state, for a cause without a
+reason of its own (status FAILED_PRECONDITION).
 """
 ERROR_REASON_RESOURCE_PLAN_UNKNOWN: ErrorReason.ValueType  # 60
 """An executable names a resource plan (`ai.sap.com/resourcePlan`) that the server's

@@ -31,6 +31,10 @@ class ExecutionServiceStub:
     operation is FAILED_PRECONDITION with a `google.rpc.ErrorInfo` whose reason is
     EXECUTION_NOT_STOPPABLE or EXECUTION_NOT_DELETABLE and whose metadata `status`
     holds the current status.
+
+    Every call reads the request metadata `ai-resource-group` (the resource group it
+    acts in; default: the server's default group) and `x-request-id` (optional: names
+    the call in the server's log and in an error's `ErrorInfo` metadata `request_id`).
     """
 
     def __init__(self, channel):
@@ -92,6 +96,10 @@ class ExecutionServiceServicer:
     operation is FAILED_PRECONDITION with a `google.rpc.ErrorInfo` whose reason is
     EXECUTION_NOT_STOPPABLE or EXECUTION_NOT_DELETABLE and whose metadata `status`
     holds the current status.
+
+    Every call reads the request metadata `ai-resource-group` (the resource group it
+    acts in; default: the server's default group) and `x-request-id` (optional: names
+    the call in the server's log and in an error's `ErrorInfo` metadata `request_id`).
     """
 
     def CreateExecution(self, request, context):
@@ -240,6 +248,10 @@ class ExecutionService:
     operation is FAILED_PRECONDITION with a `google.rpc.ErrorInfo` whose reason is
     EXECUTION_NOT_STOPPABLE or EXECUTION_NOT_DELETABLE and whose metadata `status`
     holds the current status.
+
+    Every call reads the request metadata `ai-resource-group` (the resource group it
+    acts in; default: the server's default group) and `x-request-id` (optional: names
+    the call in the server's log and in an error's `ErrorInfo` metadata `request_id`).
     """
 
     @staticmethod

@@ -32,6 +32,10 @@ class ExecutionServiceStub:
     operation is FAILED_PRECONDITION with a `google.rpc.ErrorInfo` whose reason is
     EXECUTION_NOT_STOPPABLE or EXECUTION_NOT_DELETABLE and whose metadata `status`
     holds the current status.
+
+    Every call reads the request metadata `ai-resource-group` (the resource group it
+    acts in; default: the server's default group) and `x-request-id` (optional: names
+    the call in the server's log and in an error's `ErrorInfo` metadata `request_id`).
     """
 
     @_typing.overload
@@ -94,6 +98,10 @@ class ExecutionServiceAsyncStub(ExecutionServiceStub):
     operation is FAILED_PRECONDITION with a `google.rpc.ErrorInfo` whose reason is
     EXECUTION_NOT_STOPPABLE or EXECUTION_NOT_DELETABLE and whose metadata `status`
     holds the current status.
+
+    Every call reads the request metadata `ai-resource-group` (the resource group it
+    acts in; default: the server's default group) and `x-request-id` (optional: names
+    the call in the server's log and in an error's `ErrorInfo` metadata `request_id`).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -152,6 +160,10 @@ class ExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
     operation is FAILED_PRECONDITION with a `google.rpc.ErrorInfo` whose reason is
     EXECUTION_NOT_STOPPABLE or EXECUTION_NOT_DELETABLE and whose metadata `status`
     holds the current status.
+
+    Every call reads the request metadata `ai-resource-group` (the resource group it
+    acts in; default: the server's default group) and `x-request-id` (optional: names
+    the call in the server's log and in an error's `ErrorInfo` metadata `request_id`).
     """
 
     @_abc_1.abstractmethod

@@ -66,7 +66,9 @@ class LogLine(_message.Message):
     stream: Global___LogStream.ValueType
     """Stream it came from."""
     text: _builtins.str
-    """The text, without the trailing newline; at most 64 KiB (longer lines are split)."""
+    """The text, without the trailing newline; at most 65536 characters (Unicode code
+    points, so up to 256 KiB of UTF-8); a longer line is split into several.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When the runtime read the line."""

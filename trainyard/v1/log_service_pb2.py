@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from trainyard.v1 import log_pb2 as trainyard_dot_v1_dot_log__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etrainyard/v1/log_service.proto\x12\x0ctrainyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16trainyard/v1/log.proto\"\xcc\x01\n\x0fTailLogsRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x16\n\x0e\x61\x66ter_sequence\x18\x03 \x01(\x03\x12.\n\nsince_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ntail_lines\x18\x05 \x01(\x05\x12\r\n\x05steps\x18\x06 \x03(\t\x12(\n\x07streams\x18\x07 \x03(\x0e\x32\x17.trainyard.v1.LogStream\"H\n\x10TailLogsResponse\x12$\n\x05lines\x18\x01 \x03(\x0b\x32\x15.trainyard.v1.LogLine\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\x03\"\xa0\x02\n\x0fListLogsRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05order\x18\x06 \x01(\x0e\x32\x16.trainyard.v1.LogOrder\x12\r\n\x05steps\x18\x07 \x03(\t\x12(\n\x07streams\x18\x08 \x03(\x0e\x32\x17.trainyard.v1.LogStream\x12\x16\n\x0e\x61\x66ter_sequence\x18\t \x01(\x03\"Q\n\x10ListLogsResponse\x12$\n\x05lines\x18\x01 \x03(\x0b\x32\x15.trainyard.v1.LogLine\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*X\n\x08LogOrder\x12\x19\n\x15LOG_ORDER_UNSPECIFIED\x10\x00\x12\x17\n\x13LOG_ORDER_ASCENDING\x10\x01\x12\x18\n\x14LOG_ORDER_DESCENDING\x10\x02\x32\xa4\x01\n\nLogService\x12K\n\x08TailLogs\x12\x1d.trainyard.v1.TailLogsRequest\x1a\x1e.trainyard.v1.TailLogsResponse0\x01\x12I\n\x08ListLogs\x12\x1d.trainyard.v1.ListLogsRequest\x1a\x1e.trainyard.v1.ListLogsResponseB@Z>github.com/trainyard/trainyard/gen/go/trainyard/v1;trainyardv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etrainyard/v1/log_service.proto\x12\x0ctrainyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16trainyard/v1/log.proto\"\xcc\x01\n\x0fTailLogsRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x16\n\x0e\x61\x66ter_sequence\x18\x03 \x01(\x03\x12.\n\nsince_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ntail_lines\x18\x05 \x01(\x05\x12\r\n\x05steps\x18\x06 \x03(\t\x12(\n\x07streams\x18\x07 \x03(\x0e\x32\x17.trainyard.v1.LogStream\"H\n\x10TailLogsResponse\x12$\n\x05lines\x18\x01 \x03(\x0b\x32\x15.trainyard.v1.LogLine\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\x03\"\xb7\x02\n\x0fListLogsRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x11\n\x05limit\x18\x02 \x01(\x05\x42\x02\x18\x01\x12\x12\n\npage_token\x18\x03 \x01(\t\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05order\x18\x06 \x01(\x0e\x32\x16.trainyard.v1.LogOrder\x12\r\n\x05steps\x18\x07 \x03(\t\x12(\n\x07streams\x18\x08 \x03(\x0e\x32\x17.trainyard.v1.LogStream\x12\x16\n\x0e\x61\x66ter_sequence\x18\t \x01(\x03\x12\x11\n\tpage_size\x18\n \x01(\x05\"Q\n\x10ListLogsResponse\x12$\n\x05lines\x18\x01 \x03(\x0b\x32\x15.trainyard.v1.LogLine\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*X\n\x08LogOrder\x12\x19\n\x15LOG_ORDER_UNSPECIFIED\x10\x00\x12\x17\n\x13LOG_ORDER_ASCENDING\x10\x01\x12\x18\n\x14LOG_ORDER_DESCENDING\x10\x02\x32\xa4\x01\n\nLogService\x12K\n\x08TailLogs\x12\x1d.trainyard.v1.TailLogsRequest\x1a\x1e.trainyard.v1.TailLogsResponse0\x01\x12I\n\x08ListLogs\x12\x1d.trainyard.v1.ListLogsRequest\x1a\x1e.trainyard.v1.ListLogsResponseB@Z>github.com/trainyard/trainyard/gen/go/trainyard/v1;trainyardv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,16 +34,18 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'trainyard.v1.log_service_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z>github.com/trainyard/trainyard/gen/go/trainyard/v1;trainyardv1'
-  _globals['_LOGORDER']._serialized_start=760
-  _globals['_LOGORDER']._serialized_end=848
+  _globals['_LISTLOGSREQUEST'].fields_by_name['limit']._loaded_options = None
+  _globals['_LISTLOGSREQUEST'].fields_by_name['limit']._serialized_options = b'\030\001'
+  _globals['_LOGORDER']._serialized_start=783
+  _globals['_LOGORDER']._serialized_end=871
   _globals['_TAILLOGSREQUEST']._serialized_start=106
   _globals['_TAILLOGSREQUEST']._serialized_end=310
   _globals['_TAILLOGSRESPONSE']._serialized_start=312
   _globals['_TAILLOGSRESPONSE']._serialized_end=384
   _globals['_LISTLOGSREQUEST']._serialized_start=387
-  _globals['_LISTLOGSREQUEST']._serialized_end=675
-  _globals['_LISTLOGSRESPONSE']._serialized_start=677
-  _globals['_LISTLOGSRESPONSE']._serialized_end=758
-  _globals['_LOGSERVICE']._serialized_start=851
-  _globals['_LOGSERVICE']._serialized_end=1015
+  _globals['_LISTLOGSREQUEST']._serialized_end=698
+  _globals['_LISTLOGSRESPONSE']._serialized_start=700
+  _globals['_LISTLOGSRESPONSE']._serialized_end=781
+  _globals['_LOGSERVICE']._serialized_start=874
+  _globals['_LOGSERVICE']._serialized_end=1038
 # @@protoc_insertion_point(module_scope)

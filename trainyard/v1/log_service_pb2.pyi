@@ -19,6 +19,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class _LogOrder:
@@ -151,16 +156,31 @@ class ListLogsRequest(_message.Message):
     STEPS_FIELD_NUMBER: _builtins.int
     STREAMS_FIELD_NUMBER: _builtins.int
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
     execution_id: _builtins.str
     """Required. Execution id."""
-    limit: _builtins.int
-    """Maximum lines per page; default 1000, maximum 10000, 0 means the default."""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def limit(self) -> _builtins.int:
+        """Deprecated: use `page_size` (the name every other list uses). Read when
+        `page_size` is 0; setting both to different values is INVALID_ARGUMENT.
+        """
+
+    @limit.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def limit(self, value: _builtins.int) -> None:
+        """Deprecated: use `page_size` (the name every other list uses). Read when
+        `page_size` is 0; setting both to different values is INVALID_ARGUMENT.
+        """
+
     page_token: _builtins.str
     """Opaque token from a previous response's `next_page_token`; empty for the first page."""
     order: Global___LogOrder.ValueType
     """Oldest or newest first."""
     after_sequence: _builtins.int
     """Optional. Only lines with a sequence number greater than this (a cursor)."""
+    page_size: _builtins.int
+    """Maximum lines per page; default 1000, maximum 10000, 0 means the default."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Optional. Only lines at or after this time."""
@@ -189,10 +209,11 @@ class ListLogsRequest(_message.Message):
         steps: _abc.Iterable[_builtins.str] | None = ...,
         streams: _abc.Iterable[_log_pb2.LogStream.ValueType] | None = ...,
         after_sequence: _builtins.int = ...,
+        page_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "end_time", b"end_time", "execution_id", b"execution_id", "limit", b"limit", "order", b"order", "page_token", b"page_token", "start_time", b"start_time", "steps", b"steps", "streams", b"streams"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "end_time", b"end_time", "execution_id", b"execution_id", "limit", b"limit", "order", b"order", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time", "steps", b"steps", "streams", b"streams"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

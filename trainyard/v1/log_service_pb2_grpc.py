@@ -54,15 +54,17 @@ class LogServiceServicer:
     def TailLogs(self, request, context):
         """Streams log lines of one execution: the stored lines from the chosen start, then,
         with `follow`, every new line once it is stored, with no gap and no duplicate.
-        Lines are batched: a message holds up to 4000 lines (about 1 MiB at most); under
-        load a message is sent when full or a few milliseconds after its first line.
+        Lines are batched: a message holds at most 16000 lines and 2 MiB of encoded lines
+        (a single longer line travels alone); under load a message is sent when full or a
+        few milliseconds after its first line.
         Without `follow` the stream ends after the last line stored when the call began;
         with `follow` it ends by itself after the execution's last line once the execution
         is final (or deleted). To resume after a disconnect, call again with
         `after_sequence` set to the last `cursor` received: the lines after it follow,
         exactly. NOT_FOUND when the execution does not exist in the caller's resource
         group; INVALID_ARGUMENT for a malformed request or more than one start option
-        (the error names the field); RESOURCE_EXHAUSTED (reason TAILER_TOO_SLOW, metadata
+        (the error names the field; fields are checked before the execution is looked
+        up, as ListLogs does); RESOURCE_EXHAUSTED (reason TAILER_TOO_SLOW, metadata
         `cursor`) when a tailer reads so much slower than the execution writes that it
         fell too far behind: resume from that cursor. Cancelling the call, a disconnect or
         the deadline frees everything the server held for it.
@@ -72,8 +74,11 @@ class LogServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListLogs(self, request, context):
-        """Returns one page of log lines for clients that cannot stream. NOT_FOUND when the
-        execution does not exist; INVALID_ARGUMENT for a bad limit or range.
+        """Returns one page of log lines for clients that cannot stream. INVALID_ARGUMENT for
+        a malformed request (unknown `order`, bad `page_size`, range or page token; the
+        error names the field); NOT_FOUND when the execution does not exist. ListLogs and
+        TailLogs check in the same order: each field's form, then the values
+        (`after_sequence`, `steps`, the range), then whether the execution exists.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

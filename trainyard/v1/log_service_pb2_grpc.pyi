@@ -36,22 +36,27 @@ class LogServiceStub:
     TailLogs: _grpc.UnaryStreamMultiCallable[_log_service_pb2.TailLogsRequest, _log_service_pb2.TailLogsResponse]
     """Streams log lines of one execution: the stored lines from the chosen start, then,
     with `follow`, every new line once it is stored, with no gap and no duplicate.
-    Lines are batched: a message holds up to 4000 lines (about 1 MiB at most); under
-    load a message is sent when full or a few milliseconds after its first line.
+    Lines are batched: a message holds at most 16000 lines and 2 MiB of encoded lines
+    (a single longer line travels alone); under load a message is sent when full or a
+    few milliseconds after its first line.
     Without `follow` the stream ends after the last line stored when the call began;
     with `follow` it ends by itself after the execution's last line once the execution
     is final (or deleted). To resume after a disconnect, call again with
     `after_sequence` set to the last `cursor` received: the lines after it follow,
     exactly. NOT_FOUND when the execution does not exist in the caller's resource
     group; INVALID_ARGUMENT for a malformed request or more than one start option
-    (the error names the field); RESOURCE_EXHAUSTED (reason TAILER_TOO_SLOW, metadata
+    (the error names the field; fields are checked before the execution is looked
+    up, as ListLogs does); RESOURCE_EXHAUSTED (reason TAILER_TOO_SLOW, metadata
     `cursor`) when a tailer reads so much slower than the execution writes that it
     fell too far behind: resume from that cursor. Cancelling the call, a disconnect or
     the deadline frees everything the server held for it.
     """
     ListLogs: _grpc.UnaryUnaryMultiCallable[_log_service_pb2.ListLogsRequest, _log_service_pb2.ListLogsResponse]
-    """Returns one page of log lines for clients that cannot stream. NOT_FOUND when the
-    execution does not exist; INVALID_ARGUMENT for a bad limit or range.
+    """Returns one page of log lines for clients that cannot stream. INVALID_ARGUMENT for
+    a malformed request (unknown `order`, bad `page_size`, range or page token; the
+    error names the field); NOT_FOUND when the execution does not exist. ListLogs and
+    TailLogs check in the same order: each field's form, then the values
+    (`after_sequence`, `steps`, the range), then whether the execution exists.
     """
 
 @_typing.type_check_only
@@ -62,22 +67,27 @@ class LogServiceAsyncStub(LogServiceStub):
     TailLogs: _aio.UnaryStreamMultiCallable[_log_service_pb2.TailLogsRequest, _log_service_pb2.TailLogsResponse]  # type: ignore[assignment]
     """Streams log lines of one execution: the stored lines from the chosen start, then,
     with `follow`, every new line once it is stored, with no gap and no duplicate.
-    Lines are batched: a message holds up to 4000 lines (about 1 MiB at most); under
-    load a message is sent when full or a few milliseconds after its first line.
+    Lines are batched: a message holds at most 16000 lines and 2 MiB of encoded lines
+    (a single longer line travels alone); under load a message is sent when full or a
+    few milliseconds after its first line.
     Without `follow` the stream ends after the last line stored when the call began;
     with `follow` it ends by itself after the execution's last line once the execution
     is final (or deleted). To resume after a disconnect, call again with
     `after_sequence` set to the last `cursor` received: the lines after it follow,
     exactly. NOT_FOUND when the execution does not exist in the caller's resource
     group; INVALID_ARGUMENT for a malformed request or more than one start option
-    (the error names the field); RESOURCE_EXHAUSTED (reason TAILER_TOO_SLOW, metadata
+    (the error names the field; fields are checked before the execution is looked
+    up, as ListLogs does); RESOURCE_EXHAUSTED (reason TAILER_TOO_SLOW, metadata
     `cursor`) when a tailer reads so much slower than the execution writes that it
     fell too far behind: resume from that cursor. Cancelling the call, a disconnect or
     the deadline frees everything the server held for it.
     """
     ListLogs: _aio.UnaryUnaryMultiCallable[_log_service_pb2.ListLogsRequest, _log_service_pb2.ListLogsResponse]  # type: ignore[assignment]
-    """Returns one page of log lines for clients that cannot stream. NOT_FOUND when the
-    execution does not exist; INVALID_ARGUMENT for a bad limit or range.
+    """Returns one page of log lines for clients that cannot stream. INVALID_ARGUMENT for
+    a malformed request (unknown `order`, bad `page_size`, range or page token; the
+    error names the field); NOT_FOUND when the execution does not exist. ListLogs and
+    TailLogs check in the same order: each field's form, then the values
+    (`after_sequence`, `steps`, the range), then whether the execution exists.
     """
 
 class LogServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -91,15 +101,17 @@ class LogServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_log_service_pb2.TailLogsResponse], _abc.AsyncIterator[_log_service_pb2.TailLogsResponse]]:
         """Streams log lines of one execution: the stored lines from the chosen start, then,
         with `follow`, every new line once it is stored, with no gap and no duplicate.
-        Lines are batched: a message holds up to 4000 lines (about 1 MiB at most); under
-        load a message is sent when full or a few milliseconds after its first line.
+        Lines are batched: a message holds at most 16000 lines and 2 MiB of encoded lines
+        (a single longer line travels alone); under load a message is sent when full or a
+        few milliseconds after its first line.
         Without `follow` the stream ends after the last line stored when the call began;
         with `follow` it ends by itself after the execution's last line once the execution
         is final (or deleted). To resume after a disconnect, call again with
         `after_sequence` set to the last `cursor` received: the lines after it follow,
         exactly. NOT_FOUND when the execution does not exist in the caller's resource
         group; INVALID_ARGUMENT for a malformed request or more than one start option
-        (the error names the field); RESOURCE_EXHAUSTED (reason TAILER_TOO_SLOW, metadata
+        (the error names the field; fields are checked before the execution is looked
+        up, as ListLogs does); RESOURCE_EXHAUSTED (reason TAILER_TOO_SLOW, metadata
         `cursor`) when a tailer reads so much slower than the execution writes that it
         fell too far behind: resume from that cursor. Cancelling the call, a disconnect or
         the deadline frees everything the server held for it.
@@ -111,8 +123,11 @@ class LogServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _log_service_pb2.ListLogsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_log_service_pb2.ListLogsResponse, _abc.Awaitable[_log_service_pb2.ListLogsResponse]]:
-        """Returns one page of log lines for clients that cannot stream. NOT_FOUND when the
-        execution does not exist; INVALID_ARGUMENT for a bad limit or range.
+        """Returns one page of log lines for clients that cannot stream. INVALID_ARGUMENT for
+        a malformed request (unknown `order`, bad `page_size`, range or page token; the
+        error names the field); NOT_FOUND when the execution does not exist. ListLogs and
+        TailLogs check in the same order: each field's form, then the values
+        (`after_sequence`, `steps`, the range), then whether the execution exists.
         """
 
 def add_LogServiceServicer_to_server(servicer: LogServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -27,6 +27,13 @@ if _version_not_supported:
 
 class MetaServiceStub:
     """Describes this server: version and optional capabilities, so clients can adapt.
+
+    Request metadata every service reads (gRPC metadata keys, lower case):
+    `ai-resource-group` names the resource group (the tenant) the call acts in; without
+    it the server's default group is used (`default_resource_group` below), and a
+    malformed one is INVALID_ARGUMENT. `x-request-id` (optional, at most 200 bytes
+    echoed) identifies the call in the server's log lines and in the metadata
+    `request_id` of any error's `google.rpc.ErrorInfo`; without it the server picks one.
     """
 
     def __init__(self, channel):
@@ -44,6 +51,13 @@ class MetaServiceStub:
 
 class MetaServiceServicer:
     """Describes this server: version and optional capabilities, so clients can adapt.
+
+    Request metadata every service reads (gRPC metadata keys, lower case):
+    `ai-resource-group` names the resource group (the tenant) the call acts in; without
+    it the server's default group is used (`default_resource_group` below), and a
+    malformed one is INVALID_ARGUMENT. `x-request-id` (optional, at most 200 bytes
+    echoed) identifies the call in the server's log lines and in the metadata
+    `request_id` of any error's `google.rpc.ErrorInfo`; without it the server picks one.
     """
 
     def GetMeta(self, request, context):
@@ -71,6 +85,13 @@ def add_MetaServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class MetaService:
     """Describes this server: version and optional capabilities, so clients can adapt.
+
+    Request metadata every service reads (gRPC metadata keys, lower case):
+    `ai-resource-group` names the resource group (the tenant) the call acts in; without
+    it the server's default group is used (`default_resource_group` below), and a
+    malformed one is INVALID_ARGUMENT. `x-request-id` (optional, at most 200 bytes
+    echoed) identifies the call in the server's log lines and in the metadata
+    `request_id` of any error's `google.rpc.ErrorInfo`; without it the server picks one.
     """
 
     @staticmethod

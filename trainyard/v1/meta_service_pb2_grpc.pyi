@@ -27,7 +27,15 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class MetaServiceStub:
-    """Describes this server: version and optional capabilities, so clients can adapt."""
+    """Describes this server: version and optional capabilities, so clients can adapt.
+
+    Request metadata every service reads (gRPC metadata keys, lower case):
+    `ai-resource-group` names the resource group (the tenant) the call acts in; without
+    it the server's default group is used (`default_resource_group` below), and a
+    malformed one is INVALID_ARGUMENT. `x-request-id` (optional, at most 200 bytes
+    echoed) identifies the call in the server's log lines and in the metadata
+    `request_id` of any error's `google.rpc.ErrorInfo`; without it the server picks one.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -38,14 +46,30 @@ class MetaServiceStub:
 
 @_typing.type_check_only
 class MetaServiceAsyncStub(MetaServiceStub):
-    """Describes this server: version and optional capabilities, so clients can adapt."""
+    """Describes this server: version and optional capabilities, so clients can adapt.
+
+    Request metadata every service reads (gRPC metadata keys, lower case):
+    `ai-resource-group` names the resource group (the tenant) the call acts in; without
+    it the server's default group is used (`default_resource_group` below), and a
+    malformed one is INVALID_ARGUMENT. `x-request-id` (optional, at most 200 bytes
+    echoed) identifies the call in the server's log lines and in the metadata
+    `request_id` of any error's `google.rpc.ErrorInfo`; without it the server picks one.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetMeta: _aio.UnaryUnaryMultiCallable[_meta_service_pb2.GetMetaRequest, _meta_service_pb2.GetMetaResponse]  # type: ignore[assignment]
     """Returns the server's version and capabilities. Never fails for a reachable server."""
 
 class MetaServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Describes this server: version and optional capabilities, so clients can adapt."""
+    """Describes this server: version and optional capabilities, so clients can adapt.
+
+    Request metadata every service reads (gRPC metadata keys, lower case):
+    `ai-resource-group` names the resource group (the tenant) the call acts in; without
+    it the server's default group is used (`default_resource_group` below), and a
+    malformed one is INVALID_ARGUMENT. `x-request-id` (optional, at most 200 bytes
+    echoed) identifies the call in the server's log lines and in the metadata
+    `request_id` of any error's `google.rpc.ErrorInfo`; without it the server picks one.
+    """
 
     @_abc_1.abstractmethod
     def GetMeta(
