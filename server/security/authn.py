@@ -241,7 +241,9 @@ class Authenticator:
         """Raises unless the table lets ``principal`` call ``method`` in the group."""
         rule = rule_of(method)
         if rule is None:
-            raise PermissionDenied(message=f"{method} is not allowed", reason=Reason.PERMISSION_DENIED)
+            raise PermissionDenied(
+                message=f"{method} is not allowed", reason=Reason.PERMISSION_DENIED
+            )
         if rule.role == OPEN or principal is ANONYMOUS:
             return
         if principal.is_step:
