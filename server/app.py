@@ -34,7 +34,8 @@ from server.domain.logsink import LogSink
 from server.domain.metrics import MetricsService
 from server.domain.service import ControlPlane
 from server.process_tuning import tune_process
-from server.runtime.local import LocalRuntime
+from server.runtime.executor import Executor
+from server.runtime.process_runner import ProcessRunner
 from server.security.authn import Authenticator, Limits
 from server.security.tls import ServerTLS, is_loopback
 from server.security.tokens import StepTokens
@@ -217,9 +218,10 @@ async def start_server(settings: Settings) -> TrainyardServer:
             log_sink=log_sink,
         )
     if settings.runtime == "local":
-        plane.runtime = LocalRuntime(
+        plane.runtime = Executor(
             plane,
             log_sink,
+            runner=ProcessRunner(),
             work_dir=settings.work_dir,
             artifacts_dir=settings.artifacts_dir,
             max_concurrent=settings.max_concurrent_executions,

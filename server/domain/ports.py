@@ -19,9 +19,10 @@ writers on many replicas.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from server.domain.metrics import (
     ComparedExecution,
@@ -48,6 +49,7 @@ from server.domain.models import (
     Transition,
 )
 from server.domain.paging import PageRequest
+from server.domain.resources import Resources
 
 
 class CatalogStore(Protocol):
@@ -319,3 +321,153 @@ class Store(CatalogStore, ExecutionStore, ExecutionEvents, ClaimStore, LogStore,
     """Everything the control plane reads and writes of its metadata."""
 
     kind: str  # "sqlite" or "postgresql"
+
+
+# ------------------------------------------------------------------ step runners
+#
+# The executor (server/runtime/executor.py) walks an execution's workflow and hands
+# each step to a StepRunner: the local process runner, the container runner, the Ray
+# runner. A runner only starts, watches and stops one step at a time; ordering,
+# failures, statuses, logs storage and outputs stay with the executor.
+
+
+class StepStartError(Exception):
+    """A step could not start (a missing image, a command not found, an engine error).
+    The message is shown as the step's failure and the execution's DEAD cause."""
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    """A host path the step sees at ``target`` in its own file system."""
+
+    source: str  # path on the server's machine
+    target: str  # absolute path in the step's file system
+    read_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StepLaunch:
+    """Everything a runner needs to start one step."""
+
+    execution_id: str
+    resource_group: str
+    step: str  # the step's name, as StepDetail names it
+    template: str  # the template it runs
+    attempt: int  # 1 for the first try
+    image: str  # the template's image ("" when none)
+    command: tuple[str, ...]  # the template's command (empty: the image's entrypoint)
+    args: tuple[str, ...]
+    env: Mapping[str, str]  # the template's env and the TRAINYARD_* variables
+    api_address: str  # host:port of the API, as a process on the server's machine dials it
+    root: str  # the step's directory on the server's machine (its file system root)
+    working_dir: str = ""  # the template's workingDir in the step's file system, or ""
+    mounts: tuple[Mount, ...] = ()  # artifacts and scripts, at their template paths
+    resources: Resources = field(default_factory=Resources)
+    pull_auth: str | None = None  # registry credentials (a container auth file's text)
+
+    @property
+    def argv(self) -> list[str]:
+        return [*self.command, *self.args]
+
+
+@dataclass(frozen=True, slots=True)
+class StepExit:
+    """How a step ended."""
+
+    exit_code: int  # 128 + N when killed by signal N
+    signal: int | None = None  # the signal that killed it, when one did
+
+
+class StepOutput(Protocol):
+    """Where a runner sends a step's output: the executor's log pipeline."""
+
+    def write(self, stream: LogStream, lines: list[str]) -> None:
+        """Lines of the step's stdout or stderr, without their ends of line."""
+        ...
+
+    async def room(self) -> None:
+        """Wait until the log pipeline takes more lines (await it between reads)."""
+        ...
+
+    def backlog(self) -> bool:
+        """Whether lines written are still waiting to be stored (the store is slow)."""
+        ...
+
+    def note(self, text: str) -> None:
+        """A line of the runner's own (a system log line of the step)."""
+        ...
+
+
+class StepHandle(Protocol):
+    """A running step."""
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """JSON-serialisable: what a later server needs to find the step again
+        (:meth:`StepRunner.reattach`, :meth:`StepRunner.discard`)."""
+        ...
+
+    @property
+    def where(self) -> str:
+        """What runs the step, for messages: ``process group 123``, ``container 4f2a``."""
+        ...
+
+    async def wait(self) -> StepExit:
+        """Until the step ended and its output is read (or given up on, said as a
+        note); what remains of the step is gone by then."""
+        ...
+
+    def stop(self, grace: float) -> None:
+        """Begin a stop: SIGTERM (or the engine's stop) now, SIGKILL ``grace`` seconds
+        later if the step is still running. Returns at once; :meth:`wait` tells the end."""
+        ...
+
+
+class StepRunner(Protocol):
+    """Runs steps somewhere: local processes, containers, Ray jobs."""
+
+    name: str
+
+    async def open(self) -> None:
+        """Once, at server start, before any other call (detect an engine, ...)."""
+        ...
+
+    async def admit(self, launch: StepLaunch) -> str:
+        """"" when the step may start now; else why it waits (``waiting for 4 CPUs``),
+        shown in its step detail. The executor asks again a little later."""
+        ...
+
+    async def start(self, launch: StepLaunch, output: StepOutput) -> StepHandle:
+        """Start the step; raises StepStartError when it cannot."""
+        ...
+
+    async def reattach(self, state: Mapping[str, Any], output: StepOutput) -> StepHandle | None:
+        """After a restart: the step recorded as ``state``, watched again, its output
+        resumed where the previous server stopped reading. None when the runner cannot
+        re-attach (the step is then ended with :meth:`discard`)."""
+        ...
+
+    async def alive(self, state: Mapping[str, Any]) -> bool:
+        """Whether anything of the step recorded as ``state`` still runs."""
+        ...
+
+    async def discard(self, state: Mapping[str, Any], grace: float) -> None:
+        """End whatever is left of the step recorded as ``state``."""
+        ...
+
+    async def strays(
+        self, execution_ids: Sequence[str], everywhere: bool = False
+    ) -> dict[str, list[str]]:
+        """What still runs for these executions outside the handles the executor
+        holds or recorded (processes that left their group, containers of deleted
+        executions), by execution id. ``everywhere``: after a restart, look beyond
+        what this server started."""
+        ...
+
+    async def remove_strays(self, strays: Sequence[str], grace: float) -> None:
+        """End what :meth:`strays` found."""
+        ...
+
+    async def close(self) -> None:
+        """Server shutdown (after every handle was stopped or left to recovery)."""
+        ...

@@ -1,4 +1,8 @@
-"""The embedded runtime: each step of an execution runs as a local process.
+"""The executor: walks an execution's workflow and hands each step to a step runner.
+
+The executor is runner-agnostic: a :class:`~server.domain.ports.StepRunner` starts,
+watches and stops one step (a local process group, server/runtime/process_runner.py;
+a container; a Ray job); ordering, failures, statuses, logs and outputs stay here.
 
 An execution goes through these stages, each reported through the control plane:
 
@@ -9,34 +13,31 @@ An execution goes through these stages, each reported through the control plane:
 3. Staged: every input artifact bound in the configuration is copied into the root of
    each step that reads it, in a worker thread. A URL the runtime cannot read (another
    scheme, a missing file) makes the execution DEAD before any step runs.
-4. Run: a step starts once the steps it waits for succeeded, in a session of its own
-   (``start_new_session``), with its stdout and stderr read line by line into the log
-   sink. The first start moves the execution to RUNNING. A step that exits non-zero (or
-   leaves a declared output missing) fails the execution: running siblings are
-   terminated, later steps are SKIPPED and never start, and it goes DEAD with
-   ``step NAME exited with code N``. When a step's first process exits, whatever is
-   left of its process group is killed.
+4. Run: a step starts once the steps it waits for succeeded and its runner admits it
+   (a runner may hold it back, saying why in the step's message), with its stdout and
+   stderr going into the log sink. The first start moves the execution to RUNNING. A
+   step that exits non-zero (or leaves a declared output missing) fails the execution:
+   running siblings are stopped, later steps are SKIPPED and never start, and it goes
+   DEAD with ``step NAME exited with code N``.
 5. Collected: after every step succeeded, each declared output artifact is moved to
    ``<artifacts_dir>/<execution id>/<name>/`` (so it survives the execution's deletion),
    registered as an Artifact of the executable's kind, and listed in the execution's
    outputs. Then COMPLETED.
 
-Stop: SIGTERM to every running step's process group, SIGKILL ``stop_grace`` seconds
-later; STOPPED once every process is gone. A queued execution goes STOPPED at once.
+Stop: the runner's stop of every running step (SIGTERM, SIGKILL ``stop_grace`` seconds
+later); STOPPED once every step is gone. A queued execution goes STOPPED at once.
 
-Crash safety: when a step starts, its pid, process group and start time are written to
-``<work dir>/state.json``, and its outcome when it ends. :meth:`LocalRuntime.recover`
-reads them after a restart to stop survivors and tell how the execution ended; as a
-last resort it also finds step processes by the execution id in their environment.
+Crash safety: when a step starts, the runner's state of its handle (a process group
+and its leader's start time, a container id) is written to ``<work dir>/state.json``,
+and its outcome when it ends. :meth:`Executor.recover` reads them after a restart to
+end survivors and tell how the execution ended; as a last resort it asks the runner
+for strays of the execution (processes with its id in their environment).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import shlex
-import signal
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -56,6 +57,14 @@ from server.domain.models import (
     StepDetail,
     StepPhase,
 )
+from server.domain.ports import (
+    Mount,
+    StepExit,
+    StepHandle,
+    StepLaunch,
+    StepRunner,
+    StepStartError,
+)
 from server.domain.retry import until_stored
 from server.domain.service import ControlPlane
 from server.runtime import processes as procs
@@ -67,13 +76,10 @@ from server.runtime.staging import StagingError
 
 log = structlog.get_logger(__name__)
 
-# The repository root: on every step's PYTHONPATH, so that steps can import `client`.
-REPO_ROOT = Path(__file__).resolve().parents[2]
 STATE_FILE = "state.json"
-KILL_TIMEOUT = 5.0  # how long a SIGKILLed process group may take to disappear
-DRAIN_TIMEOUT = 2.0  # how long to read a step's pipes after its processes are gone
-# ... and longer while the log store holds the readers back, up to this much.
-STORE_DRAIN_TIMEOUT = 60.0
+KILL_TIMEOUT = 5.0  # how long a killed step may take to disappear
+DRAIN_TIMEOUT = 2.0  # how long a runner reads a step's output after it ended
+ADMIT_DELAY_MAX = 1.0  # longest pause between two admission checks of a waiting step
 
 
 def reachable_address(address: str) -> str:
@@ -95,13 +101,34 @@ def _now() -> datetime:
 
 
 @dataclass(eq=False)
-class _Process:
+class _Step:
+    """A started step: its runner's handle."""
+
     step: str
-    process: asyncio.subprocess.Process
-    pgid: int
-    signalled: str = ""  # why we sent SIGTERM, if we did
+    handle: StepHandle
+    signalled: str = ""  # why we stopped it, if we did
     exited: bool = False
-    kill_timer: asyncio.TimerHandle | None = None
+
+
+class _Output:
+    """A step's output, into the execution's log sink (see StepOutput)."""
+
+    __slots__ = ("sink", "execution_id", "step")
+
+    def __init__(self, sink: LogSink, execution_id: str, step: str):
+        self.sink, self.execution_id, self.step = sink, execution_id, step
+
+    def write(self, stream: LogStream, lines: list[str]) -> None:
+        self.sink.write_lines(self.execution_id, self.step, stream, lines)
+
+    async def room(self) -> None:
+        await self.sink.wait_for_room(self.execution_id)
+
+    def backlog(self) -> bool:
+        return bool(self.sink.queued(self.execution_id))
+
+    def note(self, text: str) -> None:
+        self.sink.system(self.execution_id, text, step=self.step)
 
 
 @dataclass(eq=False)
@@ -112,7 +139,7 @@ class _Run:
     work_dir: Path
     plan: Plan | None = None
     details: dict[str, StepDetail] = field(default_factory=dict)
-    processes: dict[str, _Process] = field(default_factory=dict)
+    processes: dict[str, _Step] = field(default_factory=dict)
     state: dict = field(default_factory=dict)  # what state.json holds
     task: asyncio.Task | None = None
     lease: Lease | None = None  # this replica's claim: every write of the run carries it
@@ -132,14 +159,15 @@ class _Run:
         return self.stopping or self.closing or bool(self.failure)
 
 
-class LocalRuntime(Runtime):
-    name = "local"
+class Executor(Runtime):
+    """Runs executions, each step through ``runner``."""
 
     def __init__(
         self,
         plane: ControlPlane,
         log_sink: LogSink,
         *,
+        runner: StepRunner,
         work_dir: Path,
         artifacts_dir: Path,
         max_concurrent: int = 4,
@@ -149,6 +177,8 @@ class LocalRuntime(Runtime):
     ):
         self.plane = plane
         self.sink = log_sink
+        self.runner = runner
+        self.name = runner.name
         self.work_dir = Path(work_dir).resolve()
         self.artifacts_dir = Path(artifacts_dir).resolve()
         self.max_concurrent = max(1, max_concurrent)
@@ -158,7 +188,6 @@ class LocalRuntime(Runtime):
         self._runs: dict[str, _Run] = {}
         self._background: set[asyncio.Task] = set()
         self._closed = False
-        self._subreaper = False  # set by start(): orphans of steps come back to us
         self.scheduler = Scheduler(
             plane.store,
             replica_id,
@@ -178,10 +207,11 @@ class LocalRuntime(Runtime):
     async def start(self, server_address: str) -> None:
         self.server_address = reachable_address(server_address)
         await asyncio.to_thread(self._make_dirs)
-        self._subreaper = procs.become_subreaper()
+        await self.runner.open()
         await self.scheduler.start()
         log.info(
-            "local runtime started",
+            "runtime started",
+            runner=self.runner.name,
             max_concurrent=self.max_concurrent,
             work_dir=str(self.work_dir),
             replica_id=self.replica_id,
@@ -254,9 +284,9 @@ class LocalRuntime(Runtime):
             "active",
             work_dir=str(run.work_dir),
             processes=tuple(
-                StepProcess(p.step, p.process.pid, p.pgid)
+                StepProcess(p.step, p.handle.state["pid"], p.handle.state["pgid"])
                 for p in run.processes.values()
-                if not p.exited
+                if not p.exited and "pgid" in p.handle.state
             ),
         )
 
@@ -276,14 +306,21 @@ class LocalRuntime(Runtime):
             )
             for task in late:
                 task.cancel()
-            for run in runs:
-                for process in run.processes.values():
-                    procs.signal_group(process.pgid, signal.SIGKILL)
+            await asyncio.gather(
+                *(
+                    self.runner.discard(p.handle.state, 0)
+                    for run in runs
+                    for p in run.processes.values()
+                    if not p.exited
+                ),
+                return_exceptions=True,
+            )
             if late:
                 await asyncio.wait(late, timeout=1.0)
         if self._background:
             await asyncio.wait(list(self._background), timeout=5.0)
-        log.info("local runtime closed", interrupted=len(runs))
+        await self.runner.close()
+        log.info("runtime closed", interrupted=len(runs))
 
     # ---------------------------------------------------------------- scheduling
 
@@ -361,7 +398,7 @@ class LocalRuntime(Runtime):
             log.exception("runtime error", execution_id=run.id)
             self._terminate(run, "runtime error")
             await asyncio.gather(
-                *(procs.terminate_group(p.pgid, 0.5) for p in list(run.processes.values())),
+                *(self.runner.discard(p.handle.state, 0.5) for p in list(run.processes.values())),
                 return_exceptions=True,
             )
             await self._finish(run, Status.DEAD, "runtime_error", f"the runtime failed: {exc}")
@@ -506,7 +543,8 @@ class LocalRuntime(Runtime):
         except StagingError as exc:
             await self._fail(run, step, None, f"step {step.name}: {exc}")
             return False
-        if run.halted:
+        launch = self._launch_of(run, step)
+        if not await self._admitted(run, launch, detail) or run.halted:
             if not run.closing:
                 _ended(detail, StepPhase.SKIPPED, "not started: the execution is ending")
                 await self._step_changed(run, detail)
@@ -515,30 +553,23 @@ class LocalRuntime(Runtime):
         self.sink.system(
             run.id, f"starting step {step.name}: {shlex.join(step.argv)}", step=step.name
         )
+        output = _Output(self.sink, run.id, step.name)
         try:
-            process = await asyncio.create_subprocess_exec(
-                *step.argv,
-                cwd=step.root,
-                env=self._env(run, step),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            await self._fail(run, step, None, f"step {step.name} could not start: {exc}")
+            handle = await self.runner.start(launch, output)
+        except StepStartError as exc:
+            await self._fail(run, step, None, str(exc))
             return False
-        handle = _Process(step.name, process, process.pid)
-        run.processes[step.name] = handle
+        started = _Step(step.name, handle)
+        run.processes[step.name] = started
         run.state["steps"][step.name] = {
-            "pid": process.pid,
-            "pgid": process.pid,
-            "create_time": procs.create_time(process.pid),
+            "handle": handle.state,
+            "where": handle.where,
             "started_at": _now().isoformat(),
             "exit_code": None,
         }
         procs.write_state(run.work_dir / STATE_FILE, run.state)
         detail.phase, detail.started_at = StepPhase.RUNNING, _now()
+        detail.message = ""
         if not run.running and not run.halted:
             run.running = True
             try:
@@ -554,58 +585,71 @@ class LocalRuntime(Runtime):
             except DomainError as exc:
                 log.warning("not moved to RUNNING", execution_id=run.id, error=str(exc))
         await self._step_changed(run, detail)
-        if run.halted:  # a stop or a failure came while the process was being created
+        if run.halted:  # a stop or a failure came while the step was being started
             why = "stop requested" if run.stopping or run.closing else "another step failed"
-            self._signal(run, handle, why)
+            self._signal(run, started, why)
 
-        write, room = self.sink.write_lines, partial(self.sink.wait_for_room, run.id)
-        readers = [
-            asyncio.create_task(
-                procs.read_lines(pipe, partial(write, run.id, step.name, stream), room)
-            )
-            for pipe, stream in (
-                (process.stdout, LogStream.STDOUT),
-                (process.stderr, LogStream.STDERR),
-            )
-        ]
         try:
-            returncode = await process.wait()
+            ended = await handle.wait()
         finally:
-            handle.exited = True
-            if handle.kill_timer is not None:
-                handle.kill_timer.cancel()
-            await self._clear_group(run, handle)
-            _, unread = await asyncio.wait(readers, timeout=DRAIN_TIMEOUT)
-            drained_by = asyncio.get_running_loop().time() + STORE_DRAIN_TIMEOUT
-            while (
-                unread
-                and self.sink.queued(run.id)
-                and asyncio.get_running_loop().time() < drained_by
-            ):
-                # Held back by a slow log store, not by a pipe left open: read on.
-                _, unread = await asyncio.wait(unread, timeout=DRAIN_TIMEOUT)
-            for reader in unread:
-                reader.cancel()
-            if unread:
-                self.sink.system(
-                    run.id,
-                    f"step {step.name}: its output was still open after its processes "
-                    f"ended; stopped reading it",
-                    step=step.name,
-                )
+            started.exited = True
             del run.processes[step.name]
         if run.closing:
             return False  # the next start tells how it ended
-        return await self._step_exited(run, step, handle, returncode)
+        return await self._step_exited(run, step, started, ended)
+
+    def _launch_of(self, run: _Run, step: PlannedStep) -> StepLaunch:
+        env = dict(step.env)
+        env.update(
+            TRAINYARD_EXECUTION_ID=run.id,
+            TRAINYARD_RESOURCE_GROUP=run.execution.resource_group,
+            TRAINYARD_STEP=step.name,
+        )
+        mounts = [Mount(str(i.path), _inner(step, i.path), True) for i in step.inputs]
+        mounts += [Mount(str(o.path), _inner(step, o.path)) for o in step.outputs]
+        if step.script_path is not None:
+            mounts.append(Mount(str(step.script_path), str(step.script_path), True))
+        return StepLaunch(
+            execution_id=run.id,
+            resource_group=run.execution.resource_group,
+            step=step.name,
+            template=step.template,
+            attempt=1,
+            image=step.image,
+            command=tuple(step.argv),
+            args=(),
+            env=env,
+            api_address=self.server_address,
+            root=str(step.root),
+            mounts=tuple(mounts),
+            resources=step.resources,
+            pull_auth=run.plan.pull_auth,
+        )
+
+    async def _admitted(self, run: _Run, launch: StepLaunch, detail: StepDetail) -> bool:
+        """Wait until the runner admits the step; False when the execution ends first."""
+        delay = 0.05
+        said = ""
+        while not run.halted:
+            why = await self.runner.admit(launch)
+            if not why:
+                return True
+            if why != said:
+                said = detail.message = why
+                self.sink.system(run.id, f"step {launch.step} waits: {why}", step=launch.step)
+                await self._step_changed(run, detail)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, ADMIT_DELAY_MAX)
+        return False
 
     async def _step_exited(
-        self, run: _Run, step: PlannedStep, handle: _Process, returncode: int
+        self, run: _Run, step: PlannedStep, started: _Step, ended: StepExit
     ) -> bool:
         detail = run.details[step.name]
-        code = returncode if returncode >= 0 else 128 - returncode
+        code = ended.exit_code
         # A shell that runs the command exits with 128 + N when the command died of
         # signal N (SIGTERM: 143): name the signal either way.
-        killed_by = -returncode if returncode < 0 else procs.signal_of_exit_code(returncode)
+        killed_by = ended.signal or procs.signal_of_exit_code(code)
         if killed_by:
             how = f"was killed by {procs.signal_name(killed_by)} (exit code {code})"
         else:
@@ -614,11 +658,11 @@ class LocalRuntime(Runtime):
         record = run.state["steps"][step.name]
         record["exit_code"] = code
 
-        if handle.signalled:
-            _ended(detail, StepPhase.STOPPED, f"{handle.signalled}; {how}", code)
+        if started.signalled:
+            _ended(detail, StepPhase.STOPPED, f"{started.signalled}; {how}", code)
             record["phase"] = str(StepPhase.STOPPED)
             ok = False
-        elif returncode != 0:
+        elif code != 0:
             message = f"step {step.name} {how}"
             _ended(detail, StepPhase.FAILED, how, code)
             record.update(phase=str(StepPhase.FAILED), failure=message)
@@ -659,80 +703,34 @@ class LocalRuntime(Runtime):
         run.failure = message
         self._terminate(run, f"step {step} failed")
 
-    async def _clear_group(self, run: _Run, handle: _Process) -> None:
-        """The step's first process exited: kill whatever is left of its group."""
-        if procs.signal_group(handle.pgid, signal.SIGKILL):
-            if not await procs.wait_gone(handle.pgid, KILL_TIMEOUT, reap=True):
-                self.sink.system(
-                    run.id,
-                    f"step {handle.step}: processes of group {handle.pgid} survive SIGKILL",
-                    step=handle.step,
-                )
-        procs.reap_group(handle.pgid)
-
     # ------------------------------------------------------------------- signals
 
     def _terminate(self, run: _Run, why: str) -> None:
-        for handle in list(run.processes.values()):
-            self._signal(run, handle, why)
+        for started in list(run.processes.values()):
+            self._signal(run, started, why)
 
-    def _signal(self, run: _Run, handle: _Process, why: str) -> None:
-        """SIGTERM to the step's process group now, SIGKILL after the grace period."""
-        if handle.signalled or handle.exited:
+    def _signal(self, run: _Run, started: _Step, why: str) -> None:
+        """The runner's stop of the step: SIGTERM now, SIGKILL after the grace period."""
+        if started.signalled or started.exited:
             return
-        handle.signalled = why
+        started.signalled = why
         self.sink.system(
             run.id,
-            f"{why}: sending SIGTERM to step {handle.step} (process group {handle.pgid})",
-            step=handle.step,
+            f"{why}: sending SIGTERM to step {started.step} ({started.handle.where})",
+            step=started.step,
         )
-        procs.signal_group(handle.pgid, signal.SIGTERM)
-        handle.kill_timer = asyncio.get_running_loop().call_later(
-            self.stop_grace, self._kill, run, handle
-        )
-
-    def _kill(self, run: _Run, handle: _Process) -> None:
-        if handle.exited:
-            return
-        self.sink.system(
-            run.id,
-            f"step {handle.step} still running {self.stop_grace:g}s after SIGTERM: "
-            f"sending SIGKILL to process group {handle.pgid}",
-            step=handle.step,
-        )
-        procs.signal_group(handle.pgid, signal.SIGKILL)
+        started.handle.stop(self.stop_grace)
 
     async def _kill_strays(self, execution_id: str) -> None:
-        """Processes that left their step's group but carry the execution id."""
-        strays = (
-            await asyncio.to_thread(
-                procs.processes_of, [execution_id], descendants_only=self._subreaper
-            )
-        ).get(execution_id, [])
+        """What is left of the execution outside its steps' handles (processes that
+        left their step's group but carry the execution id)."""
+        strays = (await self.runner.strays([execution_id])).get(execution_id, [])
         if strays:
             self.sink.system(execution_id, f"stopping {len(strays)} leftover processes: {strays}")
             await self._flush_logs(execution_id)
-            await procs.kill_processes(strays, self.stop_grace)
+            await self.runner.remove_strays(strays, self.stop_grace)
 
     # -------------------------------------------------------------------- reports
-
-    def _env(self, run: _Run, step: PlannedStep) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
-        env.update(step.env)
-        python_path = [str(REPO_ROOT)]
-        if env.get("PYTHONPATH"):
-            python_path.append(env["PYTHONPATH"])
-        env.update(
-            TRAINYARD_EXECUTION_ID=run.id,
-            TRAINYARD_RESOURCE_GROUP=run.execution.resource_group,
-            TRAINYARD_ADDRESS=self.server_address,
-            TRAINYARD_STEP=step.name,
-            PYTHONPATH=os.pathsep.join(python_path),
-            PYTHONUNBUFFERED="1",
-            # `python3` in a step is the server's interpreter, with its packages.
-            PATH=os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")]),
-        )
-        return env
 
     async def _step_changed(self, run: _Run, detail: StepDetail) -> None:
         if run.fenced:
@@ -898,7 +896,7 @@ class LocalRuntime(Runtime):
         a cause, and none of their processes is left."""
         if not taken:
             return
-        strays = await asyncio.to_thread(procs.processes_of, [e.id for e, _, _ in taken])
+        strays = await self.runner.strays([e.id for e, _, _ in taken], everywhere=True)
         await asyncio.gather(
             *(
                 self._recover(e, strays.get(e.id, []), lease, previous)
@@ -908,7 +906,7 @@ class LocalRuntime(Runtime):
         log.info("executions reconciled", count=len(taken))
 
     async def _recover(
-        self, execution: Execution, strays: list[int], lease: Lease, previous: str
+        self, execution: Execution, strays: list[str], lease: Lease, previous: str
     ) -> None:
         eid = execution.id
         await self.sink.open(eid)
@@ -920,18 +918,18 @@ class LocalRuntime(Runtime):
         records = state["steps"] if state else {}
         alive: list[str] = []  # steps whose processes survived the restart
         lost: list[str] = []  # steps that ended while no server watched them
-        groups: list[int] = []
+        survivors: list[dict] = []  # the runner's states of their handles
         for name, record in records.items():
             if record.get("exit_code") is not None:
                 continue
-            pgid = record.get("pgid")
-            if isinstance(pgid, int) and procs.owned_group(pgid, record.get("create_time")):
+            handle = _handle_state(record)
+            if await self.runner.alive(handle):
                 alive.append(name)
-                groups.append(pgid)
+                survivors.append(handle)
                 self.sink.system(
                     eid,
-                    f"{what}: step {name} still has processes (process group "
-                    f"{pgid}); stopping them",
+                    f"{what}: step {name} still has processes ({_where(record)}); "
+                    f"stopping them",
                     step=name,
                 )
             else:
@@ -939,8 +937,8 @@ class LocalRuntime(Runtime):
         if strays:
             self.sink.system(eid, f"{what}: stopping leftover processes {strays}")
         await asyncio.gather(
-            *(procs.terminate_group(g, self.stop_grace) for g in groups),
-            procs.kill_processes(strays, self.stop_grace),
+            *(self.runner.discard(h, self.stop_grace) for h in survivors),
+            self.runner.remove_strays(strays, self.stop_grace),
         )
 
         if execution.status == Status.PENDING:
@@ -1073,6 +1071,28 @@ def _stage_step(plan: Plan, step: PlannedStep) -> None:
             staging.copy_into(output.path, item.path)
     if step.script is not None:
         staging.write_script(step.script_path, step.script)
+
+
+def _handle_state(record: dict) -> dict:
+    """The runner's state of a step's handle in its state file record (older records
+    held a process group's fields at their top)."""
+    handle = record.get("handle")
+    return handle if isinstance(handle, dict) else record
+
+
+def _where(record: dict) -> str:
+    where = record.get("where")
+    if isinstance(where, str) and where:
+        return where
+    return f"process group {_handle_state(record).get('pgid')}"
+
+
+def _inner(step: PlannedStep, path: Path) -> str:
+    """Where a path under the step's root is in the step's own file system."""
+    try:
+        return "/" + path.relative_to(step.root).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def _ended(
