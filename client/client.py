@@ -12,6 +12,7 @@ the machine-readable reason and the field violations from the status details.
 
 from __future__ import annotations
 
+import enum
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -46,6 +47,35 @@ from trainyard.v1 import (
 )
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+
+class ArtifactKind(enum.IntEnum):
+    """The kind of an artifact (trainyard.v1.ArtifactKind); ``ArtifactKind.MODEL``, or
+    by name: ``ArtifactKind.parse("model")``."""
+
+    UNSPECIFIED = artifact_pb2.ARTIFACT_KIND_UNSPECIFIED
+    DATASET = artifact_pb2.ARTIFACT_KIND_DATASET
+    MODEL = artifact_pb2.ARTIFACT_KIND_MODEL
+    RESULTSET = artifact_pb2.ARTIFACT_KIND_RESULTSET
+    OTHER = artifact_pb2.ARTIFACT_KIND_OTHER
+
+    @classmethod
+    def parse(cls, value: ArtifactKind | int | str) -> ArtifactKind:
+        """A kind from itself, its number, or its name in any case (``"dataset"``,
+        ``"ARTIFACT_KIND_DATASET"``)."""
+        if isinstance(value, str):
+            name = value.strip().upper().removeprefix("ARTIFACT_KIND_")
+            try:
+                return cls[name]
+            except KeyError:
+                known = ", ".join(k.name.lower() for k in cls if k)
+                raise ValueError(f"unknown artifact kind {value!r} (known: {known})") from None
+        return cls(value)
+
+
+def artifact_kind(artifact: artifact_pb2.Artifact) -> ArtifactKind:
+    """The kind of an artifact message as an :class:`ArtifactKind`."""
+    return ArtifactKind(artifact.kind)
 RESOURCE_GROUP_KEY = "ai-resource-group"
 
 
@@ -218,7 +248,7 @@ class TrainyardClient(MetricsCalls):
         name: str,
         url: str,
         scenario_id: str,
-        kind: int = artifact_pb2.ARTIFACT_KIND_DATASET,
+        kind: ArtifactKind | int | str = ArtifactKind.DATASET,
         description: str = "",
         labels: dict[str, str] | None = None,
         request_id: str = "",
@@ -228,7 +258,7 @@ class TrainyardClient(MetricsCalls):
                 name=name,
                 url=url,
                 scenario_id=scenario_id,
-                kind=kind,
+                kind=ArtifactKind.parse(kind),
                 description=description,
                 labels=labels or {},
             ),
@@ -243,7 +273,7 @@ class TrainyardClient(MetricsCalls):
     def list_artifacts(
         self,
         scenario_id: str = "",
-        kind: int = 0,
+        kind: ArtifactKind | int | str = ArtifactKind.UNSPECIFIED,
         execution_id: str = "",
         labels: dict[str, str] | None = None,
         name: str = "",
@@ -251,7 +281,7 @@ class TrainyardClient(MetricsCalls):
     ) -> Iterator[artifact_pb2.Artifact]:
         request = artifact_service_pb2.ListArtifactsRequest(
             scenario_id=scenario_id,
-            kind=kind,
+            kind=ArtifactKind.parse(kind),
             execution_id=execution_id,
             labels=labels or {},
             name=name,
@@ -264,12 +294,16 @@ class TrainyardClient(MetricsCalls):
         self,
         name: str,
         executable_id: str,
-        scenario_id: str,
+        scenario_id: str = "",
         parameters: dict[str, Any] | None = None,
         artifacts: dict[str, str] | None = None,
         executable_version: str = "",
         request_id: str = "",
     ) -> configuration_pb2.Configuration:
+        """Bind parameter values and input artifacts to an executable. The scenario is
+        the executable's unless given (as the CLI does)."""
+        if not scenario_id:
+            scenario_id = self.get_executable(executable_id, executable_version).scenario_id
         request = configuration_service_pb2.CreateConfigurationRequest(
             configuration=configuration_pb2.Configuration(
                 name=name,

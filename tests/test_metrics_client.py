@@ -257,7 +257,7 @@ def test_cli_compare_shows_executions_side_by_side_with_the_best_marked(server, 
     assert code == 0
     lines = out.splitlines()
     header = lines[0].split()
-    assert header[:3] == ["ID", "STATUS", "DURATION"]
+    assert header[:4] == ["ID", "CONFIGURATION", "STATUS", "DURATION"]
     assert {"learning_rate", "epochs", "accuracy", "loss"} <= set(header)
     rows = lines[1:5]
     assert rows[0].startswith("*") and trained[0.5] in rows[0]

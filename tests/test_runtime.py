@@ -97,6 +97,9 @@ def test_iris_training_registers_its_model_and_inference_scores_with_it(server, 
     with url_path(predictions.url).open(newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 150 and {"predicted_species", "probability"} <= set(rows[0])
+    [scored_metrics] = runner.client.list_metrics([scored.id])
+    recorded = {m.name: m.value for m in scored_metrics.metrics}
+    assert recorded["rows_scored"] == 150 and 0.5 < recorded["accuracy"] <= 1, recorded
 
     # The model outlives the execution that made it; the working directory does not.
     work_dir = server.running.settings.work_dir / trained.id

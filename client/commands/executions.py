@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import re
 import signal
+import sys
 from collections.abc import Callable
+from contextlib import redirect_stdout
+from datetime import UTC, datetime, timedelta
 
 from client.client import TrainyardClient
-from client.output import duration, enum_name, print_json, shorten, table, when
+from client.output import (
+    duration,
+    enum_name,
+    error,
+    print_json,
+    quiet,
+    shorten,
+    table,
+    when,
+)
 from trainyard.v1 import artifact_pb2, execution_pb2
 
 STATUSES = {
@@ -40,9 +53,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("executions", help="start, inspect, stop, delete executions")
     sub = parser.add_subparsers(dest="action", required=True)
 
-    create = sub.add_parser("create", help="start an execution of a configuration")
+    create = sub.add_parser(
+        "create",
+        help="start an execution of a configuration",
+        description="Start an execution and print its id. With --wait, wait until it "
+        "ends; with --follow, print its log lines meanwhile. Either way the exit code is "
+        "0 only when it COMPLETED.",
+    )
     create.add_argument("configuration_id")
     create.add_argument("--request-id", default="", help="idempotency key (default: random)")
+    then = create.add_mutually_exclusive_group()
+    then.add_argument("--wait", action="store_true", help="wait until the execution ends")
+    then.add_argument(
+        "-f", "--follow", action="store_true", help="print its log until the execution ends"
+    )
     create.set_defaults(handler=create_cmd)
 
     get = sub.add_parser("get", help="status, timeline, steps and outputs of an execution")
@@ -57,13 +81,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     lst.add_argument("--limit", type=int, default=50, help="at most this many (0: all)")
     lst.set_defaults(handler=list_cmd)
 
-    stop = sub.add_parser("stop", help="stop one or more executions")
-    stop.add_argument("execution_ids", nargs="+")
+    stop = sub.add_parser(
+        "stop",
+        help="stop executions, by id or by filter",
+        description="Stop the executions named, or those a filter selects "
+        "(`--status pending --older-than 1h`); a filter asks for confirmation first.",
+    )
+    stop.add_argument("execution_ids", nargs="*", metavar="EXECUTION_ID")
+    _selection(stop)
     stop.set_defaults(handler=stop_cmd)
 
-    delete = sub.add_parser("delete", help="delete one or more final executions")
-    delete.add_argument("execution_ids", nargs="+")
-    delete.add_argument("--keep-metrics", action="store_true")
+    delete = sub.add_parser(
+        "delete",
+        help="delete final executions, by id or by filter",
+        description="Delete the executions named, or those a filter selects "
+        "(`--status dead --older-than 7d`); a filter asks for confirmation first.",
+    )
+    delete.add_argument("execution_ids", nargs="*", metavar="EXECUTION_ID")
+    delete.add_argument("--keep-metrics", action="store_true", help="keep their metrics")
+    _selection(delete)
     delete.set_defaults(handler=delete_cmd)
 
     history = sub.add_parser("history", help="lifecycle transitions of an execution")
@@ -71,13 +107,62 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     history.set_defaults(handler=history_cmd)
 
 
+def _selection(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("selecting by filter (instead of ids)")
+    group.add_argument("--status", action="append", choices=sorted(STATUSES), default=[],
+                       help="executions in this status (repeatable)")
+    group.add_argument("--older-than", type=parse_age, default=None, metavar="AGE",
+                       help="created longer ago than this: 30m, 12h, 7d")
+    group.add_argument("--scenario", default="", help="executions of this scenario")
+    group.add_argument("--executable", default="", help="executions of this executable")
+    group.add_argument("--configuration", default="", help="executions of this configuration")
+    parser.add_argument("-y", "--yes", action="store_true",
+                        help="do not ask for confirmation")
+
+
+_AGE = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d|w)$")
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_age(value: str) -> timedelta:
+    """``30m``, ``12h``, ``7d``, ``2w``."""
+    match = _AGE.match(value.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an age such as 30m, 12h or 7d")
+    return timedelta(seconds=float(match.group(1)) * _AGE_UNITS[match.group(2)])
+
+
 def create_cmd(client: TrainyardClient, args) -> int:
     execution = client.create_execution(args.configuration_id, args.request_id or None)
+    if not (args.wait or args.follow):
+        if args.json:
+            print_json(execution)
+        else:
+            print(execution.id)
+        return 0
+    if not args.json:
+        print(execution.id, file=sys.stderr if args.follow else sys.stdout, flush=True)
+    if args.follow:
+        from client.commands.streams import follow_to_end
+
+        follow_to_end(client, execution.id)
+    final = wait_until_final(client, execution.id)
     if args.json:
-        print_json(execution)
-    else:
-        print(execution.id)
-    return 0
+        print_json(final)
+    elif not quiet():
+        message = f"  ({final.status_message})" if final.status_message else ""
+        print(f"{final.id} {status_name(final.status)}{message}",
+              file=sys.stderr if args.follow else sys.stdout)
+    return 0 if final.status == execution_pb2.EXECUTION_STATUS_COMPLETED else 1
+
+
+def wait_until_final(client: TrainyardClient, execution_id: str) -> execution_pb2.Execution:
+    """Watch the execution (resuming over reconnects) until its status is final."""
+    from client.streams import watch
+
+    for _ in watch(client, execution_id):
+        pass  # the watch of one execution ends by itself at its final status
+    return client.get_execution(execution_id)
 
 
 def render_execution(client: TrainyardClient, e: execution_pb2.Execution) -> list[str]:
@@ -142,6 +227,11 @@ def list_cmd(client: TrainyardClient, args) -> int:
     if args.json:
         print_json(items)
         return 0
+    list_table(items)
+    return 0
+
+
+def list_table(items: list[execution_pb2.Execution]) -> None:
     table(
         ["ID", "STATUS", "CONFIGURATION", "EXECUTABLE", "CREATED", "DURATION", "MESSAGE"],
         [
@@ -157,7 +247,6 @@ def list_cmd(client: TrainyardClient, args) -> int:
             for e in items
         ],
     )
-    return 0
 
 
 def _stop_result(status: int) -> str:
@@ -185,7 +274,73 @@ def _outcomes(outcomes, result: Callable[[int], str], as_json: bool) -> int:
     return 0 if all(o.ok for o in outcomes) else 1
 
 
+def _filtered(args) -> bool:
+    return bool(
+        args.status or args.older_than or args.scenario or args.executable or args.configuration
+    )
+
+
+def _select(client: TrainyardClient, args, verb: str) -> list[str] | None:
+    """The ids to act on: those named, or those the filter selects once confirmed.
+    None when there is nothing to do (refused, declined or none selected)."""
+    if args.execution_ids and _filtered(args):
+        error(f"executions {verb}: give ids or a filter, not both")
+        raise SystemExit(2)
+    if args.execution_ids:
+        return args.execution_ids
+    if not _filtered(args):
+        error(f"executions {verb}: give execution ids, or a filter such as "
+              "--status dead --older-than 7d")
+        raise SystemExit(2)
+    cutoff = datetime.now(UTC) - args.older_than if args.older_than else None
+    chosen = [
+        e
+        for e in client.list_executions(
+            statuses=[STATUSES[s] for s in args.status],
+            scenario_id=args.scenario,
+            executable_id=args.executable,
+            configuration_id=args.configuration,
+            page_size=1000,
+        )
+        if cutoff is None or e.create_time.ToDatetime(tzinfo=UTC) < cutoff
+    ]
+    if not chosen:
+        print(f"no execution matches; nothing to {verb}", file=sys.stderr)
+        return None
+    if not args.yes:
+        if not confirm(client, chosen, verb):
+            print(f"nothing {'stopped' if verb == 'stop' else 'deleted'}", file=sys.stderr)
+            return None
+    return [e.id for e in chosen]
+
+
+def confirm(client: TrainyardClient, chosen: list[execution_pb2.Execution], verb: str) -> bool:
+    """Show what the filter selected and ask; a reader that cannot answer (no terminal,
+    end of input) declines: scripts pass --yes."""
+    with redirect_stdout(sys.stderr):
+        list_table(chosen)
+    sys.stderr.write(
+        f"{verb.capitalize()} these {len(chosen)} execution(s) in resource group "
+        f"{client.resource_group!r}? [y/N] "
+    )
+    sys.stderr.flush()
+    answer = sys.stdin.readline() if sys.stdin is not None else ""
+    if not answer:
+        sys.stderr.write("\n(no answer: pass --yes to confirm without a prompt)\n")
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _batches(ids: list[str], size: int = 100) -> list[list[str]]:
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
 def stop_cmd(client: TrainyardClient, args) -> int:
+    ids = _select(client, args, "stop")
+    if ids is None:
+        return 0
+    if _filtered(args):
+        outcomes = [o for batch in _batches(ids) for o in client.batch_stop(batch)]
+        return _outcomes(outcomes, _stop_result, args.json)
     if len(args.execution_ids) == 1 and not args.json:
         e = client.stop_execution(args.execution_ids[0])
         print(f"{e.id} {status_name(e.status)}")
@@ -194,6 +349,16 @@ def stop_cmd(client: TrainyardClient, args) -> int:
 
 
 def delete_cmd(client: TrainyardClient, args) -> int:
+    ids = _select(client, args, "delete")
+    if ids is None:
+        return 0
+    if _filtered(args):
+        outcomes = [
+            o
+            for batch in _batches(ids)
+            for o in client.batch_delete(batch, keep_metrics=args.keep_metrics)
+        ]
+        return _outcomes(outcomes, lambda _status: "deleted", args.json)
     if len(args.execution_ids) == 1 and not args.json:
         client.delete_execution(args.execution_ids[0], keep_metrics=args.keep_metrics)
         print(f"{args.execution_ids[0]} deleted")

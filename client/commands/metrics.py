@@ -11,12 +11,14 @@ trainyard compare --executable iris-train --by loss:min --ascending
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from collections.abc import Callable
 
 from client.client import TrainyardClient, TrainyardError
 from client.commands.executions import DETAIL_SECTIONS, STATUSES, status_name
 from client.metrics_api import value_of
-from client.output import enum_name, print_json, table, to_dict, when
+from client.output import enum_name, print_json, quiet, table, to_dict, when
 from trainyard.v1 import execution_pb2, metric_pb2
 
 ACTIONS = ("plot", "delete")
@@ -57,6 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     plot.add_argument("--title", default="", help="chart title (default: the metric name)")
     plot.add_argument(
         "--executable", default="", help="plot every execution of this executable (newest 50)"
+    )
+    plot.add_argument(
+        "--log-x", action="store_true", help="logarithmic step axis (one long run among short ones)"
     )
     metrics.set_defaults(handler=metrics_cmd)
 
@@ -209,7 +214,9 @@ def plot_cmd(client: TrainyardClient, args, ids: list[str]) -> int:
         print(f"error: no execution has points of metric {metric!r}", file=sys.stderr)
         return 1
     labels = _legend_labels(client, ids)
-    write_plot(series, labels, metric, args.output, args.width, args.height, args.title)
+    write_plot(
+        series, labels, metric, args.output, args.width, args.height, args.title, args.log_x
+    )
     if args.json:
         _print_json(
             {
@@ -226,17 +233,55 @@ def plot_cmd(client: TrainyardClient, args, ids: list[str]) -> int:
 
 
 def _legend_labels(client: TrainyardClient, ids: list[str]) -> dict[str, str]:
-    """Execution id plus the parameters that differ between the plotted executions."""
+    """Each execution's configuration name, with the parameters that differ between the
+    plotted executions; an id suffix only where that still leaves two alike."""
     try:
-        rows = client.compare_executions(ids).executions
+        rows = {r.execution_id: r for r in client.compare_executions(ids).executions}
     except TrainyardError:
         return {eid: eid for eid in ids}
-    params = {r.execution_id: {p.key: p.value for p in r.parameters} for r in rows}
-    keys = sorted({k for p in params.values() for k in p})
-    varying = [k for k in keys if len({p.get(k) for p in params.values()}) > 1]
+    return legend_labels(
+        {
+            eid: (
+                rows[eid].configuration_name or rows[eid].configuration_id,
+                {p.key: p.value for p in rows[eid].parameters},
+            )
+            for eid in ids
+            if eid in rows
+        }
+    )
+
+
+def legend_labels(runs: dict[str, tuple[str, dict[str, str]]]) -> dict[str, str]:
+    """``{execution id: (configuration name, parameters)}`` -> a label for each."""
+    keys = sorted({k for _, params in runs.values() for k in params})
+    varying = [k for k in keys if len({params.get(k) for _, params in runs.values()}) > 1]
+    labels = {
+        eid: " ".join([name, *(f"{k}={params.get(k, '-')}" for k in varying)])
+        for eid, (name, params) in runs.items()
+    }
+    counts: dict[str, int] = {}
+    for label in labels.values():
+        counts[label] = counts.get(label, 0) + 1
+    # Ids made in the same second share their first characters: the end tells them apart.
     return {
-        eid: " ".join([eid[:8], *(f"{k}={params[eid].get(k, '-')}" for k in varying)])
-        for eid in params
+        eid: label if counts[label] == 1 else f"{label} (…{eid[-6:]})"
+        for eid, label in labels.items()
+    }
+
+
+LINE_STYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def line_style(n: int) -> dict[str, object]:
+    """The n-th line's colour, dash pattern and marker: ten colours, then the colours
+    again with the next dash pattern and marker, so that no two of the first 40 lines
+    look alike."""
+    cycle = n // 10
+    return {
+        "color": f"C{n % 10}",
+        "linestyle": LINE_STYLES[cycle % len(LINE_STYLES)],
+        "marker": MARKERS[cycle % len(MARKERS)],
     }
 
 
@@ -248,41 +293,72 @@ def write_plot(
     width: int,
     height: int,
     title: str = "",
+    log_x: bool = False,
 ) -> None:
-    """Draw one line per execution: the metric over steps (or over point order when
-    the points have no step). The PNG is exactly ``width`` x ``height`` pixels."""
+    """Draw the metric of each execution as a PNG of exactly ``width`` x ``height``
+    pixels (see :func:`draw`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     dpi = 100
     fig, ax = plt.subplots(figsize=(width / dpi, height / dpi), dpi=dpi)
     try:
-        for eid, points in series.items():
-            if not points:
-                continue
-            xs = [p.step if p.HasField("step") else i for i, p in enumerate(points, start=1)]
-            pairs = sorted(zip(xs, (p.value for p in points), strict=True), key=lambda t: t[0])
-            ax.plot(
-                [x for x, _ in pairs],
-                [y for _, y in pairs],
-                marker="o" if len(pairs) < 30 else None,
-                markersize=3,
-                linewidth=1.5,
-                label=labels.get(eid, eid),
-            )
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("step")
-        ax.set_ylabel(metric)
-        ax.set_title(title or metric)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small")
+        draw(ax, series, labels, metric, title, log_x)
         fig.tight_layout()
         fig.savefig(output, format="png", dpi=dpi)
     finally:
         plt.close(fig)
+
+
+def draw(ax, series, labels, metric: str, title: str = "", log_x: bool = False) -> None:
+    """One line per execution: the metric over steps (over point order when the points
+    have no step). When every execution has a single point, a bar each, named by its
+    label; a lone point among lines is a marker. ``log_x``: a logarithmic step axis."""
+    from matplotlib.ticker import MaxNLocator
+
+    drawn = {eid: points for eid, points in series.items() if points}
+    ax.set_title(title or metric)
+    ax.set_ylabel(metric)
+    ax.grid(True, alpha=0.3)
+    if drawn and all(len(points) == 1 for points in drawn.values()):
+        names = [labels.get(eid, eid) for eid in drawn]
+        values = [points[0].value for points in drawn.values()]
+        bars = ax.bar(range(len(names)), values,
+                      color=[line_style(n)["color"] for n in range(len(names))])
+        ax.set_xticks(range(len(names)), names, rotation=20 if len(names) > 3 else 0,
+                      ha="right" if len(names) > 3 else "center", fontsize="small")
+        ax.bar_label(bars, fmt="%.4g", fontsize="small")
+        return
+    for n, (eid, points) in enumerate(drawn.items()):
+        xs = [p.step if p.HasField("step") else i for i, p in enumerate(points, start=1)]
+        pairs = sorted(zip(xs, (p.value for p in points), strict=True), key=lambda t: t[0])
+        style = line_style(n)
+        ax.plot(
+            [x for x, _ in pairs],
+            [y for _, y in pairs],
+            color=style["color"],
+            linestyle=style["linestyle"] if len(pairs) > 1 else "none",
+            marker=style["marker"] if len(pairs) < 30 else None,
+            markersize=3 if len(pairs) > 1 else 7,
+            linewidth=1.5,
+            label=labels.get(eid, eid),
+        )
+    if log_x and _has_zero_step(drawn):
+        ax.set_xscale("symlog", linthresh=1)  # a log axis cannot show step 0
+    elif log_x:
+        ax.set_xscale("log")
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("step")
+    ax.legend(fontsize="small", ncol=2 if len(drawn) > 12 else 1)
+
+
+def _has_zero_step(series) -> bool:
+    return any(
+        (p.step if p.HasField("step") else 1) <= 0 for points in series.values() for p in points
+    )
 
 
 # ------------------------------------------------------------------- compare
@@ -316,31 +392,78 @@ def compare_cmd(client: TrainyardClient, args) -> int:
             head = _metric_head(m)
             if head not in metric_heads:
                 metric_heads.append(head)
-    headers = ["", "ID", "STATUS", "DURATION", *param_keys, *metric_heads]
+    columns = {
+        head: format_column(
+            [value_of(m) for r in rows for m in r.metrics if _metric_head(m) == head]
+        )
+        for head in metric_heads
+    }
+    # Only a strict best is starred: when several executions share the best value,
+    # none of them is better than the others.
+    best = [r.execution_id for r in rows if r.best]
+    starred = set(best) if len(best) == 1 else set()
+    headers = ["", "ID", "CONFIGURATION", "STATUS", "DURATION", *param_keys, *metric_heads]
     body = []
     for r in rows:
         params = {p.key: p.value for p in r.parameters}
-        values = {_metric_head(m): _fmt(value_of(m)) for m in r.metrics}
+        values = {_metric_head(m): columns[_metric_head(m)](value_of(m)) for m in r.metrics}
         body.append(
             [
-                "*" if r.best else "",
+                "*" if r.execution_id in starred else "",
                 r.execution_id,
+                r.configuration_name or r.configuration_id,
                 status_name(r.status),
                 _duration(r),
                 *(params.get(k, "-") for k in param_keys),
                 *(values.get(h, "-") for h in metric_heads),
             ]
         )
-    _table(headers, body)
+    table(headers, body, out=sys.stdout, id_column=1)
+    if quiet():
+        return 0
     if args.by:
         if result.HasField("best_value"):
             direction = "lowest" if args.ascending else "highest"
-            print(f"* best by {args.by} ({direction}): {_fmt(result.best_value)}")
+            shown = _by_format(columns, args.by)(result.best_value)
+            if starred:
+                print(f"* best by {args.by} ({direction}): {shown}")
+            else:
+                print(f"best by {args.by} ({direction}): {shown}, shared by {len(best)} "
+                      "executions (a tie: none starred)")
         else:
             print(f"no execution has metric {args.by!r}")
     if len(rows) < result.total_size:
         print(f"({len(rows)} of {result.total_size} executions shown)")
     return 0
+
+
+def format_column(values: list[float | None]) -> Callable[[float | None], str]:
+    """One format for a column of numbers: integers when every value is whole, else the
+    same number of decimals for all (enough for the smallest difference to show, at most
+    6), scientific notation for very large or very small magnitudes."""
+    numbers = [v for v in values if v is not None and math.isfinite(v)]
+
+    def missing(fmt: Callable[[float], str]) -> Callable[[float | None], str]:
+        return lambda v: "-" if v is None else (fmt(v) if math.isfinite(v) else str(v))
+
+    if not numbers:
+        return missing(lambda v: f"{v:.6g}")
+    if all(float(v).is_integer() and abs(v) < 1e15 for v in numbers):
+        return missing(lambda v: f"{v:.0f}")
+    biggest = max(abs(v) for v in numbers)
+    smallest = min((abs(v) for v in numbers if v), default=biggest)
+    if biggest >= 1e6 or smallest < 1e-4:
+        return missing(lambda v: f"{v:.4e}")
+    decimals = 4
+    while decimals < 6 and len({round(v, decimals) for v in numbers}) < len(set(numbers)):
+        decimals += 1
+    return missing(lambda v: f"{v:.{decimals}f}")
+
+
+def _by_format(columns, by: str) -> Callable[[float | None], str]:
+    name, _, aggregation = by.partition(":")
+    head = name if aggregation in ("", "latest") else f"{name}:{aggregation}"
+    return columns.get(head) or format_column([])
 
 
 def _metric_head(m: metric_pb2.MetricValue) -> str:

@@ -313,12 +313,11 @@ def artifacts_get(client: TrainyardClient, args) -> int:
 
 
 def configurations_create(client: TrainyardClient, args) -> int:
-    scenario = args.scenario or client.get_executable(args.executable, args.version).scenario_id
     configuration = client.create_configuration(
         name=args.name,
         executable_id=args.executable,
         executable_version=args.version,
-        scenario_id=scenario,
+        scenario_id=args.scenario,
         parameters=_pairs(args.param, "--param"),
         artifacts=_pairs(args.artifact, "--artifact"),
         request_id=args.request_id,

@@ -130,6 +130,13 @@ def logs_cmd(client: TrainyardClient, args) -> int:
     return 0
 
 
+def follow_to_end(client: TrainyardClient, execution_id: str) -> None:
+    """Print an execution's log as it is written, until its last line."""
+    for line in follow_logs(client, execution_id, follow=True, on_reconnect=_log_notice):
+        sys.stdout.write(line.text + "\n")
+        sys.stdout.flush()
+
+
 def _status(value: int) -> str:
     return status_name(value) if value else "-"
 
