@@ -75,7 +75,9 @@ def _stop(process: subprocess.Popen) -> None:
 
 def _server_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
-    env.update(TRAINYARD_LOG_FORMAT="json", TRAINYARD_RUNTIME="none", **extra)
+    # No browser console: its default port is a fixed one.
+    env.update(TRAINYARD_LOG_FORMAT="json", TRAINYARD_RUNTIME="none", TRAINYARD_NO_CONSOLE="1")
+    env.update(extra)
     return env
 
 
