@@ -44,6 +44,9 @@ from trainyard.v1 import (
     scenario_pb2,
     scenario_service_pb2,
     scenario_service_pb2_grpc,
+    secret_pb2,
+    secret_service_pb2,
+    secret_service_pb2_grpc,
 )
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -156,6 +159,7 @@ class TrainyardClient(MetricsCalls):
         self.executions = execution_service_pb2_grpc.ExecutionServiceStub(self.channel)
         self.logs = log_service_pb2_grpc.LogServiceStub(self.channel)
         self.meta = meta_service_pb2_grpc.MetaServiceStub(self.channel)
+        self.secrets = secret_service_pb2_grpc.SecretServiceStub(self.channel)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -210,6 +214,26 @@ class TrainyardClient(MetricsCalls):
 
     def get_meta(self) -> meta_service_pb2.GetMetaResponse:
         return self.call(self.meta.GetMeta, meta_service_pb2.GetMetaRequest())
+
+    # -------------------------------------------------------------- secrets
+
+    def create_secret(self, name: str, data: dict[str, str]) -> secret_pb2.Secret:
+        """Create a secret of the client's group; the values are never read back."""
+        request = secret_service_pb2.CreateSecretRequest(name=name, data=data)
+        return self.call(self.secrets.CreateSecret, request).secret
+
+    def update_secret(self, name: str, data: dict[str, str]) -> secret_pb2.Secret:
+        """Replace every value of a secret."""
+        request = secret_service_pb2.UpdateSecretRequest(name=name, data=data)
+        return self.call(self.secrets.UpdateSecret, request).secret
+
+    def list_secrets(self, page_size: int = 100) -> Iterator[secret_pb2.Secret]:
+        """Names, key names and times of the group's secrets."""
+        request = secret_service_pb2.ListSecretsRequest()
+        return self._pages(self.secrets.ListSecrets, request, "secrets", page_size)
+
+    def delete_secret(self, name: str) -> None:
+        self.call(self.secrets.DeleteSecret, secret_service_pb2.DeleteSecretRequest(name=name))
 
     # ------------------------------------------------------------ scenarios
 

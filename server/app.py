@@ -24,6 +24,7 @@ from server.api.resources import (
     ExecutableService,
     ScenarioService,
 )
+from server.api.secrets import SecretService
 from server.api.watch import WatchingExecutionService
 from server.config import Settings
 from server.console import ConsoleServer, build_app, connect_apps
@@ -32,6 +33,7 @@ from server.domain.logpurge import LogPurger
 from server.domain.logs import LogReader
 from server.domain.logsink import LogSink
 from server.domain.metrics import MetricsService
+from server.domain.secrets import SecretService as SecretUseCases
 from server.domain.service import ControlPlane
 from server.process_tuning import tune_process
 from server.runtime.executor import Executor
@@ -40,6 +42,7 @@ from server.security.authn import Authenticator, Limits
 from server.security.tls import ServerTLS, is_loopback
 from server.security.tokens import StepTokens
 from server.store.async_store import AsyncMetricStore, AsyncStore
+from server.store.cipher import open_key_file
 from server.streams.broker import LocalBroker
 from server.streams.notify import PostgresNotifier
 from server.streams.tailer import LogTails
@@ -68,6 +71,9 @@ from trainyard.v1 import (
     scenario_service_connect,
     scenario_service_pb2,
     scenario_service_pb2_grpc,
+    secret_service_connect,
+    secret_service_pb2,
+    secret_service_pb2_grpc,
 )
 
 log = structlog.get_logger("trainyard.server")
@@ -82,6 +88,7 @@ CONNECT_MODULES = [
     (log_service_connect, log_service_pb2),
     (meta_service_connect, meta_service_pb2),
     (metric_service_connect, metric_service_pb2),
+    (secret_service_connect, secret_service_pb2),
 ]
 
 SERVICE_NAMES = [
@@ -93,6 +100,7 @@ SERVICE_NAMES = [
     log_service_pb2.DESCRIPTOR.services_by_name["LogService"].full_name,
     meta_service_pb2.DESCRIPTOR.services_by_name["MetaService"].full_name,
     metric_service_pb2.DESCRIPTOR.services_by_name["MetricService"].full_name,
+    secret_service_pb2.DESCRIPTOR.services_by_name["SecretService"].full_name,
 ]
 
 
@@ -189,10 +197,14 @@ async def start_server(settings: Settings) -> TrainyardServer:
     plans = dict(resources.DEFAULT_PLANS)
     if settings.resource_plans_file is not None:
         plans = await asyncio.to_thread(resources.load_plan_file, settings.resource_plans_file)
+    # Secret values are sealed with the key file's key (made on the first start).
+    cipher = await asyncio.to_thread(open_key_file, settings.secrets_key_file)
+    secrets = SecretUseCases(store, cipher)
     plane = ControlPlane(
         store=store,
         default_resource_group=settings.default_resource_group,
         resource_plans=plans,
+        secrets=secrets,
     )
     # The sink stores lines on a writer thread of its own, with its own connection.
     log_sink = LogSink(store.sync)
@@ -290,6 +302,7 @@ async def start_server(settings: Settings) -> TrainyardServer:
             MetricService(MetricsService(AsyncMetricStore(store)), settings.max_message_bytes),
         ),
         (meta_service_pb2_grpc.add_MetaServiceServicer_to_server, meta),
+        (secret_service_pb2_grpc.add_SecretServiceServicer_to_server, SecretService(secrets)),
     ]
     for add, servicer in registrations:
         add(servicer, server)

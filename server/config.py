@@ -37,6 +37,9 @@ class Settings:
     lease_seconds: float = 10.0  # a replica that does not renew for this long is lost
     # A YAML file of resource plans added to (or replacing some of) SAP's defaults.
     resource_plans_file: Path | None = None
+    # The key that encrypts secret values at rest; made on first start. Default:
+    # DATA_DIR/secrets.key.
+    secrets_key_file: Path | None = None
     # Security (docs/security.md). Auth is on when a token file or a client CA is given.
     auth_tokens: Path | None = None  # the token file (hashes only)
     tls_cert: Path | None = None  # PEM certificate chain; with tls_key: TLS
@@ -56,6 +59,9 @@ class Settings:
         self.data_dir = Path(self.data_dir)
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'trainyard.db'}"
+        if self.secrets_key_file is None:
+            self.secrets_key_file = self.data_dir / "secrets.key"
+        self.secrets_key_file = Path(self.secrets_key_file)
         if not self.replica_id:
             where = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:8]
             self.replica_id = f"{socket.gethostname()}-{where}"
@@ -203,6 +209,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "SAP AI Core's plans (starter, basic, ...) or replacing some (TRAINYARD_RESOURCE_PLANS)",
     )
     parser.add_argument(
+        "--secrets-key-file",
+        default=_env("SECRETS_KEY_FILE"),
+        metavar="FILE",
+        help="the key that encrypts secret values at rest, made (mode 0600) on first "
+        "start; replicas of one database share it. Default DATA_DIR/secrets.key "
+        "(TRAINYARD_SECRETS_KEY_FILE)",
+    )
+    parser.add_argument(
         "--auth-tokens",
         default=_env("AUTH_TOKENS"),
         metavar="FILE",
@@ -308,5 +322,6 @@ def _settings(args: argparse.Namespace) -> Settings:
         replica_id=args.replica_id,
         lease_seconds=args.lease_seconds,
         resource_plans_file=Path(args.resource_plans) if args.resource_plans else None,
+        secrets_key_file=Path(args.secrets_key_file) if args.secrets_key_file else None,
         console_address="" if args.no_console else args.console_address,
     )

@@ -18,6 +18,7 @@ from server.domain.models import (
     Artifact,
     ArtifactKind,
     Execution,
+    Secret,
     Status,
 )
 from server.domain.paging import PageRequest
@@ -47,6 +48,7 @@ TABLES_OF_VERSION = {
     2: {"metric_owner", "metric_series", "metric_point", "metric_tag", "metric_custom_info"},
     3: set(),  # the lease columns of execution
     4: {"log_purge"},
+    5: {"secret"},
 }
 _SCHEMA_SQL = "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
 
@@ -217,6 +219,8 @@ FROZEN_DIGESTS = {
     (3, "postgresql"): "121e9266fc74d341bd7c716c9e14fb2f59d75b775f81027b051f6d27c3a62670",
     (4, "sqlite"): "a83a1439885caaa369a484c13b099a6ca03ca2a5b57d6c86be294d1ba0aaa7ab",
     (4, "postgresql"): "e95ff62f9c2db4e349f8939b12fd696ad6d625103d4f25eea84e90bcb03695f9",
+    (5, "sqlite"): "2ce1aef4da51f51ba0b245c437f1d1c8c47e22ee69f838f28f89ef7ca91a3a79",
+    (5, "postgresql"): "a6782e24111957856059478055538756f2b114980b6266fe4f4579fc40415e5b",
 }
 
 
@@ -392,6 +396,9 @@ def _assert_new_writes_work(store: Store) -> None:
     store.delete_execution("g", "e2")  # its line is queued for purging (version 4)
     assert store.read_logs("e2") == []
     assert store.purge_logs(10) == 1 and store.purge_logs(10) == 0
+    # Version 5: a secret, its values sealed as the domain hands them over.
+    store.create_secret(Secret("token", "g", keys=["value"], sealed="gAAAA-sealed"))
+    assert store.get_secrets("g", ["token"])["token"].keys == ["value"]
     assert store.integrity_check() == "ok"
 
 

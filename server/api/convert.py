@@ -21,6 +21,7 @@ from server.domain.models import (
     LogStream,
     ParameterType,
     Scenario,
+    Secret,
     Status,
     StepDetail,
     StepPhase,
@@ -35,6 +36,7 @@ from trainyard.v1 import (
     log_pb2,
     metric_pb2,
     scenario_pb2,
+    secret_pb2,
 )
 
 STATUS_TO_PB = {
@@ -216,6 +218,16 @@ def executable_pb(
         digest=exe.digest,
         create_time=ts(exe.created_at),
         update_time=ts(exe.modified_at),
+    )
+
+
+def secret_pb(secret: Secret) -> secret_pb2.Secret:
+    """Name, key names and times: never the values (``sealed`` stays here)."""
+    return secret_pb2.Secret(
+        name=secret.name,
+        keys=sorted(secret.keys),
+        create_time=ts(secret.created_at),
+        update_time=ts(secret.modified_at),
     )
 
 

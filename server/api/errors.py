@@ -112,7 +112,7 @@ def to_status(error: DomainError, request_id: str) -> tuple[grpc.StatusCode, str
                     violations=[
                         error_details_pb2.PreconditionFailure.Violation(
                             type=str(error.reason),
-                            subject=metadata.get("execution_id", ""),
+                            subject=metadata.get("execution_id") or metadata.get("field", ""),
                             description=message,
                         )
                     ]

@@ -72,6 +72,11 @@ RULES: dict[str, Rule] = {
     _SVC + "MetricService/ListMetrics": Rule(VIEWER),
     _SVC + "MetricService/DeleteMetrics": Rule(OPERATOR, "execution", "execution_id"),
     _SVC + "MetricService/CompareExecutions": Rule(VIEWER),
+    # Secrets: the group's credentials are an admin's (values are never returned)
+    _SVC + "SecretService/CreateSecret": Rule(ADMIN),
+    _SVC + "SecretService/UpdateSecret": Rule(ADMIN, "secret", "name"),
+    _SVC + "SecretService/ListSecrets": Rule(ADMIN),
+    _SVC + "SecretService/DeleteSecret": Rule(ADMIN, "secret", "name"),
 }
 
 

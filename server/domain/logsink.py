@@ -411,6 +411,8 @@ class LogSink:
     _pending_lines: int = 0
     _timer: asyncio.TimerHandle | None = None
     _writer: _ThreadWriter | _LoopWriter | None = None
+    # Per execution: the secret values its lines must not show (server/domain/secrets.py).
+    _masks: dict[str, Callable[[list[str]], list[str]]] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ writing
 
@@ -429,6 +431,9 @@ class LogSink:
         about a sixth of its time."""
         if not texts:
             return
+        mask = self._masks.get(execution_id)
+        if mask is not None:
+            texts = mask(texts)
         if max(map(len, texts)) > MAX_LINE_CHARS:
             texts = [
                 text[i : i + MAX_LINE_CHARS]
@@ -464,6 +469,13 @@ class LogSink:
             self._submit()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.flush_interval, self._submit)
+
+    def mask(self, execution_id: str, mask: Callable[[list[str]], list[str]]) -> None:
+        """From now until :meth:`forget`, the execution's lines pass through ``mask``
+        (a :class:`server.domain.secrets.Mask`: its secret values become ``***``)
+        before they are numbered and stored; an empty mask is not kept."""
+        if mask:
+            self._masks[execution_id] = mask
 
     def system(self, execution_id: str, text: str, step: str = "") -> None:
         self.write(execution_id, step, LogStream.SYSTEM, text)
@@ -541,6 +553,7 @@ class LogSink:
         """The execution is final: drop what the sink keeps of it (its counter, its
         losses) once its lines are settled. Its next line, if any, is numbered on from
         the store."""
+        self._masks.pop(execution_id, None)
         state = self._logs.get(execution_id)
         if state is None:
             return

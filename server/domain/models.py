@@ -170,6 +170,20 @@ class Configuration:
 
 
 @dataclass(slots=True)
+class Secret:
+    """A named set of key/value pairs of a resource group. ``sealed`` holds the values,
+    encrypted by the server's cipher (a SecretCipher port); it never leaves the server,
+    and nothing but the runtime's start of an execution opens it."""
+
+    name: str
+    resource_group: str
+    keys: list[str] = field(default_factory=list)
+    sealed: str = ""
+    created_at: datetime | None = None
+    modified_at: datetime | None = None
+
+
+@dataclass(slots=True)
 class StepDetail:
     name: str
     phase: StepPhase = StepPhase.PENDING

@@ -43,6 +43,7 @@ from server.domain.models import (
     LogStream,
     Page,
     Scenario,
+    Secret,
     Status,
     StepDetail,
     TargetStatus,
@@ -315,6 +316,42 @@ class MetricStore(Protocol):
     async def compare_page(
         self, q: CompareQuery
     ) -> tuple[list[tuple[ComparedExecution, tuple]], int, float | None]: ...
+
+
+class SecretStore(Protocol):
+    """The secrets of the resource groups, their values sealed (the store keeps what
+    the cipher made of them, never plain values). A group sees its own only."""
+
+    async def create_secret(self, secret: Secret) -> Secret:
+        """Insert; AlreadyExists when the group has a secret of that name."""
+        ...
+
+    async def update_secret(self, secret: Secret) -> Secret:
+        """Replace the keys and sealed values; NotFound when there is no such secret."""
+        ...
+
+    async def get_secrets(self, resource_group: str, names: Sequence[str]) -> dict[str, Secret]:
+        """The group's secrets of these names that exist, by name."""
+        ...
+
+    async def list_secrets(self, resource_group: str, page: PageRequest) -> Page[Secret]: ...
+
+    async def delete_secret(self, resource_group: str, name: str) -> None:
+        """NotFound when there is no such secret."""
+        ...
+
+
+class SecretCipher(Protocol):
+    """Encrypts secret values at rest (server/store/cipher.py: Fernet, with the
+    server's key file). Synchronous and fast: a few microseconds a secret."""
+
+    def seal(self, plain: bytes) -> str:
+        """The encrypted text of ``plain``."""
+        ...
+
+    def unseal(self, sealed: str) -> bytes:
+        """``plain`` again; ValueError when this key cannot open it."""
+        ...
 
 
 class Store(CatalogStore, ExecutionStore, ExecutionEvents, ClaimStore, LogStore, Protocol):

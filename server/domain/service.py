@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from server.domain import resources, templates, validation, workflow
-from server.domain.errors import DomainError, InvalidArgument, Reason, StoreUnavailable
+from server.domain.errors import (
+    DomainError,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    Reason,
+    StoreUnavailable,
+)
 from server.domain.ids import time_ordered_id
 from server.domain.models import (
     Artifact,
@@ -41,6 +48,7 @@ from server.domain.models import (
     Transition,
 )
 from server.domain.paging import page_request
+from server.domain.secrets import SecretRef, SecretService, check_references, references
 from server.domain.validation import Violations
 
 if TYPE_CHECKING:
@@ -113,11 +121,16 @@ class ControlPlane:
     resource_plans: Mapping[str, resources.Resources] = field(
         default_factory=lambda: dict(resources.DEFAULT_PLANS)
     )
+    # The secrets of the resource groups: what executions' steps refer to.
+    secrets: SecretService | None = None
     listeners: list[Callable[[ExecutionEvent], None]] = field(default_factory=list)
     # Creates waiting for their grouped write, and the step names of each executable.
     _creates: list[_WaitingCreate] = field(default_factory=list, init=False, repr=False)
     _writing: asyncio.Task | None = field(default=None, init=False, repr=False)
     _steps: dict[tuple[str, str, str, str], list[ExecutableStep]] = field(
+        default_factory=dict, init=False, repr=False
+    )
+    _secret_refs: dict[tuple[str, str, str, str], list[SecretRef]] = field(
         default_factory=dict, init=False, repr=False
     )
 
@@ -156,15 +169,20 @@ class ControlPlane:
 
     def check_resources(self, exe: Executable) -> None:
         """InvalidArgument naming every unknown resource plan (reason
-        RESOURCE_PLAN_UNKNOWN) and bad ``resources`` quantity of the executable."""
+        RESOURCE_PLAN_UNKNOWN), bad ``resources`` quantity and malformed secret
+        reference of the executable."""
         violations = resources.check_spec(exe.spec, self.resource_plans)
+        violations += [
+            FieldViolation(path, why)
+            for path, why in check_references(references(exe.spec))
+        ]
         if not violations:
             return
         unknown_plan = any(resources.RESOURCE_PLAN_LABEL in v.field for v in violations)
         listed = "; ".join(f"{v.field}: {v.description}" for v in violations)
         raise InvalidArgument(
             message=f"invalid workflow template: {listed}",
-            reason=resources.RESOURCE_PLAN_UNKNOWN if unknown_plan else Reason.INVALID_ARGUMENT,
+            reason=Reason.RESOURCE_PLAN_UNKNOWN if unknown_plan else Reason.INVALID_ARGUMENT,
             violations=violations,
         )
 
@@ -476,6 +494,14 @@ class ControlPlane:
         executable = await self.store.get_executable(
             resource_group, configuration.executable_id, configuration.executable_version
         )
+        refs = self.secret_references(executable)
+        if refs:
+            if self.secrets is None:
+                raise FailedPrecondition(
+                    message="the executable uses secrets, and this server keeps none",
+                    reason=Reason.SECRET_NOT_FOUND,
+                )
+            await self.secrets.require(resource_group, refs)
         return Execution(
             id=new_id(),
             resource_group=resource_group,
@@ -501,6 +527,17 @@ class ControlPlane:
                 self._steps.clear()
             steps = self._steps[key] = self._walk_steps(executable)
         return steps
+
+    def secret_references(self, executable: Executable) -> list[SecretRef]:
+        """The secrets the executable's steps and pulls use (a version never changes:
+        kept)."""
+        key = (executable.resource_group, executable.id, executable.version, executable.digest)
+        refs = self._secret_refs.get(key)
+        if refs is None:
+            if len(self._secret_refs) >= 1000:
+                self._secret_refs.clear()
+            refs = self._secret_refs[key] = references(executable.spec)
+        return refs
 
     def _walk_steps(self, executable: Executable) -> list[ExecutableStep]:
         try:

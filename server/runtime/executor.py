@@ -66,6 +66,7 @@ from server.domain.ports import (
     StepStartError,
 )
 from server.domain.retry import until_stored
+from server.domain.secrets import Mask, Resolved
 from server.domain.service import ControlPlane
 from server.runtime import processes as procs
 from server.runtime import staging
@@ -471,6 +472,7 @@ class Executor(Runtime):
             if artifact_id not in artifacts:
                 raise PlanError(f"input artifact {name}: artifact {artifact_id} does not exist")
             urls[name] = artifacts[artifact_id].url
+        resolved = await self._secrets(execution, executable)
         return build_plan(
             executable,
             configuration.parameter_bindings,
@@ -479,7 +481,24 @@ class Executor(Runtime):
             resource_group=group,
             work_dir=work_dir,
             plans=self.plane.resource_plans,
+            secrets=resolved.values,
+            pull_auth=resolved.pull_auth,
         )
+
+    async def _secrets(self, execution: Execution, executable) -> Resolved:
+        """The values of the group's secrets the executable uses, opened now (at its
+        start, or its recovery); from here on they are masked in its stored lines."""
+        refs = self.plane.secret_references(executable)
+        if not refs:
+            return Resolved()
+        if self.plane.secrets is None:
+            raise PlanError("the executable uses secrets, and this server keeps none")
+        try:
+            resolved = await self.plane.secrets.resolve(execution.resource_group, refs)
+        except ValueError as exc:
+            raise PlanError(str(exc)) from None
+        self.sink.mask(execution.id, Mask(resolved.masked))
+        return resolved
 
     def _prepare_dir(self, run: _Run) -> None:
         """A fresh working directory with a root for every step (worker thread)."""

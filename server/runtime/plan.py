@@ -216,11 +216,16 @@ def build_plan(
     resource_group: str,
     work_dir: Path,
     plans: Mapping[str, Resources] | None = None,
+    secrets: Mapping[tuple[str, str], str] | None = None,
+    pull_auth: str | None = None,
 ) -> Plan:
     """Resolve the executable's workflow for one execution. Raises :class:`PlanError`.
 
     ``plans`` is the resource plan table (default: SAP's plans) that gives each step
-    its :class:`Resources` (see server/domain/resources.py)."""
+    its :class:`Resources` (see server/domain/resources.py). ``secrets`` holds the
+    values of the execution's group's secrets its steps use, by (secret, key), and
+    ``pull_auth`` the registry credentials of its ``imagePullSecrets``, as
+    server/domain/secrets.py resolved them at the start."""
     try:
         workflow = walk(executable.spec)
     except WorkflowError as exc:
@@ -246,6 +251,7 @@ def build_plan(
         artifact_urls,
         work_dir,
         plans_.DEFAULT_PLANS if plans is None else plans,
+        secrets or {},
     )
     steps = [planner.step(ws) for ws in workflow]
     _link(steps)
@@ -271,6 +277,7 @@ def build_plan(
         work_dir,
         steps,
         collect,
+        pull_auth=pull_auth,
         deadline=_seconds(executable.spec, "spec"),
         handled=frozenset(handled),
     )
@@ -339,12 +346,14 @@ class _Planner:
         artifact_urls: dict[str, str],
         work_dir: Path,
         plans: Mapping[str, Resources],
+        secrets: Mapping[tuple[str, str], str],
     ):
         self.global_values = global_values
         self.workflow_parameters = workflow_parameters
         self.artifact_urls = artifact_urls
         self.work_dir = work_dir
         self.plans = plans
+        self.secrets = secrets
 
     def step(self, ws: WorkflowStep) -> PlannedStep:
         scope = self._scope(ws)
@@ -400,9 +409,21 @@ class _Planner:
             if not name:
                 continue
             if "valueFrom" in entry:
-                raise PlanError(
-                    f"{where}: env {name}: valueFrom is not supported by the local runtime"
-                )
+                ref = (entry.get("valueFrom") or {}).get("secretKeyRef")
+                if not isinstance(ref, dict):
+                    raise PlanError(
+                        f"{where}: env {name}: only valueFrom.secretKeyRef is supported"
+                    )
+                value = self.secrets.get((str(ref.get("name")), str(ref.get("key"))))
+                if value is None:
+                    if ref.get("optional") is True:
+                        continue
+                    raise PlanError(
+                        f"{where}: env {name}: key {ref.get('key')!r} of secret "
+                        f"{ref.get('name')!r} is not available"
+                    )
+                env[name] = value
+                continue
             env[name] = _substitute(str(entry.get("value", "")), values, where)
 
         plan = plans_.step_plan([link.template for link in ws.chain])

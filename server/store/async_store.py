@@ -228,6 +228,14 @@ class AsyncStore:
     # A writer: its chunks take turns with every other write on the writer thread.
     purge_logs = _writer(SyncStore.purge_logs)
 
+    # -------------------------------------------------------------- secrets
+
+    create_secret = _writer(SyncStore.create_secret)
+    update_secret = _writer(SyncStore.update_secret)
+    get_secrets = _reader(SyncStore.get_secrets)
+    list_secrets = _reader(SyncStore.list_secrets)
+    delete_secret = _writer(SyncStore.delete_secret)
+
 
 class AsyncMetricStore:
     """The metric port on the synchronous metric repository, on the same workers."""

@@ -4,7 +4,7 @@ Methods are synchronous and short; each write is one transaction (``atomic``), r
 one of the store's worker threads (server/store/async_store.py), never on the event
 loop. Rows become domain objects here; peewee's IntegrityError and DoesNotExist become
 AlreadyExists and NotFound. The methods live with their aggregate: catalog.py,
-executions.py, leases.py, logs.py; this class adds the connection and its helpers.
+executions.py, leases.py, logs.py, secrets.py; this class adds the connection and its helpers.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from server.store.dialects import open_database
 from server.store.executions import ExecutionRepository
 from server.store.leases import LeaseRepository
 from server.store.logs import LogRepository
+from server.store.secrets import SecretRepository
 
 
 class _Cursor:
@@ -77,7 +78,9 @@ class _Cache:
         return value
 
 
-class Store(CatalogRepository, ExecutionRepository, LeaseRepository, LogRepository):
+class Store(
+    CatalogRepository, ExecutionRepository, LeaseRepository, LogRepository, SecretRepository
+):
     """Trainyard's metadata store on a peewee database (SQLite by default)."""
 
     def __init__(self, url: str, *, busy_timeout: float = 10.0):

@@ -207,6 +207,22 @@ class LogPurgeRow(Base):
         table_name = "log_purge"
 
 
+class SecretRow(Base):
+    """Since schema version 5: a secret of a resource group. ``keys`` lists its key
+    names; ``sealed`` its values, encrypted (never plain)."""
+
+    resource_group = pw.TextField()
+    name = pw.TextField()
+    keys = JSONField()
+    sealed = pw.TextField()
+    created_us = pw.BigIntegerField()
+    modified_us = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "secret"
+        primary_key = pw.CompositeKey("resource_group", "name")
+
+
 class IdempotencyRow(Base):
     """Client request ids of create calls, so retries return the first result."""
 
@@ -312,6 +328,7 @@ MODELS: tuple[type[Base], ...] = (
     TransitionRow,
     LogRow,
     LogPurgeRow,
+    SecretRow,
     IdempotencyRow,
     MetricOwnerRow,
     MetricSeriesRow,
@@ -337,6 +354,7 @@ class Tables:
     TransitionRow: type[TransitionRow]
     LogRow: type[LogRow]
     LogPurgeRow: type[LogPurgeRow]
+    SecretRow: type[SecretRow]
     IdempotencyRow: type[IdempotencyRow]
     MetricOwnerRow: type[MetricOwnerRow]
     MetricSeriesRow: type[MetricSeriesRow]

@@ -105,6 +105,17 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     plan table does not hold; the `google.rpc.BadRequest` detail names the label's
     field, and its description lists the known plans.
     """
+    ERROR_REASON_SECRET_NOT_FOUND: _ErrorReason.ValueType  # 61
+    """A secret does not exist in the caller's resource group: NOT_FOUND from
+    SecretService, FAILED_PRECONDITION from CreateExecution when the executable refers
+    to it. Metadata `secret` names it; from CreateExecution, `field` names the
+    template field that refers to it (for example
+    `spec.templates[0].container.env[1].valueFrom.secretKeyRef.name`).
+    """
+    ERROR_REASON_SECRET_KEY_NOT_FOUND: _ErrorReason.ValueType  # 62
+    """A secret exists but lacks the key the executable refers to (FAILED_PRECONDITION
+    from CreateExecution). Metadata `secret`, `key` and `field` name them.
+    """
     ERROR_REASON_UNAUTHENTICATED: _ErrorReason.ValueType  # 65
     """The call carries no valid credential: no `authorization` metadata (and no known
     client certificate), a malformed one, or an unknown or revoked token. Status
@@ -221,6 +232,17 @@ ERROR_REASON_RESOURCE_PLAN_UNKNOWN: ErrorReason.ValueType  # 60
 """An executable names a resource plan (`ai.sap.com/resourcePlan`) that the server's
 plan table does not hold; the `google.rpc.BadRequest` detail names the label's
 field, and its description lists the known plans.
+"""
+ERROR_REASON_SECRET_NOT_FOUND: ErrorReason.ValueType  # 61
+"""A secret does not exist in the caller's resource group: NOT_FOUND from
+SecretService, FAILED_PRECONDITION from CreateExecution when the executable refers
+to it. Metadata `secret` names it; from CreateExecution, `field` names the
+template field that refers to it (for example
+`spec.templates[0].container.env[1].valueFrom.secretKeyRef.name`).
+"""
+ERROR_REASON_SECRET_KEY_NOT_FOUND: ErrorReason.ValueType  # 62
+"""A secret exists but lacks the key the executable refers to (FAILED_PRECONDITION
+from CreateExecution). Metadata `secret`, `key` and `field` name them.
 """
 ERROR_REASON_UNAUTHENTICATED: ErrorReason.ValueType  # 65
 """The call carries no valid credential: no `authorization` metadata (and no known

@@ -25,7 +25,13 @@ from dataclasses import dataclass
 
 import peewee as pw
 
-from server.store.migrations import v001_core, v002_metrics, v003_leases, v004_log_purge
+from server.store.migrations import (
+    v001_core,
+    v002_metrics,
+    v003_leases,
+    v004_log_purge,
+    v005_secrets,
+)
 
 BACKENDS = ("sqlite", "postgresql")
 
@@ -48,6 +54,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "metrics", v002_metrics.SQLITE, v002_metrics.POSTGRESQL),
     Migration(3, "leases", v003_leases.SQLITE, v003_leases.POSTGRESQL),
     Migration(4, "log_purge", v004_log_purge.SQLITE, v004_log_purge.POSTGRESQL),
+    Migration(5, "secrets", v005_secrets.SQLITE, v005_secrets.POSTGRESQL),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
