@@ -4,7 +4,8 @@ Subcommands live in client/commands/: every module there has a
 ``register(subparsers)`` function that adds its commands, each with a ``handler``
 taking (client, args) and returning an exit code.
 
-The global options (--address, -g, --timeout, --json, -q, --no-color) are accepted
+The global options (--address, -g, --timeout, --json, -q, --no-color, and the
+credentials: --token, --credentials, --ca, --cert, --key) are accepted
 anywhere on the line: every command's parser carries them too, with defaults that do not
 override a value given before the command.
 """
@@ -58,6 +59,36 @@ def add_global_options(parser: argparse.ArgumentParser, top: bool) -> None:
     )
     group.add_argument(
         "--json", action="store_true", default=default(False), help="print JSON, not tables"
+    )
+    group.add_argument(
+        "--token",
+        default=default(None),
+        help="bearer token (TRAINYARD_TOKEN; else the --credentials file)",
+    )
+    group.add_argument(
+        "--credentials",
+        default=default(None),
+        metavar="FILE",
+        help="file whose first line is the token (TRAINYARD_CREDENTIALS, "
+        "default ~/.config/trainyard/token)",
+    )
+    group.add_argument(
+        "--ca",
+        default=default(None),
+        metavar="PEM",
+        help="CA certificates to trust: speak TLS (TRAINYARD_CA)",
+    )
+    group.add_argument(
+        "--cert",
+        default=default(None),
+        metavar="PEM",
+        help="client certificate for mutual TLS (TRAINYARD_CERT)",
+    )
+    group.add_argument(
+        "--key",
+        default=default(None),
+        metavar="PEM",
+        help="the client certificate's private key (TRAINYARD_KEY)",
     )
     group.add_argument(
         "-q",
@@ -134,7 +165,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if getattr(args, "no_client", False):
         return handler(None, args) or 0
-    client = TrainyardClient(args.address, resource_group=args.resource_group, timeout=args.timeout)
+    client = TrainyardClient(
+        args.address,
+        resource_group=args.resource_group,
+        timeout=args.timeout,
+        token=args.token,
+        credentials=args.credentials,
+        ca=args.ca,
+        cert=args.cert,
+        key=args.key,
+    )
     try:
         return handler(client, args) or 0
     except TrainyardError as error:

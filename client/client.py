@@ -80,6 +80,33 @@ def artifact_kind(artifact: artifact_pb2.Artifact) -> ArtifactKind:
     """The kind of an artifact message as an :class:`ArtifactKind`."""
     return ArtifactKind(artifact.kind)
 RESOURCE_GROUP_KEY = "ai-resource-group"
+# A file holding a token (its first line), for TRAINYARD_CREDENTIALS / --credentials.
+DEFAULT_CREDENTIALS = os.path.join("~", ".config", "trainyard", "token")
+
+
+def _read(path: str | None) -> bytes | None:
+    if not path:
+        return None
+    with open(os.path.expanduser(path), "rb") as handle:
+        return handle.read()
+
+
+def find_token(token: str | None = None, credentials: str | None = None) -> str:
+    """The bearer token to send: ``token``, else TRAINYARD_TOKEN, else the first line
+    of the credentials file (``credentials``, TRAINYARD_CREDENTIALS, or
+    ~/.config/trainyard/token when it exists); "" for none."""
+    if token:
+        return token.strip()
+    if os.environ.get("TRAINYARD_TOKEN"):
+        return os.environ["TRAINYARD_TOKEN"].strip()
+    path = credentials or os.environ.get("TRAINYARD_CREDENTIALS")
+    if not path:
+        path = os.path.expanduser(DEFAULT_CREDENTIALS)
+        if not os.path.exists(path):
+            return ""
+    text = _read(path) or b""
+    lines = text.decode().strip().splitlines()
+    return lines[0].strip() if lines else ""
 
 
 @dataclass
@@ -139,19 +166,38 @@ class TrainyardClient(MetricsCalls):
         resource_group: str | None = None,
         timeout: float | None = 30.0,
         channel: grpc.Channel | None = None,
+        token: str | None = None,
+        credentials: str | None = None,
+        ca: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
     ):
+        """``token`` (else TRAINYARD_TOKEN, else the ``credentials`` file) goes in the
+        ``authorization`` metadata of every call. ``ca`` (TRAINYARD_CA: a PEM bundle
+        to trust) turns TLS on; ``cert`` and ``key`` (TRAINYARD_CERT, TRAINYARD_KEY)
+        are the client certificate of mutual TLS."""
         self.address = address or os.environ.get("TRAINYARD_ADDRESS", DEFAULT_ADDRESS)
         self.resource_group = resource_group or os.environ.get(
             "TRAINYARD_RESOURCE_GROUP", "default"
         )
         self.timeout = timeout
-        self.channel = channel or grpc.insecure_channel(
-            self.address,
-            options=[
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                ("grpc.keepalive_time_ms", 30_000),
-            ],
-        )
+        self.token = find_token(token, credentials)
+        ca = ca or os.environ.get("TRAINYARD_CA")
+        cert = cert or os.environ.get("TRAINYARD_CERT")
+        key = key or os.environ.get("TRAINYARD_KEY")
+        options = [
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.keepalive_time_ms", 30_000),
+        ]
+        if channel is None and (ca or cert):
+            tls = grpc.ssl_channel_credentials(
+                root_certificates=_read(ca), private_key=_read(key), certificate_chain=_read(cert)
+            )
+            channel = grpc.secure_channel(self.address, tls, options=options)
+        self.channel = channel or grpc.insecure_channel(self.address, options=options)
+        self._metadata: tuple[tuple[str, str], ...] = ((RESOURCE_GROUP_KEY, self.resource_group),)
+        if self.token:
+            self._metadata += (("authorization", f"Bearer {self.token}"),)
         self.scenarios = scenario_service_pb2_grpc.ScenarioServiceStub(self.channel)
         self.executables = executable_service_pb2_grpc.ExecutableServiceStub(self.channel)
         self.artifacts = artifact_service_pb2_grpc.ArtifactServiceStub(self.channel)
@@ -174,7 +220,9 @@ class TrainyardClient(MetricsCalls):
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        return ((RESOURCE_GROUP_KEY, self.resource_group),)
+        if self._metadata[0][1] != self.resource_group:
+            self._metadata = ((RESOURCE_GROUP_KEY, self.resource_group), *self._metadata[1:])
+        return self._metadata
 
     def call(self, method: Callable[..., Any], request: Any, timeout: float | None = None) -> Any:
         """Invoke a unary method with the client's group and deadline."""

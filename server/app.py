@@ -39,7 +39,7 @@ from server.process_tuning import tune_process
 from server.runtime.executor import Executor
 from server.runtime.process_runner import ProcessRunner
 from server.security.authn import Authenticator, Limits
-from server.security.tls import ServerTLS, is_loopback
+from server.security.tls import ServerTLS
 from server.security.tokens import StepTokens
 from server.store.async_store import AsyncMetricStore, AsyncStore
 from server.store.cipher import open_key_file
@@ -149,29 +149,13 @@ class TrainyardServer:
         log.info("server stopped")
 
 
-def check_exposure(settings: Settings) -> None:
-    """Refuses to serve plaintext or unauthenticated beyond loopback unless told to."""
-    if is_loopback(settings.address) or settings.insecure:
-        return
-    if not settings.tls_enabled:
-        raise ValueError(
-            f"refusing plaintext on non-loopback address {settings.address}: give"
-            " --tls-cert and --tls-key, or --insecure"
-        )
-    if not settings.auth_enabled:
-        raise ValueError(
-            f"refusing to serve {settings.address} without authentication: give"
-            " --auth-tokens or --tls-client-ca, or --insecure"
-        )
-
-
 async def start_server(settings: Settings) -> TrainyardServer:
     if ":memory:" in settings.database_url:
         raise ValueError(
             "the server needs a database its threads can share: use a file"
             " (sqlite:///PATH) or PostgreSQL, not an in-memory database"
         )
-    check_exposure(settings)
+    settings.check_exposure()
     tls = (
         ServerTLS(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
         if settings.tls_cert is not None and settings.tls_key is not None

@@ -78,6 +78,23 @@ class Settings:
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
 
+    def check_exposure(self) -> None:
+        """Refuses plaintext or no authentication beyond loopback unless ``insecure``."""
+        from server.security.tls import is_loopback
+
+        if is_loopback(self.address) or self.insecure:
+            return
+        if not self.tls_enabled:
+            raise ValueError(
+                f"refusing plaintext on non-loopback address {self.address}: give"
+                " --tls-cert and --tls-key, or --insecure"
+            )
+        if not self.auth_enabled:
+            raise ValueError(
+                f"refusing to serve {self.address} without authentication: give"
+                " --auth-tokens or --tls-client-ca, or --insecure"
+            )
+
     @property
     def tls_enabled(self) -> bool:
         return self.tls_cert is not None
@@ -289,7 +306,9 @@ def settings_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     if args.replica_id and not REPLICA_ID_RE.match(args.replica_id):
         parser.error("--replica-id: 1-64 letters, digits, '.', '_' or '-'")
     try:
-        return _settings(args)
+        settings = _settings(args)
+        settings.check_exposure()
+        return settings
     except ValueError as exc:
         parser.error(str(exc))
 

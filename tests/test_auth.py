@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import subprocess
+import sys
 import time
 
 import grpc
@@ -12,11 +14,13 @@ import pytest
 from google.protobuf import descriptor_pool, message_factory
 
 import trainyard.v1
+from client.cli import main as cli_main
+from client.client import TrainyardClient, TrainyardError
 from server.api.roles import OPEN, RULES
 from server.domain.principal import RANK
 from server.security.tokens import TokenFile
 from tests.authkit import GROUP, make_tokens, retry_delay
-from tests.conftest import ServerThread, make_settings, make_stubs
+from tests.conftest import ROOT, ServerThread, make_settings, make_stubs
 from tests.helpers import details, iris_configuration, register_iris, rpc_error, wait_for
 from trainyard.v1 import execution_service_pb2 as ex
 from trainyard.v1 import log_service_pb2 as lg
@@ -260,3 +264,98 @@ def test_rate_and_stream_limits_per_principal(tmp_path):
     finally:
         stubs.channel.close()
         server.stop()
+
+
+def _tokens_command(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "server", "tokens", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_tokens_command_and_clients(secured, capsys, monkeypatch):
+    """`trainyard-server tokens add` prints a token once (the file keeps its hash);
+    the Python client and the CLI use it (--token, TRAINYARD_TOKEN, a credentials
+    file); `tokens revoke` takes it away from the running server."""
+    server, stubs, tokens, ids = secured
+    made = _tokens_command(
+        "add",
+        "--file",
+        str(tokens.file),
+        "--principal",
+        "carol",
+        "--role",
+        "operator",
+        "--group",
+        GROUP,
+        "--group",
+        "team-c",
+        "--expires",
+        "30d",
+    )
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    assert token.startswith("ty_") and token not in tokens.file.read_text()
+    listed = _tokens_command("list", "--file", str(tokens.file))
+    assert "carol" in listed.stdout and token not in listed.stdout
+    assert f"{GROUP}=operator" in listed.stdout and "team-c=operator" in listed.stdout
+    auth = server.running.extra["auth"]
+    wait_for(lambda: "carol" in {p.name for p in auth.index.by_hash.values()}, timeout=10)
+
+    with TrainyardClient(server.address, resource_group=GROUP, token=token) as client:
+        assert client.get_execution(ids["execution"]).id == ids["execution"]
+    monkeypatch.setenv("TRAINYARD_TOKEN", token)
+    with TrainyardClient(server.address, resource_group=GROUP) as client:
+        assert client.get_execution(ids["execution"]).id == ids["execution"]
+    monkeypatch.delenv("TRAINYARD_TOKEN")
+    credentials = tokens.file.parent / "credentials"
+    credentials.write_text(token + "\n")
+    assert (
+        cli_main(
+            [
+                "--address",
+                server.address,
+                "-g",
+                GROUP,
+                "--credentials",
+                str(credentials),
+                "executions",
+                "get",
+                ids["execution"],
+            ]
+        )
+        == 0
+    )
+    assert ids["execution"] in capsys.readouterr().out
+    assert (
+        cli_main(
+            [
+                "--address",
+                server.address,
+                "-g",
+                GROUP,
+                "--token",
+                token,
+                "executions",
+                "get",
+                ids["execution"],
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli_main(["--address", server.address, "-g", GROUP, "executions", "get", ids["execution"]])
+        != 0
+    )
+    assert "UNAUTHENTICATED" in capsys.readouterr().err
+
+    revoked = _tokens_command("revoke", "--file", str(tokens.file), "carol")
+    assert revoked.returncode == 0 and "revoked tok_" in revoked.stdout
+    wait_for(lambda: "carol" not in {p.name for p in auth.index.by_hash.values()}, timeout=10)
+    with TrainyardClient(server.address, resource_group=GROUP, token=token) as client:
+        with pytest.raises(TrainyardError) as caught:
+            client.get_execution(ids["execution"])
+        assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED

@@ -1,12 +1,14 @@
 """The contract is polyglot: a Node.js client built from protos/ at run time (with
 @grpc/grpc-js and @grpc/proto-loader, installed by `make test`) creates an execution of
 a real workflow, follows its log to the end (dropping and resuming its connection
-half-way) and watches its status to COMPLETED.
+half-way) and watches its status to COMPLETED, on a server with authentication on
+(its bearer token from TRAINYARD_TOKEN).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,6 +17,7 @@ import pytest
 from streamkit import wait_for
 
 from client.client import TrainyardClient
+from server.security.tokens import TokenFile
 from tests.workflow_helpers import container, workflow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,9 +69,15 @@ PRINTER = workflow(
 )
 
 
-def test_node_client_creates_follows_and_watches_an_execution(server, node_client, tmp_path):
+def test_node_client_creates_follows_and_watches_an_execution(
+    server_factory, node_client, tmp_path
+):
     go = tmp_path / "go"
-    with TrainyardClient(server.address) as ty:
+    tokens = TokenFile(tmp_path / "tokens.json")
+    admin = tokens.add("setup", {"default": "admin"}, 3600.0)[1]
+    bot = tokens.add("node-bot", {"default": "operator"}, 3600.0)[1]
+    server = server_factory(auth_tokens=tokens.path)
+    with TrainyardClient(server.address, token=admin) as ty:
         ty.create_executable(PRINTER)
         configuration_id = ty.create_configuration(
             "node", "node-printer", "runtime-tests", {"go": str(go)}
@@ -78,6 +87,7 @@ def test_node_client_creates_follows_and_watches_an_execution(server, node_clien
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "TRAINYARD_TOKEN": bot},
     )
     try:
         created = json.loads(process.stdout.readline())
@@ -100,7 +110,7 @@ def test_node_client_creates_follows_and_watches_an_execution(server, node_clien
             process.wait()
     assert process.returncode == 0, process.stderr.read()
     assert done["event"] == "done", done
-    with TrainyardClient(server.address) as ty:
+    with TrainyardClient(server.address, token=admin) as ty:
         stored = list(ty.list_logs(execution_id))
     assert [(x["sequence"], x["step"], x["text"]) for x in done["lines"]] == [
         (line.sequence, line.step, line.text) for line in stored

@@ -120,7 +120,9 @@ class TokenIndex:
 
 
 def _normal_subject(subject: str) -> str:
-    return ",".join(part.strip() for part in subject.split(","))
+    """A subject's attributes in one order (gRPC reports them in RFC 4514's, which
+    reverses the certificate's; people write them either way)."""
+    return ",".join(sorted(part.strip() for part in subject.split(",") if part.strip()))
 
 
 def _principal(entry: dict) -> Principal:

@@ -6,7 +6,8 @@
 // Usage: node follow.js ADDRESS PROTOS_DIR CONFIGURATION_ID [RESUME_AFTER_LINES]
 // Prints one JSON object per line on stdout: {"event": "created", ...} as soon as the
 // execution exists, {"event": "following"} once both streams are open, and
-// {"event": "done", ...} with everything it received.
+// {"event": "done", ...} with everything it received. With TRAINYARD_TOKEN set, every
+// call carries it as a bearer token.
 "use strict";
 
 const path = require("path");
@@ -27,6 +28,13 @@ const v1 = grpc.loadPackageDefinition(definition).trainyard.v1;
 const credentials = grpc.credentials.createInsecure();
 const executions = new v1.ExecutionService(address, credentials);
 const logs = new v1.LogService(address, credentials);
+const metadata = new grpc.Metadata();
+if (process.env.TRAINYARD_TOKEN) {
+  metadata.set("authorization", `Bearer ${process.env.TRAINYARD_TOKEN}`);
+}
+if (process.env.TRAINYARD_RESOURCE_GROUP) {
+  metadata.set("ai-resource-group", process.env.TRAINYARD_RESOURCE_GROUP);
+}
 
 function emit(object) {
   process.stdout.write(JSON.stringify(object) + "\n");
@@ -41,6 +49,7 @@ function createExecution() {
   return new Promise((resolve, reject) => {
     executions.CreateExecution(
       { configuration_id: configurationId, request_id: `node-${process.pid}-${Date.now()}` },
+      metadata,
       { deadline: Date.now() + 10000 },
       (error, response) => (error ? reject(error) : resolve(response.execution)),
     );
@@ -54,7 +63,10 @@ function followLogs(executionId, onOpen) {
   let reconnects = 0;
   return new Promise((resolve, reject) => {
     const open = () => {
-      const call = logs.TailLogs({ execution_id: executionId, follow: true, after_sequence: cursor });
+      const call = logs.TailLogs(
+        { execution_id: executionId, follow: true, after_sequence: cursor },
+        metadata,
+      );
       let dropped = false;
       call.on("data", (message) => {
         if (dropped) return;
@@ -87,7 +99,7 @@ function followLogs(executionId, onOpen) {
 function watchStatus(executionId, onSnapshot) {
   const events = [];
   return new Promise((resolve, reject) => {
-    const call = executions.WatchExecutions({ execution_id: executionId });
+    const call = executions.WatchExecutions({ execution_id: executionId }, metadata);
     call.on("data", (event) => {
       events.push({
         type: event.type,
