@@ -13,6 +13,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from server.api.audit import AuditService
 from server.api.connect import Bridge, HandlerCollector
 from server.api.errors import ErrorInterceptor, receive_limit
 from server.api.logs import LogService, add_log_service
@@ -39,7 +40,7 @@ from server.process_tuning import tune_process
 from server.runtime.executor import Executor
 from server.runtime.process_runner import ProcessRunner
 from server.security.authn import Authenticator, Limits
-from server.security.tls import ServerTLS
+from server.security.tls import ServerTLS, is_loopback
 from server.security.tokens import StepTokens
 from server.store.async_store import AsyncMetricStore, AsyncStore
 from server.store.cipher import open_key_file
@@ -51,6 +52,9 @@ from trainyard.v1 import (
     artifact_service_connect,
     artifact_service_pb2,
     artifact_service_pb2_grpc,
+    audit_service_connect,
+    audit_service_pb2,
+    audit_service_pb2_grpc,
     configuration_service_connect,
     configuration_service_pb2,
     configuration_service_pb2_grpc,
@@ -89,6 +93,7 @@ CONNECT_MODULES = [
     (meta_service_connect, meta_service_pb2),
     (metric_service_connect, metric_service_pb2),
     (secret_service_connect, secret_service_pb2),
+    (audit_service_connect, audit_service_pb2),
 ]
 
 SERVICE_NAMES = [
@@ -101,6 +106,7 @@ SERVICE_NAMES = [
     meta_service_pb2.DESCRIPTOR.services_by_name["MetaService"].full_name,
     metric_service_pb2.DESCRIPTOR.services_by_name["MetricService"].full_name,
     secret_service_pb2.DESCRIPTOR.services_by_name["SecretService"].full_name,
+    audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
 ]
 
 
@@ -149,13 +155,29 @@ class TrainyardServer:
         log.info("server stopped")
 
 
+def check_exposure(settings: Settings) -> None:
+    """Refuses to serve plaintext or unauthenticated beyond loopback unless told to."""
+    if is_loopback(settings.address) or settings.insecure:
+        return
+    if not settings.tls_enabled:
+        raise ValueError(
+            f"refusing plaintext on non-loopback address {settings.address}: give"
+            " --tls-cert and --tls-key, or --insecure"
+        )
+    if not settings.auth_enabled:
+        raise ValueError(
+            f"refusing to serve {settings.address} without authentication: give"
+            " --auth-tokens or --tls-client-ca, or --insecure"
+        )
+
+
 async def start_server(settings: Settings) -> TrainyardServer:
     if ":memory:" in settings.database_url:
         raise ValueError(
             "the server needs a database its threads can share: use a file"
             " (sqlite:///PATH) or PostgreSQL, not an in-memory database"
         )
-    settings.check_exposure()
+    check_exposure(settings)
     tls = (
         ServerTLS(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
         if settings.tls_cert is not None and settings.tls_key is not None
@@ -287,6 +309,7 @@ async def start_server(settings: Settings) -> TrainyardServer:
         ),
         (meta_service_pb2_grpc.add_MetaServiceServicer_to_server, meta),
         (secret_service_pb2_grpc.add_SecretServiceServicer_to_server, SecretService(secrets)),
+        (audit_service_pb2_grpc.add_AuditServiceServicer_to_server, AuditService(plane)),
     ]
     for add, servicer in registrations:
         add(servicer, server)

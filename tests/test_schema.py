@@ -25,7 +25,7 @@ from server.domain.paging import PageRequest
 from server.store import migrations, tables
 from server.store.db import SQLITE_PRAGMAS
 from server.store.metrics import MetricStore
-from server.store.migrations import SCHEMA_VERSION, SchemaTooNew, migrate
+from server.store.migrations import KNOWN_VERSIONS, SCHEMA_VERSION, SchemaTooNew, migrate
 from server.store.repository import Store
 from tests.conftest import SAMPLES
 
@@ -49,6 +49,7 @@ TABLES_OF_VERSION = {
     3: set(),  # the lease columns of execution
     4: {"log_purge"},
     5: {"secret"},
+    6: {"audit_event"},
 }
 _SCHEMA_SQL = "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
 
@@ -198,8 +199,9 @@ def test_models_match_the_migrated_schema():
 
 
 def test_migrations_are_numbered_in_order_for_both_backends():
-    assert [m.version for m in migrations.MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
-    assert set(TABLES_OF_VERSION) == set(range(1, SCHEMA_VERSION + 1))
+    versions = [m.version for m in migrations.MIGRATIONS]
+    assert versions == sorted(set(versions)) and versions[-1] == SCHEMA_VERSION
+    assert set(TABLES_OF_VERSION) == set(KNOWN_VERSIONS)
     for m in migrations.MIGRATIONS:
         assert m.sqlite and len(m.postgresql) == len(m.sqlite), m.name
         assert not any("WITHOUT ROWID" in s for s in m.postgresql), m.name
@@ -253,7 +255,7 @@ def test_migrate_twice_changes_nothing(tmp_path):
     assert migrate(db, "sqlite") == SCHEMA_VERSION
     schema = db.execute_sql(_SCHEMA_SQL).fetchall()
     versions = _versions(tmp_path / "x.db")
-    assert [v for v, _ in versions] == list(range(1, SCHEMA_VERSION + 1))
+    assert [v for v, _ in versions] == list(KNOWN_VERSIONS)
     assert migrate(db, "sqlite") == SCHEMA_VERSION
     assert migrate(db) == SCHEMA_VERSION  # the backend from the database's class
     assert db.execute_sql(_SCHEMA_SQL).fetchall() == schema
@@ -322,7 +324,7 @@ def test_concurrent_starters_apply_each_version_once(tmp_path):
     for thread in threads:
         thread.join(timeout=60)
     assert not errors and results == [SCHEMA_VERSION] * starters
-    assert [v for v, _ in _versions(path)] == list(range(1, SCHEMA_VERSION + 1))
+    assert [v for v, _ in _versions(path)] == list(KNOWN_VERSIONS)
 
 
 def test_unknown_backend_and_version_are_refused():
@@ -414,14 +416,14 @@ def test_release_database_opens_as_it_is(tmp_path):
         assert [v for v, _ in versions] == [1, 2]
         after = _versions(path)
         assert after[:2] == versions
-        assert [v for v, _ in after] == list(range(1, SCHEMA_VERSION + 1))
+        assert [v for v, _ in after] == list(KNOWN_VERSIONS)
         _assert_release_data_found(store, with_metrics=True)
         _assert_new_writes_work(store)
     finally:
         store.close()
 
 
-@pytest.mark.parametrize("from_version", range(1, SCHEMA_VERSION + 1))
+@pytest.mark.parametrize("from_version", KNOWN_VERSIONS)
 def test_upgrade_keeps_every_row(tmp_path, from_version):
     """A database at an earlier version, built with that version's frozen DDL, with the
     release's rows in every table it has: opened by this server, it is brought to
@@ -432,7 +434,7 @@ def test_upgrade_keeps_every_row(tmp_path, from_version):
     assert migrate(old, "sqlite", target=from_version) == from_version
     old.close()
     _load_release(tmp_path / "release.db")
-    present = set().union(*(TABLES_OF_VERSION[v] for v in range(1, from_version + 1)))
+    present = set().union(*(TABLES_OF_VERSION[v] for v in KNOWN_VERSIONS if v <= from_version))
     con = sqlite3.connect(path)
     con.execute("ATTACH DATABASE ? AS release", (str(tmp_path / "release.db"),))
     released = {table: _columns(con, table, "release") for table in present}
@@ -450,7 +452,7 @@ def test_upgrade_keeps_every_row(tmp_path, from_version):
 
     store = Store(f"sqlite:///{path}")
     try:
-        assert [v for v, _ in _versions(path)] == list(range(1, SCHEMA_VERSION + 1))
+        assert [v for v, _ in _versions(path)] == list(KNOWN_VERSIONS)
         con = sqlite3.connect(path)
         for table, rows in expected.items():
             assert rows and _rows(con, table, columns=released[table]) == rows, table
@@ -459,3 +461,33 @@ def test_upgrade_keeps_every_row(tmp_path, from_version):
         _assert_new_writes_work(store)
     finally:
         store.close()
+
+
+def test_a_missing_version_number_is_tolerated_and_filled_in_later(tmp_path, monkeypatch):
+    """Versions are numbered per feature and may land out of order: with a number
+    missing the known ones apply in order, and a version that becomes known later,
+    below one already applied, is applied then (once)."""
+    db = _sqlite(tmp_path / "gap.db")
+    later = migrations.Migration(
+        5,
+        "later",
+        ('CREATE TABLE "later_table" ("x" INTEGER)',),
+        ('CREATE TABLE "later_table" ("x" INTEGER)',),
+    )
+    gap = (
+        *migrations.MIGRATIONS[:4],
+        migrations.Migration(
+            6, "six", ('CREATE TABLE "six" ("x" INTEGER)',), ('CREATE TABLE "six" ("x" INTEGER)',)
+        ),
+    )
+    monkeypatch.setattr(migrations, "MIGRATIONS", gap)
+    monkeypatch.setattr(migrations, "SCHEMA_VERSION", 6)
+    assert migrate(db, "sqlite", target=6) == 6
+    assert [v for v, _ in _versions(tmp_path / "gap.db")] == [1, 2, 3, 4, 6]
+    filled = (*gap[:4], later, gap[4])
+    monkeypatch.setattr(migrations, "MIGRATIONS", filled)
+    assert migrate(db, "sqlite", target=6) == 6
+    assert [v for v, _ in _versions(tmp_path / "gap.db")] == [1, 2, 3, 4, 5, 6]
+    assert "later_table" in db.get_tables() and "six" in db.get_tables()
+    assert migrate(db, "sqlite", target=6) == 6
+    db.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 
+from server.domain.audit import Caller
 from server.domain.principal import ANONYMOUS, Principal
 
 RESOURCE_GROUP_KEY = "ai-resource-group"
@@ -40,3 +41,8 @@ def resource_group() -> str:
 def principal() -> Principal:
     """The authenticated caller of the current call (ANONYMOUS when auth is off)."""
     return principal_var.get()
+
+
+def caller() -> Caller:
+    """The current call's principal and request id, for the use cases."""
+    return Caller(principal_var.get(), request_id_var.get())

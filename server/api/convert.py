@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf import timestamp_pb2
 
 from server.domain import lifecycle, metrics
+from server.domain.audit import AuditEvent
 from server.domain.errors import InvalidArgument
 from server.domain.models import (
     Artifact,
@@ -30,6 +31,7 @@ from server.domain.models import (
 )
 from trainyard.v1 import (
     artifact_pb2,
+    audit_pb2,
     configuration_pb2,
     executable_pb2,
     execution_pb2,
@@ -243,6 +245,7 @@ def artifact_pb(art: Artifact) -> artifact_pb2.Artifact:
         execution_id=art.execution_id,
         create_time=ts(art.created_at),
         update_time=ts(art.modified_at),
+        created_by=art.created_by,
     )
 
 
@@ -262,6 +265,7 @@ def configuration_pb(cfg: Configuration) -> configuration_pb2.Configuration:
             for k, v in cfg.input_artifact_bindings.items()
         ],
         create_time=ts(cfg.created_at),
+        created_by=cfg.created_by,
     )
 
 
@@ -323,6 +327,7 @@ def execution_pb(
         update_time=ts(ex.modified_at),
         history=[_transition_fields(t) for t in ex.history] if with_history else [],
         allowed_operations=ALLOWED_OPERATIONS_PB[ex.status],
+        created_by=ex.created_by,
     )
 
 
@@ -401,8 +406,10 @@ def execution_metrics_from_pb(entries) -> list[metrics.ExecutionMetricsIn]:
                         c.name,
                         c.value,
                         enum_from_pb(
-                            INFO_FORMAT_FROM_PB, c.format,
-                            f"executions[{i}].custom_info[{j}].format", "custom info format",
+                            INFO_FORMAT_FROM_PB,
+                            c.format,
+                            f"executions[{i}].custom_info[{j}].format",
+                            "custom info format",
                         ),
                     )
                     for j, c in enumerate(e.custom_info)
@@ -490,3 +497,18 @@ def compared_execution_fields(rows: list[metrics.ComparedExecution]) -> list[dic
 
 
 _MICROSECOND = timedelta(microseconds=1)
+
+
+def audit_event_pb(event: AuditEvent) -> audit_pb2.AuditEvent:
+    return audit_pb2.AuditEvent(
+        id=event.id,
+        time=ts(event.at),
+        principal=event.principal,
+        action=event.action,
+        resource_type=event.resource_type,
+        resource_id=event.resource_id,
+        resource_group=event.resource_group,
+        outcome=event.outcome,
+        request_id=event.request_id,
+        detail=event.detail,
+    )

@@ -8,7 +8,7 @@ from collections import OrderedDict
 import grpc
 
 from server.api import convert
-from server.api.context import resource_group
+from server.api.context import caller, resource_group
 from server.domain.models import Artifact, Execution
 from server.domain.service import BatchOutcome, ControlPlane
 from trainyard.v1 import execution_pb2, execution_service_pb2_grpc
@@ -132,7 +132,7 @@ class ExecutionService(execution_service_pb2_grpc.ExecutionServiceServicer):
 
     async def CreateExecution(self, request, context):
         execution = await self.plane.create_execution_grouped(
-            resource_group(), request.configuration_id, request.request_id
+            resource_group(), request.configuration_id, request.request_id, caller()
         )
         return pb.CreateExecutionResponse(execution=await self.one(execution))
 
@@ -174,22 +174,32 @@ class ExecutionService(execution_service_pb2_grpc.ExecutionServiceServicer):
         )
 
     async def StopExecution(self, request, context):
-        execution = await self.plane.stop_execution(resource_group(), request.execution_id)
+        execution = await self.plane.stop_execution(
+            resource_group(), request.execution_id, caller()
+        )
         return pb.StopExecutionResponse(execution=await self.one(execution))
 
     async def DeleteExecution(self, request, context):
         await self.plane.delete_execution(
-            resource_group(), request.execution_id, keep_metrics=request.keep_metrics
+            resource_group(),
+            request.execution_id,
+            keep_metrics=request.keep_metrics,
+            caller=caller(),
         )
         return pb.DeleteExecutionResponse(execution_id=request.execution_id)
 
     async def BatchStopExecutions(self, request, context):
-        outcomes = await self.plane.batch_stop(resource_group(), list(request.execution_ids))
+        outcomes = await self.plane.batch_stop(
+            resource_group(), list(request.execution_ids), caller()
+        )
         return pb.BatchStopExecutionsResponse(outcomes=[_outcome_pb(o) for o in outcomes])
 
     async def BatchDeleteExecutions(self, request, context):
         outcomes = await self.plane.batch_delete(
-            resource_group(), list(request.execution_ids), keep_metrics=request.keep_metrics
+            resource_group(),
+            list(request.execution_ids),
+            keep_metrics=request.keep_metrics,
+            caller=caller(),
         )
         return pb.BatchDeleteExecutionsResponse(outcomes=[_outcome_pb(o) for o in outcomes])
 

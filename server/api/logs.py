@@ -142,8 +142,18 @@ def _encode(rows: list[LogRow]) -> bytes:
             size = short[length] if length < 0x4000 else _varint(length)
             body = _TWO_TAGS + len(sequence) + len(shared) + len(size) + length
             append(
-                join((_LINES_TAG, short[body] if body < 0x4000 else _varint(body),
-                      _SEQUENCE_TAG, sequence, shared, _TEXT_TAG, size, data))
+                join(
+                    (
+                        _LINES_TAG,
+                        short[body] if body < 0x4000 else _varint(body),
+                        _SEQUENCE_TAG,
+                        sequence,
+                        shared,
+                        _TEXT_TAG,
+                        size,
+                        data,
+                    )
+                )
             )
             continue
         sequence = _SEQUENCE_TAG + _varint(seq) if seq else b""

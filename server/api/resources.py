@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from server.api import convert
-from server.api.context import resource_group
+from server.api.context import caller, resource_group
 from server.domain.service import ControlPlane
 from trainyard.v1 import (
     artifact_service_pb2 as art_pb,
@@ -49,7 +49,9 @@ class ExecutableService(executable_service_pb2_grpc.ExecutableServiceServicer):
         self.plane = plane
 
     async def CreateExecutable(self, request, context):
-        exe, created = await self.plane.register_executable(resource_group(), request.definition)
+        exe, created = await self.plane.register_executable(
+            resource_group(), request.definition, caller()
+        )
         return exe_pb.CreateExecutableResponse(
             executable=convert.executable_pb(exe, self.plane.executable_steps(exe)),
             created=created,
@@ -95,6 +97,7 @@ class ArtifactService(artifact_service_pb2_grpc.ArtifactServiceServicer):
             description=a.description,
             labels=dict(a.labels),
             request_id=request.request_id,
+            caller=caller(),
         )
         return art_pb.CreateArtifactResponse(artifact=convert.artifact_pb(artifact))
 
@@ -135,6 +138,7 @@ class ConfigurationService(configuration_service_pb2_grpc.ConfigurationServiceSe
             parameters=[(b.key, b.value) for b in c.parameter_bindings],
             artifact_bindings=[(b.key, b.artifact_id) for b in c.input_artifact_bindings],
             request_id=request.request_id,
+            caller=caller(),
         )
         return cfg_pb.CreateConfigurationResponse(
             configuration=convert.configuration_pb(configuration)

@@ -77,6 +77,8 @@ RULES: dict[str, Rule] = {
     _SVC + "SecretService/UpdateSecret": Rule(ADMIN, "secret", "name"),
     _SVC + "SecretService/ListSecrets": Rule(ADMIN),
     _SVC + "SecretService/DeleteSecret": Rule(ADMIN, "secret", "name"),
+    # The audit trail
+    _SVC + "AuditService/ListAuditEvents": Rule(ADMIN),
 }
 
 

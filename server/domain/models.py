@@ -154,6 +154,7 @@ class Artifact:
     execution_id: str = ""  # the execution that produced it, empty for registered ones
     created_at: datetime | None = None
     modified_at: datetime | None = None
+    created_by: str = ""  # the principal that registered it ("" before auth existed)
 
 
 @dataclass(slots=True)
@@ -167,6 +168,7 @@ class Configuration:
     parameter_bindings: dict[str, str] = field(default_factory=dict)
     input_artifact_bindings: dict[str, str] = field(default_factory=dict)  # name -> artifact id
     created_at: datetime | None = None
+    created_by: str = ""  # the principal that created it
 
 
 @dataclass(slots=True)
@@ -228,6 +230,7 @@ class Execution:
     history: list[Transition] = field(default_factory=list)
     # The replica that has claimed it to run it ("" when none has), runtime use.
     owner: str = ""
+    created_by: str = ""  # the principal that created it
 
 
 @dataclass(frozen=True, slots=True)

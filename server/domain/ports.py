@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from server.domain.audit import AuditEvent, AuditFilter
 from server.domain.metrics import (
     ComparedExecution,
     CompareQuery,
@@ -57,9 +58,12 @@ class CatalogStore(Protocol):
     """Scenarios, executables, artifacts and configurations of the resource groups.
     Executable versions and configurations never change once written."""
 
-    async def put_executable(self, exe: Executable) -> tuple[Executable, bool]:
+    async def put_executable(
+        self, exe: Executable, audit: AuditEvent | None = None
+    ) -> tuple[Executable, bool]:
         """Register a version; (stored, created). Another definition under the same id
-        and version is AlreadyExists."""
+        and version is AlreadyExists. ``audit`` (every write below takes one) is
+        recorded in the same transaction as the change, and only if it is made."""
         ...
 
     async def get_executable(
@@ -77,7 +81,9 @@ class CatalogStore(Protocol):
 
     async def list_scenarios(self, resource_group: str, page: PageRequest) -> Page[Scenario]: ...
 
-    async def create_artifact(self, art: Artifact, request_id: str = "") -> Artifact:
+    async def create_artifact(
+        self, art: Artifact, request_id: str = "", audit: AuditEvent | None = None
+    ) -> Artifact:
         """Insert; a known request id returns the first artifact."""
         ...
 
@@ -94,7 +100,7 @@ class CatalogStore(Protocol):
     ) -> Page[Artifact]: ...
 
     async def create_configuration(
-        self, cfg: Configuration, request_id: str = ""
+        self, cfg: Configuration, request_id: str = "", audit: AuditEvent | None = None
     ) -> Configuration: ...
 
     async def get_configuration(
@@ -116,14 +122,17 @@ class ExecutionStore(Protocol):
     (idempotent creates). ``resource_group`` None reads across groups (runtime use)."""
 
     async def create_executions(
-        self, items: Sequence[tuple[Execution, str]]
+        self,
+        items: Sequence[tuple[Execution, str]],
+        audit: Sequence[AuditEvent | None] | None = None,
     ) -> list[tuple[Execution, bool] | Exception]:
         """Many creates (each with its request id or "") in one transaction; per item
-        (execution, created) or the DomainError that refused it."""
+        (execution, created) or the DomainError that refused it. ``audit``: per item,
+        the event recorded if it is created."""
         ...
 
     async def create_execution(
-        self, execution: Execution, request_id: str = ""
+        self, execution: Execution, request_id: str = "", audit: AuditEvent | None = None
     ) -> tuple[Execution, bool]: ...
 
     async def get_execution(
@@ -168,13 +177,16 @@ class ExecutionStore(Protocol):
         ``to_status`` (and is one of ``expected``, when given)."""
         ...
 
-    async def request_stop(self, resource_group: str, execution_id: str) -> Execution:
+    async def request_stop(
+        self, resource_group: str, execution_id: str, audit: AuditEvent | None = None
+    ) -> Execution:
         """PENDING or RUNNING -> STOPPING with target STOPPED; FailedPrecondition
         (EXECUTION_NOT_STOPPABLE) in any other status."""
         ...
 
     async def delete_execution(
-        self, resource_group: str, execution_id: str, keep_metrics: bool = False
+        self, resource_group: str, execution_id: str, keep_metrics: bool = False,
+        audit: AuditEvent | None = None,
     ) -> None:
         """Delete a final execution with its history; FailedPrecondition
         (EXECUTION_NOT_DELETABLE) in any other status. Its log lines are hidden from
@@ -354,7 +366,23 @@ class SecretCipher(Protocol):
         ...
 
 
-class Store(CatalogStore, ExecutionStore, ExecutionEvents, ClaimStore, LogStore, Protocol):
+class AuditStore(Protocol):
+    """The audit trail (written by the other ports' writes, with their changes)."""
+
+    async def record_audit(self, events: list[AuditEvent]) -> None:
+        """Events of changes made outside the store (the token file), on their own."""
+        ...
+
+    async def list_audit_events(
+        self, where: AuditFilter, page: PageRequest
+    ) -> Page[AuditEvent]:
+        """Newest first."""
+        ...
+
+
+class Store(
+    CatalogStore, ExecutionStore, ExecutionEvents, ClaimStore, LogStore, AuditStore, Protocol
+):
     """Everything the control plane reads and writes of its metadata."""
 
     kind: str  # "sqlite" or "postgresql"

@@ -23,11 +23,13 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from server.domain import resources, templates, validation, workflow
+from server.domain.audit import SYSTEM_CALLER, AuditEvent, AuditFilter, Caller
 from server.domain.errors import (
     DomainError,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
+    PermissionDenied,
     Reason,
     StoreUnavailable,
 )
@@ -48,6 +50,7 @@ from server.domain.models import (
     Transition,
 )
 from server.domain.paging import page_request
+from server.domain.principal import ADMIN, ALL_GROUPS
 from server.domain.secrets import SecretRef, SecretService, check_references, references
 from server.domain.validation import Violations
 
@@ -74,7 +77,7 @@ MAX_GROUP_WAIT = 0.005
 
 # A create waiting for its grouped write: execution, request id, the caller's future
 # and context.
-_WaitingCreate = tuple[Execution, str, asyncio.Future, contextvars.Context]
+_WaitingCreate = tuple[Execution, str, asyncio.Future, contextvars.Context, AuditEvent]
 
 
 def new_id() -> str:
@@ -152,7 +155,7 @@ class ControlPlane:
     # -------------------------------------------------------------- executables
 
     async def register_executable(
-        self, resource_group: str, definition: str
+        self, resource_group: str, definition: str, caller: Caller = SYSTEM_CALLER
     ) -> tuple[Executable, bool]:
         if not definition.strip():
             raise InvalidArgument.of("definition", "is required")
@@ -165,7 +168,9 @@ class ControlPlane:
                 "definition", f"must hold exactly one WorkflowTemplate, found {len(parsed)}"
             )
         self.check_resources(parsed[0])
-        return await self.store.put_executable(parsed[0])
+        exe = parsed[0]
+        event = caller.event("register", "executable", f"{exe.id}@{exe.version}", resource_group)
+        return await self.store.put_executable(exe, audit=event)
 
     def check_resources(self, exe: Executable) -> None:
         """InvalidArgument naming every unknown resource plan (reason
@@ -255,6 +260,7 @@ class ControlPlane:
         description: str = "",
         labels: dict[str, str] | None = None,
         request_id: str = "",
+        caller: Caller = SYSTEM_CALLER,
     ) -> Artifact:
         labels = labels or {}
         v = Violations()
@@ -277,8 +283,10 @@ class ControlPlane:
             scenario_id=scenario_id,
             description=description,
             labels=labels,
+            created_by=caller.name,
         )
-        return await self.store.create_artifact(artifact, request_id)
+        event = caller.event("create", "artifact", artifact.id, resource_group)
+        return await self.store.create_artifact(artifact, request_id, audit=event)
 
     async def register_output_artifact(self, artifact: Artifact) -> Artifact:
         """Runtime use: register an artifact an execution produced."""
@@ -338,6 +346,7 @@ class ControlPlane:
         parameters: list[tuple[str, str]],
         artifact_bindings: list[tuple[str, str]],
         request_id: str = "",
+        caller: Caller = SYSTEM_CALLER,
     ) -> Configuration:
         v = Violations()
         validation.check_name(v, "configuration.name", name)
@@ -375,8 +384,10 @@ class ControlPlane:
             scenario_id=executable.scenario_id,
             parameter_bindings=resolved,
             input_artifact_bindings=bound,
+            created_by=caller.name,
         )
-        return await self.store.create_configuration(configuration, request_id)
+        event = caller.event("create", "configuration", configuration.id, resource_group)
+        return await self.store.create_configuration(configuration, request_id, audit=event)
 
     async def get_configuration(self, resource_group: str, configuration_id: str) -> Configuration:
         v = Violations()
@@ -401,16 +412,29 @@ class ControlPlane:
     # --------------------------------------------------------------- executions
 
     async def create_execution(
-        self, resource_group: str, configuration_id: str, request_id: str = ""
+        self,
+        resource_group: str,
+        configuration_id: str,
+        request_id: str = "",
+        caller: Caller = SYSTEM_CALLER,
     ) -> Execution:
         execution = await self._new_execution(resource_group, configuration_id, request_id)
-        stored, created = await self.store.create_execution(execution, request_id)
+        execution.created_by = caller.name
+        stored, created = await self.store.create_execution(
+            execution,
+            request_id,
+            audit=caller.event("create", "execution", execution.id, resource_group),
+        )
         if created:
             self._execution_created(stored)
         return stored
 
     async def create_execution_grouped(
-        self, resource_group: str, configuration_id: str, request_id: str = ""
+        self,
+        resource_group: str,
+        configuration_id: str,
+        request_id: str = "",
+        caller: Caller = SYSTEM_CALLER,
     ) -> Execution:
         """:meth:`create_execution`, written together with the creates that arrive
         while an earlier group is being written or in the next few turns of the event
@@ -418,11 +442,13 @@ class ControlPlane:
         server writes a create within a fraction of a millisecond; under load each
         commit takes everything that queued during the one before."""
         execution = await self._new_execution(resource_group, configuration_id, request_id)
+        execution.created_by = caller.name
+        event = caller.event("create", "execution", execution.id, resource_group)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         # The announcement and the runtime's tasks run in the caller's context (its
         # request id on their log lines), the grouped write in a context of its own.
-        self._creates.append((execution, request_id, future, contextvars.copy_context()))
+        self._creates.append((execution, request_id, future, contextvars.copy_context(), event))
         if self._writing is None:
             self._writing = loop.create_task(self._write_creates(), context=contextvars.Context())
         return await future
@@ -447,27 +473,28 @@ class ControlPlane:
                     if waiting:
                         await self._write_group(waiting)
                 finally:
-                    for _, _, future, _ in waiting:
+                    for _, _, future, _, _ in waiting:
                         if not future.done():  # only after a bug: never leave a caller waiting
                             future.set_exception(RuntimeError("execution create not written"))
         finally:
             self._writing = None
 
     async def _write_group(self, group: list[_WaitingCreate]) -> None:
-        items = [(execution, request_id) for execution, request_id, _, _ in group]
+        items = [(execution, request_id) for execution, request_id, _, _, _ in group]
+        events = [event for *_, event in group]
         try:
-            results: list = await self.store.create_executions(items)
+            results: list = await self.store.create_executions(items, events)
         except StoreUnavailable as exc:  # the store is down: every caller hears it
             results = [exc] * len(items)
         except Exception:  # noqa: BLE001 - retried one by one, each with its own error
             log.warning("grouped create failed; writing one at a time", exc_info=True)
             results = []
-            for item in items:
+            for item, event in zip(items, events, strict=True):
                 try:
-                    results.append(await self.store.create_execution(*item))
+                    results.append(await self.store.create_execution(*item, audit=event))
                 except Exception as exc:  # noqa: BLE001 - handed to that caller
                     results.append(exc)
-        for (_, _, future, context), result in zip(group, results, strict=True):
+        for (_, _, future, context, _), result in zip(group, results, strict=True):
             if future.done():
                 continue
             if isinstance(result, BaseException):
@@ -550,7 +577,8 @@ class ControlPlane:
             try:
                 # A plan given as a placeholder is known only when an execution starts.
                 limits = resources.resolve(
-                    plan if "{{" not in plan else "", ws.template.get(ws.kind) or {},
+                    plan if "{{" not in plan else "",
+                    ws.template.get(ws.kind) or {},
                     self.resource_plans,
                 )
             except (KeyError, ValueError):
@@ -618,20 +646,35 @@ class ControlPlane:
             configuration_id=configuration_id,
         )
 
-    async def stop_execution(self, resource_group: str, execution_id: str) -> Execution:
+    async def stop_execution(
+        self, resource_group: str, execution_id: str, caller: Caller = SYSTEM_CALLER
+    ) -> Execution:
         _check_execution_id(execution_id)
-        stopped = await self.store.request_stop(resource_group, execution_id)
+        stopped = await self.store.request_stop(
+            resource_group,
+            execution_id,
+            audit=caller.event("stop", "execution", execution_id, resource_group),
+        )
         self._announce_transition(stopped)
         if self.runtime is not None:
             await self.runtime.stop(execution_id)
         return await self.store.get_execution(resource_group, execution_id)
 
     async def delete_execution(
-        self, resource_group: str, execution_id: str, keep_metrics: bool = False
+        self,
+        resource_group: str,
+        execution_id: str,
+        keep_metrics: bool = False,
+        caller: Caller = SYSTEM_CALLER,
     ) -> None:
         _check_execution_id(execution_id)
         execution = await self.store.get_execution(resource_group, execution_id, with_history=False)
-        await self.store.delete_execution(resource_group, execution_id, keep_metrics)
+        await self.store.delete_execution(
+            resource_group,
+            execution_id,
+            keep_metrics,
+            audit=caller.event("delete", "execution", execution_id, resource_group),
+        )
         execution.target_status = TargetStatus.DELETED
         self._announce(ExecutionEvent("deleted", execution))
         if self.runtime is not None:
@@ -673,27 +716,72 @@ class ControlPlane:
         return outcomes
 
     async def batch_stop(
-        self, resource_group: str, execution_ids: Sequence[str]
+        self,
+        resource_group: str,
+        execution_ids: Sequence[str],
+        caller: Caller = SYSTEM_CALLER,
     ) -> list[BatchOutcome]:
         return await self._batch(
-            execution_ids, lambda eid: self.stop_execution(resource_group, eid)
+            execution_ids, lambda eid: self.stop_execution(resource_group, eid, caller)
         )
 
     async def batch_delete(
-        self, resource_group: str, execution_ids: Sequence[str], keep_metrics: bool = False
+        self,
+        resource_group: str,
+        execution_ids: Sequence[str],
+        keep_metrics: bool = False,
+        caller: Caller = SYSTEM_CALLER,
     ) -> list[BatchOutcome]:
         return await self._batch(
             execution_ids,
-            lambda eid: self.delete_execution(resource_group, eid, keep_metrics),
+            lambda eid: self.delete_execution(resource_group, eid, keep_metrics, caller),
         )
+
+    # ------------------------------------------------------------- audit trail
+
+    async def list_audit_events(
+        self,
+        resource_group: str,
+        caller: Caller,
+        page_size: int,
+        page_token: str,
+        *,
+        where: AuditFilter,
+        all_groups: bool = False,
+    ) -> Page[AuditEvent]:
+        """The trail of one resource group (or, for an admin of every group, of all),
+        newest first."""
+        if all_groups:
+            if caller.principal.roles.get(ALL_GROUPS) != ADMIN:
+                raise PermissionDenied(
+                    message="reading every group's audit trail needs the admin role on '*'",
+                    reason=Reason.PERMISSION_DENIED,
+                    metadata={"role": ADMIN, "resource_group": ALL_GROUPS},
+                )
+            where.resource_group = ""
+        else:
+            where.resource_group = resource_group
+        v = Violations()
+        for name in ("principal", "action", "resource_type", "resource_id"):
+            validation.check_text(v, name, getattr(where, name))
+        v.raise_if_any()
+        filters = {
+            "all": all_groups,
+            "principal": where.principal,
+            "action": where.action,
+            "resource_type": where.resource_type,
+            "resource_id": where.resource_id,
+            "since": where.since_us,
+            "until": where.until_us,
+        }
+        page = page_request(page_size, page_token, filters)
+        return await self.store.list_audit_events(where, page)
 
     # ----------------------------------------------------------- runtime reports
 
     def _announce_transition(self, execution: Execution) -> None:
         """Announce a written move (the store returns it with its whole history)."""
-        self._announce(
-            ExecutionEvent("transition", execution, transition=execution.history[-1])
-        )
+        self._announce(ExecutionEvent("transition", execution, transition=execution.history[-1]))
 
     async def transition(
         self,

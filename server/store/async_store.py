@@ -207,6 +207,8 @@ class AsyncStore:
     transition = _writer(SyncStore.transition)
     request_stop = _writer(SyncStore.request_stop)
     delete_execution = _writer(SyncStore.delete_execution)
+    record_audit = _writer(SyncStore.record_audit)
+    list_audit_events = _reader(SyncStore.list_audit_events)
     update_execution = _writer(SyncStore.update_execution)
     force_status = _writer(SyncStore.force_status)
 

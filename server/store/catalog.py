@@ -10,6 +10,7 @@ from itertools import chain
 
 import peewee as pw
 
+from server.domain.audit import AuditEvent
 from server.domain.errors import (
     AlreadyExists,
     NotFound,
@@ -164,9 +165,12 @@ class CatalogRepository:
 
     # --------------------------------------------------------------- executables
 
-    def put_executable(self, exe: Executable) -> tuple[Executable, bool]:
+    def put_executable(
+        self, exe: Executable, audit: AuditEvent | None = None
+    ) -> tuple[Executable, bool]:
         """Register ``exe``; returns (stored, created). Same id + version with another
-        definition is AlreadyExists: a changed definition needs a new version."""
+        definition is AlreadyExists: a changed definition needs a new version.
+        ``audit`` is recorded when it is created."""
         with self.write_lock():
             row = self.t.ExecutableRow.get_or_none(
                 (self.t.ExecutableRow.resource_group == exe.resource_group)
@@ -206,6 +210,7 @@ class CatalogRepository:
                 created_us=at,
                 modified_us=at,
             )
+            self._audit((audit,))
             return _executable(row, exe.scenario_name), True
 
     def get_executable(
@@ -264,9 +269,11 @@ class CatalogRepository:
 
     # ----------------------------------------------------------------- artifacts
 
-    def create_artifact(self, art: Artifact, request_id: str = "") -> Artifact:
+    def create_artifact(
+        self, art: Artifact, request_id: str = "", audit: AuditEvent | None = None
+    ) -> Artifact:
         digest = request_digest(
-            {k: v for k, v in asdict(art).items() if k not in ("id", "created_at", "modified_at")}
+            {k: v for k, v in asdict(art).items() if k not in ("id", "created_at", "modified_at", "created_by")}
         )
         with self.write_lock():
             existing = self._idempotent_lookup(art.resource_group, "artifact", request_id, digest)
@@ -286,6 +293,7 @@ class CatalogRepository:
                     execution_id=art.execution_id,
                     created_us=at,
                     modified_us=at,
+                    created_by=art.created_by,
                 )
             except pw.IntegrityError as exc:
                 raise AlreadyExists(
@@ -294,6 +302,7 @@ class CatalogRepository:
                     resource_name=art.id,
                 ) from exc
             self._idempotent_record(art.resource_group, "artifact", request_id, digest, art.id)
+            self._audit((audit,))
         return self.get_artifact(art.resource_group, art.id)
 
     def get_artifact(self, resource_group: str, artifact_id: str) -> Artifact:
@@ -350,7 +359,9 @@ class CatalogRepository:
 
     # ------------------------------------------------------------ configurations
 
-    def create_configuration(self, cfg: Configuration, request_id: str = "") -> Configuration:
+    def create_configuration(
+        self, cfg: Configuration, request_id: str = "", audit: AuditEvent | None = None
+    ) -> Configuration:
         digest = request_digest(
             {
                 "name": cfg.name,
@@ -376,8 +387,10 @@ class CatalogRepository:
                 parameter_bindings=cfg.parameter_bindings,
                 input_artifact_bindings=cfg.input_artifact_bindings,
                 created_us=now_us(),
+                created_by=cfg.created_by,
             )
             self._idempotent_record(cfg.resource_group, "configuration", request_id, digest, cfg.id)
+            self._audit((audit,))
         return self.get_configuration(cfg.resource_group, cfg.id)
 
     def get_configuration(self, resource_group: str, configuration_id: str) -> Configuration:

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from server.domain import lifecycle
+from server.domain.audit import AuditEvent
 from server.domain.errors import (
     DomainError,
     FailedPrecondition,
@@ -122,17 +123,20 @@ class ExecutionRepository:
         )
 
     def create_execution(
-        self, execution: Execution, request_id: str = ""
+        self, execution: Execution, request_id: str = "", audit: AuditEvent | None = None
     ) -> tuple[Execution, bool]:
         """Insert a PENDING execution and its first history entry. Returns (execution,
-        created); a known ``request_id`` returns the first execution, created False."""
-        result = self.create_executions([(execution, request_id)])[0]
+        created); a known ``request_id`` returns the first execution, created False.
+        ``audit``: the event recorded with it (only if it is created)."""
+        result = self.create_executions([(execution, request_id)], [audit])[0]
         if isinstance(result, BaseException):
             raise result
         return result
 
     def create_executions(
-        self, items: Sequence[tuple[Execution, str]]
+        self,
+        items: Sequence[tuple[Execution, str]],
+        audit: Sequence[AuditEvent | None] | None = None,
     ) -> list[tuple[Execution, bool] | DomainError]:
         """Create many executions (each with its client request id, or "") in one
         transaction: one commit, and one statement per table, for all of them.
@@ -182,6 +186,8 @@ class ExecutionRepository:
                     results[i] = exc
             if new:
                 self._insert_executions(items, new)
+                if audit:
+                    self._audit(audit[i] for i in new)
         for i in new:
             results[i] = (items[i][0], True)
         return results  # type: ignore[return-value]
@@ -211,6 +217,7 @@ class ExecutionRepository:
                     at,
                     at,
                     1,
+                    execution.created_by,
                 )
             )
             transitions.append((execution.id, 1, None, pending, at, "created", message))
@@ -231,7 +238,7 @@ class ExecutionRepository:
         cursor = self.db.cursor()
         sql = self.dialect.sql
         cursor.executemany(
-            sql(f"INSERT INTO execution ({_EXEC_INSERT}) VALUES ({', '.join('?' * 13)})"), rows
+            sql(f"INSERT INTO execution ({_EXEC_INSERT}) VALUES ({', '.join('?' * 14)})"), rows
         )
         cursor.executemany(
             sql(
@@ -481,8 +488,11 @@ class ExecutionRepository:
         self._count(row, str(current), -1)
         self._count(row, str(to_status), 1)
 
-    def request_stop(self, resource_group: str, execution_id: str) -> Execution:
-        """The user's stop: PENDING or RUNNING -> STOPPING, target STOPPED."""
+    def request_stop(
+        self, resource_group: str, execution_id: str, audit: AuditEvent | None = None
+    ) -> Execution:
+        """The user's stop: PENDING or RUNNING -> STOPPING, target STOPPED; ``audit``
+        is recorded with it."""
 
         def change() -> Execution:
             row = self._execution_row(resource_group, execution_id)
@@ -496,6 +506,7 @@ class ExecutionRepository:
             self._record(
                 row, current, Status.STOPPING, stamp, "stop_requested", "stop requested by user"
             )
+            self._audit((audit,))
             execution = _execution_from(row)
             execution.history = self.history(execution_id)
             return execution
@@ -503,7 +514,11 @@ class ExecutionRepository:
         return self._compare_and_set(change)
 
     def delete_execution(
-        self, resource_group: str, execution_id: str, keep_metrics: bool = False
+        self,
+        resource_group: str,
+        execution_id: str,
+        keep_metrics: bool = False,
+        audit: AuditEvent | None = None,
     ) -> None:
         """Delete a final execution with its history (artifacts stay). Its log lines,
         of which there may be millions, are not deleted here: the execution is queued
@@ -531,6 +546,7 @@ class ExecutionRepository:
             )
             for hook in self.delete_hooks:
                 hook(execution_id, keep_metrics)
+            self._audit((audit,))
 
         self._compare_and_set(change)
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from server.store import tables
+from server.store.audit import AuditRepository
 from server.store.catalog import CatalogRepository
 from server.store.dialects import open_database
 from server.store.executions import ExecutionRepository
@@ -79,7 +80,12 @@ class _Cache:
 
 
 class Store(
-    CatalogRepository, ExecutionRepository, LeaseRepository, LogRepository, SecretRepository
+    AuditRepository,
+    CatalogRepository,
+    ExecutionRepository,
+    LeaseRepository,
+    LogRepository,
+    SecretRepository,
 ):
     """Trainyard's metadata store on a peewee database (SQLite by default)."""
 

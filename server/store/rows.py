@@ -183,6 +183,7 @@ def _artifact(row: tables.ArtifactRow) -> Artifact:
         execution_id=row.execution_id,
         created_at=to_dt(row.created_us),
         modified_at=to_dt(row.modified_us),
+        created_by=row.created_by or "",
     )
 
 
@@ -197,6 +198,7 @@ def _configuration(row: tables.ConfigurationRow) -> Configuration:
         parameter_bindings=dict(row.parameter_bindings or {}),
         input_artifact_bindings=dict(row.input_artifact_bindings or {}),
         created_at=to_dt(row.created_us),
+        created_by=row.created_by or "",
     )
 
 
@@ -221,12 +223,13 @@ _EXEC_FIELDS = (
     "owner",
     "lease_expires_us",
     "fence",
+    "created_by",
 )
 _EXEC_COLUMNS = ", ".join(_EXEC_FIELDS)
 _EXEC_INSERT = (
     "resource_group, execution_id, configuration_id, executable_id, scenario_id, status,"
     " target_status, status_message, step_details, output_artifact_ids, created_us,"
-    " modified_us, history_len"
+    " modified_us, history_len, created_by"
 )
 
 
@@ -258,6 +261,7 @@ def _execution_from(row: dict) -> Execution:
         completed_at=to_dt(row["completed_us"]),
         modified_at=to_dt(row["modified_us"]),
         owner=row["owner"] or "",
+        created_by=row["created_by"] or "",
     )
 
 

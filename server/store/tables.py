@@ -85,6 +85,7 @@ class ArtifactRow(Base):
     execution_id = pw.TextField(default="")
     created_us = pw.BigIntegerField()
     modified_us = pw.BigIntegerField()
+    created_by = pw.TextField(default="")  # since schema version 6
 
     class Meta:
         table_name = "artifact"
@@ -104,6 +105,7 @@ class ConfigurationRow(Base):
     parameter_bindings = JSONField(default=dict)
     input_artifact_bindings = JSONField(default=dict)
     created_us = pw.BigIntegerField()
+    created_by = pw.TextField(default="")  # since schema version 6
 
     class Meta:
         table_name = "configuration"
@@ -135,6 +137,7 @@ class ExecutionRow(Base):
     owner = pw.TextField(null=True)
     lease_expires_us = pw.BigIntegerField(null=True)
     fence = pw.BigIntegerField(default=0)
+    created_by = pw.TextField(default="")  # since schema version 6
 
     class Meta:
         table_name = "execution"
@@ -317,6 +320,26 @@ class MetricCustomInfoRow(Base):
         without_rowid = True
 
 
+class AuditEventRow(Base):
+    # Since schema version 6: the audit trail, newest last.
+    at_us = pw.BigIntegerField()
+    resource_group = pw.TextField()
+    principal = pw.TextField()
+    action = pw.TextField()
+    resource_type = pw.TextField()
+    resource_id = pw.TextField()
+    outcome = pw.TextField()
+    request_id = pw.TextField()
+    detail = pw.TextField()
+
+    class Meta:
+        table_name = "audit_event"
+        indexes = (
+            (("resource_group", "id"), False),
+            (("principal", "id"), False),
+        )
+
+
 MODELS: tuple[type[Base], ...] = (
     SchemaVersion,
     ScenarioRow,
@@ -335,6 +358,7 @@ MODELS: tuple[type[Base], ...] = (
     MetricPointRow,
     MetricTagRow,
     MetricCustomInfoRow,
+    AuditEventRow,
 )
 
 
@@ -361,6 +385,7 @@ class Tables:
     MetricPointRow: type[MetricPointRow]
     MetricTagRow: type[MetricTagRow]
     MetricCustomInfoRow: type[MetricCustomInfoRow]
+    AuditEventRow: type[AuditEventRow]
 
     def __init__(self, database: pw.Database):
         self.database = database

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btrainyard/v1/artifact.proto\x12\x0ctrainyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe0\x02\n\x08\x41rtifact\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12(\n\x04kind\x18\x03 \x01(\x0e\x32\x1a.trainyard.v1.ArtifactKind\x12\x0b\n\x03url\x18\x04 \x01(\t\x12\x13\n\x0bscenario_id\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x32\n\x06labels\x18\x07 \x03(\x0b\x32\".trainyard.v1.Artifact.LabelsEntry\x12\x14\n\x0c\x65xecution_id\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\x97\x01\n\x0c\x41rtifactKind\x12\x1d\n\x19\x41RTIFACT_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41RTIFACT_KIND_DATASET\x10\x01\x12\x17\n\x13\x41RTIFACT_KIND_MODEL\x10\x02\x12\x1b\n\x17\x41RTIFACT_KIND_RESULTSET\x10\x03\x12\x17\n\x13\x41RTIFACT_KIND_OTHER\x10\x04\x42@Z>github.com/trainyard/trainyard/gen/go/trainyard/v1;trainyardv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btrainyard/v1/artifact.proto\x12\x0ctrainyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf4\x02\n\x08\x41rtifact\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12(\n\x04kind\x18\x03 \x01(\x0e\x32\x1a.trainyard.v1.ArtifactKind\x12\x0b\n\x03url\x18\x04 \x01(\t\x12\x13\n\x0bscenario_id\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x32\n\x06labels\x18\x07 \x03(\x0b\x32\".trainyard.v1.Artifact.LabelsEntry\x12\x14\n\x0c\x65xecution_id\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x14 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\x97\x01\n\x0c\x41rtifactKind\x12\x1d\n\x19\x41RTIFACT_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41RTIFACT_KIND_DATASET\x10\x01\x12\x17\n\x13\x41RTIFACT_KIND_MODEL\x10\x02\x12\x1b\n\x17\x41RTIFACT_KIND_RESULTSET\x10\x03\x12\x17\n\x13\x41RTIFACT_KIND_OTHER\x10\x04\x42@Z>github.com/trainyard/trainyard/gen/go/trainyard/v1;trainyardv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,10 +35,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'Z>github.com/trainyard/trainyard/gen/go/trainyard/v1;trainyardv1'
   _globals['_ARTIFACT_LABELSENTRY']._loaded_options = None
   _globals['_ARTIFACT_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_ARTIFACTKIND']._serialized_start=434
-  _globals['_ARTIFACTKIND']._serialized_end=585
+  _globals['_ARTIFACTKIND']._serialized_start=454
+  _globals['_ARTIFACTKIND']._serialized_end=605
   _globals['_ARTIFACT']._serialized_start=79
-  _globals['_ARTIFACT']._serialized_end=431
-  _globals['_ARTIFACT_LABELSENTRY']._serialized_start=386
-  _globals['_ARTIFACT_LABELSENTRY']._serialized_end=431
+  _globals['_ARTIFACT']._serialized_end=451
+  _globals['_ARTIFACT_LABELSENTRY']._serialized_start=406
+  _globals['_ARTIFACT_LABELSENTRY']._serialized_end=451
 # @@protoc_insertion_point(module_scope)

@@ -90,6 +90,7 @@ class Artifact(_message.Message):
     EXECUTION_ID_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. Server-assigned id."""
     name: _builtins.str
@@ -104,6 +105,11 @@ class Artifact(_message.Message):
     """Free text, at most 5000 characters."""
     execution_id: _builtins.str
     """Output only. The execution that produced it; empty for registered artifacts."""
+    created_by: _builtins.str
+    """Output only. The principal that registered it (`system` for artifacts an
+    execution produced; empty for artifacts registered before principals were
+    recorded).
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Labels, at most 64 entries."""
@@ -129,10 +135,11 @@ class Artifact(_message.Message):
         execution_id: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        created_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "execution_id", b"execution_id", "id", b"id", "kind", b"kind", "labels", b"labels", "name", b"name", "scenario_id", b"scenario_id", "update_time", b"update_time", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "created_by", b"created_by", "description", b"description", "execution_id", b"execution_id", "id", b"id", "kind", b"kind", "labels", b"labels", "name", b"name", "scenario_id", b"scenario_id", "update_time", b"update_time", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n trainyard/v1/configuration.proto\x12\x0ctrainyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\".\n\x10ParameterBinding\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"8\n\x14InputArtifactBinding\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x13\n\x0b\x61rtifact_id\x18\x02 \x01(\t\"\xa3\x02\n\rConfiguration\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x15\n\rexecutable_id\x18\x03 \x01(\t\x12\x1a\n\x12\x65xecutable_version\x18\x04 \x01(\t\x12\x13\n\x0bscenario_id\x18\x05 \x01(\t\x12:\n\x12parameter_bindings\x18\x06 \x03(\x0b\x32\x1e.trainyard.v1.ParameterBinding\x12\x43\n\x17input_artifact_bindings\x18\x07 \x03(\x0b\x32\".trainyard.v1.InputArtifactBinding\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB@Z>github.com/trainyard/trainyard/gen/go/trainyard/v1;trainyardv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n trainyard/v1/configuration.proto\x12\x0ctrainyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\".\n\x10ParameterBinding\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"8\n\x14InputArtifactBinding\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x13\n\x0b\x61rtifact_id\x18\x02 \x01(\t\"\xb7\x02\n\rConfiguration\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x15\n\rexecutable_id\x18\x03 \x01(\t\x12\x1a\n\x12\x65xecutable_version\x18\x04 \x01(\t\x12\x13\n\x0bscenario_id\x18\x05 \x01(\t\x12:\n\x12parameter_bindings\x18\x06 \x03(\x0b\x32\x1e.trainyard.v1.ParameterBinding\x12\x43\n\x17input_artifact_bindings\x18\x07 \x03(\x0b\x32\".trainyard.v1.InputArtifactBinding\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x14 \x01(\tB@Z>github.com/trainyard/trainyard/gen/go/trainyard/v1;trainyardv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,5 +38,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INPUTARTIFACTBINDING']._serialized_start=131
   _globals['_INPUTARTIFACTBINDING']._serialized_end=187
   _globals['_CONFIGURATION']._serialized_start=190
-  _globals['_CONFIGURATION']._serialized_end=481
+  _globals['_CONFIGURATION']._serialized_end=501
 # @@protoc_insertion_point(module_scope)

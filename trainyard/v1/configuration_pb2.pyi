@@ -87,6 +87,7 @@ class Configuration(_message.Message):
     PARAMETER_BINDINGS_FIELD_NUMBER: _builtins.int
     INPUT_ARTIFACT_BINDINGS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. Server-assigned id."""
     name: _builtins.str
@@ -99,6 +100,10 @@ class Configuration(_message.Message):
     """
     scenario_id: _builtins.str
     """Required. Scenario of the executable."""
+    created_by: _builtins.str
+    """Output only. The principal that created it (empty for configurations created
+    before principals were recorded).
+    """
     @_builtins.property
     def parameter_bindings(self) -> _containers.RepeatedCompositeFieldContainer[Global___ParameterBinding]:
         """Parameter values. Parameters without a binding take the executable's default;
@@ -124,10 +129,11 @@ class Configuration(_message.Message):
         parameter_bindings: _abc.Iterable[Global___ParameterBinding] | None = ...,
         input_artifact_bindings: _abc.Iterable[Global___InputArtifactBinding] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        created_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "executable_id", b"executable_id", "executable_version", b"executable_version", "id", b"id", "input_artifact_bindings", b"input_artifact_bindings", "name", b"name", "parameter_bindings", b"parameter_bindings", "scenario_id", b"scenario_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "created_by", b"created_by", "executable_id", b"executable_id", "executable_version", b"executable_version", "id", b"id", "input_artifact_bindings", b"input_artifact_bindings", "name", b"name", "parameter_bindings", b"parameter_bindings", "scenario_id", b"scenario_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -327,6 +327,7 @@ class Execution(_message.Message):
     HISTORY_FIELD_NUMBER: _builtins.int
     CONFIGURATION_NAME_FIELD_NUMBER: _builtins.int
     ALLOWED_OPERATIONS_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. Server-assigned id."""
     configuration_id: _builtins.str
@@ -343,6 +344,11 @@ class Execution(_message.Message):
     """Output only. Why it is in its status, for example `step train exited with code 2`."""
     configuration_name: _builtins.str
     """Output only. Name of the configuration it runs."""
+    created_by: _builtins.str
+    """Output only. The principal that created it (the token's or client certificate's
+    principal; `anonymous` on a server without authentication; empty for executions
+    created before principals were recorded).
+    """
     @_builtins.property
     def step_details(self) -> _containers.RepeatedCompositeFieldContainer[Global___StepDetail]:
         """Output only. One entry per step, in workflow order."""
@@ -405,10 +411,11 @@ class Execution(_message.Message):
         history: _abc.Iterable[Global___StatusTransition] | None = ...,
         configuration_name: _builtins.str = ...,
         allowed_operations: _abc.Iterable[Global___ExecutionOperation.ValueType] | None = ...,
+        created_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "create_time", b"create_time", "start_time", b"start_time", "submit_time", b"submit_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_operations", b"allowed_operations", "complete_time", b"complete_time", "configuration_id", b"configuration_id", "configuration_name", b"configuration_name", "create_time", b"create_time", "executable_id", b"executable_id", "history", b"history", "id", b"id", "output_artifacts", b"output_artifacts", "scenario_id", b"scenario_id", "start_time", b"start_time", "status", b"status", "status_message", b"status_message", "step_details", b"step_details", "submit_time", b"submit_time", "target_status", b"target_status", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_operations", b"allowed_operations", "complete_time", b"complete_time", "configuration_id", b"configuration_id", "configuration_name", b"configuration_name", "create_time", b"create_time", "created_by", b"created_by", "executable_id", b"executable_id", "history", b"history", "id", b"id", "output_artifacts", b"output_artifacts", "scenario_id", b"scenario_id", "start_time", b"start_time", "status", b"status", "status_message", b"status_message", "step_details", b"step_details", "submit_time", b"submit_time", "target_status", b"target_status", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

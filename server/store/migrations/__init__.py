@@ -31,6 +31,7 @@ from server.store.migrations import (
     v003_leases,
     v004_log_purge,
     v005_secrets,
+    v006_security,
 )
 
 BACKENDS = ("sqlite", "postgresql")
@@ -55,8 +56,13 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "leases", v003_leases.SQLITE, v003_leases.POSTGRESQL),
     Migration(4, "log_purge", v004_log_purge.SQLITE, v004_log_purge.POSTGRESQL),
     Migration(5, "secrets", v005_secrets.SQLITE, v005_secrets.POSTGRESQL),
+    Migration(6, "security", v006_security.SQLITE, v006_security.POSTGRESQL),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
+# Versions are numbered per feature and may land out of order: a number may be
+# missing (not yet written) while later ones exist. Every known version is applied,
+# in order, whichever of them a database lacks.
+KNOWN_VERSIONS = tuple(m.version for m in MIGRATIONS)
 
 # Frozen too: the table every release has recorded its versions in.
 _SCHEMA_VERSION_TABLE = {
@@ -100,6 +106,11 @@ def current_version(db: pw.Database) -> int:
     return int(row[0] or 0)
 
 
+def applied_versions(db: pw.Database) -> set[int]:
+    """Every version recorded in ``schema_version``."""
+    return {int(r[0]) for r in db.execute_sql('SELECT "version" FROM "schema_version"')}
+
+
 def migrate(db: pw.Database, backend: str | None = None, *, target: int = SCHEMA_VERSION) -> int:
     """Bring the schema of ``db`` to ``target`` (default: this release's version),
     one version per transaction, and return the version it is at. ``backend`` chooses
@@ -112,17 +123,17 @@ def migrate(db: pw.Database, backend: str | None = None, *, target: int = SCHEMA
         raise ValueError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
     if not 0 <= target <= SCHEMA_VERSION:
         raise ValueError(f"no schema version {target} (known: 0 to {SCHEMA_VERSION})")
-    # Versions only go up: a database found at or past the target needs no lock.
+    # A database that has every version up to the target needs no lock.
     if db.table_exists("schema_version"):
-        version = current_version(db)
-        if _reached(version, target):
-            return version
+        version = _next(applied_versions(db), target)
+        if version is None:
+            return current_version(db)
     while True:
         with _migrating(db, backend):
-            version = current_version(db)
-            if _reached(version, target):
-                return version
-            migration = MIGRATIONS[version]  # the one that brings it to version + 1
+            version = _next(applied_versions(db), target)
+            if version is None:
+                return current_version(db)
+            migration = next(m for m in MIGRATIONS if m.version == version)
             for statement in migration.statements(backend):
                 db.execute_sql(statement)
             db.execute_sql(
@@ -132,10 +143,17 @@ def migrate(db: pw.Database, backend: str | None = None, *, target: int = SCHEMA
             )
 
 
-def _reached(version: int, target: int) -> bool:
-    if version > SCHEMA_VERSION:
-        raise SchemaTooNew(version, SCHEMA_VERSION)
-    return version >= target
+def _next(applied: set[int], target: int) -> int | None:
+    """The first known version up to ``target`` that is not applied; None when all
+    are. SchemaTooNew when a version this release does not know was applied."""
+    known = sorted(m.version for m in MIGRATIONS)
+    unknown = applied - set(known)
+    if unknown:
+        raise SchemaTooNew(max(unknown), SCHEMA_VERSION)
+    for version in known:
+        if version <= target and version not in applied:
+            return version
+    return None
 
 
 @contextmanager
