@@ -380,9 +380,9 @@ def test_creates_that_arrive_during_a_write_share_the_next_commit(stubs, server)
     sizes: list[int] = []
     real = store.sync.create_executions
 
-    def counting(items):
+    def counting(items, *rest, **kwargs):
         sizes.append(len(items))
-        return real(items)
+        return real(items, *rest, **kwargs)
 
     store.sync.create_executions = counting
     busy, release = threading.Event(), threading.Event()

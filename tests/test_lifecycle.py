@@ -221,9 +221,9 @@ def test_creates_a_few_loop_turns_apart_share_one_commit(server, stubs, monkeypa
     groups = []
     create_executions = store.create_executions
 
-    async def counting(items):
+    async def counting(items, *rest, **kwargs):
         groups.append(len(items))
-        return await create_executions(items)
+        return await create_executions(items, *rest, **kwargs)
 
     monkeypatch.setattr(store, "create_executions", counting)
 

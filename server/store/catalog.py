@@ -273,7 +273,11 @@ class CatalogRepository:
         self, art: Artifact, request_id: str = "", audit: AuditEvent | None = None
     ) -> Artifact:
         digest = request_digest(
-            {k: v for k, v in asdict(art).items() if k not in ("id", "created_at", "modified_at", "created_by")}
+            {
+                k: v
+                for k, v in asdict(art).items()
+                if k not in ("id", "created_at", "modified_at", "created_by")
+            }
         )
         with self.write_lock():
             existing = self._idempotent_lookup(art.resource_group, "artifact", request_id, digest)
