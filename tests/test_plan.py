@@ -156,15 +156,7 @@ def test_raw_artifacts_and_step_outputs_are_inputs():
     assert sources["note"].raw == "run abc"
 
 
-@pytest.fixture
-def all_accepted(monkeypatch):
-    """Plan what registration refuses until the runtime runs it."""
-    import server.domain.templates as templates
-
-    monkeypatch.setattr(templates, "NOT_RUN_YET", {})
-
-
-def test_step_outputs_stay_for_the_runtime_under_their_step_names(all_accepted):
+def test_step_outputs_stay_for_the_runtime_under_their_step_names():
     gen = container("gen", "sh", "-c", "echo 3 > /tmp/n", outputs={"parameters": [
         {"name": "n", "valueFrom": {"path": "/tmp/n", "default": "0"}}]})
     inner = steps("inner", [("make", "gen")], [("use", "leaf")])
@@ -198,7 +190,7 @@ def test_step_outputs_stay_for_the_runtime_under_their_step_names(all_accepted):
         ("{{workflow.status}}", "in the exit handler only"),
     ],
 )
-def test_step_outputs_must_come_from_an_earlier_step(value, message, all_accepted):
+def test_step_outputs_must_come_from_an_earlier_step(value, message):
     gen = container("gen", "true", outputs={"parameters": [
         {"name": "n", "valueFrom": {"path": "/tmp/n"}}]})
     main = steps("main", [("make", "gen")], [("use", "leaf")])
@@ -207,7 +199,7 @@ def test_step_outputs_must_come_from_an_earlier_step(value, message, all_accepte
         plan(workflow("bad-outs", [main, gen, LEAF]))
 
 
-def test_depends_on_a_failure_marks_it_handled(all_accepted):
+def test_depends_on_a_failure_marks_it_handled():
     text = workflow("handled", [
         dag("main", {"name": "a", "template": "leaf0"}, {"name": "b", "template": "leaf0"},
             {"name": "c", "template": "leaf0", "depends": "a.Failed || b"}),

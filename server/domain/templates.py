@@ -63,7 +63,7 @@ from typing import Any
 import yaml
 
 from server.domain.errors import FieldViolation, InvalidArgument
-from server.domain.expressions import DEPENDS_RESULTS, ExpressionError, parse_depends, parse_when
+from server.domain.expressions import ExpressionError, parse_depends, parse_when
 from server.domain.models import (
     ArtifactKind,
     Executable,
@@ -501,16 +501,16 @@ def _check_template(template: _Template, templates: dict[str, _Template], proble
             _check_dag(body["dag"], f"{path}.dag", templates, problems)
 
     _refuse(body, "template", path, problems)
+    leaf = len(present) == 1 and present[0] in ("container", "script")
     _check_retry(body.get("retryStrategy"), f"{path}.retryStrategy", problems)
     _check_deadline(body, path, problems)
     for key in ("retryStrategy", "activeDeadlineSeconds"):
-        _not_run_yet(body, key, key, f"{path}.{key}", problems)
-    if isinstance(body.get("outputs"), dict):
-        outputs_ = body["outputs"]
-        _not_run_yet(
-            outputs_, "parameters", "outputs.parameters", f"{path}.outputs.parameters", problems
-        )
-    leaf = len(present) == 1 and present[0] in ("container", "script")
+        if body.get(key) is not None and present and not leaf:
+            problems.add(
+                f"{path}.{key}",
+                f"{key} of a {present[0]} template is not supported; set it on the "
+                f"container or script templates it calls",
+            )
     inputs = _mapping(body, "inputs", f"{path}.inputs", problems)
     _check_names(
         _entries(inputs, "parameters", f"{path}.inputs.parameters", problems),
@@ -570,8 +570,6 @@ def _check_output_parameter(entry: dict, path: str, leaf: bool, problems: _Probl
 def _check_spec_fields(spec: dict, templates: dict[str, _Template], problems: _Problems) -> None:
     _refuse(spec, "spec", "spec", problems)
     _check_deadline(spec, "spec", problems)
-    for key in ("onExit", "activeDeadlineSeconds"):
-        _not_run_yet(spec, key, key, f"spec.{key}", problems)
     on_exit = spec.get("onExit")
     if on_exit is not None and (not isinstance(on_exit, str) or on_exit not in templates):
         problems.add("spec.onExit", f"no template named {on_exit!r}{_known(templates)}")
@@ -614,7 +612,9 @@ def _check_retry(retry: Any, path: str, problems: _Problems) -> None:
                 f"{path}.{key}", f"{key} is not supported (use {', '.join(_RETRY_FIELDS)})"
             )
     limit = retry.get("limit")
-    if limit is not None and not _whole(limit):
+    if limit is None:
+        problems.add(f"{path}.limit", "the number of retries is required")
+    elif not _whole(limit):
         problems.add(f"{path}.limit", f"must be a whole number of retries, not {limit!r}")
     policy = retry.get("retryPolicy")
     if policy is not None and policy not in _RETRY_POLICIES:
@@ -665,7 +665,9 @@ def _check_call(call: dict, path: str, problems: _Problems) -> None:
             problems.add(f"{path}.withParam", "must be a JSON list, or a placeholder giving one")
         elif items is not None:
             problems.add(f"{path}.withParam", "a step loops over withItems or withParam, not both")
-        elif not _PLACEHOLDER_RE.search(param):
+        elif _PLACEHOLDER_RE.search(param):
+            _not_run_yet(call, "withParam", "withParam", f"{path}.withParam", problems)
+        else:
             try:
                 loaded = json.loads(param)
             except ValueError:
@@ -681,8 +683,6 @@ def _check_call(call: dict, path: str, problems: _Problems) -> None:
                 parse_when(_PLACEHOLDER_RE.sub("v", when))
             except ExpressionError as exc:
                 problems.add(f"{path}.when", f"{when!r}: {exc}")
-            else:
-                _not_run_yet(call, "when", "when", f"{path}.when", problems)
     arguments = call.get("arguments")
     if isinstance(arguments, dict):
         for entry_path, entry in _entries(
@@ -818,21 +818,6 @@ def _task_dependencies(
             yield "depends", list(parse_depends(depends).names)
         except ExpressionError as exc:
             problems.add(f"{task_path}.depends", f"{depends!r}: {exc}")
-        else:
-            if not _plain_depends(depends):
-                _not_run_yet(task, "depends", "depends", f"{task_path}.depends", problems)
-
-
-def _plain_depends(expression: str) -> bool:
-    """Task names (optionally ``.Succeeded``) joined with ``&&``: what plain
-    ``dependencies`` say."""
-    for part in expression.split("&&"):
-        head, dot, tail = part.strip().rpartition(".")
-        if dot and tail in DEPENDS_RESULTS and tail != "Succeeded":
-            return False
-        if any(c in part for c in "|!()"):
-            return False
-    return True
 
 
 def _cycles(waits: dict[str, list[str]], order: dict[str, int]) -> list[list[str]]:

@@ -44,12 +44,8 @@ MAX_ITEMS = 1000
 # Fields the grammar accepts that the runtime does not run yet: registration refuses
 # them (naming the field), so that what loads also starts.
 NOT_RUN_YET: dict[str, str] = {
-    "when": "when is not run by the runtime yet",
-    "retryStrategy": "retryStrategy is not run by the runtime yet",
-    "onExit": "exit handlers are not run by the runtime yet",
-    "activeDeadlineSeconds": "activeDeadlineSeconds is not run by the runtime yet",
-    "outputs.parameters": "output parameters are not run by the runtime yet",
-    "depends": "depends beyond task names joined with && is not run by the runtime yet",
+    "withParam": "withParam from a placeholder is not run yet; write the JSON list in the "
+    "template, or use withItems",
 }
 
 

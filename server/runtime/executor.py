@@ -37,6 +37,7 @@ for strays of the execution (processes with its id in their environment).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ from pathlib import Path
 import structlog
 
 from server.domain.errors import DomainError, FailedPrecondition, NotFound, Reason
+from server.domain.expressions import ExpressionError, parse_when
 from server.domain.logsink import LogSink, LogsNotStored
 from server.domain.models import (
     Artifact,
@@ -71,7 +73,17 @@ from server.domain.service import ControlPlane
 from server.runtime import processes as procs
 from server.runtime import staging
 from server.runtime.base import ExecutionInfo, Runtime, StepProcess
-from server.runtime.plan import SCRIPTS_DIR, Plan, PlanError, PlannedStep, build_plan
+from server.runtime.plan import (
+    RESULT_LIMIT,
+    SCRIPTS_DIR,
+    WORKFLOW_STATUS,
+    Plan,
+    PlanError,
+    PlannedStep,
+    build_plan,
+    late_key,
+    resolve_late,
+)
 from server.runtime.scheduler import Scheduler
 from server.runtime.staging import StagingError
 
@@ -109,18 +121,30 @@ class _Step:
     handle: StepHandle
     signalled: str = ""  # why we stopped it, if we did
     exited: bool = False
+    overdue: str = ""  # it ran past its template's activeDeadlineSeconds: why it ended
 
 
 class _Output:
     """A step's output, into the execution's log sink (see StepOutput)."""
 
-    __slots__ = ("sink", "execution_id", "step")
+    __slots__ = ("sink", "execution_id", "step", "kept", "kept_size")
 
-    def __init__(self, sink: LogSink, execution_id: str, step: str):
+    def __init__(self, sink: LogSink, execution_id: str, step: str, keep: bool = False):
         self.sink, self.execution_id, self.step = sink, execution_id, step
+        # The standard output kept for {{steps.X.outputs.result}}, up to RESULT_LIMIT.
+        self.kept: list[str] | None = [] if keep else None
+        self.kept_size = 0
 
     def write(self, stream: LogStream, lines: list[str]) -> None:
+        if self.kept is not None and stream == LogStream.STDOUT:
+            for line in lines:
+                self.kept_size += len(line) + 1
+                if self.kept_size <= RESULT_LIMIT:
+                    self.kept.append(line)
         self.sink.write_lines(self.execution_id, self.step, stream, lines)
+
+    def result(self) -> str:
+        return "\n".join(self.kept or []).rstrip("\n")
 
     async def room(self) -> None:
         await self.sink.wait_for_room(self.execution_id)
@@ -149,6 +173,13 @@ class _Run:
     stopping: bool = False  # the user asked for a stop
     closing: bool = False  # the server is shutting down
     failure: str = ""  # status message of the first failure
+    failure_cause: str = "step_failed"  # the history's cause of the DEAD it leads to
+    # How each ended step turned out, as depends names it: Succeeded, Failed, Errored,
+    # Skipped (its when was false), Omitted (its depends was false), Stopped.
+    results: dict[str, str] = field(default_factory=dict)
+    values: dict[str, str] = field(default_factory=dict)  # step outputs, workflow.status
+    attempts: dict[str, list[StepDetail]] = field(default_factory=dict)  # earlier tries
+    wake: asyncio.Event = field(default_factory=asyncio.Event)  # set when it halts
 
     @property
     def id(self) -> str:
@@ -158,6 +189,12 @@ class _Run:
     def halted(self) -> bool:
         """No new step may start."""
         return self.stopping or self.closing or bool(self.failure)
+
+    def step_details(self) -> list[StepDetail]:
+        """Every step's details in workflow order, earlier attempts first."""
+        return [
+            d for name, last in self.details.items() for d in (*self.attempts.get(name, ()), last)
+        ]
 
 
 class Executor(Runtime):
@@ -428,11 +465,24 @@ class Executor(Runtime):
         if await self._cut_short(run):
             return
 
-        await self._run_steps(run)
+        main = [s for s in run.plan.steps if not s.exit_handler]
+        timer = None
+        if run.plan.deadline is not None:
+            timer = asyncio.get_running_loop().call_later(
+                run.plan.deadline, self._overdue, run, run.plan.deadline
+            )
+        try:
+            await self._run_steps(run, main)
+        finally:
+            if timer is not None:
+                timer.cancel()
+        handler = [s for s in run.plan.steps if s.exit_handler]
+        if handler and not (run.closing or run.stopping):
+            await self._run_exit_handler(run, handler)
         if await self._cut_short(run):
             return
         if run.failure:
-            await self._finish(run, Status.DEAD, "step_failed", run.failure)
+            await self._finish(run, Status.DEAD, run.failure_cause, run.failure)
             return
 
         try:
@@ -529,55 +579,190 @@ class Executor(Runtime):
                 step=step.name,
             )
 
-    async def _run_steps(self, run: _Run) -> None:
-        """Start every step whose predecessors succeeded, until none is left to start."""
-        pending = list(run.plan.steps)
+    def _overdue(self, run: _Run, seconds: float) -> None:
+        """The workflow's activeDeadlineSeconds passed: its running steps are stopped
+        and it ends DEAD (its exit handler still runs)."""
+        if run.halted:
+            return
+        message = f"the workflow ran past its activeDeadlineSeconds ({seconds:g} s)"
+        self.sink.system(run.id, message)
+        run.failure, run.failure_cause = message, "deadline_exceeded"
+        run.wake.set()
+        self._terminate(run, message)
+
+    async def _run_exit_handler(self, run: _Run, steps: list[PlannedStep]) -> None:
+        """The exit handler runs after the main flow, whatever its outcome; its own
+        failure fails an execution that had succeeded."""
+        status = "Succeeded" if not run.failure else "Failed"
+        run.values[WORKFLOW_STATUS] = status
+        self.sink.system(run.id, f"running the exit handler (workflow status {status})")
+        failure, cause = run.failure, run.failure_cause
+        run.failure = ""
+        run.wake.clear()
+        await self._run_steps(run, steps)
+        if failure:
+            run.failure, run.failure_cause = failure, cause
+
+    async def _run_steps(self, run: _Run, steps: list[PlannedStep]) -> None:
+        """Start every step once the steps it waits for ended and its conditions hold,
+        until none is left to start."""
+        pending = list(steps)
         tasks: dict[asyncio.Task, PlannedStep] = {}
-        succeeded: set[str] = set()
         while True:
-            if not run.halted:
-                for step in [s for s in pending if s.after <= succeeded]:
+            progressed = True
+            while progressed and not run.halted:
+                progressed = False
+                for step in [s for s in pending if s.after <= run.results.keys()]:
                     pending.remove(step)
-                    tasks[asyncio.create_task(self._run_step(run, step))] = step
+                    progressed = True
+                    why = await self._decide(run, step)
+                    if why is None:
+                        tasks[asyncio.create_task(self._run_step(run, step))] = step
             if not tasks:
                 break
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                step = tasks.pop(task)
-                if task.result():
-                    succeeded.add(step.name)
+                tasks.pop(task)
         if run.closing:
             return
         why = "the execution was stopped" if run.stopping else "an earlier step failed"
+        if run.failure_cause == "deadline_exceeded" and not run.stopping:
+            why = "the workflow ran past its activeDeadlineSeconds"
         for step in pending:
             detail = run.details[step.name]
             _ended(detail, StepPhase.SKIPPED, f"not started: {why}")
             await self._step_changed(run, detail)
 
-    async def _run_step(self, run: _Run, step: PlannedStep) -> bool:
-        """Run one step to its end; True when it succeeded."""
+    async def _decide(self, run: _Run, step: PlannedStep) -> str | None:
+        """Whether a ready step runs: None when it does; else it is ended here (SKIPPED
+        when a condition is false, FAILED when one cannot be decided) and why is
+        returned."""
         detail = run.details[step.name]
+        for requirement in step.requires:
+            try:
+                holds = requirement.expression.evaluate(partial(_task_result, run, requirement))
+            except ExpressionError as exc:
+                return await self._refuse_start(run, step, f"depends: {exc}")
+            if not holds:
+                why = f"omitted: depends {requirement.expression.text!r} is false"
+                run.results[step.name] = "Omitted"
+                _ended(detail, StepPhase.SKIPPED, why)
+                self.sink.system(run.id, f"step {step.name} {why}", step=step.name)
+                await self._step_changed(run, detail)
+                return why
+        for text in step.when:
+            try:
+                resolved = resolve_late(text, run.values, f"step {step.name}: when")
+                holds = parse_when(resolved).evaluate()
+            except (PlanError, ExpressionError) as exc:
+                return await self._refuse_start(run, step, f"when {text!r}: {exc}")
+            if not holds:
+                why = f"skipped: when {resolved!r} is false"
+                run.results[step.name] = "Skipped"
+                _ended(detail, StepPhase.SKIPPED, why)
+                self.sink.system(run.id, f"step {step.name} {why}", step=step.name)
+                await self._step_changed(run, detail)
+                return why
+        return None
+
+    async def _refuse_start(self, run: _Run, step: PlannedStep, why: str) -> str:
+        message = f"step {step.name}: {why}"
+        run.results[step.name] = "Errored"
+        await self._fail(run, step, None, message)
+        self._halt(run, message, step.name)
+        return message
+
+    async def _run_step(self, run: _Run, step: PlannedStep) -> bool:
+        """Run one step to its end, with the retries of its retryStrategy; True when it
+        succeeded. Its result is in ``run.results`` then."""
+        retry = step.retry
+        first_start = asyncio.get_running_loop().time()
+        attempt = 1
+        while True:
+            ok, failure, errored = await self._attempt(run, step, attempt)
+            if ok or not failure:  # succeeded, or stopped
+                run.results[step.name] = "Succeeded" if ok else "Stopped"
+                return ok
+            kind = "Errored" if errored else "Failed"
+            wanted = retry is not None and (
+                retry.policy == "Always"
+                or (retry.policy == "OnFailure" and not errored)
+                or (retry.policy in ("OnError", "OnTransientError") and errored)
+            )
+            delay = retry.delay(attempt) if retry is not None else 0.0
+            elapsed = asyncio.get_running_loop().time() - first_start
+            if (
+                not wanted
+                or attempt > retry.limit
+                or run.halted
+                or (retry.max_duration is not None and elapsed + delay > retry.max_duration)
+            ):
+                if retry is not None and attempt > 1:
+                    failure = f"{failure} (attempt {attempt} of {retry.limit + 1})"
+                run.results[step.name] = kind
+                self._halt(run, failure, step.name)
+                return False
+            detail = run.details[step.name]
+            run.attempts.setdefault(step.name, []).append(detail)
+            attempt += 1
+            run.details[step.name] = StepDetail(
+                step.name,
+                attempt=attempt,
+                message=f"retry {attempt - 1} of {retry.limit} in {delay:g} s",
+            )
+            self.sink.system(
+                run.id,
+                f"step {step.name}: {failure}; retry {attempt - 1} of {retry.limit} "
+                f"in {delay:g} s",
+                step=step.name,
+            )
+            await self._step_changed(run, run.details[step.name])
+            if delay > 0:
+                try:
+                    await asyncio.wait_for(run.wake.wait(), timeout=delay)
+                except TimeoutError:
+                    pass
+            if run.halted:
+                run.results[step.name] = kind
+                detail = run.details[step.name]
+                if not run.closing:
+                    _ended(detail, StepPhase.SKIPPED, "not retried: the execution is ending")
+                    await self._step_changed(run, detail)
+                return False
+
+    async def _attempt(
+        self, run: _Run, step: PlannedStep, attempt: int
+    ) -> tuple[bool, str, bool]:
+        """One try of a step: (succeeded, why it failed or "" when it was stopped or
+        did not start because the execution ends, whether it could not start)."""
+        detail = run.details[step.name]
+        try:
+            step = _resolved(step, run.values)
+        except PlanError as exc:
+            await self._fail(run, step, None, str(exc))
+            return False, str(exc), True
         try:
             await asyncio.to_thread(_stage_step, run.plan, step)
         except StagingError as exc:
-            await self._fail(run, step, None, f"step {step.name}: {exc}")
-            return False
-        launch = self._launch_of(run, step)
+            message = f"step {step.name}: {exc}"
+            await self._fail(run, step, None, message)
+            return False, message, True
+        launch = dataclasses.replace(self._launch_of(run, step), attempt=attempt)
         if not await self._admitted(run, launch, detail) or run.halted:
             if not run.closing:
                 _ended(detail, StepPhase.SKIPPED, "not started: the execution is ending")
                 await self._step_changed(run, detail)
-            return False
+            return False, "", False
 
         self.sink.system(
             run.id, f"starting step {step.name}: {shlex.join(step.argv)}", step=step.name
         )
-        output = _Output(self.sink, run.id, step.name)
+        output = _Output(self.sink, run.id, step.name, keep=step.keeps_result)
         try:
             handle = await self.runner.start(launch, output)
         except StepStartError as exc:
             await self._fail(run, step, None, str(exc))
-            return False
+            return False, str(exc), True
         started = _Step(step.name, handle)
         run.processes[step.name] = started
         run.state["steps"][step.name] = {
@@ -608,14 +793,33 @@ class Executor(Runtime):
             why = "stop requested" if run.stopping or run.closing else "another step failed"
             self._signal(run, started, why)
 
+        timer = None
+        if step.deadline is not None:
+            timer = asyncio.get_running_loop().call_later(
+                step.deadline, self._step_overdue, run, started, step.deadline
+            )
         try:
             ended = await handle.wait()
         finally:
             started.exited = True
+            if timer is not None:
+                timer.cancel()
             del run.processes[step.name]
         if run.closing:
-            return False  # the next start tells how it ended
-        return await self._step_exited(run, step, started, ended)
+            return False, "", False  # the next start tells how it ended
+        return await self._step_exited(run, step, started, ended, output)
+
+    def _step_overdue(self, run: _Run, started: _Step, seconds: float) -> None:
+        """The step ran past its template's activeDeadlineSeconds: stop it; it fails."""
+        if started.exited or started.signalled:
+            return
+        started.overdue = f"ran past its activeDeadlineSeconds ({seconds:g} s)"
+        self.sink.system(
+            run.id,
+            f"step {started.step} {started.overdue}: stopping it ({started.handle.where})",
+            step=started.step,
+        )
+        started.handle.stop(self.stop_grace)
 
     def _launch_of(self, run: _Run, step: PlannedStep) -> StepLaunch:
         env = dict(step.env)
@@ -662,8 +866,8 @@ class Executor(Runtime):
         return False
 
     async def _step_exited(
-        self, run: _Run, step: PlannedStep, started: _Step, ended: StepExit
-    ) -> bool:
+        self, run: _Run, step: PlannedStep, started: _Step, ended: StepExit, output: _Output
+    ) -> tuple[bool, str, bool]:
         detail = run.details[step.name]
         code = ended.exit_code
         # A shell that runs the command exits with 128 + N when the command died of
@@ -677,54 +881,67 @@ class Executor(Runtime):
         record = run.state["steps"][step.name]
         record["exit_code"] = code
 
-        if started.signalled:
+        failure = ""
+        if started.overdue:
+            failure = f"step {step.name} {started.overdue}; {how}"
+            _ended(detail, StepPhase.FAILED, f"{started.overdue}; {how}", code)
+        elif started.signalled:
             _ended(detail, StepPhase.STOPPED, f"{started.signalled}; {how}", code)
             record["phase"] = str(StepPhase.STOPPED)
-            ok = False
         elif code != 0:
-            message = f"step {step.name} {how}"
+            failure = f"step {step.name} {how}"
             _ended(detail, StepPhase.FAILED, how, code)
-            record.update(phase=str(StepPhase.FAILED), failure=message)
-            self._halt(run, message, step.name)
-            ok = False
         else:
             missing = [o for o in step.outputs if not o.optional and not o.path.exists()]
             if missing:
-                message = (
+                failure = (
                     f"step {step.name} did not write its output artifact {missing[0].name} "
                     f"at {missing[0].path}"
                 )
-                _ended(detail, StepPhase.FAILED, message, code)
-                record.update(phase=str(StepPhase.FAILED), failure=message)
-                self.sink.system(run.id, message, step=step.name)
-                self._halt(run, message, step.name)
-                ok = False
             else:
+                values, failure = await asyncio.to_thread(_read_parameters, step)
+                detail.output_parameters = values
+            if failure:
+                _ended(detail, StepPhase.FAILED, failure, code)
+                self.sink.system(run.id, failure, step=step.name)
+            else:
+                for name, value in detail.output_parameters.items():
+                    run.values[late_key(step.name, f"parameters.{name}")] = value
+                if step.keeps_result:
+                    run.values[late_key(step.name, "result")] = output.result()
                 _ended(detail, StepPhase.SUCCEEDED, "", code)
                 record["phase"] = str(StepPhase.SUCCEEDED)
-                ok = True
+        if failure:
+            record.update(phase=str(StepPhase.FAILED), failure=failure)
+            if step.name in run.plan.handled:
+                record["handled"] = True
         procs.write_state(run.work_dir / STATE_FILE, run.state)
         await self._step_changed(run, detail)
-        return ok
+        return not failure and not started.signalled, failure, False
 
     async def _fail(self, run: _Run, step: PlannedStep, code: int | None, message: str) -> None:
-        """A step failed before its process ran."""
+        """A step failed before its process ran (the caller halts the run, or retries)."""
         detail = run.details[step.name]
         self.sink.system(run.id, message, step=step.name)
         _ended(detail, StepPhase.FAILED, message, code)
         await self._step_changed(run, detail)
-        self._halt(run, message, step.name)
 
     def _halt(self, run: _Run, message: str, step: str) -> None:
-        """The first failure decides the status message; running siblings end."""
+        """The first failure decides the status message; running siblings end. A
+        failure that a depends expression handles (``X.Failed``) ends nothing."""
+        if step in run.plan.handled:
+            self.sink.system(run.id, f"step {step} failed; a depends expression handles it")
+            return
         if run.failure or run.stopping:
             return
         run.failure = message
+        run.wake.set()
         self._terminate(run, f"step {step} failed")
 
     # ------------------------------------------------------------------- signals
 
     def _terminate(self, run: _Run, why: str) -> None:
+        run.wake.set()
         for started in list(run.processes.values()):
             self._signal(run, started, why)
 
@@ -757,7 +974,7 @@ class Executor(Runtime):
         try:
             await self.plane.update_execution(
                 run.id,
-                step_details=list(run.details.values()),
+                step_details=run.step_details(),
                 changed_step=detail,
                 lease=run.lease,
             )
@@ -780,7 +997,7 @@ class Executor(Runtime):
         expected = (
             [Status.RUNNING] if status == Status.COMPLETED else [Status.PENDING, Status.RUNNING]
         )
-        details = list(run.details.values()) or None
+        details = run.step_details() or None
         try:
             await until_stored(
                 self.plane.transition,
@@ -822,7 +1039,7 @@ class Executor(Runtime):
                 expected=[Status.STOPPING],
                 lease=run.lease,
                 status_message=f"stopped; {lost}" if lost else "stopped",
-                step_details=list(run.details.values()) or None,
+                step_details=run.step_details() or None,
             )
         except DomainError as exc:
             log.warning("stop not recorded", execution_id=run.id, error=str(exc))
@@ -868,6 +1085,8 @@ class Executor(Runtime):
         }
         ids: list[str] = []
         for item in run.plan.collect:
+            if run.results.get(item.step, "Succeeded") != "Succeeded":
+                continue  # skipped, or a failure a depends expression handled
             spec = item.spec
             if spec.name in registered:
                 ids.append(registered[spec.name].id)
@@ -987,7 +1206,9 @@ class Executor(Runtime):
                 _ended(detail, StepPhase.SKIPPED, f"not started: {what}")
             elif detail.phase == StepPhase.RUNNING:  # running, yet not in the state file
                 _ended(detail, StepPhase.FAILED, f"interrupted: {what}")
-        failures = [r["failure"] for r in records.values() if r.get("failure")]
+        failures = [
+            r["failure"] for r in records.values() if r.get("failure") and not r.get("handled")
+        ]
 
         if execution.status == Status.STOPPING:
             status = Status.STOPPED
@@ -1069,6 +1290,54 @@ class Executor(Runtime):
         )
         self.sink.forget(execution.id)
         return True
+
+
+def _task_result(run: _Run, requirement, task: str, result: str) -> bool:
+    """Whether ``task`` (the steps it expanded to) ended as ``result`` (depends)."""
+    ended = [run.results.get(name, "") for name in requirement.tasks.get(task, ())]
+    if not ended:
+        return False
+    if result == "AnySucceeded":
+        return "Succeeded" in ended
+    if result == "AllFailed":
+        return all(r in ("Failed", "Errored") for r in ended)
+    if result == "Succeeded":
+        return "Succeeded" in ended and all(r in ("Succeeded", "Skipped") for r in ended)
+    if result in ("Failed", "Errored"):
+        return result in ended
+    if result in ("Skipped", "Omitted"):
+        return all(r == result for r in ended)
+    return False  # Daemoned: no daemons here
+
+
+def _resolved(step: PlannedStep, values: dict[str, str]) -> PlannedStep:
+    """The step with the outputs of earlier steps (and the workflow's status) pasted
+    into its command, env and script. Raises PlanError."""
+    where = f"step {step.name}"
+    return dataclasses.replace(
+        step,
+        argv=[resolve_late(a, values, where) for a in step.argv],
+        env={k: resolve_late(v, values, where) for k, v in step.env.items()},
+        script=None if step.script is None else resolve_late(step.script, values, where),
+    )
+
+
+def _read_parameters(step: PlannedStep) -> tuple[dict[str, str], str]:
+    """The step's output parameters from their files (worker thread): (values, why
+    one could not be read or "")."""
+    values: dict[str, str] = {}
+    for parameter in step.parameters:
+        try:
+            text = parameter.path.read_text(encoding="utf-8", errors="replace")
+            values[parameter.name] = text.rstrip("\r\n")
+        except OSError as exc:
+            if parameter.default is None:
+                return values, (
+                    f"step {step.name} did not write its output parameter {parameter.name} "
+                    f"at {parameter.path}: {exc.strerror or exc}"
+                )
+            values[parameter.name] = parameter.default
+    return values, ""
 
 
 def _check_sources(urls: list[str]) -> list[Path]:

@@ -1,0 +1,288 @@
+"""Argo's template language end to end on the local runtime: loops, when, retries,
+exit handlers, output parameters, depends expressions, deadlines and script templates,
+each registered from a template through the real API, run by real step processes and
+checked in step details, history and logs. Steps are short `sh` commands."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from workflow_helpers import (
+    IMAGE,
+    PHASE_NAME,
+    STATUS_NAME,
+    Runner,
+    container,
+    dag,
+    script,
+    steps,
+    workflow,
+)
+
+
+@pytest.fixture
+def runner(server):
+    r = Runner(server.address)
+    yield r
+    r.close()
+
+
+def sh(name: str, code: str, **extra) -> dict:
+    return container(name, "sh", "-c", code, **extra)
+
+
+def echo(name: str = "echo") -> dict:
+    """Prints its input parameter v."""
+    return sh(name, "echo '{{inputs.parameters.v}}'", inputs={"parameters": [{"name": "v"}]})
+
+
+def call(name: str, template: str, **extra) -> dict:
+    return {"name": name, "template": template, **extra}
+
+
+def value(v: str) -> dict:
+    return {"parameters": [{"name": "v", "value": v}]}
+
+
+def run(runner: Runner, name: str, templates: list[dict], timeout: float = 30, **spec):
+    document = json.loads(workflow(name, templates))
+    document["spec"].update(spec)
+    runner.register(json.dumps(document))
+    return runner.wait(runner.start(runner.configure(name)), timeout=timeout)
+
+
+def phases(execution) -> list[tuple[str, str]]:
+    return [(s.name, PHASE_NAME[s.phase]) for s in execution.step_details]
+
+
+def status(execution) -> str:
+    return STATUS_NAME[execution.status]
+
+
+def test_with_items_runs_a_step_per_item(runner):
+    items = [{"lr": 0.5, "model": "a"}, {"lr": 0.1, "model": "x"}]
+    main = {"name": "main", "steps": [
+        [call("fan", "echo", withItems=items, arguments=value("item={{item}} lr={{item.lr}}"))],
+        [call("words", "echo", withItems=["a", 7], arguments=value("{{item}}"))],
+    ]}
+    execution = run(runner, "loop", [main, echo()])
+
+    assert status(execution) == "COMPLETED", execution.status_message
+    assert phases(execution) == [
+        ("fan(0:lr:0.5,model:a)", "SUCCEEDED"),
+        ("fan(1:lr:0.1,model:x)", "SUCCEEDED"),
+        ("words(0:a)", "SUCCEEDED"),
+        ("words(1:7)", "SUCCEEDED"),
+    ]
+    assert runner.output(execution.id, "words(1:7)") == ["7"]
+    assert runner.output(execution.id, "fan(0:lr:0.5,model:a)") == [
+        'item={"lr":0.5,"model":"a"} lr=0.5'
+    ]
+    assert runner.output(execution.id, "fan(1:lr:0.1,model:x)") == [
+        'item={"lr":0.1,"model":"x"} lr=0.1'
+    ]
+
+
+def test_when_decides_on_an_earlier_steps_output_and_on_loop_items(runner):
+    main = {
+        "name": "main",
+        "steps": [
+            [call("flip", "flip")],
+            [
+                call("heads", "echo", arguments=value("won"),
+                     when="{{steps.flip.outputs.result}} == heads"),
+                call("tails", "echo", arguments=value("lost"),
+                     when="{{steps.flip.outputs.result}} == tails"),
+                call("big", "echo", arguments=value("{{item}}"), withItems=[1, 5, 12],
+                     when="{{item}} > 4 && !({{item}} >= 10)"),
+            ],
+        ],
+    }
+    flip = script("flip", "print('heads')")
+    execution = run(runner, "coin", [main, flip, echo()])
+
+    assert status(execution) == "COMPLETED", execution.status_message
+    assert phases(execution) == [
+        ("flip", "SUCCEEDED"),
+        ("heads", "SUCCEEDED"),
+        ("tails", "SKIPPED"),
+        ("big(0:1)", "SKIPPED"),
+        ("big(1:5)", "SUCCEEDED"),
+        ("big(2:12)", "SKIPPED"),
+    ]
+    details = runner.steps(execution.id)
+    assert details["tails"].message == "skipped: when 'heads == tails' is false"
+    assert runner.output(execution.id, "heads") == ["won"]
+    assert runner.output(execution.id, "big(1:5)") == ["5"]
+    assert not details["tails"].HasField("start_time")
+
+
+def test_retries_are_step_details_of_their_own_until_one_succeeds(runner):
+    # The step's root persists across attempts: a counter file there says which it is.
+    flaky = sh(
+        "flaky",
+        'n=$(cat count 2>/dev/null || echo 0); n=$((n+1)); echo $n > count; '
+        'echo "attempt $n"; [ $n -ge 3 ]',
+        retryStrategy={"limit": 3, "retryPolicy": "OnFailure",
+                       "backoff": {"duration": "50ms", "factor": 2}},
+    )
+    execution = run(runner, "flaky", [steps("main", [("try", "flaky")]), flaky])
+
+    assert status(execution) == "COMPLETED", execution.status_message
+    assert [(s.name, s.attempt, PHASE_NAME[s.phase], s.exit_code)
+            for s in execution.step_details] == [
+        ("try", 1, "FAILED", 1), ("try", 2, "FAILED", 1), ("try", 3, "SUCCEEDED", 0)
+    ]
+    assert runner.output(execution.id, "try") == ["attempt 1", "attempt 2", "attempt 3"]
+    system = [t for s, stream, t in runner.logs(execution.id) if stream == "system"]
+    assert any("retry 1 of 3 in 0.05 s" in t for t in system)
+    assert any("retry 2 of 3 in 0.1 s" in t for t in system)
+
+
+def test_retries_give_up_after_the_limit(runner):
+    failing = sh("failing", "exit 4", retryStrategy={"limit": "1"})
+    execution = run(runner, "give-up", [steps("main", [("once", "failing")]), failing])
+
+    assert status(execution) == "DEAD"
+    assert execution.status_message == "step once exited with code 4 (attempt 2 of 2)"
+    assert [(s.attempt, PHASE_NAME[s.phase]) for s in execution.step_details] == [
+        (1, "FAILED"), (2, "FAILED")
+    ]
+
+
+def test_the_exit_handler_runs_after_a_failure_with_the_workflow_status(runner):
+    main = steps("main", [("boom", "boom")], [("never", "echo")])
+    main["steps"][1][0]["arguments"] = value("unreachable")
+    handler = steps("bye", [("report", "echo")])
+    handler["steps"][0][0]["arguments"] = value("status={{workflow.status}}")
+    execution = run(
+        runner, "exits", [main, handler, sh("boom", "exit 2"), echo()], onExit="bye"
+    )
+
+    assert status(execution) == "DEAD"
+    assert execution.status_message == "step boom exited with code 2"
+    assert phases(execution) == [
+        ("boom", "FAILED"), ("never", "SKIPPED"), ("onExit.report", "SUCCEEDED")
+    ]
+    assert runner.output(execution.id, "onExit.report") == ["status=Failed"]
+
+
+def test_the_exit_handler_after_success_and_its_own_failure(runner):
+    execution = run(
+        runner,
+        "exit-fails",
+        [sh("main", "echo fine"), sh("bye", 'echo "{{workflow.status}}"; exit 5')],
+        onExit="bye",
+    )
+    assert status(execution) == "DEAD"
+    assert execution.status_message == "step onExit exited with code 5"
+    assert phases(execution) == [("main", "SUCCEEDED"), ("onExit", "FAILED")]
+    assert runner.output(execution.id, "onExit") == ["Succeeded"]
+
+
+def test_output_parameters_pass_between_steps_and_tasks(runner):
+    produce = sh(
+        "produce",
+        "mkdir -p /tmp 2>/dev/null; mkdir -p tmp; printf '42\\n' > tmp/answer; echo made",
+        outputs={"parameters": [
+            {"name": "answer", "valueFrom": {"path": "/tmp/answer"}},
+            {"name": "missing", "valueFrom": {"path": "/tmp/none", "default": "fallback"}},
+        ]},
+    )
+    flow = dag(
+        "main",
+        call("make", "produce"),
+        call("use", "echo", dependencies=["make"],
+             arguments=value("{{tasks.make.outputs.parameters.answer}}/"
+                             "{{tasks.make.outputs.parameters.missing}}")),
+        call("nested", "inner", dependencies=["use"]),
+    )
+    inner = {
+        "name": "inner",
+        "steps": [[call("again", "produce")],
+                  [call("show", "echo",
+                        arguments=value("got {{steps.again.outputs.parameters.answer}}"))]],
+    }
+    execution = run(runner, "outputs", [flow, inner, produce, echo()])
+
+    assert status(execution) == "COMPLETED", execution.status_message
+    details = runner.steps(execution.id)
+    assert dict(details["make"].output_parameters) == {"answer": "42", "missing": "fallback"}
+    assert runner.output(execution.id, "use") == ["42/fallback"]
+    assert runner.output(execution.id, "nested.show") == ["got 42"]
+
+
+def test_an_output_parameter_that_was_not_written_fails_its_step(runner):
+    quiet = sh("main", "true", outputs={"parameters": [
+        {"name": "p", "valueFrom": {"path": "/out/p"}}]})
+    execution = run(runner, "no-param", [quiet])
+    assert status(execution) == "DEAD"
+    assert execution.status_message.startswith(
+        "step main did not write its output parameter p at "
+    )
+
+
+def test_depends_expressions_run_failure_handlers_and_omit_the_rest(runner):
+    flow = dag(
+        "main",
+        call("train", "fail"),
+        call("ok", "echo", arguments=value("ok")),
+        call("cleanup", "echo", depends="train.Failed || train.Errored",
+             arguments=value("cleaning")),
+        call("publish", "echo", depends="train && ok", arguments=value("publishing")),
+        call("either", "echo", depends="(train.Succeeded || ok.Succeeded) && !cleanup.Skipped",
+             arguments=value("either")),
+    )
+    execution = run(runner, "handlers", [flow, sh("fail", "exit 1"), echo()])
+
+    # train's failure is handled by cleanup's depends: the execution completes.
+    assert status(execution) == "COMPLETED", execution.status_message
+    assert phases(execution) == [
+        ("train", "FAILED"),
+        ("ok", "SUCCEEDED"),
+        ("cleanup", "SUCCEEDED"),
+        ("publish", "SKIPPED"),
+        ("either", "SUCCEEDED"),
+    ]
+    details = runner.steps(execution.id)
+    assert details["publish"].message == "omitted: depends 'train && ok' is false"
+    assert runner.output(execution.id, "cleanup") == ["cleaning"]
+
+
+def test_a_workflow_deadline_makes_the_execution_dead(runner):
+    execution = run(
+        runner,
+        "slow-flow",
+        [steps("main", [("nap", "nap")], [("after", "nap")]), sh("nap", "exec sleep 30")],
+        activeDeadlineSeconds=1,
+    )
+    assert status(execution) == "DEAD"
+    message = "the workflow ran past its activeDeadlineSeconds (1 s)"
+    assert execution.status_message == message
+    assert runner.history(execution.id)[-1] == ("DEAD", "deadline_exceeded", message)
+    assert phases(execution) == [("nap", "STOPPED"), ("after", "SKIPPED")]
+
+
+def test_a_template_deadline_fails_its_step(runner):
+    nap = sh("nap", "exec sleep 30", activeDeadlineSeconds="1")
+    execution = run(runner, "slow-step", [steps("main", [("nap", "nap")]), nap])
+    assert status(execution) == "DEAD"
+    assert execution.status_message.startswith(
+        "step nap ran past its activeDeadlineSeconds (1 s); was killed by SIGTERM"
+    )
+    assert phases(execution) == [("nap", "FAILED")]
+
+
+def test_a_script_template_runs_its_source_with_the_named_command(runner):
+    source = "import sys\nprint('python', sys.version_info[0])\nprint('{{inputs.parameters.v}}')"
+    code = {
+        "name": "code",
+        "inputs": {"parameters": [{"name": "v"}]},
+        "script": {"image": IMAGE, "command": ["python3"], "source": source},
+    }
+    main = steps("main", [("py", "code")])
+    main["steps"][0][0]["arguments"] = value("from the caller")
+    execution = run(runner, "scripted", [main, code])
+    assert status(execution) == "COMPLETED", execution.status_message
+    assert runner.output(execution.id, "py") == ["python 3", "from the caller"]
