@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import grpc
 import pytest
 from workflow_helpers import (
     IMAGE,
@@ -19,6 +20,8 @@ from workflow_helpers import (
     steps,
     workflow,
 )
+
+from client.client import TrainyardError
 
 
 @pytest.fixture
@@ -286,3 +289,55 @@ def test_a_script_template_runs_its_source_with_the_named_command(runner):
     execution = run(runner, "scripted", [main, code])
     assert status(execution) == "COMPLETED", execution.status_message
     assert runner.output(execution.id, "py") == ["python 3", "from the caller"]
+
+
+def referenced_library() -> str:
+    """An executable whose templates others call through templateRef: a steps
+    template calling a template of its own document."""
+    return workflow("shared-steps", [
+        steps("twice", [("first", "say")], [("second", "say")]),
+        sh("say", "echo 'shared {{inputs.parameters.v}}'",
+           inputs={"parameters": [{"name": "v", "default": "hello"}]}),
+    ], entrypoint="twice")
+
+
+def test_template_ref_runs_another_executables_template(runner):
+    runner.register(referenced_library())
+    main = {"name": "main", "steps": [[
+        {"name": "lib", "templateRef": {"name": "shared-steps", "template": "twice"}},
+    ], [
+        {"name": "one", "templateRef": {"name": "shared-steps", "template": "say"},
+         "arguments": value("direct")},
+    ]]}
+    executable = runner.client.create_executable(workflow("uses-ref", [main]))
+    assert list(executable.steps) == ["lib.first", "lib.second", "one"]
+
+    execution = runner.wait(runner.start(runner.configure("uses-ref")))
+    assert status(execution) == "COMPLETED", execution.status_message
+    assert runner.output(execution.id, "lib.second") == ["shared hello"]
+    assert runner.output(execution.id, "one") == ["shared direct"]
+
+
+@pytest.mark.parametrize(
+    ("ref", "field", "message"),
+    [
+        ({"name": "nowhere", "template": "say"},
+         "spec.templates[0].steps[0][0].templateRef.name",
+         "no executable 'nowhere' in resource group 'default'"),
+        ({"name": "shared-steps", "template": "shout"},
+         "spec.templates[0].steps[0][0].templateRef.template",
+         "executable 'shared-steps' has no template 'shout'"),
+        ({"name": "shared-steps", "template": "say", "clusterScope": True},
+         "spec.templates[0].steps[0][0].templateRef.clusterScope",
+         "cluster-scoped templates are not supported"),
+    ],
+)
+def test_a_template_ref_to_nothing_is_refused_at_registration(runner, ref, field, message):
+    runner.register(referenced_library())
+    main = {"name": "main", "steps": [[{"name": "s", "templateRef": ref}]]}
+    with pytest.raises(TrainyardError) as caught:
+        runner.register(workflow("bad-ref", [main]))
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [(v.field, v.description) for v in caught.value.violations] == [(field, message)]
+    if "clusterScope" not in ref:
+        assert caught.value.reason == "TEMPLATE_REF_NOT_FOUND"

@@ -53,7 +53,7 @@ class ExecutableService(executable_service_pb2_grpc.ExecutableServiceServicer):
             resource_group(), request.definition, caller()
         )
         return exe_pb.CreateExecutableResponse(
-            executable=convert.executable_pb(exe, self.plane.executable_steps(exe)),
+            executable=convert.executable_pb(exe, await self.plane.steps_of(exe)),
             created=created,
         )
 
@@ -62,7 +62,7 @@ class ExecutableService(executable_service_pb2_grpc.ExecutableServiceServicer):
             resource_group(), request.executable_id, request.version
         )
         return exe_pb.GetExecutableResponse(
-            executable=convert.executable_pb(exe, self.plane.executable_steps(exe))
+            executable=convert.executable_pb(exe, await self.plane.steps_of(exe))
         )
 
     async def ListExecutables(self, request, context):
@@ -75,7 +75,7 @@ class ExecutableService(executable_service_pb2_grpc.ExecutableServiceServicer):
         )
         return exe_pb.ListExecutablesResponse(
             executables=[
-                convert.executable_pb(e, self.plane.executable_steps(e)) for e in page.items
+                convert.executable_pb(e, await self.plane.steps_of(e)) for e in page.items
             ],
             next_page_token=page.next_page_token,
             total_size=page.total_size,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from server.domain.errors import (
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
+    NotFound,
     PermissionDenied,
     Reason,
     StoreUnavailable,
@@ -169,6 +171,7 @@ class ControlPlane:
             )
         self.check_resources(parsed[0])
         exe = parsed[0]
+        await self.template_library(resource_group, exe.spec)
         event = caller.event("register", "executable", f"{exe.id}@{exe.version}", resource_group)
         return await self.store.put_executable(exe, audit=event)
 
@@ -199,15 +202,87 @@ class ControlPlane:
             templates.load_directory, directory, resource_group
         )
         stored: list[Executable] = []
-        for exe in loaded:
-            try:
-                self.check_resources(exe)
-                stored.append((await self.store.put_executable(exe))[0])
-            except DomainError as exc:
-                log.warning("executable not loaded", executable_id=exe.id, error=str(exc))
+        waiting = list(loaded)  # one whose templateRef names a later file waits for it
+        while waiting:
+            errors: list[tuple[Executable, DomainError]] = []
+            for exe in waiting:
+                try:
+                    self.check_resources(exe)
+                    await self.template_library(resource_group, exe.spec)
+                    stored.append((await self.store.put_executable(exe))[0])
+                except DomainError as exc:
+                    errors.append((exe, exc))
+            if len(errors) == len(waiting):
+                for exe, exc in errors:
+                    log.warning("executable not loaded", executable_id=exe.id, error=str(exc))
+                break
+            waiting = [exe for exe, _ in errors]
         for path, error in failures:
             log.warning("executable file not loaded", file=str(path), error=error)
         return stored
+
+    async def template_library(
+        self, resource_group: str, spec: dict, *, created: bool = False
+    ) -> dict[str, dict]:
+        """The specs of the executables the spec's templateRefs name (and theirs), by
+        id: their latest versions in ``resource_group``. Raises InvalidArgument naming
+        the field of a reference to a missing executable or template (reason
+        TEMPLATE_REF_NOT_FOUND; FailedPrecondition when ``created``: an execution)."""
+        library: dict[str, dict] = {}
+        violations: list[FieldViolation] = []
+        queue = [(ref, "") for ref in workflow.template_refs(spec)]
+        while queue:
+            ref, via = queue.pop(0)
+            where = f"{via}{ref.path}" if not via else f"{ref.path} (in executable {via})"
+            if ref.executable not in library:
+                try:
+                    found = await self.store.get_executable(resource_group, ref.executable)
+                except NotFound:
+                    violations.append(
+                        FieldViolation(
+                            f"{where}.name",
+                            f"no executable {ref.executable!r} in resource group "
+                            f"{resource_group!r}",
+                        )
+                    )
+                    continue
+                library[ref.executable] = found.spec
+                queue += [(r, ref.executable) for r in workflow.template_refs(found.spec)]
+            names = {
+                t.get("name")
+                for t in library[ref.executable].get("templates") or []
+                if isinstance(t, dict)
+            }
+            if ref.template not in names:
+                violations.append(
+                    FieldViolation(
+                        f"{where}.template",
+                        f"executable {ref.executable!r} has no template {ref.template!r}",
+                    )
+                )
+        if violations:
+            listed = "; ".join(f"{v.field}: {v.description}" for v in violations)
+            if created:
+                raise FailedPrecondition(
+                    message=f"the executable's templateRef cannot be resolved: {listed}",
+                    reason=Reason.TEMPLATE_REF_NOT_FOUND,
+                )
+            raise InvalidArgument(
+                message=f"invalid workflow template: {listed}",
+                reason=Reason.TEMPLATE_REF_NOT_FOUND,
+                violations=violations,
+            )
+        return library
+
+    async def steps_of(self, executable: Executable) -> list[ExecutableStep]:
+        """:meth:`executable_steps`, with the templates its templateRefs name."""
+        if not workflow.template_refs(executable.spec):
+            return self.executable_steps(executable)
+        try:
+            library = await self.template_library(executable.resource_group, executable.spec)
+        except DomainError:
+            return []
+        return self.executable_steps(executable, library)
 
     async def get_executable(
         self, resource_group: str, executable_id: str, version: str = ""
@@ -521,6 +596,11 @@ class ControlPlane:
         executable = await self.store.get_executable(
             resource_group, configuration.executable_id, configuration.executable_version
         )
+        library = (
+            await self.template_library(resource_group, executable.spec, created=True)
+            if workflow.template_refs(executable.spec)
+            else None
+        )
         refs = self.secret_references(executable)
         if refs:
             if self.secrets is None:
@@ -536,23 +616,26 @@ class ControlPlane:
             executable_id=configuration.executable_id,
             scenario_id=configuration.scenario_id,
             step_details=[
-                StepDetail(name=s, phase=StepPhase.PENDING) for s in self._step_names(executable)
+                StepDetail(name=s.name, phase=StepPhase.PENDING)
+                for s in self.executable_steps(executable, library)
             ],
         )
 
-    def _step_names(self, executable: Executable) -> list[str]:
-        return [step.name for step in self.executable_steps(executable)]
-
-    def executable_steps(self, executable: Executable) -> list[ExecutableStep]:
+    def executable_steps(
+        self, executable: Executable, library: dict[str, dict] | None = None
+    ) -> list[ExecutableStep]:
         """The executable's steps in workflow order, named as step details name them,
-        with their templates and resources (a version never changes: kept). Empty when
-        the workflow cannot run (the execution's start then says why)."""
+        with their templates and resources (a version never changes: kept; the
+        templates its templateRefs name are in ``library``, see template_library).
+        Empty when the workflow cannot run (the execution's start then says why)."""
         key = (executable.resource_group, executable.id, executable.version, executable.digest)
+        if library:
+            key += tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in library.items()))
         steps = self._steps.get(key)
         if steps is None:
             if len(self._steps) >= 1000:
                 self._steps.clear()
-            steps = self._steps[key] = self._walk_steps(executable)
+            steps = self._steps[key] = self._walk_steps(executable, library)
         return steps
 
     def secret_references(self, executable: Executable) -> list[SecretRef]:
@@ -566,9 +649,11 @@ class ControlPlane:
             refs = self._secret_refs[key] = references(executable.spec)
         return refs
 
-    def _walk_steps(self, executable: Executable) -> list[ExecutableStep]:
+    def _walk_steps(
+        self, executable: Executable, library: dict[str, dict] | None = None
+    ) -> list[ExecutableStep]:
         try:
-            walked = workflow.walk(executable.spec)
+            walked = workflow.walk(executable.spec, library)
         except workflow.WorkflowError:
             return []
         steps = []

@@ -853,11 +853,22 @@ def _check_reference(
 ) -> None:
     """A step or task must call a template of this document."""
     if "templateRef" in call:
-        problems.add(
-            f"{path}.templateRef",
-            "references to other WorkflowTemplates are not supported; use a template "
-            "of this document",
-        )
+        ref = call["templateRef"]
+        where = f"{path}.templateRef"
+        if "template" in call:
+            problems.add(f"{path}.template", "a step runs a template or a templateRef, not both")
+        if not isinstance(ref, dict):
+            problems.add(where, f"must be a mapping, not {_type_name(ref)}")
+            return
+        if ref.get("clusterScope"):
+            problems.add(
+                f"{where}.clusterScope", "cluster-scoped templates are not supported"
+            )
+        for key, what in (("name", "executable id"), ("template", "template name")):
+            if not isinstance(ref.get(key), str) or not ref[key]:
+                problems.add(f"{where}.{key}", f"the {what} is required")
+        # Whether that executable and template exist is checked against the store
+        # (ControlPlane.template_library).
         return
     if "inline" in call:
         return  # refused with the other fields a call cannot have

@@ -18,6 +18,9 @@ that run a process, each with what must be true before it runs:
   ``{{item}}`` / ``{{item.KEY}}`` take the item in the call's arguments and ``when``.
 * ``when``: kept on the call (:attr:`Call.when`); the runtime decides it when the step is
   ready to run, after its placeholders are resolved. False: the step is SKIPPED.
+* ``templateRef: {name: EXECUTABLE, template: TEMPLATE}`` calls a template of another
+  registered executable of the same resource group (``library``: executable id -> its
+  spec); that template's own calls resolve in its document.
 * ``spec.onExit``: the exit handler's steps come last, named ``onExit`` (or
   ``onExit.inner``), marked :attr:`WorkflowStep.exit_handler`; they run after the main
   flow ended, whatever its outcome.
@@ -110,11 +113,11 @@ class WorkflowStep:
         return "script" if "script" in self.template else "container"
 
 
-def walk(spec: dict[str, Any]) -> list[WorkflowStep]:
-    """Every step of the workflow in workflow order. Raises :class:`WorkflowError`."""
-    templates = {
-        t["name"]: t for t in spec.get("templates") or [] if isinstance(t, dict) and "name" in t
-    }
+def walk(spec: dict[str, Any], library: dict[str, dict] | None = None) -> list[WorkflowStep]:
+    """Every step of the workflow in workflow order. ``library`` holds the specs of the
+    executables its templateRefs name (see :func:`template_refs`). Raises
+    :class:`WorkflowError`."""
+    templates = _Templates(_by_name(spec), library or {})
     entrypoint = templates.get(spec.get("entrypoint", ""))
     if entrypoint is None:
         raise WorkflowError(f"no entrypoint template {spec.get('entrypoint')!r}")
@@ -135,13 +138,62 @@ def walk(spec: dict[str, Any]) -> list[WorkflowStep]:
     return steps
 
 
-def step_names(spec: dict[str, Any]) -> list[str]:
+def step_names(spec: dict[str, Any], library: dict[str, dict] | None = None) -> list[str]:
     """The names of the steps in workflow order; empty when the workflow cannot run
     (the runtime then reports why when the execution starts)."""
     try:
-        return [step.name for step in walk(spec)]
+        return [step.name for step in walk(spec, library)]
     except WorkflowError:
         return []
+
+
+class _Templates(dict):
+    """The templates of one document by name, and the library templateRefs resolve in."""
+
+    def __init__(self, templates: dict[str, dict], library: dict[str, dict]):
+        super().__init__(templates)
+        self.library = library
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateRef:
+    """A ``templateRef`` of a step or task: where it is written, what it names."""
+
+    path: str  # e.g. spec.templates[0].steps[1][0].templateRef
+    executable: str
+    template: str
+
+
+def template_refs(spec: dict[str, Any]) -> list[TemplateRef]:
+    """Every well-formed ``templateRef`` of the spec's steps and tasks, in document order."""
+    found: list[TemplateRef] = []
+    for i, template in enumerate(spec.get("templates") or []):
+        if not isinstance(template, dict):
+            continue
+        calls: list[tuple[str, Any]] = []
+        if isinstance(template.get("steps"), list):
+            for g, group in enumerate(template["steps"]):
+                if isinstance(group, list):
+                    calls += [(f"steps[{g}][{s}]", c) for s, c in enumerate(group)]
+        dag = template.get("dag")
+        if isinstance(dag, dict) and isinstance(dag.get("tasks"), list):
+            calls += [(f"dag.tasks[{t}]", c) for t, c in enumerate(dag["tasks"])]
+        for where, call in calls:
+            ref = call.get("templateRef") if isinstance(call, dict) else None
+            if (
+                isinstance(ref, dict)
+                and isinstance(ref.get("name"), str)
+                and isinstance(ref.get("template"), str)
+            ):
+                path = f"spec.templates[{i}].{where}.templateRef"
+                found.append(TemplateRef(path, ref["name"], ref["template"]))
+    return found
+
+
+def _by_name(spec: dict[str, Any]) -> dict[str, dict]:
+    return {
+        t["name"]: t for t in spec.get("templates") or [] if isinstance(t, dict) and "name" in t
+    }
 
 
 def item_label(item: Any) -> str:
@@ -181,11 +233,28 @@ def _expand(
     raise WorkflowError(f"template {template.get('name')!r} runs nothing")
 
 
-def _called(templates: dict[str, dict], call: dict) -> dict:
+def _called(templates: _Templates, call: dict) -> tuple[dict, _Templates]:
+    """The template a call runs, and the templates its own calls resolve in."""
+    ref = call.get("templateRef")
+    if isinstance(ref, dict):
+        spec = templates.library.get(ref.get("name", ""))
+        if spec is None:
+            raise WorkflowError(
+                f"step {call.get('name')!r}: no executable {ref.get('name')!r} to take "
+                f"template {ref.get('template')!r} from"
+            )
+        templates = _Templates(_by_name(spec), templates.library)
+        target = templates.get(ref.get("template", ""))
+        if target is None:
+            raise WorkflowError(
+                f"step {call.get('name')!r}: executable {ref.get('name')!r} has no template "
+                f"{ref.get('template')!r}"
+            )
+        return target, templates
     target = templates.get(call.get("template", ""))
     if target is None:
         raise WorkflowError(f"step {call.get('name')!r} calls no known template")
-    return target
+    return target, templates
 
 
 def _items(call: dict) -> list[Any] | None:
@@ -223,7 +292,7 @@ def _run_call(
     local: dict[str, str],
 ) -> list[str]:
     """Expand one step or task, once or per item; returns the step names it produced."""
-    target = _called(templates, call)
+    target, inner = _called(templates, call)
     items = _items(call)
     known = dict(local)
     if items is None:
@@ -238,7 +307,7 @@ def _run_call(
         ]
     produced: list[str] = []
     for full, link in links:
-        produced += _expand(templates, target, full, requires, [*chain, link], out, local)
+        produced += _expand(inner, target, full, requires, [*chain, link], out, local)
     return produced
 
 

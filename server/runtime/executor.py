@@ -523,6 +523,7 @@ class Executor(Runtime):
                 raise PlanError(f"input artifact {name}: artifact {artifact_id} does not exist")
             urls[name] = artifacts[artifact_id].url
         resolved = await self._secrets(execution, executable)
+        library = await self.plane.template_library(group, executable.spec, created=True)
         return build_plan(
             executable,
             configuration.parameter_bindings,
@@ -533,6 +534,7 @@ class Executor(Runtime):
             plans=self.plane.resource_plans,
             secrets=resolved.values,
             pull_auth=resolved.pull_auth,
+            library=library,
         )
 
     async def _secrets(self, execution: Execution, executable) -> Resolved:

@@ -218,8 +218,12 @@ def build_plan(
     plans: Mapping[str, Resources] | None = None,
     secrets: Mapping[tuple[str, str], str] | None = None,
     pull_auth: str | None = None,
+    library: dict[str, dict] | None = None,
 ) -> Plan:
     """Resolve the executable's workflow for one execution. Raises :class:`PlanError`.
+
+    ``library`` holds the specs of the executables its templateRefs name, by id
+    (ControlPlane.template_library).
 
     ``plans`` is the resource plan table (default: SAP's plans) that gives each step
     its :class:`Resources` (see server/domain/resources.py). ``secrets`` holds the
@@ -227,7 +231,7 @@ def build_plan(
     ``pull_auth`` the registry credentials of its ``imagePullSecrets``, as
     server/domain/secrets.py resolved them at the start."""
     try:
-        workflow = walk(executable.spec)
+        workflow = walk(executable.spec, library)
     except WorkflowError as exc:
         raise PlanError(str(exc)) from None
     if not workflow:

@@ -135,6 +135,13 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The caller has as many streams open as its limit allows. Status
     RESOURCE_EXHAUSTED, with a `google.rpc.RetryInfo` delay.
     """
+    ERROR_REASON_TEMPLATE_REF_NOT_FOUND: _ErrorReason.ValueType  # 73
+    """A step's `templateRef` names an executable that is not registered in the
+    resource group, or a template that executable does not have (INVALID_ARGUMENT
+    from CreateExecutable, FAILED_PRECONDITION from CreateExecution when it was
+    deleted since). The `google.rpc.BadRequest` detail names the field, for example
+    `spec.templates[0].steps[1][0].templateRef.template`.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Machine-readable reasons carried in the `google.rpc.ErrorInfo` detail of every
@@ -262,5 +269,12 @@ RESOURCE_EXHAUSTED, with a `google.rpc.RetryInfo` delay.
 ERROR_REASON_TOO_MANY_STREAMS: ErrorReason.ValueType  # 69
 """The caller has as many streams open as its limit allows. Status
 RESOURCE_EXHAUSTED, with a `google.rpc.RetryInfo` delay.
+"""
+ERROR_REASON_TEMPLATE_REF_NOT_FOUND: ErrorReason.ValueType  # 73
+"""A step's `templateRef` names an executable that is not registered in the
+resource group, or a template that executable does not have (INVALID_ARGUMENT
+from CreateExecutable, FAILED_PRECONDITION from CreateExecution when it was
+deleted since). The `google.rpc.BadRequest` detail names the field, for example
+`spec.templates[0].steps[1][0].templateRef.template`.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
