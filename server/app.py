@@ -36,6 +36,7 @@ from server.domain.logsink import LogSink
 from server.domain.metrics import MetricsService
 from server.domain.secrets import SecretService as SecretUseCases
 from server.domain.service import ControlPlane
+from server.page_key import load_page_tokens
 from server.process_tuning import tune_process
 from server.runtime.executor import Executor
 from server.runtime.process_runner import ProcessRunner
@@ -206,11 +207,13 @@ async def start_server(settings: Settings) -> TrainyardServer:
     # Secret values are sealed with the key file's key (made on the first start).
     cipher = await asyncio.to_thread(open_key_file, settings.secrets_key_file)
     secrets = SecretUseCases(store, cipher)
+    page_tokens = await asyncio.to_thread(load_page_tokens, settings.page_token_key_path)
     plane = ControlPlane(
         store=store,
         default_resource_group=settings.default_resource_group,
         resource_plans=plans,
         secrets=secrets,
+        page_tokens=page_tokens,
     )
     # The sink stores lines on a writer thread of its own, with its own connection.
     log_sink = LogSink(store.sync)
@@ -305,7 +308,9 @@ async def start_server(settings: Settings) -> TrainyardServer:
         ),
         (
             metric_service_pb2_grpc.add_MetricServiceServicer_to_server,
-            MetricService(MetricsService(AsyncMetricStore(store)), settings.max_message_bytes),
+            MetricService(
+                MetricsService(AsyncMetricStore(store), page_tokens), settings.max_message_bytes
+            ),
         ),
         (meta_service_pb2_grpc.add_MetaServiceServicer_to_server, meta),
         (secret_service_pb2_grpc.add_SecretServiceServicer_to_server, SecretService(secrets)),

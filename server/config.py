@@ -40,6 +40,10 @@ class Settings:
     # The key that encrypts secret values at rest; made on first start. Default:
     # DATA_DIR/secrets.key.
     secrets_key_file: Path | None = None
+    # The key page tokens are signed with; default: data_dir/page-token.key, made on
+    # first start. Replicas of one database are given the same file, so that each
+    # accepts the tokens the others issued.
+    page_token_key_file: Path | None = None
     # Security (docs/security.md). Auth is on when a token file or a client CA is given.
     auth_tokens: Path | None = None  # the token file (hashes only)
     tls_cert: Path | None = None  # PEM certificate chain; with tls_key: TLS
@@ -102,6 +106,10 @@ class Settings:
     @property
     def auth_enabled(self) -> bool:
         return self.auth_tokens is not None or self.tls_client_ca is not None
+
+    @property
+    def page_token_key_path(self) -> Path:
+        return self.page_token_key_file or self.data_dir / "page-token.key"
 
     @property
     def work_dir(self) -> Path:
@@ -234,6 +242,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(TRAINYARD_SECRETS_KEY_FILE)",
     )
     parser.add_argument(
+        "--page-token-key-file",
+        default=_env("PAGE_TOKEN_KEY_FILE"),
+        metavar="FILE",
+        help="key that signs page tokens (made, random, if missing); give every replica "
+        "of one database the same file; default DATA_DIR/page-token.key "
+        "(TRAINYARD_PAGE_TOKEN_KEY_FILE)",
+    )
+    parser.add_argument(
         "--auth-tokens",
         default=_env("AUTH_TOKENS"),
         metavar="FILE",
@@ -342,5 +358,6 @@ def _settings(args: argparse.Namespace) -> Settings:
         lease_seconds=args.lease_seconds,
         resource_plans_file=Path(args.resource_plans) if args.resource_plans else None,
         secrets_key_file=Path(args.secrets_key_file) if args.secrets_key_file else None,
+        page_token_key_file=path(args.page_token_key_file),
         console_address="" if args.no_console else args.console_address,
     )

@@ -70,6 +70,7 @@ class LogReader:
             default=DEFAULT_LOG_PAGE,
             maximum=MAX_LOG_PAGE,
             size_field=size_field,
+            tokens=self.plane.page_tokens,
         )
         if page.after is not None and (
             not isinstance(page.after, int) or isinstance(page.after, bool)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from server.domain import validation
 from server.domain.errors import InvalidArgument, Reason
 from server.domain.models import Status
-from server.domain.paging import encode_token, page_request
+from server.domain.paging import PageTokens, encode_token, page_request
 from server.domain.validation import Violations
 
 if TYPE_CHECKING:
@@ -304,6 +304,7 @@ def _page_key(after: object, parts: int) -> list:
 @dataclass
 class MetricsService:
     store: MetricStore
+    page_tokens: PageTokens = field(default_factory=PageTokens)
 
     # ----------------------------------------------------------------- write
 
@@ -395,7 +396,12 @@ class MetricsService:
             "view": str(view),
         }
         page = page_request(
-            page_size, page_token, filters, default=DEFAULT_POINTS_PAGE, maximum=MAX_POINTS_PAGE
+            page_size,
+            page_token,
+            filters,
+            default=DEFAULT_POINTS_PAGE,
+            maximum=MAX_POINTS_PAGE,
+            tokens=self.page_tokens,
         )
         await self.store.require_visible(resource_group, execution_ids)
         index, after_name, after_seq = 0, "", 0
@@ -447,7 +453,7 @@ class MetricsService:
         token = ""
         if more:
             last_index, last = fetched[-1]
-            token = encode_token([last_index, last.name, last.seq], filters)
+            token = encode_token([last_index, last.name, last.seq], filters, self.page_tokens)
         return results, token
 
     async def delete(
@@ -504,7 +510,12 @@ class MetricsService:
             "ascending": ascending,
         }
         page = page_request(
-            page_size, page_token, filters, default=DEFAULT_COMPARE_PAGE, maximum=MAX_COMPARE_PAGE
+            page_size,
+            page_token,
+            filters,
+            default=DEFAULT_COMPARE_PAGE,
+            maximum=MAX_COMPARE_PAGE,
+            tokens=self.page_tokens,
         )
         after = None
         if page.after is not None:
@@ -572,5 +583,5 @@ class MetricsService:
             if order_by is not None and best is not None:
                 summary = get(order_by.name)
                 row.best = summary is not None and summary[order_field] == best
-        token = encode_token(list(rows[-1][1]), filters) if more else ""
+        token = encode_token(list(rows[-1][1]), filters, self.page_tokens) if more else ""
         return Comparison([r for r, _ in rows], token, total, best)

@@ -51,7 +51,7 @@ from server.domain.models import (
     TargetStatus,
     Transition,
 )
-from server.domain.paging import page_request
+from server.domain.paging import PageTokens, page_request
 from server.domain.principal import ADMIN, ALL_GROUPS
 from server.domain.secrets import SecretRef, SecretService, check_references, references
 from server.domain.validation import Violations
@@ -129,6 +129,8 @@ class ControlPlane:
     # The secrets of the resource groups: what executions' steps refer to.
     secrets: SecretService | None = None
     listeners: list[Callable[[ExecutionEvent], None]] = field(default_factory=list)
+    # Signs the page tokens of every list (server/domain/paging.py).
+    page_tokens: PageTokens = field(default_factory=PageTokens)
     # Creates waiting for their grouped write, and the step names of each executable.
     _creates: list[_WaitingCreate] = field(default_factory=list, init=False, repr=False)
     _writing: asyncio.Task | None = field(default=None, init=False, repr=False)
@@ -301,7 +303,7 @@ class ControlPlane:
         all_versions: bool = False,
     ) -> Page[Executable]:
         filters = {"scenario_id": scenario_id, "all_versions": all_versions}
-        page = page_request(page_size, page_token, filters)
+        page = page_request(page_size, page_token, filters, tokens=self.page_tokens)
         return await self.store.list_executables(resource_group, page, scenario_id, all_versions)
 
     # ---------------------------------------------------------------- scenarios
@@ -317,7 +319,7 @@ class ControlPlane:
         self, resource_group: str, page_size: int, page_token: str
     ) -> Page[tuple[Scenario, int]]:
         page = await self.store.list_scenarios(
-            resource_group, page_request(page_size, page_token, {})
+            resource_group, page_request(page_size, page_token, {}, tokens=self.page_tokens)
         )
         items = [(s, await self.store.count_executables(resource_group, s.id)) for s in page.items]
         return Page(items, page.next_page_token, page.total_size)
@@ -397,7 +399,7 @@ class ControlPlane:
             "labels": labels or {},
             "name": name,
         }
-        page = page_request(page_size, page_token, filters)
+        page = page_request(page_size, page_token, filters, tokens=self.page_tokens)
         return await self.store.list_artifacts(
             resource_group,
             page,
@@ -479,7 +481,7 @@ class ControlPlane:
         executable_id: str = "",
     ) -> Page[Configuration]:
         filters = {"scenario_id": scenario_id, "executable_id": executable_id}
-        page = page_request(page_size, page_token, filters)
+        page = page_request(page_size, page_token, filters, tokens=self.page_tokens)
         return await self.store.list_configurations(
             resource_group, page, scenario_id, executable_id
         )
@@ -721,7 +723,7 @@ class ControlPlane:
             "executable_id": executable_id,
             "configuration_id": configuration_id,
         }
-        page = page_request(page_size, page_token, filters)
+        page = page_request(page_size, page_token, filters, tokens=self.page_tokens)
         return await self.store.list_executions(
             resource_group,
             page,
