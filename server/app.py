@@ -206,8 +206,8 @@ async def start_server(settings: Settings) -> TrainyardServer:
         plans = await asyncio.to_thread(resources.load_plan_file, settings.resource_plans_file)
     # Secret values are sealed with the key file's key (made on the first start).
     cipher = await asyncio.to_thread(open_key_file, settings.secrets_key_file)
-    secrets = SecretUseCases(store, cipher)
     page_tokens = await asyncio.to_thread(load_page_tokens, settings.page_token_key_path)
+    secrets = SecretUseCases(store, cipher, page_tokens)
     plane = ControlPlane(
         store=store,
         default_resource_group=settings.default_resource_group,

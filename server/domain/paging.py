@@ -81,9 +81,7 @@ def _token(after: Any, digest: str, tokens: PageTokens) -> str:
     return tokens.sign(raw.encode())
 
 
-def encode_token(
-    after: Any, filters: dict[str, Any], tokens: PageTokens = _DEFAULT_TOKENS
-) -> str:
+def encode_token(after: Any, filters: dict[str, Any], tokens: PageTokens) -> str:
     return _token(after, _filter_digest(filters), tokens)
 
 
@@ -96,9 +94,11 @@ def page_request(
     maximum: int = MAX_PAGE_SIZE,
     size_field: str = "page_size",
     token_field: str = "page_token",
-    tokens: PageTokens = _DEFAULT_TOKENS,
+    tokens: PageTokens,
 ) -> PageRequest:
-    """Validate a (page_size, page_token) pair against ``filters``."""
+    """Validate a (page_size, page_token) pair against ``filters``; ``tokens`` is the
+    server's signer (required: a list that forgot it would issue tokens that no other
+    replica, and no restart, accepts)."""
     if page_size < 0 or page_size > maximum:
         raise InvalidArgument.of(size_field, f"must be between 0 and {maximum}")
     size = page_size or default

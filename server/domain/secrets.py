@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from server.domain.errors import FailedPrecondition, Reason
 from server.domain.models import Page, Secret
-from server.domain.paging import page_request
+from server.domain.paging import PageTokens, page_request
 from server.domain.validation import Violations
 
 if TYPE_CHECKING:
@@ -100,8 +100,9 @@ def references(spec: Mapping[str, Any]) -> list[SecretRef]:
     for k, entry in enumerate(pull if isinstance(pull, list) else []):
         if isinstance(entry, dict):
             refs.append(
-                SecretRef(f"spec.imagePullSecrets[{k}]", str(entry.get("name") or ""),
-                          DOCKER_CONFIG_KEY)
+                SecretRef(
+                    f"spec.imagePullSecrets[{k}]", str(entry.get("name") or ""), DOCKER_CONFIG_KEY
+                )
             )
     return refs
 
@@ -173,9 +174,12 @@ class Mask:
 class SecretService:
     """The secret use cases of the API, and what execution creates and starts need."""
 
-    def __init__(self, store: SecretStore, cipher: SecretCipher):
+    def __init__(
+        self, store: SecretStore, cipher: SecretCipher, page_tokens: PageTokens | None = None
+    ):
         self.store = store
         self.cipher = cipher
+        self.page_tokens = page_tokens or PageTokens()
 
     # ------------------------------------------------------------------ the API
 
@@ -194,7 +198,7 @@ class SecretService:
         )
 
     async def list(self, resource_group: str, page_size: int, page_token: str) -> Page[Secret]:
-        page = page_request(page_size, page_token, {"kind": "secrets"})
+        page = page_request(page_size, page_token, {"kind": "secrets"}, tokens=self.page_tokens)
         return await self.store.list_secrets(resource_group, page)
 
     async def delete(self, resource_group: str, name: str) -> None:
@@ -257,8 +261,10 @@ class SecretService:
             if values is None or ref.key not in values:
                 if ref.optional:
                     continue
-                what = f"secret {ref.name!r}" if values is None else (
-                    f"key {ref.key!r} of secret {ref.name!r}"
+                what = (
+                    f"secret {ref.name!r}"
+                    if values is None
+                    else (f"key {ref.key!r} of secret {ref.name!r}")
                 )
                 raise ValueError(f"{what} does not exist in resource group {resource_group!r}")
             value = values[ref.key]
@@ -319,4 +325,3 @@ def _check_name(v: Violations, name: str) -> None:
             "must be 1 to 63 lower-case letters, digits, '-' or '.', starting and ending "
             "with a letter or digit",
         )
-

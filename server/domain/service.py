@@ -861,7 +861,7 @@ class ControlPlane:
             "since": where.since_us,
             "until": where.until_us,
         }
-        page = page_request(page_size, page_token, filters)
+        page = page_request(page_size, page_token, filters, tokens=self.page_tokens)
         return await self.store.list_audit_events(where, page)
 
     # ----------------------------------------------------------- runtime reports
