@@ -245,6 +245,9 @@ class ServerProcess:
                     str(self.data_dir),
                     "--log-format",
                     "json",
+                    # The console's default port is one for the machine: a test server
+                    # serves none, so that servers of parallel tests never collide on it.
+                    "--no-console",
                     *options,
                 ],
                 cwd=REPO_ROOT,
