@@ -341,3 +341,60 @@ def test_a_template_ref_to_nothing_is_refused_at_registration(runner, ref, field
     assert [(v.field, v.description) for v in caught.value.violations] == [(field, message)]
     if "clusterScope" not in ref:
         assert caught.value.reason == "TEMPLATE_REF_NOT_FOUND"
+
+
+def test_with_param_loops_over_a_list_an_earlier_step_printed(runner):
+    main = {"name": "main", "steps": [
+        [call("gen", "gen")],
+        [call("fan", "echo", withParam="{{steps.gen.outputs.result}}",
+              arguments=value("got {{item}}"), when="{{item}} != skip-me")],
+        [call("after", "echo", arguments=value("after the loop"))],
+    ]}
+    gen = script("gen", "import json\nprint(json.dumps(['a', 'skip-me', 'c']))")
+    execution = run(runner, "dynamic", [main, gen, echo()])
+
+    assert status(execution) == "COMPLETED", execution.status_message
+    assert phases(execution) == [
+        ("gen", "SUCCEEDED"),
+        ("fan(0:a)", "SUCCEEDED"),
+        ("fan(1:skip-me)", "SKIPPED"),
+        ("fan(2:c)", "SUCCEEDED"),
+        ("after", "SUCCEEDED"),
+    ]
+    assert runner.output(execution.id, "fan(2:c)") == ["got c"]
+
+
+def test_with_param_from_an_output_parameter_in_a_dag(runner):
+    gen = sh(
+        "gen",
+        """mkdir -p out; echo '[{"name": "x", "n": 1}, {"name": "y", "n": 2}]' > out/list""",
+        outputs={"parameters": [{"name": "list", "valueFrom": {"path": "/out/list"}}]},
+    )
+    flow = dag(
+        "main",
+        call("gen", "gen"),
+        call("each", "echo", depends="gen", withParam="{{tasks.gen.outputs.parameters.list}}",
+             arguments=value("{{item.name}}={{item.n}}")),
+        call("last", "echo", depends="each", arguments=value("done")),
+    )
+    execution = run(runner, "dynamic-dag", [flow, gen, echo()])
+
+    assert status(execution) == "COMPLETED", execution.status_message
+    assert phases(execution) == [
+        ("gen", "SUCCEEDED"),
+        ("each(0:n:1,name:x)", "SUCCEEDED"),
+        ("each(1:n:2,name:y)", "SUCCEEDED"),
+        ("last", "SUCCEEDED"),
+    ]
+    assert runner.output(execution.id, "each(1:n:2,name:y)") == ["y=2"]
+
+
+def test_with_param_that_is_no_list_fails_the_execution(runner):
+    main = {"name": "main", "steps": [
+        [call("gen", "gen")],
+        [call("fan", "echo", withParam="{{steps.gen.outputs.result}}", arguments=value("x"))],
+    ]}
+    execution = run(runner, "not-a-list", [main, sh("gen", "echo nope"), echo()])
+    assert status(execution) == "DEAD"
+    assert execution.status_message.startswith("step fan: withParam: ")
+    assert phases(execution) == [("gen", "SUCCEEDED"), ("fan", "FAILED")]

@@ -72,7 +72,7 @@ from server.domain.models import (
     ParameterSpec,
     ParameterType,
 )
-from server.domain.workflow import NOT_RUN_YET
+from server.domain.workflow import NOT_RUN_YET, is_deferred_loop
 
 # libyaml's parser (several times faster than the pure-Python one) where PyYAML was
 # built with it, with the same safe constructors.
@@ -666,7 +666,7 @@ def _check_call(call: dict, path: str, problems: _Problems) -> None:
         elif items is not None:
             problems.add(f"{path}.withParam", "a step loops over withItems or withParam, not both")
         elif _PLACEHOLDER_RE.search(param):
-            _not_run_yet(call, "withParam", "withParam", f"{path}.withParam", problems)
+            pass  # a list known when the step runs: its template is checked below
         else:
             try:
                 loaded = json.loads(param)
@@ -693,6 +693,24 @@ def _check_call(call: dict, path: str, problems: _Problems) -> None:
                     f"{entry_path}.valueFrom",
                     "valueFrom is not supported in arguments; pass a value",
                 )
+
+
+def _check_deferred_loop(
+    call: dict, path: str, templates: dict[str, _Template], problems: _Problems
+) -> None:
+    """A withParam from a placeholder expands when it runs: over a container or
+    script template of this document only."""
+    if not is_deferred_loop(call):
+        return
+    target = templates.get(call.get("template")) if isinstance(call.get("template"), str) else None
+    if "templateRef" in call or (
+        target is not None and not ("container" in target.body or "script" in target.body)
+    ):
+        problems.add(
+            f"{path}.withParam",
+            "withParam from a placeholder loops over a container or script template of "
+            "this document only; write the list, or use withItems",
+        )
 
 
 def _check_process(body: dict, path: str, kind: str, problems: _Problems) -> None:
@@ -743,6 +761,7 @@ def _check_steps(
                 seen.add(name)
             _check_reference(step, step_path, templates, problems)
             _check_call(step, step_path, problems)
+            _check_deferred_loop(step, step_path, templates, problems)
 
 
 def _check_dag(dag: Any, path: str, templates: dict[str, _Template], problems: _Problems):
@@ -768,6 +787,7 @@ def _check_dag(dag: Any, path: str, templates: dict[str, _Template], problems: _
                 index[name] = t
         _check_reference(task, task_path, templates, problems)
         _check_call(task, task_path, problems)
+        _check_deferred_loop(task, task_path, templates, problems)
 
     # Edges: task -> the tasks it waits for, with the field that declares each wait.
     waits: dict[str, list[str]] = {name: [] for name in index}

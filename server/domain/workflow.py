@@ -46,10 +46,7 @@ MAX_ITEMS = 1000
 
 # Fields the grammar accepts that the runtime does not run yet: registration refuses
 # them (naming the field), so that what loads also starts.
-NOT_RUN_YET: dict[str, str] = {
-    "withParam": "withParam from a placeholder is not run yet; write the JSON list in the "
-    "template, or use withItems",
-}
+NOT_RUN_YET: dict[str, str] = {}
 
 
 class WorkflowError(ValueError):
@@ -107,6 +104,9 @@ class WorkflowStep:
     requires: tuple[Requirement, ...] = ()  # all true once ``after`` ended, or skipped
     siblings: dict[str, str] = field(default_factory=dict)  # caller-local name -> step name
     exit_handler: bool = False
+    # A withParam loop whose items are known only when it runs (a placeholder, such as
+    # another step's outputs): this step stands for them until then.
+    deferred_loop: bool = False
 
     @property
     def kind(self) -> str:
@@ -257,8 +257,16 @@ def _called(templates: _Templates, call: dict) -> tuple[dict, _Templates]:
     return target, templates
 
 
+def is_deferred_loop(call: dict) -> bool:
+    """A withParam whose list comes from a placeholder: expanded when it runs."""
+    param = call.get("withParam")
+    return isinstance(param, str) and "{{" in param and "withItems" not in call
+
+
 def _items(call: dict) -> list[Any] | None:
     """The items a call loops over; None when it is no loop."""
+    if is_deferred_loop(call):
+        return None
     if "withItems" in call:
         items = call["withItems"]
     elif "withParam" in call:
@@ -308,6 +316,13 @@ def _run_call(
     produced: list[str] = []
     for full, link in links:
         produced += _expand(inner, target, full, requires, [*chain, link], out, local)
+    if is_deferred_loop(call):
+        if "container" not in target and "script" not in target:
+            raise WorkflowError(
+                f"step {name!r}: withParam from a placeholder loops over a container or "
+                f"script template only"
+            )
+        out[-1].deferred_loop = True
     return produced
 
 

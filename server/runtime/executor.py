@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ from server.domain.ports import (
 from server.domain.retry import until_stored
 from server.domain.secrets import Mask, Resolved
 from server.domain.service import ControlPlane
+from server.domain.workflow import MAX_ITEMS
 from server.runtime import processes as procs
 from server.runtime import staging
 from server.runtime.base import ExecutionInfo, Runtime, StepProcess
@@ -82,6 +84,7 @@ from server.runtime.plan import (
     PlannedStep,
     build_plan,
     late_key,
+    loop_item,
     resolve_late,
 )
 from server.runtime.scheduler import Scheduler
@@ -179,6 +182,7 @@ class _Run:
     results: dict[str, str] = field(default_factory=dict)
     values: dict[str, str] = field(default_factory=dict)  # step outputs, workflow.status
     attempts: dict[str, list[StepDetail]] = field(default_factory=dict)  # earlier tries
+    loops: dict[str, tuple[str, ...]] = field(default_factory=dict)  # loop -> its items
     wake: asyncio.Event = field(default_factory=asyncio.Event)  # set when it halts
 
     @property
@@ -619,7 +623,8 @@ class Executor(Runtime):
                     progressed = True
                     why = await self._decide(run, step)
                     if why is None:
-                        tasks[asyncio.create_task(self._run_step(run, step))] = step
+                        run_it = self._run_loop if step.loop else self._run_step
+                        tasks[asyncio.create_task(run_it(run, step))] = step
             if not tasks:
                 break
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -652,7 +657,7 @@ class Executor(Runtime):
                 self.sink.system(run.id, f"step {step.name} {why}", step=step.name)
                 await self._step_changed(run, detail)
                 return why
-        for text in step.when:
+        for text in () if step.loop else step.when:  # a loop's items decide theirs
             try:
                 resolved = resolve_late(text, run.values, f"step {step.name}: when")
                 holds = parse_when(resolved).evaluate()
@@ -666,6 +671,61 @@ class Executor(Runtime):
                 await self._step_changed(run, detail)
                 return why
         return None
+
+    async def _run_loop(self, run: _Run, step: PlannedStep) -> None:
+        """A withParam loop over a list known now: one step per item, run like the
+        steps of a group; the loop's result is theirs."""
+        try:
+            text = resolve_late(step.loop, run.values, f"step {step.name}: withParam")
+            items = json.loads(text)
+            if not isinstance(items, list):
+                raise ValueError(f"{text!r} is not a JSON list")
+            if len(items) > MAX_ITEMS:
+                raise ValueError(f"more than {MAX_ITEMS} items")
+        except (PlanError, ValueError) as exc:
+            await self._refuse_start(run, step, f"withParam: {exc}")
+            return
+        expanded = [loop_item(step, i, item, run.work_dir) for i, item in enumerate(items)]
+        names = [s.name for s in expanded]
+        if not expanded:
+            why = f"skipped: withParam {text!r} gives no items"
+            run.results[step.name] = "Skipped"
+            _ended(run.details[step.name], StepPhase.SKIPPED, why)
+            self.sink.system(run.id, f"step {step.name} {why}", step=step.name)
+            await self._step_changed(run, run.details[step.name])
+            return
+        if len(set(names)) != len(names) or any(n in run.details for n in names):
+            await self._refuse_start(run, step, "withParam: two items give one step name")
+            return
+        run.loops[step.name] = tuple(names)
+        details: dict[str, StepDetail] = {}
+        for name, detail in run.details.items():
+            if name != step.name:
+                details[name] = detail
+            else:
+                details.update((n, StepDetail(n)) for n in names)
+        run.details = details
+        run.plan.steps[run.plan.steps.index(step) : run.plan.steps.index(step) + 1] = expanded
+        self.sink.system(
+            run.id, f"step {step.name}: withParam gives {len(items)} items: {_steps_list(names)}"
+        )
+        for item in run.plan.collect:  # an output artifact: the last item's
+            if item.step == step.name:
+                last = expanded[-1]
+                item.step = last.name
+                item.path = last.root / item.path.relative_to(step.root)
+        await asyncio.to_thread(_make_roots, expanded)
+        await self._step_changed(run, details[names[0]])
+        await self._run_steps(run, expanded)
+        ended = [run.results.get(n, "") for n in names]
+        if "Succeeded" in ended and all(r in ("Succeeded", "Skipped") for r in ended):
+            run.results[step.name] = "Succeeded"
+        elif all(r == "Skipped" for r in ended):
+            run.results[step.name] = "Skipped"
+        else:
+            run.results[step.name] = next(
+                (r for r in ("Errored", "Failed", "Stopped", "Omitted") if r in ended), "Failed"
+            )
 
     async def _refuse_start(self, run: _Run, step: PlannedStep, why: str) -> str:
         message = f"step {step.name}: {why}"
@@ -1296,7 +1356,11 @@ class Executor(Runtime):
 
 def _task_result(run: _Run, requirement, task: str, result: str) -> bool:
     """Whether ``task`` (the steps it expanded to) ended as ``result`` (depends)."""
-    ended = [run.results.get(name, "") for name in requirement.tasks.get(task, ())]
+    ended = [
+        run.results.get(item, "")
+        for name in requirement.tasks.get(task, ())
+        for item in run.loops.get(name, (name,))
+    ]
     if not ended:
         return False
     if result == "AnySucceeded":
@@ -1340,6 +1404,15 @@ def _read_parameters(step: PlannedStep) -> tuple[dict[str, str], str]:
                 )
             values[parameter.name] = parameter.default
     return values, ""
+
+
+def _make_roots(steps: list[PlannedStep]) -> None:
+    for step in steps:
+        step.root.mkdir(parents=True, exist_ok=True)
+
+
+def _steps_list(names: list[str]) -> str:
+    return ", ".join(names) if names else "none"
 
 
 def _check_sources(urls: list[str]) -> list[Path]:

@@ -49,6 +49,7 @@ Planning is pure: it touches no file. :class:`PlanError` says why a workflow can
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import posixpath
 import re
@@ -60,7 +61,7 @@ from typing import Any
 from server.domain import resources as plans_
 from server.domain.models import Executable, OutputArtifactSpec
 from server.domain.resources import Resources
-from server.domain.workflow import Requirement, WorkflowError, WorkflowStep, walk
+from server.domain.workflow import Requirement, WorkflowError, WorkflowStep, item_label, walk
 
 STEPS_DIR = "steps"
 SCRIPTS_DIR = "scripts"
@@ -155,6 +156,9 @@ class PlannedStep:
     requires: tuple[Requirement, ...] = ()  # all true, or the step is SKIPPED
     when: tuple[str, ...] = ()  # ``when`` of its calls (substituted), all true to run
     exit_handler: bool = False
+    # withParam from a placeholder (resolved in the caller's scope, later placeholders
+    # left): the runtime expands the step into one per item when it is ready to run.
+    loop: str = ""
     retry: Retry | None = None
     deadline: float | None = None  # the template's activeDeadlineSeconds
     upstream: frozenset[str] = frozenset()  # every step that finishes before it starts
@@ -340,6 +344,7 @@ class _Scope:
     parameters: dict[str, str]
     artifacts: dict[str, Source]
     when: list[str] = field(default_factory=list)  # the calls' conditions, outermost first
+    loop: str = ""  # the last call's withParam, when the step is a deferred loop
 
 
 class _Planner:
@@ -463,6 +468,7 @@ class _Planner:
             after=ws.after,
             requires=ws.requires,
             when=tuple(scope.when),
+            loop=scope.loop if ws.deferred_loop else "",
             exit_handler=ws.exit_handler,
             retry=_retry(template.get("retryStrategy"), where),
             deadline=_seconds(template, where),
@@ -479,6 +485,7 @@ class _Planner:
         """Walk the call chain from the entrypoint down to the step's template."""
         scope = _Scope({}, {})
         when: list[str] = []
+        loop = ""
         last = len(ws.chain) - 1
         for i, link in enumerate(ws.chain):
             template = link.template
@@ -493,6 +500,10 @@ class _Planner:
                 )
                 if link.has_item:
                     caller_values.update(_item_values(link.item))
+                if i == last and ws.deferred_loop:
+                    loop = _substitute(
+                        _text(link.call.get("withParam", "")), caller_values, where, link.siblings
+                    )
                 if link.when:
                     when.append(
                         _substitute(link.when, caller_values, where, link.siblings)
@@ -546,7 +557,7 @@ class _Planner:
                     raise PlanError(
                         f"{where}: input artifact {name} is not bound in the configuration"
                     )
-            scope = _Scope(parameters, artifacts, when)
+            scope = _Scope(parameters, artifacts, when, loop)
         return scope
 
     def _argument_source(
@@ -586,6 +597,45 @@ class _Planner:
                 f"{where}: artifact {name}: {other} sources are not supported by the local runtime"
             )
         return None
+
+
+def loop_item(step: PlannedStep, index: int, item: Any, work_dir: Path) -> PlannedStep:
+    """Item ``index`` of a deferred loop (``step.loop``): a step of its own, named
+    ``name(index:item)``, with a root of its own and ``{{item}}`` / ``{{item.KEY}}``
+    pasted in."""
+    name = f"{step.name}({index}:{item_label(item)})"
+    root = step_root(work_dir, name)
+    values = _item_values(item)
+    old_root = str(step.root)
+
+    def paste(text: str) -> str:
+        text = _PLACEHOLDER_RE.sub(lambda m: values.get(m.group(1), m.group(0)), text)
+        return text.replace(old_root + "/", str(root) + "/") if old_root in text else text
+
+    def moved(path: Path) -> Path:
+        try:
+            return root / path.relative_to(step.root)
+        except ValueError:
+            return path
+
+    script_path = None if step.script_path is None else work_dir / SCRIPTS_DIR / name
+    argv = [paste(a) for a in step.argv]
+    if step.script_path is not None:
+        argv = [str(script_path) if a == str(step.script_path) else a for a in argv]
+    return dataclasses.replace(
+        step,
+        name=name,
+        argv=argv,
+        root=root,
+        loop="",
+        when=tuple(paste(w) for w in step.when),
+        script=None if step.script is None else paste(step.script),
+        script_path=script_path,
+        env={k: paste(v) for k, v in step.env.items()},
+        inputs=[dataclasses.replace(i, path=moved(i.path)) for i in step.inputs],
+        outputs=[dataclasses.replace(o, path=moved(o.path)) for o in step.outputs],
+        parameters=[dataclasses.replace(p, path=moved(p.path)) for p in step.parameters],
+    )
 
 
 def _item_values(item: Any) -> dict[str, str]:
@@ -686,7 +736,7 @@ def _substitute(
 
 
 def _late_keys(step: PlannedStep) -> list[str]:
-    texts = [*step.argv, *step.env.values(), *step.when, step.script or ""]
+    texts = [*step.argv, *step.env.values(), *step.when, step.script or "", step.loop]
     return [
         m.group(1)
         for text in texts
