@@ -18,9 +18,10 @@ repeated. Any other error is raised as ``TrainyardError``.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import grpc
@@ -37,15 +38,20 @@ RESUMABLE_REASONS = frozenset({"TAILER_TOO_SLOW", "LIMIT_EXCEEDED"})
 class Backoff:
     """Waits between reconnects: ``initial`` seconds, times ``multiplier`` per failure in
     a row, at most ``maximum``; gives up after ``attempts`` failures in a row without
-    progress (None: never)."""
+    progress (None: never). Each wait is cut by a random part of up to ``jitter`` of
+    it, so that many readers cut off at once (a server restart) do not all come back
+    at the same moment."""
 
     initial: float = 0.1
     maximum: float = 5.0
     multiplier: float = 2.0
     attempts: int | None = 20
+    jitter: float = 0.5
+    rng: random.Random = field(default_factory=random.Random, repr=False)
 
     def delay(self, failures: int) -> float:
-        return min(self.maximum, self.initial * self.multiplier ** max(0, failures - 1))
+        base = min(self.maximum, self.initial * self.multiplier ** max(0, failures - 1))
+        return base * (1.0 - self.jitter * self.rng.random())
 
 
 # Called before each reconnect with the error and the position resumed from.

@@ -159,6 +159,13 @@ class _Output:
         self.sink.system(self.execution_id, text, step=self.step)
 
 
+async def _save_state(run: _Run) -> None:
+    """state.json as the run's state is now, durably, off the loop."""
+    data = procs.encode_state(run.state)
+    async with run.state_lock:
+        await asyncio.to_thread(procs.write_state, run.work_dir / STATE_FILE, data)
+
+
 @dataclass(eq=False)
 class _Run:
     """One execution held by a worker slot."""
@@ -169,6 +176,8 @@ class _Run:
     details: dict[str, StepDetail] = field(default_factory=dict)
     processes: dict[str, _Step] = field(default_factory=dict)
     state: dict = field(default_factory=dict)  # what state.json holds
+    # Writes of state.json, one at a time and in order (each in a thread).
+    state_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     task: asyncio.Task | None = None
     lease: Lease | None = None  # this replica's claim: every write of the run carries it
     fenced: bool = False  # another replica took the execution over
@@ -460,7 +469,7 @@ class Executor(Runtime):
         try:
             await asyncio.to_thread(self._prepare_dir, run)
             run.state = {"execution_id": run.id, "steps": {}}
-            procs.write_state(run.work_dir / STATE_FILE, run.state)
+            await _save_state(run)
             await self._stage_inputs(run)
         except (StagingError, OSError) as exc:
             if not (run.closing or run.stopping):
@@ -833,7 +842,7 @@ class Executor(Runtime):
             "started_at": _now().isoformat(),
             "exit_code": None,
         }
-        procs.write_state(run.work_dir / STATE_FILE, run.state)
+        await _save_state(run)
         detail.phase, detail.started_at = StepPhase.RUNNING, _now()
         detail.message = ""
         if not run.running and not run.halted:
@@ -977,7 +986,7 @@ class Executor(Runtime):
             record.update(phase=str(StepPhase.FAILED), failure=failure)
             if step.name in run.plan.handled:
                 record["handled"] = True
-        procs.write_state(run.work_dir / STATE_FILE, run.state)
+        await _save_state(run)
         await self._step_changed(run, detail)
         return not failure and not started.signalled, failure, False
 

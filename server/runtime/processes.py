@@ -268,11 +268,30 @@ def signal_name(number: int) -> str:
 # ------------------------------------------------------------------ the state file
 
 
-def write_state(path: Path, state: dict[str, Any]) -> None:
-    """Replace the state file atomically (a small write; fine on the loop)."""
+def encode_state(state: dict[str, Any]) -> bytes:
+    """The state file's bytes (on the loop: the state may change right after)."""
+    return json.dumps(state, indent=1, sort_keys=True).encode()
+
+
+def write_state(path: Path, data: bytes) -> None:
+    """Replace the state file atomically and durably: written to a temporary file,
+    flushed to disk, renamed over the old one, and the directory flushed so that the
+    rename survives a power loss. Blocking: call it from a thread."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state, indent=1, sort_keys=True), encoding="utf-8")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def read_state(path: Path) -> dict[str, Any] | None:
