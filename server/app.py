@@ -34,6 +34,7 @@ from server.domain.logpurge import LogPurger
 from server.domain.logs import LogReader
 from server.domain.logsink import LogSink
 from server.domain.metrics import MetricsService
+from server.domain.models import SHARED_GROUP
 from server.domain.secrets import SecretService as SecretUseCases
 from server.domain.service import ControlPlane
 from server.page_key import load_page_tokens
@@ -251,9 +252,8 @@ async def start_server(settings: Settings) -> TrainyardServer:
             lease_seconds=settings.lease_seconds,
         )
     if settings.executables_dir is not None:
-        loaded = await plane.load_executables(
-            settings.executables_dir, settings.default_resource_group
-        )
+        # Tenant-wide, as SAP AI Core's executables are: every group sees them.
+        loaded = await plane.load_executables(settings.executables_dir, SHARED_GROUP)
         log.info("executables loaded", count=len(loaded), directory=str(settings.executables_dir))
 
     options = [

@@ -198,7 +198,7 @@ def test_unknown_plan_is_refused_at_registration_naming_the_label(stubs):
     listed = stubs.executables.ListExecutables(
         exe_pb.ListExecutablesRequest(), metadata=group("plans")
     )
-    assert not listed.executables  # nothing half-written
+    assert "unknown-plan" not in {e.id for e in listed.executables}  # nothing half-written
 
 
 def test_bad_resource_quantity_is_refused_naming_the_field(stubs):

@@ -201,7 +201,11 @@ def executable_pb(
         ],
         output_artifacts=[
             executable_pb2.OutputArtifactSpec(
-                name=a.name, kind=KIND_TO_PB[a.kind], step=a.step, description=a.description
+                name=a.name,
+                kind=KIND_TO_PB[a.kind],
+                step=a.step,
+                description=a.description,
+                labels=a.labels,
             )
             for a in exe.output_artifacts
         ],

@@ -15,6 +15,11 @@ from server.domain.resources import Resources
 
 T = TypeVar("T")
 
+# The resource group of the executables loaded from the executables directory: they
+# (and their scenarios) are seen by every resource group, as SAP AI Core's executables
+# are tenant-wide. No request can name it (a group starts with a letter or digit).
+SHARED_GROUP = "*"
+
 
 class Status(enum.StrEnum):
     """Lifecycle status of an execution (see server/domain/lifecycle.py)."""
@@ -103,6 +108,8 @@ class OutputArtifactSpec:
     path: str = ""  # path inside the step's working directory, from the template
     description: str = ""
     step: str = ""  # the template that produces it
+    # From the artifacts.ai.sap.com/<name>.labels annotation: the registered artifact's.
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

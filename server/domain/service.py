@@ -199,7 +199,9 @@ class ControlPlane:
     async def load_executables(
         self, directory: str | Path, resource_group: str
     ) -> list[Executable]:
-        """Load every template of ``directory``; broken files are logged and skipped."""
+        """Load every template of ``directory`` into ``resource_group`` (the server loads
+        its executables directory into SHARED_GROUP: every group sees those); broken
+        files are logged and skipped."""
         loaded, failures = await asyncio.to_thread(
             templates.load_directory, directory, resource_group
         )

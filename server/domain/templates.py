@@ -99,6 +99,8 @@ EXECUTABLE_DESCRIPTION_ANNOTATION = "executables.ai.sap.com/description"
 ARTIFACT_ANNOTATION_PREFIX = "artifacts.ai.sap.com/"
 
 MAX_NAME_LENGTH = 63
+# Executable ids: SAP AI Core documents up to 64 characters.
+MAX_ID_LENGTH = 64
 
 # The executable id is a Kubernetes object name: lower case.
 _ID_RE = re.compile(r"^[a-z0-9]([-a-z0-9._]*[a-z0-9])?$")
@@ -107,6 +109,7 @@ _ID_RE = re.compile(r"^[a-z0-9]([-a-z0-9._]*[a-z0-9])?$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9._]*[A-Za-z0-9])?$")
 # Parameter names are often environment-variable like (DT_MAX_DEPTH, learning_rate).
 _PARAMETER_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$")
+_LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,252}$")
 _INT_RE = re.compile(r"^[+-]?[0-9]+$")
 _FLOAT_RE = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$")
 _PARAMETER_TYPES = {t.value for t in ParameterType}
@@ -192,7 +195,7 @@ def parse_template_text(text: str, resource_group: str) -> list[Executable]:
     documents (prefixed with ``documents[i]`` when the text holds more than one).
     """
     try:
-        docs = [d for d in yaml.load_all(text, Loader=YAML_LOADER) if d is not None]
+        docs = [d for d in _load_documents(text) if d is not None]
     except yaml.YAMLError as exc:
         raise _yaml_error(exc) from None
     if not docs:
@@ -200,7 +203,7 @@ def parse_template_text(text: str, resource_group: str) -> list[Executable]:
 
     problems = _Problems()
     executables: list[Executable] = []
-    seen: dict[str, int] = {}
+    seen: dict[tuple[str, str], int] = {}
     for i, doc in enumerate(docs):
         prefix = f"documents[{i}]" if len(docs) > 1 else ""
         doc_problems = _Problems(prefix)
@@ -208,18 +211,63 @@ def parse_template_text(text: str, resource_group: str) -> list[Executable]:
         problems.extend(doc_problems)
         if executable is None or doc_problems:
             continue
-        if executable.id in seen:
+        key = (executable.id, executable.version)
+        if key in seen:
             problems.add(
                 _join(prefix, "metadata.name"),
-                f"executable {executable.id!r} is already defined by "
-                f"documents[{seen[executable.id]}]",
+                f"executable {executable.id!r} version {executable.version!r} is already "
+                f"defined by documents[{seen[key]}]",
             )
             continue
-        seen[executable.id] = i
+        seen[key] = i
         executables.append(executable)
     if problems:
         raise problems.error()
     return executables
+
+
+def _load_documents(text: str) -> list[Any]:
+    """The documents of a YAML text, with the plain scalars of ``metadata.labels`` and
+    ``metadata.annotations`` kept as written: ``ai.sap.com/version: 1.10`` is the text
+    ``1.10``, not the number 1.1 (nor ``true`` a boolean); elsewhere YAML's usual types."""
+    loader = YAML_LOADER(text)
+    try:
+        docs = []
+        while loader.check_node():
+            node = loader.get_node()
+            _keep_written(node)
+            docs.append(loader.construct_document(node))
+        return docs
+    finally:
+        loader.dispose()
+
+
+_STR_TAG = "tag:yaml.org,2002:str"
+_NULLS = ("", "~", "null", "Null", "NULL")
+
+
+def _keep_written(document: yaml.Node | None) -> None:
+    metadata = _child(document, "metadata")
+    for key in ("labels", "annotations"):
+        holder = _child(metadata, key)
+        if not isinstance(holder, yaml.MappingNode):
+            continue
+        for _key, value in holder.value:
+            if (
+                isinstance(value, yaml.ScalarNode)
+                and not value.style  # plain (None or ""): quoted text is a string already
+                and value.value not in _NULLS
+            ):
+                value.tag = _STR_TAG
+
+
+def _child(node: yaml.Node | None, key: str) -> yaml.Node | None:
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    for k, v in node.value:
+        if isinstance(k, yaml.ScalarNode) and k.value == key:
+            return v
+    return None
 
 
 def load_directory(
@@ -227,10 +275,12 @@ def load_directory(
 ) -> tuple[list[Executable], list[tuple[str, str]]]:
     """Load the executables of every ``*.yaml`` / ``*.yml`` file of a directory.
 
-    Files are read in name order, not recursively; hidden files are skipped. A file that
-    cannot be read or parsed, or that redefines an executable id of an earlier file, is
-    left out as a whole and reported as ``(file path, error message)``; the other files
-    still load. Raises ``OSError`` when the directory itself cannot be listed.
+    Files are read in name order, not recursively; hidden files are skipped. The same
+    executable id in several files (or documents) with different versions loads each
+    version. A file that cannot be read or parsed, or that redefines an (id, version)
+    of an earlier file, is left out as a whole and reported as ``(file path, error
+    message)``; the other files still load. Raises ``OSError`` when the directory itself
+    cannot be listed.
     """
     directory = Path(path)
     files = sorted(
@@ -240,7 +290,7 @@ def load_directory(
     )
     executables: list[Executable] = []
     failures: list[tuple[str, str]] = []
-    defined_in: dict[str, str] = {}
+    defined_in: dict[tuple[str, str], str] = {}
     for file in files:
         try:
             text = file.read_text(encoding="utf-8")
@@ -251,14 +301,18 @@ def load_directory(
         except (OSError, UnicodeDecodeError) as exc:
             failures.append((str(file), f"cannot read the file: {exc}"))
             continue
-        clash = next((e.id for e in parsed if e.id in defined_in), None)
+        clash = next(((e.id, e.version) for e in parsed if (e.id, e.version) in defined_in), None)
         if clash is not None:
             failures.append(
-                (str(file), f"executable {clash!r} is already defined in {defined_in[clash]}")
+                (
+                    str(file),
+                    f"executable {clash[0]!r} version {clash[1]!r} is already defined in "
+                    f"{defined_in[clash]}",
+                )
             )
             continue
         for executable in parsed:
-            defined_in[executable.id] = file.name
+            defined_in[(executable.id, executable.version)] = file.name
         executables.extend(parsed)
     return executables, failures
 
@@ -322,12 +376,12 @@ def _parse(doc: Any, resource_group: str, problems: _Problems) -> Executable | N
     executable_id = metadata.get("name")
     if not isinstance(executable_id, str) or not executable_id:
         problems.add("metadata.name", "the executable id is required")
-    elif not _ID_RE.match(executable_id) or len(executable_id) > MAX_NAME_LENGTH:
+    elif not _ID_RE.match(executable_id) or len(executable_id) > MAX_ID_LENGTH:
         problems.add(
             "metadata.name",
             f"{executable_id!r} is not a valid executable id: lower-case letters, digits, "
             f"'-', '.' and '_', starting and ending with a letter or digit, "
-            f"at most {MAX_NAME_LENGTH} characters",
+            f"at most {MAX_ID_LENGTH} characters",
         )
     labels = _string_map(metadata.get("labels"), "metadata.labels", problems)
     annotations = _string_map(metadata.get("annotations"), "metadata.annotations", problems)
@@ -1010,9 +1064,39 @@ def _output_artifacts(
                     path=entry.get("path") if isinstance(entry.get("path"), str) else "",
                     description=description if isinstance(description, str) else "",
                     step=template.name,
+                    labels=_artifact_labels(global_name, annotations, problems),
                 )
             )
     return result
+
+
+def _artifact_labels(
+    name: str, annotations: dict[str, str], problems: _Problems
+) -> dict[str, str]:
+    """The labels of ``artifacts.ai.sap.com/<name>.labels``: a JSON (or YAML flow)
+    object of label keys to values, as SAP AI Core writes it, e.g.
+    ``'{"ext.ai.sap.com/framework": "sklearn"}'``; values are kept as text."""
+    key = f"{ARTIFACT_ANNOTATION_PREFIX}{name}.labels"
+    text = annotations.get(key)
+    if text is None:
+        return {}
+    path = f'metadata.annotations["{key}"]'
+    try:
+        value = yaml.load(text, Loader=YAML_LOADER) if text.strip() else {}
+    except yaml.YAMLError:
+        value = None
+    if not isinstance(value, dict):
+        problems.add(path, 'must be a JSON object of labels, e.g. {"ext.ai.sap.com/k": "v"}')
+        return {}
+    labels: dict[str, str] = {}
+    for label, item in value.items():
+        if not isinstance(label, str) or not _LABEL_KEY_RE.match(label):
+            problems.add(path, f"{label!r} is not a label key")
+        elif isinstance(item, bool) or not isinstance(item, str | int | float):
+            problems.add(path, f"label {label!r}: the value must be a string")
+        else:
+            labels[label] = str(item)
+    return labels
 
 
 def _artifact_kind(name: str, annotations: dict[str, str]) -> ArtifactKind | None:

@@ -1176,6 +1176,7 @@ class Executor(Runtime):
                     url=path.as_uri(),
                     scenario_id=execution.scenario_id,
                     description=spec.description,
+                    labels=dict(spec.labels),
                     execution_id=run.id,
                 )
             )

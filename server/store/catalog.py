@@ -16,6 +16,7 @@ from server.domain.errors import (
     NotFound,
 )
 from server.domain.models import (
+    SHARED_GROUP,
     Artifact,
     ArtifactKind,
     Configuration,
@@ -131,27 +132,43 @@ class CatalogRepository:
             row.modified_us = at
             row.save()
 
-    def get_scenario(self, resource_group: str, scenario_id: str) -> Scenario:
-        row = self.t.ScenarioRow.get_or_none(
-            (self.t.ScenarioRow.resource_group == resource_group)
-            & (self.t.ScenarioRow.scenario_id == scenario_id)
+    def _visible(self, model, resource_group: str, *keys: pw.Field) -> pw.Expression:
+        """The rows of ``model`` a group sees: its own, and the shared ones (the
+        executables directory's, SHARED_GROUP) whose ``keys`` none of its own has."""
+        own = model.resource_group == resource_group
+        if resource_group == SHARED_GROUP:
+            return own
+        mine = model.alias("own")
+        taken = mine.select(*(getattr(mine, k.name) for k in keys)).where(
+            mine.resource_group == resource_group
         )
-        if row is None:
-            raise NotFound.of("scenario", scenario_id)
-        return _scenario(row)
+        key = keys[0] if len(keys) == 1 else pw.Tuple(*keys)
+        return own | ((model.resource_group == SHARED_GROUP) & key.not_in(taken))
+
+    def get_scenario(self, resource_group: str, scenario_id: str) -> Scenario:
+        for group in (resource_group, SHARED_GROUP):
+            row = self.t.ScenarioRow.get_or_none(
+                (self.t.ScenarioRow.resource_group == group)
+                & (self.t.ScenarioRow.scenario_id == scenario_id)
+            )
+            if row is not None:
+                return _scenario(row)
+        raise NotFound.of("scenario", scenario_id)
 
     def count_executables(self, resource_group: str, scenario_id: str) -> int:
+        R = self.t.ExecutableRow
         return (
-            self.t.ExecutableRow.select()
+            R.select()
             .where(
-                (self.t.ExecutableRow.resource_group == resource_group)
-                & (self.t.ExecutableRow.scenario_id == scenario_id)
+                self._visible(R, resource_group, R.executable_id, R.version)
+                & (R.scenario_id == scenario_id)
             )
             .count()
         )
 
     def list_scenarios(self, resource_group: str, page: PageRequest) -> Page[Scenario]:
-        where = self.t.ScenarioRow.resource_group == resource_group
+        S = self.t.ScenarioRow
+        where = self._visible(S, resource_group, S.scenario_id)
         total = self.t.ScenarioRow.select().where(where).count()
         query = self.t.ScenarioRow.select().where(where)
         if page.after is not None:
@@ -169,8 +186,11 @@ class CatalogRepository:
         self, exe: Executable, audit: AuditEvent | None = None
     ) -> tuple[Executable, bool]:
         """Register ``exe``; returns (stored, created). Same id + version with another
-        definition is AlreadyExists: a changed definition needs a new version.
-        ``audit`` is recorded when it is created."""
+        definition is AlreadyExists: a changed definition needs a new version. A group's
+        registration meets the shared versions (the executables directory's) as its own:
+        the same definition is that one, another is AlreadyExists; a new version of a
+        shared id is the group's, listed beside the shared ones. ``audit`` is recorded
+        when it is created."""
         with self.write_lock():
             row = self.t.ExecutableRow.get_or_none(
                 (self.t.ExecutableRow.resource_group == exe.resource_group)
@@ -188,6 +208,26 @@ class CatalogRepository:
                         resource_name=f"{exe.id}@{exe.version}",
                     )
                 return _executable(row, exe.scenario_name), False
+            shared = None
+            if exe.resource_group != SHARED_GROUP:
+                shared = self.t.ExecutableRow.get_or_none(
+                    (self.t.ExecutableRow.resource_group == SHARED_GROUP)
+                    & (self.t.ExecutableRow.executable_id == exe.id)
+                    & (self.t.ExecutableRow.version == exe.version)
+                )
+            if shared is not None:
+                if shared.digest != exe.digest:
+                    raise AlreadyExists(
+                        message=(
+                            f"executable {exe.id} version {exe.version} exists (from the "
+                            "executables directory, shared by every group) with a different "
+                            "definition; give the changed definition a new version"
+                        ),
+                        resource_type="executable",
+                        resource_name=f"{exe.id}@{exe.version}",
+                    )
+                # The executables directory's, which the group sees already.
+                return _executable(shared, exe.scenario_name), False
             at = now_us()
             self._upsert_scenario(
                 exe.resource_group,
@@ -211,7 +251,9 @@ class CatalogRepository:
                 modified_us=at,
             )
             self._audit((audit,))
-            return _executable(row, exe.scenario_name), True
+        # A shared version this group read under its own key is hidden from now on.
+        self._executables.drop((exe.resource_group, exe.id, exe.version))
+        return _executable(row, exe.scenario_name), True
 
     def get_executable(
         self, resource_group: str, executable_id: str, version: str = ""
@@ -222,13 +264,18 @@ class CatalogRepository:
             cached = self._executables.get((resource_group, executable_id, version))
             if cached is not None:
                 return cached
-        query = self.t.ExecutableRow.select().where(
-            (self.t.ExecutableRow.resource_group == resource_group)
-            & (self.t.ExecutableRow.executable_id == executable_id)
-        )
+        R = self.t.ExecutableRow
+        # The group's own versions and the executables directory's (shared by every
+        # group); of one version, the group's own.
+        groups = [resource_group, SHARED_GROUP]
+        query = R.select().where((R.executable_id == executable_id) & R.resource_group.in_(groups))
         if version:
-            query = query.where(self.t.ExecutableRow.version == version)
-        row = query.order_by(self.t.ExecutableRow.id.desc()).first()
+            query = query.where(R.version == version).order_by(
+                (R.resource_group == resource_group).desc()
+            )
+        else:
+            query = query.order_by(R.id.desc())
+        row = query.first()
         if row is None:
             name = f"{executable_id}@{version}" if version else executable_id
             raise NotFound.of("executable", name)
@@ -248,11 +295,13 @@ class CatalogRepository:
         all_versions: bool = False,
     ) -> Page[Executable]:
         R = self.t.ExecutableRow
-        where = R.resource_group == resource_group
+        where = self._visible(R, resource_group, R.executable_id, R.version)
         if scenario_id:
             where &= R.scenario_id == scenario_id
         if not all_versions:
-            newest = R.select(pw.fn.MAX(R.id)).where(where).group_by(R.executable_id)
+            newest = (
+                R.select(pw.fn.MAX(R.id)).where(where).group_by(R.executable_id)
+            )
             where &= R.id.in_(newest)
         total = R.select().where(where).count()
         query = R.select().where(where)

@@ -70,6 +70,10 @@ class _Cache:
             self.items.move_to_end(key)
         return value
 
+    def drop(self, key) -> None:
+        with self.lock:
+            self.items.pop(key, None)
+
     def put(self, key, value):
         with self.lock:
             self.items[key] = value

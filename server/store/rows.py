@@ -160,6 +160,7 @@ def _executable(row: tables.ExecutableRow, scenario_name: str = "") -> Executabl
                 path=a.get("path", ""),
                 description=a.get("description", ""),
                 step=a.get("step", ""),
+                labels=dict(a.get("labels") or {}),
             )
             for a in d.get("output_artifacts", [])
         ],

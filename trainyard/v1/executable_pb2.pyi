@@ -127,10 +127,31 @@ class OutputArtifactSpec(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     STEP_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Artifact name (the `globalName`)."""
     kind: _artifact_pb2.ArtifactKind.ValueType
@@ -139,6 +160,13 @@ class OutputArtifactSpec(_message.Message):
     """Name of the template (step) that produces it."""
     description: _builtins.str
     """Free text shown to users."""
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Labels the produced artifact is registered with, from the
+        `artifacts.ai.sap.com/<name>.labels` annotation (a JSON object of label keys to
+        values, kept as written).
+        """
+
     def __init__(
         self,
         *,
@@ -146,10 +174,11 @@ class OutputArtifactSpec(_message.Message):
         kind: _artifact_pb2.ArtifactKind.ValueType = ...,
         step: _builtins.str = ...,
         description: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "kind", b"kind", "name", b"name", "step", b"step"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "kind", b"kind", "labels", b"labels", "name", b"name", "step", b"step"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -252,12 +281,15 @@ class Executable(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     WORKFLOW_STEPS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """Output only. Executable id (`metadata.name`), unique per resource group."""
+    """Output only. Executable id (`metadata.name`): up to 64 lower-case letters, digits,
+    '-', '.' or '_'; with `version`, unique among the executables a group sees (its
+    own and the executables directory's, see ExecutableService).
+    """
     name: _builtins.str
     """Output only. Human-readable name (`executables.ai.sap.com/name`)."""
     version: _builtins.str
-    """Output only. Version (`ai.sap.com/version` label). A changed definition must carry
-    a new version.
+    """Output only. Version (`ai.sap.com/version` label), as written in the template
+    (`1.10` stays `1.10`, quoted or not). A changed definition must carry a new version.
     """
     scenario_id: _builtins.str
     """Output only. Scenario the executable belongs to."""
@@ -269,7 +301,9 @@ class Executable(_message.Message):
     """Output only. SHA-256 of the canonical definition."""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Output only. Labels of the template other than the reserved ones."""
+        """Output only. Labels of the template other than the reserved ones, their values as
+        written (an unquoted `007` or `true` is that text).
+        """
 
     @_builtins.property
     def parameters(self) -> _containers.RepeatedCompositeFieldContainer[Global___ParameterSpec]:

@@ -26,8 +26,18 @@ if _version_not_supported:
 
 
 class ExecutableServiceStub:
-    """Registers and reads workflow executables of the caller's resource group. The server
-    also loads every YAML file of its executables directory at start.
+    """Registers and reads workflow executables. Which groups see what:
+
+    - The executables directory (`--executables-dir`, loaded at every start) serves
+    EVERY resource group, as SAP AI Core's executables are tenant-wide: each of its
+    executables, every version it holds (the same id with another version in another
+    file loads as a new version), and their scenarios are read by any group, which can
+    register data sets for those scenarios and run them.
+    - An executable registered with CreateExecutable belongs to the caller's resource
+    group (metadata key `ai-resource-group`, default `default`) and is seen by that
+    group only. A group's new version of a directory executable's id is the group's
+    own, listed beside the directory's versions; of one id and version, a group sees
+    one definition.
     """
 
     def __init__(self, channel):
@@ -54,31 +64,44 @@ class ExecutableServiceStub:
 
 
 class ExecutableServiceServicer:
-    """Registers and reads workflow executables of the caller's resource group. The server
-    also loads every YAML file of its executables directory at start.
+    """Registers and reads workflow executables. Which groups see what:
+
+    - The executables directory (`--executables-dir`, loaded at every start) serves
+    EVERY resource group, as SAP AI Core's executables are tenant-wide: each of its
+    executables, every version it holds (the same id with another version in another
+    file loads as a new version), and their scenarios are read by any group, which can
+    register data sets for those scenarios and run them.
+    - An executable registered with CreateExecutable belongs to the caller's resource
+    group (metadata key `ai-resource-group`, default `default`) and is seen by that
+    group only. A group's new version of a directory executable's id is the group's
+    own, listed beside the directory's versions; of one id and version, a group sees
+    one definition.
     """
 
     def CreateExecutable(self, request, context):
-        """Registers an executable from its WorkflowTemplate YAML. Registering the same
-        definition again returns the existing executable. INVALID_ARGUMENT with field
-        violations when the template is malformed; ALREADY_EXISTS when the id and version
-        exist with a different definition (a changed definition needs a new version).
+        """Registers an executable from its WorkflowTemplate YAML into the caller's resource
+        group. Registering the same definition again (also one the executables directory
+        serves) returns the existing executable. INVALID_ARGUMENT with field violations
+        when the template is malformed (reason RESOURCE_PLAN_UNKNOWN for a resource plan
+        the server does not know); ALREADY_EXISTS when the id and version exist for the
+        group (its own or the directory's) with a different definition (a changed
+        definition needs a new version).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetExecutable(self, request, context):
-        """Returns one executable, its newest version unless `version` is set. NOT_FOUND when
-        it does not exist in the resource group.
+        """Returns one executable, its newest version unless `version` is set, from the
+        group's own and the executables directory's. NOT_FOUND when the group sees none.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListExecutables(self, request, context):
-        """Lists executables ordered by id then version. INVALID_ARGUMENT for a bad page size,
-        token or filter.
+        """Lists the executables the group sees (its own and the executables directory's)
+        ordered by id then version. INVALID_ARGUMENT for a bad page size, token or filter.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -111,8 +134,18 @@ def add_ExecutableServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ExecutableService:
-    """Registers and reads workflow executables of the caller's resource group. The server
-    also loads every YAML file of its executables directory at start.
+    """Registers and reads workflow executables. Which groups see what:
+
+    - The executables directory (`--executables-dir`, loaded at every start) serves
+    EVERY resource group, as SAP AI Core's executables are tenant-wide: each of its
+    executables, every version it holds (the same id with another version in another
+    file loads as a new version), and their scenarios are read by any group, which can
+    register data sets for those scenarios and run them.
+    - An executable registered with CreateExecutable belongs to the caller's resource
+    group (metadata key `ai-resource-group`, default `default`) and is seen by that
+    group only. A group's new version of a directory executable's id is the group's
+    own, listed beside the directory's versions; of one id and version, a group sees
+    one definition.
     """
 
     @staticmethod

@@ -27,8 +27,18 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class ExecutableServiceStub:
-    """Registers and reads workflow executables of the caller's resource group. The server
-    also loads every YAML file of its executables directory at start.
+    """Registers and reads workflow executables. Which groups see what:
+
+    - The executables directory (`--executables-dir`, loaded at every start) serves
+      EVERY resource group, as SAP AI Core's executables are tenant-wide: each of its
+      executables, every version it holds (the same id with another version in another
+      file loads as a new version), and their scenarios are read by any group, which can
+      register data sets for those scenarios and run them.
+    - An executable registered with CreateExecutable belongs to the caller's resource
+      group (metadata key `ai-resource-group`, default `default`) and is seen by that
+      group only. A group's new version of a directory executable's id is the group's
+      own, listed beside the directory's versions; of one id and version, a group sees
+      one definition.
     """
 
     @_typing.overload
@@ -36,45 +46,71 @@ class ExecutableServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ExecutableServiceAsyncStub: ...
     CreateExecutable: _grpc.UnaryUnaryMultiCallable[_executable_service_pb2.CreateExecutableRequest, _executable_service_pb2.CreateExecutableResponse]
-    """Registers an executable from its WorkflowTemplate YAML. Registering the same
-    definition again returns the existing executable. INVALID_ARGUMENT with field
-    violations when the template is malformed; ALREADY_EXISTS when the id and version
-    exist with a different definition (a changed definition needs a new version).
+    """Registers an executable from its WorkflowTemplate YAML into the caller's resource
+    group. Registering the same definition again (also one the executables directory
+    serves) returns the existing executable. INVALID_ARGUMENT with field violations
+    when the template is malformed (reason RESOURCE_PLAN_UNKNOWN for a resource plan
+    the server does not know); ALREADY_EXISTS when the id and version exist for the
+    group (its own or the directory's) with a different definition (a changed
+    definition needs a new version).
     """
     GetExecutable: _grpc.UnaryUnaryMultiCallable[_executable_service_pb2.GetExecutableRequest, _executable_service_pb2.GetExecutableResponse]
-    """Returns one executable, its newest version unless `version` is set. NOT_FOUND when
-    it does not exist in the resource group.
+    """Returns one executable, its newest version unless `version` is set, from the
+    group's own and the executables directory's. NOT_FOUND when the group sees none.
     """
     ListExecutables: _grpc.UnaryUnaryMultiCallable[_executable_service_pb2.ListExecutablesRequest, _executable_service_pb2.ListExecutablesResponse]
-    """Lists executables ordered by id then version. INVALID_ARGUMENT for a bad page size,
-    token or filter.
+    """Lists the executables the group sees (its own and the executables directory's)
+    ordered by id then version. INVALID_ARGUMENT for a bad page size, token or filter.
     """
 
 @_typing.type_check_only
 class ExecutableServiceAsyncStub(ExecutableServiceStub):
-    """Registers and reads workflow executables of the caller's resource group. The server
-    also loads every YAML file of its executables directory at start.
+    """Registers and reads workflow executables. Which groups see what:
+
+    - The executables directory (`--executables-dir`, loaded at every start) serves
+      EVERY resource group, as SAP AI Core's executables are tenant-wide: each of its
+      executables, every version it holds (the same id with another version in another
+      file loads as a new version), and their scenarios are read by any group, which can
+      register data sets for those scenarios and run them.
+    - An executable registered with CreateExecutable belongs to the caller's resource
+      group (metadata key `ai-resource-group`, default `default`) and is seen by that
+      group only. A group's new version of a directory executable's id is the group's
+      own, listed beside the directory's versions; of one id and version, a group sees
+      one definition.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateExecutable: _aio.UnaryUnaryMultiCallable[_executable_service_pb2.CreateExecutableRequest, _executable_service_pb2.CreateExecutableResponse]  # type: ignore[assignment]
-    """Registers an executable from its WorkflowTemplate YAML. Registering the same
-    definition again returns the existing executable. INVALID_ARGUMENT with field
-    violations when the template is malformed; ALREADY_EXISTS when the id and version
-    exist with a different definition (a changed definition needs a new version).
+    """Registers an executable from its WorkflowTemplate YAML into the caller's resource
+    group. Registering the same definition again (also one the executables directory
+    serves) returns the existing executable. INVALID_ARGUMENT with field violations
+    when the template is malformed (reason RESOURCE_PLAN_UNKNOWN for a resource plan
+    the server does not know); ALREADY_EXISTS when the id and version exist for the
+    group (its own or the directory's) with a different definition (a changed
+    definition needs a new version).
     """
     GetExecutable: _aio.UnaryUnaryMultiCallable[_executable_service_pb2.GetExecutableRequest, _executable_service_pb2.GetExecutableResponse]  # type: ignore[assignment]
-    """Returns one executable, its newest version unless `version` is set. NOT_FOUND when
-    it does not exist in the resource group.
+    """Returns one executable, its newest version unless `version` is set, from the
+    group's own and the executables directory's. NOT_FOUND when the group sees none.
     """
     ListExecutables: _aio.UnaryUnaryMultiCallable[_executable_service_pb2.ListExecutablesRequest, _executable_service_pb2.ListExecutablesResponse]  # type: ignore[assignment]
-    """Lists executables ordered by id then version. INVALID_ARGUMENT for a bad page size,
-    token or filter.
+    """Lists the executables the group sees (its own and the executables directory's)
+    ordered by id then version. INVALID_ARGUMENT for a bad page size, token or filter.
     """
 
 class ExecutableServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Registers and reads workflow executables of the caller's resource group. The server
-    also loads every YAML file of its executables directory at start.
+    """Registers and reads workflow executables. Which groups see what:
+
+    - The executables directory (`--executables-dir`, loaded at every start) serves
+      EVERY resource group, as SAP AI Core's executables are tenant-wide: each of its
+      executables, every version it holds (the same id with another version in another
+      file loads as a new version), and their scenarios are read by any group, which can
+      register data sets for those scenarios and run them.
+    - An executable registered with CreateExecutable belongs to the caller's resource
+      group (metadata key `ai-resource-group`, default `default`) and is seen by that
+      group only. A group's new version of a directory executable's id is the group's
+      own, listed beside the directory's versions; of one id and version, a group sees
+      one definition.
     """
 
     @_abc_1.abstractmethod
@@ -83,10 +119,13 @@ class ExecutableServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _executable_service_pb2.CreateExecutableRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_executable_service_pb2.CreateExecutableResponse, _abc.Awaitable[_executable_service_pb2.CreateExecutableResponse]]:
-        """Registers an executable from its WorkflowTemplate YAML. Registering the same
-        definition again returns the existing executable. INVALID_ARGUMENT with field
-        violations when the template is malformed; ALREADY_EXISTS when the id and version
-        exist with a different definition (a changed definition needs a new version).
+        """Registers an executable from its WorkflowTemplate YAML into the caller's resource
+        group. Registering the same definition again (also one the executables directory
+        serves) returns the existing executable. INVALID_ARGUMENT with field violations
+        when the template is malformed (reason RESOURCE_PLAN_UNKNOWN for a resource plan
+        the server does not know); ALREADY_EXISTS when the id and version exist for the
+        group (its own or the directory's) with a different definition (a changed
+        definition needs a new version).
         """
 
     @_abc_1.abstractmethod
@@ -95,8 +134,8 @@ class ExecutableServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _executable_service_pb2.GetExecutableRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_executable_service_pb2.GetExecutableResponse, _abc.Awaitable[_executable_service_pb2.GetExecutableResponse]]:
-        """Returns one executable, its newest version unless `version` is set. NOT_FOUND when
-        it does not exist in the resource group.
+        """Returns one executable, its newest version unless `version` is set, from the
+        group's own and the executables directory's. NOT_FOUND when the group sees none.
         """
 
     @_abc_1.abstractmethod
@@ -105,8 +144,8 @@ class ExecutableServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _executable_service_pb2.ListExecutablesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_executable_service_pb2.ListExecutablesResponse, _abc.Awaitable[_executable_service_pb2.ListExecutablesResponse]]:
-        """Lists executables ordered by id then version. INVALID_ARGUMENT for a bad page size,
-        token or filter.
+        """Lists the executables the group sees (its own and the executables directory's)
+        ordered by id then version. INVALID_ARGUMENT for a bad page size, token or filter.
         """
 
 def add_ExecutableServiceServicer_to_server(servicer: ExecutableServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

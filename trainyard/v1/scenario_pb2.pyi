@@ -22,7 +22,8 @@ DESCRIPTOR: _descriptor.FileDescriptor
 @_typing.final
 class Scenario(_message.Message):
     """A use case that groups executables, for example "iris" or "churn-prediction".
-    Scenarios are created implicitly by the executables that name them.
+    Scenarios are created implicitly by the executables that name them; those of the
+    executables directory's executables are seen by every resource group.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
