@@ -10,7 +10,10 @@ TRAINYARD_EXECUTABLES_DIR ?= samples/executables
 export TRAINYARD_DATA_DIR TRAINYARD_EXECUTABLES_DIR
 PROTO_FILES := $(wildcard protos/trainyard/v1/*.proto)
 
-.PHONY: run test protos protos-check lint breaking bench clean setup node-deps
+.PHONY: run test protos protos-check lint breaking bench clean setup node-deps console console-check
+
+# Browsers are never downloaded: the console's tests drive the system's Chromium.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 setup: $(STAMP)
 
@@ -41,6 +44,33 @@ protos-check: protos
 		(echo "generated stubs are stale: run 'make protos' and commit" >&2; exit 1)
 	@test -z "$$(git status --porcelain -- trainyard)" || \
 		(echo "generated stubs are stale (untracked files): run 'make protos' and commit" >&2; exit 1)
+
+# The browser console (console/: React + TypeScript, built with Vite): its TypeScript
+# client generated from protos/, then its built assets in server/console/static. Both
+# are generated code, committed, so that `make run` needs no Node.js.
+CONSOLE_STAMP := console/node_modules/.installed
+CONSOLE_GEN := console/src/gen
+
+$(CONSOLE_STAMP): console/package.json console/package-lock.json
+	npm ci --prefix console --no-audit --no-fund
+	touch $@
+
+console: $(STAMP) $(CONSOLE_STAMP)
+	rm -rf $(CONSOLE_GEN)
+	mkdir -p $(CONSOLE_GEN)
+	googleapis="$$($(PY) -c 'import google.rpc.status_pb2 as m, pathlib; print(pathlib.Path(m.__file__).parents[2])')"; \
+	$(PY) -m grpc_tools.protoc -Iprotos -I"$$googleapis" \
+		--plugin=protoc-gen-es=console/node_modules/.bin/protoc-gen-es \
+		--es_out=$(CONSOLE_GEN) --es_opt=target=ts \
+		$(PROTO_FILES) google/rpc/error_details.proto
+	npm run --prefix console --silent build
+
+# Fails when the committed console client or assets differ from what `make console` makes.
+console-check: console
+	@git diff --exit-code --stat -- $(CONSOLE_GEN) server/console/static || \
+		(echo "the console's generated code is stale: run 'make console' and commit" >&2; exit 1)
+	@test -z "$$(git status --porcelain -- $(CONSOLE_GEN) server/console/static)" || \
+		(echo "the console's generated code is stale (untracked files): run 'make console' and commit" >&2; exit 1)
 
 lint: $(STAMP)
 	$(VENV)/bin/buf lint
