@@ -20,7 +20,12 @@ from tests.authkit import GROUP, make_tokens
 from tests.services import unavailable
 from tests.streamkit import Driver, make_configuration, make_execution
 from tests.workflow_helpers import SCENARIO, python, workflow
-from trainyard.v1 import artifact_service_pb2, configuration_pb2, metric_pb2, metric_service_pb2_grpc
+from trainyard.v1 import (
+    artifact_service_pb2,
+    configuration_pb2,
+    metric_pb2,
+    metric_service_pb2_grpc,
+)
 from trainyard.v1 import configuration_service_pb2 as cfg
 from trainyard.v1 import executable_service_pb2 as exe
 from trainyard.v1 import execution_service_pb2 as ex
@@ -86,6 +91,11 @@ def expect(locator):
     return playwright_expect(locator)
 
 
+def log_ended(page) -> None:
+    state = page.get_by_test_id("log-state")
+    expect(state).to_have_attribute("data-state", "ended", timeout=WAIT_MS)
+
+
 def row(page, execution_id: str):
     return page.locator(f'tr[data-execution="{execution_id}"]')
 
@@ -138,7 +148,9 @@ def test_multi_delete_shows_each_outcome(server_factory, stubs_for, page):
     page.get_by_role("checkbox", name=f"Select {completed}").check()
     page.get_by_role("button", name="Delete selected (2)").click()
     outcomes = page.get_by_role("region", name="Outcomes")
-    expect(outcomes.locator(f'li[data-execution="{completed}"]')).to_have_attribute("data-ok", "true")
+    expect(outcomes.locator(f'li[data-execution="{completed}"]')).to_have_attribute(
+        "data-ok", "true"
+    )
     refused = outcomes.locator(f'li[data-execution="{running}"]')
     expect(refused).to_have_attribute("data-ok", "false")
     expect(refused).to_contain_text("EXECUTION_NOT_DELETABLE")
@@ -205,7 +217,9 @@ def test_execution_page_and_logs_as_printed(server_factory, stubs_for, page):
     status = stubs.executions.GetExecution(ex.GetExecutionRequest(execution_id=execution))
     assert status.execution.status != 3 or "tick 39" not in log.inner_text()
     expect(log).to_contain_text("tick 39", timeout=WAIT_MS)
-    expect(page.get_by_test_id("log-state")).to_have_attribute("data-state", "ended", timeout=WAIT_MS)
+    expect(page.get_by_test_id("log-state")).to_have_attribute(
+        "data-state", "ended", timeout=WAIT_MS
+    )
     shot(page, "logs")
     page.get_by_role("link", name="Overview").click()
     expect(page.get_by_test_id("execution-status")).to_contain_text("COMPLETED", timeout=WAIT_MS)
@@ -243,10 +257,14 @@ def test_log_view_resumes_after_a_server_restart(server_factory, stubs_for, page
     expect(log).to_contain_text("line 70", timeout=WAIT_MS)
     page.wait_for_function("window.__logLastSeq === 70", timeout=WAIT_MS)
     assert page.evaluate("window.__logLines") == 70  # every line once: none lost, none twice
-    shown = [int(s) for s in log.locator(".line").evaluate_all("els => els.map(e => e.dataset.seq)")]
+    shown = [
+        int(s) for s in log.locator(".line").evaluate_all("els => els.map(e => e.dataset.seq)")
+    ]
     assert shown == sorted(set(shown)) and shown[-1] == 70
     driver.finish()
-    expect(page.get_by_test_id("log-state")).to_have_attribute("data-state", "ended", timeout=WAIT_MS)
+    expect(page.get_by_test_id("log-state")).to_have_attribute(
+        "data-state", "ended", timeout=WAIT_MS
+    )
     page.get_by_label("Search").fill("line 4")
     expect(page.get_by_test_id("log-state")).to_contain_text("11 shown")
 
@@ -287,9 +305,9 @@ def _server_message(stubs, key: str, value: str) -> str:
 
     from tests.helpers import rpc_error
 
-    artifact = stubs.artifacts.ListArtifacts(
-        artifact_service_pb2.ListArtifactsRequest()
-    ).artifacts[0]
+    artifact = stubs.artifacts.ListArtifacts(artifact_service_pb2.ListArtifactsRequest()).artifacts[
+        0
+    ]
     error = rpc_error(
         stubs.configurations.CreateConfiguration,
         cfg.CreateConfigurationRequest(
@@ -343,16 +361,18 @@ def _metrics(stubs, execution_id: str, rate: float) -> None:
 
 
 def _named_configuration(stubs, name: str, rate: str) -> str:
-    dataset = stubs.artifacts.ListArtifacts(
-        artifact_service_pb2.ListArtifactsRequest()
-    ).artifacts[0]
+    dataset = stubs.artifacts.ListArtifacts(artifact_service_pb2.ListArtifactsRequest()).artifacts[
+        0
+    ]
     return stubs.configurations.CreateConfiguration(
         cfg.CreateConfigurationRequest(
             configuration=configuration_pb2.Configuration(
                 name=name,
                 executable_id="iris-train",
                 scenario_id="iris",
-                parameter_bindings=[configuration_pb2.ParameterBinding(key="learning_rate", value=rate)],
+                parameter_bindings=[
+                    configuration_pb2.ParameterBinding(key="learning_rate", value=rate)
+                ],
                 input_artifact_bindings=[
                     configuration_pb2.InputArtifactBinding(key="iris-data", artifact_id=dataset.id)
                 ],

@@ -111,8 +111,9 @@ def test_watch_and_tail_stream_a_run_to_its_end(console, stubs_for):
     watch.close()
     assert statuses[-1] == execution_pb2.EXECUTION_STATUS_COMPLETED
     assert list(
-        executions.get_execution(ex.GetExecutionRequest(execution_id=created.id))
-        .execution.allowed_operations
+        executions.get_execution(
+            ex.GetExecutionRequest(execution_id=created.id)
+        ).execution.allowed_operations
     ) == [execution_pb2.EXECUTION_OPERATION_DELETE]
     tail = log_connect.LogServiceClientSync(url(console)).tail_logs(
         logs.TailLogsRequest(execution_id=created.id, follow=True), timeout_ms=60_000

@@ -9,14 +9,27 @@ import { enumDesc, fileDesc } from "@bufbuild/protobuf/codegenv2";
  * Describes the file trainyard/v1/error_reason.proto.
  */
 export const file_trainyard_v1_error_reason: GenFile = /*@__PURE__*/
-  fileDesc("Ch90cmFpbnlhcmQvdjEvZXJyb3JfcmVhc29uLnByb3RvEgx0cmFpbnlhcmQudjEqjwcKC0Vycm9yUmVhc29uEhwKGEVSUk9SX1JFQVNPTl9VTlNQRUNJRklFRBAAEiEKHUVSUk9SX1JFQVNPTl9JTlZBTElEX0FSR1VNRU5UEAESJgoiRVJST1JfUkVBU09OX0NPTkZJR1VSQVRJT05fSU5WQUxJRBACEiMKH0VSUk9SX1JFQVNPTl9JTlZBTElEX1BBR0VfVE9LRU4QAxIjCh9FUlJPUl9SRUFTT05fU0NFTkFSSU9fTk9UX0ZPVU5EEAoSJQohRVJST1JfUkVBU09OX0VYRUNVVEFCTEVfTk9UX0ZPVU5EEAsSIwofRVJST1JfUkVBU09OX0FSVElGQUNUX05PVF9GT1VORBAMEigKJEVSUk9SX1JFQVNPTl9DT05GSUdVUkFUSU9OX05PVF9GT1VORBANEiQKIEVSUk9SX1JFQVNPTl9FWEVDVVRJT05fTk9UX0ZPVU5EEA4SHwobRVJST1JfUkVBU09OX0FMUkVBRFlfRVhJU1RTEBQSIgoeRVJST1JfUkVBU09OX1JFUVVFU1RfSURfUkVVU0VEEBUSKAokRVJST1JfUkVBU09OX0VYRUNVVElPTl9OT1RfU1RPUFBBQkxFEB4SKAokRVJST1JfUkVBU09OX0VYRUNVVElPTl9OT1RfREVMRVRBQkxFEB8SIgoeRVJST1JfUkVBU09OX0VYRUNVVEFCTEVfSU5fVVNFECASHwobRVJST1JfUkVBU09OX0xJTUlUX0VYQ0VFREVEECgSIAocRVJST1JfUkVBU09OX1RBSUxFUl9UT09fU0xPVxApEh8KG0VSUk9SX1JFQVNPTl9JTlRFUk5BTF9FUlJPUhAyEhwKGEVSUk9SX1JFQVNPTl9VTkFWQUlMQUJMRRAzEiIKHkVSUk9SX1JFQVNPTl9TVE9SRV9VTkFWQUlMQUJMRRA0EiYKIkVSUk9SX1JFQVNPTl9SRVNPVVJDRV9QTEFOX1VOS05PV04QPBIgChxFUlJPUl9SRUFTT05fVU5BVVRIRU5USUNBVEVEEEESHgoaRVJST1JfUkVBU09OX1RPS0VOX0VYUElSRUQQQhIiCh5FUlJPUl9SRUFTT05fUEVSTUlTU0lPTl9ERU5JRUQQQxIdChlFUlJPUl9SRUFTT05fUkFURV9MSU1JVEVEEEQSIQodRVJST1JfUkVBU09OX1RPT19NQU5ZX1NUUkVBTVMQRUJAWj5naXRodWIuY29tL3RyYWlueWFyZC90cmFpbnlhcmQvZ2VuL2dvL3RyYWlueWFyZC92MTt0cmFpbnlhcmR2MWIGcHJvdG8z");
+  fileDesc("Ch90cmFpbnlhcmQvdjEvZXJyb3JfcmVhc29uLnByb3RvEgx0cmFpbnlhcmQudjEqxQgKC0Vycm9yUmVhc29uEhwKGEVSUk9SX1JFQVNPTl9VTlNQRUNJRklFRBAAEiEKHUVSUk9SX1JFQVNPTl9JTlZBTElEX0FSR1VNRU5UEAESJgoiRVJST1JfUkVBU09OX0NPTkZJR1VSQVRJT05fSU5WQUxJRBACEiMKH0VSUk9SX1JFQVNPTl9JTlZBTElEX1BBR0VfVE9LRU4QAxIjCh9FUlJPUl9SRUFTT05fU0NFTkFSSU9fTk9UX0ZPVU5EEAoSJQohRVJST1JfUkVBU09OX0VYRUNVVEFCTEVfTk9UX0ZPVU5EEAsSIwofRVJST1JfUkVBU09OX0FSVElGQUNUX05PVF9GT1VORBAMEigKJEVSUk9SX1JFQVNPTl9DT05GSUdVUkFUSU9OX05PVF9GT1VORBANEiQKIEVSUk9SX1JFQVNPTl9FWEVDVVRJT05fTk9UX0ZPVU5EEA4SHwobRVJST1JfUkVBU09OX0FMUkVBRFlfRVhJU1RTEBQSIgoeRVJST1JfUkVBU09OX1JFUVVFU1RfSURfUkVVU0VEEBUSKAokRVJST1JfUkVBU09OX0VYRUNVVElPTl9OT1RfU1RPUFBBQkxFEB4SKAokRVJST1JfUkVBU09OX0VYRUNVVElPTl9OT1RfREVMRVRBQkxFEB8SJgoeRVJST1JfUkVBU09OX0VYRUNVVEFCTEVfSU5fVVNFECAaAggBEh8KG0VSUk9SX1JFQVNPTl9MSU1JVF9FWENFRURFRBAoEiAKHEVSUk9SX1JFQVNPTl9UQUlMRVJfVE9PX1NMT1cQKRIfChtFUlJPUl9SRUFTT05fSU5URVJOQUxfRVJST1IQMhIcChhFUlJPUl9SRUFTT05fVU5BVkFJTEFCTEUQMxIiCh5FUlJPUl9SRUFTT05fU1RPUkVfVU5BVkFJTEFCTEUQNBIjCh9FUlJPUl9SRUFTT05fSU5WQUxJRF9UUkFOU0lUSU9OEDUSGwoXRVJST1JfUkVBU09OX0xFQVNFX0xPU1QQNhIkCiBFUlJPUl9SRUFTT05fRkFJTEVEX1BSRUNPTkRJVElPThA3EiYKIkVSUk9SX1JFQVNPTl9SRVNPVVJDRV9QTEFOX1VOS05PV04QPBIhCh1FUlJPUl9SRUFTT05fU0VDUkVUX05PVF9GT1VORBA9EiUKIUVSUk9SX1JFQVNPTl9TRUNSRVRfS0VZX05PVF9GT1VORBA+EiAKHEVSUk9SX1JFQVNPTl9VTkFVVEhFTlRJQ0FURUQQQRIeChpFUlJPUl9SRUFTT05fVE9LRU5fRVhQSVJFRBBCEiIKHkVSUk9SX1JFQVNPTl9QRVJNSVNTSU9OX0RFTklFRBBDEh0KGUVSUk9SX1JFQVNPTl9SQVRFX0xJTUlURUQQRBIhCh1FUlJPUl9SRUFTT05fVE9PX01BTllfU1RSRUFNUxBFQkBaPmdpdGh1Yi5jb20vdHJhaW55YXJkL3RyYWlueWFyZC9nZW4vZ28vdHJhaW55YXJkL3YxO3RyYWlueWFyZHYxYgZwcm90bzM");
 
 /**
  * Machine-readable reasons carried in the `google.rpc.ErrorInfo` detail of every
  * error the server returns. `ErrorInfo.reason` holds the value's name without the
  * `ERROR_REASON_` prefix (for example `EXECUTION_NOT_STOPPABLE`) and
  * `ErrorInfo.domain` is `trainyard.dev`. Clients switch on the reason, never on the
- * message text. Reasons are stable: a value is never renamed or reused.
+ * message text. Reasons are stable: a value is never renamed or reused. Every error's
+ * `ErrorInfo.metadata` holds `request_id`: the call's `x-request-id` request metadata
+ * when it sent one, else the id the server gave the call (it names the call in the
+ * server's log). What an error echoes of the request is cut short (a few hundred
+ * bytes per text, an ellipsis marks the cut), so its trailers stay under gRPC's
+ * default 8 KiB metadata limit.
+ *
+ * Where the server cannot attach ErrorInfo: a request larger than the server's
+ * message limit (default 4 MiB) is refused with RESOURCE_EXHAUSTED and reason
+ * LIMIT_EXCEEDED (metadata `limit`, `size`), but one larger than 4 times that limit
+ * is refused by the gRPC library before any server code runs: RESOURCE_EXHAUSTED
+ * without details. A response larger than the client's own receive limit fails in
+ * the client, also without details. An rpc the server does not implement is
+ * UNIMPLEMENTED without details.
  *
  * @generated from enum trainyard.v1.ErrorReason
  */
@@ -116,9 +129,11 @@ export enum ErrorReason {
   EXECUTION_NOT_DELETABLE = 31,
 
   /**
-   * The executable cannot be changed because configurations use it.
+   * Never sent: executables are immutable versions (a changed definition is a new
+   * version), so nothing refuses a change because configurations use one.
    *
-   * @generated from enum value: ERROR_REASON_EXECUTABLE_IN_USE = 32;
+   * @generated from enum value: ERROR_REASON_EXECUTABLE_IN_USE = 32 [deprecated = true];
+   * @deprecated
    */
   EXECUTABLE_IN_USE = 32,
 
@@ -147,7 +162,9 @@ export enum ErrorReason {
   INTERNAL_ERROR = 50,
 
   /**
-   * The server is momentarily unable to serve the call; retry with backoff.
+   * The server is momentarily unable to serve the call (for example it is shutting
+   * down and ends its open streams); status UNAVAILABLE with a `google.rpc.RetryInfo`
+   * detail: retry with backoff, on this server or another replica.
    *
    * @generated from enum value: ERROR_REASON_UNAVAILABLE = 51;
    */
@@ -164,6 +181,31 @@ export enum ErrorReason {
   STORE_UNAVAILABLE = 52,
 
   /**
+   * A status change the execution lifecycle does not allow from the current status
+   * (status FAILED_PRECONDITION). Metadata `status` holds the current status and
+   * `requested_status` the refused one.
+   *
+   * @generated from enum value: ERROR_REASON_INVALID_TRANSITION = 53;
+   */
+  INVALID_TRANSITION = 53,
+
+  /**
+   * The server that ran an execution lost its lease on it to another replica; the
+   * write was refused (status FAILED_PRECONDITION).
+   *
+   * @generated from enum value: ERROR_REASON_LEASE_LOST = 54;
+   */
+  LEASE_LOST = 54,
+
+  /**
+   * The operation is refused in the resource's current state, for a cause without a
+   * reason of its own (status FAILED_PRECONDITION).
+   *
+   * @generated from enum value: ERROR_REASON_FAILED_PRECONDITION = 55;
+   */
+  FAILED_PRECONDITION = 55,
+
+  /**
    * An executable names a resource plan (`ai.sap.com/resourcePlan`) that the server's
    * plan table does not hold; the `google.rpc.BadRequest` detail names the label's
    * field, and its description lists the known plans.
@@ -171,6 +213,25 @@ export enum ErrorReason {
    * @generated from enum value: ERROR_REASON_RESOURCE_PLAN_UNKNOWN = 60;
    */
   RESOURCE_PLAN_UNKNOWN = 60,
+
+  /**
+   * A secret does not exist in the caller's resource group: NOT_FOUND from
+   * SecretService, FAILED_PRECONDITION from CreateExecution when the executable refers
+   * to it. Metadata `secret` names it; from CreateExecution, `field` names the
+   * template field that refers to it (for example
+   * `spec.templates[0].container.env[1].valueFrom.secretKeyRef.name`).
+   *
+   * @generated from enum value: ERROR_REASON_SECRET_NOT_FOUND = 61;
+   */
+  SECRET_NOT_FOUND = 61,
+
+  /**
+   * A secret exists but lacks the key the executable refers to (FAILED_PRECONDITION
+   * from CreateExecution). Metadata `secret`, `key` and `field` name them.
+   *
+   * @generated from enum value: ERROR_REASON_SECRET_KEY_NOT_FOUND = 62;
+   */
+  SECRET_KEY_NOT_FOUND = 62,
 
   /**
    * The call carries no valid credential: no `authorization` metadata (and no known

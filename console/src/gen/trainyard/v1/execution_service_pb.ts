@@ -673,6 +673,10 @@ export const WatchEventTypeSchema: GenEnum<WatchEventType> = /*@__PURE__*/
  * EXECUTION_NOT_STOPPABLE or EXECUTION_NOT_DELETABLE and whose metadata `status`
  * holds the current status.
  *
+ * Every call reads the request metadata `ai-resource-group` (the resource group it
+ * acts in; default: the server's default group) and `x-request-id` (optional: names
+ * the call in the server's log and in an error's `ErrorInfo` metadata `request_id`).
+ *
  * @generated from service trainyard.v1.ExecutionService
  */
 export const ExecutionService: GenService<{

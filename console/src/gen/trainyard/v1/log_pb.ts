@@ -50,7 +50,8 @@ export type LogLine = Message<"trainyard.v1.LogLine"> & {
   stream: LogStream;
 
   /**
-   * The text, without the trailing newline; at most 64 KiB (longer lines are split).
+   * The text, without the trailing newline; at most 65536 characters (Unicode code
+   * points, so up to 256 KiB of UTF-8); a longer line is split into several.
    *
    * @generated from field: string text = 5;
    */

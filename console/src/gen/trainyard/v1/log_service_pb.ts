@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file trainyard/v1/log_service.proto.
  */
 export const file_trainyard_v1_log_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch50cmFpbnlhcmQvdjEvbG9nX3NlcnZpY2UucHJvdG8SDHRyYWlueWFyZC52MSLMAQoPVGFpbExvZ3NSZXF1ZXN0EhQKDGV4ZWN1dGlvbl9pZBgBIAEoCRIOCgZmb2xsb3cYAiABKAgSFgoOYWZ0ZXJfc2VxdWVuY2UYAyABKAMSLgoKc2luY2VfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKdGFpbF9saW5lcxgFIAEoBRINCgVzdGVwcxgGIAMoCRIoCgdzdHJlYW1zGAcgAygOMhcudHJhaW55YXJkLnYxLkxvZ1N0cmVhbSJIChBUYWlsTG9nc1Jlc3BvbnNlEiQKBWxpbmVzGAEgAygLMhUudHJhaW55YXJkLnYxLkxvZ0xpbmUSDgoGY3Vyc29yGAIgASgDIqACCg9MaXN0TG9nc1JlcXVlc3QSFAoMZXhlY3V0aW9uX2lkGAEgASgJEg0KBWxpbWl0GAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSLgoKc3RhcnRfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiUKBW9yZGVyGAYgASgOMhYudHJhaW55YXJkLnYxLkxvZ09yZGVyEg0KBXN0ZXBzGAcgAygJEigKB3N0cmVhbXMYCCADKA4yFy50cmFpbnlhcmQudjEuTG9nU3RyZWFtEhYKDmFmdGVyX3NlcXVlbmNlGAkgASgDIlEKEExpc3RMb2dzUmVzcG9uc2USJAoFbGluZXMYASADKAsyFS50cmFpbnlhcmQudjEuTG9nTGluZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkqWAoITG9nT3JkZXISGQoVTE9HX09SREVSX1VOU1BFQ0lGSUVEEAASFwoTTE9HX09SREVSX0FTQ0VORElORxABEhgKFExPR19PUkRFUl9ERVNDRU5ESU5HEAIypAEKCkxvZ1NlcnZpY2USSwoIVGFpbExvZ3MSHS50cmFpbnlhcmQudjEuVGFpbExvZ3NSZXF1ZXN0Gh4udHJhaW55YXJkLnYxLlRhaWxMb2dzUmVzcG9uc2UwARJJCghMaXN0TG9ncxIdLnRyYWlueWFyZC52MS5MaXN0TG9nc1JlcXVlc3QaHi50cmFpbnlhcmQudjEuTGlzdExvZ3NSZXNwb25zZUJAWj5naXRodWIuY29tL3RyYWlueWFyZC90cmFpbnlhcmQvZ2VuL2dvL3RyYWlueWFyZC92MTt0cmFpbnlhcmR2MWIGcHJvdG8z", [file_google_protobuf_timestamp, file_trainyard_v1_log]);
+  fileDesc("Ch50cmFpbnlhcmQvdjEvbG9nX3NlcnZpY2UucHJvdG8SDHRyYWlueWFyZC52MSLMAQoPVGFpbExvZ3NSZXF1ZXN0EhQKDGV4ZWN1dGlvbl9pZBgBIAEoCRIOCgZmb2xsb3cYAiABKAgSFgoOYWZ0ZXJfc2VxdWVuY2UYAyABKAMSLgoKc2luY2VfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKdGFpbF9saW5lcxgFIAEoBRINCgVzdGVwcxgGIAMoCRIoCgdzdHJlYW1zGAcgAygOMhcudHJhaW55YXJkLnYxLkxvZ1N0cmVhbSJIChBUYWlsTG9nc1Jlc3BvbnNlEiQKBWxpbmVzGAEgAygLMhUudHJhaW55YXJkLnYxLkxvZ0xpbmUSDgoGY3Vyc29yGAIgASgDIrcCCg9MaXN0TG9nc1JlcXVlc3QSFAoMZXhlY3V0aW9uX2lkGAEgASgJEhEKBWxpbWl0GAIgASgFQgIYARISCgpwYWdlX3Rva2VuGAMgASgJEi4KCnN0YXJ0X3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIlCgVvcmRlchgGIAEoDjIWLnRyYWlueWFyZC52MS5Mb2dPcmRlchINCgVzdGVwcxgHIAMoCRIoCgdzdHJlYW1zGAggAygOMhcudHJhaW55YXJkLnYxLkxvZ1N0cmVhbRIWCg5hZnRlcl9zZXF1ZW5jZRgJIAEoAxIRCglwYWdlX3NpemUYCiABKAUiUQoQTGlzdExvZ3NSZXNwb25zZRIkCgVsaW5lcxgBIAMoCzIVLnRyYWlueWFyZC52MS5Mb2dMaW5lEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSpYCghMb2dPcmRlchIZChVMT0dfT1JERVJfVU5TUEVDSUZJRUQQABIXChNMT0dfT1JERVJfQVNDRU5ESU5HEAESGAoUTE9HX09SREVSX0RFU0NFTkRJTkcQAjKkAQoKTG9nU2VydmljZRJLCghUYWlsTG9ncxIdLnRyYWlueWFyZC52MS5UYWlsTG9nc1JlcXVlc3QaHi50cmFpbnlhcmQudjEuVGFpbExvZ3NSZXNwb25zZTABEkkKCExpc3RMb2dzEh0udHJhaW55YXJkLnYxLkxpc3RMb2dzUmVxdWVzdBoeLnRyYWlueWFyZC52MS5MaXN0TG9nc1Jlc3BvbnNlQkBaPmdpdGh1Yi5jb20vdHJhaW55YXJkL3RyYWlueWFyZC9nZW4vZ28vdHJhaW55YXJkL3YxO3RyYWlueWFyZHYxYgZwcm90bzM", [file_google_protobuf_timestamp, file_trainyard_v1_log]);
 
 /**
  * Request of LogService.TailLogs. At most one start option (`after_sequence`,
@@ -127,9 +127,11 @@ export type ListLogsRequest = Message<"trainyard.v1.ListLogsRequest"> & {
   executionId: string;
 
   /**
-   * Maximum lines per page; default 1000, maximum 10000, 0 means the default.
+   * Deprecated: use `page_size` (the name every other list uses). Read when
+   * `page_size` is 0; setting both to different values is INVALID_ARGUMENT.
    *
-   * @generated from field: int32 limit = 2;
+   * @generated from field: int32 limit = 2 [deprecated = true];
+   * @deprecated
    */
   limit: number;
 
@@ -181,6 +183,13 @@ export type ListLogsRequest = Message<"trainyard.v1.ListLogsRequest"> & {
    * @generated from field: int64 after_sequence = 9;
    */
   afterSequence: bigint;
+
+  /**
+   * Maximum lines per page; default 1000, maximum 10000, 0 means the default.
+   *
+   * @generated from field: int32 page_size = 10;
+   */
+  pageSize: number;
 };
 
 /**
@@ -261,15 +270,17 @@ export const LogService: GenService<{
   /**
    * Streams log lines of one execution: the stored lines from the chosen start, then,
    * with `follow`, every new line once it is stored, with no gap and no duplicate.
-   * Lines are batched: a message holds up to 4000 lines (about 1 MiB at most); under
-   * load a message is sent when full or a few milliseconds after its first line.
+   * Lines are batched: a message holds at most 16000 lines and 2 MiB of encoded lines
+   * (a single longer line travels alone); under load a message is sent when full or a
+   * few milliseconds after its first line.
    * Without `follow` the stream ends after the last line stored when the call began;
    * with `follow` it ends by itself after the execution's last line once the execution
    * is final (or deleted). To resume after a disconnect, call again with
    * `after_sequence` set to the last `cursor` received: the lines after it follow,
    * exactly. NOT_FOUND when the execution does not exist in the caller's resource
    * group; INVALID_ARGUMENT for a malformed request or more than one start option
-   * (the error names the field); RESOURCE_EXHAUSTED (reason TAILER_TOO_SLOW, metadata
+   * (the error names the field; fields are checked before the execution is looked
+   * up, as ListLogs does); RESOURCE_EXHAUSTED (reason TAILER_TOO_SLOW, metadata
    * `cursor`) when a tailer reads so much slower than the execution writes that it
    * fell too far behind: resume from that cursor. Cancelling the call, a disconnect or
    * the deadline frees everything the server held for it.
@@ -282,8 +293,11 @@ export const LogService: GenService<{
     output: typeof TailLogsResponseSchema;
   },
   /**
-   * Returns one page of log lines for clients that cannot stream. NOT_FOUND when the
-   * execution does not exist; INVALID_ARGUMENT for a bad limit or range.
+   * Returns one page of log lines for clients that cannot stream. INVALID_ARGUMENT for
+   * a malformed request (unknown `order`, bad `page_size`, range or page token; the
+   * error names the field); NOT_FOUND when the execution does not exist. ListLogs and
+   * TailLogs check in the same order: each field's form, then the values
+   * (`after_sequence`, `steps`, the range), then whether the execution exists.
    *
    * @generated from rpc trainyard.v1.LogService.ListLogs
    */

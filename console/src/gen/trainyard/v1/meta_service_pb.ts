@@ -180,6 +180,13 @@ export const GetMetaResponseSchema: GenMessage<GetMetaResponse> = /*@__PURE__*/
 /**
  * Describes this server: version and optional capabilities, so clients can adapt.
  *
+ * Request metadata every service reads (gRPC metadata keys, lower case):
+ * `ai-resource-group` names the resource group (the tenant) the call acts in; without
+ * it the server's default group is used (`default_resource_group` below), and a
+ * malformed one is INVALID_ARGUMENT. `x-request-id` (optional, at most 200 bytes
+ * echoed) identifies the call in the server's log lines and in the metadata
+ * `request_id` of any error's `google.rpc.ErrorInfo`; without it the server picks one.
+ *
  * @generated from service trainyard.v1.MetaService
  */
 export const MetaService: GenService<{
