@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file trainyard/v1/artifact.proto.
  */
 export const file_trainyard_v1_artifact: GenFile = /*@__PURE__*/
-  fileDesc("Cht0cmFpbnlhcmQvdjEvYXJ0aWZhY3QucHJvdG8SDHRyYWlueWFyZC52MSLgAgoIQXJ0aWZhY3QSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIoCgRraW5kGAMgASgOMhoudHJhaW55YXJkLnYxLkFydGlmYWN0S2luZBILCgN1cmwYBCABKAkSEwoLc2NlbmFyaW9faWQYBSABKAkSEwoLZGVzY3JpcHRpb24YBiABKAkSMgoGbGFiZWxzGAcgAygLMiIudHJhaW55YXJkLnYxLkFydGlmYWN0LkxhYmVsc0VudHJ5EhQKDGV4ZWN1dGlvbl9pZBgIIAEoCRIvCgtjcmVhdGVfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEqlwEKDEFydGlmYWN0S2luZBIdChlBUlRJRkFDVF9LSU5EX1VOU1BFQ0lGSUVEEAASGQoVQVJUSUZBQ1RfS0lORF9EQVRBU0VUEAESFwoTQVJUSUZBQ1RfS0lORF9NT0RFTBACEhsKF0FSVElGQUNUX0tJTkRfUkVTVUxUU0VUEAMSFwoTQVJUSUZBQ1RfS0lORF9PVEhFUhAEQkBaPmdpdGh1Yi5jb20vdHJhaW55YXJkL3RyYWlueWFyZC9nZW4vZ28vdHJhaW55YXJkL3YxO3RyYWlueWFyZHYxYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("Cht0cmFpbnlhcmQvdjEvYXJ0aWZhY3QucHJvdG8SDHRyYWlueWFyZC52MSL0AgoIQXJ0aWZhY3QSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIoCgRraW5kGAMgASgOMhoudHJhaW55YXJkLnYxLkFydGlmYWN0S2luZBILCgN1cmwYBCABKAkSEwoLc2NlbmFyaW9faWQYBSABKAkSEwoLZGVzY3JpcHRpb24YBiABKAkSMgoGbGFiZWxzGAcgAygLMiIudHJhaW55YXJkLnYxLkFydGlmYWN0LkxhYmVsc0VudHJ5EhQKDGV4ZWN1dGlvbl9pZBgIIAEoCRIvCgtjcmVhdGVfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNyZWF0ZWRfYnkYFCABKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASqXAQoMQXJ0aWZhY3RLaW5kEh0KGUFSVElGQUNUX0tJTkRfVU5TUEVDSUZJRUQQABIZChVBUlRJRkFDVF9LSU5EX0RBVEFTRVQQARIXChNBUlRJRkFDVF9LSU5EX01PREVMEAISGwoXQVJUSUZBQ1RfS0lORF9SRVNVTFRTRVQQAxIXChNBUlRJRkFDVF9LSU5EX09USEVSEARCQFo+Z2l0aHViLmNvbS90cmFpbnlhcmQvdHJhaW55YXJkL2dlbi9nby90cmFpbnlhcmQvdjE7dHJhaW55YXJkdjFiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * A data set, model, result set or other file tree, addressed by URL. Artifacts
@@ -90,6 +90,15 @@ export type Artifact = Message<"trainyard.v1.Artifact"> & {
    * @generated from field: google.protobuf.Timestamp update_time = 10;
    */
   updateTime?: Timestamp | undefined;
+
+  /**
+   * Output only. The principal that registered it (`system` for artifacts an
+   * execution produced; empty for artifacts registered before principals were
+   * recorded).
+   *
+   * @generated from field: string created_by = 20;
+   */
+  createdBy: string;
 };
 
 /**

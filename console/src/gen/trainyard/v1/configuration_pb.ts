@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file trainyard/v1/configuration.proto.
  */
 export const file_trainyard_v1_configuration: GenFile = /*@__PURE__*/
-  fileDesc("CiB0cmFpbnlhcmQvdjEvY29uZmlndXJhdGlvbi5wcm90bxIMdHJhaW55YXJkLnYxIi4KEFBhcmFtZXRlckJpbmRpbmcSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJIjgKFElucHV0QXJ0aWZhY3RCaW5kaW5nEgsKA2tleRgBIAEoCRITCgthcnRpZmFjdF9pZBgCIAEoCSKjAgoNQ29uZmlndXJhdGlvbhIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEhUKDWV4ZWN1dGFibGVfaWQYAyABKAkSGgoSZXhlY3V0YWJsZV92ZXJzaW9uGAQgASgJEhMKC3NjZW5hcmlvX2lkGAUgASgJEjoKEnBhcmFtZXRlcl9iaW5kaW5ncxgGIAMoCzIeLnRyYWlueWFyZC52MS5QYXJhbWV0ZXJCaW5kaW5nEkMKF2lucHV0X2FydGlmYWN0X2JpbmRpbmdzGAcgAygLMiIudHJhaW55YXJkLnYxLklucHV0QXJ0aWZhY3RCaW5kaW5nEi8KC2NyZWF0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEJAWj5naXRodWIuY29tL3RyYWlueWFyZC90cmFpbnlhcmQvZ2VuL2dvL3RyYWlueWFyZC92MTt0cmFpbnlhcmR2MWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("CiB0cmFpbnlhcmQvdjEvY29uZmlndXJhdGlvbi5wcm90bxIMdHJhaW55YXJkLnYxIi4KEFBhcmFtZXRlckJpbmRpbmcSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJIjgKFElucHV0QXJ0aWZhY3RCaW5kaW5nEgsKA2tleRgBIAEoCRITCgthcnRpZmFjdF9pZBgCIAEoCSK3AgoNQ29uZmlndXJhdGlvbhIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEhUKDWV4ZWN1dGFibGVfaWQYAyABKAkSGgoSZXhlY3V0YWJsZV92ZXJzaW9uGAQgASgJEhMKC3NjZW5hcmlvX2lkGAUgASgJEjoKEnBhcmFtZXRlcl9iaW5kaW5ncxgGIAMoCzIeLnRyYWlueWFyZC52MS5QYXJhbWV0ZXJCaW5kaW5nEkMKF2lucHV0X2FydGlmYWN0X2JpbmRpbmdzGAcgAygLMiIudHJhaW55YXJkLnYxLklucHV0QXJ0aWZhY3RCaW5kaW5nEi8KC2NyZWF0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpjcmVhdGVkX2J5GBQgASgJQkBaPmdpdGh1Yi5jb20vdHJhaW55YXJkL3RyYWlueWFyZC9nZW4vZ28vdHJhaW55YXJkL3YxO3RyYWlueWFyZHYxYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * A value bound to one parameter placeholder of the executable.
@@ -134,6 +134,14 @@ export type Configuration = Message<"trainyard.v1.Configuration"> & {
    * @generated from field: google.protobuf.Timestamp create_time = 8;
    */
   createTime?: Timestamp | undefined;
+
+  /**
+   * Output only. The principal that created it (empty for configurations created
+   * before principals were recorded).
+   *
+   * @generated from field: string created_by = 20;
+   */
+  createdBy: string;
 };
 
 /**
