@@ -10,7 +10,8 @@ TRAINYARD_EXECUTABLES_DIR ?= samples/executables
 export TRAINYARD_DATA_DIR TRAINYARD_EXECUTABLES_DIR
 PROTO_FILES := $(wildcard protos/trainyard/v1/*.proto)
 
-.PHONY: run test protos protos-check lint breaking bench clean setup node-deps console console-check
+.PHONY: run test protos protos-check lint breaking bench clean setup node-deps console console-check \
+	screenshots
 
 # Browsers are never downloaded: the console's tests drive the system's Chromium.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
@@ -110,6 +111,11 @@ node-deps:
 $(NODE_STAMP): tests/node/package.json tests/node/package-lock.json
 	npm ci --prefix tests/node --no-audit --no-fund
 	touch $@
+
+# The console's screenshots in docs/console/ (shown by docs/console.md), taken by its
+# browser tests.
+screenshots: $(STAMP)
+	TRAINYARD_SCREENSHOTS_DIR=docs/console $(PY) -m pytest -q tests/test_console.py
 
 bench: $(STAMP)
 	$(PY) -m bench

@@ -32,7 +32,10 @@ from trainyard.v1 import execution_service_pb2 as ex
 from trainyard.v1 import metric_service_pb2 as mt
 
 ROOT = Path(__file__).resolve().parent.parent
-SHOTS = ROOT / "docs" / "console"
+# Screenshots of every screen: into docs/console/ (shown in docs/console.md) with
+# `make screenshots`; into a temporary folder otherwise, so that a test run leaves the
+# work tree as it was.
+SHOTS_ENV = "TRAINYARD_SCREENSHOTS_DIR"
 CHROMIUM = os.environ.get("TRAINYARD_CHROMIUM", "/usr/bin/chromium")
 LAUNCH_ARGS = [
     "--headless",
@@ -80,9 +83,28 @@ def console_url(server) -> str:
     return f"http://{server.running.extra['console'].address}/"
 
 
+@pytest.fixture(scope="session")
+def shots_dir(tmp_path_factory) -> Path:
+    chosen = os.environ.get(SHOTS_ENV)
+    folder = Path(chosen) if chosen else tmp_path_factory.mktemp("screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+_shots: list[Path] = []
+
+
+@pytest.fixture(autouse=True)
+def _screenshots(shots_dir):
+    _shots.append(shots_dir)
+    yield
+    _shots.pop()
+
+
 def shot(page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    path = _shots[-1] / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 1000
 
 
 def expect(locator):
