@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file trainyard/v1/executable.proto.
  */
 export const file_trainyard_v1_executable: GenFile = /*@__PURE__*/
-  fileDesc("Ch10cmFpbnlhcmQvdjEvZXhlY3V0YWJsZS5wcm90bxIMdHJhaW55YXJkLnYxIosBCg1QYXJhbWV0ZXJTcGVjEgwKBG5hbWUYASABKAkSKQoEdHlwZRgCIAEoDjIbLnRyYWlueWFyZC52MS5QYXJhbWV0ZXJUeXBlEhoKDWRlZmF1bHRfdmFsdWUYAyABKAlIAIgBARITCgtkZXNjcmlwdGlvbhgEIAEoCUIQCg5fZGVmYXVsdF92YWx1ZSJgChFJbnB1dEFydGlmYWN0U3BlYxIMCgRuYW1lGAEgASgJEigKBGtpbmQYAiABKA4yGi50cmFpbnlhcmQudjEuQXJ0aWZhY3RLaW5kEhMKC2Rlc2NyaXB0aW9uGAMgASgJIm8KEk91dHB1dEFydGlmYWN0U3BlYxIMCgRuYW1lGAEgASgJEigKBGtpbmQYAiABKA4yGi50cmFpbnlhcmQudjEuQXJ0aWZhY3RLaW5kEgwKBHN0ZXAYAyABKAkSEwoLZGVzY3JpcHRpb24YBCABKAkieQoORXhlY3V0YWJsZVN0ZXASDAoEbmFtZRgBIAEoCRIQCgh0ZW1wbGF0ZRgCIAEoCRIVCg1yZXNvdXJjZV9wbGFuGAMgASgJEgwKBGNwdXMYBCABKAESFAoMbWVtb3J5X2J5dGVzGAUgASgDEgwKBGdwdXMYBiABKAUiuAQKCkV4ZWN1dGFibGUSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIPCgd2ZXJzaW9uGAMgASgJEhMKC3NjZW5hcmlvX2lkGAQgASgJEhMKC2Rlc2NyaXB0aW9uGAUgASgJEhIKCmRlcGxveWFibGUYBiABKAgSNAoGbGFiZWxzGAcgAygLMiQudHJhaW55YXJkLnYxLkV4ZWN1dGFibGUuTGFiZWxzRW50cnkSLwoKcGFyYW1ldGVycxgIIAMoCzIbLnRyYWlueWFyZC52MS5QYXJhbWV0ZXJTcGVjEjgKD2lucHV0X2FydGlmYWN0cxgJIAMoCzIfLnRyYWlueWFyZC52MS5JbnB1dEFydGlmYWN0U3BlYxI6ChBvdXRwdXRfYXJ0aWZhY3RzGAogAygLMiAudHJhaW55YXJkLnYxLk91dHB1dEFydGlmYWN0U3BlYxINCgVzdGVwcxgLIAMoCRIOCgZkaWdlc3QYDCABKAkSLwoLY3JlYXRlX3RpbWUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI0Cg53b3JrZmxvd19zdGVwcxgPIAMoCzIcLnRyYWlueWFyZC52MS5FeGVjdXRhYmxlU3RlcBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBKnwKDVBhcmFtZXRlclR5cGUSHgoaUEFSQU1FVEVSX1RZUEVfVU5TUEVDSUZJRUQQABIZChVQQVJBTUVURVJfVFlQRV9TVFJJTkcQARIWChJQQVJBTUVURVJfVFlQRV9JTlQQAhIYChRQQVJBTUVURVJfVFlQRV9GTE9BVBADQkBaPmdpdGh1Yi5jb20vdHJhaW55YXJkL3RyYWlueWFyZC9nZW4vZ28vdHJhaW55YXJkL3YxO3RyYWlueWFyZHYxYgZwcm90bzM", [file_google_protobuf_timestamp, file_trainyard_v1_artifact]);
+  fileDesc("Ch10cmFpbnlhcmQvdjEvZXhlY3V0YWJsZS5wcm90bxIMdHJhaW55YXJkLnYxIosBCg1QYXJhbWV0ZXJTcGVjEgwKBG5hbWUYASABKAkSKQoEdHlwZRgCIAEoDjIbLnRyYWlueWFyZC52MS5QYXJhbWV0ZXJUeXBlEhoKDWRlZmF1bHRfdmFsdWUYAyABKAlIAIgBARITCgtkZXNjcmlwdGlvbhgEIAEoCUIQCg5fZGVmYXVsdF92YWx1ZSJgChFJbnB1dEFydGlmYWN0U3BlYxIMCgRuYW1lGAEgASgJEigKBGtpbmQYAiABKA4yGi50cmFpbnlhcmQudjEuQXJ0aWZhY3RLaW5kEhMKC2Rlc2NyaXB0aW9uGAMgASgJItwBChJPdXRwdXRBcnRpZmFjdFNwZWMSDAoEbmFtZRgBIAEoCRIoCgRraW5kGAIgASgOMhoudHJhaW55YXJkLnYxLkFydGlmYWN0S2luZBIMCgRzdGVwGAMgASgJEhMKC2Rlc2NyaXB0aW9uGAQgASgJEjwKBmxhYmVscxgFIAMoCzIsLnRyYWlueWFyZC52MS5PdXRwdXRBcnRpZmFjdFNwZWMuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJ5Cg5FeGVjdXRhYmxlU3RlcBIMCgRuYW1lGAEgASgJEhAKCHRlbXBsYXRlGAIgASgJEhUKDXJlc291cmNlX3BsYW4YAyABKAkSDAoEY3B1cxgEIAEoARIUCgxtZW1vcnlfYnl0ZXMYBSABKAMSDAoEZ3B1cxgGIAEoBSK4BAoKRXhlY3V0YWJsZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEg8KB3ZlcnNpb24YAyABKAkSEwoLc2NlbmFyaW9faWQYBCABKAkSEwoLZGVzY3JpcHRpb24YBSABKAkSEgoKZGVwbG95YWJsZRgGIAEoCBI0CgZsYWJlbHMYByADKAsyJC50cmFpbnlhcmQudjEuRXhlY3V0YWJsZS5MYWJlbHNFbnRyeRIvCgpwYXJhbWV0ZXJzGAggAygLMhsudHJhaW55YXJkLnYxLlBhcmFtZXRlclNwZWMSOAoPaW5wdXRfYXJ0aWZhY3RzGAkgAygLMh8udHJhaW55YXJkLnYxLklucHV0QXJ0aWZhY3RTcGVjEjoKEG91dHB1dF9hcnRpZmFjdHMYCiADKAsyIC50cmFpbnlhcmQudjEuT3V0cHV0QXJ0aWZhY3RTcGVjEg0KBXN0ZXBzGAsgAygJEg4KBmRpZ2VzdBgMIAEoCRIvCgtjcmVhdGVfdGltZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjQKDndvcmtmbG93X3N0ZXBzGA8gAygLMhwudHJhaW55YXJkLnYxLkV4ZWN1dGFibGVTdGVwGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEqfAoNUGFyYW1ldGVyVHlwZRIeChpQQVJBTUVURVJfVFlQRV9VTlNQRUNJRklFRBAAEhkKFVBBUkFNRVRFUl9UWVBFX1NUUklORxABEhYKElBBUkFNRVRFUl9UWVBFX0lOVBACEhgKFFBBUkFNRVRFUl9UWVBFX0ZMT0FUEANCQFo+Z2l0aHViLmNvbS90cmFpbnlhcmQvdHJhaW55YXJkL2dlbi9nby90cmFpbnlhcmQvdjE7dHJhaW55YXJkdjFiBnByb3RvMw", [file_google_protobuf_timestamp, file_trainyard_v1_artifact]);
 
 /**
  * A typed parameter placeholder of an executable (`spec.inputs.parameters`).
@@ -128,6 +128,15 @@ export type OutputArtifactSpec = Message<"trainyard.v1.OutputArtifactSpec"> & {
    * @generated from field: string description = 4;
    */
   description: string;
+
+  /**
+   * Labels the produced artifact is registered with, from the
+   * `artifacts.ai.sap.com/<name>.labels` annotation (a JSON object of label keys to
+   * values, kept as written).
+   *
+   * @generated from field: map<string, string> labels = 5;
+   */
+  labels: { [key: string]: string };
 };
 
 /**
@@ -208,7 +217,9 @@ export const ExecutableStepSchema: GenMessage<ExecutableStep> = /*@__PURE__*/
  */
 export type Executable = Message<"trainyard.v1.Executable"> & {
   /**
-   * Output only. Executable id (`metadata.name`), unique per resource group.
+   * Output only. Executable id (`metadata.name`): up to 64 lower-case letters, digits,
+   * '-', '.' or '_'; with `version`, unique among the executables a group sees (its
+   * own and the executables directory's, see ExecutableService).
    *
    * @generated from field: string id = 1;
    */
@@ -222,8 +233,8 @@ export type Executable = Message<"trainyard.v1.Executable"> & {
   name: string;
 
   /**
-   * Output only. Version (`ai.sap.com/version` label). A changed definition must carry
-   * a new version.
+   * Output only. Version (`ai.sap.com/version` label), as written in the template
+   * (`1.10` stays `1.10`, quoted or not). A changed definition must carry a new version.
    *
    * @generated from field: string version = 3;
    */
@@ -251,7 +262,8 @@ export type Executable = Message<"trainyard.v1.Executable"> & {
   deployable: boolean;
 
   /**
-   * Output only. Labels of the template other than the reserved ones.
+   * Output only. Labels of the template other than the reserved ones, their values as
+   * written (an unquoted `007` or `true` is that text).
    *
    * @generated from field: map<string, string> labels = 7;
    */

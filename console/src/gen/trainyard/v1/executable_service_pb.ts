@@ -190,17 +190,30 @@ export const ListExecutablesResponseSchema: GenMessage<ListExecutablesResponse> 
   messageDesc(file_trainyard_v1_executable_service, 5);
 
 /**
- * Registers and reads workflow executables of the caller's resource group. The server
- * also loads every YAML file of its executables directory at start.
+ * Registers and reads workflow executables. Which groups see what:
+ *
+ * - The executables directory (`--executables-dir`, loaded at every start) serves
+ *   EVERY resource group, as SAP AI Core's executables are tenant-wide: each of its
+ *   executables, every version it holds (the same id with another version in another
+ *   file loads as a new version), and their scenarios are read by any group, which can
+ *   register data sets for those scenarios and run them.
+ * - An executable registered with CreateExecutable belongs to the caller's resource
+ *   group (metadata key `ai-resource-group`, default `default`) and is seen by that
+ *   group only. A group's new version of a directory executable's id is the group's
+ *   own, listed beside the directory's versions; of one id and version, a group sees
+ *   one definition.
  *
  * @generated from service trainyard.v1.ExecutableService
  */
 export const ExecutableService: GenService<{
   /**
-   * Registers an executable from its WorkflowTemplate YAML. Registering the same
-   * definition again returns the existing executable. INVALID_ARGUMENT with field
-   * violations when the template is malformed; ALREADY_EXISTS when the id and version
-   * exist with a different definition (a changed definition needs a new version).
+   * Registers an executable from its WorkflowTemplate YAML into the caller's resource
+   * group. Registering the same definition again (also one the executables directory
+   * serves) returns the existing executable. INVALID_ARGUMENT with field violations
+   * when the template is malformed (reason RESOURCE_PLAN_UNKNOWN for a resource plan
+   * the server does not know); ALREADY_EXISTS when the id and version exist for the
+   * group (its own or the directory's) with a different definition (a changed
+   * definition needs a new version).
    *
    * @generated from rpc trainyard.v1.ExecutableService.CreateExecutable
    */
@@ -210,8 +223,8 @@ export const ExecutableService: GenService<{
     output: typeof CreateExecutableResponseSchema;
   },
   /**
-   * Returns one executable, its newest version unless `version` is set. NOT_FOUND when
-   * it does not exist in the resource group.
+   * Returns one executable, its newest version unless `version` is set, from the
+   * group's own and the executables directory's. NOT_FOUND when the group sees none.
    *
    * @generated from rpc trainyard.v1.ExecutableService.GetExecutable
    */
@@ -221,8 +234,8 @@ export const ExecutableService: GenService<{
     output: typeof GetExecutableResponseSchema;
   },
   /**
-   * Lists executables ordered by id then version. INVALID_ARGUMENT for a bad page size,
-   * token or filter.
+   * Lists the executables the group sees (its own and the executables directory's)
+   * ordered by id then version. INVALID_ARGUMENT for a bad page size, token or filter.
    *
    * @generated from rpc trainyard.v1.ExecutableService.ListExecutables
    */

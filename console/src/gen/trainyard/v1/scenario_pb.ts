@@ -16,7 +16,8 @@ export const file_trainyard_v1_scenario: GenFile = /*@__PURE__*/
 
 /**
  * A use case that groups executables, for example "iris" or "churn-prediction".
- * Scenarios are created implicitly by the executables that name them.
+ * Scenarios are created implicitly by the executables that name them; those of the
+ * executables directory's executables are seen by every resource group.
  *
  * @generated from message trainyard.v1.Scenario
  */
