@@ -348,7 +348,7 @@ def test_with_param_loops_over_a_list_an_earlier_step_printed(runner):
         [call("gen", "gen")],
         [call("fan", "echo", withParam="{{steps.gen.outputs.result}}",
               arguments=value("got {{item}}"), when="{{item}} != skip-me")],
-        [call("after", "echo", arguments=value("after the loop"))],
+        [call("after", "echo", arguments=value("{{steps.fan.outputs.result}}"))],
     ]}
     gen = script("gen", "import json\nprint(json.dumps(['a', 'skip-me', 'c']))")
     execution = run(runner, "dynamic", [main, gen, echo()])
@@ -362,6 +362,7 @@ def test_with_param_loops_over_a_list_an_earlier_step_printed(runner):
         ("after", "SUCCEEDED"),
     ]
     assert runner.output(execution.id, "fan(2:c)") == ["got c"]
+    assert json.loads(runner.output(execution.id, "after")[0]) == ["got a", "got c"]
 
 
 def test_with_param_from_an_output_parameter_in_a_dag(runner):
@@ -398,3 +399,20 @@ def test_with_param_that_is_no_list_fails_the_execution(runner):
     assert status(execution) == "DEAD"
     assert execution.status_message.startswith("step fan: withParam: ")
     assert phases(execution) == [("gen", "SUCCEEDED"), ("fan", "FAILED")]
+
+
+def test_a_loops_outputs_are_a_json_list_for_the_steps_after_it(runner):
+    square = sh(
+        "square",
+        "mkdir -p out; echo $(( {{inputs.parameters.n}} * {{inputs.parameters.n}} )) > out/sq",
+        inputs={"parameters": [{"name": "n"}]},
+        outputs={"parameters": [{"name": "sq", "valueFrom": {"path": "/out/sq"}}]},
+    )
+    main = {"name": "main", "steps": [
+        [call("sweep", "square", withItems=[2, 3, 4],
+              arguments={"parameters": [{"name": "n", "value": "{{item}}"}]})],
+        [call("best", "echo", arguments=value("{{steps.sweep.outputs.parameters.sq}}"))],
+    ]}
+    execution = run(runner, "fan-in", [main, square, echo()])
+    assert status(execution) == "COMPLETED", execution.status_message
+    assert json.loads(runner.output(execution.id, "best")[0]) == ["4", "9", "16"]

@@ -107,6 +107,9 @@ class WorkflowStep:
     # A withParam loop whose items are known only when it runs (a placeholder, such as
     # another step's outputs): this step stands for them until then.
     deferred_loop: bool = False
+    # The loop (withItems) this step is an item of: the call's name as a step name,
+    # under which {{steps.LOOP.outputs...}} gives every item's output as a JSON list.
+    group: str = ""
 
     @property
     def kind(self) -> str:
@@ -316,6 +319,8 @@ def _run_call(
     produced: list[str] = []
     for full, link in links:
         produced += _expand(inner, target, full, requires, [*chain, link], out, local)
+        if items is not None and ("container" in target or "script" in target):
+            out[-1].group = _join(prefix, name)
     if is_deferred_loop(call):
         if "container" not in target and "script" not in target:
             raise WorkflowError(
@@ -334,8 +339,7 @@ def _expand_steps(templates, template, prefix, requires, chain, out) -> list[str
         group_tasks: dict[str, tuple[str, ...]] = {}
         for call in group:
             produced = _run_call(templates, call, call["name"], prefix, waits, chain, out, local)
-            if len(produced) == 1 and "withItems" not in call and "withParam" not in call:
-                local[call["name"]] = produced[0]
+            _remember(local, call["name"], produced, out)
             group_tasks[call["name"]] = tuple(produced)
             names.extend(produced)
         waits = (*requires, _all_of(group_tasks))
@@ -383,10 +387,20 @@ def _expand_dag(templates, template, prefix, requires, chain, out) -> list[str]:
         if condition is not None:
             waits = (*requires, Requirement(condition, {d: produced[d] for d in condition.names}))
         produced[ready] = tuple(_run_call(templates, task, ready, prefix, waits, chain, out, local))
-        if len(produced[ready]) == 1 and "withItems" not in task and "withParam" not in task:
-            local[ready] = produced[ready][0]
+        _remember(local, ready, list(produced[ready]), out)
         names.extend(produced[ready])
     return names
+
+
+def _remember(local: dict[str, str], name: str, produced: list[str], out: list) -> None:
+    """A step or task that ran one container or script, or a loop of them: the step
+    (or loop) name its outputs go by, for the calls after it."""
+    by_name = {s.name: s for s in out[-len(produced):]} if produced else {}
+    groups = {by_name[n].group for n in produced}
+    if len(produced) == 1 and not by_name[produced[0]].group:
+        local[name] = produced[0]
+    elif len(groups) == 1 and "" not in groups:
+        local[name] = groups.pop()
 
 
 def _all_of(tasks: dict[str, tuple[str, ...]]) -> Requirement:

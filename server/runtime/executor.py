@@ -627,6 +627,7 @@ class Executor(Runtime):
             progressed = True
             while progressed and not run.halted:
                 progressed = False
+                _gather_loops(run)
                 for step in [s for s in pending if s.after <= run.results.keys()]:
                     pending.remove(step)
                     progressed = True
@@ -726,6 +727,7 @@ class Executor(Runtime):
         await asyncio.to_thread(_make_roots, expanded)
         await self._step_changed(run, details[names[0]])
         await self._run_steps(run, expanded)
+        _gather(run, step.name, names, expanded[0])
         ended = [run.results.get(n, "") for n in names]
         if "Succeeded" in ended and all(r in ("Succeeded", "Skipped") for r in ended):
             run.results[step.name] = "Succeeded"
@@ -1414,6 +1416,30 @@ def _read_parameters(step: PlannedStep) -> tuple[dict[str, str], str]:
                 )
             values[parameter.name] = parameter.default
     return values, ""
+
+
+def _gather_loops(run: _Run) -> None:
+    """Each withItems loop whose items all ended: their outputs under its name."""
+    for group, names in run.plan.groups.items():
+        if late_key(group, "result") in run.values or any(
+            late_key(group, f"parameters.{p.name}") in run.values
+            for p in run.plan.step(names[0]).parameters
+        ):
+            continue
+        if all(n in run.results for n in names):
+            _gather(run, group, list(names), run.plan.step(names[0]))
+
+
+def _gather(run: _Run, loop: str, names: list[str], first: PlannedStep) -> None:
+    """``{{steps.LOOP.outputs.parameters.P}}`` / ``.result``: the JSON list of the
+    values of the items that gave one, in item order."""
+    for parameter in first.parameters:
+        keys = [late_key(n, f"parameters.{parameter.name}") for n in names]
+        found = [run.values[k] for k in keys if k in run.values]
+        run.values[late_key(loop, f"parameters.{parameter.name}")] = json.dumps(found)
+    if first.keeps_result:
+        found = [run.values[k] for k in (late_key(n, "result") for n in names) if k in run.values]
+        run.values[late_key(loop, "result")] = json.dumps(found)
 
 
 def _make_roots(steps: list[PlannedStep]) -> None:

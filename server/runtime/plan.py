@@ -198,6 +198,9 @@ class Plan:
     # Steps whose failure a depends expression handles (names it .Failed, .Errored or
     # .AllFailed): their failure does not end the execution.
     handled: frozenset[str] = frozenset()
+    # withItems loops over a container or script template: loop name -> its items,
+    # whose outputs {{steps.LOOP.outputs...}} gives as a JSON list.
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def step(self, name: str) -> PlannedStep:
         return next(s for s in self.steps if s.name == name)
@@ -262,7 +265,11 @@ def build_plan(
         secrets or {},
     )
     steps = [planner.step(ws) for ws in workflow]
-    _link(steps)
+    groups: dict[str, tuple[str, ...]] = {}
+    for ws in workflow:
+        if ws.group:
+            groups[ws.group] = (*groups.get(ws.group, ()), ws.name)
+    _link(steps, groups)
     handled: set[str] = set()
     for step in steps:
         for requirement in step.requires:
@@ -288,10 +295,11 @@ def build_plan(
         pull_auth=pull_auth,
         deadline=_seconds(executable.spec, "spec"),
         handled=frozenset(handled),
+        groups=groups,
     )
 
 
-def _link(steps: list[PlannedStep]) -> None:
+def _link(steps: list[PlannedStep], groups: dict[str, tuple[str, ...]]) -> None:
     """Fill ``upstream`` and check that step-to-step inputs come from earlier steps."""
     by_name = {s.name: s for s in steps}
     for step in steps:  # workflow order: a step's predecessors are already linked
@@ -323,18 +331,22 @@ def _link(steps: list[PlannedStep]) -> None:
                     )
                 continue
             name, what = match.group("step"), match.group("what")
-            producer = by_name.get(name)
-            if producer is None or name not in step.upstream:
+            members = groups.get(name, (name,))
+            producers = [by_name.get(n) for n in members]
+            if None in producers or not all(n in step.upstream for n in members):
                 raise PlanError(
                     f"step {step.name}: {{{{{key}}}}} names no step that finishes before it"
                 )
-            if what == "result":
-                producer.keeps_result = True
-            elif not any(p.name == what.removeprefix("parameters.") for p in producer.parameters):
-                raise PlanError(
-                    f"step {step.name}: step {name} has no output parameter "
-                    f"{what.removeprefix('parameters.')}"
-                )
+            for producer in producers:
+                if what == "result":
+                    producer.keeps_result = True
+                elif not any(
+                    p.name == what.removeprefix("parameters.") for p in producer.parameters
+                ):
+                    raise PlanError(
+                        f"step {step.name}: step {producer.name} has no output parameter "
+                        f"{what.removeprefix('parameters.')}"
+                    )
 
 
 @dataclass
