@@ -6,7 +6,8 @@ KIND: echo (bare bytes, ARG = payload size), get (GetExecution of ARG), get-each
 (GetExecution of the ids in the file ARG, one after the other, round and round),
 create (CreateExecution of configuration ARG), list (ListExecutions, ARG = page token
 or empty). Prints one JSON line: calls, seconds, calls_per_s, p50_ms, p99_ms, errors,
-cpu_s (this process's CPU time during the timed calls).
+cpu_s (this process's CPU time during the timed calls). With TRAINYARD_TOKEN set every
+call carries it as a bearer token.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import sys
 import time
 import uuid
@@ -25,27 +27,38 @@ from trainyard.v1 import execution_service_pb2_grpc
 
 
 def _callable(channel: grpc.aio.Channel, kind: str, arg: str):
+    token = os.environ.get("TRAINYARD_TOKEN")
+    if token:
+        call = _plain_callable(channel, kind, arg)
+        metadata = (("authorization", f"Bearer {token}"),)
+        return lambda: call(metadata)
+    call = _plain_callable(channel, kind, arg)
+    return lambda: call(None)
+
+
+def _plain_callable(channel: grpc.aio.Channel, kind: str, arg: str):
     if kind == "echo":
         method = channel.unary_unary("/bench.Echo/Echo")
         payload = b"x" * int(arg or 200)
-        return lambda: method(payload)
+        return lambda md: method(payload, metadata=md)
     stub = execution_service_pb2_grpc.ExecutionServiceStub(channel)
     if kind == "get":
         request = ex.GetExecutionRequest(execution_id=arg)
-        return lambda: stub.GetExecution(request)
+        return lambda md: stub.GetExecution(request, metadata=md)
     if kind == "get-each":
         with open(arg) as f:
             requests = itertools.cycle(
                 [ex.GetExecutionRequest(execution_id=line.strip()) for line in f if line.strip()]
             )
-        return lambda: stub.GetExecution(next(requests))
+        return lambda md: stub.GetExecution(next(requests), metadata=md)
     if kind == "create":
-        return lambda: stub.CreateExecution(
-            ex.CreateExecutionRequest(configuration_id=arg, request_id=uuid.uuid4().hex)
+        return lambda md: stub.CreateExecution(
+            ex.CreateExecutionRequest(configuration_id=arg, request_id=uuid.uuid4().hex),
+            metadata=md,
         )
     if kind == "list":
         request = ex.ListExecutionsRequest(page_size=50, page_token=arg)
-        return lambda: stub.ListExecutions(request)
+        return lambda md: stub.ListExecutions(request, metadata=md)
     raise SystemExit(f"unknown kind {kind}")
 
 

@@ -7,6 +7,7 @@ import asyncio
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import grpc
 import structlog
@@ -30,11 +31,13 @@ from server.api.watch import WatchingExecutionService
 from server.config import Settings
 from server.console import ConsoleServer, build_app, connect_apps
 from server.domain import resources
+from server.domain.audit import AuditEvent, Caller
 from server.domain.logpurge import LogPurger
 from server.domain.logs import LogReader
 from server.domain.logsink import LogSink
 from server.domain.metrics import MetricsService
 from server.domain.models import SHARED_GROUP
+from server.domain.principal import Principal
 from server.domain.secrets import SecretService as SecretUseCases
 from server.domain.service import ControlPlane
 from server.page_key import load_page_tokens
@@ -173,6 +176,25 @@ def check_exposure(settings: Settings) -> None:
         )
 
 
+async def _record_token_changes(store: AsyncStore, replica_id: str, added, removed) -> None:
+    """The audit events of a token file change, as this server noticed it."""
+    who = Caller(Principal(name="token-file"))
+
+    def event(action: str, principal) -> AuditEvent:
+        roles = ", ".join(f"{g}={r}" for g, r in sorted(principal.roles.items()))
+        return who.event(
+            action,
+            "token",
+            principal.credential_id,
+            "",
+            detail=f"principal {principal.name}; roles {roles}; noticed by {replica_id}",
+        )
+
+    await store.record_audit(
+        [event("token.add", p) for p in added] + [event("token.revoke", p) for p in removed]
+    )
+
+
 async def start_server(settings: Settings) -> TrainyardServer:
     if ":memory:" in settings.database_url:
         raise ValueError(
@@ -250,6 +272,7 @@ async def start_server(settings: Settings) -> TrainyardServer:
             stop_grace=settings.stop_grace_seconds,
             replica_id=settings.replica_id,
             lease_seconds=settings.lease_seconds,
+            credentials=step_tokens if auth.enabled else None,
         )
     if settings.executables_dir is not None:
         # Tenant-wide, as SAP AI Core's executables are: every group sees them.
@@ -263,6 +286,7 @@ async def start_server(settings: Settings) -> TrainyardServer:
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
+    auth.on_change = partial(_record_token_changes, store, settings.replica_id)
     interceptor = ErrorInterceptor(
         settings.default_resource_group,
         settings.max_streams_per_client,

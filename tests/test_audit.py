@@ -8,13 +8,16 @@ import grpc
 import pytest
 
 from server.domain.models import Status
+from server.security.tokens import TokenFile
 from tests.authkit import GROUP, make_tokens
-from tests.helpers import details, iris_configuration, register_iris, rpc_error
+from tests.helpers import details, iris_configuration, register_iris, rpc_error, wait_for
 from tests.workflow_helpers import python, workflow
 from trainyard.v1 import audit_service_pb2 as au
-from trainyard.v1 import audit_service_pb2_grpc
+from trainyard.v1 import audit_service_pb2_grpc, secret_service_pb2_grpc
+from trainyard.v1 import configuration_service_pb2 as cf
 from trainyard.v1 import executable_service_pb2 as exe
 from trainyard.v1 import execution_service_pb2 as ex
+from trainyard.v1 import secret_service_pb2 as sec
 
 pytestmark = [pytest.mark.backends("sqlite", "postgresql"), pytest.mark.driven]
 
@@ -154,10 +157,7 @@ def test_audit_trail_has_exactly_the_changes(server_factory, stubs_for, tmp_path
     listed = stubs.executions.ListExecutions(ex.ListExecutionsRequest(), metadata=admin_md)
     assert [e.created_by for e in listed.executions] == ["ada"]
     config = stubs.configurations.GetConfiguration(
-        __import__(
-            "trainyard.v1.configuration_service_pb2", fromlist=["x"]
-        ).GetConfigurationRequest(configuration_id=configuration),
-        metadata=admin_md,
+        cf.GetConfigurationRequest(configuration_id=configuration), metadata=admin_md
     ).configuration
     assert config.created_by == "otto"
 
@@ -174,3 +174,71 @@ def test_audit_trail_has_exactly_the_changes(server_factory, stubs_for, tmp_path
     )
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     assert details(error)["reason"] == "PERMISSION_DENIED"
+
+
+def test_secret_and_token_changes_are_recorded(server_factory, stubs_for, tmp_path):
+    tokens = make_tokens(tmp_path / "tokens.json")
+    server = server_factory(
+        auth_tokens=tokens.file, default_resource_group=GROUP, auth_reload_seconds=0.1
+    )
+    stubs = stubs_for(server)
+    audit = audit_service_pb2_grpc.AuditServiceStub(stubs.channel)
+    secrets = secret_service_pb2_grpc.SecretServiceStub(stubs.channel)
+    admin = tokens.admin
+    secrets.CreateSecret(
+        sec.CreateSecretRequest(name="registry", data={"user": "u", "password": "hunter2"}),
+        metadata=_md(tokens, admin, "s-create"),
+    )
+    secrets.UpdateSecret(
+        sec.UpdateSecretRequest(name="registry", data={"token": "t0k"}),
+        metadata=_md(tokens, admin, "s-update"),
+    )
+    # Refused: an operator may not touch secrets; a delete of a secret that is not there.
+    rpc_error(
+        secrets.CreateSecret,
+        sec.CreateSecretRequest(name="mine", data={"k": "v"}),
+        metadata=_md(tokens, tokens.operator, "s-refused"),
+    )
+    rpc_error(
+        secrets.DeleteSecret,
+        sec.DeleteSecretRequest(name="nowhere"),
+        metadata=_md(tokens, admin, "s-missing"),
+    )
+    secrets.DeleteSecret(
+        sec.DeleteSecretRequest(name="registry"), metadata=_md(tokens, admin, "s-delete")
+    )
+    events = _trail(audit, tokens.md(admin))
+    assert [(e.principal, e.action, e.resource_id, e.request_id) for e in events] == [
+        ("ada", "secret.delete", "registry", "s-delete"),
+        ("ada", "secret.update", "registry", "s-update"),
+        ("ada", "secret.create", "registry", "s-create"),
+    ]
+    # Key names, never values.
+    assert events[2].detail == "keys: password, user"
+    assert all("hunter2" not in e.detail and "t0k" not in e.detail for e in events)
+
+    # Token file changes: recorded by the server when it notices them. Tokens belong
+    # to no group: an admin of every group reads them.
+    file = TokenFile(tokens.file)
+    root_id, root = file.add("root", {"*": "admin"}, 3600.0)
+
+    def token_events():
+        try:
+            listed = audit.ListAuditEvents(
+                au.ListAuditEventsRequest(all_resource_groups=True, resource_type="token"),
+                metadata=tokens.md(root),
+            )
+        except grpc.RpcError:
+            return []  # the server has not read the new file yet
+        return [(e.principal, e.action, e.resource_id, e.resource_group) for e in listed.events]
+
+    wait_for(lambda: token_events(), timeout=20)
+    ident, _ = file.add("newbie", {GROUP: "viewer"}, 3600.0)
+    wait_for(lambda: ("token-file", "token.add", ident, "") in token_events(), timeout=20)
+    file.revoke(ident)
+    wait_for(lambda: ("token-file", "token.revoke", ident, "") in token_events(), timeout=20)
+    assert token_events() == [
+        ("token-file", "token.revoke", ident, ""),
+        ("token-file", "token.add", ident, ""),
+        ("token-file", "token.add", root_id, ""),
+    ]

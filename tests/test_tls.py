@@ -144,6 +144,7 @@ def test_sighup_reloads_the_certificate_and_keeps_streams(tmp_path, ca):
         str(ROOT / "samples" / "executables"),
         "--runtime",
         "none",
+        "--no-console",
     )
     try:
         old = _tls_channel(process.address, ca)
@@ -216,7 +217,16 @@ def test_no_plaintext_beyond_loopback(tmp_path):
         ).check_exposure()
     # The command line refuses before binding anything.
     run = subprocess.run(
-        [sys.executable, "-m", "server", "--address", "0.0.0.0:0", "--data-dir", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "server",
+            "--address",
+            "0.0.0.0:0",
+            "--data-dir",
+            str(tmp_path),
+            "--no-console",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

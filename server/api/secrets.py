@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from server.api import convert
-from server.api.context import resource_group
+from server.api.context import caller, resource_group
 from server.domain.secrets import SecretService as SecretUseCases
 from trainyard.v1 import secret_service_pb2 as sec_pb
 from trainyard.v1 import secret_service_pb2_grpc
@@ -14,11 +14,15 @@ class SecretService(secret_service_pb2_grpc.SecretServiceServicer):
         self.secrets = secrets
 
     async def CreateSecret(self, request, context):
-        secret = await self.secrets.create(resource_group(), request.name, dict(request.data))
+        secret = await self.secrets.create(
+            resource_group(), request.name, dict(request.data), caller()
+        )
         return sec_pb.CreateSecretResponse(secret=convert.secret_pb(secret))
 
     async def UpdateSecret(self, request, context):
-        secret = await self.secrets.update(resource_group(), request.name, dict(request.data))
+        secret = await self.secrets.update(
+            resource_group(), request.name, dict(request.data), caller()
+        )
         return sec_pb.UpdateSecretResponse(secret=convert.secret_pb(secret))
 
     async def ListSecrets(self, request, context):
@@ -30,5 +34,5 @@ class SecretService(secret_service_pb2_grpc.SecretServiceServicer):
         )
 
     async def DeleteSecret(self, request, context):
-        await self.secrets.delete(resource_group(), request.name)
+        await self.secrets.delete(resource_group(), request.name, caller())
         return sec_pb.DeleteSecretResponse()

@@ -334,11 +334,12 @@ class SecretStore(Protocol):
     """The secrets of the resource groups, their values sealed (the store keeps what
     the cipher made of them, never plain values). A group sees its own only."""
 
-    async def create_secret(self, secret: Secret) -> Secret:
-        """Insert; AlreadyExists when the group has a secret of that name."""
+    async def create_secret(self, secret: Secret, audit: AuditEvent | None = None) -> Secret:
+        """Insert; AlreadyExists when the group has a secret of that name. ``audit`` (on
+        each write here) is recorded in the same transaction, if the change is made."""
         ...
 
-    async def update_secret(self, secret: Secret) -> Secret:
+    async def update_secret(self, secret: Secret, audit: AuditEvent | None = None) -> Secret:
         """Replace the keys and sealed values; NotFound when there is no such secret."""
         ...
 
@@ -348,7 +349,9 @@ class SecretStore(Protocol):
 
     async def list_secrets(self, resource_group: str, page: PageRequest) -> Page[Secret]: ...
 
-    async def delete_secret(self, resource_group: str, name: str) -> None:
+    async def delete_secret(
+        self, resource_group: str, name: str, audit: AuditEvent | None = None
+    ) -> None:
         """NotFound when there is no such secret."""
         ...
 
@@ -394,6 +397,16 @@ class Store(
 # each step to a StepRunner: the local process runner, the container runner, the Ray
 # runner. A runner only starts, watches and stops one step at a time; ordering,
 # failures, statuses, logs storage and outputs stay with the executor.
+
+
+class StepCredentials(Protocol):
+    """Issues each execution's step token: a credential scoped to that execution alone
+    (write its metrics, read its own configuration), given to its steps as
+    TRAINYARD_TOKEN and revoked when the execution ends."""
+
+    def issue(self, execution_id: str, resource_group: str, configuration_id: str) -> str: ...
+
+    def revoke(self, execution_id: str) -> None: ...
 
 
 class StepStartError(Exception):

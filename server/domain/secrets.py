@@ -32,6 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from server.domain.audit import SYSTEM_CALLER, Caller
 from server.domain.errors import FailedPrecondition, Reason
 from server.domain.models import Page, Secret
 from server.domain.paging import PageTokens, page_request
@@ -183,29 +184,47 @@ class SecretService:
 
     # ------------------------------------------------------------------ the API
 
-    async def create(self, resource_group: str, name: str, data: Mapping[str, str]) -> Secret:
+    async def create(
+        self,
+        resource_group: str,
+        name: str,
+        data: Mapping[str, str],
+        caller: Caller = SYSTEM_CALLER,
+    ) -> Secret:
         self._check(name, data)
         sealed = await asyncio.to_thread(self._seal, data)
         return await self.store.create_secret(
-            Secret(name=name, resource_group=resource_group, keys=sorted(data), sealed=sealed)
+            Secret(name=name, resource_group=resource_group, keys=sorted(data), sealed=sealed),
+            audit=caller.event("secret.create", "secret", name, resource_group, detail=_keys(data)),
         )
 
-    async def update(self, resource_group: str, name: str, data: Mapping[str, str]) -> Secret:
+    async def update(
+        self,
+        resource_group: str,
+        name: str,
+        data: Mapping[str, str],
+        caller: Caller = SYSTEM_CALLER,
+    ) -> Secret:
         self._check(name, data)
         sealed = await asyncio.to_thread(self._seal, data)
         return await self.store.update_secret(
-            Secret(name=name, resource_group=resource_group, keys=sorted(data), sealed=sealed)
+            Secret(name=name, resource_group=resource_group, keys=sorted(data), sealed=sealed),
+            audit=caller.event("secret.update", "secret", name, resource_group, detail=_keys(data)),
         )
 
     async def list(self, resource_group: str, page_size: int, page_token: str) -> Page[Secret]:
         page = page_request(page_size, page_token, {"kind": "secrets"}, tokens=self.page_tokens)
         return await self.store.list_secrets(resource_group, page)
 
-    async def delete(self, resource_group: str, name: str) -> None:
+    async def delete(self, resource_group: str, name: str, caller: Caller = SYSTEM_CALLER) -> None:
         v = Violations()
         _check_name(v, name)
         v.raise_if_any()
-        await self.store.delete_secret(resource_group, name)
+        await self.store.delete_secret(
+            resource_group,
+            name,
+            audit=caller.event("secret.delete", "secret", name, resource_group),
+        )
 
     # -------------------------------------------------------- executions' needs
 
@@ -314,6 +333,11 @@ class SecretService:
         if size > MAX_DATA_BYTES:
             v.add("data", "must be at most 1 MiB in all")
         v.raise_if_any()
+
+
+def _keys(data: Mapping[str, str]) -> str:
+    """The key names of a secret for its audit event (never a value)."""
+    return "keys: " + ", ".join(sorted(data))
 
 
 def _check_name(v: Violations, name: str) -> None:

@@ -62,6 +62,7 @@ from server.domain.models import (
 )
 from server.domain.ports import (
     Mount,
+    StepCredentials,
     StepExit,
     StepHandle,
     StepLaunch,
@@ -193,6 +194,7 @@ class _Run:
     attempts: dict[str, list[StepDetail]] = field(default_factory=dict)  # earlier tries
     loops: dict[str, tuple[str, ...]] = field(default_factory=dict)  # loop -> its items
     wake: asyncio.Event = field(default_factory=asyncio.Event)  # set when it halts
+    token: str = ""  # the steps' credential (TRAINYARD_TOKEN), while it runs
 
     @property
     def id(self) -> str:
@@ -225,8 +227,11 @@ class Executor(Runtime):
         stop_grace: float = 10.0,
         replica_id: str = "local",
         lease_seconds: float = 10.0,
+        credentials: StepCredentials | None = None,
     ):
         self.plane = plane
+        # Step tokens (server/security/tokens.py) when the server checks credentials.
+        self.credentials = credentials
         self.sink = log_sink
         self.runner = runner
         self.name = runner.name
@@ -388,6 +393,10 @@ class Executor(Runtime):
     def _launch(self, execution: Execution, lease: Lease) -> None:
         """The scheduler claimed ``execution`` for this replica: run it."""
         run = _Run(execution, self.work_dir / execution.id, lease=lease)
+        if self.credentials is not None:
+            run.token = self.credentials.issue(
+                execution.id, execution.resource_group, execution.configuration_id
+            )
         self._runs[execution.id] = run
         run.task = asyncio.create_task(self._execute(run), name=f"execution-{execution.id}")
         run.task.add_done_callback(partial(self._run_done, run))
@@ -403,6 +412,8 @@ class Executor(Runtime):
 
     def _run_done(self, run: _Run, task: asyncio.Task) -> None:
         self._runs.pop(run.id, None)
+        if self.credentials is not None:
+            self.credentials.revoke(run.id)
         if not task.cancelled() and task.exception() is not None:
             log.error("execution task failed", execution_id=run.id, exc_info=task.exception())
         self.scheduler.wake()
@@ -901,6 +912,8 @@ class Executor(Runtime):
             TRAINYARD_RESOURCE_GROUP=run.execution.resource_group,
             TRAINYARD_STEP=step.name,
         )
+        if run.token:
+            env["TRAINYARD_TOKEN"] = run.token
         mounts = [Mount(str(i.path), _inner(step, i.path), True) for i in step.inputs]
         mounts += [Mount(str(o.path), _inner(step, o.path)) for o in step.outputs]
         if step.script_path is not None:

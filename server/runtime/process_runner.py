@@ -5,8 +5,9 @@ directory as its current directory and its stdout and stderr read line by line i
 the log pipeline. When the step's first process exits, whatever is left of its process
 group is killed. Stop: SIGTERM to the group, SIGKILL ``grace`` seconds later.
 
-A step's environment is the server's (without its ``TRAINYARD_*`` settings), the
-template's env, the ``TRAINYARD_*`` variables of the step, the repository root on
+A step's environment is the allow-listed part of the server's (server/runtime/
+step_env.py: locale, home, path and the like, never the rest), the template's env,
+the ``TRAINYARD_*`` variables of the step, the repository root on
 ``PYTHONPATH`` (so that steps can import ``client``) and the server's interpreter first
 on ``PATH`` (``python3`` in a step is the server's Python, with its packages).
 
@@ -33,6 +34,7 @@ from typing import Any
 from server.domain.models import LogStream
 from server.domain.ports import StepExit, StepLaunch, StepOutput, StepStartError
 from server.runtime import processes as procs
+from server.runtime import step_env as step_env_module
 
 # The repository root: on every step's PYTHONPATH, so that steps can import `client`.
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +45,7 @@ STORE_DRAIN_TIMEOUT = 60.0
 
 
 def step_env(launch: StepLaunch) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
+    env = step_env_module.inherited()
     env.update(launch.env)
     python_path = [str(REPO_ROOT)]
     if env.get("PYTHONPATH"):

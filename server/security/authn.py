@@ -21,7 +21,7 @@ from server.domain.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
-from server.domain.principal import ANONYMOUS, Principal
+from server.domain.principal import ANONYMOUS, RANK, Principal
 from server.security.tokens import (
     STEP_TOKEN_PREFIX,
     StepTokens,
@@ -128,7 +128,9 @@ class Authenticator:
         self._stamp: tuple | None = None
         self.streams: set[OpenStream] = set()
         self._task: asyncio.Task | None = None
-        self.reload_listeners: list = []
+        # Called on the loop with the credentials a change of the file added and
+        # removed (the audit trail records them).
+        self.on_change = None
         if self.file is not None:
             self._reload_now()
 
@@ -142,20 +144,25 @@ class Authenticator:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
-    def _reload_now(self) -> bool:
+    def _reload_now(self) -> tuple[list[Principal], list[Principal]]:
         """Rereads the file when it changed (blocking: a worker thread's job once the
-        server runs). A malformed file keeps the previous index."""
+        server runs); the credentials added and those removed. A malformed file keeps
+        the previous index."""
         stamp = self._file_stamp()
         if stamp == self._stamp and self._stamp is not None:
-            return False
+            return [], []
         try:
             index = self.file.index()
         except (OSError, TokenFileError) as exc:
             log.error("token file not reloaded", error=str(exc))
-            return False
+            return [], []
+        before = self.index.principals()
         self.index, self._stamp = index, stamp
+        after = index.principals()
         log.info("token file loaded", entries=len(index.ids))
-        return True
+        added = [p for ident, p in after.items() if ident not in before]
+        removed = [p for ident, p in before.items() if ident not in after]
+        return added, removed
 
     async def start(self) -> None:
         if self.enabled and self._task is None:
@@ -175,7 +182,9 @@ class Authenticator:
             await asyncio.sleep(self.reload_seconds)
             if self.file is not None:
                 try:
-                    await asyncio.to_thread(self._reload_now)
+                    added, removed = await asyncio.to_thread(self._reload_now)
+                    if (added or removed) and self.on_change is not None:
+                        await self.on_change(added, removed)
                 except Exception as exc:  # noqa: BLE001 - keep watching
                     log.error("token file check failed", error=str(exc))
             self.end_invalid_streams()
@@ -237,9 +246,12 @@ class Authenticator:
             )
         return found.principal
 
-    def authorize(self, principal: Principal, method: str, resource_group: str, request) -> None:
+    def authorize(
+        self, principal: Principal, method: str, resource_group: str, request, rule=None
+    ) -> None:
         """Raises unless the table lets ``principal`` call ``method`` in the group."""
-        rule = rule_of(method)
+        if rule is None:
+            rule = rule_of(method)
         if rule is None:
             raise PermissionDenied(
                 message=f"{method} is not allowed", reason=Reason.PERMISSION_DENIED
@@ -255,7 +267,7 @@ class Authenticator:
             if ident:
                 # The same answer as for an id that exists nowhere.
                 raise NotFound.of(rule.kind, ident)
-        if not principal.holds(resource_group, rule.role):
+        if held is None or RANK[held] < RANK[rule.role]:
             raise PermissionDenied(
                 message=(
                     f"{principal.name!r} needs the {rule.role} role in resource group"
@@ -287,8 +299,8 @@ class Authenticator:
         if rule is not None and rule.role == OPEN:
             return ANONYMOUS
         principal = self.authenticate(authorization, context)
-        self.authorize(principal, method, resource_group, request)
-        if principal is not ANONYMOUS:
+        self.authorize(principal, method, resource_group, request, rule)
+        if principal is not ANONYMOUS and self.limits.requests_per_second > 0:
             self.limits.take(principal.name, time.monotonic())
         return principal
 

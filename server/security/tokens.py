@@ -26,7 +26,6 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-from hashlib import sha256
 from pathlib import Path
 
 from server.domain.principal import ROLES, Principal
@@ -35,6 +34,7 @@ TOKEN_PREFIX = "ty_"
 STEP_TOKEN_PREFIX = "tys_"
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+CHECKED_TOKENS = 10_000  # tokens remembered as checked, per version of the file
 _GROUP = re.compile(r"^(\*|[A-Za-z0-9][A-Za-z0-9._-]{0,252})$")
 
 
@@ -65,7 +65,7 @@ def check_group(group: str) -> str:
 
 
 def token_hash(key: bytes, token: str) -> str:
-    return hmac.new(key, token.encode(), sha256).hexdigest()
+    return hmac.digest(key, token.encode(), "sha256").hex()
 
 
 @dataclass(slots=True)
@@ -85,6 +85,10 @@ class TokenIndex:
         self.by_hash: dict[str, Principal] = {}
         self.by_subject: dict[str, Principal] = {}
         self.ids: set[str] = set()
+        # Tokens already checked against this version of the file, in memory only
+        # (a new version of the file starts afresh): a call then costs one dictionary
+        # lookup instead of a keyed hash.
+        self._checked: dict[str, Principal] = {}
         for entry in data.get("tokens", ()):
             principal = _principal(entry)
             self.by_hash[entry["hash"]] = principal
@@ -95,11 +99,16 @@ class TokenIndex:
             self.ids.add(principal.credential_id)
 
     def lookup(self, token: str, now: float | None = None) -> Lookup:
-        if not self.key:
-            return Lookup(None)
-        principal = self.by_hash.get(token_hash(self.key, token))
+        principal = self._checked.get(token)
         if principal is None:
-            return Lookup(None)
+            if not self.key:
+                return Lookup(None)
+            principal = self.by_hash.get(token_hash(self.key, token))
+            if principal is None:
+                return Lookup(None)
+            if len(self._checked) >= CHECKED_TOKENS:
+                self._checked.clear()
+            self._checked[token] = principal
         if principal.expires_at is not None and (now or time.time()) >= principal.expires_at:
             return Lookup(None, expired=True)
         return Lookup(principal)
@@ -111,6 +120,12 @@ class TokenIndex:
         if principal.expires_at is not None and (now or time.time()) >= principal.expires_at:
             return Lookup(None, expired=True)
         return Lookup(principal)
+
+    def principals(self) -> dict[str, Principal]:
+        """Every entry's principal, by credential id."""
+        return {
+            p.credential_id: p for p in [*self.by_hash.values(), *self.by_subject.values()]
+        }
 
     def valid(self, principal: Principal, now: float) -> bool:
         """Whether a principal read from an earlier version of the file still holds."""

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import peewee as pw
 
+from server.domain.audit import AuditEvent
 from server.domain.errors import AlreadyExists, NotFound
 from server.domain.models import Page, Secret
 from server.domain.paging import PageRequest
@@ -31,7 +32,7 @@ def _not_found(name: str) -> NotFound:
 class SecretRepository:
     """Part of :class:`server.store.repository.Store`."""
 
-    def create_secret(self, secret: Secret) -> Secret:
+    def create_secret(self, secret: Secret, audit: AuditEvent | None = None) -> Secret:
         at = now_us()
         row = self.t.SecretRow(
             resource_group=secret.resource_group,
@@ -44,6 +45,7 @@ class SecretRepository:
         try:
             with self.atomic():
                 row.save(force_insert=True)
+                self._audit((audit,))
         except pw.IntegrityError:
             raise AlreadyExists(
                 message=f"secret {secret.name!r} already exists",
@@ -52,19 +54,19 @@ class SecretRepository:
             ) from None
         return _secret(row)
 
-    def update_secret(self, secret: Secret) -> Secret:
+    def update_secret(self, secret: Secret, audit: AuditEvent | None = None) -> Secret:
         table = self.t.SecretRow
         with self.atomic():
             changed = (
                 table.update(keys=list(secret.keys), sealed=secret.sealed, modified_us=now_us())
                 .where(
-                    (table.resource_group == secret.resource_group)
-                    & (table.name == secret.name)
+                    (table.resource_group == secret.resource_group) & (table.name == secret.name)
                 )
                 .execute()
             )
             if not changed:
                 raise _not_found(secret.name)
+            self._audit((audit,))
             row = table.get(
                 (table.resource_group == secret.resource_group) & (table.name == secret.name)
             )
@@ -92,7 +94,9 @@ class SecretRepository:
         token = page.next_token([rows[-1].name]) if more else ""
         return Page([_secret(r) for r in rows], token, total)
 
-    def delete_secret(self, resource_group: str, name: str) -> None:
+    def delete_secret(
+        self, resource_group: str, name: str, audit: AuditEvent | None = None
+    ) -> None:
         table = self.t.SecretRow
         with self.atomic():
             deleted = (
@@ -100,5 +104,6 @@ class SecretRepository:
                 .where((table.resource_group == resource_group) & (table.name == name))
                 .execute()
             )
-        if not deleted:
-            raise _not_found(name)
+            if not deleted:
+                raise _not_found(name)
+            self._audit((audit,))
