@@ -4,7 +4,9 @@ reflection; starts and stops it."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -412,18 +414,44 @@ async def start_server(settings: Settings) -> TrainyardServer:
     return running
 
 
+# After a second SIGTERM / SIGINT the process exits within this many seconds, whatever
+# the shutdown is waiting for; executions it leaves are reconciled by the next start.
+FORCED_EXIT_SECONDS = 2.0
+# A graceful shutdown that takes longer than the stop grace plus this is cut short.
+SHUTDOWN_SLACK_SECONDS = 15.0
+EXIT_FORCED = 70
+
+
+def _force_exit(reason: str) -> None:
+    log.warning("exiting at once", reason=reason)
+    sys.stderr.flush()
+    os._exit(EXIT_FORCED)
+
+
 async def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    """Run until SIGTERM or SIGINT, then shut down gracefully. The handlers are in place
+    before recovery starts: a signal during start-up lets the start finish (no
+    reconciliation is left half-way) and then shuts down; a second signal forces the
+    exit within FORCED_EXIT_SECONDS."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            log.warning("second signal: forcing the exit", within_seconds=FORCED_EXIT_SECONDS)
+            loop.call_later(FORCED_EXIT_SECONDS, _force_exit, "second signal")
+            return
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    log.info("server starting")
     running = await start_server(settings)
     tune_process()
     if settings.port_file is not None:
         tmp = settings.port_file.with_name(settings.port_file.name + ".tmp")
         tmp.write_text(f"{running.port}\n")
         tmp.replace(settings.port_file)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     tls = running.extra.get("tls")
     if tls is not None:
         reloads: set[asyncio.Task] = set()
@@ -436,4 +464,9 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(signal.SIGHUP, reload_tls)
     await stop.wait()
     log.info("shutting down")
-    await running.stop(grace=5.0)
+    bound = settings.stop_grace_seconds + SHUTDOWN_SLACK_SECONDS
+    watchdog = loop.call_later(bound, _force_exit, f"shutdown took over {bound:.0f} s")
+    try:
+        await running.stop(grace=5.0)
+    finally:
+        watchdog.cancel()
