@@ -6,6 +6,7 @@ checked in step details, history and logs. Steps are short `sh` commands."""
 from __future__ import annotations
 
 import json
+import time
 
 import grpc
 import pytest
@@ -18,6 +19,7 @@ from workflow_helpers import (
     dag,
     script,
     steps,
+    wait_for,
     workflow,
 )
 
@@ -416,3 +418,22 @@ def test_a_loops_outputs_are_a_json_list_for_the_steps_after_it(runner):
     execution = run(runner, "fan-in", [main, square, echo()])
     assert status(execution) == "COMPLETED", execution.status_message
     assert json.loads(runner.output(execution.id, "best")[0]) == ["4", "9", "16"]
+
+
+def test_a_stop_during_a_retrys_back_off_ends_the_execution_at_once(runner):
+    failing = sh("failing", "echo failed once; exit 1",
+                 retryStrategy={"limit": 5, "backoff": {"duration": "1m"}})
+    runner.register(workflow("backing-off", [steps("main", [("s", "failing")]), failing]))
+    execution_id = runner.start(runner.configure("backing-off"))
+    wait_for(
+        lambda: any(d.attempt == 2 for d in runner.get(execution_id).step_details),
+        30, "the second attempt to be announced",
+    )
+    started = time.monotonic()
+    runner.client.stop_execution(execution_id)
+    execution = runner.wait(execution_id, "STOPPED", timeout=20)
+    assert time.monotonic() - started < 10  # not a minute: the back-off was cut short
+    assert [(d.attempt, PHASE_NAME[d.phase]) for d in execution.step_details] == [
+        (1, "FAILED"), (2, "SKIPPED")
+    ]
+    assert execution.step_details[1].message == "not retried: the execution is ending"

@@ -1271,7 +1271,12 @@ class Executor(Runtime):
             await self._flush_logs(eid)
             await self.plane.store.release_claim(eid, lease)
             return
-        details = {d.name: d for d in execution.step_details}
+        details: dict[str, StepDetail] = {}
+        earlier: dict[str, list[StepDetail]] = {}  # attempts before the last, by step
+        for detail in execution.step_details:
+            if detail.name in details:
+                earlier.setdefault(detail.name, []).append(details[detail.name])
+            details[detail.name] = detail
         not_started = [n for n, d in details.items() if d.phase == StepPhase.PENDING]
         for name, record in records.items():  # outcomes recorded but not yet reported
             detail = details.get(name)
@@ -1310,7 +1315,9 @@ class Executor(Runtime):
             message = f"{what} while running; {_steps(alive + lost)} interrupted"
         else:
             done = [n for n, r in records.items() if r.get("phase") == str(StepPhase.SUCCEEDED)]
-            if await self._complete_after_restart(execution, work_dir, done, details, lease):
+            if await self._complete_after_restart(
+                execution, work_dir, done, details, lease, earlier
+            ):
                 return
             status = Status.DEAD
             waiting = [n for n in not_started if n not in records]
@@ -1331,7 +1338,7 @@ class Executor(Runtime):
                 expected=[execution.status],
                 lease=lease,
                 status_message=message,
-                step_details=list(details.values()) or None,
+                step_details=_with_attempts(details, earlier) or None,
             )
         except DomainError as exc:
             log.warning("execution not reconciled", execution_id=eid, error=str(exc))
@@ -1344,6 +1351,7 @@ class Executor(Runtime):
         succeeded: list[str],
         details: dict[str, StepDetail],
         lease: Lease,
+        earlier: dict[str, list[StepDetail]] | None = None,
     ) -> bool:
         """Every step had succeeded when the server stopped: register the outputs and
         complete. False when that cannot be done."""
@@ -1373,7 +1381,7 @@ class Executor(Runtime):
             expected=[Status.RUNNING],
             lease=lease,
             status_message=message,
-            step_details=list(details.values()) or None,
+            step_details=_with_attempts(details, earlier or {}) or None,
         )
         self.sink.forget(execution.id)
         return True
@@ -1453,6 +1461,12 @@ def _gather(run: _Run, loop: str, names: list[str], first: PlannedStep) -> None:
     if first.keeps_result:
         found = [run.values[k] for k in (late_key(n, "result") for n in names) if k in run.values]
         run.values[late_key(loop, "result")] = json.dumps(found)
+
+
+def _with_attempts(
+    details: dict[str, StepDetail], earlier: dict[str, list[StepDetail]]
+) -> list[StepDetail]:
+    return [d for name, last in details.items() for d in (*earlier.get(name, ()), last)]
 
 
 def _make_roots(steps: list[PlannedStep]) -> None:
