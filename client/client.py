@@ -423,6 +423,16 @@ class TrainyardClient(MetricsCalls):
         )
         return self.call(self.executions.CreateExecution, request).execution
 
+    def rerun_execution(
+        self, execution_id: str, request_id: str | None = None
+    ) -> execution_pb2.Execution:
+        """Start a re-run of an ended execution: a new execution of its configuration,
+        whose ``rerun_of`` names it (``list_executions(rerun_of=...)`` lists them)."""
+        request = execution_service_pb2.CreateExecutionRequest(
+            rerun_of=execution_id, request_id=request_id or uuid.uuid4().hex
+        )
+        return self.call(self.executions.CreateExecution, request).execution
+
     def get_execution(self, execution_id: str) -> execution_pb2.Execution:
         request = execution_service_pb2.GetExecutionRequest(execution_id=execution_id)
         return self.call(self.executions.GetExecution, request).execution
@@ -434,12 +444,14 @@ class TrainyardClient(MetricsCalls):
         executable_id: str = "",
         configuration_id: str = "",
         page_size: int = 100,
+        rerun_of: str = "",
     ) -> Iterator[execution_pb2.Execution]:
         request = execution_service_pb2.ListExecutionsRequest(
             statuses=statuses or [],
             scenario_id=scenario_id,
             executable_id=executable_id,
             configuration_id=configuration_id,
+            rerun_of=rerun_of,
         )
         return self._pages(self.executions.ListExecutions, request, "executions", page_size)
 

@@ -114,7 +114,7 @@ def test_watch_and_tail_stream_a_run_to_its_end(console, stubs_for):
         executions.get_execution(
             ex.GetExecutionRequest(execution_id=created.id)
         ).execution.allowed_operations
-    ) == [execution_pb2.EXECUTION_OPERATION_DELETE]
+    ) == [execution_pb2.EXECUTION_OPERATION_DELETE, execution_pb2.EXECUTION_OPERATION_RERUN]
     tail = log_connect.LogServiceClientSync(url(console)).tail_logs(
         logs.TailLogsRequest(execution_id=created.id, follow=True), timeout_ms=60_000
     )

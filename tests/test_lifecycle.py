@@ -19,14 +19,15 @@ from trainyard.v1 import execution_service_pb2 as pb
 pytestmark = pytest.mark.backends("sqlite", "postgresql")
 
 # DESIGN.md, "Lifecycle": status -> (stop allowed, delete allowed)
+# status -> (stop, delete, rerun) allowed
 TABLE = {
-    Status.UNKNOWN: (False, True),
-    Status.PENDING: (True, False),
-    Status.RUNNING: (True, False),
-    Status.COMPLETED: (False, True),
-    Status.STOPPING: (False, False),
-    Status.STOPPED: (False, True),
-    Status.DEAD: (False, True),
+    Status.UNKNOWN: (False, True, True),
+    Status.PENDING: (True, False, False),
+    Status.RUNNING: (True, False, False),
+    Status.COMPLETED: (False, True, True),
+    Status.STOPPING: (False, False, False),
+    Status.STOPPED: (False, True, True),
+    Status.DEAD: (False, True, True),
 }
 
 # DESIGN.md, "Flow"
@@ -56,9 +57,10 @@ def test_every_transition_pair(current, new):
 
 @pytest.mark.parametrize("status", list(Status))
 def test_every_operation_pair(status):
-    stop, delete = TABLE[status]
+    stop, delete, rerun = TABLE[status]
     assert lifecycle.allows(status, lifecycle.Operation.STOP) == stop
     assert lifecycle.allows(status, lifecycle.Operation.DELETE) == delete
+    assert lifecycle.allows(status, lifecycle.Operation.RERUN) == rerun
 
 
 def test_final_statuses_allow_no_transition():
@@ -131,12 +133,13 @@ def test_allowed_operations_follow_the_table(idle, stubs, status):
     """Execution.allowed_operations, in a read, a list and a watch snapshot, is the
     table's row of the execution's status: what the console enables its buttons by."""
     execution_id = idle(status)
-    stop, delete = TABLE[status]
+    stop, delete, rerun = TABLE[status]
     expected = [
         op
         for op, allowed in (
             (execution_pb2.EXECUTION_OPERATION_STOP, stop),
             (execution_pb2.EXECUTION_OPERATION_DELETE, delete),
+            (execution_pb2.EXECUTION_OPERATION_RERUN, rerun),
         )
         if allowed
     ]

@@ -50,7 +50,9 @@ TABLES_OF_VERSION = {
     4: {"log_purge"},
     5: {"secret"},
     6: {"audit_event"},
+    7: set(),  # the rerun_of column of execution
 }
+
 _SCHEMA_SQL = "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
 
 
@@ -228,7 +230,8 @@ FROZEN_DIGESTS = {
 
 def test_released_migrations_are_unchanged():
     for (version, backend), digest in FROZEN_DIGESTS.items():
-        statements = migrations.MIGRATIONS[version - 1].statements(backend)
+        [migration] = [m for m in migrations.MIGRATIONS if m.version == version]
+        statements = migration.statements(backend)
         assert hashlib.sha256("\n".join(statements).encode()).hexdigest() == digest, (
             version,
             backend,
@@ -401,6 +404,11 @@ def _assert_new_writes_work(store: Store) -> None:
     # Version 5: a secret, its values sealed as the domain hands them over.
     store.create_secret(Secret("token", "g", keys=["value"], sealed="gAAAA-sealed"))
     assert store.get_secrets("g", ["token"])["token"].keys == ["value"]
+    # Version 7: a re-run names the execution it re-runs, and is listed by it.
+    store.create_execution(Execution("e3", "g", "c1", "iris-train", "iris", rerun_of="e0"))
+    reruns = store.list_executions("g", PageRequest(10), rerun_of="e0")
+    assert [e.id for e in reruns.items] == ["e3"] and reruns.total_size == 1
+    assert store.get_execution("g", "e3").rerun_of == "e0"
     assert store.integrity_check() == "ok"
 
 

@@ -69,6 +69,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     create.set_defaults(handler=create_cmd)
 
+    rerun = sub.add_parser(
+        "rerun",
+        help="start a new execution of an ended one's configuration",
+        description="Start a re-run of an ended execution: a new execution of the same "
+        "configuration, linked to it both ways (`executions get` shows the link; "
+        "`executions list --rerun-of ID` lists the re-runs). Prints the new id.",
+    )
+    rerun.add_argument("execution_id")
+    rerun.add_argument("--request-id", default="", help="idempotency key (default: random)")
+    then = rerun.add_mutually_exclusive_group()
+    then.add_argument("--wait", action="store_true", help="wait until the re-run ends")
+    then.add_argument(
+        "-f", "--follow", action="store_true", help="print its log until the re-run ends"
+    )
+    rerun.set_defaults(handler=rerun_cmd)
+
     get = sub.add_parser("get", help="status, timeline, steps and outputs of an execution")
     get.add_argument("execution_id")
     get.set_defaults(handler=get_cmd)
@@ -78,6 +94,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     lst.add_argument("--scenario", default="")
     lst.add_argument("--executable", default="")
     lst.add_argument("--configuration", default="")
+    lst.add_argument("--rerun-of", default="", metavar="EXECUTION_ID",
+                     help="only the re-runs of this execution")
     lst.add_argument("--limit", type=int, default=50, help="at most this many (0: all)")
     lst.set_defaults(handler=list_cmd)
 
@@ -134,6 +152,16 @@ def parse_age(value: str) -> timedelta:
 
 def create_cmd(client: TrainyardClient, args) -> int:
     execution = client.create_execution(args.configuration_id, args.request_id or None)
+    return _started(client, args, execution)
+
+
+def rerun_cmd(client: TrainyardClient, args) -> int:
+    execution = client.rerun_execution(args.execution_id, args.request_id or None)
+    return _started(client, args, execution)
+
+
+def _started(client: TrainyardClient, args, execution: execution_pb2.Execution) -> int:
+    """Print a new execution's id; with --wait or --follow, see it to its end."""
     if not (args.wait or args.follow):
         if args.json:
             print_json(execution)
@@ -172,6 +200,7 @@ def render_execution(client: TrainyardClient, e: execution_pb2.Execution) -> lis
         + (f"  ({e.status_message})" if e.status_message else ""),
         f"Target        {enum_name(execution_pb2.TargetStatus.Name(e.target_status))}",
         f"Configuration {e.configuration_id} {e.configuration_name}".rstrip(),
+        *([f"Re-run of     {e.rerun_of}"] if e.rerun_of else []),
         f"Executable    {e.executable_id} (scenario {e.scenario_id})",
         f"Created       {when(e.create_time)}   duration {duration(e.start_time, e.complete_time)}",
         "",
@@ -198,6 +227,9 @@ def render_execution(client: TrainyardClient, e: execution_pb2.Execution) -> lis
     for a in e.output_artifacts:
         kind = enum_name(artifact_pb2.ArtifactKind.Name(a.kind)).lower()
         lines.append(f"  {a.id}  {a.name} ({kind})  {a.url}")
+    reruns = [r.id for r in client.list_executions(rerun_of=e.id, page_size=50)]
+    if reruns:
+        lines += ["", "Re-runs", *(f"  {r}" for r in reruns)]
     for title, section in DETAIL_SECTIONS:
         lines += ["", title, *section(client, e)]
     return lines
@@ -219,6 +251,7 @@ def list_cmd(client: TrainyardClient, args) -> int:
         scenario_id=args.scenario,
         executable_id=args.executable,
         configuration_id=args.configuration,
+        rerun_of=args.rerun_of,
         page_size=min(args.limit or 1000, 1000),
     ):
         items.append(e)

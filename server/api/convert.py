@@ -55,6 +55,7 @@ STATUS_FROM_PB = {v: k for k, v in STATUS_TO_PB.items()}
 OPERATION_TO_PB = {
     lifecycle.Operation.STOP: execution_pb2.EXECUTION_OPERATION_STOP,
     lifecycle.Operation.DELETE: execution_pb2.EXECUTION_OPERATION_DELETE,
+    lifecycle.Operation.RERUN: execution_pb2.EXECUTION_OPERATION_RERUN,
 }
 # status -> the operations it allows (Execution.allowed_operations), in enum order:
 # read off the domain's lifecycle table, never restated here.
@@ -315,6 +316,7 @@ def execution_pb(
         id=ex.id,
         configuration_id=ex.configuration_id,
         configuration_name=configuration_name,
+        rerun_of=ex.rerun_of,
         executable_id=ex.executable_id,
         scenario_id=ex.scenario_id,
         status=STATUS_TO_PB[ex.status],

@@ -132,7 +132,11 @@ class ExecutionService(execution_service_pb2_grpc.ExecutionServiceServicer):
 
     async def CreateExecution(self, request, context):
         execution = await self.plane.create_execution_grouped(
-            resource_group(), request.configuration_id, request.request_id, caller()
+            resource_group(),
+            request.configuration_id,
+            request.request_id,
+            caller(),
+            rerun_of=request.rerun_of,
         )
         return pb.CreateExecutionResponse(execution=await self.one(execution))
 
@@ -166,6 +170,7 @@ class ExecutionService(execution_service_pb2_grpc.ExecutionServiceServicer):
             scenario_id=request.scenario_id,
             executable_id=request.executable_id,
             configuration_id=request.configuration_id,
+            rerun_of=request.rerun_of,
         )
         return pb.ListExecutionsResponse(
             executions=await self.render(page.items, with_history=False),

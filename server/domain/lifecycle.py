@@ -20,6 +20,7 @@ from server.domain.models import Status
 class Operation(enum.StrEnum):
     STOP = "stop"
     DELETE = "delete"
+    RERUN = "rerun"  # a new execution of its configuration, linked to it
 
 
 FINAL_STATUSES: frozenset[Status] = frozenset(
@@ -44,19 +45,20 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
 
 # status -> operations allowed in it (the lifecycle table of DESIGN.md).
 OPERATIONS: dict[Status, frozenset[Operation]] = {
-    Status.UNKNOWN: frozenset({Operation.DELETE}),
+    Status.UNKNOWN: frozenset({Operation.DELETE, Operation.RERUN}),
     Status.PENDING: frozenset({Operation.STOP}),
     Status.RUNNING: frozenset({Operation.STOP}),
-    Status.COMPLETED: frozenset({Operation.DELETE}),
+    Status.COMPLETED: frozenset({Operation.DELETE, Operation.RERUN}),
     Status.STOPPING: frozenset(),
-    Status.STOPPED: frozenset({Operation.DELETE}),
-    Status.DEAD: frozenset({Operation.DELETE}),
+    Status.STOPPED: frozenset({Operation.DELETE, Operation.RERUN}),
+    Status.DEAD: frozenset({Operation.DELETE, Operation.RERUN}),
 }
 
 # Reason of the refusal of each operation (protos/trainyard/v1/error_reason.proto).
 REFUSAL_REASONS: dict[Operation, Reason] = {
     Operation.STOP: Reason.EXECUTION_NOT_STOPPABLE,
     Operation.DELETE: Reason.EXECUTION_NOT_DELETABLE,
+    Operation.RERUN: Reason.EXECUTION_NOT_RERUNNABLE,
 }
 
 

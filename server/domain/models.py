@@ -238,6 +238,8 @@ class Execution:
     # The replica that has claimed it to run it ("" when none has), runtime use.
     owner: str = ""
     created_by: str = ""  # the principal that created it
+    # The ended execution this one re-runs, with its configuration ("" for a first run).
+    rerun_of: str = ""
 
 
 @dataclass(frozen=True, slots=True)

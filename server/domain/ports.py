@@ -160,6 +160,7 @@ class ExecutionStore(Protocol):
     async def list_executions(
         self, resource_group: str, page: PageRequest, statuses: Sequence[Status] = (),
         scenario_id: str = "", executable_id: str = "", configuration_id: str = "",
+        rerun_of: str = "",
     ) -> Page[Execution]: ...
 
     async def executions_in(self, statuses: Iterable[Status]) -> list[Execution]:

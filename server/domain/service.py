@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from server.domain import resources, templates, validation, workflow
+from server.domain import lifecycle, resources, templates, validation, workflow
 from server.domain.audit import SYSTEM_CALLER, AuditEvent, AuditFilter, Caller
 from server.domain.errors import (
     DomainError,
@@ -496,8 +496,11 @@ class ControlPlane:
         configuration_id: str,
         request_id: str = "",
         caller: Caller = SYSTEM_CALLER,
+        rerun_of: str = "",
     ) -> Execution:
-        execution = await self._new_execution(resource_group, configuration_id, request_id)
+        execution = await self._new_execution(
+            resource_group, configuration_id, request_id, rerun_of
+        )
         execution.created_by = caller.name
         stored, created = await self.store.create_execution(
             execution,
@@ -514,13 +517,16 @@ class ControlPlane:
         configuration_id: str,
         request_id: str = "",
         caller: Caller = SYSTEM_CALLER,
+        rerun_of: str = "",
     ) -> Execution:
         """:meth:`create_execution`, written together with the creates that arrive
         while an earlier group is being written or in the next few turns of the event
         loop: one transaction and one commit for all of them (group commit). An idle
         server writes a create within a fraction of a millisecond; under load each
         commit takes everything that queued during the one before."""
-        execution = await self._new_execution(resource_group, configuration_id, request_id)
+        execution = await self._new_execution(
+            resource_group, configuration_id, request_id, rerun_of
+        )
         execution.created_by = caller.name
         event = caller.event("create", "execution", execution.id, resource_group)
         loop = asyncio.get_running_loop()
@@ -589,13 +595,26 @@ class ControlPlane:
             future.set_result(stored)
 
     async def _new_execution(
-        self, resource_group: str, configuration_id: str, request_id: str
+        self, resource_group: str, configuration_id: str, request_id: str, rerun_of: str = ""
     ) -> Execution:
-        """A validated, not yet stored execution of the configuration."""
+        """A validated, not yet stored execution of the configuration; with ``rerun_of``,
+        of the configuration of that ended execution."""
         v = Violations()
-        validation.check_id(v, "configuration_id", configuration_id)
+        validation.check_id(v, "configuration_id", configuration_id, required=not rerun_of)
+        validation.check_id(v, "rerun_of", rerun_of, required=False)
         validation.check_request_id(v, request_id)
         v.raise_if_any()
+        if rerun_of:
+            original = await self.store.get_execution(resource_group, rerun_of, with_history=False)
+            lifecycle.check_operation(rerun_of, original.status, lifecycle.Operation.RERUN)
+            if configuration_id and configuration_id != original.configuration_id:
+                v.add(
+                    "configuration_id",
+                    f"must be empty or {original.configuration_id!r}, the configuration of "
+                    f"the re-run execution {rerun_of}",
+                )
+                v.raise_if_any()
+            configuration_id = original.configuration_id
         configuration = await self.store.get_configuration(resource_group, configuration_id)
         executable = await self.store.get_executable(
             resource_group, configuration.executable_id, configuration.executable_version
@@ -623,6 +642,7 @@ class ControlPlane:
                 StepDetail(name=s.name, phase=StepPhase.PENDING)
                 for s in self.executable_steps(executable, library)
             ],
+            rerun_of=rerun_of,
         )
 
     def executable_steps(
@@ -718,6 +738,7 @@ class ControlPlane:
         scenario_id: str = "",
         executable_id: str = "",
         configuration_id: str = "",
+        rerun_of: str = "",
     ) -> Page[Execution]:
         filters = {
             "statuses": sorted(str(s) for s in statuses),
@@ -725,6 +746,8 @@ class ControlPlane:
             "executable_id": executable_id,
             "configuration_id": configuration_id,
         }
+        if rerun_of:  # only when set: tokens of lists without it stay as they were
+            filters["rerun_of"] = rerun_of
         page = page_request(page_size, page_token, filters, tokens=self.page_tokens)
         return await self.store.list_executions(
             resource_group,
@@ -733,6 +756,7 @@ class ControlPlane:
             scenario_id=scenario_id,
             executable_id=executable_id,
             configuration_id=configuration_id,
+            rerun_of=rerun_of,
         )
 
     async def stop_execution(

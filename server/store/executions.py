@@ -150,7 +150,10 @@ class ExecutionRepository:
         with self.write_lock():
             # The first item of each request id claims it, unless a stored key holds it.
             digests = [
-                request_digest({"configuration_id": execution.configuration_id})
+                request_digest(
+                    {"configuration_id": execution.configuration_id}
+                    | ({"rerun_of": execution.rerun_of} if execution.rerun_of else {})
+                )
                 if request_id
                 else ""
                 for execution, request_id in items
@@ -218,6 +221,7 @@ class ExecutionRepository:
                     at,
                     1,
                     execution.created_by,
+                    execution.rerun_of or None,
                 )
             )
             transitions.append((execution.id, 1, None, pending, at, "created", message))
@@ -238,7 +242,7 @@ class ExecutionRepository:
         cursor = self.db.cursor()
         sql = self.dialect.sql
         cursor.executemany(
-            sql(f"INSERT INTO execution ({_EXEC_INSERT}) VALUES ({', '.join('?' * 14)})"), rows
+            sql(f"INSERT INTO execution ({_EXEC_INSERT}) VALUES ({', '.join('?' * 15)})"), rows
         )
         cursor.executemany(
             sql(
@@ -338,6 +342,7 @@ class ExecutionRepository:
         scenario_id: str = "",
         executable_id: str = "",
         configuration_id: str = "",
+        rerun_of: str = "",
     ) -> Page[Execution]:
         where = ["resource_group = ?"]
         args: list[Any] = [resource_group]
@@ -354,9 +359,17 @@ class ExecutionRepository:
                 where.append(f"{column} = ?")
                 args.append(value)
         condition = " AND ".join(where)
-        total = self.execute(
-            f"SELECT COALESCE(SUM(n), 0) FROM execution_count WHERE {condition}", args
-        ).fetchone()[0]
+        if rerun_of:
+            # The re-runs of one execution are few: counted where they are, by index.
+            condition += " AND rerun_of = ?"
+            args.append(rerun_of)
+            total = self.execute(
+                f"SELECT COUNT(*) FROM execution WHERE {condition}", args
+            ).fetchone()[0]
+        else:
+            total = self.execute(
+                f"SELECT COALESCE(SUM(n), 0) FROM execution_count WHERE {condition}", args
+            ).fetchone()[0]
         if page.after is not None:
             condition += " AND id < ?"
             args.append(_int_key(page.after))

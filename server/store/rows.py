@@ -225,12 +225,13 @@ _EXEC_FIELDS = (
     "lease_expires_us",
     "fence",
     "created_by",
+    "rerun_of",
 )
 _EXEC_COLUMNS = ", ".join(_EXEC_FIELDS)
 _EXEC_INSERT = (
     "resource_group, execution_id, configuration_id, executable_id, scenario_id, status,"
     " target_status, status_message, step_details, output_artifact_ids, created_us,"
-    " modified_us, history_len, created_by"
+    " modified_us, history_len, created_by, rerun_of"
 )
 
 
@@ -263,6 +264,7 @@ def _execution_from(row: dict) -> Execution:
         modified_at=to_dt(row["modified_us"]),
         owner=row["owner"] or "",
         created_by=row["created_by"] or "",
+        rerun_of=row["rerun_of"] or "",
     )
 
 

@@ -138,6 +138,8 @@ class ExecutionRow(Base):
     lease_expires_us = pw.BigIntegerField(null=True)
     fence = pw.BigIntegerField(default=0)
     created_by = pw.TextField(default="")  # since schema version 6
+    # Since schema version 7: the execution this one re-runs (NULL for a first run).
+    rerun_of = pw.TextField(null=True)
 
     class Meta:
         table_name = "execution"
@@ -147,6 +149,7 @@ class ExecutionRow(Base):
             (("resource_group", "scenario_id", "id"), False),
             (("resource_group", "executable_id", "id"), False),
             (("resource_group", "configuration_id", "id"), False),
+            (("resource_group", "rerun_of"), False),
             (("status", "id"), False),
         )
 

@@ -142,6 +142,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     deleted since). The `google.rpc.BadRequest` detail names the field, for example
     `spec.templates[0].steps[1][0].templateRef.template`.
     """
+    ERROR_REASON_EXECUTION_NOT_RERUNNABLE: _ErrorReason.ValueType  # 85
+    """Re-run refused: only an ended execution (COMPLETED, DEAD, STOPPED or UNKNOWN) is
+    re-run. Status FAILED_PRECONDITION; metadata `status` holds the current status.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Machine-readable reasons carried in the `google.rpc.ErrorInfo` detail of every
@@ -276,5 +280,9 @@ resource group, or a template that executable does not have (INVALID_ARGUMENT
 from CreateExecutable, FAILED_PRECONDITION from CreateExecution when it was
 deleted since). The `google.rpc.BadRequest` detail names the field, for example
 `spec.templates[0].steps[1][0].templateRef.template`.
+"""
+ERROR_REASON_EXECUTION_NOT_RERUNNABLE: ErrorReason.ValueType  # 85
+"""Re-run refused: only an ended execution (COMPLETED, DEAD, STOPPED or UNKNOWN) is
+re-run. Status FAILED_PRECONDITION; metadata `status` holds the current status.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

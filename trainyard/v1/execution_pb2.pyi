@@ -161,6 +161,8 @@ class _ExecutionOperationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Ex
     """StopExecution (or a bulk stop) is accepted."""
     EXECUTION_OPERATION_DELETE: _ExecutionOperation.ValueType  # 2
     """DeleteExecution (or a bulk delete) is accepted."""
+    EXECUTION_OPERATION_RERUN: _ExecutionOperation.ValueType  # 3
+    """CreateExecution with `rerun_of` naming it is accepted (it has ended)."""
 
 class ExecutionOperation(_ExecutionOperation, metaclass=_ExecutionOperationEnumTypeWrapper):
     """A user operation on an execution. Which ones an execution allows follows from its
@@ -174,6 +176,8 @@ EXECUTION_OPERATION_STOP: ExecutionOperation.ValueType  # 1
 """StopExecution (or a bulk stop) is accepted."""
 EXECUTION_OPERATION_DELETE: ExecutionOperation.ValueType  # 2
 """DeleteExecution (or a bulk delete) is accepted."""
+EXECUTION_OPERATION_RERUN: ExecutionOperation.ValueType  # 3
+"""CreateExecution with `rerun_of` naming it is accepted (it has ended)."""
 Global___ExecutionOperation: _TypeAlias = ExecutionOperation  # noqa: Y015
 
 @_typing.final
@@ -326,6 +330,7 @@ class Execution(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
     CONFIGURATION_NAME_FIELD_NUMBER: _builtins.int
+    RERUN_OF_FIELD_NUMBER: _builtins.int
     ALLOWED_OPERATIONS_FIELD_NUMBER: _builtins.int
     CREATED_BY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
@@ -344,6 +349,10 @@ class Execution(_message.Message):
     """Output only. Why it is in its status, for example `step train exited with code 2`."""
     configuration_name: _builtins.str
     """Output only. Name of the configuration it runs."""
+    rerun_of: _builtins.str
+    """Output only. The execution this one re-runs (CreateExecutionRequest.rerun_of);
+    empty for a first run. Its re-runs are listed by ListExecutionsRequest.rerun_of.
+    """
     created_by: _builtins.str
     """Output only. The principal that created it (the token's or client certificate's
     principal; `anonymous` on a server without authentication; empty for executions
@@ -410,12 +419,13 @@ class Execution(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         history: _abc.Iterable[Global___StatusTransition] | None = ...,
         configuration_name: _builtins.str = ...,
+        rerun_of: _builtins.str = ...,
         allowed_operations: _abc.Iterable[Global___ExecutionOperation.ValueType] | None = ...,
         created_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "create_time", b"create_time", "start_time", b"start_time", "submit_time", b"submit_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_operations", b"allowed_operations", "complete_time", b"complete_time", "configuration_id", b"configuration_id", "configuration_name", b"configuration_name", "create_time", b"create_time", "created_by", b"created_by", "executable_id", b"executable_id", "history", b"history", "id", b"id", "output_artifacts", b"output_artifacts", "scenario_id", b"scenario_id", "start_time", b"start_time", "status", b"status", "status_message", b"status_message", "step_details", b"step_details", "submit_time", b"submit_time", "target_status", b"target_status", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_operations", b"allowed_operations", "complete_time", b"complete_time", "configuration_id", b"configuration_id", "configuration_name", b"configuration_name", "create_time", b"create_time", "created_by", b"created_by", "executable_id", b"executable_id", "history", b"history", "id", b"id", "output_artifacts", b"output_artifacts", "rerun_of", b"rerun_of", "scenario_id", b"scenario_id", "start_time", b"start_time", "status", b"status", "status_message", b"status_message", "step_details", b"step_details", "submit_time", b"submit_time", "target_status", b"target_status", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

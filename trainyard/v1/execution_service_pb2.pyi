@@ -64,21 +64,31 @@ class CreateExecutionRequest(_message.Message):
 
     CONFIGURATION_ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    RERUN_OF_FIELD_NUMBER: _builtins.int
     configuration_id: _builtins.str
-    """Required. Configuration to run."""
+    """Configuration to run. Required unless `rerun_of` is set; with it, empty or the
+    re-run execution's configuration (INVALID_ARGUMENT otherwise).
+    """
     request_id: _builtins.str
     """Optional. Client-chosen idempotency key (1 to 128 characters); a retry with the
     same key in the same resource group returns the first execution.
+    """
+    rerun_of: _builtins.str
+    """Optional. Re-run this ended execution: the new execution runs its configuration
+    and names it in `Execution.rerun_of`; `ListExecutionsRequest.rerun_of` lists the
+    re-runs of an execution. NOT_FOUND when it does not exist in the caller's resource
+    group; FAILED_PRECONDITION (EXECUTION_NOT_RERUNNABLE) while it has not ended.
     """
     def __init__(
         self,
         *,
         configuration_id: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        rerun_of: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["configuration_id", b"configuration_id", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["configuration_id", b"configuration_id", "request_id", b"request_id", "rerun_of", b"rerun_of"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -166,6 +176,7 @@ class ListExecutionsRequest(_message.Message):
     SCENARIO_ID_FIELD_NUMBER: _builtins.int
     EXECUTABLE_ID_FIELD_NUMBER: _builtins.int
     CONFIGURATION_ID_FIELD_NUMBER: _builtins.int
+    RERUN_OF_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum number of items per page; default 50, maximum 1000, 0 means the default."""
     page_token: _builtins.str
@@ -178,6 +189,10 @@ class ListExecutionsRequest(_message.Message):
     """Optional. Only executions of this executable."""
     configuration_id: _builtins.str
     """Optional. Only executions of this configuration."""
+    rerun_of: _builtins.str
+    """Optional. Only the re-runs of this execution (those created with
+    `CreateExecutionRequest.rerun_of` naming it).
+    """
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_execution_pb2.ExecutionStatus.ValueType]:
         """Optional. Only executions in one of these statuses."""
@@ -191,10 +206,11 @@ class ListExecutionsRequest(_message.Message):
         scenario_id: _builtins.str = ...,
         executable_id: _builtins.str = ...,
         configuration_id: _builtins.str = ...,
+        rerun_of: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["configuration_id", b"configuration_id", "executable_id", b"executable_id", "page_size", b"page_size", "page_token", b"page_token", "scenario_id", b"scenario_id", "statuses", b"statuses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["configuration_id", b"configuration_id", "executable_id", b"executable_id", "page_size", b"page_size", "page_token", b"page_token", "rerun_of", b"rerun_of", "scenario_id", b"scenario_id", "statuses", b"statuses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -104,9 +104,12 @@ class ExecutionServiceServicer:
 
     def CreateExecution(self, request, context):
         """Creates an execution of a configuration; it starts PENDING and runs as soon as
-        capacity allows. NOT_FOUND when the configuration does not exist; INVALID_ARGUMENT
-        for a malformed request. A retry with the same `request_id` returns the execution
-        the first call created instead of starting a second one.
+        capacity allows. With `rerun_of`, a re-run of an ended execution: a new execution
+        of the same configuration, linked to it. NOT_FOUND when the configuration (or the
+        re-run execution) does not exist; INVALID_ARGUMENT for a malformed request;
+        FAILED_PRECONDITION (EXECUTION_NOT_RERUNNABLE) for a re-run of an execution that
+        has not ended. A retry with the same `request_id` returns the execution the first
+        call created instead of starting a second one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

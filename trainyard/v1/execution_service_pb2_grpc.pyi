@@ -44,9 +44,12 @@ class ExecutionServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ExecutionServiceAsyncStub: ...
     CreateExecution: _grpc.UnaryUnaryMultiCallable[_execution_service_pb2.CreateExecutionRequest, _execution_service_pb2.CreateExecutionResponse]
     """Creates an execution of a configuration; it starts PENDING and runs as soon as
-    capacity allows. NOT_FOUND when the configuration does not exist; INVALID_ARGUMENT
-    for a malformed request. A retry with the same `request_id` returns the execution
-    the first call created instead of starting a second one.
+    capacity allows. With `rerun_of`, a re-run of an ended execution: a new execution
+    of the same configuration, linked to it. NOT_FOUND when the configuration (or the
+    re-run execution) does not exist; INVALID_ARGUMENT for a malformed request;
+    FAILED_PRECONDITION (EXECUTION_NOT_RERUNNABLE) for a re-run of an execution that
+    has not ended. A retry with the same `request_id` returns the execution the first
+    call created instead of starting a second one.
     """
     GetExecution: _grpc.UnaryUnaryMultiCallable[_execution_service_pb2.GetExecutionRequest, _execution_service_pb2.GetExecutionResponse]
     """Returns one execution with its history. NOT_FOUND when it does not exist in the
@@ -107,9 +110,12 @@ class ExecutionServiceAsyncStub(ExecutionServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateExecution: _aio.UnaryUnaryMultiCallable[_execution_service_pb2.CreateExecutionRequest, _execution_service_pb2.CreateExecutionResponse]  # type: ignore[assignment]
     """Creates an execution of a configuration; it starts PENDING and runs as soon as
-    capacity allows. NOT_FOUND when the configuration does not exist; INVALID_ARGUMENT
-    for a malformed request. A retry with the same `request_id` returns the execution
-    the first call created instead of starting a second one.
+    capacity allows. With `rerun_of`, a re-run of an ended execution: a new execution
+    of the same configuration, linked to it. NOT_FOUND when the configuration (or the
+    re-run execution) does not exist; INVALID_ARGUMENT for a malformed request;
+    FAILED_PRECONDITION (EXECUTION_NOT_RERUNNABLE) for a re-run of an execution that
+    has not ended. A retry with the same `request_id` returns the execution the first
+    call created instead of starting a second one.
     """
     GetExecution: _aio.UnaryUnaryMultiCallable[_execution_service_pb2.GetExecutionRequest, _execution_service_pb2.GetExecutionResponse]  # type: ignore[assignment]
     """Returns one execution with its history. NOT_FOUND when it does not exist in the
@@ -173,9 +179,12 @@ class ExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_execution_service_pb2.CreateExecutionResponse, _abc.Awaitable[_execution_service_pb2.CreateExecutionResponse]]:
         """Creates an execution of a configuration; it starts PENDING and runs as soon as
-        capacity allows. NOT_FOUND when the configuration does not exist; INVALID_ARGUMENT
-        for a malformed request. A retry with the same `request_id` returns the execution
-        the first call created instead of starting a second one.
+        capacity allows. With `rerun_of`, a re-run of an ended execution: a new execution
+        of the same configuration, linked to it. NOT_FOUND when the configuration (or the
+        re-run execution) does not exist; INVALID_ARGUMENT for a malformed request;
+        FAILED_PRECONDITION (EXECUTION_NOT_RERUNNABLE) for a re-run of an execution that
+        has not ended. A retry with the same `request_id` returns the execution the first
+        call created instead of starting a second one.
         """
 
     @_abc_1.abstractmethod

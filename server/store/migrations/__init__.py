@@ -8,6 +8,10 @@ forward by applying the versions after its own, in order. The peewee models
 the schema these statements build, and another upgrades a database written by the
 previous release.
 
+The numbers may have gaps (a version numbered before another can be written after
+it): a database is migrated by applying, in order, every known version it has no row
+for, so a version that joins the list below one already applied is still applied.
+
 ``schema_version`` (version, applied_us) holds one row per applied version. It
 predates the numbered versions (a database at version 0 has it, empty), so it is
 created, if missing, outside them. Each version is applied in its own transaction
@@ -32,6 +36,7 @@ from server.store.migrations import (
     v004_log_purge,
     v005_secrets,
     v006_security,
+    v007_reruns,
 )
 
 BACKENDS = ("sqlite", "postgresql")
@@ -57,6 +62,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "log_purge", v004_log_purge.SQLITE, v004_log_purge.POSTGRESQL),
     Migration(5, "secrets", v005_secrets.SQLITE, v005_secrets.POSTGRESQL),
     Migration(6, "security", v006_security.SQLITE, v006_security.POSTGRESQL),
+    Migration(7, "reruns", v007_reruns.SQLITE, v007_reruns.POSTGRESQL),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 # Versions are numbered per feature and may land out of order: a number may be
@@ -82,8 +88,13 @@ class SchemaTooNew(RuntimeError):
     rather than read and write a schema this code does not know."""
 
     def __init__(self, found: int, known: int):
+        what = (
+            f"is newer than this server's ({known})"
+            if found > known
+            else f"is unknown to this server (its newest is {known})"
+        )
         super().__init__(
-            f"database schema version {found} is newer than this server's ({known}): "
+            f"database schema version {found} {what}: "
             f"run a release that knows schema version {found}, or point the server "
             "at another database"
         )
@@ -116,8 +127,15 @@ def migrate(db: pw.Database, backend: str | None = None, *, target: int = SCHEMA
     one version per transaction, and return the version it is at. ``backend`` chooses
     the DDL (default: from the class of ``db``).
 
-    A database already at (or past) ``target`` is left as it is. SchemaTooNew when the
-    database is at a version newer than this release knows."""
+
+def migrate(db: pw.Database, backend: str | None = None, *, target: int = SCHEMA_VERSION) -> int:
+    """Bring the schema of ``db`` to ``target`` (default: this release's version): apply
+    every known version up to ``target`` that it lacks, in order, one per transaction,
+    and return the version it is at (the highest applied). ``backend`` chooses the DDL
+    (default: from the class of ``db``).
+
+    A database that has every version up to ``target`` is left as it is. SchemaTooNew
+    when the database has a version this release does not know."""
     backend = backend or backend_of(db)
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
