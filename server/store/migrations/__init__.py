@@ -8,10 +8,6 @@ forward by applying the versions after its own, in order. The peewee models
 the schema these statements build, and another upgrades a database written by the
 previous release.
 
-The numbers may have gaps (a version numbered before another can be written after
-it): a database is migrated by applying, in order, every known version it has no row
-for, so a version that joins the list below one already applied is still applied.
-
 ``schema_version`` (version, applied_us) holds one row per applied version. It
 predates the numbered versions (a database at version 0 has it, empty), so it is
 created, if missing, outside them. Each version is applied in its own transaction
@@ -88,13 +84,8 @@ class SchemaTooNew(RuntimeError):
     rather than read and write a schema this code does not know."""
 
     def __init__(self, found: int, known: int):
-        what = (
-            f"is newer than this server's ({known})"
-            if found > known
-            else f"is unknown to this server (its newest is {known})"
-        )
         super().__init__(
-            f"database schema version {found} {what}: "
+            f"database schema version {found} is newer than this server's ({known}): "
             f"run a release that knows schema version {found}, or point the server "
             "at another database"
         )
@@ -127,15 +118,8 @@ def migrate(db: pw.Database, backend: str | None = None, *, target: int = SCHEMA
     one version per transaction, and return the version it is at. ``backend`` chooses
     the DDL (default: from the class of ``db``).
 
-
-def migrate(db: pw.Database, backend: str | None = None, *, target: int = SCHEMA_VERSION) -> int:
-    """Bring the schema of ``db`` to ``target`` (default: this release's version): apply
-    every known version up to ``target`` that it lacks, in order, one per transaction,
-    and return the version it is at (the highest applied). ``backend`` chooses the DDL
-    (default: from the class of ``db``).
-
-    A database that has every version up to ``target`` is left as it is. SchemaTooNew
-    when the database has a version this release does not know."""
+    A database already at (or past) ``target`` is left as it is. SchemaTooNew when the
+    database is at a version newer than this release knows."""
     backend = backend or backend_of(db)
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
