@@ -155,6 +155,10 @@ _RETRY_FIELDS = ("limit", "retryPolicy", "backoff")
 _BACKOFF_FIELDS = ("duration", "factor", "maxDuration")
 _DURATION_RE = re.compile(r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$|^[0-9]+$")
 _OUTPUT_PARAMETER_SOURCES = ("path", "default")
+_OUTPUT_REFERENCE_RE = re.compile(
+    r"\{\{\s*(?P<family>steps|tasks)\.(?P<name>[^.{}\s]+)\.outputs\."
+    r"(?:(?P<kind>parameters|artifacts)\.(?P<output>[^.{}\s]+)|result)\s*\}\}"
+)
 _PLACEHOLDER_RE = re.compile(r"\{\{[^{}]*\}\}")
 
 # Keys that give an artifact a source of its own, so no configuration has to bind it.
@@ -798,12 +802,17 @@ def _check_steps(
         problems.add(path, "must be a non-empty list of step groups")
         return
     seen: set[str] = set()
+    earlier: dict[str, dict] = {}  # steps of the groups before, by name
     for g, group in enumerate(steps):
         group_path = f"{path}[{g}]"
         if not isinstance(group, list) or not group:
             problems.add(group_path, "a step group must be a non-empty list of steps")
             continue
         for s, step in enumerate(group):
+            if isinstance(step, dict):
+                _check_output_references(
+                    step, f"{group_path}[{s}]", "steps", earlier, templates, problems
+                )
             step_path = f"{group_path}[{s}]"
             if not isinstance(step, dict):
                 problems.add(step_path, f"a step must be a mapping, not {_type_name(step)}")
@@ -816,6 +825,11 @@ def _check_steps(
             _check_reference(step, step_path, templates, problems)
             _check_call(step, step_path, problems)
             _check_deferred_loop(step, step_path, templates, problems)
+        earlier.update(
+            (step["name"], step)
+            for step in group
+            if isinstance(step, dict) and isinstance(step.get("name"), str)
+        )
 
 
 def _check_dag(dag: Any, path: str, templates: dict[str, _Template], problems: _Problems):
@@ -861,7 +875,8 @@ def _check_dag(dag: Any, path: str, templates: dict[str, _Template], problems: _
                     waits[name].append(dependency)
                     edge_field.setdefault((name, dependency), key)
 
-    for cycle in _cycles(waits, order=index):
+    cycles = _cycles(waits, order=index)
+    for cycle in cycles:
         # Name the field of the cycle's first task (in document order) that closes it.
         k = min(range(len(cycle) - 1), key=lambda i: index[cycle[i]])
         first = cycle[k]
@@ -869,6 +884,83 @@ def _check_dag(dag: Any, path: str, templates: dict[str, _Template], problems: _
             f"{path}.tasks[{index[first]}].{edge_field[(first, cycle[k + 1])]}",
             "dependency cycle: " + " depends on ".join(cycle[k:-1] + cycle[: k + 1]),
         )
+    if cycles:
+        return
+    for name, t in index.items():
+        before: set[str] = set()
+        todo = list(waits[name])
+        while todo:
+            dependency = todo.pop()
+            if dependency not in before:
+                before.add(dependency)
+                todo.extend(waits[dependency])
+        _check_output_references(
+            tasks[t],
+            f"{path}.tasks[{t}]",
+            "tasks",
+            {n: tasks[index[n]] for n in before},
+            templates,
+            problems,
+        )
+
+
+def _check_output_references(
+    call: dict,
+    path: str,
+    family: str,
+    before: dict[str, dict],
+    templates: dict[str, _Template],
+    problems: _Problems,
+) -> None:
+    """``{{steps.X.outputs...}}`` (``tasks.`` in a dag) in a call's arguments, when and
+    withParam: X ends before this call (an earlier step group; a task it depends on),
+    and declares the output parameter named."""
+    texts: list[tuple[str, Any]] = [(f"{path}.when", call.get("when")),
+                                    (f"{path}.withParam", call.get("withParam"))]
+    arguments = call.get("arguments")
+    if isinstance(arguments, dict):
+        for key in ("parameters", "artifacts"):
+            entries = arguments.get(key)
+            if isinstance(entries, list):
+                field_name = "value" if key == "parameters" else "from"
+                texts += [
+                    (f"{path}.arguments.{key}[{i}].{field_name}", e.get(field_name))
+                    for i, e in enumerate(entries)
+                    if isinstance(e, dict)
+                ]
+    for where, text in texts:
+        if not isinstance(text, str):
+            continue
+        for match in _OUTPUT_REFERENCE_RE.finditer(text):
+            if match.group("family") != family:
+                kind_name = "steps" if family == "steps" else "dag"
+                problems.add(
+                    where, f"{match.group(0)}: use {family}.NAME in a {kind_name} template"
+                )
+                continue
+            name, kind, output = match.group("name"), match.group("kind"), match.group("output")
+            producer = before.get(name)
+            if producer is None:
+                runs = "a step of an earlier group" if family == "steps" else "a task it depends on"
+                problems.add(where, f"{match.group(0)}: {name!r} is not {runs}")
+                continue
+            target = templates.get(producer.get("template")) if isinstance(
+                producer.get("template"), str
+            ) else None
+            if kind != "parameters" or target is None:
+                continue
+            outputs = target.body.get("outputs")
+            declared = {
+                e.get("name")
+                for e in (outputs.get("parameters") or [] if isinstance(outputs, dict) else [])
+                if isinstance(e, dict)
+            }
+            if output not in declared:
+                problems.add(
+                    where,
+                    f"{match.group(0)}: template {target.name!r} has no output parameter "
+                    f"{output!r}",
+                )
 
 
 def _task_dependencies(
