@@ -44,7 +44,8 @@ from server.domain.secrets import SecretService as SecretUseCases
 from server.domain.service import ControlPlane
 from server.page_key import load_page_tokens
 from server.process_tuning import tune_process
-from server.runtime.executor import Executor
+from server.runtime.container_runner import ContainerRunner
+from server.runtime.executor import Executor, reachable_address
 from server.runtime.process_runner import ProcessRunner
 from server.security.authn import Authenticator, Limits
 from server.security.tls import ServerTLS, is_loopback
@@ -263,11 +264,21 @@ async def start_server(settings: Settings) -> TrainyardServer:
             broker=broker,
             log_sink=log_sink,
         )
-    if settings.runtime == "local":
+    if settings.runtime in ("local", "container"):
+        runner = (
+            ContainerRunner(
+                engine=settings.container_engine,
+                replica_id=settings.replica_id,
+                user=settings.container_user,
+                network=settings.container_network,
+            )
+            if settings.runtime == "container"
+            else ProcessRunner()
+        )
         plane.runtime = Executor(
             plane,
             log_sink,
-            runner=ProcessRunner(),
+            runner=runner,
             work_dir=settings.work_dir,
             artifacts_dir=settings.artifacts_dir,
             max_concurrent=settings.max_concurrent_executions,
@@ -378,6 +389,8 @@ async def start_server(settings: Settings) -> TrainyardServer:
     if console is not None:
         await console.start()
         meta.console_address = console.address
+        if isinstance(plane.runtime, Executor):  # steps may call the API over HTTP
+            plane.runtime.http_address = reachable_address(console.address)
     log_purger.start()  # first what a previous server left queued
     for name in ["", *SERVICE_NAMES]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -30,6 +30,11 @@ class Settings:
     max_message_bytes: int = 4 * 1024 * 1024
     max_streams_per_client: int = 100
     runtime: str = "local"  # local: steps run as local processes; none: nothing runs
+    # The container runtime (docs/runtime.md): the engine ("": Podman, else Docker),
+    # the user steps run as, their network ("api": only this machine's loopback).
+    container_engine: str = ""
+    container_user: str = "65534:65534"
+    container_network: str = "api"
     port_file: Path | None = None  # where `serve` writes the bound port
     # This server among the replicas of one database; default: the host name and a
     # digest of the data directory, the same across restarts of the same server.
@@ -207,10 +212,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--runtime",
-        choices=["local", "none"],
+        choices=["local", "container", "none"],
         default=_env("RUNTIME", "local"),
-        help="local: run steps as local processes (default); none: run nothing, executions "
-        "stay PENDING (TRAINYARD_RUNTIME)",
+        help="local: run steps as local processes (default); container: run each step in "
+        "its image through Podman (or Docker); none: run nothing, executions stay PENDING "
+        "(TRAINYARD_RUNTIME)",
+    )
+    parser.add_argument(
+        "--container-engine",
+        default=_env("CONTAINER_ENGINE", ""),
+        help="the container engine's command for --runtime container (default: podman, "
+        "else docker) (TRAINYARD_CONTAINER_ENGINE)",
+    )
+    parser.add_argument(
+        "--container-user",
+        default=_env("CONTAINER_USER", "65534:65534"),
+        help="UID:GID container steps run as (TRAINYARD_CONTAINER_USER)",
+    )
+    parser.add_argument(
+        "--container-network",
+        default=_env("CONTAINER_NETWORK", "api"),
+        help="the network of container steps: api (default): only this machine's "
+        "loopback, where the API listens; none: no network; anything else is the "
+        "engine's --network value (TRAINYARD_CONTAINER_NETWORK)",
     )
     parser.add_argument(
         "--replica-id",
@@ -353,6 +377,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         stop_grace_seconds=args.stop_grace_seconds,
         max_streams_per_client=args.max_streams_per_client,
         runtime=args.runtime,
+        container_engine=args.container_engine,
+        container_user=args.container_user,
+        container_network=args.container_network,
         port_file=Path(args.port_file) if args.port_file else None,
         replica_id=args.replica_id,
         lease_seconds=args.lease_seconds,

@@ -439,6 +439,8 @@ class StepLaunch:
     env: Mapping[str, str]  # the template's env and the TRAINYARD_* variables
     api_address: str  # host:port of the API, as a process on the server's machine dials it
     root: str  # the step's directory on the server's machine (its file system root)
+    scratch: str = ""  # a directory for the runner's own files of the step (may not exist)
+    api_url: str = ""  # http://host:port of the API over HTTP (Connect protocol), or ""
     working_dir: str = ""  # the template's workingDir in the step's file system, or ""
     mounts: tuple[Mount, ...] = ()  # artifacts and scripts, at their template paths
     resources: Resources = field(default_factory=Resources)
@@ -506,6 +508,10 @@ class StepRunner(Protocol):
     """Runs steps somewhere: local processes, containers, Ray jobs."""
 
     name: str
+    # Whether steps run in a file system of their own, where the launch's mounts put
+    # the artifacts at their template paths (a container); else in ``root`` on the
+    # server's machine, with the command and artifact paths pointing there.
+    isolated: bool
 
     async def open(self) -> None:
         """Once, at server start, before any other call (detect an engine, ...)."""
@@ -520,10 +526,13 @@ class StepRunner(Protocol):
         """Start the step; raises StepStartError when it cannot."""
         ...
 
-    async def reattach(self, state: Mapping[str, Any], output: StepOutput) -> StepHandle | None:
-        """After a restart: the step recorded as ``state``, watched again, its output
-        resumed where the previous server stopped reading. None when the runner cannot
-        re-attach (the step is then ended with :meth:`discard`)."""
+    async def reattach(
+        self, state: Mapping[str, Any], output: StepOutput, lines_stored: int
+    ) -> StepHandle | None:
+        """After a restart: the step recorded as ``state``, watched again (whether it
+        still runs or ended meanwhile), its output resumed after the first
+        ``lines_stored`` lines of stdout and stderr (those the log store holds). None
+        when the runner cannot re-attach (the step is then ended with :meth:`discard`)."""
         ...
 
     async def alive(self, state: Mapping[str, Any]) -> bool:
@@ -545,6 +554,12 @@ class StepRunner(Protocol):
 
     async def remove_strays(self, strays: Sequence[str], grace: float) -> None:
         """End what :meth:`strays` found."""
+        ...
+
+    async def executions_left(self) -> list[str]:
+        """Ids of the executions this runner (on this replica) still holds anything of,
+        whether running or not: after a restart, the executor removes what belongs to
+        executions that are gone (:meth:`strays`, :meth:`remove_strays`)."""
         ...
 
     async def close(self) -> None:

@@ -78,6 +78,7 @@ from server.runtime import staging
 from server.runtime.base import ExecutionInfo, Runtime, StepProcess
 from server.runtime.plan import (
     RESULT_LIMIT,
+    SCRIPT_IN_STEP,
     SCRIPTS_DIR,
     WORKFLOW_STATUS,
     Plan,
@@ -94,6 +95,7 @@ from server.runtime.staging import StagingError
 log = structlog.get_logger(__name__)
 
 STATE_FILE = "state.json"
+RUNNER_DIR = "runner"  # <work dir>/runner/<step>: files of the step's runner
 KILL_TIMEOUT = 5.0  # how long a killed step may take to disappear
 DRAIN_TIMEOUT = 2.0  # how long a runner reads a step's output after it ended
 ADMIT_DELAY_MAX = 1.0  # longest pause between two admission checks of a waiting step
@@ -126,6 +128,14 @@ class _Step:
     signalled: str = ""  # why we stopped it, if we did
     exited: bool = False
     overdue: str = ""  # it ran past its template's activeDeadlineSeconds: why it ended
+
+
+@dataclass(frozen=True, slots=True)
+class _Attached:
+    """A step re-attached after a restart: its runner's handle and its output."""
+
+    handle: StepHandle
+    output: _Output
 
 
 class _Output:
@@ -241,6 +251,8 @@ class Executor(Runtime):
         self.stop_grace = stop_grace
         self.replica_id = replica_id
         self.server_address = ""
+        # host:port of the API over HTTP (the Connect protocol), once it is served.
+        self.http_address = ""
         self._runs: dict[str, _Run] = {}
         self._background: set[asyncio.Task] = set()
         self._closed = False
@@ -265,6 +277,7 @@ class Executor(Runtime):
         await asyncio.to_thread(self._make_dirs)
         await self.runner.open()
         await self.scheduler.start()
+        await self._sweep()
         log.info(
             "runtime started",
             runner=self.runner.name,
@@ -273,6 +286,19 @@ class Executor(Runtime):
             replica_id=self.replica_id,
         )
         self.scheduler.wake()
+
+    async def _sweep(self) -> None:
+        """Remove what the runner still holds of executions this replica does not run
+        (deleted or ended while no server watched, or queued again)."""
+        gone = [eid for eid in await self.runner.executions_left() if eid not in self._runs]
+        if not gone:
+            return
+        strays = await self.runner.strays(gone)
+        for execution_id, found in strays.items():
+            if execution_id in self._runs:
+                continue
+            log.info("removing leftovers", execution_id=execution_id, found=found)
+            await self.runner.remove_strays(found, 0)
 
     def submit(self, execution_id: str) -> None:
         if not self._closed:
@@ -450,10 +476,13 @@ class Executor(Runtime):
 
     # ---------------------------------------------------------------- one execution
 
-    async def _execute(self, run: _Run) -> None:
+    async def _execute(self, run: _Run, resume: dict[str, _Attached] | None = None) -> None:
         try:
             await self.sink.open(run.id)
-            await self._run_execution(run)
+            if resume is None:
+                await self._run_execution(run)
+            else:
+                await self._run_rest(run, resume)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug must not leave the execution RUNNING forever
@@ -488,7 +517,11 @@ class Executor(Runtime):
                 return
         if await self._cut_short(run):
             return
+        await self._run_rest(run, {})
 
+    async def _run_rest(self, run: _Run, attached: dict[str, _Attached]) -> None:
+        """Run the steps not yet run (``attached``: steps running already, re-attached
+        after a restart), the exit handler, then end the execution."""
         main = [s for s in run.plan.steps if not s.exit_handler]
         timer = None
         if run.plan.deadline is not None:
@@ -496,7 +529,7 @@ class Executor(Runtime):
                 run.plan.deadline, self._overdue, run, run.plan.deadline
             )
         try:
-            await self._run_steps(run, main)
+            await self._run_steps(run, main, attached)
         finally:
             if timer is not None:
                 timer.cancel()
@@ -559,6 +592,7 @@ class Executor(Runtime):
             secrets=resolved.values,
             pull_auth=resolved.pull_auth,
             library=library,
+            step_paths=self.runner.isolated,
         )
 
     async def _secrets(self, execution: Execution, executable) -> Resolved:
@@ -629,11 +663,25 @@ class Executor(Runtime):
         if failure:
             run.failure, run.failure_cause = failure, cause
 
-    async def _run_steps(self, run: _Run, steps: list[PlannedStep]) -> None:
+    async def _run_steps(
+        self, run: _Run, steps: list[PlannedStep], attached: dict[str, _Attached] | None = None
+    ) -> None:
         """Start every step once the steps it waits for ended and its conditions hold,
-        until none is left to start."""
+        until none is left to start. ``attached``: steps re-attached after a restart,
+        watched to their end; the state file's succeeded steps count as done then."""
         pending = list(steps)
         tasks: dict[asyncio.Task, PlannedStep] = {}
+        if attached:
+            for name, record in run.state.get("steps", {}).items():
+                if record.get("phase") == str(StepPhase.SUCCEEDED):
+                    run.results[name] = "Succeeded"
+            for step in list(pending):
+                if step.name in run.results:
+                    pending.remove(step)
+                elif step.name in attached:
+                    pending.remove(step)
+                    task = self._run_step(run, step, attached[step.name])
+                    tasks[asyncio.create_task(task)] = step
         while True:
             progressed = True
             while progressed and not run.halted:
@@ -756,14 +804,17 @@ class Executor(Runtime):
         self._halt(run, message, step.name)
         return message
 
-    async def _run_step(self, run: _Run, step: PlannedStep) -> bool:
+    async def _run_step(
+        self, run: _Run, step: PlannedStep, attached: _Attached | None = None
+    ) -> bool:
         """Run one step to its end, with the retries of its retryStrategy; True when it
         succeeded. Its result is in ``run.results`` then."""
         retry = step.retry
         first_start = asyncio.get_running_loop().time()
-        attempt = 1
+        attempt = run.details[step.name].attempt or 1 if attached else 1
         while True:
-            ok, failure, errored = await self._attempt(run, step, attempt)
+            ok, failure, errored = await self._attempt(run, step, attempt, attached)
+            attached = None
             if ok or not failure:  # succeeded, or stopped
                 run.results[step.name] = "Succeeded" if ok else "Stopped"
                 return ok
@@ -815,16 +866,21 @@ class Executor(Runtime):
                 return False
 
     async def _attempt(
-        self, run: _Run, step: PlannedStep, attempt: int
+        self, run: _Run, step: PlannedStep, attempt: int, attached: _Attached | None = None
     ) -> tuple[bool, str, bool]:
         """One try of a step: (succeeded, why it failed or "" when it was stopped or
-        did not start because the execution ends, whether it could not start)."""
+        did not start because the execution ends, whether it could not start).
+        ``attached``: the try runs already (re-attached after a restart): watch it."""
         detail = run.details[step.name]
         try:
             step = _resolved(step, run.values)
         except PlanError as exc:
             await self._fail(run, step, None, str(exc))
             return False, str(exc), True
+        if attached is not None:
+            started = _Step(step.name, attached.handle)
+            run.processes[step.name] = started
+            return await self._watch(run, step, started, attached.output)
         try:
             await asyncio.to_thread(_stage_step, run.plan, step)
         except StagingError as exc:
@@ -841,6 +897,8 @@ class Executor(Runtime):
         self.sink.system(
             run.id, f"starting step {step.name}: {shlex.join(step.argv)}", step=step.name
         )
+        if note := self._image_note(step):
+            self.sink.system(run.id, f"step {step.name}: {note}", step=step.name)
         output = _Output(self.sink, run.id, step.name, keep=step.keeps_result)
         try:
             handle = await self.runner.start(launch, output)
@@ -873,6 +931,13 @@ class Executor(Runtime):
             except DomainError as exc:
                 log.warning("not moved to RUNNING", execution_id=run.id, error=str(exc))
         await self._step_changed(run, detail)
+        return await self._watch(run, step, started, output)
+
+    async def _watch(
+        self, run: _Run, step: PlannedStep, started: _Step, output: _Output
+    ) -> tuple[bool, str, bool]:
+        """Wait for a started step to end (what :meth:`_attempt` returns)."""
+        handle = started.handle
         if run.halted:  # a stop or a failure came while the step was being started
             why = "stop requested" if run.stopping or run.closing else "another step failed"
             self._signal(run, started, why)
@@ -917,7 +982,7 @@ class Executor(Runtime):
         mounts = [Mount(str(i.path), _inner(step, i.path), True) for i in step.inputs]
         mounts += [Mount(str(o.path), _inner(step, o.path)) for o in step.outputs]
         if step.script_path is not None:
-            mounts.append(Mount(str(step.script_path), str(step.script_path), True))
+            mounts.append(Mount(str(step.script_path), SCRIPT_IN_STEP, True))
         return StepLaunch(
             execution_id=run.id,
             resource_group=run.execution.resource_group,
@@ -925,11 +990,14 @@ class Executor(Runtime):
             template=step.template,
             attempt=1,
             image=step.image,
-            command=tuple(step.argv),
-            args=(),
+            command=tuple(step.command),
+            args=tuple(step.args),
             env=env,
             api_address=self.server_address,
+            api_url=f"http://{self.http_address}" if self.http_address else "",
             root=str(step.root),
+            scratch=str(run.work_dir / RUNNER_DIR / step.name),
+            working_dir=step.working_dir,
             mounts=tuple(mounts),
             resources=step.resources,
             pull_auth=run.plan.pull_auth,
@@ -976,7 +1044,8 @@ class Executor(Runtime):
             record["phase"] = str(StepPhase.STOPPED)
         elif code != 0:
             failure = f"step {step.name} {how}"
-            _ended(detail, StepPhase.FAILED, how, code)
+            note = self._image_note(step)
+            _ended(detail, StepPhase.FAILED, f"{how}; {note}" if note else how, code)
         else:
             missing = [o for o in step.outputs if not o.optional and not o.path.exists()]
             if missing:
@@ -995,7 +1064,7 @@ class Executor(Runtime):
                     run.values[late_key(step.name, f"parameters.{name}")] = value
                 if step.keeps_result:
                     run.values[late_key(step.name, "result")] = output.result()
-                _ended(detail, StepPhase.SUCCEEDED, "", code)
+                _ended(detail, StepPhase.SUCCEEDED, self._image_note(step), code)
                 record["phase"] = str(StepPhase.SUCCEEDED)
         if failure:
             record.update(phase=str(StepPhase.FAILED), failure=failure)
@@ -1004,6 +1073,12 @@ class Executor(Runtime):
         await _save_state(run)
         await self._step_changed(run, detail)
         return not failure and not started.signalled, failure, False
+
+    def _image_note(self, step: PlannedStep) -> str:
+        """What a step's message says of an image its runner does not use."""
+        if self.runner.isolated or not step.image:
+            return ""
+        return f"image {step.image} was not used: the command ran on the host"
 
     async def _fail(self, run: _Run, step: PlannedStep, code: int | None, message: str) -> None:
         """A step failed before its process ran (the caller halts the run, or retries)."""
@@ -1241,6 +1316,12 @@ class Executor(Runtime):
         work_dir = self.work_dir / eid
         state = procs.read_state(work_dir / STATE_FILE)
         records = state["steps"] if state else {}
+        if (
+            state is not None
+            and execution.status == Status.RUNNING
+            and await self._resume(execution, lease, work_dir, state, strays, what)
+        ):
+            return
         alive: list[str] = []  # steps whose processes survived the restart
         lost: list[str] = []  # steps that ended while no server watched them
         survivors: list[dict] = []  # the runner's states of their handles
@@ -1343,6 +1424,82 @@ class Executor(Runtime):
         except DomainError as exc:
             log.warning("execution not reconciled", execution_id=eid, error=str(exc))
         self.sink.forget(eid)
+
+    async def _resume(
+        self,
+        execution: Execution,
+        lease: Lease,
+        work_dir: Path,
+        state: dict,
+        strays: list[str],
+        what: str,
+    ) -> bool:
+        """Re-attach the steps of a running execution that outlive the server (their
+        runner can: containers) and run it on from there. False, with nothing done,
+        when no step could be re-attached or the execution cannot go on."""
+        records = state["steps"]
+        if any(r.get("failure") or r.get("phase") == str(StepPhase.STOPPED)
+               for r in records.values()):
+            return False
+        running = {n: r for n, r in records.items() if r.get("exit_code") is None}
+        if not running:
+            return False
+        run = _Run(execution, work_dir, lease=lease)
+        run.state = state
+        run.running = True
+        try:
+            run.plan = await self._plan(execution, work_dir)
+        except (PlanError, DomainError):
+            return False
+        steps = {s.name: s for s in run.plan.steps}
+        if not set(records) <= set(steps) or any(s.loop or s.exit_handler for s in steps.values()):
+            return False  # loops and exit handlers are not re-entered (yet)
+        attached: dict[str, _Attached] = {}
+        for name, record in running.items():
+            stored = await self._lines_stored(execution.id, name)
+            output = _Output(self.sink, execution.id, name, keep=steps[name].keeps_result)
+            handle = await self.runner.reattach(_handle_state(record), output, stored)
+            if handle is None:
+                return False
+            attached[name] = _Attached(handle, output)
+        stored_details = {d.name: d for d in execution.step_details}
+        run.details = {n: stored_details.get(n) or StepDetail(n) for n in run.plan.names}
+        kept = {
+            v for a in attached.values() for v in a.handle.state.values() if isinstance(v, str)
+        }
+        leftovers = [s for s in strays if s not in kept]
+        if leftovers:
+            self.sink.system(execution.id, f"{what}: stopping leftover processes {leftovers}")
+            await self.runner.remove_strays(leftovers, self.stop_grace)
+        for name, item in attached.items():
+            self.sink.system(
+                execution.id,
+                f"{what}: step {name} still runs ({item.handle.where}); watching it again",
+                step=name,
+            )
+        self._runs[execution.id] = run
+        run.task = asyncio.create_task(
+            self._execute(run, attached), name=f"execution-{execution.id}"
+        )
+        run.task.add_done_callback(partial(self._run_done, run))
+        log.info("execution re-attached", execution_id=execution.id, steps=sorted(attached))
+        return True
+
+    async def _lines_stored(self, execution_id: str, step: str) -> int:
+        """How many stdout and stderr lines of the step the log store holds."""
+        count, after = 0, 0
+        while True:
+            lines = await self.plane.store.read_logs(
+                execution_id,
+                after_seq=after,
+                limit=5000,
+                steps=[step],
+                streams=[LogStream.STDOUT, LogStream.STDERR],
+            )
+            count += len(lines)
+            if len(lines) < 5000:
+                return count
+            after = lines[-1].seq
 
     async def _complete_after_restart(
         self,

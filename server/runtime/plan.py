@@ -65,6 +65,9 @@ from server.domain.workflow import Requirement, WorkflowError, WorkflowStep, ite
 
 STEPS_DIR = "steps"
 SCRIPTS_DIR = "scripts"
+# Where a script template's source is in a step that has a file system of its own
+# (where Argo puts it too).
+SCRIPT_IN_STEP = "/argo/staging/script"
 
 _PLACEHOLDER_RE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 # An output of another step, known once it ended: steps.X.outputs.parameters.P / .result
@@ -150,8 +153,11 @@ class PlannedStep:
     template: str
     kind: str  # "container" | "script"
     image: str
-    argv: list[str]
+    argv: list[str]  # command and args, as a process on this machine runs them
     root: Path  # the step's file system root and current directory
+    command: list[str] = field(default_factory=list)  # empty: the image's entrypoint
+    args: list[str] = field(default_factory=list)
+    working_dir: str = ""  # the template's workingDir, in the step's file system
     after: frozenset[str] = frozenset()  # steps that end before it is decided
     requires: tuple[Requirement, ...] = ()  # all true, or the step is SKIPPED
     when: tuple[str, ...] = ()  # ``when`` of its calls (substituted), all true to run
@@ -226,11 +232,18 @@ def build_plan(
     secrets: Mapping[tuple[str, str], str] | None = None,
     pull_auth: str | None = None,
     library: dict[str, dict] | None = None,
+    step_paths: bool = False,
 ) -> Plan:
     """Resolve the executable's workflow for one execution. Raises :class:`PlanError`.
 
     ``library`` holds the specs of the executables its templateRefs name, by id
     (ControlPlane.template_library).
+
+    ``step_paths``: the step runs in a file system of its own (a container) where the
+    artifacts are mounted at their template paths, so placeholders of artifact paths
+    (and a script's path) give those paths; otherwise they give the paths under the
+    step's root on this machine. A step may then have no command (the image's
+    entrypoint runs with its args).
 
     ``plans`` is the resource plan table (default: SAP's plans) that gives each step
     its :class:`Resources` (see server/domain/resources.py). ``secrets`` holds the
@@ -263,6 +276,7 @@ def build_plan(
         work_dir,
         plans_.DEFAULT_PLANS if plans is None else plans,
         secrets or {},
+        step_paths,
     )
     steps = [planner.step(ws) for ws in workflow]
     groups: dict[str, tuple[str, ...]] = {}
@@ -368,6 +382,7 @@ class _Planner:
         work_dir: Path,
         plans: Mapping[str, Resources],
         secrets: Mapping[tuple[str, str], str],
+        step_paths: bool = False,
     ):
         self.global_values = global_values
         self.workflow_parameters = workflow_parameters
@@ -375,6 +390,13 @@ class _Planner:
         self.work_dir = work_dir
         self.plans = plans
         self.secrets = secrets
+        self.step_paths = step_paths
+
+    def _shown(self, root: Path, path: Path) -> str:
+        """What a placeholder of ``path`` (under ``root``) gives the step."""
+        if self.step_paths:
+            return "/" + path.relative_to(root).as_posix()
+        return str(path)
 
     def step(self, ws: WorkflowStep) -> PlannedStep:
         scope = self._scope(ws)
@@ -391,7 +413,7 @@ class _Planner:
             path = _in_root(
                 root, entry.get("path", ""), f"{where}: input artifact {entry['name']}"
             )
-            values[f"inputs.artifacts.{entry['name']}.path"] = str(path)
+            values[f"inputs.artifacts.{entry['name']}.path"] = self._shown(root, path)
             if source is not None:
                 inputs.append(StepInput(entry["name"], path, source))
         outputs: list[StepOutput] = []
@@ -399,7 +421,7 @@ class _Planner:
             path = _in_root(
                 root, entry.get("path", ""), f"{where}: output artifact {entry['name']}"
             )
-            values[f"outputs.artifacts.{entry['name']}.path"] = str(path)
+            values[f"outputs.artifacts.{entry['name']}.path"] = self._shown(root, path)
             outputs.append(
                 StepOutput(
                     entry["name"],
@@ -465,17 +487,19 @@ class _Planner:
                 raise PlanError(f"{where}: a script template needs a command, such as [python3]")
             script = _substitute(process["source"], values, where)
             script_path = self.work_dir / SCRIPTS_DIR / ws.name
-            argv = [*command, str(script_path), *args]
-        else:
-            argv = [*command, *args]
-            if not argv:
-                raise PlanError(f"{where}: nothing to run (no command, no args)")
+            command = [*command, SCRIPT_IN_STEP if self.step_paths else str(script_path)]
+        elif not command and not args:
+            raise PlanError(f"{where}: nothing to run (no command, no args)")
+        argv = [*command, *args]
         return PlannedStep(
             name=ws.name,
             template=template["name"],
             kind=ws.kind,
             image=image,
             argv=argv,
+            command=command,
+            args=args,
+            working_dir=str(process.get("workingDir") or ""),
             root=root,
             after=ws.after,
             requires=ws.requires,

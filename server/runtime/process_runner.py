@@ -52,6 +52,7 @@ def step_env(launch: StepLaunch) -> dict[str, str]:
         python_path.append(env["PYTHONPATH"])
     env.update(
         TRAINYARD_ADDRESS=launch.api_address,
+        TRAINYARD_API_URL=launch.api_url,
         PYTHONPATH=os.pathsep.join(python_path),
         PYTHONUNBUFFERED="1",
         PATH=os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")]),
@@ -153,6 +154,7 @@ class ProcessRunner:
     """Runs each step as a local process group (the ``local`` runtime)."""
 
     name = "local"
+    isolated = False
 
     def __init__(self) -> None:
         self._subreaper = False  # set by open(): orphans of steps come back to us
@@ -178,7 +180,9 @@ class ProcessRunner:
             raise StepStartError(f"step {launch.step} could not start: {exc}") from None
         return ProcessHandle(launch.step, process, output)
 
-    async def reattach(self, state: Mapping[str, Any], output: StepOutput) -> None:
+    async def reattach(
+        self, state: Mapping[str, Any], output: StepOutput, lines_stored: int
+    ) -> None:
         return None  # the pipes of a surviving step died with the previous server
 
     async def alive(self, state: Mapping[str, Any]) -> bool:
@@ -202,6 +206,9 @@ class ProcessRunner:
 
     async def remove_strays(self, strays: Sequence[str], grace: float) -> None:
         await procs.kill_processes([int(s) for s in strays], grace)
+
+    async def executions_left(self) -> list[str]:
+        return []  # found by their environment instead, execution by execution (strays)
 
     async def close(self) -> None:
         return None

@@ -1,0 +1,165 @@
+"""A private Podman store for the container tests, and a test image built in it.
+
+The store (images, containers, the engine's state) lives in a temp folder, named to
+Podman through ``CONTAINERS_STORAGE_CONF`` and ``CONTAINERS_CONF`` in this process's
+environment (servers started by the tests inherit it), so the tests neither touch nor
+race on the machine's own store. The image is built with no registry: a busybox-static
+root file system (``/bin/busybox`` and a link per applet), a shell script of "training
+code" under ``/app/src``, imported with ``podman import``.
+
+Tests take it through :func:`start_podman_or_skip`, which skips when Podman or a static
+busybox is missing (fails under ``TRAINYARD_REQUIRE_SERVICES=1``). :meth:`close` removes
+every container and image and the folder.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+
+from tests.services import unavailable
+
+IMAGE = "localhost/trainyard-test:1"
+
+# "Training code" in the image, as SAP's samples keep theirs in /app/src: reads the
+# data set at /app/data, reports a metric through the API over HTTP, writes a model.
+TRAIN_SH = r"""set -e
+echo "training on $(cat /app/data/*.csv | wc -l) rows as $(id -u)"
+echo "greeting: $GREETING"
+i=1
+while [ "$i" -le "${1:-3}" ]; do echo "epoch $i"; i=$((i + 1)); done
+echo "warning: to stderr" >&2
+if [ -n "$TRAINYARD_API_URL" ]; then
+  wget -q -O /dev/null \
+    --header "Content-Type: application/json" \
+    --header "ai-resource-group: $TRAINYARD_RESOURCE_GROUP" \
+    --post-data "{\"executions\": [{\"executionId\": \"$TRAINYARD_EXECUTION_ID\",
+      \"metrics\": [{\"name\": \"accuracy\", \"value\": 0.93}]}]}" \
+    "$TRAINYARD_API_URL/trainyard.v1.MetricService/WriteMetrics"
+  echo "metric reported"
+fi
+mkdir -p /app/model
+echo "weights" > /app/model/model.txt
+"""
+
+
+class Podman:
+    def __init__(self, root: Path, binary: str):
+        self.root = root
+        self.binary = binary
+        self._saved: dict[str, str | None] = {}
+
+    def env(self) -> dict[str, str]:
+        return {
+            "CONTAINERS_STORAGE_CONF": str(self.root / "storage.conf"),
+            "CONTAINERS_CONF": str(self.root / "containers.conf"),
+        }
+
+    def __call__(self, *args: str, check: bool = True, timeout: float = 120):
+        result = subprocess.run(
+            [self.binary, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **self.env()},
+        )
+        if check and result.returncode != 0:
+            raise RuntimeError(f"podman {' '.join(args)}: {result.stderr.strip()}")
+        return result
+
+    def ours(self) -> list[str]:
+        """Ids of the containers in the store (all of them are the tests')."""
+        return self("ps", "-a", "-q").stdout.split()
+
+    def start(self) -> Podman:
+        (self.root / "storage.conf").write_text(
+            "[storage]\n"
+            'driver = "vfs"\n'
+            f'graphroot = "{self.root / "graph"}"\n'
+            f'runroot = "{self.root / "run"}"\n'
+        )
+        (self.root / "containers.conf").write_text(
+            f'[engine]\ntmp_dir = "{self.root / "tmp"}"\n'
+            f'volume_path = "{self.root / "volumes"}"\n'
+        )
+        for key, value in self.env().items():
+            self._saved[key] = os.environ.get(key)
+            os.environ[key] = value
+        self.build_image()
+        return self
+
+    def build_image(self) -> None:
+        busybox = shutil.which("busybox")
+        assert busybox is not None
+        data = io.BytesIO()
+        with tarfile.open(fileobj=data, mode="w") as tar:
+            for name, mode in (("bin", 0o755), ("tmp", 0o1777), ("app", 0o755),
+                               ("app/src", 0o755)):
+                info = tarfile.TarInfo(name)
+                info.type, info.mode = tarfile.DIRTYPE, mode
+                tar.addfile(info)
+            tar.add(busybox, "bin/busybox")
+            applets = subprocess.run(
+                [busybox, "--list"], capture_output=True, text=True, check=True
+            ).stdout.split()
+            for applet in applets:
+                if applet == "busybox":
+                    continue
+                info = tarfile.TarInfo(f"bin/{applet}")
+                info.type, info.linkname = tarfile.SYMTYPE, "busybox"
+                tar.addfile(info)
+            script = TRAIN_SH.encode()
+            info = tarfile.TarInfo("app/src/train.sh")
+            info.size, info.mode = len(script), 0o755
+            tar.addfile(info, io.BytesIO(script))
+        tar_path = self.root / "image.tar"
+        tar_path.write_bytes(data.getvalue())
+        self(
+            "import",
+            "--change", "ENV PATH=/bin",
+            "--change", 'ENTRYPOINT ["/bin/echo", "from the entrypoint:"]',
+            str(tar_path),
+            IMAGE,
+        )
+
+    def close(self) -> None:
+        self("rm", "-a", "-f", "-t", "0", check=False)
+        self("rmi", "-a", "-f", check=False)
+        for key, value in self._saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def start_podman_or_skip() -> Podman:
+    binary = shutil.which("podman")
+    if binary is None:
+        unavailable("Podman not installed (apt-get install podman runc busybox-static)")
+    busybox = shutil.which("busybox")
+    if busybox is None or "static" not in subprocess.run(
+        ["file", "-L", busybox], capture_output=True, text=True
+    ).stdout + _static_hint(busybox):
+        unavailable("no static busybox to build the test image (apt-get install busybox-static)")
+    podman = Podman(Path(tempfile.mkdtemp(prefix="trainyard-podman-")), binary)
+    try:
+        return podman.start()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        podman.close()
+        unavailable(f"Podman does not work here: {exc}")
+
+
+def _static_hint(path: str) -> str:
+    """'static' when the binary has no program interpreter (no `file` command needed)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return ""
+    return "" if b"/lib64/ld-linux" in head or b"/lib/ld-" in head else "static"

@@ -1,0 +1,277 @@
+"""The container runtime end to end: SAP AI Core style templates whose code lives in
+their image run in containers through Podman (a private store, an image built at test
+time from busybox-static), with their data mounted, their model collected, a metric
+reported from inside, stop, and a kill -9 of the server mid-run."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from server.domain.models import Status
+from tests.services.podman import IMAGE, start_podman_or_skip
+from tests.workflow_helpers import (
+    PHASE_NAME,
+    STATUS_NAME,
+    Runner,
+    ServerProcess,
+    wait_for,
+)
+
+SAP_STYLE = f"""
+apiVersion: argoproj.io/v1alpha1
+kind: WorkflowTemplate
+metadata:
+  name: house-price-ct
+  annotations:
+    scenarios.ai.sap.com/name: "House prices"
+    executables.ai.sap.com/name: "Train in a container"
+    artifacts.ai.sap.com/housedataset.kind: "dataset"
+    artifacts.ai.sap.com/housemodel.kind: "model"
+  labels:
+    scenarios.ai.sap.com/id: "house-ct"
+    ai.sap.com/version: "1.0"
+spec:
+  entrypoint: mypipeline
+  arguments:
+    parameters:
+      - name: epochs
+        default: "3"
+  templates:
+    - name: mypipeline
+      steps:
+        - - name: mypredictor
+            template: mycodeblock1
+    - name: mycodeblock1
+      inputs:
+        artifacts:
+          - name: housedataset
+            path: /app/data/
+      outputs:
+        artifacts:
+          - name: housepricemodel
+            globalName: housemodel
+            path: /app/model
+            archive:
+              none: {{}}
+      container:
+        image: {IMAGE}
+        command: ["/bin/sh", "-c"]
+        args: ["sh /app/src/train.sh {{{{workflow.parameters.epochs}}}}"]
+        env:
+          - name: GREETING
+            value: "hello from the template"
+"""
+
+
+def one_step(name: str, container: str) -> str:
+    return f"""
+apiVersion: argoproj.io/v1alpha1
+kind: WorkflowTemplate
+metadata:
+  name: {name}
+  annotations:
+    scenarios.ai.sap.com/name: "Container tests"
+  labels:
+    scenarios.ai.sap.com/id: "container-tests"
+    ai.sap.com/version: "1.0"
+spec:
+  entrypoint: main
+  templates:
+    - name: main
+      container:
+{container}
+"""
+
+
+@pytest.fixture(scope="module")
+def podman():
+    store = start_podman_or_skip()
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def container_server(server_factory, podman):
+    return server_factory(
+        runtime="container", console_address="127.0.0.1:0", stop_grace_seconds=2.0
+    )
+
+
+@pytest.fixture
+def runner(container_server):
+    r = Runner(container_server.address)
+    yield r
+    r.close()
+
+
+def dataset(runner: Runner, tmp_path: Path, rows: int = 4) -> str:
+    data = tmp_path / "house"
+    data.mkdir()
+    (data / "prices.csv").write_text("".join(f"{i},{i * 1000}\n" for i in range(rows)))
+    return runner.client.create_artifact(
+        name="houses", url=data.as_uri(), scenario_id="house-ct", kind="dataset"
+    ).id
+
+
+def no_container_left(podman) -> bool:
+    return podman.ours() == []
+
+
+def test_a_sap_style_template_runs_in_its_image(runner, podman, tmp_path):
+    runner.register(SAP_STYLE)
+    data = dataset(runner, tmp_path)
+    configuration = runner.configure(
+        "house-price-ct", {"epochs": "3"}, {"housedataset": data}, scenario="house-ct"
+    )
+    execution_id = runner.start(configuration)
+    execution = runner.wait(execution_id, timeout=120)
+    assert STATUS_NAME[execution.status] == "COMPLETED", execution.status_message
+
+    out = runner.output(execution_id)
+    assert out[:5] == [
+        "training on 4 rows as 65534",  # the data at /app/data, an unprivileged user
+        "greeting: hello from the template",
+        "epoch 1",
+        "epoch 2",
+        "epoch 3",
+    ]
+    assert "metric reported" in out  # through the API, from inside the container
+    stderr = [t for _, s, t in runner.logs(execution_id) if s == "stderr"]
+    assert stderr == ["warning: to stderr"]
+    assert Counter(out).most_common(1)[0][1] == 1  # every line once
+
+    [model] = execution.output_artifacts
+    assert model.name == "housemodel"
+    assert (Path(model.url.removeprefix("file://")) / "model.txt").read_text() == "weights\n"
+    metrics = runner.client.latest_metrics(execution_id)
+    assert metrics["accuracy"].value == pytest.approx(0.93)
+    wait_for(lambda: no_container_left(podman), 30, "the step's container to be removed")
+
+
+def test_a_missing_image_is_dead_at_start_naming_it(runner, podman):
+    runner.register(
+        one_step("no-image", '        image: localhost/not-there:9\n        command: ["true"]')
+    )
+    execution_id = runner.start(runner.configure("no-image", scenario="container-tests"))
+    execution = runner.wait(execution_id, timeout=60)
+    assert STATUS_NAME[execution.status] == "DEAD"
+    assert "localhost/not-there:9" in execution.status_message
+    assert "image not known" in execution.status_message  # the engine's own words
+    assert no_container_left(podman)
+
+
+def test_a_container_without_command_runs_the_image_entrypoint(runner, podman):
+    runner.register(one_step("entry", f'        image: {IMAGE}\n        args: ["hi", "there"]'))
+    execution_id = runner.start(runner.configure("entry", scenario="container-tests"))
+    execution = runner.wait(execution_id, timeout=60)
+    assert STATUS_NAME[execution.status] == "COMPLETED", execution.status_message
+    assert runner.output(execution_id) == ["from the entrypoint: hi there"]
+
+
+def test_stop_ends_the_container_within_the_grace_period(runner, podman):
+    # PID 1 of a container ignores SIGTERM unless it handles it: the grace period ends
+    # in SIGKILL.
+    runner.register(
+        one_step(
+            "sleeper",
+            f"        image: {IMAGE}\n"
+            '        command: ["/bin/sh", "-c", "echo started; sleep 300"]',
+        )
+    )
+    execution_id = runner.start(runner.configure("sleeper", scenario="container-tests"))
+    runner.wait_output(execution_id, "started", timeout=60)
+    assert podman.ours(), "the step runs in a container"
+    runner.client.stop_execution(execution_id)
+    execution = runner.wait(execution_id, "STOPPED", timeout=2.0 + 20)
+    assert [h[0] for h in runner.history(execution_id)][-2:] == ["STOPPING", "STOPPED"]
+    assert PHASE_NAME[execution.step_details[0].phase] == "STOPPED"
+    assert no_container_left(podman)
+
+
+def test_a_killed_server_reattaches_its_running_container(podman, tmp_path):
+    count = 30
+    template = one_step(
+        "counter",
+        f"        image: {IMAGE}\n"
+        '        command: ["/bin/sh", "-c"]\n'
+        f'        args: ["i=1; while [ $i -le {count} ]; do echo line $i; i=$((i+1)); '
+        'sleep 0.2; done"]',
+    )
+    server = ServerProcess(tmp_path).start(
+        "--runtime", "container", "--no-console", "--stop-grace-seconds", "2"
+    )
+    runner = Runner(server.address)
+    try:
+        runner.register(template)
+        execution_id = runner.start(runner.configure("counter", scenario="container-tests"))
+        runner.wait_output(execution_id, "line 3", timeout=60)
+        server.kill()
+        assert podman.ours(), "the container outlives the server"
+        runner.close()
+
+        server.start("--runtime", "container", "--no-console", "--stop-grace-seconds", "2")
+        runner = Runner(server.address)
+        execution = runner.wait(execution_id, timeout=120)
+        assert STATUS_NAME[execution.status] == "COMPLETED", runner.logs(execution_id)
+        assert runner.output(execution_id) == [f"line {i}" for i in range(1, count + 1)]
+        assert any("watching it again" in t for _, _, t in runner.logs(execution_id))
+        assert [h[1] for h in runner.history(execution_id)].count("step_started") == 1
+        wait_for(lambda: no_container_left(podman), 30, "the container to be removed")
+    finally:
+        runner.close()
+        if server.process.poll() is None:
+            server.terminate()
+
+
+def test_after_a_restart_containers_of_deleted_executions_are_removed(
+    podman, server_factory, tmp_path
+):
+    template = one_step(
+        "forever",
+        f"        image: {IMAGE}\n"
+        '        command: ["/bin/sh", "-c", "echo up; sleep 300"]',
+    )
+    server = ServerProcess(tmp_path).start("--runtime", "container", "--no-console")
+    runner = Runner(server.address)
+    try:
+        runner.register(template)
+        execution_id = runner.start(runner.configure("forever", scenario="container-tests"))
+        runner.wait_output(execution_id, "up", timeout=60)
+        server.kill()
+        runner.close()
+        # The execution goes while no server watches: a server of the same data
+        # directory that runs nothing ends and deletes it.
+        other = server_factory(data_dir=server.data_dir, runtime="none", executables_dir=None)
+        other.run_sync(other.plane.store.force_status, execution_id, Status.DEAD)
+        runner = Runner(other.address)
+        runner.client.delete_execution(execution_id)
+        runner.close()
+        other.stop()
+        assert podman.ours(), "nobody removed the container yet"
+
+        server.start("--runtime", "container", "--no-console")
+        runner = Runner(server.address)
+        wait_for(lambda: no_container_left(podman), 60, "the orphaned container to go")
+    finally:
+        runner.close()
+        if server.process.poll() is None:
+            server.terminate()
+
+
+def test_the_local_runtime_says_a_declared_image_was_not_used(server_factory):
+    server = server_factory()
+    runner = Runner(server.address)
+    try:
+        runner.register(
+            one_step("host", '        image: house-price:03\n        command: ["true"]')
+        )
+        execution_id = runner.start(runner.configure("host", scenario="container-tests"))
+        execution = runner.wait(execution_id, timeout=60)
+        assert STATUS_NAME[execution.status] == "COMPLETED", execution.status_message
+        [step] = execution.step_details
+        assert step.message == "image house-price:03 was not used: the command ran on the host"
+    finally:
+        runner.close()
