@@ -422,6 +422,9 @@ class Mount:
     source: str  # path on the server's machine
     target: str  # absolute path in the step's file system
     read_only: bool = False
+    # A file the step writes (an output parameter): a runner with a file system of
+    # its own copies it out after the step exited instead of mounting it.
+    copy_out: bool = False
 
 
 @dataclass(frozen=True, slots=True)

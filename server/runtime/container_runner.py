@@ -484,7 +484,7 @@ class ContainerRunner:
         for mount in launch.mounts:
             if mount.read_only:
                 argv += ["--mount", _bind(mount.source, mount.target, True)]
-            elif _is_file_path(mount.target):
+            elif mount.copy_out or _is_file_path(mount.target):
                 copies.append((mount.target, mount.source))
             else:
                 argv += ["--mount", _bind(mount.source, mount.target, False)]
@@ -661,7 +661,7 @@ def _prepare(scratch: Path, launch: StepLaunch) -> None:
         with contextlib.suppress(FileNotFoundError):
             (scratch / name).unlink()
     for mount in launch.mounts:
-        if mount.read_only or _is_file_path(mount.target):
+        if mount.read_only or mount.copy_out or _is_file_path(mount.target):
             continue
         path = Path(mount.source)
         path.mkdir(parents=True, exist_ok=True)

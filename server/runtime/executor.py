@@ -981,6 +981,9 @@ class Executor(Runtime):
             env["TRAINYARD_TOKEN"] = run.token
         mounts = [Mount(str(i.path), _inner(step, i.path), True) for i in step.inputs]
         mounts += [Mount(str(o.path), _inner(step, o.path)) for o in step.outputs]
+        mounts += [
+            Mount(str(p.path), _inner(step, p.path), copy_out=True) for p in step.parameters
+        ]
         if step.script_path is not None:
             mounts.append(Mount(str(step.script_path), SCRIPT_IN_STEP, True))
         return StepLaunch(

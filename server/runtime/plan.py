@@ -155,8 +155,9 @@ class PlannedStep:
     image: str
     argv: list[str]  # command and args, as a process on this machine runs them
     root: Path  # the step's file system root and current directory
-    command: list[str] = field(default_factory=list)  # empty: the image's entrypoint
-    args: list[str] = field(default_factory=list)
+    # How many leading words of argv are the template's command (the rest are its
+    # args); 0: no command, the image's entrypoint runs with the args.
+    command_length: int = 0
     working_dir: str = ""  # the template's workingDir, in the step's file system
     after: frozenset[str] = frozenset()  # steps that end before it is decided
     requires: tuple[Requirement, ...] = ()  # all true, or the step is SKIPPED
@@ -176,6 +177,14 @@ class PlannedStep:
     resources: Resources = field(default_factory=Resources)  # limits a runner applies
     parameters: list[OutputParameter] = field(default_factory=list)  # outputs.parameters
     keeps_result: bool = False  # a later step reads its {{...outputs.result}}
+
+    @property
+    def command(self) -> list[str]:
+        return self.argv[: self.command_length]
+
+    @property
+    def args(self) -> list[str]:
+        return self.argv[self.command_length :]
 
     def output(self, name: str) -> StepOutput | None:
         return next((o for o in self.outputs if o.name == name), None)
@@ -497,8 +506,7 @@ class _Planner:
             kind=ws.kind,
             image=image,
             argv=argv,
-            command=command,
-            args=args,
+            command_length=len(command),
             working_dir=str(process.get("workingDir") or ""),
             root=root,
             after=ws.after,
