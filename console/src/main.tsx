@@ -4,7 +4,7 @@ import "./style.css";
 import { api, errorMessage, isUnauthenticated, session } from "./api";
 import type { GetMetaResponse } from "./gen/trainyard/v1/meta_service_pb";
 import { MetaContext, navigate, useRoute } from "./common";
-import { ExecutionsScreen } from "./screens/Executions";
+import { ExecutionsScreen, prefetchExecutions } from "./screens/Executions";
 import { ExecutionScreen } from "./screens/Execution";
 import { CompareScreen } from "./screens/Compare";
 import {
@@ -83,7 +83,7 @@ function Screen({ meta }: { meta: GetMetaResponse }) {
   const [name, ...rest] = route;
   switch (name) {
     case "executions":
-      return rest[0] ? <ExecutionScreen id={rest[0]} tab={rest[1] ?? "overview"} /> : <ExecutionsScreen />;
+      return rest[0] ? <ExecutionScreen key={rest[0]} id={rest[0]} tab={rest[1] ?? "overview"} /> : <ExecutionsScreen />;
     case "configurations":
       if (rest[0] === "new") return <NewConfigurationScreen executableId={rest[1] ?? ""} />;
       return rest[0] ? <ConfigurationScreen id={rest[0]} /> : <ConfigurationsScreen />;
@@ -109,7 +109,9 @@ function App() {
 
   const load = useCallback(async () => {
     try {
-      const answer = await api.meta.getMeta({});
+      const early = metaPromise;
+      metaPromise = null;
+      const answer = await (early ?? api.meta.getMeta({}));
       setMeta(answer);
       if (answer.authEnabled && !session.token) {
         setNeedToken(true);
@@ -176,6 +178,12 @@ function App() {
 }
 
 if (!window.location.hash) navigate("executions");
+
+// Asked for before React's first render and paint: the server's answers arrive
+// meanwhile.
+let metaPromise: Promise<GetMetaResponse> | null = api.meta.getMeta({});
+metaPromise.catch(() => undefined);
+if (/^#\/?(executions)?\/?$/.test(window.location.hash)) prefetchExecutions();
 
 createRoot(document.getElementById("root")!).render(
   <StrictMode>

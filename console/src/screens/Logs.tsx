@@ -1,4 +1,4 @@
-import { useEffect, useMemo, useRef, useState } from "react";
+import { useEffect, useLayoutEffect, useMemo, useRef, useState } from "react";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { api, errorMessage, ExecutionStatus, isAbort } from "../api";
 import { useMeta } from "../common";
@@ -16,6 +16,8 @@ const FINAL = new Set([
 type Line = { seq: number; time: string; step: string; stream: LogStream; text: string };
 
 const ROW = 18; // px per line: the view renders only the lines in sight
+const OVERSCAN = 8; // lines drawn beyond each edge of the view
+const REDRAW_MS = 50;
 const STREAMS: Array<[LogStream, string]> = [
   [LogStream.STDOUT, "stdout"],
   [LogStream.STDERR, "stderr"],
@@ -51,20 +53,27 @@ export function LogsView({ execution }: { execution: Execution }) {
   const pending = useRef(false);
   const follow = Boolean(meta.capabilities?.logStreaming);
 
-  // Redraw at most once per animation frame, however fast lines come.
+  // Redraw at most once per animation frame and at most every REDRAW_MS, however fast
+  // lines come: the frames in between stay free for the browser.
+  const lastDraw = useRef(0);
   const redraw = () => {
     if (pending.current) return;
     pending.current = true;
-    requestAnimationFrame(() => {
-      pending.current = false;
-      setFrame((f) => f + 1);
-    });
+    const wait = Math.max(0, lastDraw.current + REDRAW_MS - performance.now());
+    setTimeout(() => {
+      requestAnimationFrame((now) => {
+        pending.current = false;
+        lastDraw.current = now;
+        setFrame((f) => f + 1);
+      });
+    }, wait);
   };
 
   useEffect(() => {
     const abort = new AbortController();
     lines.current = [];
     shown.current = [];
+    setState("connecting");
     let last = 0;
     async function receive() {
       let delay = 250;
@@ -132,24 +141,32 @@ export function LogsView({ execution }: { execution: Execution }) {
   }, [step, streams, search]);
 
   const count = paused ? pausedAt.current : shown.current.length;
-  const height = view.current?.clientHeight ?? 480;
-
-  // Following: keep the newest line in sight.
-  useEffect(() => {
-    if (!paused && view.current) {
-      view.current.scrollTop = view.current.scrollHeight;
+  const height = useRef(480);
+  // Following: the newest lines are in sight, so the view never has to read back
+  // where it is (no layout forced between frames).
+  const following = !paused;
+  const top = following ? Math.max(0, count * ROW - height.current) : scrollTop;
+  const expectedTop = useRef(-1);
+  useLayoutEffect(() => {
+    const element = view.current;
+    if (!element) return;
+    height.current = element.clientHeight || 480;
+    if (following) {
+      expectedTop.current = Math.max(0, count * ROW - height.current);
+      element.scrollTop = expectedTop.current;
     }
   });
 
-  const first = Math.max(0, Math.floor(scrollTop / ROW) - 20);
-  const lastRow = Math.min(count, Math.ceil((scrollTop + height) / ROW) + 20);
+  const first = Math.max(0, Math.floor(top / ROW) - OVERSCAN);
+  const lastRow = Math.min(count, Math.ceil((top + height.current) / ROW) + OVERSCAN);
+  const slots = lastRow - first + 1;
   const rows = [];
   for (let i = first; i < lastRow; i++) {
     const line = lines.current[shown.current[i]];
     if (!line) continue;
     rows.push(
       <div
-        key={line.seq}
+        key={i % slots /* the same elements, new text: no nodes made or dropped */}
         className={`line stream-${line.stream}`}
         style={{ top: i * ROW }}
         data-seq={line.seq}
@@ -212,7 +229,10 @@ export function LogsView({ execution }: { execution: Execution }) {
         <button
           type="button"
           onClick={() => {
-            if (!paused) pausedAt.current = shown.current.length;
+            if (!paused) {
+              pausedAt.current = shown.current.length;
+              setScrollTop(view.current?.scrollTop ?? 0);
+            }
             setPaused(!paused);
           }}
         >
@@ -234,7 +254,16 @@ export function LogsView({ execution }: { execution: Execution }) {
         tabIndex={0}
         role="log"
         aria-label="Log lines"
-        onScroll={(e) => setScrollTop(e.currentTarget.scrollTop)}
+        onScroll={(e) => {
+          const at = e.currentTarget.scrollTop;
+          if (following) {
+            // Our own scroll to the newest line, or the user scrolling back: pause.
+            if (Math.abs(at - expectedTop.current) <= 2) return;
+            pausedAt.current = shown.current.length;
+            setPaused(true);
+          }
+          setScrollTop(at);
+        }}
       >
         <div style={{ height: count * ROW, position: "relative" }}>{rows}</div>
       </div>
