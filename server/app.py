@@ -179,6 +179,24 @@ def check_exposure(settings: Settings) -> None:
         )
 
 
+def check_console_exposure(settings: Settings) -> None:
+    """The console's port under the same rule: beyond loopback only over HTTPS (the
+    server's certificate) and with token authentication, unless told otherwise."""
+    address = settings.console_address
+    if not address or is_loopback(address) or settings.insecure:
+        return
+    if not settings.tls_enabled:
+        raise ValueError(
+            f"refusing plaintext on non-loopback console address {address}: give"
+            " --tls-cert and --tls-key (the console then serves HTTPS), or --insecure"
+        )
+    if settings.auth_tokens is None:
+        raise ValueError(
+            f"refusing to serve the console on {address} without tokens (browsers sign in"
+            " with one): give --auth-tokens, or --insecure"
+        )
+
+
 async def _record_token_changes(store: AsyncStore, replica_id: str, added, removed) -> None:
     """The audit events of a token file change, as this server noticed it."""
     who = Caller(Principal(name="token-file"))
@@ -205,6 +223,7 @@ async def start_server(settings: Settings) -> TrainyardServer:
             " (sqlite:///PATH) or PostgreSQL, not an in-memory database"
         )
     check_exposure(settings)
+    check_console_exposure(settings)
     tls = (
         ServerTLS(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
         if settings.tls_cert is not None and settings.tls_key is not None
@@ -362,7 +381,10 @@ async def start_server(settings: Settings) -> TrainyardServer:
             add(servicer, collector)
         bridge = Bridge(collector.handlers, interceptors)
         console = ConsoleServer(
-            build_app(connect_apps(bridge, CONNECT_MODULES)), settings.console_address
+            build_app(connect_apps(bridge, CONNECT_MODULES)),
+            settings.console_address,
+            tls=(settings.tls_cert, settings.tls_key) if settings.tls_enabled else None,
+            bridge=bridge,
         )
 
     health_servicer = health.aio.HealthServicer()

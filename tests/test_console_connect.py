@@ -3,12 +3,18 @@ the same servicers, errors and streams as over gRPC (generated Connect clients).
 
 from __future__ import annotations
 
+import json
+import ssl
+import urllib.request
+
 import pytest
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from google.rpc import error_details_pb2
 
 from tests.authkit import GROUP, make_tokens
+from tests.certs import CA
+from tests.conftest import ServerThread, make_settings
 from tests.helpers import iris_configuration, register_iris
 from trainyard.v1 import configuration_pb2, execution_pb2
 from trainyard.v1 import configuration_service_connect as cfg_connect
@@ -144,3 +150,31 @@ def test_authentication_applies_over_connect(server_factory, tmp_path):
     assert raised.value.code == Code.PERMISSION_DENIED
     answer = meta_connect.MetaServiceClientSync(url(secured)).get_meta(meta.GetMetaRequest())
     assert answer.auth_enabled
+
+
+def test_console_beyond_loopback_needs_tls_and_tokens(tmp_path):
+    settings = make_settings(tmp_path, console_address="0.0.0.0:0", runtime="none")
+    thread = ServerThread(settings)
+    with pytest.raises(ValueError, match="non-loopback console address"):
+        thread.start()
+    thread.stop()
+
+
+def test_console_serves_https_with_the_servers_certificate(server_factory, tmp_path):
+    ca = CA(tmp_path / "pki")
+    issued = ca.issue("server", server=True)
+    secured = server_factory(
+        console_address="127.0.0.1:0", tls_cert=issued.cert, tls_key=issued.key, runtime="none"
+    )
+    address = secured.running.extra["console"].address
+    request = urllib.request.Request(
+        f"https://{address}/trainyard.v1.MetaService/GetMeta",
+        data=b"{}",
+        headers={"content-type": "application/json"},
+    )
+    context = ssl.create_default_context(cafile=str(ca.pem))
+    context.check_hostname = False
+    with urllib.request.urlopen(request, context=context, timeout=10) as answer:
+        body = json.loads(answer.read())
+    assert body["consoleAddress"] == address
+    assert body["tlsEnabled"] is True

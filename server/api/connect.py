@@ -12,6 +12,7 @@ and no use case is written twice.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -32,6 +33,9 @@ _CODES: dict[grpc.StatusCode, Code] = {
     for code in grpc.StatusCode
     if code != grpc.StatusCode.OK
 }
+
+
+_END = object()  # the end of a handler's stream
 
 
 class _Aborted(grpc.aio.AbortError):
@@ -126,6 +130,7 @@ class Bridge:
     ):
         self.handlers = handlers
         self.interceptors = list(interceptors)
+        self.closing = asyncio.Event()
 
     async def handler(self, method: str, context: _CallContext) -> grpc.RpcMethodHandler:
         """The handler for ``method`` after every interceptor, as grpc.aio builds it."""
@@ -172,13 +177,36 @@ class Bridge:
             try:
                 handler = await self.handler(path, context)
                 async with contextlib.aclosing(handler.unary_stream(request, context)) as items:
-                    async for item in items:
+                    while True:
+                        item = await self._next(items)
+                        if item is _END:
+                            break
                         # Log tails hand over pre-encoded messages.
                         yield output.FromString(item) if isinstance(item, bytes) else item
             except _Aborted as aborted:
                 raise aborted.connect_error() from None
 
         return call
+
+    async def _next(self, items: AsyncIterator[Any]) -> Any:
+        """The stream's next item, or UNAVAILABLE once the bridge closes: open streams
+        end with a status the client retries instead of being cut off."""
+        step = asyncio.ensure_future(anext(items, _END))
+        closing = asyncio.ensure_future(self.closing.wait())
+        try:
+            await asyncio.wait((step, closing), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closing.cancel()
+        if not step.done():
+            step.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await step
+            raise ConnectError(Code.UNAVAILABLE, "the server is shutting down; retry")
+        return step.result()
+
+    def close(self) -> None:
+        """End every open stream (the server is stopping)."""
+        self.closing.set()
 
 
 def _link(interceptor: grpc.aio.ServerInterceptor, continuation):

@@ -63,9 +63,17 @@ def build_app(apps: list, static_dir: Path = STATIC_DIR) -> Starlette:
 class ConsoleServer:
     """Serves the console's ASGI application with Hypercorn on the running loop."""
 
-    def __init__(self, app, address: str):
+    def __init__(
+        self,
+        app,
+        address: str,
+        tls: tuple[Path, Path] | None = None,
+        bridge: Bridge | None = None,
+    ):
         self.app = app
+        self.bridge = bridge
         self.address = address
+        self.tls = tls  # (certificate chain, key): HTTPS
         self.port = 0
         self._stop = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -91,6 +99,8 @@ class ConsoleServer:
         config.bind = [f"fd://{sock.detach()}"]
         config.accesslog = None
         config.errorlog = None
+        if self.tls is not None:
+            config.certfile, config.keyfile = (str(path) for path in self.tls)
         config.graceful_timeout = 1.0
         config.keep_alive_timeout = 30.0
         self._task = asyncio.create_task(
@@ -101,6 +111,8 @@ class ConsoleServer:
     async def stop(self) -> None:
         if self._task is None:
             return
+        if self.bridge is not None:
+            self.bridge.close()  # open streams end first, with UNAVAILABLE
         self._stop.set()
         try:
             await asyncio.wait_for(self._task, 5.0)
