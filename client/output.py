@@ -35,12 +35,12 @@ def enum_name(value: str) -> str:
 
 def when(stamp: Timestamp, with_date: bool = True) -> str:
     """A time in the local zone (TZ), with its UTC offset: ``2026-12-02 14:05:01 +01:00``;
-    without the date, ``14:05:01.123``."""
+    without the date, ``14:05:01.123+01:00``."""
     if not stamp.seconds and not stamp.nanos:
         return "-"
     dt = stamp.ToDatetime(tzinfo=UTC).astimezone()
     if not with_date:
-        return dt.strftime("%H:%M:%S.%f")[:12]
+        return dt.strftime("%H:%M:%S.%f")[:12] + _offset(dt)
     return dt.isoformat(sep=" ", timespec="seconds")[:19] + " " + _offset(dt)
 
 

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -216,10 +217,14 @@ def test_an_unreachable_server_gets_a_hint(capsys):
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    assert main(["executions", "list", "--address", f"127.0.0.1:{port}", "--timeout", "5"]) == 1
-    err = capsys.readouterr().err
-    assert f"cannot reach a Trainyard server at 127.0.0.1:{port}" in err
-    assert "hint:" in err and "trainyard serve" in err and "TRAINYARD_ADDRESS" in err
+    for command in (["executions", "list"], ["logs", "-f", "01a236e6003e1237b855"],
+                    ["watch", "01a236e6003e1237b855"]):
+        assert main([*command, "--address", f"127.0.0.1:{port}", "--timeout", "5"]) == 1
+        err = capsys.readouterr().err
+        assert f"cannot reach a Trainyard server at 127.0.0.1:{port}" in err, command
+        assert "hint:" in err and "trainyard serve" in err and "TRAINYARD_ADDRESS" in err
+        assert "reconnecting" not in err
+        assert [line.startswith("error:") for line in err.splitlines()] == [True, False], err
 
 
 def test_long_cells_end_in_an_ellipsis_at_a_word_boundary():
@@ -332,3 +337,42 @@ def test_a_step_whose_shell_reports_sigterm_names_the_signal(server, capsys):
         assert "SIGTERM" in step_line, out
     finally:
         runner.close()
+
+
+def test_watch_tells_in_words_that_it_reconnects_after_a_restart(server_factory, stubs_for,
+                                                                  capsys):
+    from server.domain.models import Status
+    from tests.streamkit import Driver, make_execution
+
+    first = server_factory(runtime="none")
+    port, data_dir = first.running.port, first.settings.data_dir
+    execution_id = make_execution(stubs_for(first))
+    Driver(first, execution_id).transition(Status.RUNNING)
+    result: list[int] = []
+    watcher = threading.Thread(
+        target=lambda: result.append(main(["watch", execution_id, "--address", first.address]))
+    )
+    watcher.start()
+    printed: list[str] = []
+
+    def shown(text: str) -> bool:
+        captured = capsys.readouterr()
+        printed.append(captured.out + captured.err)
+        return text in "".join(printed)
+
+    wait_for(lambda: shown("RUNNING"), 30, "the watch to show RUNNING")
+    first.call(first.running.stop(0.5))
+    first.running = None
+    second = server_factory(runtime="none", address=f"127.0.0.1:{port}", data_dir=data_dir)
+    wait_for(lambda: shown("reconnecting"), 30, "the reconnect notice")
+    Driver(second, execution_id).finish()
+    watcher.join(60)
+    assert not watcher.is_alive() and result == [0]
+    shown("")
+    notices = [line for line in "".join(printed).splitlines() if "reconnecting" in line]
+    assert notices and all(
+        line == "trainyard: lost the connection to the server; reconnecting, resuming after "
+        "the last event shown"
+        for line in notices
+    ), notices
+    assert "COMPLETED" in "".join(printed)

@@ -108,7 +108,17 @@ def format_line(line: log_pb2.LogLine, prefix: bool) -> str:
         f"{line.text}"
 
 
+def _check_reachable(client: TrainyardClient, execution_id: str) -> None:
+    """One unary call before a stream: an unreachable server (or an unknown execution)
+    is reported at once, not after a minute of reconnects."""
+    if execution_id:
+        client.get_execution(execution_id)
+    else:
+        client.get_meta()
+
+
 def logs_cmd(client: TrainyardClient, args) -> int:
+    _check_reachable(client, args.execution_id)
     lines = follow_logs(
         client,
         args.execution_id,
@@ -166,6 +176,7 @@ def watch_cmd(client: TrainyardClient, args) -> int:
     if not args.execution_id and not filtered and args.keep_watching:
         print("error: --keep-watching needs an execution id", file=sys.stderr)
         return 2
+    _check_reachable(client, args.execution_id)
     events = watch(
         client,
         args.execution_id,
