@@ -126,6 +126,18 @@ def stubs_call(stubs, method: str, request, metadata):
     return getattr(stub, method)(request, metadata=metadata)
 
 
+def test_secrets_are_listed_by_name_page_by_page(server, stubs):
+    metadata = (("ai-resource-group", "team-pages"),)
+    for name in ("c-three", "a-one", "b-two"):
+        stubs_call(stubs, "CreateSecret", sec_pb.CreateSecretRequest(
+            name=name, data={"k": f"value-of-{name}"}), metadata)
+    first = stubs_call(stubs, "ListSecrets", sec_pb.ListSecretsRequest(page_size=2), metadata)
+    assert [s.name for s in first.secrets] == ["a-one", "b-two"] and first.total_size == 3
+    second = stubs_call(stubs, "ListSecrets", sec_pb.ListSecretsRequest(
+        page_size=2, page_token=first.next_page_token), metadata)
+    assert [s.name for s in second.secrets] == ["c-three"] and not second.next_page_token
+
+
 # ------------------------------------------------------------ invisible across groups
 
 
