@@ -359,3 +359,22 @@ def test_tokens_command_and_clients(secured, capsys, monkeypatch):
         with pytest.raises(TrainyardError) as caught:
             client.get_execution(ids["execution"])
         assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_stream_ends_when_its_token_expires(secured):
+    server, stubs, tokens, ids = secured
+    auth = server.running.extra["auth"]
+    ident, token = TokenFile(tokens.file).add("brief", {GROUP: "viewer"}, 3.0)
+    wait_for(lambda: "brief" in {p.name for p in auth.index.by_hash.values()}, timeout=10)
+    stream = stubs.executions.WatchExecutions(
+        ex.WatchExecutionsRequest(), metadata=tokens.md(token), timeout=30
+    )
+    wait_for(lambda: any(s.principal.name == "brief" for s in auth.streams), timeout=10)
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as caught:
+        for _ in stream:
+            pass
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # Within a few seconds of the expiry (3 s after the token was made).
+    assert time.monotonic() - started < 8
+    TokenFile(tokens.file).revoke(ident)
