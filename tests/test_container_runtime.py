@@ -30,6 +30,7 @@ metadata:
     executables.ai.sap.com/name: "Train in a container"
     artifacts.ai.sap.com/housedataset.kind: "dataset"
     artifacts.ai.sap.com/housemodel.kind: "model"
+    artifacts.ai.sap.com/housemodel.labels: '{{"ext.ai.sap.com/step": "train"}}'
   labels:
     scenarios.ai.sap.com/id: "house-ct"
     ai.sap.com/version: "1.0"
@@ -145,6 +146,8 @@ def test_a_sap_style_template_runs_in_its_image(runner, podman, tmp_path):
 
     [model] = execution.output_artifacts
     assert model.name == "housemodel"
+    stored = runner.client.get_artifact(model.id)
+    assert dict(stored.labels) == {"ext.ai.sap.com/step": "train"}
     assert (Path(model.url.removeprefix("file://")) / "model.txt").read_text() == "weights\n"
     metrics = runner.client.latest_metrics(execution_id)
     assert metrics["accuracy"].value == pytest.approx(0.93)
@@ -275,3 +278,77 @@ def test_the_local_runtime_says_a_declared_image_was_not_used(server_factory):
         assert step.message == "image house-price:03 was not used: the command ran on the host"
     finally:
         runner.close()
+
+
+COMBINED = f"""
+apiVersion: argoproj.io/v1alpha1
+kind: WorkflowTemplate
+metadata:
+  name: combined-ct
+  annotations:
+    scenarios.ai.sap.com/name: "Container tests"
+  labels:
+    scenarios.ai.sap.com/id: "container-tests"
+    ai.sap.com/version: "1.0"
+spec:
+  entrypoint: main
+  onExit: bye
+  templates:
+    - name: main
+      steps:
+        - - name: gen
+            template: gen
+        - - name: each
+            template: echo
+            withItems: [a, b]
+            arguments:
+              parameters: [{{name: word, value: "item {{{{item}}}}"}}]
+        - - name: big
+            template: echo
+            when: "{{{{steps.gen.outputs.parameters.n}}}} > 2"
+            arguments:
+              parameters: [{{name: word, value: "n={{{{steps.gen.outputs.parameters.n}}}}"}}]
+          - name: small
+            template: echo
+            when: "{{{{steps.gen.outputs.parameters.n}}}} < 2"
+            arguments:
+              parameters: [{{name: word, value: small}}]
+    - name: gen
+      retryStrategy:
+        limit: 2
+      outputs:
+        parameters:
+          - name: n
+            valueFrom:
+              path: /tmp/n
+      container:
+        image: {IMAGE}
+        command: ["/bin/sh", "-c", "echo 3 > /tmp/n"]
+    - name: echo
+      inputs:
+        parameters:
+          - name: word
+      container:
+        image: {IMAGE}
+        command: ["echo", "{{{{inputs.parameters.word}}}}"]
+    - name: bye
+      container:
+        image: {IMAGE}
+        command: ["echo", "exit {{{{workflow.status}}}}"]
+"""
+
+
+def test_loops_when_output_parameters_and_exit_handler_in_containers(runner, podman):
+    runner.register(COMBINED)
+    execution_id = runner.start(runner.configure("combined-ct", scenario="container-tests"))
+    execution = runner.wait(execution_id, timeout=120)
+    assert STATUS_NAME[execution.status] == "COMPLETED", execution.status_message
+    phases = {s.name: PHASE_NAME[s.phase] for s in execution.step_details}
+    assert phases["gen"] == "SUCCEEDED" and phases["small"] == "SKIPPED"
+    assert {s.name: s.output_parameters["n"] for s in execution.step_details if s.name == "gen"}
+    assert runner.output(execution_id, "big") == ["n=3"]  # read out of gen's container
+    logs = runner.logs(execution_id)
+    loop = sorted(t for s, st, t in logs if s.startswith("each") and st == "stdout")
+    assert loop == ["item a", "item b"], "\n".join(map(str, logs))
+    assert runner.output(execution_id, "onExit") == ["exit Succeeded"]
+    wait_for(lambda: no_container_left(podman), 30, "every container to be removed")

@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import json
+import re
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -999,7 +1001,7 @@ class Executor(Runtime):
             api_address=self.server_address,
             api_url=f"http://{self.http_address}" if self.http_address else "",
             root=str(step.root),
-            scratch=str(run.work_dir / RUNNER_DIR / step.name),
+            scratch=str(run.work_dir / RUNNER_DIR / _file_name(step.name)),
             working_dir=step.working_dir,
             mounts=tuple(mounts),
             resources=step.resources,
@@ -1657,6 +1659,15 @@ def _stage_step(plan: Plan, step: PlannedStep) -> None:
             staging.copy_into(output.path, item.path)
     if step.script is not None:
         staging.write_script(step.script_path, step.script)
+
+
+def _file_name(step: str) -> str:
+    """A file name for a step's name that tools take as it is (a loop item's name holds
+    parentheses and a colon): the name's safe characters and a digest of it."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", step)
+    if safe == step:
+        return step
+    return f"{safe[:60]}-{hashlib.sha256(step.encode()).hexdigest()[:8]}"
 
 
 def _handle_state(record: dict) -> dict:
