@@ -280,8 +280,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.tail_client:
         tail_client(*args.tail_client)
         return 0
+    before = os.getloadavg()[0]
     ok = get_figures(args)
     ok = tail_figures(args) and ok
+    load_now = max(before, os.getloadavg()[0])
+    cores = os.cpu_count() or 1
+    print(
+        f"machine load average {load_now:.1f} on {cores} cores"
+        + (
+            "  (OTHER WORK SHARED THE MACHINE: the pairs' ratios scatter; rerun idle)"
+            if load_now > cores
+            else ""
+        )
+    )
     return 0 if ok else 1
 
 
