@@ -85,6 +85,8 @@ def printer(rate: int, seconds: float) -> str:
     total = int(rate * seconds)
     code = (
         "import sys, time\n"
+        # Time for the page to open and follow before the first line.
+        "time.sleep(4)\n"
         f"rate, total = {rate}, {total}\n"
         "start = time.monotonic()\n"
         "out = sys.stdout\n"
@@ -160,7 +162,7 @@ def log_follow(browser, rate: int, seconds: float) -> tuple[float, float, int, i
                 ex.CreateExecutionRequest(configuration_id=configuration),
             ).execution.id
             page.goto(url + f"#/executions/{execution}/logs")
-            page.wait_for_selector('[data-state="live"]', timeout=60_000)
+            page.wait_for_function("window.__logLines > 0", timeout=60_000)
             cdp = context.new_cdp_session(page)
             cdp.send("Performance.enable")
             before = {m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}

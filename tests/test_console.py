@@ -253,6 +253,10 @@ def test_execution_page_and_logs_as_printed(server_factory, stubs_for, page):
     timeline = page.get_by_role("region", name="Timeline")
     expect(timeline).to_contain_text("COMPLETED")
     shot(page, "execution-overview")
+    # A re-run, offered by the table once it has ended, is a new execution of it.
+    page.get_by_role("button", name="Re-run").click()
+    expect(page.get_by_role("link", name=execution)).to_be_visible(timeout=WAIT_MS)
+    assert execution not in page.url
 
 
 def test_log_view_resumes_after_a_server_restart(server_factory, stubs_for, page):

@@ -70,6 +70,15 @@ export function ExecutionScreen({ id, tab }: { id: string; tab: string }) {
     }
   }
 
+  async function rerun() {
+    try {
+      const answer = await api.executions.createExecution({ rerunOf: id, requestId: crypto.randomUUID() });
+      navigate("executions", answer.execution!.id);
+    } catch (e) {
+      setNotice(errorMessage(e));
+    }
+  }
+
   async function remove() {
     try {
       await api.executions.deleteExecution({ executionId: id });
@@ -100,6 +109,9 @@ export function ExecutionScreen({ id, tab }: { id: string; tab: string }) {
         </button>
         <button type="button" disabled={!allows(execution, ExecutionOperation.DELETE)} onClick={() => void remove()}>
           Delete
+        </button>
+        <button type="button" disabled={!allows(execution, ExecutionOperation.RERUN)} onClick={() => void rerun()}>
+          Re-run
         </button>
         {gone && <span role="status">This execution was deleted.</span>}
         {notice && <span role="status">{notice}</span>}
@@ -174,6 +186,16 @@ function Overview({ execution, history }: { execution: Execution; history: Statu
           <dd>
             <a href={link("executables", execution.executableId)}>{execution.executableId}</a>
           </dd>
+          {execution.rerunOf && (
+            <>
+              <dt>Re-run of</dt>
+              <dd>
+                <a href={link("executions", execution.rerunOf)}>
+                  <code>{execution.rerunOf}</code>
+                </a>
+              </dd>
+            </>
+          )}
           <dt>Created</dt>
           <dd>{when(execution.createTime)}</dd>
           <dt>Submitted</dt>

@@ -17,7 +17,7 @@ type Line = { seq: number; time: string; step: string; stream: LogStream; text: 
 
 const ROW = 18; // px per line: the view renders only the lines in sight
 const OVERSCAN = 8; // lines drawn beyond each edge of the view
-const REDRAW_MS = 50;
+const REDRAW_MS = 100;
 const STREAMS: Array<[LogStream, string]> = [
   [LogStream.STDOUT, "stdout"],
   [LogStream.STDERR, "stderr"],
@@ -83,9 +83,14 @@ export function LogsView({ execution }: { execution: Execution }) {
             { executionId: execution.id, follow, afterSequence: BigInt(last) },
             { signal: abort.signal },
           );
+          let connected = false;
           for await (const message of stream) {
-            setState("live");
-            setProblem("");
+            if (!connected) {
+              // Once per connection: per message would ask React for a render each time.
+              connected = true;
+              setState("live");
+              setProblem("");
+            }
             delay = 250;
             const f = filterRef.current;
             for (const l of message.lines) {
