@@ -28,6 +28,7 @@ import os
 import re
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -91,6 +92,9 @@ class MetricsLogger:
         self._points: list[tuple] = []  # (name, value, step, time_ns, labels)
         self._tags: dict[str, str] = {}
         self._infos: dict[str, tuple[str, bool]] = {}  # name -> (value, is_json)
+        # The batch being sent, kept while its send is retried: (request id, entry,
+        # its number of points).
+        self._pending: tuple[str, Any, int] | None = None
         self._lock = threading.RLock()
         self._client: Any = None
         self._pid = os.getpid()
@@ -163,26 +167,30 @@ class MetricsLogger:
             self._infos[name] = entry
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Send everything buffered now. True when nothing is left to send."""
+        """Send everything buffered now. True when nothing is left to send. Each batch
+        is sent with a request id of its own; a batch whose send failed (and may have
+        landed) is sent again first, as it was, with the same id, so the server
+        records it once."""
         with self._lock:
             self._fork_check()
             self._last_flush = time.monotonic()
-            while self._points or self._tags or self._infos:
-                points = self._points[:MAX_POINTS_PER_CALL]
-                tags, infos = self._tags, self._infos
+            while self._pending is not None or self._points or self._tags or self._infos:
+                if self._pending is None:
+                    points = self._points[:MAX_POINTS_PER_CALL]
+                    entry = self._entry(points, self._tags, self._infos)
+                    self._pending = (uuid.uuid4().hex, entry, len(points))
+                    del self._points[: len(points)]
+                    self._tags, self._infos = {}, {}
+                request_id, entry, count = self._pending
                 try:
-                    self._send(points, tags, infos, timeout)
+                    self._send(entry, request_id, timeout)
                 except Exception as error:  # noqa: BLE001 - reported, never raised
-                    if not self._failed(error, len(points)):
+                    if not self._failed(error, count):
                         return False
                     # Not retryable: drop what was sent.
                 else:
-                    self.sent += len(points)
-                del self._points[: len(points)]
-                if self._tags is tags:
-                    self._tags = {}
-                if self._infos is infos:
-                    self._infos = {}
+                    self.sent += count
+                self._pending = None
             return True
 
     def close(self) -> None:
@@ -204,15 +212,21 @@ class MetricsLogger:
             self._pid = os.getpid()
             self._client = None
             self._points, self._tags, self._infos = [], {}, {}
+            self._pending = None
 
-    def _send(self, points: list[tuple], tags: dict, infos: dict, timeout: float | None) -> None:
+    def _send(self, entry, request_id: str, timeout: float | None) -> None:
         from client.client import TrainyardClient
-        from trainyard.v1 import metric_pb2
 
         if self._client is None:
             self._client = TrainyardClient(
                 self.address, resource_group=self.resource_group, timeout=self.timeout
             )
+        self._client.write_metrics_batch([entry], timeout=timeout, request_id=request_id)
+
+    def _entry(self, points: list[tuple], tags: dict, infos: dict):
+        """The ExecutionMetrics message of one batch."""
+        from trainyard.v1 import metric_pb2
+
         # Plain dicts: protobuf builds messages from them faster than from constructors.
         metrics = [
             {
@@ -224,7 +238,7 @@ class MetricsLogger:
             }
             for name, value, step, time_ns, labels in points
         ]
-        entry = metric_pb2.ExecutionMetrics(
+        return metric_pb2.ExecutionMetrics(
             execution_id=self.execution_id,
             metrics=metrics,
             tags=[metric_pb2.Tag(key=k, value=v) for k, v in tags.items()],
@@ -241,7 +255,6 @@ class MetricsLogger:
                 for k, (v, is_json) in infos.items()
             ],
         )
-        self._client.write_metrics_batch([entry], timeout=timeout)
 
     def _failed(self, error: Exception, count: int) -> bool:
         """Report a failed send. Returns True when the batch is to be dropped."""

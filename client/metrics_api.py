@@ -102,10 +102,16 @@ class MetricsCalls:
         return self.write_metrics_batch([entry])
 
     def write_metrics_batch(
-        self, entries: Sequence[metric_pb2.ExecutionMetrics], timeout: float | None = None
+        self,
+        entries: Sequence[metric_pb2.ExecutionMetrics],
+        timeout: float | None = None,
+        request_id: str = "",
     ) -> metric_service_pb2.WriteMetricsResponse:
-        """Record the metrics of several executions in one call (one transaction)."""
-        request = metric_service_pb2.WriteMetricsRequest(executions=entries)
+        """Record the metrics of several executions in one call (one transaction). A
+        retry of the same entries with the same ``request_id`` writes nothing twice."""
+        request = metric_service_pb2.WriteMetricsRequest(
+            executions=entries, request_id=request_id
+        )
         return self.call(self.metric_service.WriteMetrics, request, timeout)
 
     # ------------------------------------------------------------------ read

@@ -40,6 +40,7 @@ from server.domain.logsink import LogSink
 from server.domain.metrics import MetricsService
 from server.domain.models import SHARED_GROUP
 from server.domain.principal import Principal
+from server.domain.retention import IdempotencyPurger
 from server.domain.secrets import SecretService as SecretUseCases
 from server.domain.service import ControlPlane
 from server.page_key import load_page_tokens
@@ -147,9 +148,10 @@ class TrainyardServer:
         auth = self.extra.get("auth")
         if auth is not None:
             await auth.close()
-        purger = self.extra.get("log_purger")
-        if purger is not None:
-            await purger.close()
+        for name in ("log_purger", "idempotency_purger"):
+            purger = self.extra.get(name)
+            if purger is not None:
+                await purger.close()
         if self.plane.runtime is not None:
             await self.plane.runtime.close()
         sink = self.extra.get("log_sink")
@@ -269,6 +271,8 @@ async def start_server(settings: Settings) -> TrainyardServer:
     tails = LogTails(plane, broker)
     # Log lines of deleted executions, removed in the background (woken by deletes).
     log_purger = LogPurger(store)
+    # Request ids past their retention, deleted in the background.
+    idempotency_purger = IdempotencyPurger(store, settings.idempotency_retention_seconds)
     plane.listeners.append(log_purger.on_event)
     watches = ExecutionWatches(plane, broker)
     notifier: PostgresNotifier | None = None
@@ -414,6 +418,7 @@ async def start_server(settings: Settings) -> TrainyardServer:
         if isinstance(plane.runtime, Executor):  # steps may call the API over HTTP
             plane.runtime.http_address = reachable_address(console.address)
     log_purger.start()  # first what a previous server left queued
+    idempotency_purger.start()
     for name in ["", *SERVICE_NAMES]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     running = TrainyardServer(
@@ -426,6 +431,7 @@ async def start_server(settings: Settings) -> TrainyardServer:
         extra={
             "log_sink": log_sink,
             "log_purger": log_purger,
+            "idempotency_purger": idempotency_purger,
             "broker": broker,
             "tails": tails,
             "watches": watches,

@@ -49,6 +49,8 @@ class Settings:
     # first start. Replicas of one database are given the same file, so that each
     # accepts the tokens the others issued.
     page_token_key_file: Path | None = None
+    # How long request ids (creates, WriteMetrics) are remembered (seconds).
+    idempotency_retention_seconds: float = 24 * 3600.0
     # Security (docs/security.md). Auth is on when a token file or a client CA is given.
     auth_tokens: Path | None = None  # the token file (hashes only)
     tls_cert: Path | None = None  # PEM certificate chain; with tls_key: TLS
@@ -132,6 +134,15 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 
 DESCRIPTION = "Run the Trainyard control plane."
+
+
+def _duration(text: str) -> float:
+    from server.domain.retention import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError:
+        raise ValueError(f"--idempotency-retention: not a duration: {text!r} (e.g. 24h)") from None
 
 
 def parse_args(argv: list[str] | None = None) -> Settings:
@@ -266,6 +277,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(TRAINYARD_SECRETS_KEY_FILE)",
     )
     parser.add_argument(
+        "--idempotency-retention",
+        default=_env("IDEMPOTENCY_RETENTION", "24h"),
+        metavar="DURATION",
+        help="how long a request id is remembered: a repeat within it returns the first "
+        "result, after it is a new request (90s, 30m, 24h, 7d; default 24h) "
+        "(TRAINYARD_IDEMPOTENCY_RETENTION)",
+    )
+    parser.add_argument(
         "--page-token-key-file",
         default=_env("PAGE_TOKEN_KEY_FILE"),
         metavar="FILE",
@@ -386,5 +405,6 @@ def _settings(args: argparse.Namespace) -> Settings:
         resource_plans_file=Path(args.resource_plans) if args.resource_plans else None,
         secrets_key_file=Path(args.secrets_key_file) if args.secrets_key_file else None,
         page_token_key_file=path(args.page_token_key_file),
+        idempotency_retention_seconds=_duration(args.idempotency_retention),
         console_address="" if args.no_console else args.console_address,
     )

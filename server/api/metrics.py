@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from server.api import convert
 from server.api.context import resource_group
 from server.domain.errors import Reason, ResourceExhausted
@@ -22,8 +24,17 @@ class MetricService(metric_service_pb2_grpc.MetricServiceServicer):
         self.max_message_bytes = max_message_bytes
 
     async def WriteMetrics(self, request, context):
+        digest = ""
+        if request.request_id:
+            # The content a repeat must match: the entries as sent, canonically encoded.
+            digest = hashlib.sha256(
+                b"".join(e.SerializeToString(deterministic=True) for e in request.executions)
+            ).hexdigest()
         points, tags, infos = await self.metrics.write(
-            resource_group(), convert.execution_metrics_from_pb(request.executions)
+            resource_group(),
+            convert.execution_metrics_from_pb(request.executions),
+            request.request_id,
+            digest,
         )
         return pb.WriteMetricsResponse(
             metrics_written=points, tags_written=tags, custom_info_written=infos

@@ -44,6 +44,7 @@ MAX_LABELS_PER_POINT = 16
 MAX_LABEL_VALUE = 256
 MAX_TAG_VALUE = 5000
 MAX_CUSTOM_INFO_BYTES = 64 * 1024
+MAX_REQUEST_ID_CHARS = 200
 MAX_VIOLATIONS = 100
 
 MAX_EXECUTIONS_PER_LIST = 100
@@ -309,10 +310,18 @@ class MetricsService:
     # ----------------------------------------------------------------- write
 
     async def write(
-        self, resource_group: str, entries: Sequence[ExecutionMetricsIn]
+        self,
+        resource_group: str,
+        entries: Sequence[ExecutionMetricsIn],
+        request_id: str = "",
+        request_digest: str = "",
     ) -> tuple[int, int, int]:
-        """Validate and store, all in one transaction. Returns (points, tags, custom info)."""
+        """Validate and store, all in one transaction. Returns (points, tags, custom info).
+        A ``request_id`` seen before with the same ``request_digest`` (the request's
+        content) writes nothing and returns the first write's counts."""
         v = _Capped()
+        if len(request_id) > MAX_REQUEST_ID_CHARS:
+            v.add("request_id", f"must be at most {MAX_REQUEST_ID_CHARS} characters")
         if not entries:
             v.add("executions", "at least one entry is required")
         if len(entries) > MAX_EXECUTIONS_PER_WRITE:
@@ -346,7 +355,9 @@ class MetricsService:
             infos = self._check_custom_info(v, prefix, entry.custom_info)
             checked.append(ExecutionMetricsIn(entry.execution_id, points, tags, infos))
         v.raise_if_any(summary="metrics refused")
-        return await self.store.write(resource_group, checked, now_us)
+        return await self.store.write(
+            resource_group, checked, now_us, request_id, request_digest
+        )
 
     @staticmethod
     def _check_tags(

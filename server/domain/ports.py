@@ -301,7 +301,12 @@ class MetricStore(Protocol):
     """Metric series, points, tags and custom info of executions."""
 
     async def write(
-        self, resource_group: str, entries: Sequence[ExecutionMetricsIn], now_us: int
+        self,
+        resource_group: str,
+        entries: Sequence[ExecutionMetricsIn],
+        now_us: int,
+        request_id: str = "",
+        request_digest: str = "",
     ) -> tuple[int, int, int]: ...
 
     async def require_executions(

@@ -140,6 +140,7 @@ class AsyncStore:
     # -------------------------------------------------------------- catalog
 
     put_executable = _writer(SyncStore.put_executable)
+    purge_idempotency_keys = _writer(SyncStore.purge_idempotency_keys)
 
     async def get_executable(
         self, resource_group: str, executable_id: str, version: str = ""

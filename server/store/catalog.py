@@ -97,6 +97,15 @@ class CatalogRepository:
             start += size
         return recorded
 
+    def purge_idempotency_keys(self, before_us: int) -> int:
+        """Delete the request ids recorded before ``before_us`` (past their retention);
+        returns how many. A repeat of one of those requests is then a new request."""
+        with self.write_lock():
+            cursor = self.execute(
+                "DELETE FROM idempotency_key WHERE created_us < ?", (before_us,)
+            )
+            return max(cursor.rowcount or 0, 0)
+
     def _idempotent_record(
         self, resource_group: str, kind: str, request_id: str, digest: str, resource_id: str
     ) -> None:

@@ -49,6 +49,10 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
+# The idempotency_key kind of WriteMetrics request ids (resource_id: the counts).
+METRICS_KIND = "metrics"
+
+
 class MetricStore:
     """Metric tables of a ``Store``. Registers itself as a delete hook of the store, so
     an execution's metrics go with it in the same transaction unless kept."""
@@ -64,15 +68,30 @@ class MetricStore:
     # ----------------------------------------------------------------- write
 
     def write(
-        self, resource_group: str, entries: Sequence[ExecutionMetricsIn], now_us: int
+        self,
+        resource_group: str,
+        entries: Sequence[ExecutionMetricsIn],
+        now_us: int,
+        request_id: str = "",
+        request_digest: str = "",
     ) -> tuple[int, int, int]:
         """Store validated entries in one transaction. NotFound (nothing written) when an
-        execution does not exist in ``resource_group``."""
+        execution does not exist in ``resource_group``. With a ``request_id``: its
+        idempotency key is recorded in the same transaction, with the counts, and a
+        repeat returns those counts without writing."""
         ids = [e.execution_id for e in entries]
         with self.store.write_lock():
             # New series take the next ids: one metric writer at a time, on every
             # replica (SQLite's write lock already is that; PostgreSQL takes a lock).
+            # Also what makes the request id lookup below safe from a concurrent repeat.
             self.store.dialect.serialize(self.db, METRIC_WRITE_LOCK)
+            if request_id:
+                done = self.store._idempotent_lookup(
+                    resource_group, METRICS_KIND, request_id, request_digest
+                )
+                if done is not None:
+                    points, tags, infos = (int(n) for n in done.split(","))
+                    return points, tags, infos
             self.require_executions(resource_group, ids)
             cursor = self.store.cursor()
             cursor.executemany(
@@ -119,6 +138,14 @@ class MetricStore:
                     "last_step = ?, last_us = ?, min_value = ?, max_value = ? "
                     "WHERE execution_id = ? AND name = ?",
                     summary_rows,
+                )
+            if request_id:
+                self.store._idempotent_record(
+                    resource_group,
+                    METRICS_KIND,
+                    request_id,
+                    request_digest,
+                    f"{points},{tags},{infos}",
                 )
         return points, tags, infos
 

@@ -26,7 +26,7 @@ from trainyard.v1 import execution_pb2 as trainyard_dot_v1_dot_execution__pb2
 from trainyard.v1 import metric_pb2 as trainyard_dot_v1_dot_metric__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!trainyard/v1/metric_service.proto\x12\x0ctrainyard.v1\x1a\x1ctrainyard/v1/execution.proto\x1a\x19trainyard/v1/metric.proto\"I\n\x13WriteMetricsRequest\x12\x32\n\nexecutions\x18\x01 \x03(\x0b\x32\x1e.trainyard.v1.ExecutionMetrics\"b\n\x14WriteMetricsResponse\x12\x17\n\x0fmetrics_written\x18\x01 \x01(\x03\x12\x14\n\x0ctags_written\x18\x02 \x01(\x05\x12\x1b\n\x13\x63ustom_info_written\x18\x03 \x01(\x05\"\x89\x01\n\x12ListMetricsRequest\x12\x15\n\rexecution_ids\x18\x01 \x03(\t\x12\r\n\x05names\x18\x02 \x03(\t\x12&\n\x04view\x18\x03 \x01(\x0e\x32\x18.trainyard.v1.MetricView\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"b\n\x13ListMetricsResponse\x12\x32\n\nexecutions\x18\x01 \x03(\x0b\x32\x1e.trainyard.v1.ExecutionMetrics\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\";\n\x14\x44\x65leteMetricsRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\r\n\x05names\x18\x02 \x03(\t\"0\n\x15\x44\x65leteMetricsResponse\x12\x17\n\x0fmetrics_deleted\x18\x01 \x01(\x03\"\xac\x02\n\x18\x43ompareExecutionsRequest\x12\x15\n\rexecution_ids\x18\x01 \x03(\t\x12\x15\n\rexecutable_id\x18\x02 \x01(\t\x12\x18\n\x10\x63onfiguration_id\x18\x03 \x01(\t\x12/\n\x08statuses\x18\x04 \x03(\x0e\x32\x1d.trainyard.v1.ExecutionStatus\x12-\n\x07metrics\x18\x05 \x03(\x0b\x32\x1c.trainyard.v1.MetricSelector\x12.\n\x08order_by\x18\x06 \x01(\x0b\x32\x1c.trainyard.v1.MetricSelector\x12\x11\n\tascending\x18\x07 \x01(\x08\x12\x11\n\tpage_size\x18\x08 \x01(\x05\x12\x12\n\npage_token\x18\t \x01(\t\"\xa5\x01\n\x19\x43ompareExecutionsResponse\x12\x33\n\nexecutions\x18\x01 \x03(\x0b\x32\x1f.trainyard.v1.ComparedExecution\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\x12\x17\n\nbest_value\x18\x04 \x01(\x01H\x00\x88\x01\x01\x42\r\n\x0b_best_value*Y\n\nMetricView\x12\x1b\n\x17METRIC_VIEW_UNSPECIFIED\x10\x00\x12\x16\n\x12METRIC_VIEW_LATEST\x10\x01\x12\x16\n\x12METRIC_VIEW_SERIES\x10\x02\x32\xfa\x02\n\rMetricService\x12U\n\x0cWriteMetrics\x12!.trainyard.v1.WriteMetricsRequest\x1a\".trainyard.v1.WriteMetricsResponse\x12R\n\x0bListMetrics\x12 .trainyard.v1.ListMetricsRequest\x1a!.trainyard.v1.ListMetricsResponse\x12X\n\rDeleteMetrics\x12\".trainyard.v1.DeleteMetricsRequest\x1a#.trainyard.v1.DeleteMetricsResponse\x12\x64\n\x11\x43ompareExecutions\x12&.trainyard.v1.CompareExecutionsRequest\x1a\'.trainyard.v1.CompareExecutionsResponseB@Z>github.com/trainyard/trainyard/gen/go/trainyard/v1;trainyardv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!trainyard/v1/metric_service.proto\x12\x0ctrainyard.v1\x1a\x1ctrainyard/v1/execution.proto\x1a\x19trainyard/v1/metric.proto\"]\n\x13WriteMetricsRequest\x12\x32\n\nexecutions\x18\x01 \x03(\x0b\x32\x1e.trainyard.v1.ExecutionMetrics\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"b\n\x14WriteMetricsResponse\x12\x17\n\x0fmetrics_written\x18\x01 \x01(\x03\x12\x14\n\x0ctags_written\x18\x02 \x01(\x05\x12\x1b\n\x13\x63ustom_info_written\x18\x03 \x01(\x05\"\x89\x01\n\x12ListMetricsRequest\x12\x15\n\rexecution_ids\x18\x01 \x03(\t\x12\r\n\x05names\x18\x02 \x03(\t\x12&\n\x04view\x18\x03 \x01(\x0e\x32\x18.trainyard.v1.MetricView\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"b\n\x13ListMetricsResponse\x12\x32\n\nexecutions\x18\x01 \x03(\x0b\x32\x1e.trainyard.v1.ExecutionMetrics\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\";\n\x14\x44\x65leteMetricsRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\r\n\x05names\x18\x02 \x03(\t\"0\n\x15\x44\x65leteMetricsResponse\x12\x17\n\x0fmetrics_deleted\x18\x01 \x01(\x03\"\xac\x02\n\x18\x43ompareExecutionsRequest\x12\x15\n\rexecution_ids\x18\x01 \x03(\t\x12\x15\n\rexecutable_id\x18\x02 \x01(\t\x12\x18\n\x10\x63onfiguration_id\x18\x03 \x01(\t\x12/\n\x08statuses\x18\x04 \x03(\x0e\x32\x1d.trainyard.v1.ExecutionStatus\x12-\n\x07metrics\x18\x05 \x03(\x0b\x32\x1c.trainyard.v1.MetricSelector\x12.\n\x08order_by\x18\x06 \x01(\x0b\x32\x1c.trainyard.v1.MetricSelector\x12\x11\n\tascending\x18\x07 \x01(\x08\x12\x11\n\tpage_size\x18\x08 \x01(\x05\x12\x12\n\npage_token\x18\t \x01(\t\"\xa5\x01\n\x19\x43ompareExecutionsResponse\x12\x33\n\nexecutions\x18\x01 \x03(\x0b\x32\x1f.trainyard.v1.ComparedExecution\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\x12\x17\n\nbest_value\x18\x04 \x01(\x01H\x00\x88\x01\x01\x42\r\n\x0b_best_value*Y\n\nMetricView\x12\x1b\n\x17METRIC_VIEW_UNSPECIFIED\x10\x00\x12\x16\n\x12METRIC_VIEW_LATEST\x10\x01\x12\x16\n\x12METRIC_VIEW_SERIES\x10\x02\x32\xfa\x02\n\rMetricService\x12U\n\x0cWriteMetrics\x12!.trainyard.v1.WriteMetricsRequest\x1a\".trainyard.v1.WriteMetricsResponse\x12R\n\x0bListMetrics\x12 .trainyard.v1.ListMetricsRequest\x1a!.trainyard.v1.ListMetricsResponse\x12X\n\rDeleteMetrics\x12\".trainyard.v1.DeleteMetricsRequest\x1a#.trainyard.v1.DeleteMetricsResponse\x12\x64\n\x11\x43ompareExecutions\x12&.trainyard.v1.CompareExecutionsRequest\x1a\'.trainyard.v1.CompareExecutionsResponseB@Z>github.com/trainyard/trainyard/gen/go/trainyard/v1;trainyardv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,24 +34,24 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'trainyard.v1.metric_service
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z>github.com/trainyard/trainyard/gen/go/trainyard/v1;trainyardv1'
-  _globals['_METRICVIEW']._serialized_start=1105
-  _globals['_METRICVIEW']._serialized_end=1194
+  _globals['_METRICVIEW']._serialized_start=1125
+  _globals['_METRICVIEW']._serialized_end=1214
   _globals['_WRITEMETRICSREQUEST']._serialized_start=108
-  _globals['_WRITEMETRICSREQUEST']._serialized_end=181
-  _globals['_WRITEMETRICSRESPONSE']._serialized_start=183
-  _globals['_WRITEMETRICSRESPONSE']._serialized_end=281
-  _globals['_LISTMETRICSREQUEST']._serialized_start=284
-  _globals['_LISTMETRICSREQUEST']._serialized_end=421
-  _globals['_LISTMETRICSRESPONSE']._serialized_start=423
-  _globals['_LISTMETRICSRESPONSE']._serialized_end=521
-  _globals['_DELETEMETRICSREQUEST']._serialized_start=523
-  _globals['_DELETEMETRICSREQUEST']._serialized_end=582
-  _globals['_DELETEMETRICSRESPONSE']._serialized_start=584
-  _globals['_DELETEMETRICSRESPONSE']._serialized_end=632
-  _globals['_COMPAREEXECUTIONSREQUEST']._serialized_start=635
-  _globals['_COMPAREEXECUTIONSREQUEST']._serialized_end=935
-  _globals['_COMPAREEXECUTIONSRESPONSE']._serialized_start=938
-  _globals['_COMPAREEXECUTIONSRESPONSE']._serialized_end=1103
-  _globals['_METRICSERVICE']._serialized_start=1197
-  _globals['_METRICSERVICE']._serialized_end=1575
+  _globals['_WRITEMETRICSREQUEST']._serialized_end=201
+  _globals['_WRITEMETRICSRESPONSE']._serialized_start=203
+  _globals['_WRITEMETRICSRESPONSE']._serialized_end=301
+  _globals['_LISTMETRICSREQUEST']._serialized_start=304
+  _globals['_LISTMETRICSREQUEST']._serialized_end=441
+  _globals['_LISTMETRICSRESPONSE']._serialized_start=443
+  _globals['_LISTMETRICSRESPONSE']._serialized_end=541
+  _globals['_DELETEMETRICSREQUEST']._serialized_start=543
+  _globals['_DELETEMETRICSREQUEST']._serialized_end=602
+  _globals['_DELETEMETRICSRESPONSE']._serialized_start=604
+  _globals['_DELETEMETRICSRESPONSE']._serialized_end=652
+  _globals['_COMPAREEXECUTIONSREQUEST']._serialized_start=655
+  _globals['_COMPAREEXECUTIONSREQUEST']._serialized_end=955
+  _globals['_COMPAREEXECUTIONSRESPONSE']._serialized_start=958
+  _globals['_COMPAREEXECUTIONSRESPONSE']._serialized_end=1123
+  _globals['_METRICSERVICE']._serialized_start=1217
+  _globals['_METRICSERVICE']._serialized_end=1595
 # @@protoc_insertion_point(module_scope)

@@ -52,6 +52,14 @@ class WriteMetricsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EXECUTIONS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Optional, recommended for retries. A repeat of a request with this id (within the
+    server's idempotency retention, `--idempotency-retention`, default 24 hours)
+    writes nothing more and returns the first call's counts, so a retry after a
+    lost answer never records a point twice; with different content it is
+    FAILED_PRECONDITION (reason REQUEST_ID_REUSED). At most 200 characters.
+    """
     @_builtins.property
     def executions(self) -> _containers.RepeatedCompositeFieldContainer[_metric_pb2.ExecutionMetrics]:
         """Required. What to record, per execution: 1 to 100 entries with distinct execution
@@ -62,10 +70,11 @@ class WriteMetricsRequest(_message.Message):
         self,
         *,
         executions: _abc.Iterable[_metric_pb2.ExecutionMetrics] | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["executions", b"executions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["executions", b"executions", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
