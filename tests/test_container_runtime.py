@@ -191,7 +191,7 @@ def test_stop_ends_the_container_within_the_grace_period(runner, podman):
     execution = runner.wait(execution_id, "STOPPED", timeout=2.0 + 20)
     assert [h[0] for h in runner.history(execution_id)][-2:] == ["STOPPING", "STOPPED"]
     assert PHASE_NAME[execution.step_details[0].phase] == "STOPPED"
-    assert no_container_left(podman)
+    wait_for(lambda: no_container_left(podman), 30, "the stopped container to be removed")
 
 
 def test_a_killed_server_reattaches_its_running_container(podman, tmp_path):

@@ -70,7 +70,7 @@ DEFAULT_USER = "65534:65534"
 # loopback, and sends every other connection from 127.0.0.1, which cannot leave it.
 API_NETWORK = "slirp4netns:allow_host_loopback=true,outbound_addr=127.0.0.1"
 API_HOST = "10.0.2.2"
-READ_CHUNK = 256 * 1024
+READ_CHUNK = 1024 * 1024
 POLL_MIN = 0.005  # seconds between reads of a log file that just grew ...
 POLL_MAX = 0.05  # ... and of one that stays still
 ENGINE_TIMEOUT = 60.0  # an engine command that takes longer than this failed
@@ -160,19 +160,28 @@ class LogFile:
             return []
         self._rest = data[end + 1 :]
         lines: list[tuple[LogStream, str]] = []
+        partial = self._partial
+        podman = self.kind == "podman"
         for record in data[:end].split(b"\n"):
+            if podman and not partial:  # the common case: a whole line, no piece pending
+                parts = record.split(b" ", 3)
+                if len(parts) >= 3 and parts[2] == b"F" and len(record) < MAX_LINE_BYTES:
+                    stream = LogStream.STDERR if parts[1] == b"stderr" else LogStream.STDOUT
+                    text = parts[3] if len(parts) > 3 else b""
+                    lines.append((stream, _decode(text)))
+                    continue
             parsed = self._parse(record)
             if parsed is None:
                 continue
             stream, text, complete = parsed
-            buffer = self._partial.setdefault(stream, bytearray())
+            buffer = partial.setdefault(stream, bytearray())
             buffer += text
             while len(buffer) >= MAX_LINE_BYTES:
                 lines.append((stream, _decode(buffer[:MAX_LINE_BYTES])))
                 del buffer[:MAX_LINE_BYTES]
             if complete:
                 lines.append((stream, _decode(buffer)))
-                buffer.clear()
+                del partial[stream]
         return lines
 
     def flush(self) -> list[tuple[LogStream, str]]:
@@ -275,7 +284,9 @@ class ContainerHandle:
                 self.output.note(f"step {self.step}: stopped reading its log")
         if code == 0:
             await self._copy_outputs()
-        await self.runner.remove(self.id)
+        # Removed in the background: the step's end (and the execution's) need not wait
+        # for the engine's clean-up; a server that dies meanwhile removes it at start.
+        self.runner.remove_later(self.id)
         return StepExit(code)
 
     async def _wait_exit(self) -> int:
@@ -370,6 +381,8 @@ class ContainerRunner:
         self.api_host = api_host  # what a step dials for the API instead of the host's
         self.engine = Engine("", "")
         self._probed = False
+        self._removals: set[asyncio.Task] = set()
+        self._removing: set[str] = set()  # ids of containers being removed
 
     # ------------------------------------------------------------------ set-up
 
@@ -562,6 +575,17 @@ class ContainerRunner:
     async def remove(self, container_id: str) -> None:
         await run_engine(self.engine, "rm", "-f", "-v", container_id)
 
+    def remove_later(self, container_id: str) -> None:
+        self._removing.add(container_id)
+        task = asyncio.ensure_future(self.remove(container_id))
+        self._removals.add(task)
+
+        def done(task: asyncio.Task) -> None:
+            self._removals.discard(task)
+            self._removing.discard(container_id)
+
+        task.add_done_callback(done)
+
     # ------------------------------------------------------------------ recovery
 
     async def reattach(
@@ -625,7 +649,7 @@ class ContainerRunner:
         if not wanted:
             return found
         for container_id, execution_id in await self._labelled():
-            if execution_id in wanted:
+            if execution_id in wanted and container_id not in self._removing:
                 found.setdefault(execution_id, []).append(container_id)
         return found
 
@@ -637,7 +661,8 @@ class ContainerRunner:
         return sorted({eid for _, eid in await self._labelled()})
 
     async def close(self) -> None:
-        return None
+        if self._removals:
+            await asyncio.wait(list(self._removals), timeout=ENGINE_TIMEOUT)
 
 
 def _limits_refused(err: str) -> bool:
