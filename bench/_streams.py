@@ -44,19 +44,19 @@ async def bench_server():
             await running.stop(grace=0.5)
 
 
-def running_execution(running: TrainyardServer) -> str:
+async def running_execution(running: TrainyardServer) -> str:
     """A RUNNING execution of the iris-train sample."""
     plane = running.plane
-    artifact = plane.create_artifact(
+    artifact = await plane.create_artifact(
         GROUP, name="iris", kind=ArtifactKind.DATASET, url="file:///tmp/iris.csv",
         scenario_id="iris",
     )
-    configuration = plane.create_configuration(
+    configuration = await plane.create_configuration(
         GROUP, name="bench", executable_id="iris-train", scenario_id="iris", parameters=[],
         artifact_bindings=[("iris-data", artifact.id)],
     )
-    execution = plane.create_execution(GROUP, configuration.id)
-    plane.transition(execution.id, Status.RUNNING, "bench")
+    execution = await plane.create_execution(GROUP, configuration.id)
+    await plane.transition(execution.id, Status.RUNNING, "bench")
     return execution.id
 
 

@@ -169,7 +169,7 @@ def write_lines(sink, execution_id: str, count: int) -> None:
 
 async def history(total: int) -> dict:
     async with bench_server() as running:
-        execution_id = running_execution(running)
+        execution_id = await running_execution(running)
         sink = running.extra["log_sink"]
         for start in range(0, total, 5000):
             write_lines(sink, execution_id, min(5000, total - start))
@@ -184,7 +184,7 @@ async def history(total: int) -> dict:
 
 async def live(total: int) -> dict:
     async with bench_server() as running:
-        execution_id = running_execution(running)
+        execution_id = await running_execution(running)
         sink = running.extra["log_sink"]
         produced: dict[str, float] = {}
 

@@ -306,7 +306,7 @@ async def measure_bare(tailers: int, rate: int, seconds: float, processes: int) 
 
 async def measure_trainyard(tailers: int, rate: int, seconds: float, processes: int) -> dict:
     async with bench_server() as running:
-        execution_id = running_execution(running)
+        execution_id = await running_execution(running)
         sink = running.extra["log_sink"]
         broker = running.extra["broker"]
         rss_before = rss_mb()

@@ -33,6 +33,10 @@ MESSAGE_LINES = 16000
 MESSAGE_BYTES = 2 * 1024 * 1024
 _MAX_SEGMENT_BYTES = 3 * 1024 * 1024
 _LINE_OVERHEAD = 40  # bytes of a line's fields besides its text, roughly
+# The fields the encoder below writes, of LogLine and TailLogsResponse: a test fails
+# when the messages gain a field these do not name (the encoder must learn it).
+ENCODED_LINE_FIELDS = frozenset({"sequence", "time", "step", "stream", "text"})
+ENCODED_RESPONSE_FIELDS = frozenset({"lines", "cursor"})
 
 _TEXT = itemgetter(5)  # of a LogRow
 
