@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
 from tests.conftest import make_stubs
-from tests.helpers import iris_configuration, register_iris, rpc_error
+from tests.helpers import iris_configuration, register_iris, rpc_error, wait_for
 from trainyard.v1 import executable_service_pb2 as exe
 from trainyard.v1 import execution_service_pb2 as ex
 
@@ -43,12 +42,12 @@ def test_writer_contention_surfaces_no_locked_error(server, stubs):
     reader.execute("SELECT COUNT(*) FROM execution").fetchone()  # a read transaction stays open
     holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     holder.execute("BEGIN IMMEDIATE")  # the write lock, held by someone else
-    started = threading.Semaphore(0)
+    interceptor = server.running.extra["interceptor"]
+    method = "/trainyard.v1.ExecutionService/CreateExecution"
 
     def create(i: int) -> str:
         s = make_stubs(server.address)
         try:
-            started.release()
             return s.executions.CreateExecution(
                 ex.CreateExecutionRequest(configuration_id=config, request_id=f"contention-{i}"),
                 timeout=30,
@@ -58,9 +57,11 @@ def test_writer_contention_surfaces_no_locked_error(server, stubs):
 
     with ThreadPoolExecutor(16) as pool:
         futures = [pool.submit(create, i) for i in range(16)]
-        for _ in range(16):
-            assert started.acquire(timeout=30)
-        holder.execute("COMMIT")  # release the lock once every client is waiting on it
+        # Every call is at the server (not merely about to be sent) and none could end:
+        # the lock is released only then.
+        wait_for(lambda: interceptor.in_flight.get(method, 0) == 16, timeout=30)
+        assert not any(f.done() for f in futures)
+        holder.execute("COMMIT")
         ids = [f.result(timeout=60) for f in futures]
     reader.execute("COMMIT")
     reader.close()

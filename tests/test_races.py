@@ -74,6 +74,16 @@ def test_many_stops_and_deletes_of_one_running_execution(server, runner):
     stops = [code for verb, code in outcomes if verb == "stop"]
     assert stops.count("OK") == 1  # exactly one stop moved it to STOPPING
     deletes = [code for verb, code in outcomes if verb == "delete"]
+    # At most one delete wins (once the stop made it final, during the hammering).
+    assert deletes.count("OK") <= 1, deletes
+    if "OK" in deletes:
+        # It won: the execution is gone, and every other delete was refused or late.
+        assert set(deletes) - {"OK"} <= {"NOT_FOUND", "FAILED_PRECONDITION"}, deletes
+        with pytest.raises(TrainyardError) as gone:
+            runner.get(execution_id)
+        assert gone.value.code.name == "NOT_FOUND"
+        again = hammer(server.address, [("delete", execution_id)] * 8)
+        assert [code for _, code in again] == ["NOT_FOUND"] * 8
     final = runner.wait(execution_id, "STOPPED", timeout=30) if "OK" not in deletes else None
     if final is not None:
         assert_history_follows_the_table(final.history)

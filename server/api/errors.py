@@ -200,6 +200,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         self.auth = auth if auth is not None and auth.enabled else None
         # Open server streams per client connection (peer address).
         self.open_streams: dict[str, int] = {}
+        # Calls being served, per method (full name): for operators and tests.
+        self.in_flight: dict[str, int] = {}
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
@@ -327,6 +329,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
     def _begin(self, method: str, context: grpc.aio.ServicerContext) -> tuple[float, str]:
+        self.in_flight[method] = self.in_flight.get(method, 0) + 1
         request_id = ""
         group = ""
         authorization = ""
@@ -361,6 +364,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         await context.abort(code, message, trailing_metadata=((DETAILS_KEY, status),))
 
     def _end(self, method: str, context: grpc.aio.ServicerContext, start: float) -> None:
+        self.in_flight[method] -= 1
         code = context.code()
         if code is None:
             name = "OK"
