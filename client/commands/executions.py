@@ -50,7 +50,9 @@ def exit_text(code: int) -> str:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("executions", help="start, inspect, stop, delete executions")
+    parser = subparsers.add_parser(
+        "executions", help="start, inspect, stop, re-run and delete executions"
+    )
     sub = parser.add_subparsers(dest="action", required=True)
 
     create = sub.add_parser(
