@@ -287,17 +287,21 @@ async def start_server(settings: Settings) -> TrainyardServer:
             broker=broker,
             log_sink=log_sink,
         )
-    if settings.runtime in ("local", "container"):
-        runner = (
-            ContainerRunner(
-                engine=settings.container_engine,
-                replica_id=settings.replica_id,
-                user=settings.container_user,
-                network=settings.container_network,
-            )
-            if settings.runtime == "container"
-            else ProcessRunner()
+    runner = None
+    if settings.runtime == "local":
+        runner = ProcessRunner()
+    elif settings.runtime == "container":
+        runner = ContainerRunner(
+            engine=settings.container_engine,
+            replica_id=settings.replica_id,
+            user=settings.container_user,
+            network=settings.container_network,
         )
+    elif settings.runtime == "ray":
+        from server.runtime.ray_runner import RayRunner  # Ray is an optional extra
+
+        runner = RayRunner(settings.ray_address, stop_grace=settings.stop_grace_seconds)
+    if runner is not None:
         plane.runtime = Executor(
             plane,
             log_sink,
@@ -346,6 +350,8 @@ async def start_server(settings: Settings) -> TrainyardServer:
         capabilities,
         runtime=settings.runtime,
         store=store.kind,
+        cluster=getattr(runner, "cluster", None),
+        runtime_address=settings.ray_address if settings.runtime == "ray" else "",
         auth_enabled=auth.enabled,
         tls_enabled=tls is not None,
     )

@@ -29,12 +29,18 @@ class Settings:
     stop_grace_seconds: float = 10.0
     max_message_bytes: int = 4 * 1024 * 1024
     max_streams_per_client: int = 100
-    runtime: str = "local"  # local: steps run as local processes; none: nothing runs
+    # local: steps run as local processes; container: in their images; ray: as Ray
+    # jobs; none: nothing runs
+    runtime: str = "local"
     # The container runtime (docs/runtime.md): the engine ("": Podman, else Docker),
     # the user steps run as, their network ("api": only this machine's loopback).
     container_engine: str = ""
     container_user: str = "65534:65534"
     container_network: str = "api"
+    ray_address: str = ""  # the Ray cluster's job submission address (http://HEAD:8265)
+    # A folder the server and every node of the Ray cluster see at the same path:
+    # executions' working directories and output artifacts go there (default: data_dir).
+    artifact_root: Path | None = None
     port_file: Path | None = None  # where `serve` writes the bound port
     # This server among the replicas of one database; default: the host name and a
     # digest of the data directory, the same across restarts of the same server.
@@ -121,12 +127,12 @@ class Settings:
     @property
     def work_dir(self) -> Path:
         """Where executions get their working directories."""
-        return self.data_dir / "executions"
+        return (self.artifact_root or self.data_dir) / "executions"
 
     @property
     def artifacts_dir(self) -> Path:
         """Where output artifacts of executions are kept (they outlive the execution)."""
-        return self.data_dir / "artifacts"
+        return (self.artifact_root or self.data_dir) / "artifacts"
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -223,11 +229,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--runtime",
-        choices=["local", "container", "none"],
+        choices=["local", "container", "ray", "none"],
         default=_env("RUNTIME", "local"),
         help="local: run steps as local processes (default); container: run each step in "
-        "its image through Podman (or Docker); none: run nothing, executions stay PENDING "
-        "(TRAINYARD_RUNTIME)",
+        "its image through Podman (or Docker); ray: run each step as a job on the Ray cluster "
+        "at --ray-address; none: run nothing, executions stay PENDING (TRAINYARD_RUNTIME)",
     )
     parser.add_argument(
         "--container-engine",
@@ -246,6 +252,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the network of container steps: api (default): only this machine's "
         "loopback, where the API listens; none: no network; anything else is the "
         "engine's --network value (TRAINYARD_CONTAINER_NETWORK)",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=_env("RAY_ADDRESS", ""),
+        metavar="URL",
+        help="job submission address of the Ray cluster of --runtime ray, "
+        "http://HEAD:8265 (TRAINYARD_RAY_ADDRESS)",
+    )
+    parser.add_argument(
+        "--artifact-root",
+        default=_env("ARTIFACT_ROOT"),
+        metavar="DIR",
+        help="folder for executions' working directories and output artifacts, seen at "
+        "the same path by the server and every Ray node (default: the data directory; "
+        "TRAINYARD_ARTIFACT_ROOT)",
     )
     parser.add_argument(
         "--replica-id",
@@ -362,6 +383,8 @@ def settings_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         parser.error("--lease-seconds must be positive")
     if args.database_busy_timeout < 0:
         parser.error("--database-busy-timeout must not be negative")
+    if args.runtime == "ray" and not args.ray_address:
+        parser.error("--runtime ray needs --ray-address (or TRAINYARD_RAY_ADDRESS)")
     if args.replica_id and not REPLICA_ID_RE.match(args.replica_id):
         parser.error("--replica-id: 1-64 letters, digits, '.', '_' or '-'")
     try:
@@ -399,6 +422,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         container_engine=args.container_engine,
         container_user=args.container_user,
         container_network=args.container_network,
+        ray_address=args.ray_address,
+        artifact_root=path(args.artifact_root),
         port_file=Path(args.port_file) if args.port_file else None,
         replica_id=args.replica_id,
         lease_seconds=args.lease_seconds,

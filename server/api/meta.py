@@ -17,7 +17,12 @@ class MetaService(meta_service_pb2_grpc.MetaServiceServicer):
         store: str,
         auth_enabled: bool = False,
         tls_enabled: bool = False,
+        cluster=None,
+        runtime_address: str = "",
     ):
+        # () -> the runtime's cluster resources as last read (never blocks), or None
+        self.cluster = cluster
+        self.runtime_address = runtime_address
         self.settings = settings
         self.auth_enabled = auth_enabled
         self.tls_enabled = tls_enabled
@@ -27,7 +32,18 @@ class MetaService(meta_service_pb2_grpc.MetaServiceServicer):
         self.console_address = ""  # set once the console listens
 
     async def GetMeta(self, request, context):
+        resources = self.cluster() if self.cluster is not None else None
         return pb.GetMetaResponse(
+            cluster_resources=None if resources is None else pb.ClusterResources(
+                nodes=resources.nodes,
+                cpus=resources.cpus,
+                gpus=resources.gpus,
+                memory_bytes=resources.memory_bytes,
+                largest_node_cpus=resources.largest_node_cpus,
+                largest_node_gpus=resources.largest_node_gpus,
+                largest_node_memory_bytes=resources.largest_node_memory_bytes,
+            ),
+            runtime_address=self.runtime_address,
             version=__version__,
             api_version="v1",
             capabilities=pb.Capabilities(**self.capabilities),

@@ -420,6 +420,11 @@ class StepStartError(Exception):
     The message is shown as the step's failure and the execution's DEAD cause."""
 
 
+class StepGone(Exception):
+    """:meth:`StepRunner.reattach`: the engine no longer knows the step recorded (a Ray
+    job the cluster forgot). The execution then ends UNKNOWN with this message."""
+
+
 @dataclass(frozen=True, slots=True)
 class Mount:
     """A host path the step sees at ``target`` in its own file system."""
@@ -465,6 +470,7 @@ class StepExit:
 
     exit_code: int  # 128 + N when killed by signal N
     signal: int | None = None  # the signal that killed it, when one did
+    message: str = ""  # the engine's account of a failure (Ray's job message), or ""
 
 
 class StepOutput(Protocol):
@@ -520,6 +526,9 @@ class StepRunner(Protocol):
     # the artifacts at their template paths (a container); else in ``root`` on the
     # server's machine, with the command and artifact paths pointing there.
     isolated: bool
+    # Whether a step goes on running while no server watches it (a Ray job): then a
+    # server shutdown leaves its steps running, for the next start to re-attach.
+    outlives_server: bool
 
     async def open(self) -> None:
         """Once, at server start, before any other call (detect an engine, ...)."""
@@ -540,7 +549,8 @@ class StepRunner(Protocol):
         """After a restart: the step recorded as ``state``, watched again (whether it
         still runs or ended meanwhile), its output resumed after the first
         ``lines_stored`` lines of stdout and stderr (those the log store holds). None
-        when the runner cannot re-attach (the step is then ended with :meth:`discard`)."""
+        when the runner cannot re-attach (the step is then ended with :meth:`discard`);
+        StepGone when the engine no longer knows the step."""
         ...
 
     async def alive(self, state: Mapping[str, Any]) -> bool:

@@ -364,6 +364,7 @@ class ContainerRunner:
 
     name = "container"
     isolated = True
+    outlives_server = False  # a shutdown stops its containers (a restart re-attaches)
 
     def __init__(
         self,

@@ -66,6 +66,7 @@ from server.domain.ports import (
     Mount,
     StepCredentials,
     StepExit,
+    StepGone,
     StepHandle,
     StepLaunch,
     StepRunner,
@@ -382,9 +383,15 @@ class Executor(Runtime):
         runs = list(self._runs.values())
         for run in runs:
             run.closing = True
-            self._terminate(run, "server shutting down")
+            if not self.runner.outlives_server:
+                self._terminate(run, "server shutting down")
         tasks = [r.task for r in runs if r.task is not None]
-        if tasks:
+        if tasks and self.runner.outlives_server:
+            # The steps go on without us (Ray jobs): the next start re-attaches.
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=5.0)
+        elif tasks:
             _, late = await asyncio.wait(
                 tasks, timeout=self.stop_grace + KILL_TIMEOUT + DRAIN_TIMEOUT
             )
@@ -1019,7 +1026,9 @@ class Executor(Runtime):
             if why != said:
                 said = detail.message = why
                 self.sink.system(run.id, f"step {launch.step} waits: {why}", step=launch.step)
-                await self._step_changed(run, detail)
+                await self._step_changed(
+                    run, detail, status_message=f"step {launch.step} waits: {why}"
+                )
             await asyncio.sleep(delay)
             delay = min(delay * 2, ADMIT_DELAY_MAX)
         return False
@@ -1037,6 +1046,8 @@ class Executor(Runtime):
         else:
             how = f"exited with code {code}"
         self.sink.system(run.id, f"step {step.name} {how}", step=step.name)
+        if ended.message:
+            how = f"{how}: {ended.message}"
         record = run.state["steps"][step.name]
         record["exit_code"] = code
 
@@ -1134,7 +1145,7 @@ class Executor(Runtime):
 
     # -------------------------------------------------------------------- reports
 
-    async def _step_changed(self, run: _Run, detail: StepDetail) -> None:
+    async def _step_changed(self, run: _Run, detail: StepDetail, **changes) -> None:
         if run.fenced:
             return
         try:
@@ -1143,6 +1154,7 @@ class Executor(Runtime):
                 step_details=run.step_details(),
                 changed_step=detail,
                 lease=run.lease,
+                **changes,
             )
         except FailedPrecondition as exc:
             if exc.reason != Reason.LEASE_LOST:
@@ -1324,7 +1336,7 @@ class Executor(Runtime):
         if (
             state is not None
             and execution.status == Status.RUNNING
-            and await self._resume(execution, lease, work_dir, state, strays, what)
+            and await self._resume(execution, lease, work_dir, state, strays, what, cause)
         ):
             return
         alive: list[str] = []  # steps whose processes survived the restart
@@ -1438,6 +1450,7 @@ class Executor(Runtime):
         state: dict,
         strays: list[str],
         what: str,
+        cause: str = "server_restart",
     ) -> bool:
         """Re-attach the steps of a running execution that outlive the server (their
         runner can: containers) and run it on from there. False, with nothing done,
@@ -1456,6 +1469,10 @@ class Executor(Runtime):
             run.plan = await self._plan(execution, work_dir)
         except (PlanError, DomainError):
             return False
+        if self.credentials is not None:  # for the steps that start from now on
+            run.token = self.credentials.issue(
+                execution.id, execution.resource_group, execution.configuration_id
+            )
         steps = {s.name: s for s in run.plan.steps}
         if not set(records) <= set(steps) or any(s.loop or s.exit_handler for s in steps.values()):
             return False  # loops and exit handlers are not re-entered (yet)
@@ -1463,7 +1480,16 @@ class Executor(Runtime):
         for name, record in running.items():
             stored = await self._lines_stored(execution.id, name)
             output = _Output(self.sink, execution.id, name, keep=steps[name].keeps_result)
-            handle = await self.runner.reattach(_handle_state(record), output, stored)
+            try:
+                handle = await self.runner.reattach(_handle_state(record), output, stored)
+            except StepGone as exc:
+                for item in attached.values():
+                    item.handle.stop(self.stop_grace)
+                await asyncio.gather(
+                    *(a.handle.wait() for a in attached.values()), return_exceptions=True
+                )
+                await self._end_unknown(execution, lease, what, cause, f"step {name}: {exc}")
+                return True
             if handle is None:
                 return False
             attached[name] = _Attached(handle, output)
@@ -1489,6 +1515,36 @@ class Executor(Runtime):
         run.task.add_done_callback(partial(self._run_done, run))
         log.info("execution re-attached", execution_id=execution.id, steps=sorted(attached))
         return True
+
+    async def _end_unknown(
+        self, execution: Execution, lease: Lease, what: str, cause: str, why: str
+    ) -> None:
+        """The engine lost a step that outlived the server: the execution ends UNKNOWN."""
+        eid = execution.id
+        details = {d.name: d for d in execution.step_details}
+        for detail in details.values():
+            if detail.phase == StepPhase.PENDING:
+                _ended(detail, StepPhase.SKIPPED, f"not started: {what}")
+            elif detail.phase == StepPhase.RUNNING:
+                _ended(detail, StepPhase.FAILED, f"lost: {what}")
+        message = f"{what}; {why}"
+        self.sink.system(eid, f"execution unknown: {message}")
+        lost = await self._flush_logs(eid)
+        try:
+            await until_stored(
+                self.plane.transition,
+                eid,
+                Status.UNKNOWN,
+                cause,
+                message,
+                expected=[execution.status],
+                lease=lease,
+                status_message=f"{message}; {lost}" if lost else message,
+                step_details=list(details.values()) or None,
+            )
+        except DomainError as exc:
+            log.warning("execution not reconciled", execution_id=eid, error=str(exc))
+        self.sink.forget(eid)
 
     async def _lines_stored(self, execution_id: str, step: str) -> int:
         """How many stdout and stderr lines of the step the log store holds."""

@@ -155,6 +155,7 @@ class ProcessRunner:
 
     name = "local"
     isolated = False
+    outlives_server = False  # a step is a child of the server: it dies with it
 
     def __init__(self) -> None:
         self._subreaper = False  # set by open(): orphans of steps come back to us

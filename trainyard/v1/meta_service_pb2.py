@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ftrainyard/v1/meta_service.proto\x12\x0ctrainyard.v1\"\x10\n\x0eGetMetaRequest\"\xad\x01\n\x0c\x43\x61pabilities\x12\x0c\n\x04logs\x18\x01 \x01(\x08\x12\x15\n\rlog_streaming\x18\x02 \x01(\x08\x12\x14\n\x0c\x62ulk_updates\x18\x03 \x01(\x08\x12\x14\n\x0cstatus_watch\x18\x04 \x01(\x08\x12\x0f\n\x07metrics\x18\x05 \x01(\x08\x12\x1a\n\x12idempotent_creates\x18\x06 \x01(\x08\x12\x1f\n\x17\x65xecutable_registration\x18\x07 \x01(\x08\"\x90\x02\n\x0fGetMetaResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x13\n\x0b\x61pi_version\x18\x02 \x01(\t\x12\x30\n\x0c\x63\x61pabilities\x18\x03 \x01(\x0b\x32\x1a.trainyard.v1.Capabilities\x12\x0f\n\x07runtime\x18\x04 \x01(\t\x12\r\n\x05store\x18\x05 \x01(\t\x12\x1e\n\x16\x64\x65\x66\x61ult_resource_group\x18\x06 \x01(\t\x12!\n\x19max_concurrent_executions\x18\x07 \x01(\x05\x12\x14\n\x0c\x61uth_enabled\x18\x08 \x01(\x08\x12\x13\n\x0btls_enabled\x18\t \x01(\x08\x12\x17\n\x0f\x63onsole_address\x18\x0e \x01(\t2U\n\x0bMetaService\x12\x46\n\x07GetMeta\x12\x1c.trainyard.v1.GetMetaRequest\x1a\x1d.trainyard.v1.GetMetaResponseB@Z>github.com/trainyard/trainyard/gen/go/trainyard/v1;trainyardv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ftrainyard/v1/meta_service.proto\x12\x0ctrainyard.v1\"\x10\n\x0eGetMetaRequest\"\xad\x01\n\x0c\x43\x61pabilities\x12\x0c\n\x04logs\x18\x01 \x01(\x08\x12\x15\n\rlog_streaming\x18\x02 \x01(\x08\x12\x14\n\x0c\x62ulk_updates\x18\x03 \x01(\x08\x12\x14\n\x0cstatus_watch\x18\x04 \x01(\x08\x12\x0f\n\x07metrics\x18\x05 \x01(\x08\x12\x1a\n\x12idempotent_creates\x18\x06 \x01(\x08\x12\x1f\n\x17\x65xecutable_registration\x18\x07 \x01(\x08\"\xac\x01\n\x10\x43lusterResources\x12\r\n\x05nodes\x18\x01 \x01(\x05\x12\x0c\n\x04\x63pus\x18\x02 \x01(\x01\x12\x0c\n\x04gpus\x18\x03 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x03\x12\x19\n\x11largest_node_cpus\x18\x05 \x01(\x01\x12\x19\n\x11largest_node_gpus\x18\x06 \x01(\x01\x12!\n\x19largest_node_memory_bytes\x18\x07 \x01(\x03\"\xe4\x02\n\x0fGetMetaResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x13\n\x0b\x61pi_version\x18\x02 \x01(\t\x12\x30\n\x0c\x63\x61pabilities\x18\x03 \x01(\x0b\x32\x1a.trainyard.v1.Capabilities\x12\x0f\n\x07runtime\x18\x04 \x01(\t\x12\r\n\x05store\x18\x05 \x01(\t\x12\x1e\n\x16\x64\x65\x66\x61ult_resource_group\x18\x06 \x01(\t\x12!\n\x19max_concurrent_executions\x18\x07 \x01(\x05\x12\x14\n\x0c\x61uth_enabled\x18\x08 \x01(\x08\x12\x13\n\x0btls_enabled\x18\t \x01(\x08\x12\x39\n\x11\x63luster_resources\x18\n \x01(\x0b\x32\x1e.trainyard.v1.ClusterResources\x12\x17\n\x0fruntime_address\x18\x0b \x01(\t\x12\x17\n\x0f\x63onsole_address\x18\x0e \x01(\t2U\n\x0bMetaService\x12\x46\n\x07GetMeta\x12\x1c.trainyard.v1.GetMetaRequest\x1a\x1d.trainyard.v1.GetMetaResponseB@Z>github.com/trainyard/trainyard/gen/go/trainyard/v1;trainyardv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,8 +36,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMETAREQUEST']._serialized_end=65
   _globals['_CAPABILITIES']._serialized_start=68
   _globals['_CAPABILITIES']._serialized_end=241
-  _globals['_GETMETARESPONSE']._serialized_start=244
-  _globals['_GETMETARESPONSE']._serialized_end=516
-  _globals['_METASERVICE']._serialized_start=518
-  _globals['_METASERVICE']._serialized_end=603
+  _globals['_CLUSTERRESOURCES']._serialized_start=244
+  _globals['_CLUSTERRESOURCES']._serialized_end=416
+  _globals['_GETMETARESPONSE']._serialized_start=419
+  _globals['_GETMETARESPONSE']._serialized_end=775
+  _globals['_METASERVICE']._serialized_start=777
+  _globals['_METASERVICE']._serialized_end=862
 # @@protoc_insertion_point(module_scope)

@@ -80,6 +80,54 @@ class Capabilities(_message.Message):
 Global___Capabilities: _TypeAlias = Capabilities  # noqa: Y015
 
 @_typing.final
+class ClusterResources(_message.Message):
+    """Resources of the cluster an execution runtime places steps on."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODES_FIELD_NUMBER: _builtins.int
+    CPUS_FIELD_NUMBER: _builtins.int
+    GPUS_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    LARGEST_NODE_CPUS_FIELD_NUMBER: _builtins.int
+    LARGEST_NODE_GPUS_FIELD_NUMBER: _builtins.int
+    LARGEST_NODE_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    nodes: _builtins.int
+    """Number of live nodes."""
+    cpus: _builtins.float
+    """CPUs of all live nodes together."""
+    gpus: _builtins.float
+    """GPUs of all live nodes together."""
+    memory_bytes: _builtins.int
+    """Memory of all live nodes together, in bytes."""
+    largest_node_cpus: _builtins.float
+    """CPUs of the node that has the most: the most one step can get (a step runs on
+    one node).
+    """
+    largest_node_gpus: _builtins.float
+    """GPUs of the node that has the most."""
+    largest_node_memory_bytes: _builtins.int
+    """Memory of the node that has the most, in bytes."""
+    def __init__(
+        self,
+        *,
+        nodes: _builtins.int = ...,
+        cpus: _builtins.float = ...,
+        gpus: _builtins.float = ...,
+        memory_bytes: _builtins.int = ...,
+        largest_node_cpus: _builtins.float = ...,
+        largest_node_gpus: _builtins.float = ...,
+        largest_node_memory_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "gpus", b"gpus", "largest_node_cpus", b"largest_node_cpus", "largest_node_gpus", b"largest_node_gpus", "largest_node_memory_bytes", b"largest_node_memory_bytes", "memory_bytes", b"memory_bytes", "nodes", b"nodes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClusterResources: _TypeAlias = ClusterResources  # noqa: Y015
+
+@_typing.final
 class GetMetaResponse(_message.Message):
     """Response of MetaService.GetMeta."""
 
@@ -94,6 +142,8 @@ class GetMetaResponse(_message.Message):
     MAX_CONCURRENT_EXECUTIONS_FIELD_NUMBER: _builtins.int
     AUTH_ENABLED_FIELD_NUMBER: _builtins.int
     TLS_ENABLED_FIELD_NUMBER: _builtins.int
+    CLUSTER_RESOURCES_FIELD_NUMBER: _builtins.int
+    RUNTIME_ADDRESS_FIELD_NUMBER: _builtins.int
     CONSOLE_ADDRESS_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """Server version (semantic versioning)."""
@@ -114,6 +164,10 @@ class GetMetaResponse(_message.Message):
     """
     tls_enabled: _builtins.bool
     """Whether the server speaks TLS (false: plaintext)."""
+    runtime_address: _builtins.str
+    """Address of the runtime's cluster (the `ray` runtime: its job submission address,
+    http://HEAD:8265); empty for a runtime without one.
+    """
     console_address: _builtins.str
     """host:port where this server serves the browser console (over HTTP, calling these
     services with the Connect protocol); empty when it serves none.
@@ -121,6 +175,12 @@ class GetMetaResponse(_message.Message):
     @_builtins.property
     def capabilities(self) -> Global___Capabilities:
         """Optional features this server offers."""
+
+    @_builtins.property
+    def cluster_resources(self) -> Global___ClusterResources:
+        """Resources of the cluster the runtime places steps on (the `ray` runtime: the
+        live nodes of its Ray cluster, as last read); unset for a runtime without one.
+        """
 
     def __init__(
         self,
@@ -134,11 +194,13 @@ class GetMetaResponse(_message.Message):
         max_concurrent_executions: _builtins.int = ...,
         auth_enabled: _builtins.bool = ...,
         tls_enabled: _builtins.bool = ...,
+        cluster_resources: Global___ClusterResources | None = ...,
+        runtime_address: _builtins.str = ...,
         console_address: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "cluster_resources", b"cluster_resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_version", b"api_version", "auth_enabled", b"auth_enabled", "capabilities", b"capabilities", "console_address", b"console_address", "default_resource_group", b"default_resource_group", "max_concurrent_executions", b"max_concurrent_executions", "runtime", b"runtime", "store", b"store", "tls_enabled", b"tls_enabled", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_version", b"api_version", "auth_enabled", b"auth_enabled", "capabilities", b"capabilities", "cluster_resources", b"cluster_resources", "console_address", b"console_address", "default_resource_group", b"default_resource_group", "max_concurrent_executions", b"max_concurrent_executions", "runtime", b"runtime", "runtime_address", b"runtime_address", "store", b"store", "tls_enabled", b"tls_enabled", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

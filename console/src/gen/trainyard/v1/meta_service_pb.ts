@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file trainyard/v1/meta_service.proto.
  */
 export const file_trainyard_v1_meta_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch90cmFpbnlhcmQvdjEvbWV0YV9zZXJ2aWNlLnByb3RvEgx0cmFpbnlhcmQudjEiEAoOR2V0TWV0YVJlcXVlc3QirQEKDENhcGFiaWxpdGllcxIMCgRsb2dzGAEgASgIEhUKDWxvZ19zdHJlYW1pbmcYAiABKAgSFAoMYnVsa191cGRhdGVzGAMgASgIEhQKDHN0YXR1c193YXRjaBgEIAEoCBIPCgdtZXRyaWNzGAUgASgIEhoKEmlkZW1wb3RlbnRfY3JlYXRlcxgGIAEoCBIfChdleGVjdXRhYmxlX3JlZ2lzdHJhdGlvbhgHIAEoCCKQAgoPR2V0TWV0YVJlc3BvbnNlEg8KB3ZlcnNpb24YASABKAkSEwoLYXBpX3ZlcnNpb24YAiABKAkSMAoMY2FwYWJpbGl0aWVzGAMgASgLMhoudHJhaW55YXJkLnYxLkNhcGFiaWxpdGllcxIPCgdydW50aW1lGAQgASgJEg0KBXN0b3JlGAUgASgJEh4KFmRlZmF1bHRfcmVzb3VyY2VfZ3JvdXAYBiABKAkSIQoZbWF4X2NvbmN1cnJlbnRfZXhlY3V0aW9ucxgHIAEoBRIUCgxhdXRoX2VuYWJsZWQYCCABKAgSEwoLdGxzX2VuYWJsZWQYCSABKAgSFwoPY29uc29sZV9hZGRyZXNzGA4gASgJMlUKC01ldGFTZXJ2aWNlEkYKB0dldE1ldGESHC50cmFpbnlhcmQudjEuR2V0TWV0YVJlcXVlc3QaHS50cmFpbnlhcmQudjEuR2V0TWV0YVJlc3BvbnNlQkBaPmdpdGh1Yi5jb20vdHJhaW55YXJkL3RyYWlueWFyZC9nZW4vZ28vdHJhaW55YXJkL3YxO3RyYWlueWFyZHYxYgZwcm90bzM");
+  fileDesc("Ch90cmFpbnlhcmQvdjEvbWV0YV9zZXJ2aWNlLnByb3RvEgx0cmFpbnlhcmQudjEiEAoOR2V0TWV0YVJlcXVlc3QirQEKDENhcGFiaWxpdGllcxIMCgRsb2dzGAEgASgIEhUKDWxvZ19zdHJlYW1pbmcYAiABKAgSFAoMYnVsa191cGRhdGVzGAMgASgIEhQKDHN0YXR1c193YXRjaBgEIAEoCBIPCgdtZXRyaWNzGAUgASgIEhoKEmlkZW1wb3RlbnRfY3JlYXRlcxgGIAEoCBIfChdleGVjdXRhYmxlX3JlZ2lzdHJhdGlvbhgHIAEoCCKsAQoQQ2x1c3RlclJlc291cmNlcxINCgVub2RlcxgBIAEoBRIMCgRjcHVzGAIgASgBEgwKBGdwdXMYAyABKAESFAoMbWVtb3J5X2J5dGVzGAQgASgDEhkKEWxhcmdlc3Rfbm9kZV9jcHVzGAUgASgBEhkKEWxhcmdlc3Rfbm9kZV9ncHVzGAYgASgBEiEKGWxhcmdlc3Rfbm9kZV9tZW1vcnlfYnl0ZXMYByABKAMi5AIKD0dldE1ldGFSZXNwb25zZRIPCgd2ZXJzaW9uGAEgASgJEhMKC2FwaV92ZXJzaW9uGAIgASgJEjAKDGNhcGFiaWxpdGllcxgDIAEoCzIaLnRyYWlueWFyZC52MS5DYXBhYmlsaXRpZXMSDwoHcnVudGltZRgEIAEoCRINCgVzdG9yZRgFIAEoCRIeChZkZWZhdWx0X3Jlc291cmNlX2dyb3VwGAYgASgJEiEKGW1heF9jb25jdXJyZW50X2V4ZWN1dGlvbnMYByABKAUSFAoMYXV0aF9lbmFibGVkGAggASgIEhMKC3Rsc19lbmFibGVkGAkgASgIEjkKEWNsdXN0ZXJfcmVzb3VyY2VzGAogASgLMh4udHJhaW55YXJkLnYxLkNsdXN0ZXJSZXNvdXJjZXMSFwoPcnVudGltZV9hZGRyZXNzGAsgASgJEhcKD2NvbnNvbGVfYWRkcmVzcxgOIAEoCTJVCgtNZXRhU2VydmljZRJGCgdHZXRNZXRhEhwudHJhaW55YXJkLnYxLkdldE1ldGFSZXF1ZXN0Gh0udHJhaW55YXJkLnYxLkdldE1ldGFSZXNwb25zZUJAWj5naXRodWIuY29tL3RyYWlueWFyZC90cmFpbnlhcmQvZ2VuL2dvL3RyYWlueWFyZC92MTt0cmFpbnlhcmR2MWIGcHJvdG8z");
 
 /**
  * Request of MetaService.GetMeta.
@@ -91,6 +91,70 @@ export const CapabilitiesSchema: GenMessage<Capabilities> = /*@__PURE__*/
   messageDesc(file_trainyard_v1_meta_service, 1);
 
 /**
+ * Resources of the cluster an execution runtime places steps on.
+ *
+ * @generated from message trainyard.v1.ClusterResources
+ */
+export type ClusterResources = Message<"trainyard.v1.ClusterResources"> & {
+  /**
+   * Number of live nodes.
+   *
+   * @generated from field: int32 nodes = 1;
+   */
+  nodes: number;
+
+  /**
+   * CPUs of all live nodes together.
+   *
+   * @generated from field: double cpus = 2;
+   */
+  cpus: number;
+
+  /**
+   * GPUs of all live nodes together.
+   *
+   * @generated from field: double gpus = 3;
+   */
+  gpus: number;
+
+  /**
+   * Memory of all live nodes together, in bytes.
+   *
+   * @generated from field: int64 memory_bytes = 4;
+   */
+  memoryBytes: bigint;
+
+  /**
+   * CPUs of the node that has the most: the most one step can get (a step runs on
+   * one node).
+   *
+   * @generated from field: double largest_node_cpus = 5;
+   */
+  largestNodeCpus: number;
+
+  /**
+   * GPUs of the node that has the most.
+   *
+   * @generated from field: double largest_node_gpus = 6;
+   */
+  largestNodeGpus: number;
+
+  /**
+   * Memory of the node that has the most, in bytes.
+   *
+   * @generated from field: int64 largest_node_memory_bytes = 7;
+   */
+  largestNodeMemoryBytes: bigint;
+};
+
+/**
+ * Describes the message trainyard.v1.ClusterResources.
+ * Use `create(ClusterResourcesSchema)` to create a new message.
+ */
+export const ClusterResourcesSchema: GenMessage<ClusterResources> = /*@__PURE__*/
+  messageDesc(file_trainyard_v1_meta_service, 2);
+
+/**
  * Response of MetaService.GetMeta.
  *
  * @generated from message trainyard.v1.GetMetaResponse
@@ -162,6 +226,22 @@ export type GetMetaResponse = Message<"trainyard.v1.GetMetaResponse"> & {
   tlsEnabled: boolean;
 
   /**
+   * Resources of the cluster the runtime places steps on (the `ray` runtime: the
+   * live nodes of its Ray cluster, as last read); unset for a runtime without one.
+   *
+   * @generated from field: trainyard.v1.ClusterResources cluster_resources = 10;
+   */
+  clusterResources?: ClusterResources | undefined;
+
+  /**
+   * Address of the runtime's cluster (the `ray` runtime: its job submission address,
+   * http://HEAD:8265); empty for a runtime without one.
+   *
+   * @generated from field: string runtime_address = 11;
+   */
+  runtimeAddress: string;
+
+  /**
    * host:port where this server serves the browser console (over HTTP, calling these
    * services with the Connect protocol); empty when it serves none.
    *
@@ -175,7 +255,7 @@ export type GetMetaResponse = Message<"trainyard.v1.GetMetaResponse"> & {
  * Use `create(GetMetaResponseSchema)` to create a new message.
  */
 export const GetMetaResponseSchema: GenMessage<GetMetaResponse> = /*@__PURE__*/
-  messageDesc(file_trainyard_v1_meta_service, 2);
+  messageDesc(file_trainyard_v1_meta_service, 3);
 
 /**
  * Describes this server: version and optional capabilities, so clients can adapt.

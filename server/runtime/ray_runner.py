@@ -1,0 +1,544 @@
+"""The Ray step runner: each step runs as a Ray job on a Ray cluster (``--runtime ray``).
+
+Every step becomes one job, submitted through Ray's own job submission client to the
+cluster's job submission address (``--ray-address http://HEAD:8265``):
+
+* Submission id: ``trainyard-<execution id>-<step>-<attempt>`` (the step name made
+  safe for a URL, with a digest of it when it had to be changed). Ray refuses a second
+  job of the same id, so a submit that is retried (after a timeout, after a restart)
+  never starts the step twice: "already exists" is taken as the job being ours.
+* Entrypoint: ``cd <step root> && exec <command>``. The step root is the step's folder
+  in the execution's working directory, under the artifact root that the server and
+  every node of the cluster see at the same path (``--artifact-root``), so the
+  planner's paths, inputs and outputs mean the same on the node as on the server.
+* Entrypoint resources (``entrypoint_num_cpus``, ``entrypoint_num_gpus``,
+  ``entrypoint_memory``) from the step's resource plan. A step that no node of the
+  cluster could ever hold is not submitted: :meth:`RayRunner.admit` keeps it PENDING,
+  saying what it needs and what the largest node has.
+* ``runtime_env.env_vars``: the step's environment (the template's env, parameters,
+  secrets and the ``TRAINYARD_*`` variables), the repository on ``PYTHONPATH``, and
+  Ray's stop grace (``RAY_JOB_STOP_WAIT_TIME_S``, read by the job's supervisor).
+
+Logs: the job's log (Ray merges stdout and stderr: every line is stored as stdout) is
+followed through ``tail_job_logs`` while the job runs. Ray's tail has lost the last
+lines of a job in some versions, so when the job ends its full log
+(``get_job_logs``) is read and the lines the tail did not deliver are stored then. The
+handle counts the rows it stored; lines longer than the log sink's limit are split
+here the way the sink splits them, so that a count of stored rows is an exact offset
+into the job's log. After a restart, :meth:`RayRunner.reattach` is given the number of
+rows of the step already stored and skips that many: no line twice, none lost.
+
+Stop: ``stop_job`` (Ray sends SIGTERM to the entrypoint's processes), then Ray's own
+forced stop, SIGKILL ``RAY_JOB_STOP_WAIT_TIME_S`` seconds later; the step ends when the
+job's status is final.
+
+Every call of Ray's client is blocking (HTTP through ``requests``): each one runs in a
+worker thread, never on the event loop. The log tail is Ray's asyncio client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import re
+import shlex
+import signal
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from server.domain.logsink import MAX_LINE_CHARS
+from server.domain.models import LogStream
+from server.domain.ports import StepExit, StepGone, StepLaunch, StepOutput, StepStartError
+
+log = structlog.get_logger(__name__)
+
+# The repository root: on every step's PYTHONPATH, so that steps can import `client`.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SUBMISSION_PREFIX = "trainyard-"
+POLL_INTERVAL = 0.1  # seconds between two status reads of a running job
+TAIL_DRAIN = 2.0  # how long the tail may take to end once the job is final
+STATUS_RETRY = 0.5  # pause before reading a status again after Ray did not answer
+CLUSTER_CACHE = 2.0  # seconds a read of the cluster's resources is reused
+_SAFE_ID = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def submission_id(execution_id: str, step: str, attempt: int = 1) -> str:
+    """The Ray job id of one attempt of one step: the same for the same attempt."""
+    safe = _SAFE_ID.sub("_", step)
+    if safe != step:
+        safe = f"{safe[:40]}-{hashlib.sha256(step.encode()).hexdigest()[:8]}"
+    return f"{SUBMISSION_PREFIX}{execution_id}-{safe}-{attempt}"
+
+
+def split_rows(text: str) -> list[str]:
+    """The rows the log sink stores for complete lines ``text`` (each line ends with a
+    newline): one per line, lines longer than the sink's limit in pieces of it."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if lines and max(map(len, lines)) > MAX_LINE_CHARS:
+        return [
+            line[i : i + MAX_LINE_CHARS]
+            for line in lines
+            for i in range(0, len(line) or 1, MAX_LINE_CHARS)
+        ]
+    return lines
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterResources:
+    """What the cluster's live nodes have, as its dashboard reports them."""
+
+    nodes: int
+    cpus: float
+    gpus: float
+    memory_bytes: int
+    largest_node_cpus: float  # a job's entrypoint runs on one node: the most it can get
+    largest_node_gpus: float
+    largest_node_memory_bytes: int
+
+
+class RayError(Exception):
+    """Ray's job server refused a call or did not answer; the message says which."""
+
+
+def _unknown_job(exc: RayError) -> bool:
+    text = str(exc)
+    return "does not exist" in text or "404" in text
+
+
+def _short(exc: BaseException) -> str:
+    """Ray's client puts the server's whole traceback in its errors: keep the last
+    line that says something."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip(" .")]
+    return lines[-1] if lines else type(exc).__name__
+
+
+class RayJobs:
+    """Ray's blocking job submission client, each call in a worker thread."""
+
+    def __init__(self, address: str):
+        self.address = address
+        self._client = None
+        self._lock = asyncio.Lock()
+
+    async def client(self):
+        if self._client is None:
+            async with self._lock:
+                if self._client is None:
+                    self._client = await asyncio.to_thread(self._connect)
+        return self._client
+
+    def _connect(self):
+        from ray.job_submission import JobSubmissionClient
+
+        try:
+            return JobSubmissionClient(self.address)
+        except Exception as exc:  # ConnectionError, RuntimeError: no dashboard there
+            raise RayError(f"no Ray job server at {self.address}: {_short(exc)}") from None
+
+    async def call(self, method: str, *args, **kwargs):
+        client = await self.client()
+        try:
+            return await asyncio.to_thread(getattr(client, method), *args, **kwargs)
+        except Exception as exc:
+            raise RayError(_short(exc)) from exc
+
+    async def tail(self, job_id: str) -> AsyncIterator[str]:
+        client = await self.client()
+        async for chunk in client.tail_job_logs(job_id):
+            yield chunk
+
+    async def cluster(self) -> ClusterResources:
+        return await asyncio.to_thread(self._cluster)
+
+    def _cluster(self) -> ClusterResources:
+        from ray.util.state import list_nodes
+
+        try:
+            nodes = list_nodes(
+                address=self.address, filters=[("state", "=", "ALIVE")], detail=True,
+                raise_on_missing_output=False,
+            )
+        except Exception as exc:
+            raise RayError(
+                f"the Ray cluster at {self.address} does not answer: {_short(exc)}"
+            ) from None
+        totals = [n.resources_total or {} for n in nodes]
+
+        def most(key: str) -> float:
+            return max((t.get(key, 0.0) for t in totals), default=0.0)
+
+        return ClusterResources(
+            nodes=len(nodes),
+            cpus=sum(t.get("CPU", 0.0) for t in totals),
+            gpus=sum(t.get("GPU", 0.0) for t in totals),
+            memory_bytes=int(sum(t.get("memory", 0.0) for t in totals)),
+            largest_node_cpus=most("CPU"),
+            largest_node_gpus=most("GPU"),
+            largest_node_memory_bytes=int(most("memory")),
+        )
+
+
+class RayJobHandle:
+    """One step's Ray job: its status, its log into the step's output, its stop."""
+
+    def __init__(
+        self,
+        jobs: RayJobs,
+        job_id: str,
+        step: str,
+        output: StepOutput,
+        *,
+        stored_rows: int = 0,
+    ):
+        self.jobs = jobs
+        self.job_id = job_id
+        self.step = step
+        self.output = output
+        self.rows = 0  # rows of the job's log seen so far (stored, or skipped as stored)
+        self.skip = stored_rows  # the first rows were stored by a previous server
+        self.recovered = 0  # rows only the job's full log had
+        self._partial = ""  # the tail's text after its last newline
+        self._stop: asyncio.Task | None = None
+        self._tail: asyncio.Task | None = None
+        self._final = False
+
+    @property
+    def state(self) -> dict[str, Any]:
+        return {"ray_job": self.job_id, "ray_address": self.jobs.address, "step": self.step}
+
+    @property
+    def where(self) -> str:
+        return f"Ray job {self.job_id}"
+
+    # -- logs ------------------------------------------------------------------------
+
+    async def _emit(self, rows: list[str]) -> None:
+        """Store the rows not stored yet, in order."""
+        start = self.rows
+        self.rows += len(rows)
+        if self.rows <= self.skip:
+            return
+        if start < self.skip:
+            rows = rows[self.skip - start :]
+        self.output.write(LogStream.STDOUT, rows)
+        await self.output.room()
+
+    async def _follow(self) -> None:
+        """Ray's tail of the job's log, line by line, until Ray ends it."""
+        try:
+            async for chunk in self.jobs.tail(self.job_id):
+                text = self._partial + chunk
+                end = text.rfind("\n")
+                if end < 0:
+                    self._partial = text
+                    continue
+                self._partial = text[end + 1 :]
+                await self._emit(split_rows(text[: end + 1]))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the tail broke off: the full log makes up for it
+            log.info("ray log tail ended", job=self.job_id, error=_short(exc))
+
+    async def _reconcile(self) -> None:
+        """The job is final: store what its full log has beyond the rows seen."""
+        for attempt in range(5):
+            try:
+                full = await self.jobs.call("get_job_logs", self.job_id)
+                break
+            except RayError as exc:
+                if attempt == 4:
+                    self.output.note(
+                        f"step {self.step}: the full log of {self.where} could not be read "
+                        f"({exc}); lines after the {self.rows}th may be missing"
+                    )
+                    return
+                await asyncio.sleep(STATUS_RETRY)
+        if full and not full.endswith("\n"):
+            full += "\n"  # the last line, unterminated
+        rows = split_rows(full)
+        missing = rows[self.rows :]
+        if missing:
+            self._partial = ""
+            self.recovered = sum(1 for i in range(self.rows, len(rows)) if i >= self.skip)
+            await self._emit(missing)
+            if self.recovered:
+                self.output.note(
+                    f"step {self.step}: {self.recovered} lines of the job's log that Ray's "
+                    f"tail did not deliver were read from its full log"
+                )
+
+    # -- life ------------------------------------------------------------------------
+
+    def begin(self) -> None:
+        self._tail = asyncio.create_task(self._follow(), name=f"ray-tail-{self.job_id}")
+
+    async def wait(self) -> StepExit:
+        from ray.job_submission import JobStatus
+
+        try:
+            info = await self._until_final()
+        finally:
+            if self._tail is not None:
+                _, late = await asyncio.wait([self._tail], timeout=TAIL_DRAIN)
+                for task in late:
+                    task.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
+            if self._stop is not None and not self._stop.done():
+                self._stop.cancel()
+        await self._reconcile()
+        code = info.driver_exit_code
+        if info.status == JobStatus.SUCCEEDED:
+            return StepExit(0 if code is None else code)
+        message = f"Ray job {self.job_id} {str(info.status.value).lower()}"
+        if info.message:
+            message += f": {info.message}"
+        if info.error_type:
+            message += f" ({info.error_type})"
+        if info.status == JobStatus.STOPPED:
+            return StepExit(
+                code if code else 128 + signal.SIGTERM, signal.SIGTERM, message=message
+            )
+        return StepExit(code if code else 1, message=message)
+
+    async def _until_final(self):
+        while True:
+            try:
+                info = await self.jobs.call("get_job_info", self.job_id)
+            except RayError as exc:
+                if _unknown_job(exc):
+                    raise
+                log.warning("ray job status not read", job=self.job_id, error=str(exc))
+                await asyncio.sleep(STATUS_RETRY)
+                continue
+            if info.status.is_terminal():
+                self._final = True
+                return info
+            await asyncio.sleep(POLL_INTERVAL)
+
+    def stop(self, grace: float) -> None:
+        if self._stop is None and not self._final:
+            self._stop = asyncio.create_task(self._stop_job(grace))
+
+    async def _stop_job(self, grace: float) -> None:
+        try:
+            await self.jobs.call("stop_job", self.job_id)
+        except RayError as exc:
+            self.output.note(f"step {self.step}: Ray did not take the stop of {self.where}: {exc}")
+            return
+        await asyncio.sleep(grace + 5.0)
+        if not self._final:
+            self.output.note(
+                f"step {self.step} still running {grace + 5.0:g}s after Ray's stop_job: "
+                f"Ray's forced stop (SIGKILL) is due; waiting for the job to end"
+            )
+
+
+class RayRunner:
+    """Runs each step as a Ray job on the cluster at ``address`` (the ``ray`` runtime)."""
+
+    name = "ray"
+    # Steps run on the server's own paths (the shared artifact root), not in an image.
+    isolated = False
+    outlives_server = True  # a Ray job goes on while no server watches it
+
+    def __init__(self, address: str, *, stop_grace: float = 10.0):
+        self.address = address.rstrip("/")
+        self.stop_grace = stop_grace
+        self.jobs = RayJobs(self.address)
+        self._cluster: ClusterResources | None = None
+        self._cluster_at = 0.0
+        self._cluster_error = ""
+
+    async def open(self) -> None:
+        try:
+            await self.cluster_resources(fresh=True)
+        except RayError as exc:  # steps wait (admit) until the cluster answers
+            log.warning("ray cluster not reachable", address=self.address, error=str(exc))
+        else:
+            log.info("ray cluster", address=self.address, resources=self._cluster)
+
+    def cluster(self) -> ClusterResources | None:
+        """The cluster's resources as last read (for GetMeta; never blocks)."""
+        return self._cluster
+
+    async def cluster_resources(self, fresh: bool = False) -> ClusterResources:
+        now = time.monotonic()
+        if fresh or self._cluster is None or now - self._cluster_at > CLUSTER_CACHE:
+            try:
+                self._cluster = await self.jobs.cluster()
+                self._cluster_error = ""
+            except RayError as exc:
+                self._cluster_error = str(exc)
+                raise
+            self._cluster_at = now
+        return self._cluster
+
+    async def admit(self, launch: StepLaunch) -> str:
+        need = launch.resources
+        if not (need.cpus or need.gpus or need.memory_bytes):
+            return ""
+        try:
+            have = await self.cluster_resources()
+        except RayError as exc:
+            return str(exc)
+        if need.cpus and need.cpus > have.largest_node_cpus:
+            return (
+                f"needs {need.cpus:g} CPUs; the largest node of the Ray cluster has "
+                f"{have.largest_node_cpus:g} ({have.cpus:g} in all on {have.nodes} nodes)"
+            )
+        if need.gpus and need.gpus > have.largest_node_gpus:
+            return (
+                f"needs {need.gpus} GPUs; the largest node of the Ray cluster has "
+                f"{have.largest_node_gpus:g} ({have.gpus:g} in all on {have.nodes} nodes)"
+            )
+        if need.memory_bytes and need.memory_bytes > have.largest_node_memory_bytes:
+            return (
+                f"needs {need.memory_bytes} bytes of memory; the largest node of the Ray "
+                f"cluster has {have.largest_node_memory_bytes}"
+            )
+        return ""
+
+    def _env(self, launch: StepLaunch) -> dict[str, str]:
+        env = {k: str(v) for k, v in launch.env.items()}
+        python_path = [str(REPO_ROOT)]
+        if env.get("PYTHONPATH"):
+            python_path.append(env["PYTHONPATH"])
+        env.update(
+            TRAINYARD_ADDRESS=launch.api_address,
+            PYTHONPATH=":".join(python_path),
+            PYTHONUNBUFFERED="1",
+            RAY_JOB_STOP_WAIT_TIME_S=str(max(1, math.ceil(self.stop_grace))),
+        )
+        return env
+
+    async def start(self, launch: StepLaunch, output: StepOutput) -> RayJobHandle:
+        job_id = submission_id(launch.execution_id, launch.step, launch.attempt)
+        need = launch.resources
+        options: dict[str, Any] = {}
+        if need.cpus:
+            options["entrypoint_num_cpus"] = need.cpus
+        if need.gpus:
+            options["entrypoint_num_gpus"] = need.gpus
+        if need.memory_bytes:
+            options["entrypoint_memory"] = int(need.memory_bytes)
+        entrypoint = f"cd {shlex.quote(launch.root)} && exec {shlex.join(launch.argv)}"
+        try:
+            await self.jobs.call(
+                "submit_job",
+                entrypoint=entrypoint,
+                submission_id=job_id,
+                runtime_env={"env_vars": self._env(launch)},
+                metadata={
+                    "trainyard_execution_id": launch.execution_id,
+                    "trainyard_step": launch.step,
+                },
+                **options,
+            )
+        except RayError as exc:
+            if "already exists" not in str(exc):
+                raise StepStartError(
+                    f"step {launch.step} could not be submitted to Ray at {self.address}: "
+                    f"{exc}"
+                ) from None
+            output.note(f"step {launch.step}: {job_id} was already submitted; following it")
+        handle = RayJobHandle(self.jobs, job_id, launch.step, output)
+        handle.begin()
+        return handle
+
+    async def reattach(
+        self, state: Mapping[str, Any], output: StepOutput, lines_stored: int
+    ) -> RayJobHandle | None:
+        job_id = state.get("ray_job")
+        if not isinstance(job_id, str):
+            return None
+        try:
+            await self.jobs.call("get_job_info", job_id)
+        except RayError as exc:
+            if _unknown_job(exc):
+                raise StepGone(
+                    f"the Ray cluster at {self.address} no longer knows job {job_id}"
+                ) from None
+            # Not answering now: the handle reads the status again until it does.
+            log.warning("ray job not read at re-attach", job=job_id, error=str(exc))
+        handle = RayJobHandle(
+            self.jobs, job_id, str(state.get("step", "")), output,
+            stored_rows=lines_stored,
+        )
+        handle.begin()
+        return handle
+
+    async def alive(self, state: Mapping[str, Any]) -> bool:
+        job_id = state.get("ray_job")
+        if not isinstance(job_id, str):
+            return False
+        try:
+            status = await self.jobs.call("get_job_status", job_id)
+        except RayError:
+            return False
+        return not status.is_terminal()
+
+    async def discard(self, state: Mapping[str, Any], grace: float) -> None:
+        job_id = state.get("ray_job")
+        if not isinstance(job_id, str):
+            return
+        try:
+            await self.jobs.call("stop_job", job_id)
+        except RayError:
+            return
+        deadline = time.monotonic() + grace + 5.0
+        while time.monotonic() < deadline:
+            try:
+                status = await self.jobs.call("get_job_status", job_id)
+            except RayError:
+                return
+            if status.is_terminal():
+                return
+            await asyncio.sleep(POLL_INTERVAL)
+
+    async def strays(
+        self, execution_ids: Sequence[str], everywhere: bool = False
+    ) -> dict[str, list[str]]:
+        """Jobs of these executions that still run on the cluster."""
+        wanted = set(execution_ids)
+        try:
+            jobs = await self.jobs.call("list_jobs")
+        except RayError:
+            return {}
+        found: dict[str, list[str]] = {}
+        for job in jobs:
+            eid = (job.metadata or {}).get("trainyard_execution_id")
+            if eid in wanted and job.submission_id and not job.status.is_terminal():
+                found.setdefault(eid, []).append(job.submission_id)
+        return found
+
+    async def remove_strays(self, strays: Sequence[str], grace: float) -> None:
+        await asyncio.gather(
+            *(self.discard({"ray_job": job_id}, grace) for job_id in strays),
+            return_exceptions=True,
+        )
+
+    async def executions_left(self) -> list[str]:
+        """Executions with a Ray job still running on the cluster."""
+        try:
+            jobs = await self.jobs.call("list_jobs")
+        except RayError:
+            return []
+        return sorted(
+            {
+                eid
+                for job in jobs
+                if (eid := (job.metadata or {}).get("trainyard_execution_id"))
+                and not job.status.is_terminal()
+            }
+        )
+
+    async def close(self) -> None:
+        return None

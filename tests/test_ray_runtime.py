@@ -1,0 +1,286 @@
+"""The Ray runtime, end to end: real servers whose steps run as jobs on a real local Ray
+cluster (tests/services/ray_cluster.py: a head and a worker node of 1 CPU each, on
+loopback), through Ray's own job submission API. No mocks.
+
+Every test waits on state (bounded polls with deadlines), never on a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+from workflow_helpers import (
+    PHASE_NAME,
+    STATUS_NAME,
+    Runner,
+    ServerProcess,
+    python,
+    steps,
+    wait_for,
+    workflow,
+)
+
+from server.runtime.ray_runner import submission_id
+from trainyard.v1 import artifact_pb2
+
+ROOT = Path(__file__).resolve().parent.parent
+IRIS = ROOT / "samples" / "data" / "iris.csv"
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def url_path(url: str) -> Path:
+    return Path(unquote(urlparse(url).path))
+
+
+@pytest.fixture
+def jobs(ray_cluster):
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(ray_cluster.address)
+
+
+@pytest.fixture
+def ray_server(server_factory, ray_cluster, tmp_path):
+    return server_factory(
+        runtime="ray", ray_address=ray_cluster.address, artifact_root=tmp_path / "shared"
+    )
+
+
+@pytest.fixture
+def runner(ray_server):
+    r = Runner(ray_server.address)
+    yield r
+    r.close()
+
+
+def job_rows(jobs, execution_id: str, step: str) -> list[str]:
+    """The lines of the step's job log, as Ray has them."""
+    return jobs.get_job_logs(submission_id(execution_id, step)).splitlines()
+
+
+def test_iris_samples_train_then_infer_on_ray(runner, jobs, ray_server, tmp_path):
+    data = runner.dataset(IRIS.as_uri(), name="iris", scenario="iris")
+    train = runner.configure(
+        "iris-train", {"learning_rate": "0.1", "epochs": "20"}, {"iris-data": data},
+        scenario="iris",
+    )
+    trained = runner.wait(runner.start(train), timeout=180)
+
+    assert STATUS_NAME[trained.status] == "COMPLETED", trained.status_message
+    assert [(s.name, PHASE_NAME[s.phase], s.exit_code) for s in trained.step_details] == [
+        ("train", "SUCCEEDED", 0)
+    ]
+    [model] = trained.output_artifacts
+    assert (model.name, model.kind) == ("iris-model", artifact_pb2.ARTIFACT_KIND_MODEL)
+    assert url_path(model.url).is_relative_to(tmp_path / "shared")
+    weights = json.loads(url_path(model.url).read_text())
+    assert weights["parameters"] == {"learning_rate": 0.1, "epochs": 20, "seed": 0}
+
+    # Every line of Ray's job log is stored once, in order, and nothing else as stdout.
+    stored = runner.output(trained.id, "train")
+    assert stored == job_rows(jobs, trained.id, "train")
+    epochs = [line.split()[0] for line in stored if line.startswith("epoch=")]
+    assert epochs == [f"epoch={n}" for n in range(1, 21)]
+    assert any(line.startswith("final accuracy=") for line in stored)
+
+    # Metrics reached the server from the Ray job.
+    (entry,) = runner.client.list_metrics([trained.id], series=True)
+    names = {m.name for m in entry.metrics}
+    assert {"loss", "accuracy"} <= names
+    assert [m.value for m in entry.metrics if m.name == "accuracy"] == [
+        weights["metrics"]["accuracy"]
+    ]
+
+    infer = runner.configure(
+        "iris-infer", {}, {"iris-model": model.id, "iris-data": data}, scenario="iris"
+    )
+    scored = runner.wait(runner.start(infer), timeout=180)
+    assert STATUS_NAME[scored.status] == "COMPLETED", scored.status_message
+    assert [(s.name, PHASE_NAME[s.phase]) for s in scored.step_details] == [
+        ("prepare", "SUCCEEDED"), ("score", "SUCCEEDED")
+    ]
+    for step in ("prepare", "score"):
+        assert runner.output(scored.id, step) == job_rows(jobs, scored.id, step)
+    [predictions] = scored.output_artifacts
+    assert predictions.kind == artifact_pb2.ARTIFACT_KIND_RESULTSET
+    with url_path(predictions.url).open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 150 and {"predicted_species", "probability"} <= set(rows[0])
+
+    meta = runner.client.get_meta()
+    assert meta.runtime == "ray"
+    assert meta.runtime_address == ray_server.running.settings.ray_address
+    assert (meta.cluster_resources.nodes, meta.cluster_resources.cpus) == (2, 2)
+    assert meta.cluster_resources.largest_node_cpus == 1
+
+
+def test_stop_during_a_run_stops_the_ray_job(runner, jobs):
+    runner.register(
+        workflow(
+            "ray-sleeper",
+            [
+                steps("main", [("nap", "nap")]),
+                python("nap", "import time; print('napping', flush=True); time.sleep(300)"),
+            ],
+        )
+    )
+    eid = runner.start(runner.configure("ray-sleeper"))
+    runner.wait_output(eid, "napping", timeout=120)
+    runner.client.stop_execution(eid)
+    stopped = runner.wait(eid, timeout=60)
+    assert STATUS_NAME[stopped.status] == "STOPPED", stopped.status_message
+    assert PHASE_NAME[stopped.step_details[0].phase] == "STOPPED"
+    assert jobs.get_job_status(submission_id(eid, "nap")).value == "STOPPED"
+    assert runner.output(eid).count("napping") == 1
+
+
+def test_failing_step_is_dead_with_rays_error(runner):
+    runner.register(
+        workflow(
+            "ray-fails",
+            [
+                steps("main", [("boom", "boom")], [("later", "later")]),
+                python("boom", "import sys; print('going down'); sys.exit(3)"),
+                python("later", "print('never')"),
+            ],
+        )
+    )
+    eid = runner.start(runner.configure("ray-fails"))
+    dead = runner.wait(eid, timeout=120)
+    assert STATUS_NAME[dead.status] == "DEAD"
+    assert "step boom exited with code 3" in dead.status_message
+    assert "Job entrypoint command failed with exit code 3" in dead.status_message
+    assert {s.name: PHASE_NAME[s.phase] for s in dead.step_details} == {
+        "boom": "FAILED", "later": "SKIPPED"
+    }
+    assert runner.output(eid, "boom").count("going down") == 1
+
+
+def test_step_needing_more_cpus_than_any_node_stays_pending_saying_so(runner, jobs):
+    runner.register(
+        workflow(
+            "ray-too-big",
+            [
+                steps("main", [("big", "big")]),
+                python(
+                    "big", "print('ran')",
+                    metadata={"labels": {"ai.sap.com/resourcePlan": "basic"}},  # 3 CPUs
+                ),
+            ],
+        )
+    )
+    eid = runner.start(runner.configure("ray-too-big"))
+
+    def waiting():
+        execution = runner.get(eid)
+        return "needs 3 CPUs" in execution.status_message and execution
+
+    execution = wait_for(waiting, 60, "the step to say why it waits")
+    assert STATUS_NAME[execution.status] == "PENDING"
+    assert "the largest node of the Ray cluster has 1 (2 in all on 2 nodes)" in (
+        execution.status_message
+    )
+    assert "needs 3 CPUs" in execution.step_details[0].message
+    assert not [j for j in jobs.list_jobs() if j.submission_id == submission_id(eid, "big")]
+    runner.client.stop_execution(eid)
+    assert STATUS_NAME[runner.wait(eid, timeout=60).status] == "STOPPED"
+
+
+COUNTER = (
+    "import time\n"
+    "for i in range(300):\n"
+    "    print(f'line {i}', flush=True)\n"
+    "    time.sleep(0.02)\n"
+)
+
+
+def _counter(runner: Runner) -> str:
+    runner.register(
+        workflow(
+            "ray-counter",
+            [steps("main", [("count", "count")], [("after", "after")]),
+             python("count", COUNTER), python("after", "print('after ran')")],
+        )
+    )
+    return runner.configure("ray-counter")
+
+
+def test_server_killed_during_a_run_reattaches_and_completes(ray_cluster, jobs, tmp_path):
+    shared = tmp_path / "shared"
+    options = ("--runtime", "ray", "--ray-address", ray_cluster.address,
+               "--artifact-root", str(shared), "--executables-dir", str(ROOT / "samples"
+               / "executables"))
+    server = ServerProcess(tmp_path).start(*options)
+    runner = Runner(server.address)
+    try:
+        eid = runner.start(_counter(runner))
+        wait_for(lambda: "line 40" in runner.output(eid), 120, "the job to print")
+        server.kill()  # kill -9: no shutdown code runs; the Ray job goes on
+        runner.close()
+
+        server.start(*options)
+        runner = Runner(server.address)
+        done = runner.wait(eid, timeout=180)
+        assert STATUS_NAME[done.status] == "COMPLETED", done.status_message
+        lines = runner.output(eid, "count")
+        assert lines == job_rows(jobs, eid, "count")
+        assert [x for x in lines if x.startswith("line ")] == [f"line {i}" for i in range(300)]
+        assert runner.output(eid, "after") == job_rows(jobs, eid, "after")
+        system = [t for _, s, t in runner.logs(eid) if s == "system"]
+        assert any("following step count again (Ray job" in t for t in system), system
+    finally:
+        runner.close()
+        server.terminate()
+
+
+def forget(jobs, job: str) -> None:
+    """Delete a final job until Ray keeps it deleted: its monitor may write the job's
+    end again just after a delete."""
+    import time
+
+    gone_since = None
+    deadline = time.monotonic() + 60
+    while True:
+        assert time.monotonic() < deadline, f"Ray still knows {job}"
+        try:
+            jobs.get_job_info(job)
+        except RuntimeError as exc:
+            assert "does not exist" in str(exc)
+            gone_since = gone_since or time.monotonic()
+            if time.monotonic() - gone_since > 3:
+                return
+        else:
+            gone_since = None
+            jobs.delete_job(job)
+        time.sleep(0.1)
+
+
+def test_a_job_ray_no_longer_knows_is_unknown_after_a_restart(ray_cluster, jobs, tmp_path):
+    options = ("--runtime", "ray", "--ray-address", ray_cluster.address,
+               "--artifact-root", str(tmp_path / "shared"))
+    server = ServerProcess(tmp_path).start(*options)
+    runner = Runner(server.address)
+    try:
+        eid = runner.start(_counter(runner))
+        wait_for(lambda: "line 5" in runner.output(eid), 120, "the job to print")
+        server.kill()
+        runner.close()
+        job = submission_id(eid, "count")
+        jobs.stop_job(job)
+        wait_for(lambda: jobs.get_job_status(job).is_terminal(), 60, "the job to stop")
+        forget(jobs, job)
+
+        server.start(*options)
+        runner = Runner(server.address)
+        gone = runner.wait(eid, timeout=60)
+        assert STATUS_NAME[gone.status] == "UNKNOWN", (gone.status_message, runner.logs(eid)[-8:])
+        assert f"no longer knows job {job}" in gone.status_message
+        assert runner.history(eid)[-1][1] == "server_restart"
+    finally:
+        runner.close()
+        server.terminate()
