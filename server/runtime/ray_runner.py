@@ -7,7 +7,8 @@ cluster's job submission address (``--ray-address http://HEAD:8265``):
   safe for a URL, with a digest of it when it had to be changed). Ray refuses a second
   job of the same id, so a submit that is retried (after a timeout, after a restart)
   never starts the step twice: "already exists" is taken as the job being ours.
-* Entrypoint: ``cd <step root> && exec <command>``. The step root is the step's folder
+* Entrypoint: ``cd <step root> && exec <command>``; the step is RUNNING once Ray runs
+  it (the job left PENDING). The step root is the step's folder
   in the execution's working directory, under the artifact root that the server and
   every node of the cluster see at the same path (``--artifact-root``), so the
   planner's paths, inputs and outputs mean the same on the node as on the server.
@@ -44,11 +45,13 @@ import math
 import re
 import shlex
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import structlog
 
@@ -62,6 +65,7 @@ log = structlog.get_logger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SUBMISSION_PREFIX = "trainyard-"
 POLL_INTERVAL = 0.1  # seconds between two status reads of a running job
+START_POLL = 0.02  # ... of a job Ray has not started yet
 TAIL_DRAIN = 2.0  # how long the tail may take to end once the job is final
 STATUS_RETRY = 0.5  # pause before reading a status again after Ray did not answer
 CLUSTER_CACHE = 2.0  # seconds a read of the cluster's resources is reused
@@ -280,6 +284,22 @@ class RayJobHandle:
     def begin(self) -> None:
         self._tail = asyncio.create_task(self._follow(), name=f"ray-tail-{self.job_id}")
 
+    async def started(self) -> None:
+        """Until Ray runs the job's entrypoint (or the job ended first): a step is
+        RUNNING when its command runs, not when Ray queued it."""
+        from ray.job_submission import JobStatus
+
+        while True:
+            try:
+                status = await self.jobs.call("get_job_status", self.job_id)
+            except RayError as exc:
+                log.warning("ray job status not read", job=self.job_id, error=str(exc))
+                await asyncio.sleep(STATUS_RETRY)
+                continue
+            if status != JobStatus.PENDING:
+                return
+            await asyncio.sleep(START_POLL)
+
     async def wait(self) -> StepExit:
         from ray.job_submission import JobStatus
 
@@ -412,12 +432,21 @@ class RayRunner:
         if env.get("PYTHONPATH"):
             python_path.append(env["PYTHONPATH"])
         env.update(
-            TRAINYARD_ADDRESS=launch.api_address,
+            TRAINYARD_ADDRESS=self._api_address(launch.api_address),
             PYTHONPATH=":".join(python_path),
             PYTHONUNBUFFERED="1",
             RAY_JOB_STOP_WAIT_TIME_S=str(max(1, math.ceil(self.stop_grace))),
         )
         return env
+
+    def _api_address(self, address: str) -> str:
+        """The API's address as the nodes dial it: a server bound to every interface is
+        reached on loopback from its own machine, by its host name from the others."""
+        host, _, port = address.rpartition(":")
+        head = urlparse(self.address).hostname or ""
+        if host in ("127.0.0.1", "[::1]") and head not in ("127.0.0.1", "localhost", "::1"):
+            return f"{socket.gethostname()}:{port}"
+        return address
 
     async def start(self, launch: StepLaunch, output: StepOutput) -> RayJobHandle:
         job_id = submission_id(launch.execution_id, launch.step, launch.attempt)
@@ -451,6 +480,7 @@ class RayRunner:
             output.note(f"step {launch.step}: {job_id} was already submitted; following it")
         handle = RayJobHandle(self.jobs, job_id, launch.step, output)
         handle.begin()
+        await handle.started()
         return handle
 
     async def reattach(
