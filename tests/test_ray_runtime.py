@@ -284,3 +284,54 @@ def test_a_job_ray_no_longer_knows_is_unknown_after_a_restart(ray_cluster, jobs,
     finally:
         runner.close()
         server.terminate()
+
+
+def test_a_retried_submit_does_not_start_the_step_twice(ray_cluster, jobs, tmp_path):
+    """The same attempt of the same step submitted twice (a retry after a timeout, a
+    server that restarted between submit and record) is one Ray job, followed twice."""
+    import asyncio
+
+    from server.domain.models import LogStream
+    from server.domain.ports import StepLaunch
+    from server.runtime.ray_runner import RayRunner
+
+    class Lines:
+        def __init__(self):
+            self.lines: list[str] = []
+            self.notes: list[str] = []
+
+        def write(self, stream: LogStream, lines: list[str]) -> None:
+            self.lines.extend(lines)
+
+        async def room(self) -> None:
+            return None
+
+        def backlog(self) -> bool:
+            return False
+
+        def note(self, text: str) -> None:
+            self.notes.append(text)
+
+        async def stored_rows(self) -> int:
+            return len(self.lines)
+
+    launch = StepLaunch(
+        execution_id=f"retry{tmp_path.name[-8:]}", resource_group="default", step="once",
+        template="once", attempt=1, image="", command=("python3", "-c", "print('ran')"),
+        args=(), env={}, api_address="127.0.0.1:1", root=str(tmp_path),
+    )
+
+    async def twice():
+        runner = RayRunner(ray_cluster.address, stop_grace=2)
+        await runner.open()
+        first, second = Lines(), Lines()
+        handles = [await runner.start(launch, first), await runner.start(launch, second)]
+        ends = [await h.wait() for h in handles]
+        return ends, first, second
+
+    ends, first, second = asyncio.run(twice())
+    assert [e.exit_code for e in ends] == [0, 0]
+    job = submission_id(launch.execution_id, "once")
+    assert [j.submission_id for j in jobs.list_jobs()].count(job) == 1
+    assert first.lines.count("ran") == 1 and second.lines.count("ran") == 1
+    assert any("already submitted" in n for n in second.notes)

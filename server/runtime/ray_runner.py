@@ -376,6 +376,7 @@ class RayRunner:
         self._cluster: ClusterResources | None = None
         self._cluster_at = 0.0
         self._cluster_error = ""
+        self._refresh: asyncio.Task | None = None
 
     async def open(self) -> None:
         try:
@@ -386,8 +387,21 @@ class RayRunner:
             log.info("ray cluster", address=self.address, resources=self._cluster)
 
     def cluster(self) -> ClusterResources | None:
-        """The cluster's resources as last read (for GetMeta; never blocks)."""
+        """The cluster's resources as last read (for GetMeta; never blocks). When that
+        read is old, a new one starts in the background for the next caller."""
+        stale = time.monotonic() - self._cluster_at > CLUSTER_CACHE
+        if stale and (self._refresh is None or self._refresh.done()):
+            try:
+                self._refresh = asyncio.get_running_loop().create_task(self._reread())
+            except RuntimeError:  # no loop: nothing to refresh on
+                pass
         return self._cluster
+
+    async def _reread(self) -> None:
+        try:
+            await self.cluster_resources(fresh=True)
+        except RayError as exc:
+            log.warning("ray cluster not read", address=self.address, error=str(exc))
 
     async def cluster_resources(self, fresh: bool = False) -> ClusterResources:
         now = time.monotonic()
