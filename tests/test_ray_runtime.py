@@ -232,7 +232,7 @@ def test_server_killed_during_a_run_reattaches_and_completes(ray_cluster, jobs, 
         assert [x for x in lines if x.startswith("line ")] == [f"line {i}" for i in range(300)]
         assert runner.output(eid, "after") == job_rows(jobs, eid, "after")
         system = [t for _, s, t in runner.logs(eid) if s == "system"]
-        assert any("following step count again (Ray job" in t for t in system), system
+        assert any("step count still runs (Ray job" in t for t in system), system
     finally:
         runner.close()
         server.terminate()
@@ -311,9 +311,6 @@ def test_a_retried_submit_does_not_start_the_step_twice(ray_cluster, jobs, tmp_p
 
         def note(self, text: str) -> None:
             self.notes.append(text)
-
-        async def stored_rows(self) -> int:
-            return len(self.lines)
 
     launch = StepLaunch(
         execution_id=f"retry{tmp_path.name[-8:]}", resource_group="default", step="once",

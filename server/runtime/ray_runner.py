@@ -585,4 +585,6 @@ class RayRunner:
         )
 
     async def close(self) -> None:
-        return None
+        if self._refresh is not None and not self._refresh.done():
+            self._refresh.cancel()
+            await asyncio.gather(self._refresh, return_exceptions=True)
