@@ -229,8 +229,9 @@ def test_empty_and_malformed_ids_are_invalid(stubs):
         assert field in details(error)["fields"]
 
 
+@pytest.mark.driven  # no runtime from the start: executions stay as created
 def test_resource_groups_are_isolated_both_ways(stubs, server):
-    server.detach_runtime()
+    assert server.plane.runtime is None
     a, b = group("team-a"), group("team-b")
     for g in (a, b):
         stubs.executables.CreateExecutable(
@@ -292,8 +293,9 @@ def test_resource_groups_are_isolated_both_ways(stubs, server):
     assert default.total_size == 0
 
 
+@pytest.mark.driven  # no runtime from the start: executions stay as created
 def test_pagination_has_no_duplicates_or_gaps(stubs, server):
-    server.detach_runtime()
+    assert server.plane.runtime is None
     dataset = register_iris(stubs)
     config = iris_configuration(stubs, dataset)
     created = [
@@ -335,8 +337,9 @@ def test_pagination_has_no_duplicates_or_gaps(stubs, server):
     assert pending.total_size == 57 and len(pending.executions) == 1
 
 
+@pytest.mark.driven  # no runtime from the start: executions stay as created
 def test_creates_written_together_each_get_their_own_outcome(stubs, server):
-    server.detach_runtime()
+    assert server.plane.runtime is None
     dataset = register_iris(stubs)
     config = stubs.configurations.CreateConfiguration(
         configuration_request(dataset, {})
@@ -371,8 +374,9 @@ def test_creates_written_together_each_get_their_own_outcome(stubs, server):
         assert [t.to_status for t in read.execution.history] == [1]  # PENDING
 
 
+@pytest.mark.driven  # no runtime from the start: executions stay as created
 def test_creates_that_arrive_during_a_write_share_the_next_commit(stubs, server):
-    server.detach_runtime()
+    assert server.plane.runtime is None
     config = stubs.configurations.CreateConfiguration(
         configuration_request(register_iris(stubs), {})
     ).configuration.id
@@ -414,8 +418,9 @@ def test_creates_that_arrive_during_a_write_share_the_next_commit(stubs, server)
     assert sizes == [1, 9]  # the first alone, the nine that queued behind it in one commit
 
 
+@pytest.mark.driven  # no runtime from the start: executions stay as created
 def test_idempotent_creates_return_the_first_result(stubs, server):
-    server.detach_runtime()
+    assert server.plane.runtime is None
     dataset = register_iris(stubs)
     again = stubs.artifacts.CreateArtifact(
         art.CreateArtifactRequest(
@@ -569,8 +574,7 @@ def test_log_lines_of_a_call_carry_its_request_id_rpc_and_group(stubs, server):
 def test_restart_on_the_same_database_keeps_everything(server_factory, tmp_path):
     from tests.conftest import make_stubs
 
-    first = server_factory()
-    first.detach_runtime()
+    first = server_factory(runtime="none")
     stubs = make_stubs(first.address)
     dataset = register_iris(stubs)
     config = iris_configuration(stubs, dataset)

@@ -72,7 +72,7 @@ def test_final_statuses_allow_no_transition():
 def idle(server, stubs):
     """A server whose executions are never picked up by a runtime, so the test can
     drive each one into any status through the store."""
-    server.detach_runtime()
+    assert server.plane.runtime is None  # none from the start (marker driven)
     dataset = register_iris(stubs)
     configuration = iris_configuration(stubs, dataset)
 
@@ -90,6 +90,7 @@ def idle(server, stubs):
 STATUS_PB = {s: getattr(execution_pb2, f"EXECUTION_STATUS_{s.value}") for s in Status}
 
 
+@pytest.mark.driven
 @pytest.mark.parametrize("status", list(Status))
 def test_stop_follows_the_table(idle, stubs, status):
     execution_id = idle(status)
@@ -109,6 +110,7 @@ def test_stop_follows_the_table(idle, stubs, status):
         assert after.execution.status == STATUS_PB[status]
 
 
+@pytest.mark.driven
 @pytest.mark.parametrize("status", list(Status))
 def test_delete_follows_the_table(idle, stubs, status):
     execution_id = idle(status)
@@ -128,6 +130,7 @@ def test_delete_follows_the_table(idle, stubs, status):
         stubs.executions.GetExecution(pb.GetExecutionRequest(execution_id=execution_id))
 
 
+@pytest.mark.driven
 @pytest.mark.parametrize("status", list(Status))
 def test_allowed_operations_follow_the_table(idle, stubs, status):
     """Execution.allowed_operations, in a read, a list and a watch snapshot, is the
@@ -153,6 +156,7 @@ def test_allowed_operations_follow_the_table(idle, stubs, status):
     assert list(snapshot.execution.allowed_operations) == expected
 
 
+@pytest.mark.driven
 def test_history_records_every_transition(idle, stubs, server):
     execution_id = idle(Status.PENDING)
     server.run_sync(server.plane.transition, execution_id, Status.RUNNING, "step_started")
@@ -186,6 +190,7 @@ def test_history_records_every_transition(idle, stubs, server):
     assert execution.HasField("start_time") and execution.HasField("complete_time")
 
 
+@pytest.mark.driven
 def test_an_ungrouped_create_is_stored_like_a_grouped_one(idle, stubs, server):
     """ControlPlane.create_execution (the one-at-a-time path that tools and a failed
     group fall back to) stores a PENDING execution with its "created" transition, and
@@ -214,11 +219,12 @@ def test_an_ungrouped_create_is_stored_like_a_grouped_one(idle, stubs, server):
     ]
 
 
+@pytest.mark.driven
 def test_creates_a_few_loop_turns_apart_share_one_commit(server, stubs, monkeypatch):
     """Creates that arrive within a few turns of the event loop of each other (as a
     burst of calls does, gRPC taking several turns per call) are written in one
     transaction; each gets its own execution."""
-    server.detach_runtime()
+    assert server.plane.runtime is None  # none from the start (marker driven)
     configuration = iris_configuration(stubs, register_iris(stubs))
     store = server.plane.store
     groups = []
@@ -246,12 +252,14 @@ def test_creates_a_few_loop_turns_apart_share_one_commit(server, stubs, monkeypa
         assert stored.execution.status == execution_pb2.EXECUTION_STATUS_PENDING
 
 
+@pytest.mark.driven
 def test_runtime_cannot_break_the_table(idle, server):
     execution_id = idle(Status.COMPLETED)
     with pytest.raises(FailedPrecondition):
         server.run_sync(server.plane.transition, execution_id, Status.RUNNING, "bogus")
 
 
+@pytest.mark.driven
 def test_bulk_operations_report_per_item(idle, stubs):
     pending = idle(Status.PENDING)
     running = idle(Status.RUNNING)

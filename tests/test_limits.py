@@ -6,6 +6,7 @@ import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+import pytest
 
 from tests.conftest import make_stubs
 from tests.helpers import iris_configuration, register_iris, rpc_error, wait_for
@@ -29,10 +30,11 @@ def test_definition_over_one_mebibyte_is_invalid(stubs):
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.driven
 def test_writer_contention_surfaces_no_locked_error(server, stubs):
     """Another process holds SQLite's write lock, and a long read runs, while 16 clients
     create executions: every create waits its turn and succeeds."""
-    server.detach_runtime()
+    assert server.plane.runtime is None  # none from the start (marker driven)
     dataset = register_iris(stubs)
     config = iris_configuration(stubs, dataset)
     path = server.settings.data_dir / "trainyard.db"
