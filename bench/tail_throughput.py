@@ -41,7 +41,9 @@ from server.runtime.processes import READ_CHUNK
 from trainyard.v1 import log_pb2, log_service_pb2, log_service_pb2_grpc
 
 TEXT = "x" * 100
-TARGET = 300_000
+# The budget of DESIGN.md: one tailer at least this share of the bare stream of the
+# same batches, measured in the same run (absolute rates move 2x between days).
+TARGET_RATIO = 0.5
 TIMEOUT = 120.0
 # Lines the live producer writes per event-loop turn: what one 64 KiB read of a step's
 # pipe holds, handed to the log sink in one call as the runtime does.
@@ -176,7 +178,7 @@ async def history(total: int) -> dict:
             await sink.wait_for_room(execution_id)
             await asyncio.sleep(0)
         await sink.flush()
-        running.plane.transition(execution_id, Status.COMPLETED, "bench")
+        await running.plane.transition(execution_id, Status.COMPLETED, "bench")
         result = await read_in_client(running.address, execution_id)
     assert result["lines"] == total, result
     return figures(result, "seconds_from_call")
@@ -198,7 +200,7 @@ async def live(total: int) -> dict:
                 await asyncio.sleep(0)
             await sink.flush()
             produced["seconds"] = time.perf_counter() - began
-            running.plane.transition(execution_id, Status.COMPLETED, "bench")
+            await running.plane.transition(execution_id, Status.COMPLETED, "bench")
 
         result = await read_in_client(running.address, execution_id, on_ready=produce)
         catchups = running.extra["tails"].catchups
@@ -238,9 +240,10 @@ async def run(total: int, rounds: int) -> int:
     report("TailLogs follow, live while written:", tailed, bare)
     print(f"    the sink wrote {tailed['written']:,.0f} lines/s; the tailer fell back to the "
           f"store {sum(r['catchups'] for r in taileds)} time(s) in all")
-    ok = tailed["rate"] >= TARGET and stored["rate"] >= TARGET
-    print(f"target: {TARGET:,} lines/s to one tailer, live and from history: "
-          f"{'meets target' if ok else 'BELOW TARGET'}")
+    live_ratio, stored_ratio = tailed["rate"] / bare["rate"], stored["rate"] / bare["rate"]
+    ok = live_ratio >= TARGET_RATIO and stored_ratio >= TARGET_RATIO
+    print(f"budget: one tailer >= {TARGET_RATIO} x the bare stream, live {live_ratio:.2f} x, "
+          f"from history {stored_ratio:.2f} x: {'meets target' if ok else 'BELOW TARGET'}")
     if not ok:
         print("    bound: the event loop thread, numbering and encoding every line under "
               "the GIL (see the module docstring: python -m pydoc bench.tail_throughput)")
