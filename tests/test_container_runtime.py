@@ -194,7 +194,10 @@ def test_stop_ends_the_container_within_the_grace_period(runner, podman):
     wait_for(lambda: no_container_left(podman), 30, "the stopped container to be removed")
 
 
-def test_a_killed_server_reattaches_its_running_container(podman, tmp_path):
+@pytest.mark.parametrize("end", ["kill -9", "SIGTERM"])
+def test_a_server_ended_mid_run_reattaches_its_running_container(podman, tmp_path, end):
+    """Whether the server dies (kill -9) or shuts down (SIGTERM, as for an upgrade), the
+    container goes on, and the next start re-attaches it."""
     count = 30
     template = one_step(
         "counter",
@@ -211,7 +214,10 @@ def test_a_killed_server_reattaches_its_running_container(podman, tmp_path):
         runner.register(template)
         execution_id = runner.start(runner.configure("counter", scenario="container-tests"))
         runner.wait_output(execution_id, "line 3", timeout=60)
-        server.kill()
+        if end == "kill -9":
+            server.kill()
+        else:
+            server.terminate()
         assert podman.ours(), "the container outlives the server"
         runner.close()
 

@@ -364,7 +364,9 @@ class ContainerRunner:
 
     name = "container"
     isolated = True
-    outlives_server = False  # a shutdown stops its containers (a restart re-attaches)
+    # A container goes on while no server watches it: a shutdown (an upgrade, say)
+    # leaves it running, and the next start re-attaches it.
+    outlives_server = True
 
     def __init__(
         self,
