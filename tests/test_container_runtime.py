@@ -174,6 +174,14 @@ def test_a_container_without_command_runs_the_image_entrypoint(runner, podman):
     assert runner.output(execution_id) == ["from the entrypoint: hi there"]
 
 
+def test_a_container_with_only_an_image_runs_the_image_entrypoint(runner, podman):
+    runner.register(one_step("bare", f"        image: {IMAGE}"))
+    execution_id = runner.start(runner.configure("bare", scenario="container-tests"))
+    execution = runner.wait(execution_id, timeout=60)
+    assert STATUS_NAME[execution.status] == "COMPLETED", execution.status_message
+    assert runner.output(execution_id) == ["from the entrypoint:"]
+
+
 def test_stop_ends_the_container_within_the_grace_period(runner, podman):
     # PID 1 of a container ignores SIGTERM unless it handles it: the grace period ends
     # in SIGKILL.
@@ -282,6 +290,22 @@ def test_the_local_runtime_says_a_declared_image_was_not_used(server_factory):
         assert STATUS_NAME[execution.status] == "COMPLETED", execution.status_message
         [step] = execution.step_details
         assert step.message == "image house-price:03 was not used: the command ran on the host"
+    finally:
+        runner.close()
+
+
+def test_the_local_runtime_refuses_at_start_a_container_with_nothing_to_run(server_factory):
+    """Registration takes a container with only an image (the container runtime runs the
+    image's entrypoint); the local runtime has no image, so the start says why it is DEAD."""
+    server = server_factory()
+    runner = Runner(server.address)
+    try:
+        runner.register(one_step("imageonly", "        image: house-price:03"))
+        execution_id = runner.start(runner.configure("imageonly", scenario="container-tests"))
+        execution = runner.wait(execution_id, timeout=60)
+        assert STATUS_NAME[execution.status] == "DEAD"
+        assert "no command and no args" in execution.status_message
+        assert "--runtime container" in execution.status_message
     finally:
         runner.close()
 

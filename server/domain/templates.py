@@ -786,8 +786,9 @@ def _check_process(body: dict, path: str, kind: str, problems: _Problems) -> Non
             isinstance(value, list) and all(isinstance(v, str) for v in value)
         ):
             problems.add(f"{path}.{key}", "must be a list of strings")
-    if kind == "container" and not process.get("command") and not process.get("args"):
-        problems.add(f"{path}.command", "a container needs a command or args to run")
+    # A container with neither command nor args runs its image's own entrypoint: that
+    # depends on the runtime (only the container runtime has the image), so it is
+    # decided when the execution starts (server/runtime/plan.py), not here.
     if kind == "script":
         source = process.get("source")
         if not isinstance(source, str) or not source.strip():

@@ -497,8 +497,12 @@ class _Planner:
             script = _substitute(process["source"], values, where)
             script_path = self.work_dir / SCRIPTS_DIR / ws.name
             command = [*command, SCRIPT_IN_STEP if self.step_paths else str(script_path)]
-        elif not command and not args:
-            raise PlanError(f"{where}: nothing to run (no command, no args)")
+        elif not command and not args and not self.step_paths:
+            raise PlanError(
+                f"{where}: nothing to run: the container has no command and no args, and "
+                "only the container runtime (--runtime container) runs an image's own "
+                "entrypoint"
+            )
         argv = [*command, *args]
         return PlannedStep(
             name=ws.name,
