@@ -43,7 +43,7 @@ from server.domain.principal import Principal
 from server.domain.retention import IdempotencyPurger
 from server.domain.secrets import SecretService as SecretUseCases
 from server.domain.service import ControlPlane
-from server.page_key import load_page_tokens
+from server.page_key import open_page_tokens
 from server.process_tuning import tune_process
 from server.runtime.container_runner import ContainerRunner
 from server.runtime.executor import Executor, reachable_address
@@ -253,7 +253,9 @@ async def start_server(settings: Settings) -> TrainyardServer:
         plans = await asyncio.to_thread(resources.load_plan_file, settings.resource_plans_file)
     # Secret values are sealed with the key file's key (made on the first start).
     cipher = await asyncio.to_thread(open_key_file, settings.secrets_key_file)
-    page_tokens = await asyncio.to_thread(load_page_tokens, settings.page_token_key_path)
+    # Page tokens: signed with the key file's key when one is given, else with the
+    # database's (the same for every replica of it).
+    page_tokens = await open_page_tokens(settings.page_token_key_file, store)
     secrets = SecretUseCases(store, cipher, page_tokens)
     plane = ControlPlane(
         store=store,

@@ -121,10 +121,6 @@ class Settings:
         return self.auth_tokens is not None or self.tls_client_ca is not None
 
     @property
-    def page_token_key_path(self) -> Path:
-        return self.page_token_key_file or self.data_dir / "page-token.key"
-
-    @property
     def work_dir(self) -> Path:
         """Where executions get their working directories."""
         return (self.artifact_root or self.data_dir) / "executions"
@@ -309,8 +305,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--page-token-key-file",
         default=_env("PAGE_TOKEN_KEY_FILE"),
         metavar="FILE",
-        help="key that signs page tokens (made, random, if missing); give every replica "
-        "of one database the same file; default DATA_DIR/page-token.key "
+        help="key that signs page tokens (made, random, if missing); without it the "
+        "key stored in the database is used (made, random, by the first server to start "
+        "on it), so every replica of one database signs with the same key "
         "(TRAINYARD_PAGE_TOKEN_KEY_FILE)",
     )
     parser.add_argument(

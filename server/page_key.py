@@ -1,15 +1,27 @@
-"""The page token key file: read it, or make it (random, mode 0600) when missing."""
+"""The page token key: from the key file when one is given (read, or made random with
+mode 0600 when missing), else the one stored in the database, which the first server
+to start on it makes, so that every replica of one database uses the same key."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
 from pathlib import Path
 
 from server.domain.paging import KEY_BYTES, PageTokens
+from server.store.async_store import AsyncStore
 
 MIN_KEY_BYTES = 16
+
+
+async def open_page_tokens(key_file: Path | None, store: AsyncStore) -> PageTokens:
+    """The signer of ``key_file``'s key when given, else of the database's key."""
+    if key_file is not None:
+        return await asyncio.to_thread(load_page_tokens, key_file)
+    key = await store.page_token_key(secrets.token_hex(KEY_BYTES))
+    return PageTokens(key.encode())
 
 
 def load_page_tokens(path: Path) -> PageTokens:

@@ -51,6 +51,7 @@ TABLES_OF_VERSION = {
     5: {"secret"},
     6: {"audit_event"},
     7: set(),  # the rerun_of column of execution
+    8: {"page_token_key"},
 }
 
 _SCHEMA_SQL = "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
@@ -409,6 +410,9 @@ def _assert_new_writes_work(store: Store) -> None:
     reruns = store.list_executions("g", PageRequest(10), rerun_of="e0")
     assert [e.id for e in reruns.items] == ["e3"] and reruns.total_size == 1
     assert store.get_execution("g", "e3").rerun_of == "e0"
+    # Version 8: the page-token key, stored once.
+    assert store.page_token_key("a" * 64) == "a" * 64
+    assert store.page_token_key("b" * 64) == "a" * 64
     assert store.integrity_check() == "ok"
 
 

@@ -140,6 +140,7 @@ class AsyncStore:
     # -------------------------------------------------------------- catalog
 
     put_executable = _writer(SyncStore.put_executable)
+    page_token_key = _writer(SyncStore.page_token_key)
     purge_idempotency_keys = _writer(SyncStore.purge_idempotency_keys)
 
     async def get_executable(

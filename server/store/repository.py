@@ -4,7 +4,8 @@ Methods are synchronous and short; each write is one transaction (``atomic``), r
 one of the store's worker threads (server/store/async_store.py), never on the event
 loop. Rows become domain objects here; peewee's IntegrityError and DoesNotExist become
 AlreadyExists and NotFound. The methods live with their aggregate: catalog.py,
-executions.py, leases.py, logs.py, secrets.py; this class adds the connection and its helpers.
+executions.py, leases.py, logs.py, page_key.py, secrets.py; this class adds the
+connection and its helpers.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from server.store.dialects import open_database
 from server.store.executions import ExecutionRepository
 from server.store.leases import LeaseRepository
 from server.store.logs import LogRepository
+from server.store.page_key import PageKeyRepository
 from server.store.secrets import SecretRepository
 
 
@@ -89,6 +91,7 @@ class Store(
     ExecutionRepository,
     LeaseRepository,
     LogRepository,
+    PageKeyRepository,
     SecretRepository,
 ):
     """Trainyard's metadata store on a peewee database (SQLite by default)."""

@@ -343,6 +343,18 @@ class AuditEventRow(Base):
         )
 
 
+class PageTokenKeyRow(Base):
+    """Since schema version 8: the key that signs page tokens, shared by every replica
+    of the database (one row, ``id`` 1; ``key`` in hex)."""
+
+    id = pw.IntegerField(primary_key=True)
+    key = pw.TextField()
+    created_us = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "page_token_key"
+
+
 MODELS: tuple[type[Base], ...] = (
     SchemaVersion,
     ScenarioRow,
@@ -362,6 +374,7 @@ MODELS: tuple[type[Base], ...] = (
     MetricTagRow,
     MetricCustomInfoRow,
     AuditEventRow,
+    PageTokenKeyRow,
 )
 
 
@@ -389,6 +402,7 @@ class Tables:
     MetricTagRow: type[MetricTagRow]
     MetricCustomInfoRow: type[MetricCustomInfoRow]
     AuditEventRow: type[AuditEventRow]
+    PageTokenKeyRow: type[PageTokenKeyRow]
 
     def __init__(self, database: pw.Database):
         self.database = database

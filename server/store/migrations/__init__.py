@@ -33,6 +33,7 @@ from server.store.migrations import (
     v005_secrets,
     v006_security,
     v007_reruns,
+    v008_page_token_key,
 )
 
 BACKENDS = ("sqlite", "postgresql")
@@ -59,6 +60,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "secrets", v005_secrets.SQLITE, v005_secrets.POSTGRESQL),
     Migration(6, "security", v006_security.SQLITE, v006_security.POSTGRESQL),
     Migration(7, "reruns", v007_reruns.SQLITE, v007_reruns.POSTGRESQL),
+    Migration(8, "page_token_key", v008_page_token_key.SQLITE, v008_page_token_key.POSTGRESQL),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 # Versions are numbered per feature and may land out of order: a number may be
