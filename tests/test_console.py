@@ -19,7 +19,7 @@ from server.domain.models import Status
 from tests.authkit import GROUP, make_tokens
 from tests.services import unavailable
 from tests.streamkit import Driver, make_configuration, make_execution
-from tests.workflow_helpers import SCENARIO, python, workflow
+from tests.workflow_helpers import SCENARIO, python, steps, workflow
 from trainyard.v1 import (
     artifact_service_pb2,
     configuration_pb2,
@@ -210,7 +210,15 @@ def printing_executable(stubs) -> str:
         "    print(f'tick {i}', flush=True)\n"
         "    time.sleep(0.05)\n"
     )
-    definition = workflow("console-printer", [python("main", code)])
+    # A small DAG: the printer first, then two checks side by side after it.
+    definition = workflow(
+        "console-printer",
+        [
+            steps("main", [("print", "printer")], [("check", "ok"), ("count", "ok")]),
+            python("printer", code),
+            python("ok", "print('ok')"),
+        ],
+    )
     return stubs.executables.CreateExecutable(
         exe.CreateExecutableRequest(definition=definition)
     ).executable.id
@@ -218,7 +226,8 @@ def printing_executable(stubs) -> str:
 
 def test_execution_page_and_logs_as_printed(server_factory, stubs_for, page):
     """A real run: the page shows lines while the step prints them, then the overview
-    (timeline, steps with exit codes) and Stop disabled once it completed."""
+    (timeline, the steps' DAG in columns with exit codes) and Stop disabled once it
+    completed."""
     server = server_factory(console_address="127.0.0.1:0")
     stubs = stubs_for(server)
     executable = printing_executable(stubs)
@@ -247,9 +256,23 @@ def test_execution_page_and_logs_as_printed(server_factory, stubs_for, page):
     expect(page.get_by_test_id("execution-status")).to_contain_text("COMPLETED", timeout=WAIT_MS)
     expect(page.get_by_role("button", name="Stop", exact=True)).to_be_disabled()
     expect(page.get_by_role("button", name="Delete", exact=True)).to_be_enabled()
-    steps = page.get_by_role("region", name="Steps")
-    expect(steps).to_contain_text("SUCCEEDED")
-    expect(steps).to_contain_text("exit code 0")
+    region = page.get_by_role("region", name="Steps")
+    expect(region).to_contain_text("SUCCEEDED")
+    expect(region).to_contain_text("exit code 0")
+    # The DAG: the printer alone in the first column, both checks in the second,
+    # each saying what it runs after.
+    first = region.get_by_role("list", name="Column 1")
+    second = region.get_by_role("list", name="Column 2")
+    expect(first.get_by_test_id("dag-step")).to_have_count(1)
+    expect(first.locator('[data-step="print"]')).to_contain_text("exit code 0")
+    expect(second.get_by_test_id("dag-step")).to_have_count(2)
+    for name in ("check", "count"):
+        box = second.locator(f'[data-step="{name}"]')
+        expect(box).to_contain_text("SUCCEEDED")
+        expect(box).to_contain_text("after print")
+    assert (
+        first.bounding_box()["x"] + first.bounding_box()["width"] <= second.bounding_box()["x"]
+    ), "the second column is right of the first"
     timeline = page.get_by_role("region", name="Timeline")
     expect(timeline).to_contain_text("COMPLETED")
     shot(page, "execution-overview")

@@ -164,6 +164,44 @@ def test_executable_steps_are_the_step_details_names_in_order(server):
         runner.close()
 
 
+def test_executable_steps_carry_their_dag_edges(server):
+    """Each workflow step names the steps it runs after: the previous group of a steps
+    template (a parallel group shares it), a dag task's dependencies / depends, the
+    caller's wait for a called template's first steps, and only direct ones; the exit
+    handler runs after the main steps nothing else waits for."""
+    document = json.loads(workflow(
+        "dag-edges",
+        [
+            steps("main", [("prep", "leaf")], [("fit", "leaf"), ("lint", "leaf")],
+                  [("inner", "graph")], [("report", "leaf")]),
+            dag("graph",
+                {"name": "a", "template": "leaf"},
+                {"name": "b", "template": "leaf", "dependencies": ["a"]},
+                {"name": "c", "template": "leaf", "depends": "a.Succeeded"},
+                {"name": "d", "template": "leaf", "depends": "b && (c.Succeeded || c.Failed)"}),
+            container("leaf", "true"),
+            container("cleanup", "true"),
+        ],
+    ))
+    document["spec"]["onExit"] = "cleanup"
+    runner = Runner(server.address)
+    try:
+        exe = runner.client.get_executable(runner.register(json.dumps(document)))
+        assert {s.name: list(s.after) for s in exe.workflow_steps} == {
+            "prep": [],
+            "fit": ["prep"],
+            "lint": ["prep"],
+            "inner.a": ["fit", "lint"],
+            "inner.b": ["inner.a"],
+            "inner.c": ["inner.a"],
+            "inner.d": ["inner.b", "inner.c"],
+            "report": ["inner.d"],
+            "onExit": ["report"],
+        }
+    finally:
+        runner.close()
+
+
 # ------------------------------------------- the executables directory, every group
 
 

@@ -219,6 +219,7 @@ def executable_pb(
                 cpus=s.resources.cpus or 0.0,
                 memory_bytes=s.resources.memory_bytes or 0,
                 gpus=s.resources.gpus,
+                after=s.after,
             )
             for s in steps
         ],

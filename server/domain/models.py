@@ -146,6 +146,9 @@ class ExecutableStep:
     template: str
     resource_plan: str = ""  # ai.sap.com/resourcePlan, "" when none applies
     resources: Resources = field(default_factory=Resources)
+    # The steps that end before this one starts, in workflow order: its direct
+    # dependencies only (a step another listed step already waits for is left out).
+    after: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)

@@ -680,6 +680,7 @@ class ControlPlane:
             walked = workflow.walk(executable.spec, library)
         except workflow.WorkflowError:
             return []
+        after = workflow.direct_after(walked)
         steps = []
         for ws in walked:
             plan = resources.step_plan([link.template for link in ws.chain]) or ""
@@ -692,7 +693,9 @@ class ControlPlane:
                 )
             except (KeyError, ValueError):
                 limits = resources.Resources()
-            steps.append(ExecutableStep(ws.name, ws.template.get("name", ""), plan, limits))
+            steps.append(
+                ExecutableStep(ws.name, ws.template.get("name", ""), plan, limits, after[ws.name])
+            )
         return steps
 
     def _execution_created(self, execution: Execution) -> None:

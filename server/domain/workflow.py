@@ -141,6 +141,25 @@ def walk(spec: dict[str, Any], library: dict[str, dict] | None = None) -> list[W
     return steps
 
 
+def direct_after(steps: list[WorkflowStep]) -> dict[str, tuple[str, ...]]:
+    """For each step of :func:`walk`, the steps it directly waits for, in workflow
+    order: a step another of them already waits for (through any chain) is left out.
+    The exit handler's first steps wait for the main steps nothing else waits for."""
+    order = {s.name: i for i, s in enumerate(steps)}
+    main = [s for s in steps if not s.exit_handler]
+    waited = {d for s in main for d in s.after}
+    last = frozenset(s.name for s in main if s.name not in waited)
+    upstream: dict[str, frozenset[str]] = {}  # step -> every step it waits for
+    direct: dict[str, tuple[str, ...]] = {}
+    for step in steps:  # a step comes after every step it waits for
+        waits = step.after or (last if step.exit_handler else frozenset())
+        waits = frozenset(d for d in waits if d in upstream)
+        indirect = frozenset().union(*(upstream[d] for d in waits))
+        upstream[step.name] = waits | indirect
+        direct[step.name] = tuple(sorted(waits - indirect, key=order.__getitem__))
+    return direct
+
+
 def step_names(spec: dict[str, Any], library: dict[str, dict] | None = None) -> list[str]:
     """The names of the steps in workflow order; empty when the workflow cannot run
     (the runtime then reports why when the execution starts)."""

@@ -198,6 +198,7 @@ class ExecutableStep(_message.Message):
     CPUS_FIELD_NUMBER: _builtins.int
     MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     GPUS_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Output only. Step name, as `StepDetail.name` of the executable's executions gives
     it: the name of the step or dag task that runs it (`outer.inner` for a step of a
@@ -219,6 +220,16 @@ class ExecutableStep(_message.Message):
     """Output only. Memory the step may use, in bytes; 0 when not limited."""
     gpus: _builtins.int
     """Output only. GPUs the step asks for (`nvidia.com/gpu`, or its plan's); 0 for none."""
+    @_builtins.property
+    def after(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Output only. Names of the steps that end before this one starts (its edges in the
+        workflow's DAG), in workflow order: the previous group of a steps template, the
+        `dependencies` / `depends` tasks of a dag template, the steps a called template
+        waits for; only direct ones (a step another listed step already waits for is left
+        out). Empty for a first step. The exit handler's first steps list the main steps
+        nothing else waits for: they run once those ended, whatever their outcome.
+        """
+
     def __init__(
         self,
         *,
@@ -228,10 +239,11 @@ class ExecutableStep(_message.Message):
         cpus: _builtins.float = ...,
         memory_bytes: _builtins.int = ...,
         gpus: _builtins.int = ...,
+        after: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "gpus", b"gpus", "memory_bytes", b"memory_bytes", "name", b"name", "resource_plan", b"resource_plan", "template", b"template"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "cpus", b"cpus", "gpus", b"gpus", "memory_bytes", b"memory_bytes", "name", b"name", "resource_plan", b"resource_plan", "template", b"template"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

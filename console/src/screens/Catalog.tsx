@@ -126,10 +126,11 @@ export function ExecutableScreen({ id }: { id: string }) {
           </Section>
           <Section title="Steps">
             <ol className="steps">
-              {(e.workflowSteps.length ? e.workflowSteps : e.steps.map((name) => ({ name, template: "", resourcePlan: "" }))).map((s) => (
+              {(e.workflowSteps.length ? e.workflowSteps : e.steps.map((name) => ({ name, template: "", resourcePlan: "", after: [] as string[] }))).map((s) => (
                 <li key={s.name}>
                   <strong>{s.name}</strong> {s.template && <small>template {s.template}</small>}{" "}
-                  {s.resourcePlan && <small>plan {s.resourcePlan}</small>}
+                  {s.resourcePlan && <small>plan {s.resourcePlan}</small>}{" "}
+                  {s.after.length > 0 && <small>after {s.after.join(", ")}</small>}
                 </li>
               ))}
             </ol>

@@ -1,7 +1,7 @@
 import { useEffect, useState } from "react";
 import { allows, api, duration, errorMessage, ExecutionOperation, isAbort, statusName, when } from "../api";
 import { link, navigate, Problem, Section, Status, useLoad, useMeta } from "../common";
-import type { Execution, StatusTransition } from "../gen/trainyard/v1/execution_pb";
+import type { Execution, StatusTransition, StepDetail } from "../gen/trainyard/v1/execution_pb";
 import { StepPhase, TargetStatus } from "../gen/trainyard/v1/execution_pb";
 import { ArtifactKind, type Artifact } from "../gen/trainyard/v1/artifact_pb";
 import { LogsView } from "./Logs";
@@ -150,6 +150,50 @@ export function ArtifactLink({ artifact }: { artifact: Artifact }) {
   );
 }
 
+// Columns by depth: a step is one column right of the deepest step it runs after.
+export function dagColumns(steps: StepDetail[], edges: Map<string, string[]>) {
+  const known = new Set(steps.map((s) => s.name));
+  const depth = new Map<string, number>();
+  const after = (name: string) => (edges.get(name) ?? []).filter((d) => known.has(d));
+  for (const s of steps) {
+    // Workflow order lists a step after the steps it waits for.
+    depth.set(s.name, Math.max(-1, ...after(s.name).map((d) => depth.get(d) ?? -1)) + 1);
+  }
+  const columns: StepDetail[][] = [];
+  for (const s of steps) {
+    const d = depth.get(s.name) ?? 0;
+    (columns[d] ??= []).push(s);
+  }
+  return columns.map((column) => column.map((s) => ({ step: s, after: after(s.name) })));
+}
+
+function StepsDag({ steps, edges }: { steps: StepDetail[]; edges?: Map<string, string[]> }) {
+  if (steps.length === 0) return <p className="muted">No steps yet.</p>;
+  const columns = dagColumns(steps, edges ?? new Map());
+  return (
+    <div className="dag" role="group" aria-label="Steps as a DAG, in columns by dependency depth">
+      {columns.map((column, i) => (
+        <ol key={i} className="dag-column steps" aria-label={`Column ${i + 1}`} data-column={i + 1}>
+          {column.map(({ step: s, after }) => {
+            const phase = (StepPhase[s.phase] ?? "").replace("STEP_PHASE_", "");
+            return (
+              <li key={s.name} className={`phase-${phase.toLowerCase()}`} data-testid="dag-step" data-step={s.name}>
+                <strong>{s.name}</strong> {phase}
+                {s.exitCode !== undefined && <span> exit code {s.exitCode}</span>}
+                {after.length > 0 && <div className="after">after {after.join(", ")}</div>}
+                <div className="muted">
+                  {when(s.startTime)} {s.finishTime ? `→ ${when(s.finishTime)} (${duration(s.startTime, s.finishTime)})` : ""}
+                </div>
+                {s.message && <div className="muted">{s.message}</div>}
+              </li>
+            );
+          })}
+        </ol>
+      ))}
+    </div>
+  );
+}
+
 function Overview({ execution, history }: { execution: Execution; history: StatusTransition[] }) {
   const configuration = useLoad(
     () => api.configurations.getConfiguration({ configurationId: execution.configurationId }),
@@ -167,6 +211,15 @@ function Overview({ execution, history }: { execution: Execution; history: Statu
       }),
     );
   }, [configuration.value]);
+  // The DAG's edges: each step's `after`, from the executable's workflow steps.
+  const edges = useLoad(async () => {
+    try {
+      const answer = await api.executables.getExecutable({ executableId: execution.executableId });
+      return new Map((answer.executable?.workflowSteps ?? []).map((w) => [w.name, w.after]));
+    } catch {
+      return new Map<string, string[]>();
+    }
+  }, [execution.executableId]);
   const target = (TargetStatus[execution.targetStatus] ?? "").replace("TARGET_STATUS_", "");
   return (
     <div className="overview">
@@ -220,19 +273,7 @@ function Overview({ execution, history }: { execution: Execution; history: Statu
         </ol>
       </Section>
       <Section title="Steps">
-        <ol className="steps" aria-label="Steps in workflow order">
-          {execution.stepDetails.map((s, i) => (
-            <li key={s.name} className={`phase-${(StepPhase[s.phase] ?? "").replace("STEP_PHASE_", "").toLowerCase()}`}>
-              {i > 0 && <span aria-hidden="true" className="arrow">↓</span>}
-              <strong>{s.name}</strong> {(StepPhase[s.phase] ?? "").replace("STEP_PHASE_", "")}
-              {s.exitCode !== undefined && <span> exit code {s.exitCode}</span>}
-              <div className="muted">
-                {when(s.startTime)} {s.finishTime ? `→ ${when(s.finishTime)} (${duration(s.startTime, s.finishTime)})` : ""}
-              </div>
-              {s.message && <div className="muted">{s.message}</div>}
-            </li>
-          ))}
-        </ol>
+        <StepsDag steps={execution.stepDetails} edges={edges.value} />
       </Section>
       <Section title="Configuration">
         <Problem error={configuration.error} />
