@@ -282,6 +282,43 @@ def test_execution_page_and_logs_as_printed(server_factory, stubs_for, page):
     assert execution not in page.url
 
 
+def test_overview_draws_the_dag_of_the_version_it_runs(server_factory, stubs_for, page):
+    """An execution of an older version of an executable is drawn with that version's
+    edges, not the newest's: 1.0.0 runs b after a, 2.0.0 runs them side by side."""
+    server = server_factory(console_address="127.0.0.1:0")
+    stubs = stubs_for(server)
+    templates = [python("ok", "print('ok')")]
+    first = json.loads(
+        workflow("console-versions", [steps("main", [("a", "ok")], [("b", "ok")]), *templates])
+    )
+    second = json.loads(
+        workflow("console-versions", [steps("main", [("a", "ok"), ("b", "ok")]), *templates])
+    )
+    second["metadata"]["labels"]["ai.sap.com/version"] = "2.0.0"
+    for document in (first, second):
+        stubs.executables.CreateExecutable(
+            exe.CreateExecutableRequest(definition=json.dumps(document))
+        )
+    configuration = stubs.configurations.CreateConfiguration(
+        cfg.CreateConfigurationRequest(
+            configuration=configuration_pb2.Configuration(
+                name="versions",
+                executable_id="console-versions",
+                executable_version="1.0.0",
+                scenario_id=SCENARIO,
+            )
+        )
+    ).configuration.id
+    execution = stubs.executions.CreateExecution(
+        ex.CreateExecutionRequest(configuration_id=configuration)
+    ).execution.id
+    page.goto(console_url(server) + f"#/executions/{execution}")
+    region = page.get_by_role("region", name="Steps")
+    second_column = region.get_by_role("list", name="Column 2")
+    expect(second_column.locator('[data-step="b"]')).to_contain_text("after a", timeout=WAIT_MS)
+    expect(region.get_by_role("list", name="Column 1").get_by_test_id("dag-step")).to_have_count(1)
+
+
 def test_log_view_resumes_after_a_server_restart(server_factory, stubs_for, page):
     """Lines written before and after a restart of the server, each shown once, in
     order: the view reconnects from the last sequence number it received."""

@@ -211,15 +211,18 @@ function Overview({ execution, history }: { execution: Execution; history: Statu
       }),
     );
   }, [configuration.value]);
-  // The DAG's edges: each step's `after`, from the executable's workflow steps.
+  // The DAG's edges: each step's `after`, from the workflow steps of the executable
+  // version the configuration runs (the newest when it names none).
+  const version = configuration.value?.configuration?.executableVersion ?? "";
   const edges = useLoad(async () => {
+    if (configuration.loading) return undefined; // the version is not known yet
     try {
-      const answer = await api.executables.getExecutable({ executableId: execution.executableId });
+      const answer = await api.executables.getExecutable({ executableId: execution.executableId, version });
       return new Map((answer.executable?.workflowSteps ?? []).map((w) => [w.name, w.after]));
     } catch {
       return new Map<string, string[]>();
     }
-  }, [execution.executableId]);
+  }, [execution.executableId, version, configuration.loading]);
   const target = (TargetStatus[execution.targetStatus] ?? "").replace("TARGET_STATUS_", "");
   return (
     <div className="overview">
