@@ -437,3 +437,62 @@ def test_a_stop_during_a_retrys_back_off_ends_the_execution_at_once(runner):
         (1, "FAILED"), (2, "SKIPPED")
     ]
     assert execution.step_details[1].message == "not retried: the execution is ending"
+
+
+def test_a_stopped_execution_runs_its_exit_handler_then_ends_stopped(runner, tmp_path):
+    """As `argo stop`: the running steps are stopped, then the exit handler runs with
+    workflow.status Failed while the execution stays STOPPING (a second stop is
+    refused), and it ends STOPPED."""
+    release = tmp_path / "release"
+    main = steps("main", [("long", "long")], [("never", "echo")])
+    main["steps"][1][0]["arguments"] = value("unreachable")
+    handler = steps("bye", [("report", "report")])
+    report = sh(
+        "report",
+        f"echo 'status={{{{workflow.status}}}}'; "
+        f"while [ ! -e {release} ]; do sleep 0.05; done; echo released",
+    )
+    long = sh("long", "echo working; sleep 60")
+    document = json.loads(workflow("stopped-exit", [main, handler, long, report, echo()]))
+    document["spec"]["onExit"] = "bye"
+    runner.register(json.dumps(document))
+    execution_id = runner.start(runner.configure("stopped-exit"))
+    runner.wait_output(execution_id, "working")
+
+    runner.client.stop_execution(execution_id)
+    runner.wait_output(execution_id, "status=Failed")
+    during = runner.get(execution_id)
+    assert status(during) == "STOPPING"
+    assert phases(during)[:2] == [("long", "STOPPED"), ("never", "SKIPPED")]
+    with pytest.raises(TrainyardError) as caught:
+        runner.client.stop_execution(execution_id)
+    assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert caught.value.reason == "EXECUTION_NOT_STOPPABLE"
+    release.touch()
+
+    execution = runner.wait(execution_id, "STOPPED")
+    assert phases(execution) == [
+        ("long", "STOPPED"), ("never", "SKIPPED"), ("onExit.report", "SUCCEEDED")
+    ]
+    assert runner.output(execution_id, "onExit.report") == ["status=Failed", "released"]
+    assert "running the exit handler (workflow status Failed)" in [
+        text for _, stream, text in runner.logs(execution_id) if stream == "system"
+    ]
+    assert [h[0] for h in runner.history(execution_id)][-2:] == ["STOPPING", "STOPPED"]
+
+
+def test_a_stopped_execution_without_an_exit_handler_stops_as_before(runner):
+    main = steps("main", [("long", "long")], [("never", "echo")])
+    main["steps"][1][0]["arguments"] = value("unreachable")
+    long = sh("long", "echo working; sleep 60")
+    runner.register(workflow("stopped-plain", [main, long, echo()]))
+    execution_id = runner.start(runner.configure("stopped-plain"))
+    runner.wait_output(execution_id, "working")
+
+    runner.client.stop_execution(execution_id)
+    execution = runner.wait(execution_id, "STOPPED")
+    assert phases(execution) == [("long", "STOPPED"), ("never", "SKIPPED")]
+    assert execution.step_details[1].message == "not started: the execution was stopped"
+    system = [text for _, stream, text in runner.logs(execution_id) if stream == "system"]
+    assert not any("exit handler" in text for text in system)
+    assert [h[0] for h in runner.history(execution_id)][-2:] == ["STOPPING", "STOPPED"]

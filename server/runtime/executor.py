@@ -25,7 +25,10 @@ An execution goes through these stages, each reported through the control plane:
    outputs. Then COMPLETED.
 
 Stop: the runner's stop of every running step (SIGTERM, SIGKILL ``stop_grace`` seconds
-later); STOPPED once every step is gone. A queued execution goes STOPPED at once.
+later); then the exit handler runs (``{{workflow.status}}`` is ``Failed``, as Argo gives
+for a stopped workflow) while the execution stays STOPPING; STOPPED once its steps ended.
+Only a shutdown or a handler step's own deadline cut the handler short (a STOPPING
+execution takes no second stop). A queued execution goes STOPPED at once.
 
 Crash safety: when a step starts, the runner's state of its handle (a process group
 and its leader's start time, a container id) is written to ``<work dir>/state.json``,
@@ -198,6 +201,9 @@ class _Run:
     running: bool = False  # moved to RUNNING
     stopping: bool = False  # the user asked for a stop
     closing: bool = False  # the server is shutting down
+    deleted: bool = False  # the execution was deleted: nothing more starts, not even the handler
+    # The exit handler of a stopped execution runs: its steps start despite the stop.
+    handling_stop: bool = False
     failure: str = ""  # status message of the first failure
     failure_cause: str = "step_failed"  # the history's cause of the DEAD it leads to
     # How each ended step turned out, as depends names it: Succeeded, Failed, Errored,
@@ -216,7 +222,8 @@ class _Run:
     @property
     def halted(self) -> bool:
         """No new step may start."""
-        return self.stopping or self.closing or bool(self.failure)
+        stopped = self.stopping and not self.handling_stop
+        return stopped or self.closing or self.deleted or bool(self.failure)
 
     def step_details(self) -> list[StepDetail]:
         """Every step's details in workflow order, earlier attempts first."""
@@ -346,13 +353,13 @@ class Executor(Runtime):
         elif event.kind == "deleted":
             run = self._runs.get(execution.id)
             if run is not None:
-                run.stopping = True
+                run.stopping = run.deleted = True
                 self._terminate(run, "execution deleted")
 
     def forget(self, execution_id: str) -> None:
         run = self._runs.get(execution_id)
         if run is not None:
-            run.stopping = True
+            run.stopping = run.deleted = True
             self._terminate(run, "execution deleted")
         self.sink.forget(execution_id)
         self._spawn_background(asyncio.to_thread(staging.remove_dir, self.work_dir / execution_id))
@@ -543,7 +550,7 @@ class Executor(Runtime):
             if timer is not None:
                 timer.cancel()
         handler = [s for s in run.plan.steps if s.exit_handler]
-        if handler and not (run.closing or run.stopping):
+        if handler and not (run.closing or run.deleted):
             await self._run_exit_handler(run, handler)
         if await self._cut_short(run):
             return
@@ -660,15 +667,20 @@ class Executor(Runtime):
         self._terminate(run, message)
 
     async def _run_exit_handler(self, run: _Run, steps: list[PlannedStep]) -> None:
-        """The exit handler runs after the main flow, whatever its outcome; its own
+        """The exit handler runs after the main flow, whatever its outcome (a stop
+        included: the execution stays STOPPING meanwhile and ends STOPPED); its own
         failure fails an execution that had succeeded."""
-        status = "Succeeded" if not run.failure else "Failed"
+        status = "Succeeded" if not (run.failure or run.stopping) else "Failed"
         run.values[WORKFLOW_STATUS] = status
         self.sink.system(run.id, f"running the exit handler (workflow status {status})")
         failure, cause = run.failure, run.failure_cause
         run.failure = ""
+        run.handling_stop = run.stopping
         run.wake.clear()
-        await self._run_steps(run, steps)
+        try:
+            await self._run_steps(run, steps)
+        finally:
+            run.handling_stop = False
         if failure:
             run.failure, run.failure_cause = failure, cause
 
@@ -710,7 +722,8 @@ class Executor(Runtime):
                 tasks.pop(task)
         if run.closing:
             return
-        why = "the execution was stopped" if run.stopping else "an earlier step failed"
+        stopped = run.stopping and not run.handling_stop
+        why = "the execution was stopped" if stopped or run.deleted else "an earlier step failed"
         if run.failure_cause == "deadline_exceeded" and not run.stopping:
             why = "the workflow ran past its activeDeadlineSeconds"
         for step in pending:
@@ -925,7 +938,7 @@ class Executor(Runtime):
         await _save_state(run)
         detail.phase, detail.started_at = StepPhase.RUNNING, _now()
         detail.message = ""
-        if not run.running and not run.halted:
+        if not run.running and not run.halted and not run.stopping:
             run.running = True
             try:
                 await self.plane.transition(
@@ -1109,7 +1122,7 @@ class Executor(Runtime):
         if step in run.plan.handled:
             self.sink.system(run.id, f"step {step} failed; a depends expression handles it")
             return
-        if run.failure or run.stopping:
+        if run.failure or (run.stopping and not run.handling_stop):
             return
         run.failure = message
         run.wake.set()
