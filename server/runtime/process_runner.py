@@ -188,11 +188,15 @@ class ProcessRunner:
 
     async def alive(self, state: Mapping[str, Any]) -> bool:
         pgid = state.get("pgid")
-        return isinstance(pgid, int) and procs.owned_group(pgid, state.get("create_time"))
+        if not isinstance(pgid, int):
+            return False
+        return await asyncio.to_thread(procs.owned_group, pgid, state.get("create_time"))
 
     async def discard(self, state: Mapping[str, Any], grace: float) -> None:
         pgid = state.get("pgid")
-        if isinstance(pgid, int) and procs.owned_group(pgid, state.get("create_time")):
+        if isinstance(pgid, int) and await asyncio.to_thread(
+            procs.owned_group, pgid, state.get("create_time")
+        ):
             await procs.terminate_group(pgid, grace)
 
     async def strays(

@@ -6,6 +6,12 @@ pid of the step's first process. Signals go to the whole group. A group is gone 
 process of it is alive; zombies (exited processes that wait for their parent to reap
 them) count as gone, since under an init that does not reap they can linger.
 
+Waiting for a group never reads every process of the host on the event loop: the
+leader's exit is told by its pidfd (Linux 5.3 and later; it works for any pid, so also
+after a restart, when the leader is not our child), the rest of the group by signal 0
+to the group. Only a group that keeps answering signals (zombies nobody reaps) is
+looked at closer, in a worker thread.
+
 After a restart the runtime only has what it recorded when a step started: the pid of
 the leader, which is the group id, and the leader's start time. :func:`owned_group` uses
 them to tell a surviving group of ours from a group that reused the id.
@@ -128,14 +134,62 @@ def live_members(pgid: int) -> list[int]:
     return members
 
 
-def group_gone(pgid: int) -> bool:
+def group_signalable(pgid: int) -> bool:
+    """Whether the group still has any process, zombies included: one signal-0 system
+    call, no look at other processes (cheap enough for the event loop)."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
-        return True
-    except PermissionError:
         return False
-    return not live_members(pgid)
+    except PermissionError:
+        return True
+    return True
+
+
+def group_gone(pgid: int) -> bool:
+    """Whether no live process of the group remains, zombies counting as gone.
+    Blocking when the group still answers signals (it then reads every process of the
+    host): call it from a worker thread."""
+    return not group_signalable(pgid) or not live_members(pgid)
+
+
+def open_pidfd(pid: int) -> int | None:
+    """A pidfd for the process (Linux 5.3 and later), readable once it exits; it works
+    for any pid, not only for children of ours. None where there is no such thing or
+    the process is gone."""
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return None
+    try:
+        return pidfd_open(pid)
+    except OSError:
+        return None
+
+
+async def wait_readable(fd: int, timeout: float) -> bool:
+    """Wait until ``fd`` is readable or ``timeout`` seconds passed; True when readable."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+
+    def on_ready() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, on_ready)
+    try:
+        await asyncio.wait_for(ready, max(timeout, 0.0))
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(fd)
+
+
+def _leads(pgid: int) -> bool:
+    try:
+        return os.getpgid(pgid) == pgid
+    except (ProcessLookupError, PermissionError):
+        return False
 
 
 def create_time(pid: int) -> float | None:
@@ -165,19 +219,47 @@ def owned_group(pgid: int, leader_create_time: float | None) -> bool:
     return not group_gone(pgid)
 
 
+# A group that still answers signals this long may be only zombies that nobody reaps
+# (an init that does not reap, and we are not their parent): from then on, look for
+# live members in a worker thread every so often.
+ZOMBIE_CHECK_AFTER = 0.5
+ZOMBIE_CHECK_EVERY = 0.5
+
+
 async def wait_gone(pgid: int, timeout: float, reap: bool = False) -> bool:
-    """Poll until the group is gone or ``timeout`` seconds passed; True when gone."""
+    """Wait until the group is gone or ``timeout`` seconds passed; True when gone.
+
+    While the group's leader lives, its pidfd tells when it exits (no polling, and it
+    works after a restart too, when the leader is not our child). Then the rest of the
+    group is watched with signal 0 to the group, with a growing delay. Nothing here
+    reads other processes on the event loop: only a group that lingers (zombies
+    nobody reaps count as gone) is looked at closer, in a worker thread."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    if _leads(pgid):
+        fd = open_pidfd(pgid)
+        if fd is not None:
+            try:
+                exited = await wait_readable(fd, deadline - loop.time())
+            finally:
+                os.close(fd)
+            if not exited:
+                return not await asyncio.to_thread(live_members, pgid)
+    next_check = loop.time() + ZOMBIE_CHECK_AFTER
     delay = 0.005
     while True:
         if reap:
             reap_group(pgid)
-        if group_gone(pgid):
+        if not group_signalable(pgid):
             return True
-        if loop.time() >= deadline:
-            return False
-        await asyncio.sleep(delay)
+        now = loop.time()
+        if now >= next_check or now >= deadline:
+            if not await asyncio.to_thread(live_members, pgid):
+                return True
+            if loop.time() >= deadline:
+                return False
+            next_check = loop.time() + ZOMBIE_CHECK_EVERY
+        await asyncio.sleep(min(delay, max(deadline - loop.time(), 0.0)))
         delay = min(delay * 2, 0.1)
 
 
