@@ -67,10 +67,13 @@ def pidfds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return opened
 
 
-def test_a_step_leaving_a_background_process_ends_without_a_host_scan(tmp_path, scans):
+def test_a_step_leaving_a_background_process_ends_without_a_host_scan(
+    tmp_path, scans, pidfds
+):
     """The step's first process exits while a process it started in the background
-    lives on: the runner kills the rest of the group and waits for it to be gone
-    with signal 0 to the group alone."""
+    lives on (holding the step's pipes open): the runner tells the leader's exit by
+    its pidfd, kills the rest of the group and waits for it to be gone with signal 0
+    to the group alone."""
 
     async def run() -> tuple[int, list[str], list[str], int]:
         runner = ProcessRunner()
@@ -98,6 +101,8 @@ def test_a_step_leaving_a_background_process_ends_without_a_host_scan(tmp_path, 
     assert lines == ["started"]
     assert notes == []
     assert not procs.group_signalable(pgid), "the background sleep survived its step"
+    if hasattr(os, "pidfd_open"):
+        assert pgid in pidfds, "the leader's exit was not waited for by its pidfd"
     assert scans == [], "waiting for the step's group scanned every process of the host"
 
 

@@ -39,6 +39,7 @@ from server.runtime import step_env as step_env_module
 # The repository root: on every step's PYTHONPATH, so that steps can import `client`.
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KILL_TIMEOUT = 5.0  # how long a SIGKILLed process group may take to disappear
+REAP_TIMEOUT = 5.0  # how long the child watcher may take to reap an exited step
 DRAIN_TIMEOUT = 2.0  # how long to read a step's pipes after its processes are gone
 # ... and longer while the log store holds the readers back, up to this much.
 STORE_DRAIN_TIMEOUT = 60.0
@@ -114,7 +115,7 @@ class ProcessHandle:
 
     async def wait(self) -> StepExit:
         try:
-            returncode = await self.process.wait()
+            returncode = await self._leader_exit()
         finally:
             self.exited = True
             if self._kill_timer is not None:
@@ -124,6 +125,30 @@ class ProcessHandle:
         if returncode >= 0:
             return StepExit(returncode)
         return StepExit(128 - returncode, -returncode)
+
+    async def _leader_exit(self) -> int:
+        """The exit status of the step's first process, as soon as it exits.
+
+        ``Process.wait`` also waits for the step's pipes to close, which a process
+        the step left running in the background holds open: the group would only be
+        cleared once that process ended by itself. The leader's pidfd tells its exit
+        alone; the child watcher then reaps it and sets its return code."""
+        fd = procs.open_pidfd(self.process.pid)
+        if fd is None:
+            return await self.process.wait()
+        try:
+            await procs.wait_readable(fd, None)
+        finally:
+            os.close(fd)
+        loop = asyncio.get_running_loop()
+        reaped_by = loop.time() + REAP_TIMEOUT
+        delay = 0.001
+        while self.process.returncode is None and loop.time() < reaped_by:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        if self.process.returncode is not None:
+            return self.process.returncode
+        return await self.process.wait()
 
     async def _clear_group(self) -> None:
         """The step's first process exited: kill whatever is left of its group."""

@@ -166,8 +166,9 @@ def open_pidfd(pid: int) -> int | None:
         return None
 
 
-async def wait_readable(fd: int, timeout: float) -> bool:
-    """Wait until ``fd`` is readable or ``timeout`` seconds passed; True when readable."""
+async def wait_readable(fd: int, timeout: float | None) -> bool:
+    """Wait until ``fd`` is readable or ``timeout`` seconds passed (None: no limit);
+    True when readable."""
     loop = asyncio.get_running_loop()
     ready = loop.create_future()
 
@@ -177,7 +178,7 @@ async def wait_readable(fd: int, timeout: float) -> bool:
 
     loop.add_reader(fd, on_ready)
     try:
-        await asyncio.wait_for(ready, max(timeout, 0.0))
+        await asyncio.wait_for(ready, None if timeout is None else max(timeout, 0.0))
         return True
     except TimeoutError:
         return False
