@@ -252,6 +252,32 @@ def test_tailer_too_far_behind_gets_resource_exhausted_with_its_cursor(server, s
     assert [line.sequence for line in received] == list(range(1, 30_002))
 
 
+def test_a_follow_ends_when_the_execution_ended_just_before_it_subscribed(
+    server, stubs, monkeypatch
+):
+    """The execution ends between the tailer's first read of its status and its
+    subscription to events: the follow still ends after the last line, not at its
+    deadline."""
+    execution_id = make_execution(stubs)
+    driver = Driver(server, execution_id)
+    driver.transition(Status.RUNNING)
+    driver.write(5)
+    driver.flush()
+    plane = tails(server).plane
+    first_read = plane.require_execution
+    calls = []
+
+    async def read_then_end(group, eid):
+        execution = await first_read(group, eid)
+        if not calls:
+            await plane.transition(eid, Status.COMPLETED, "test_finished", "")
+        calls.append(eid)
+        return execution  # RUNNING: as read before the final transition
+
+    monkeypatch.setattr(plane, "require_execution", read_then_end)
+    assert seqs(tail(stubs, execution_id, timeout=10, follow=True)) == [1, 2, 3, 4, 5]
+
+
 def test_tail_lines_starts_with_the_last_n_lines(server, stubs):
     execution_id = make_execution(stubs)
     driver = Driver(server, execution_id)

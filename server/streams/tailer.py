@@ -131,6 +131,10 @@ class LogTails:
                     execution_id, max_lines=limits.buffer_lines, max_bytes=limits.buffer_bytes
                 )
                 events.also_wake = subscription
+                # The final transition may have been published between the read above
+                # and these subscriptions, unheard by them: read the status again now
+                # that they hear every later event.
+                execution = await self.plane.require_execution(resource_group, execution_id)
             else:
                 # A snapshot: what is stored now, and nothing after.
                 upto = await store.last_log_seq(execution_id)
@@ -140,7 +144,7 @@ class LogTails:
                 cursor = first[-1][1]
                 yield [LogBatch(execution_id, first)]
 
-            final = subscription is None
+            final = subscription is None or is_final(execution.status)
             behind = False
             overflows = 0
             while True:
