@@ -611,3 +611,14 @@ def test_restart_on_the_same_database_keeps_everything(server_factory, tmp_path)
         assert len(stubs.executables.ListExecutables(exe.ListExecutablesRequest()).executables) == 2
     finally:
         stubs.channel.close()
+
+
+@pytest.mark.parametrize("field", ["scenario_id", "executable_id", "configuration_id"])
+def test_a_list_filter_with_a_nul_character_is_the_callers_error(stubs, field):
+    """PostgreSQL refuses text holding NUL: such a filter is INVALID_ARGUMENT naming its
+    field on every backend, never INTERNAL."""
+    error = rpc_error(
+        stubs.executions.ListExecutions, ex.ListExecutionsRequest(**{field: "a\x00b"})
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert "NUL" in details(error)["fields"][field]

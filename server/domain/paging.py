@@ -85,6 +85,15 @@ def encode_token(after: Any, filters: dict[str, Any], tokens: PageTokens) -> str
     return _token(after, _filter_digest(filters), tokens)
 
 
+def _check_filters(filters: dict[str, Any]) -> None:
+    """A filter holding a NUL character matches nothing any list stores, and PostgreSQL
+    refuses such text outright: refuse it as the caller's error, naming the field."""
+    for name, value in filters.items():
+        values = value if isinstance(value, (list, tuple)) else (value,)
+        if any(isinstance(v, str) and "\x00" in v for v in values):
+            raise InvalidArgument.of(name, "must not contain a NUL character")
+
+
 def page_request(
     page_size: int,
     page_token: str,
@@ -101,6 +110,7 @@ def page_request(
     replica, and no restart, accepts)."""
     if page_size < 0 or page_size > maximum:
         raise InvalidArgument.of(size_field, f"must be between 0 and {maximum}")
+    _check_filters(filters)
     size = page_size or default
     expected = _filter_digest(filters)
     if not page_token:
