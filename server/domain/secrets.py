@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from server.domain.audit import SYSTEM_CALLER, Caller
+from server.domain.audit import SYSTEM_CALLER, AuditEvent, Caller
 from server.domain.errors import FailedPrecondition, Reason
 from server.domain.models import Page, Secret
 from server.domain.paging import PageTokens, page_request
@@ -191,12 +191,8 @@ class SecretService:
         data: Mapping[str, str],
         caller: Caller = SYSTEM_CALLER,
     ) -> Secret:
-        self._check(name, data)
-        sealed = await asyncio.to_thread(self._seal, data)
-        return await self.store.create_secret(
-            Secret(name=name, resource_group=resource_group, keys=sorted(data), sealed=sealed),
-            audit=caller.event("secret.create", "secret", name, resource_group, detail=_keys(data)),
-        )
+        secret, audit = await self._sealed("secret.create", resource_group, name, data, caller)
+        return await self.store.create_secret(secret, audit=audit)
 
     async def update(
         self,
@@ -205,12 +201,22 @@ class SecretService:
         data: Mapping[str, str],
         caller: Caller = SYSTEM_CALLER,
     ) -> Secret:
+        secret, audit = await self._sealed("secret.update", resource_group, name, data, caller)
+        return await self.store.update_secret(secret, audit=audit)
+
+    async def _sealed(
+        self,
+        action: str,
+        resource_group: str,
+        name: str,
+        data: Mapping[str, str],
+        caller: Caller,
+    ) -> tuple[Secret, AuditEvent]:
+        """The checked, sealed secret to write, and the audit event written with it."""
         self._check(name, data)
         sealed = await asyncio.to_thread(self._seal, data)
-        return await self.store.update_secret(
-            Secret(name=name, resource_group=resource_group, keys=sorted(data), sealed=sealed),
-            audit=caller.event("secret.update", "secret", name, resource_group, detail=_keys(data)),
-        )
+        secret = Secret(name=name, resource_group=resource_group, keys=sorted(data), sealed=sealed)
+        return secret, caller.event(action, "secret", name, resource_group, detail=_keys(data))
 
     async def list(self, resource_group: str, page_size: int, page_token: str) -> Page[Secret]:
         page = page_request(page_size, page_token, {"kind": "secrets"}, tokens=self.page_tokens)

@@ -743,11 +743,7 @@ class Executor(Runtime):
                 return await self._refuse_start(run, step, f"depends: {exc}")
             if not holds:
                 why = f"omitted: depends {requirement.expression.text!r} is false"
-                run.results[step.name] = "Omitted"
-                _ended(detail, StepPhase.SKIPPED, why)
-                self.sink.system(run.id, f"step {step.name} {why}", step=step.name)
-                await self._step_changed(run, detail)
-                return why
+                return await self._skip(run, detail, "Omitted", why)
         for text in () if step.loop else step.when:  # a loop's items decide theirs
             try:
                 resolved = resolve_late(text, run.values, f"step {step.name}: when")
@@ -756,12 +752,16 @@ class Executor(Runtime):
                 return await self._refuse_start(run, step, f"when {text!r}: {exc}")
             if not holds:
                 why = f"skipped: when {resolved!r} is false"
-                run.results[step.name] = "Skipped"
-                _ended(detail, StepPhase.SKIPPED, why)
-                self.sink.system(run.id, f"step {step.name} {why}", step=step.name)
-                await self._step_changed(run, detail)
-                return why
+                return await self._skip(run, detail, "Skipped", why)
         return None
+
+    async def _skip(self, run: _Run, detail: StepDetail, result: str, why: str) -> str:
+        """End a ready step SKIPPED with ``result`` (as Argo names it) and say why."""
+        run.results[detail.name] = result
+        _ended(detail, StepPhase.SKIPPED, why)
+        self.sink.system(run.id, f"step {detail.name} {why}", step=detail.name)
+        await self._step_changed(run, detail)
+        return why
 
     async def _run_loop(self, run: _Run, step: PlannedStep) -> None:
         """A withParam loop over a list known now: one step per item, run like the
