@@ -80,6 +80,27 @@ def single_row_rate(conn: psycopg.Connection, seconds: float, autocommit: bool) 
     return rows / elapsed, rows, elapsed
 
 
+def serial_single_row_rate(url: str, seconds: float, postmaster_pid: int | None = None) -> dict:
+    """The bare single-row insert + commit rate: one connection, one row per
+    transaction (BEGIN, INSERT, COMMIT), back to back for ``seconds`` on a fresh
+    ``one_row`` table (:func:`single_row_rate`). Returns rate, rows, seconds, this
+    process's CPU and the cluster's (``postmaster_pid``'s and its children's), of a
+    core, as :func:`concurrent_single_row_rate` does."""
+    with psycopg.connect(url) as conn:
+        cpu = time.process_time()
+        database = tree_cpu(postmaster_pid)
+        rate, rows, elapsed = single_row_rate(conn, seconds, autocommit=False)
+        cpu = (time.process_time() - cpu) / elapsed
+        database_cpu = cpu_since(postmaster_pid, database) / elapsed
+    return {
+        "rate": rate,
+        "rows": rows,
+        "seconds": elapsed,
+        "cpu": cpu,
+        "database_cpu": database_cpu,
+    }
+
+
 def concurrent_single_row_rate(
     url: str, connections: int, seconds: float, postmaster_pid: int | None = None
 ) -> dict:
