@@ -93,7 +93,7 @@ spec:
       container:
         image: {IMAGE}
         command: [/bin/sh, -c]
-        args: ["echo 'exit handler: {{{{workflow.status}}}}'"]
+        args: ["echo 'exit handler: {{{{workflow.status}}}}'; echo {{{{workflow.failures}}}}"]
 """
 
 
@@ -133,6 +133,14 @@ def test_argo_flow_control_in_containers(runner, podman):
     assert dict(details[("fan(1:3)", 1)].output_parameters) == {"sq": "9"}
     assert runner.output(execution.id, "report") == ['squares ["4", "9"]']
     assert runner.output(execution.id, "flaky") == ["try 1", "try 2"]
-    assert runner.output(execution.id, "onExit") == ["exit handler: Succeeded"]
+    status, failures = runner.output(execution.id, "onExit")
+    assert status == "exit handler: Succeeded"
+    # The retried step's first attempt failed: Argo lists that pod too.
+    [failure] = json.loads(failures)
+    assert (failure["displayName"], failure["templateName"], failure["phase"]) == (
+        "flaky", "flaky", "Failed"
+    )
+    assert failure["message"] == details[("flaky", 1)].message
+    assert failure["podName"].startswith("container ")
     assert json.loads(runner.output(execution.id, "gen")[0]) == [2, 3]
     assert podman.ours() == []

@@ -496,3 +496,54 @@ def test_a_stopped_execution_without_an_exit_handler_stops_as_before(runner):
     system = [text for _, stream, text in runner.logs(execution_id) if stream == "system"]
     assert not any("exit handler" in text for text in system)
     assert [h[0] for h in runner.history(execution_id)][-2:] == ["STOPPING", "STOPPED"]
+
+
+def test_the_exit_handler_reads_the_failed_steps_from_workflow_failures(runner):
+    """{{workflow.failures}} is what Argo gives: the failed steps as a JSON list written
+    as a quoted string, which a shell's echo prints as the list and a Python script
+    reads with json.loads; steps that succeeded or were skipped are not in it."""
+    main = steps("main", [("ok", "fine")], [("boom", "boom")], [("never", "fine")])
+    handler = steps("bye", [("print", "print")], [("read", "read")])
+    read = script("read", "import json\n"
+                  "failures = json.loads({{workflow.failures}})\n"
+                  "print(' '.join(f['displayName'] + ':' + f['phase'] for f in failures))\n")
+    execution = run(
+        runner,
+        "failures",
+        [main, handler, sh("fine", "echo fine"), sh("boom", "echo broke >&2; exit 3"),
+         sh("print", "echo {{workflow.failures}}"), read],
+        onExit="bye",
+    )
+    assert status(execution) == "DEAD"
+    assert phases(execution) == [
+        ("ok", "SUCCEEDED"), ("boom", "FAILED"), ("never", "SKIPPED"),
+        ("onExit.print", "SUCCEEDED"), ("onExit.read", "SUCCEEDED"),
+    ]
+    boom = execution.step_details[1]
+    [line] = runner.output(execution.id, "onExit.print")
+    assert json.loads(line) == [{
+        "displayName": "boom",
+        "message": boom.message,
+        "templateName": "boom",
+        "phase": "Failed",
+        "podName": json.loads(line)[0]["podName"],
+        "finishedAt": boom.finish_time.ToDatetime().strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }]
+    assert boom.message.startswith("exited with code 3")
+    assert json.loads(line)[0]["podName"].startswith("process group ")
+    assert runner.output(execution.id, "onExit.read") == ["boom:Failed"]
+
+
+def test_workflow_failures_is_null_after_a_success_and_refused_outside_the_handler(runner):
+    execution = run(
+        runner, "no-failures",
+        [sh("main", "echo fine"), sh("bye", "echo {{workflow.failures}}")], onExit="bye",
+    )
+    assert status(execution) == "COMPLETED", execution.status_message
+    assert runner.output(execution.id, "onExit") == ["null"]
+
+    execution = run(runner, "failures-early", [sh("main", "echo {{workflow.failures}}")])
+    assert status(execution) == "DEAD"
+    assert "{{workflow.failures}} has a value in the exit handler only" in (
+        execution.status_message
+    )

@@ -186,6 +186,7 @@ def test_step_outputs_stay_for_the_runtime_under_their_step_names():
     ("value", "message"),
     [
         ("{{workflow.status}}", "in the exit handler only"),
+        ("{{workflow.failures}}", "in the exit handler only"),
     ],
 )
 def test_the_workflow_status_is_for_the_exit_handler(value, message):

@@ -86,11 +86,14 @@ from server.runtime.plan import (
     RESULT_LIMIT,
     SCRIPT_IN_STEP,
     SCRIPTS_DIR,
+    WORKFLOW_FAILURES,
     WORKFLOW_STATUS,
+    Failure,
     Plan,
     PlanError,
     PlannedStep,
     build_plan,
+    failures_value,
     late_key,
     loop_item,
     resolve_late,
@@ -209,7 +212,10 @@ class _Run:
     # How each ended step turned out, as depends names it: Succeeded, Failed, Errored,
     # Skipped (its when was false), Omitted (its depends was false), Stopped.
     results: dict[str, str] = field(default_factory=dict)
-    values: dict[str, str] = field(default_factory=dict)  # step outputs, workflow.status
+    # Step outputs, workflow.status and workflow.failures.
+    values: dict[str, str] = field(default_factory=dict)
+    # What ran each attempt of a step, by (step, attempt): its handle's ``where``.
+    ran_by: dict[tuple[str, int], str] = field(default_factory=dict)
     attempts: dict[str, list[StepDetail]] = field(default_factory=dict)  # earlier tries
     loops: dict[str, tuple[str, ...]] = field(default_factory=dict)  # loop -> its items
     wake: asyncio.Event = field(default_factory=asyncio.Event)  # set when it halts
@@ -894,12 +900,15 @@ class Executor(Runtime):
         did not start because the execution ends, whether it could not start).
         ``attached``: the try runs already (re-attached after a restart): watch it."""
         detail = run.details[step.name]
+        if step.exit_handler:  # the failures so far, the handler's own steps' included
+            run.values[WORKFLOW_FAILURES] = failures_value(_failures(run))
         try:
             step = _resolved(step, run.values)
         except PlanError as exc:
             await self._fail(run, step, None, str(exc))
             return False, str(exc), True
         if attached is not None:
+            run.ran_by[(step.name, attempt)] = attached.handle.where
             started = _Step(step.name, attached.handle)
             run.processes[step.name] = started
             return await self._watch(run, step, started, attached.output)
@@ -927,6 +936,7 @@ class Executor(Runtime):
         except StepStartError as exc:
             await self._fail(run, step, None, str(exc))
             return False, str(exc), True
+        run.ran_by[(step.name, attempt)] = handle.where
         started = _Step(step.name, handle)
         run.processes[step.name] = started
         run.state["steps"][step.name] = {
@@ -1640,9 +1650,35 @@ def _task_result(run: _Run, requirement, task: str, result: str) -> bool:
     return False  # Daemoned: no daemons here
 
 
+def _failures(run: _Run) -> list[Failure]:
+    """The attempts of steps that ended FAILED or STOPPED, in workflow order (Argo's
+    failed nodes: a stopped pod is Failed there too; one that never ran is Error)."""
+    templates = {s.name: s.template for s in run.plan.steps}
+    states = run.state.get("steps", {})
+    failures = []
+    for detail in run.step_details():
+        if detail.phase not in (StepPhase.FAILED, StepPhase.STOPPED):
+            continue
+        ran_by = run.ran_by.get((detail.name, detail.attempt), "")
+        errored = detail.phase == StepPhase.FAILED and detail.exit_code is None
+        if not ran_by and not errored and run.details.get(detail.name) is detail:
+            ran_by = str(states.get(detail.name, {}).get("where") or "")  # before a restart
+        failures.append(
+            Failure(
+                display_name=detail.name,
+                message=detail.message,
+                template_name=templates.get(detail.name, ""),
+                phase="Error" if errored else "Failed",
+                pod_name=ran_by,
+                finished_at=detail.finished_at,
+            )
+        )
+    return failures
+
+
 def _resolved(step: PlannedStep, values: dict[str, str]) -> PlannedStep:
-    """The step with the outputs of earlier steps (and the workflow's status) pasted
-    into its command, env and script. Raises PlanError."""
+    """The step with the outputs of earlier steps (and the workflow's status and
+    failures) pasted into its command, env and script. Raises PlanError."""
     where = f"step {step.name}"
     return dataclasses.replace(
         step,

@@ -38,6 +38,10 @@ step's command, env, script and ``when`` for the runtime to resolve when the ste
   the trailing newline dropped). X is a step or task of the calling template that
   finishes before this one; the planner rewrites its name to the step name.
 * ``{{workflow.status}}``: in the exit handler, ``Succeeded``, ``Failed`` or ``Error``.
+* ``{{workflow.failures}}``: in the exit handler, the steps that failed (or were
+  stopped) as Argo gives them: a JSON list of ``displayName``, ``message``,
+  ``templateName``, ``phase``, ``podName``, ``finishedAt`` (``null`` when none failed),
+  pasted as a double-quoted string (:func:`failures_value`).
 
 Input artifacts come from the calling step's ``arguments.artifacts`` (``from:
 "{{inputs.artifacts.X}}"``, ``from: "{{steps.S.outputs.artifacts.O}}"`` or ``tasks.``,
@@ -55,6 +59,7 @@ import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +80,9 @@ _LATE_OUTPUT_RE = re.compile(
     r"^(?:steps|tasks)\.(?P<step>.+?)\.outputs\.(?P<what>parameters\.[^.{}\s]+|result)$"
 )
 WORKFLOW_STATUS = "workflow.status"
+WORKFLOW_FAILURES = "workflow.failures"
+# Workflow values known only once the exit handler runs.
+_EXIT_VALUES = (WORKFLOW_STATUS, WORKFLOW_FAILURES)
 RESULT_LIMIT = 256 * 1024
 _RESOLVED_FAMILIES = ("inputs.", "outputs.", "workflow.", "steps.", "tasks.")
 _FROM_INPUT_RE = re.compile(r"^\{\{\s*inputs\.artifacts\.([^.{}\s]+)\s*\}\}$")
@@ -348,7 +356,7 @@ def _link(steps: list[PlannedStep], groups: dict[str, tuple[str, ...]]) -> None:
         for key in _late_keys(step):
             match = _LATE_OUTPUT_RE.match(key)
             if match is None:
-                if key == WORKFLOW_STATUS and not step.exit_handler:
+                if key in _EXIT_VALUES and not step.exit_handler:
                     raise PlanError(
                         f"step {step.name}: {{{{{key}}}}} has a value in the exit handler only"
                     )
@@ -768,7 +776,7 @@ def _substitute(
         key = match.group(1)
         if key in values:
             return values[key]
-        if key == WORKFLOW_STATUS:
+        if key in _EXIT_VALUES:
             return match.group(0)
         late = _LATE_OUTPUT_RE.match(key)
         if late is not None:
@@ -789,7 +797,7 @@ def _late_keys(step: PlannedStep) -> list[str]:
         m.group(1)
         for text in texts
         for m in _PLACEHOLDER_RE.finditer(text)
-        if m.group(1) == WORKFLOW_STATUS or _LATE_OUTPUT_RE.match(m.group(1))
+        if m.group(1) in _EXIT_VALUES or _LATE_OUTPUT_RE.match(m.group(1))
     ]
 
 
@@ -800,12 +808,13 @@ def late_key(step: str, what: str) -> str:
 
 
 def resolve_late(text: str, values: Mapping[str, str], where: str) -> str:
-    """Resolve what :func:`_substitute` left: step outputs (keys from :func:`late_key`)
-    and ``workflow.status``. Raises :class:`PlanError` for one without a value."""
+    """Resolve what :func:`_substitute` left: step outputs (keys from :func:`late_key`),
+    ``workflow.status`` and ``workflow.failures``. Raises :class:`PlanError` for one
+    without a value."""
 
     def replace(match: re.Match) -> str:
         key = match.group(1)
-        if key != WORKFLOW_STATUS and _LATE_OUTPUT_RE.match(key) is None:
+        if key not in _EXIT_VALUES and _LATE_OUTPUT_RE.match(key) is None:
             return match.group(0)
         late = _LATE_OUTPUT_RE.match(key)
         if late is not None:
@@ -815,6 +824,40 @@ def resolve_late(text: str, values: Mapping[str, str], where: str) -> str:
         return values[key]
 
     return _PLACEHOLDER_RE.sub(replace, text)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A failed (or stopped) step for ``{{workflow.failures}}``, with Argo's fields."""
+
+    display_name: str  # the step's name, as its step details name it
+    message: str
+    template_name: str
+    phase: str  # "Failed": it ran and failed, or was stopped; "Error": it could not run
+    pod_name: str  # what ran it (``process group 12``, ``container 4f2a...``), or ""
+    finished_at: datetime | None
+
+
+def failures_value(failures: list[Failure]) -> str:
+    """``{{workflow.failures}}`` as Argo pastes it: the JSON list of the failures
+    (``null`` for none, as Go writes an empty list) written as a double-quoted string,
+    so that ``echo {{workflow.failures}}`` in a shell prints the list and
+    ``json.loads({{workflow.failures}})`` in a Python script reads it."""
+    nodes = [
+        {
+            "displayName": f.display_name,
+            "message": f.message,
+            "templateName": f.template_name,
+            "phase": f.phase,
+            "podName": f.pod_name,
+            "finishedAt": None
+            if f.finished_at is None
+            else f.finished_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        for f in failures
+    ]
+    text = json.dumps(nodes or None, ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(text, ensure_ascii=False)
 
 
 def _in_root(root: Path, path: str, where: str) -> Path:
