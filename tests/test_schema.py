@@ -52,6 +52,7 @@ TABLES_OF_VERSION = {
     6: {"audit_event"},
     7: set(),  # the rerun_of column of execution
     8: {"page_token_key"},
+    9: set(),  # the index of idempotency_key on created_us
 }
 
 _SCHEMA_SQL = "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
@@ -413,7 +414,29 @@ def _assert_new_writes_work(store: Store) -> None:
     # Version 8: the page-token key, stored once.
     assert store.page_token_key("a" * 64) == "a" * 64
     assert store.page_token_key("b" * 64) == "a" * 64
+    # Version 9: the retention purge of request ids finds the expired ones by index
+    # (the release's three keys were recorded at ...884041, ...885524, ...886557).
+    _assert_purge_uses_the_index(store)
+    assert store.purge_idempotency_keys(1796186745885000) == 1
+    assert store.purge_idempotency_keys(1796186745885000) == 0
+    assert store.purge_idempotency_keys(1796186745886558) == 2
     assert store.integrity_check() == "ok"
+
+
+def _assert_purge_uses_the_index(store: Store) -> None:
+    plan = store.execute(
+        "EXPLAIN QUERY PLAN DELETE FROM idempotency_key WHERE created_us < ?", (1,)
+    ).fetchall()
+    details = " ".join(str(row[-1]) for row in plan)
+    assert "USING INDEX idempotency_key_created_us" in details, details
+
+
+def test_idempotency_purge_reads_only_the_expired_keys(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'x.db'}")
+    try:
+        _assert_purge_uses_the_index(store)
+    finally:
+        store.close()
 
 
 def test_release_database_opens_as_it_is(tmp_path):

@@ -242,6 +242,8 @@ class IdempotencyRow(Base):
     class Meta:
         table_name = "idempotency_key"
         primary_key = pw.CompositeKey("resource_group", "kind", "request_id")
+        # Since schema version 9: the retention purge deletes by creation time.
+        indexes = ((("created_us",), False),)
 
 
 # ----------------------------------------------------------------- metrics (migration 2)

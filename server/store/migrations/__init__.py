@@ -34,6 +34,7 @@ from server.store.migrations import (
     v006_security,
     v007_reruns,
     v008_page_token_key,
+    v009_idempotency_purge,
 )
 
 BACKENDS = ("sqlite", "postgresql")
@@ -61,6 +62,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "security", v006_security.SQLITE, v006_security.POSTGRESQL),
     Migration(7, "reruns", v007_reruns.SQLITE, v007_reruns.POSTGRESQL),
     Migration(8, "page_token_key", v008_page_token_key.SQLITE, v008_page_token_key.POSTGRESQL),
+    Migration(
+        9, "idempotency_purge", v009_idempotency_purge.SQLITE, v009_idempotency_purge.POSTGRESQL
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 # Versions are numbered per feature and may land out of order: a number may be
