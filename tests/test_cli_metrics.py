@@ -1,5 +1,6 @@
 """`trainyard compare` and `trainyard metrics plot` as the issue's users read them:
-configuration names, one number format per column, a star only for a strict best,
+configuration names, one number format per column, a star for the best (each of a tie,
+as the server marks them),
 legends that tell runs apart, distinct styles, a log step axis, single points."""
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def _run(server, capsys, *args: str) -> tuple[int, str]:
     return code, capsys.readouterr().out
 
 
-def test_compare_names_configurations_formats_columns_alike_and_stars_no_tie(
+def test_compare_names_configurations_formats_columns_alike_and_stars_every_tied_best(
     server, runs, capsys
 ):
     ids = {}
@@ -41,11 +42,20 @@ def test_compare_names_configurations_formats_columns_alike_and_stars_no_tie(
     assert code == 0
     lines = out.splitlines()
     assert lines[0].split()[:4] == ["ID", "CONFIGURATION", "STATUS", "DURATION"]
-    body = {line.split()[0]: line.split() for line in lines[1:4]}
+    body = {line.lstrip("*").split()[0]: line.lstrip("*").split() for line in lines[1:4]}
     assert body[ids[0.1]][1] == "lr-0.1" and body[ids[0.5]][1] == "lr-0.5"
     assert body[ids[0.1]][-1] == "1.0000" and body[ids[0.5]][-1] == "0.9667"
-    assert not any(line.startswith("*") for line in lines), out  # 1.0 is shared: a tie
-    assert "shared by 2 executions" in out
+    # 1.0 is shared: both are best, as the server marks them (ComparedExecution.best).
+    starred = {line.split()[1] for line in lines[1:4] if line.startswith("*")}
+    assert starred == {ids[0.1], ids[0.9]}, out
+    assert "* best by accuracy (highest): 1.0000 (a tie: every execution with it is starred)" in out
+    # One row shown of a tie: its star is the server's, not a count of the rows shown.
+    code, out = _run(
+        server, capsys, "compare", "--executable", "iris-train", "--by", "accuracy",
+        "--limit", "1",
+    )
+    row = out.splitlines()[1]
+    assert row.startswith("*") and row.split()[1] in (ids[0.1], ids[0.9]), out
 
     runs.client.write_metrics(ids[0.9], [("accuracy", 0.5)])  # the latest value now
     code, out = _run(server, capsys, "compare", "--executable", "iris-train", "--by", "accuracy")

@@ -69,8 +69,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "compare",
         help="compare executions side by side by their metrics",
         description="Side by side: status, duration, parameters and metrics, ordered by "
-        "--by with the best marked '*'. Name executions, or select them with --executable "
-        "or --configuration. Metrics are NAME or NAME:latest|min|max.",
+        "--by with the best marked '*' (every one of a tie). Name executions, or select "
+        "them with --executable or --configuration. Metrics are NAME or "
+        "NAME:latest|min|max.",
     )
     compare.add_argument("execution_ids", nargs="*", metavar="EXEC_ID")
     compare.add_argument("--executable", default="", help="every execution of this executable")
@@ -398,10 +399,10 @@ def compare_cmd(client: TrainyardClient, args) -> int:
         )
         for head in metric_heads
     }
-    # Only a strict best is starred: when several executions share the best value,
-    # none of them is better than the others.
-    best = [r.execution_id for r in rows if r.best]
-    starred = set(best) if len(best) == 1 else set()
+    # Starred as the server marks them (ComparedExecution.best): every execution whose
+    # value of the ordering metric is the best of the whole comparison, ties included,
+    # so the star of a row does not depend on which other rows are shown.
+    starred = {r.execution_id for r in rows if r.best}
     headers = ["", "ID", "CONFIGURATION", "STATUS", "DURATION", *param_keys, *metric_heads]
     body = []
     for r in rows:
@@ -425,11 +426,8 @@ def compare_cmd(client: TrainyardClient, args) -> int:
         if result.HasField("best_value"):
             direction = "lowest" if args.ascending else "highest"
             shown = _by_format(columns, args.by)(result.best_value)
-            if starred:
-                print(f"* best by {args.by} ({direction}): {shown}")
-            else:
-                print(f"best by {args.by} ({direction}): {shown}, shared by {len(best)} "
-                      "executions (a tie: none starred)")
+            tie = " (a tie: every execution with it is starred)" if len(starred) > 1 else ""
+            print(f"* best by {args.by} ({direction}): {shown}{tie}")
         else:
             print(f"no execution has metric {args.by!r}")
     if len(rows) < result.total_size:
