@@ -24,6 +24,7 @@ from workflow_helpers import (
 )
 
 from client.client import TrainyardError
+from trainyard.v1 import artifact_pb2
 
 
 @pytest.fixture
@@ -318,6 +319,66 @@ def test_template_ref_runs_another_executables_template(runner):
     assert status(execution) == "COMPLETED", execution.status_message
     assert runner.output(execution.id, "lib.second") == ["shared hello"]
     assert runner.output(execution.id, "one") == ["shared direct"]
+
+
+def write_artifact(name: str, artifact: str) -> dict:
+    """Writes its output artifact ARTIFACT (globalName the same)."""
+    path = f"{{{{outputs.artifacts.{artifact}.path}}}}"
+    return sh(name, f'mkdir -p "$(dirname {path})"; echo {artifact} > {path}', outputs={
+        "artifacts": [{"name": artifact, "globalName": artifact, "path": f"/out/{artifact}"}]
+    })
+
+
+def test_template_ref_outputs_are_registered_as_the_executions_outputs(runner):
+    """Output artifacts (globalName) of templates run through templateRef are the
+    executable's outputs, as its own templates' are: kind and labels from its own
+    annotations, else from the referenced executable's."""
+    lib_labels = {"ext.ai.sap.com/from": "library"}
+    own_labels = {"ext.ai.sap.com/framework": "sklearn"}
+    runner.register(workflow("model-lib", [
+        steps("all", [("fit", "fit"), ("score", "score")]),
+        write_artifact("fit", "model"), write_artifact("score", "metrics"),
+    ], entrypoint="all", annotations={
+        "artifacts.ai.sap.com/model.kind": "dataset",
+        "artifacts.ai.sap.com/metrics.kind": "resultset",
+        "artifacts.ai.sap.com/metrics.labels": json.dumps(lib_labels),
+    }))
+    main = {"name": "main", "steps": [
+        [{"name": "train", "templateRef": {"name": "model-lib", "template": "fit"}}],
+        [{"name": "eval", "templateRef": {"name": "model-lib", "template": "score"}}],
+    ]}
+    executable = runner.client.create_executable(workflow("uses-lib", [main], annotations={
+        "artifacts.ai.sap.com/model.kind": "model",
+        "artifacts.ai.sap.com/model.labels": json.dumps(own_labels),
+    }))
+    assert [(a.name, a.kind, a.step, dict(a.labels)) for a in executable.output_artifacts] == [
+        ("model", artifact_pb2.ARTIFACT_KIND_MODEL, "fit", own_labels),
+        ("metrics", artifact_pb2.ARTIFACT_KIND_RESULTSET, "score", lib_labels),
+    ]
+
+    execution = runner.wait(runner.start(runner.configure("uses-lib")))
+    assert status(execution) == "COMPLETED", execution.status_message
+    registered = {a.name: a for a in execution.output_artifacts}
+    assert sorted(registered) == ["metrics", "model"]
+    model = runner.client.get_artifact(registered["model"].id)
+    assert (model.kind, dict(model.labels)) == (artifact_pb2.ARTIFACT_KIND_MODEL, own_labels)
+    assert dict(registered["metrics"].labels) == lib_labels
+
+
+def test_a_template_ref_output_named_like_an_own_output_is_refused(runner):
+    runner.register(workflow("model-lib", [write_artifact("fit", "model")], entrypoint="fit"))
+    main = {"name": "main", "steps": [
+        [{"name": "train", "templateRef": {"name": "model-lib", "template": "fit"}}],
+        [{"name": "again", "template": "own"}],
+    ]}
+    with pytest.raises(TrainyardError) as caught:
+        runner.register(workflow("twice", [main, write_artifact("own", "model")]))
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [(v.field, v.description) for v in caught.value.violations] == [(
+        "spec.templates[0].steps[0][0].templateRef",
+        "output artifact 'model' of template 'fit' of executable 'model-lib' is already "
+        "declared by template 'own' of this executable",
+    )]
 
 
 @pytest.mark.parametrize(

@@ -270,3 +270,28 @@ def test_a_new_version_in_the_directory_loads_as_a_new_version(
         assert versions == [("dir-train", "1.0.0"), ("dir-train", "2.0.0")]
         assert client.get_executable("dir-train").version == "2.0.0"
         assert client.get_executable("dir-train", "1.0.0").version == "1.0.0"
+
+
+def test_the_directory_registers_the_outputs_of_templates_a_later_file_holds(
+    server_factory, tmp_path
+):
+    """A templateRef to an executable of a file loaded after it: its output artifacts
+    are the caller's, labelled from the caller's annotation."""
+    path = tmp_path / "executables"
+    path.mkdir()
+    main = {"name": "main", "steps": [
+        [{"name": "train", "templateRef": {"name": "z-lib", "template": "fit"}}],
+    ]}
+    (path / "a-uses.yaml").write_text(workflow("a-uses", [main], annotations={
+        "artifacts.ai.sap.com/model.kind": "model",
+        "artifacts.ai.sap.com/model.labels": json.dumps(LABELS),
+    }))
+    fit = python("fit", "pass", outputs={
+        "artifacts": [{"name": "model", "globalName": "model", "path": "/app/m.json"}]
+    })
+    (path / "z-lib.yaml").write_text(workflow("z-lib", [fit], entrypoint="fit"))
+    server = server_factory(executables_dir=path)
+    with TrainyardClient(server.address) as client:
+        [spec] = client.get_executable("a-uses").output_artifacts
+        assert (spec.name, spec.step, dict(spec.labels)) == ("model", "fit", LABELS)
+        assert list(client.get_executable("z-lib").output_artifacts[0].labels) == []

@@ -129,6 +129,9 @@ class Executable:
     parameters: list[ParameterSpec] = field(default_factory=list)
     input_artifacts: list[InputArtifactSpec] = field(default_factory=list)
     output_artifacts: list[OutputArtifactSpec] = field(default_factory=list)
+    # metadata.annotations of the WorkflowTemplate, as written (``artifacts.ai.sap.com/``
+    # ones describe the outputs of the templates its templateRefs run too).
+    annotations: dict[str, str] = field(default_factory=dict)
     # The parsed template (spec of the WorkflowTemplate), kept as plain data for the runtime.
     spec: dict[str, Any] = field(default_factory=dict)
     # Digest of the definition: a changed definition is a new version.

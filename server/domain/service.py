@@ -173,7 +173,7 @@ class ControlPlane:
             )
         self.check_resources(parsed[0])
         exe = parsed[0]
-        await self.template_library(resource_group, exe.spec)
+        await self._add_referenced_outputs(exe)
         event = caller.event("register", "executable", f"{exe.id}@{exe.version}", resource_group)
         return await self.store.put_executable(exe, audit=event)
 
@@ -212,7 +212,7 @@ class ControlPlane:
             for exe in waiting:
                 try:
                     self.check_resources(exe)
-                    await self.template_library(resource_group, exe.spec)
+                    await self._add_referenced_outputs(exe)
                     stored.append((await self.store.put_executable(exe))[0])
                 except DomainError as exc:
                     errors.append((exe, exc))
@@ -225,6 +225,13 @@ class ControlPlane:
             log.warning("executable file not loaded", file=str(path), error=error)
         return stored
 
+    async def _add_referenced_outputs(self, exe: Executable) -> None:
+        """Check the executable's templateRefs (see template_library) and add the output
+        artifacts of the templates they run to its own."""
+        library = await self._referenced(exe.resource_group, exe.spec)
+        if library:
+            exe.output_artifacts += templates.referenced_output_artifacts(exe, library)
+
     async def template_library(
         self, resource_group: str, spec: dict, *, created: bool = False
     ) -> dict[str, dict]:
@@ -232,7 +239,14 @@ class ControlPlane:
         id: their latest versions in ``resource_group``. Raises InvalidArgument naming
         the field of a reference to a missing executable or template (reason
         TEMPLATE_REF_NOT_FOUND; FailedPrecondition when ``created``: an execution)."""
-        library: dict[str, dict] = {}
+        found = await self._referenced(resource_group, spec, created=created)
+        return {executable_id: exe.spec for executable_id, exe in found.items()}
+
+    async def _referenced(
+        self, resource_group: str, spec: dict, *, created: bool = False
+    ) -> dict[str, Executable]:
+        """:meth:`template_library` with the executables themselves."""
+        library: dict[str, Executable] = {}
         violations: list[FieldViolation] = []
         queue = [(ref, "") for ref in workflow.template_refs(spec)]
         while queue:
@@ -250,11 +264,11 @@ class ControlPlane:
                         )
                     )
                     continue
-                library[ref.executable] = found.spec
+                library[ref.executable] = found
                 queue += [(r, ref.executable) for r in workflow.template_refs(found.spec)]
             names = {
                 t.get("name")
-                for t in library[ref.executable].get("templates") or []
+                for t in library[ref.executable].spec.get("templates") or []
                 if isinstance(t, dict)
             }
             if ref.template not in names:

@@ -54,7 +54,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -72,7 +72,13 @@ from server.domain.models import (
     ParameterSpec,
     ParameterType,
 )
-from server.domain.workflow import NOT_RUN_YET, is_deferred_loop
+from server.domain.workflow import (
+    NOT_RUN_YET,
+    WorkflowError,
+    is_deferred_loop,
+    template_refs,
+    walk,
+)
 
 # libyaml's parser (several times faster than the pure-Python one) where PyYAML was
 # built with it, with the same safe constructors.
@@ -85,6 +91,7 @@ __all__ = [
     "parameter_value_error",
     "parse_template",
     "parse_template_text",
+    "referenced_output_artifacts",
 ]
 
 API_VERSION = "argoproj.io/v1alpha1"
@@ -425,6 +432,7 @@ def _parse(doc: Any, resource_group: str, problems: _Problems) -> Executable | N
         parameters=parameters,
         input_artifacts=input_artifacts,
         output_artifacts=output_artifacts,
+        annotations=annotations,
         spec=spec,
         digest=_digest(doc),
     )
@@ -1160,6 +1168,76 @@ def _output_artifacts(
                     labels=_artifact_labels(global_name, annotations, problems),
                 )
             )
+    return result
+
+
+def referenced_output_artifacts(
+    exe: Executable, library: Mapping[str, Executable]
+) -> list[OutputArtifactSpec]:
+    """The output artifacts (``globalName``) of the templates ``exe`` runs through
+    ``templateRef`` (``library``: the executables its templateRefs name, and theirs, by
+    id), to register beside its own: each with the kind, labels and description of
+    ``exe``'s ``artifacts.ai.sap.com/<name>.*`` annotations, else those the referenced
+    executable registered it with. Raises InvalidArgument naming the templateRef of a
+    name declared twice, or a malformed labels annotation."""
+    try:
+        walked = walk(exe.spec, {k: v.spec for k, v in library.items()})
+    except WorkflowError:
+        return []  # the workflow cannot run: its executions' start says why
+    refs = {id(ref.call): ref.path for ref in template_refs(exe.spec)}
+    problems = _Problems()
+    declared = {a.name: f"template {a.step!r} of this executable" for a in exe.output_artifacts}
+    result: list[OutputArtifactSpec] = []
+    seen: set[tuple[str, str, str]] = set()
+    for ws in walked:
+        owner, path = "", ""
+        for link in ws.chain[1:]:
+            ref = link.call.get("templateRef")
+            if isinstance(ref, dict):
+                owner = str(ref.get("name"))
+                path = path or refs.get(id(link.call), "")
+        if not owner or owner not in library:
+            continue  # a template of this document: _output_artifacts has it
+        template = str(ws.template.get("name"))
+        outputs = ws.template.get("outputs")
+        for _, entry in _entries(outputs, "artifacts", "", _Problems()):
+            name = entry.get("globalName")
+            if not isinstance(name, str) or (owner, template, name) in seen:
+                continue
+            seen.add((owner, template, name))
+            where = f"template {template!r} of executable {owner!r}"
+            if name in declared:
+                problems.add(
+                    path,
+                    f"output artifact {name!r} of {where} is already declared by "
+                    f"{declared[name]}",
+                )
+                continue
+            declared[name] = where
+            registered = library[owner].output_artifacts
+            own = next((a for a in registered if (a.name, a.step) == (name, template)), None)
+            prefix = f"{ARTIFACT_ANNOTATION_PREFIX}{name}"
+            labels = (
+                _artifact_labels(name, exe.annotations, problems)
+                if f"{prefix}.labels" in exe.annotations
+                else dict(own.labels) if own else {}
+            )
+            description = exe.annotations.get(f"{prefix}.description") or (
+                own.description if own else str(entry.get("description") or "")
+            )
+            result.append(
+                OutputArtifactSpec(
+                    name=name,
+                    kind=_artifact_kind(name, exe.annotations)
+                    or (own.kind if own else ArtifactKind.OTHER),
+                    path=entry.get("path") if isinstance(entry.get("path"), str) else "",
+                    description=description,
+                    step=template,
+                    labels=labels,
+                )
+            )
+    if problems:
+        raise problems.error()
     return result
 
 

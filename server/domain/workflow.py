@@ -184,6 +184,7 @@ class TemplateRef:
     path: str  # e.g. spec.templates[0].steps[1][0].templateRef
     executable: str
     template: str
+    call: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # its step
 
 
 def template_refs(spec: dict[str, Any]) -> list[TemplateRef]:
@@ -208,7 +209,7 @@ def template_refs(spec: dict[str, Any]) -> list[TemplateRef]:
                 and isinstance(ref.get("template"), str)
             ):
                 path = f"spec.templates[{i}].{where}.templateRef"
-                found.append(TemplateRef(path, ref["name"], ref["template"]))
+                found.append(TemplateRef(path, ref["name"], ref["template"], call))
     return found
 
 

@@ -164,6 +164,7 @@ def _executable(row: tables.ExecutableRow, scenario_name: str = "") -> Executabl
             )
             for a in d.get("output_artifacts", [])
         ],
+        annotations=dict(d.get("annotations") or {}),
         spec=d.get("spec", {}),
         digest=row.digest,
         created_at=to_dt(row.created_us),
@@ -284,6 +285,7 @@ def _executable_definition(exe: Executable) -> dict:
             for a in exe.input_artifacts
         ],
         "output_artifacts": [asdict(a) | {"kind": str(a.kind)} for a in exe.output_artifacts],
+        "annotations": exe.annotations,
         "spec": exe.spec,
     }
 
