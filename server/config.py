@@ -298,7 +298,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=_env("IDEMPOTENCY_RETENTION", "24h"),
         metavar="DURATION",
         help="how long a request id is remembered: a repeat within it returns the first "
-        "result, after it is a new request (90s, 30m, 24h, 7d; default 24h) "
+        "result, after it is a new request; the recorded changes set watches resume "
+        "from are kept as long (90s, 30m, 24h, 7d; default 24h) "
         "(TRAINYARD_IDEMPOTENCY_RETENTION)",
     )
     parser.add_argument(

@@ -53,6 +53,7 @@ TABLES_OF_VERSION = {
     7: set(),  # the rerun_of column of execution
     8: {"page_token_key"},
     9: set(),  # the index of idempotency_key on created_us
+    10: {"execution_event_counter", "execution_event"},
 }
 
 _SCHEMA_SQL = "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"

@@ -97,6 +97,72 @@ def test_transitions_keep_history_and_counts(store):
     assert store.list_executions("g", PageRequest(10)).total_size == 3
 
 
+def test_every_change_is_recorded_numbered_in_its_resource_group(store):
+    ids = seed(store, 2)
+    store.transition(ids[0], Status.RUNNING, "step_started")
+    store.update_execution(ids[0], status_message="no event")  # not a watched change
+    store.update_execution(ids[0], changed_step="train")
+    store.transition(ids[0], Status.COMPLETED, "steps_succeeded")
+    store.delete_execution("g", ids[0])
+    store.create_execution(Execution("other", "h", "c1", "iris-train", "iris"))
+    last, events, executions = store.read_events("g", 0, 100)
+    assert last == 6 and store.last_event_number("g") == 6
+    assert [(e.number, e.execution_id, e.kind, e.seq) for e in events] == [
+        (1, ids[0], "created", 1),
+        (2, ids[1], "created", 1),
+        (3, ids[0], "transition", 2),
+        (4, ids[0], "step", 0),
+        (5, ids[0], "transition", 3),
+        (6, ids[0], "deleted", 0),
+    ]
+    assert events[3].detail == "train"
+    assert events[5].detail == "COMPLETED,iris,c1,iris-train"
+    # The executions that still exist, with their history; none of another group.
+    assert set(executions) == {ids[1]} and len(executions[ids[1]].history) == 1
+    assert [e.number for e in store.read_events("g", 4, 1)[1]] == [5]
+    assert store.read_events("h", 0, 10)[0] == 1  # each group counts from 1
+    assert store.purge_events(2**62) == 7 and store.read_events("g", 0, 10)[:2] == (6, [])
+
+
+def test_change_numbers_follow_the_commit_order_of_concurrent_writers(shared_store):
+    """Writers on connections of their own (threads, as replicas are): a reader that
+    reads the changes after the last number it saw always finds the next numbers,
+    never a later one before an earlier one has committed (which would make a cursor
+    skip it)."""
+    ids = seed(shared_store, 8)
+    errors: list[BaseException] = []
+    done = threading.Event()
+    gaps: list[tuple[int, list[int]]] = []
+
+    def write(execution_id: str) -> None:
+        try:
+            for status in (Status.RUNNING, Status.COMPLETED):
+                shared_store.transition(execution_id, status, "test")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    def read() -> None:
+        after = 0
+        deadline = time.monotonic() + 60
+        while after < 24 and time.monotonic() < deadline:
+            _, events, _ = shared_store.read_events("g", after, 100)
+            numbers = [e.number for e in events]
+            if numbers != list(range(after + 1, after + 1 + len(numbers))):
+                gaps.append((after, numbers))
+                return
+            after = numbers[-1] if numbers else after
+        done.set()
+
+    reader = threading.Thread(target=read)
+    writers = [threading.Thread(target=write, args=(eid,)) for eid in ids]
+    reader.start()
+    for thread in writers:
+        thread.start()
+    for thread in [*writers, reader]:
+        thread.join(60)
+    assert not errors and not gaps and done.is_set()
+
+
 def test_grouped_create_writes_each_and_refuses_alone(store):
     seed(store, 0)
     first = store.create_execution(Execution("e0", "g", "c1", "iris-train", "iris"), "r0")[0]

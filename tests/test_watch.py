@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from conftest import make_stubs
 from streamkit import Driver, group_md, make_configuration, make_execution, wait_for
 
 from client.client import TrainyardError
@@ -184,21 +185,72 @@ def test_filtered_watch_by_configuration_sees_new_executions(server, stubs):
     call.cancel()
 
 
-def test_filtered_watch_with_a_cursor_of_another_server_starts_over_with_snapshots(server, stubs):
+def test_filtered_watch_resumes_after_a_restart_from_its_cursor(server_factory, tmp_path):
+    """A set-watch cursor is a number of the store's, not of the server process: a
+    server started again on the same database resumes it, with the changes made
+    meanwhile (while no server ran) and no snapshot."""
+    data_dir = tmp_path / "restarted"
+    first_server = server_factory(data_dir=data_dir)
+    stubs = make_stubs(first_server.address)
+    configuration_id = make_configuration(stubs)
+    execution_id = make_execution(stubs, configuration_id)
+    call = watch(stubs, configuration_id=configuration_id)
+    first = next(call)
+    assert (first.type, first.execution.id) == (SNAPSHOT, execution_id)
+    call.cancel()
+    Driver(first_server, execution_id).transition(Status.RUNNING)
+    stubs.channel.close()
+    first_server.stop()
+    second_server = server_factory(data_dir=data_dir)
+    stubs = make_stubs(second_server.address)
+    try:
+        Driver(second_server, execution_id).transition(Status.COMPLETED)
+        again = watch(stubs, configuration_id=configuration_id, after_cursor=first.cursor)
+        events = [next(again), next(again)]
+        assert [(e.type, e.execution.id, e.transition.to_status) for e in events] == [
+            (TRANSITION, execution_id, RUNNING),
+            (TRANSITION, execution_id, COMPLETED),
+        ]
+        again.cancel()
+        # The last event's cursor resumes after it: nothing more until a change.
+        created = make_execution(stubs, configuration_id)
+        tail = watch(stubs, configuration_id=configuration_id, after_cursor=events[-1].cursor)
+        event = next(tail)
+        assert (event.type, event.execution.id) == (CREATED, created)
+        tail.cancel()
+    finally:
+        stubs.channel.close()
+
+
+def test_filtered_watch_with_a_cursor_past_the_kept_changes_starts_over_with_snapshots(
+    server, stubs
+):
     execution_id = make_execution(stubs)
     call = watch(stubs)
     first = next(call)
     call.cancel()
-    # Forge a cursor of another broker epoch (as after a restart).
+    Driver(server, execution_id).transition(Status.RUNNING)
+    # The changes after the cursor are past their retention (the purge's cut-off is
+    # later than every change recorded): the watch cannot resume, it starts over.
+    store = server.plane.store
+    assert server.run_sync(store.purge_events, 2**62) >= 2
+    again = watch(stubs, after_cursor=first.cursor)
+    event = next(again)
+    assert (event.type, event.execution.id, event.execution.status) == (
+        SNAPSHOT,
+        execution_id,
+        RUNNING,
+    )
+    again.cancel()
+    # A cursor of the numbering servers used before (their own, per process): the same.
     import base64
     import json
 
     data = json.loads(base64.urlsafe_b64decode(first.cursor + "=" * (-len(first.cursor) % 4)))
-    data["p"] = "00000000"
-    stale = base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+    old = {"p": "00000000", "n": data["g"], "f": data["f"]}
+    stale = base64.urlsafe_b64encode(json.dumps(old).encode()).decode().rstrip("=")
     again = watch(stubs, after_cursor=stale)
-    event = next(again)
-    assert (event.type, event.execution.id) == (SNAPSHOT, execution_id)
+    assert next(again).type == SNAPSHOT
     again.cancel()
 
 

@@ -224,6 +224,21 @@ class Transition:
 
 
 @dataclass(slots=True)
+class StoredEvent:
+    """A change of an execution as the store recorded it: numbered in its resource
+    group in the order the changes committed (the set-watch cursors' numbers).
+    ``kind``: created, transition, step or deleted; ``seq``: the history entry of a
+    created or transition change; ``detail``: the step's name of a step change,
+    ``status,scenario_id,configuration_id,executable_id`` of a deleted execution."""
+
+    number: int
+    execution_id: str
+    kind: str
+    seq: int = 0
+    detail: str = ""
+
+
+@dataclass(slots=True)
 class Execution:
     id: str
     resource_group: str

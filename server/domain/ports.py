@@ -47,6 +47,7 @@ from server.domain.models import (
     Secret,
     Status,
     StepDetail,
+    StoredEvent,
     TargetStatus,
     Transition,
 )
@@ -198,8 +199,28 @@ class ExecutionStore(Protocol):
     async def update_execution(
         self, execution_id: str, *, step_details: list[StepDetail] | None = None,
         output_artifact_ids: list[str] | None = None, status_message: str | None = None,
-        submitted: bool = False, lease: Lease | None = None,
-    ) -> Execution: ...
+        submitted: bool = False, lease: Lease | None = None, changed_step: str = "",
+    ) -> Execution:
+        """``changed_step``: the step whose change is recorded as a change event."""
+        ...
+
+    async def last_event_number(self, resource_group: str) -> int:
+        """The number of the group's last recorded change (0: none). Every creation,
+        transition, step change and deletion is recorded in its write's transaction,
+        numbered in its resource group in commit order, on every replica alike."""
+        ...
+
+    async def read_events(
+        self, resource_group: str, after: int, limit: int
+    ) -> tuple[int, list[StoredEvent], dict[str, Execution]]:
+        """The group's recorded changes after number ``after`` (at most ``limit``, in
+        order): the group's last number read before them, the changes, and the
+        executions they name that still exist, with their history."""
+        ...
+
+    async def purge_events(self, before_us: int) -> int:
+        """Delete the changes recorded before ``before_us``; returns how many."""
+        ...
 
     async def force_status(self, execution_id: str, status: Status) -> None:
         """Tests drive the lifecycle table with it."""

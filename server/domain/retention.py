@@ -3,7 +3,11 @@ that runs in the background and deletes the ids recorded longer ago than that.
 
 Within the retention a repeat of a create (or of a WriteMetrics call) with the same
 request id returns the first result; after it the id is forgotten and a repeat is a
-new request."""
+new request.
+
+The same purge deletes the recorded changes of executions older than the retention
+(``execution_event``, the numbers set-watch cursors count): a set watch resumes from
+a cursor within the retention, and starts over with a snapshot from an older one."""
 
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ DEFAULT_RETENTION_SECONDS = 24 * 3600
 
 class IdempotencyStore(Protocol):
     async def purge_idempotency_keys(self, before_us: int) -> int: ...
+
+    async def purge_events(self, before_us: int) -> int: ...
 
 
 def parse_duration(text: str) -> float:
@@ -62,6 +68,9 @@ class IdempotencyPurger:
         self.purged += count
         if count:
             log.info("request ids past their retention deleted", count=count)
+        events = await self.store.purge_events(before_us)
+        if events:
+            log.info("recorded execution changes past their retention deleted", count=events)
         return count
 
     async def _run(self) -> None:

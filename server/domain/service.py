@@ -930,6 +930,8 @@ class ControlPlane:
         self, execution_id: str, *, changed_step: StepDetail | None = None, **kwargs: Any
     ) -> Execution:
         """Runtime use: update step details, outputs or the submit time."""
+        if changed_step is not None:
+            kwargs["changed_step"] = changed_step.name
         execution = await self.store.update_execution(execution_id, **kwargs)
         if changed_step is not None:
             self._announce(ExecutionEvent("step", execution, step=changed_step))

@@ -212,6 +212,9 @@ class AsyncStore:
     record_audit = _writer(SyncStore.record_audit)
     list_audit_events = _reader(SyncStore.list_audit_events)
     update_execution = _writer(SyncStore.update_execution)
+    last_event_number = _reader(SyncStore.last_event_number)
+    read_events = _reader(SyncStore.read_events)
+    purge_events = _writer(SyncStore.purge_events)
     force_status = _writer(SyncStore.force_status)
 
     # ---------------------------------------------------------------- leases

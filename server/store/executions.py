@@ -24,6 +24,7 @@ from server.domain.models import (
     Page,
     Status,
     StepDetail,
+    StoredEvent,
     TargetStatus,
     Transition,
 )
@@ -122,6 +123,110 @@ class ExecutionRepository:
             message,
         )
 
+    # ------------------------------------------------------------ change events
+    #
+    # Every change a watcher hears (a creation, a transition, a step's change, a
+    # deletion) is also a row of execution_event, numbered in its resource group, in
+    # the transaction of the change. The number comes from the group's counter row,
+    # which the transaction updates last and holds locked until it ends: the numbers
+    # of one group follow the order the changes committed, on every backend and with
+    # any number of replicas, so a read of the rows after a number misses nothing that
+    # a later read would find before the last row it returns. Set-watch cursors are
+    # these numbers (server/streams/watch.py).
+
+    def _record_events(self, events: Iterable[tuple[str, str, str, int, str]]) -> None:
+        """Inside a write transaction: number and store changes given as (resource
+        group, execution id, kind, history seq or 0, detail)."""
+        by_group: dict[str, list[tuple[str, str, str, int, str]]] = {}
+        for event in events:
+            by_group.setdefault(event[0], []).append(event)
+        if not by_group:
+            return
+        at = now_us()
+        rows = []
+        # Groups in a fixed order: two transactions never wait on each other's counters.
+        for group in sorted(by_group):
+            items = by_group[group]
+            (last,) = self.execute(
+                "INSERT INTO execution_event_counter (resource_group, number) VALUES (?, ?)"
+                " ON CONFLICT (resource_group) DO UPDATE"
+                " SET number = execution_event_counter.number + excluded.number"
+                " RETURNING number",
+                (group, len(items)),
+            ).fetchone()
+            first = int(last) - len(items) + 1
+            rows.extend(
+                (group, first + n, execution_id, kind, seq, detail, at)
+                for n, (_, execution_id, kind, seq, detail) in enumerate(items)
+            )
+        self.cursor().executemany(
+            "INSERT INTO execution_event (resource_group, number, execution_id, kind, seq,"
+            " detail, at_us) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+    def last_event_number(self, resource_group: str) -> int:
+        """The number of the last change recorded in the group (0: none yet)."""
+        found = self._read(
+            "SELECT number FROM execution_event_counter WHERE resource_group = ?",
+            (resource_group,),
+        ).fetchone()
+        return int(found[0]) if found else 0
+
+    def read_events(
+        self, resource_group: str, after: int, limit: int
+    ) -> tuple[int, list[StoredEvent], dict[str, Execution]]:
+        """The group's changes numbered after ``after``, at most ``limit``, in order:
+        (the group's last number, read before them; the changes; the executions they
+        name that still exist, as they are now, with their history). The last number
+        tells a caller whether the changes right after ``after`` are still stored: they
+        are unless the first one returned is not ``after + 1``, or none is returned
+        while the last number is above ``after``."""
+        last = self.last_event_number(resource_group)
+        found = self._read(
+            "SELECT number, execution_id, kind, seq, detail FROM execution_event"
+            " WHERE resource_group = ? AND number > ? ORDER BY number LIMIT ?",
+            (resource_group, after, limit),
+        ).fetchall()
+        events = [StoredEvent(int(n), eid, kind, seq, text) for n, eid, kind, seq, text in found]
+        ids = sorted({e.execution_id for e in events if e.kind != "deleted"})
+        executions: dict[str, Execution] = {}
+        if ids:
+            for row in self._select_in(
+                f"SELECT {_EXEC_COLUMNS} FROM execution WHERE resource_group = ?"
+                " AND execution_id IN",
+                ids,
+                (resource_group,),
+            ):
+                execution = _execution_from(dict(zip(_EXEC_FIELDS, row, strict=True)))
+                execution.history = []
+                executions[execution.id] = execution
+            for eid, seq, source, target, at_us, cause, message in self._select_in(
+                "SELECT execution_id, seq, from_status, to_status, at_us, cause, message"
+                " FROM transition WHERE execution_id IN",
+                sorted(executions),
+                suffix=" ORDER BY execution_id, seq",
+            ):
+                executions[eid].history.append(
+                    Transition(
+                        seq,
+                        eid,
+                        STATUSES[source] if source else None,
+                        STATUSES[target],
+                        to_dt(at_us),
+                        cause,
+                        message,
+                    )
+                )
+        return max(last, events[-1].number if events else 0), events, executions
+
+    def purge_events(self, before_us: int) -> int:
+        """Delete the changes recorded before ``before_us``; returns how many. A set
+        watch resuming from a number before the rows kept starts over."""
+        with self.write_lock():
+            cursor = self.execute("DELETE FROM execution_event WHERE at_us < ?", (before_us,))
+            return max(cursor.rowcount or 0, 0)
+
     def create_execution(
         self, execution: Execution, request_id: str = "", audit: AuditEvent | None = None
     ) -> tuple[Execution, bool]:
@@ -191,6 +296,9 @@ class ExecutionRepository:
                 self._insert_executions(items, new)
                 if audit:
                     self._audit(audit[i] for i in new)
+                self._record_events(
+                    (items[i][0].resource_group, items[i][0].id, "created", 1, "") for i in new
+                )
         for i in new:
             results[i] = (items[i][0], True)
         return results  # type: ignore[return-value]
@@ -500,6 +608,9 @@ class ExecutionRepository:
         self._add_transition(row, current, to_status, stamp, cause, message)
         self._count(row, str(current), -1)
         self._count(row, str(to_status), 1)
+        self._record_events(
+            [(row["resource_group"], row["execution_id"], "transition", row["history_len"], "")]
+        )
 
     def request_stop(
         self, resource_group: str, execution_id: str, audit: AuditEvent | None = None
@@ -560,6 +671,11 @@ class ExecutionRepository:
             for hook in self.delete_hooks:
                 hook(execution_id, keep_metrics)
             self._audit((audit,))
+            # As the execution was: filtered watches match a deletion on these.
+            detail = ",".join(
+                (row["status"], row["scenario_id"], row["configuration_id"], row["executable_id"])
+            )
+            self._record_events([(row["resource_group"], execution_id, "deleted", 0, detail)])
 
         self._compare_and_set(change)
 
@@ -572,9 +688,11 @@ class ExecutionRepository:
         status_message: str | None = None,
         submitted: bool = False,
         lease: Lease | None = None,
+        changed_step: str = "",
     ) -> Execution:
         """Update runtime-owned fields that are not a status change (compare-and-set,
-        like a transition: a concurrent stop is never written over)."""
+        like a transition: a concurrent stop is never written over). ``changed_step``:
+        the step whose change watchers hear of, recorded as a change event."""
 
         def change() -> Execution:
             row = self._execution_row(None, execution_id)
@@ -595,6 +713,10 @@ class ExecutionRepository:
                 changed.append("submitted_us")
             row["modified_us"] = now_us()
             self._save(row, changed, read)
+            if changed_step:
+                self._record_events(
+                    [(row["resource_group"], execution_id, "step", 0, changed_step)]
+                )
             return _execution_from(row)
 
         return self._compare_and_set(change)

@@ -357,6 +357,33 @@ class PageTokenKeyRow(Base):
         table_name = "page_token_key"
 
 
+class ExecutionEventCounterRow(Base):
+    """Since schema version 10: the last change number given in a resource group."""
+
+    resource_group = pw.TextField(primary_key=True)
+    number = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "execution_event_counter"
+
+
+class ExecutionEventRow(Base):
+    """Since schema version 10: one change of an execution, numbered in its resource
+    group in commit order (what set-watch cursors count)."""
+
+    resource_group = pw.TextField()
+    number = pw.BigIntegerField()
+    execution_id = pw.TextField()
+    kind = pw.TextField()
+    seq = pw.IntegerField()
+    detail = pw.TextField()
+    at_us = pw.BigIntegerField(index=True)
+
+    class Meta:
+        table_name = "execution_event"
+        primary_key = pw.CompositeKey("resource_group", "number")
+
+
 MODELS: tuple[type[Base], ...] = (
     SchemaVersion,
     ScenarioRow,
@@ -377,6 +404,8 @@ MODELS: tuple[type[Base], ...] = (
     MetricCustomInfoRow,
     AuditEventRow,
     PageTokenKeyRow,
+    ExecutionEventCounterRow,
+    ExecutionEventRow,
 )
 
 
@@ -405,6 +434,8 @@ class Tables:
     MetricCustomInfoRow: type[MetricCustomInfoRow]
     AuditEventRow: type[AuditEventRow]
     PageTokenKeyRow: type[PageTokenKeyRow]
+    ExecutionEventCounterRow: type[ExecutionEventCounterRow]
+    ExecutionEventRow: type[ExecutionEventRow]
 
     def __init__(self, database: pw.Database):
         self.database = database

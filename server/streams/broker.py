@@ -580,9 +580,9 @@ class LocalBroker(Broker):
         return list(self._by_execution)
 
     def resync_sets(self) -> None:
-        """Events may have been lost: start a new epoch (event cursors issued so far
-        are no longer resumed from memory) and tell every watcher of a resource group
-        to start over."""
+        """Events may have been lost: start a new epoch and wake every watcher of a
+        resource group, which reads what it missed from the store
+        (server/streams/watch.py)."""
         self.epoch = secrets.token_hex(4)
         self._recent.clear()
         for subscriptions in self._by_group.values():

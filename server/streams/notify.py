@@ -63,8 +63,7 @@ Receiving (another replica's notifications; a replica ignores its own):
   invalidating. The log sink's next number per execution (``LogSink._next_seq``) is
   moved past every number another replica announces for it
   (``LogSink.numbered_elsewhere``), so a replica that wrote an execution's lines
-  before another did numbers its next line after theirs. The broker's retained events
-  are this replica's own numbering (see the set-watch cursors below).
+  before another did numbers its next line after theirs.
 
 Why a tailer on a replica that does not write the lines misses nothing (B tails, A
 writes). A tailer subscribes before it reads the store, reads the highest stored
@@ -91,18 +90,17 @@ in place again (so everything committed from then on is notified), it treats eve
 execution with a subscription as changed: for each one with log subscriptions it
 reads the highest stored number and handles it as a notification; for each one
 with event subscriptions it reads the execution and announces its history entries
-not announced yet (or its deletion). Watchers of a resource group cannot be resynced
-that way (any execution of the group may have changed): their streams end with
-RESOURCE_EXHAUSTED and a cursor that restarts with a snapshot, and the broker starts
-a new event epoch so that no earlier set cursor of this replica is resumed from its
-memory either. While the connection is down, the GetExecution cache caches nothing.
+not announced yet (or its deletion). Watchers of a resource group are woken (the
+broker's ``resync_sets``) and read the group's changes after their cursor from the
+store, so they miss nothing either. While the connection is down, the GetExecution
+cache caches nothing.
 
-Cursors. Log sequence numbers and one-execution watch cursors (history sequence
-numbers) are the store's: valid on every replica. A filtered (set) watch cursor is a
-position in the replica's own event numbering (its broker's epoch): on another
-replica, or after a restart or a lost LISTEN connection, it is not resumed; the watch
-starts over with SNAPSHOT events of the current state, which replace what the client
-knew (the proto's documented contract for an unknown cursor).
+Cursors. Log sequence numbers, one-execution watch cursors (history sequence
+numbers) and set-watch cursors (the numbers of the changes recorded in each resource
+group, in commit order: server/streams/watch.py) are the store's: valid on every
+replica. A set watcher reads the changes from the store; the events this notifier
+rebuilds only wake it, and after a lost LISTEN connection the broker's resync wakes it
+to read what it missed.
 """
 
 from __future__ import annotations

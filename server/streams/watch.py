@@ -7,18 +7,21 @@ Two kinds of watch, with two kinds of cursor (both opaque to clients):
   (so it survives a server restart), then goes live. Step changes are not recorded in
   the history: they are not replayed, but every event carries the execution's current
   step details. The stream ends after the final status unless ``keep_watching``.
-* A filtered set of one resource group. The cursor is the broker's event number
-  (valid for the broker's epoch, i.e. this server process). Resuming replays the
-  events after it that the broker still holds; when it no longer holds them (restart,
-  or too many events since) the watch starts over with fresh SNAPSHOT events, which a
-  client treats as "replace what you knew". A filtered watch never ends by itself.
-  With replicas on one PostgreSQL database the broker hears the other replicas'
-  changes too (server/streams/notify.py), so a set watch sees every replica's changes
-  and its cursors resume on the replica that issued them; a cursor of another
-  replica starts over with SNAPSHOT events (its numbering is not this broker's). When
-  the broker may have missed events (its notifier lost its connection), every set
-  watch is ended with RESOURCE_EXHAUSTED and a cursor that starts over, and the
-  broker's epoch changes, so that no earlier cursor resumes past the gap either.
+* A filtered set of one resource group. The cursor is the number of the last change
+  of the group the client has heard of: every creation, transition, step change and
+  deletion is recorded in the store in the transaction that makes it, numbered in its
+  resource group in the order the changes committed (``execution_event``, see
+  server/store/executions.py). So a cursor is the database's, valid on every replica
+  of it and after a restart: resuming reads the changes after it from the store, with
+  nothing replayed twice and nothing skipped. The broker's events (this replica's
+  changes, and through server/streams/notify.py the other replicas') only wake the
+  watch; what it sends is read from the store, in number order. When the changes
+  after a cursor are no longer kept (older than the retention, see
+  server/domain/retention.py) or the cursor is not of this database, the watch starts
+  over with fresh SNAPSHOT events, which a client treats as "replace what you knew".
+  A watch whose broker queue overflowed, or whose notifier was deaf for a while,
+  reads the store again and goes on: no event is lost to either. A filtered watch
+  never ends by itself.
 
 Live and stored state meet without gaps or doubles by sequence number: a transition at
 or below what a snapshot (or the cursor) already covered is dropped; a gap in the live
@@ -28,6 +31,7 @@ transitions is filled from the store.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 from collections.abc import AsyncIterator, Sequence
@@ -36,8 +40,15 @@ from typing import Any
 
 from server.domain.errors import InvalidArgument, Reason, ResourceExhausted
 from server.domain.lifecycle import is_final
-from server.domain.models import Execution, Status, StepDetail, Transition
-from server.domain.service import ControlPlane, ExecutionEvent
+from server.domain.models import (
+    Execution,
+    Status,
+    StepDetail,
+    StoredEvent,
+    TargetStatus,
+    Transition,
+)
+from server.domain.service import ControlPlane
 from server.streams.broker import Broker
 
 SNAPSHOT_PAGE = 500
@@ -213,8 +224,9 @@ class ExecutionWatches:
 
     # ------------------------------------------------------------- filtered set
 
-    def _set_cursor(self, number: int, digest: str) -> str:
-        return _encode_cursor({"p": self.broker.epoch, "n": number, "f": digest})
+    @staticmethod
+    def _set_cursor(number: int, digest: str) -> str:
+        return _encode_cursor({"g": number, "f": digest})
 
     def _matches(
         self, execution: Execution, options: WatchOptions, transition: Transition | None
@@ -238,43 +250,114 @@ class ExecutionWatches:
         after: int | None = None
         if options.after_cursor:
             data = _decode_cursor(options.after_cursor)
-            number = data.get("n")
-            if data.get("f") != digest or not isinstance(number, int) or number < 0:
+            number = data.get("g", data.get("n"))
+            if (
+                data.get("f") != digest
+                or not isinstance(number, int)
+                or isinstance(number, bool)
+                or number < 0
+            ):
                 raise InvalidArgument.of("after_cursor", "cursor was issued for another watch")
-            if data.get("p") == self.broker.epoch:
+            if "g" in data:  # a change number of the store ("n": a server's own, before)
                 after = number
-        events, complete = self.broker.subscribe_events(
-            resource_group=group, max_events=self.max_pending_events, after_number=after
+        # Subscribe first, then read: a change committed after the read wakes the
+        # watch. The broker's events only wake it: the changes are read from the store.
+        events, _ = self.broker.subscribe_events(
+            resource_group=group, max_events=self.max_pending_events
         )
+        store = self.plane.store
         try:
-            start_number = getattr(self.broker, "last_event_number", 0)
             positions: dict[str, int] = {}
-            if after is None or not complete:
-                async for event in self._snapshot(group, options, digest, start_number, positions):
+            read: tuple[int, list[StoredEvent], dict[str, Execution]] | None = None
+            if after is not None:
+                read = await store.read_events(group, after, SNAPSHOT_PAGE)
+                last, stored, _ = read
+                if (stored and stored[0].number != after + 1) or (not stored and last != after):
+                    # The changes after the cursor are no longer kept (past the
+                    # retention), or the cursor is of another database: start over.
+                    after, read = None, None
+            if after is None:
+                after = await store.last_event_number(group)
+                async for event in self._snapshot(group, options, digest, after, positions):
                     yield event
             while True:
-                if events.resync:
-                    # Events may have been lost on their way here: no cursor of this
-                    # stream can be resumed exactly, so the client starts over.
-                    raise self._too_slow(_encode_cursor({"p": "", "n": 0, "f": digest}))
-                items = events.take()
-                if not items:
-                    if events.overflowed:
-                        raise self._too_slow(self._set_cursor(start_number, digest))
-                    await events.wait()
-                    continue
-                for item in items:
-                    event = item.event
-                    if not self._matches(event.execution, options, event.transition):
+                if read is None:
+                    read = await store.read_events(group, after, SNAPSHOT_PAGE)
+                _, stored, executions = read
+                read = None
+                for change in stored:
+                    after = change.number
+                    watch_event = self._stored_event(group, change, executions, positions)
+                    if watch_event is None or not self._matches(
+                        watch_event.execution, options, watch_event.transition
+                    ):
                         continue
-                    watch_event = self._set_event(event, positions)
-                    if watch_event is None:
-                        continue
-                    watch_event.cursor = self._set_cursor(item.number, digest)
-                    start_number = item.number
+                    watch_event.cursor = self._set_cursor(after, digest)
                     yield watch_event
+                if len(stored) >= SNAPSHOT_PAGE:
+                    continue  # more stored: read on
+                # Wait for news of the group (any change heard, here or from another
+                # replica; a full queue or a notifier that was deaf: read anyway).
+                while not (events.take() or events.overflowed or events.resync):
+                    await events.wait()
+                events.overflowed = events.resync = False
         finally:
             events.close()
+
+    @staticmethod
+    def _stored_event(
+        group: str,
+        change: StoredEvent,
+        executions: dict[str, Execution],
+        positions: dict[str, int],
+    ) -> WatchEvent | None:
+        """The watch event of a recorded change, with the execution as it was right
+        after it (its other fields as they are now); None when there is nothing to
+        say (the execution is gone since: its deletion follows; a transition the
+        snapshot already showed)."""
+        execution_id = change.execution_id
+        if change.kind == "deleted":
+            positions.pop(execution_id, None)
+            parts = change.detail.split(",")
+            status, scenario_id, configuration_id, executable_id = (
+                parts if len(parts) == 4 else ("", "", "", "")
+            )
+            try:
+                parsed = Status(status) if status else Status.UNKNOWN
+            except ValueError:
+                parsed = Status.UNKNOWN
+            gone = Execution(
+                id=execution_id,
+                resource_group=group,
+                configuration_id=configuration_id,
+                executable_id=executable_id,
+                scenario_id=scenario_id,
+                status=parsed,
+                target_status=TargetStatus.DELETED,
+            )
+            return WatchEvent("deleted", gone, "")
+        execution = executions.get(execution_id)
+        if execution is None:
+            return None
+        if change.kind == "step":
+            step = next((s for s in execution.step_details if s.name == change.detail), None)
+            return None if step is None else WatchEvent("step", execution, "", step=step)
+        history = execution.history
+        index = next((i for i, t in enumerate(history) if t.seq == change.seq), None)
+        if index is None or change.seq <= positions.get(execution_id, 0):
+            return None
+        transition = history[index]
+        state = execution
+        if index != len(history) - 1:
+            state = dataclasses.replace(
+                execution, status=transition.to_status, history=history[: index + 1]
+            )
+        if is_final(state.status):
+            positions.pop(execution_id, None)
+        else:
+            positions[execution_id] = transition.seq
+        kind = "created" if transition.from_status is None else "transition"
+        return WatchEvent(kind, state, "", transition=transition)
 
     async def _snapshot(
         self, group: str, options: WatchOptions, digest: str, number: int, positions: dict[str, int]
@@ -306,24 +389,6 @@ class ExecutionWatches:
             token = page.next_page_token
         if held is not None:
             yield WatchEvent("snapshot", held, cursor)
-
-    @staticmethod
-    def _set_event(event: ExecutionEvent, positions: dict[str, int]) -> WatchEvent | None:
-        execution = event.execution
-        if event.kind in ("transition", "created") and event.transition is not None:
-            if event.transition.seq <= positions.get(execution.id, 0):
-                return None
-            if is_final(execution.status):
-                positions.pop(execution.id, None)
-            else:
-                positions[execution.id] = event.transition.seq
-            return WatchEvent(event.kind, execution, "", transition=event.transition)
-        if event.kind == "step":
-            return WatchEvent("step", execution, "", step=event.step)
-        if event.kind == "deleted":
-            positions.pop(execution.id, None)
-            return WatchEvent("deleted", execution, "")
-        return None
 
     def _too_slow(self, cursor: str) -> ResourceExhausted:
         return ResourceExhausted(

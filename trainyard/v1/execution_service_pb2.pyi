@@ -570,9 +570,12 @@ class WatchExecutionsRequest(_message.Message):
     position in its history: the transitions recorded after it are replayed from the
     store (this survives server restarts) and no snapshot is sent; step changes made
     meanwhile are not replayed, but every event carries the current step details.
-    For a filtered watch the cursor is a position in this server's recent events:
-    the events after it are replayed when the server still holds them; otherwise
-    (the server restarted, or more than 10000 events happened since) the watch starts
+    For a filtered watch the cursor is a position in the resource group's changes
+    as the database recorded them, in commit order: valid on every replica of the
+    database and after restarts. The changes after it (creations, transitions, step
+    changes, deletions) are replayed from the store, each once, and no snapshot is
+    sent; when they are no longer kept (the server's retention, by default 24 hours,
+    `--idempotency-retention`) or the cursor is of another database, the watch starts
     over with SNAPSHOT events, which replace what the client knew.
     """
     @_builtins.property

@@ -183,7 +183,9 @@ class ExecutionServiceServicer:
         filtered watch never ends by itself. NOT_FOUND when the watched execution does
         not exist in the caller's resource group; INVALID_ARGUMENT for a bad filter or
         cursor; RESOURCE_EXHAUSTED (reason LIMIT_EXCEEDED, metadata `cursor`) when the
-        watcher reads too slowly and 10000 events wait for it: resume from that cursor.
+        watcher of one execution reads too slowly and 10000 events wait for it: resume
+        from that cursor (a filtered watch reads its events from the store, and never
+        falls behind that way).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -91,7 +91,9 @@ class ExecutionServiceStub:
     filtered watch never ends by itself. NOT_FOUND when the watched execution does
     not exist in the caller's resource group; INVALID_ARGUMENT for a bad filter or
     cursor; RESOURCE_EXHAUSTED (reason LIMIT_EXCEEDED, metadata `cursor`) when the
-    watcher reads too slowly and 10000 events wait for it: resume from that cursor.
+    watcher of one execution reads too slowly and 10000 events wait for it: resume
+    from that cursor (a filtered watch reads its events from the store, and never
+    falls behind that way).
     """
 
 @_typing.type_check_only
@@ -157,7 +159,9 @@ class ExecutionServiceAsyncStub(ExecutionServiceStub):
     filtered watch never ends by itself. NOT_FOUND when the watched execution does
     not exist in the caller's resource group; INVALID_ARGUMENT for a bad filter or
     cursor; RESOURCE_EXHAUSTED (reason LIMIT_EXCEEDED, metadata `cursor`) when the
-    watcher reads too slowly and 10000 events wait for it: resume from that cursor.
+    watcher of one execution reads too slowly and 10000 events wait for it: resume
+    from that cursor (a filtered watch reads its events from the store, and never
+    falls behind that way).
     """
 
 class ExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -274,7 +278,9 @@ class ExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
         filtered watch never ends by itself. NOT_FOUND when the watched execution does
         not exist in the caller's resource group; INVALID_ARGUMENT for a bad filter or
         cursor; RESOURCE_EXHAUSTED (reason LIMIT_EXCEEDED, metadata `cursor`) when the
-        watcher reads too slowly and 10000 events wait for it: resume from that cursor.
+        watcher of one execution reads too slowly and 10000 events wait for it: resume
+        from that cursor (a filtered watch reads its events from the store, and never
+        falls behind that way).
         """
 
 def add_ExecutionServiceServicer_to_server(servicer: ExecutionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -35,6 +35,7 @@ from server.store.migrations import (
     v007_reruns,
     v008_page_token_key,
     v009_idempotency_purge,
+    v010_watch_events,
 )
 
 BACKENDS = ("sqlite", "postgresql")
@@ -65,6 +66,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         9, "idempotency_purge", v009_idempotency_purge.SQLITE, v009_idempotency_purge.POSTGRESQL
     ),
+    Migration(10, "watch_events", v010_watch_events.SQLITE, v010_watch_events.POSTGRESQL),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 # Versions are numbered per feature and may land out of order: a number may be

@@ -560,9 +560,12 @@ export type WatchExecutionsRequest = Message<"trainyard.v1.WatchExecutionsReques
    * position in its history: the transitions recorded after it are replayed from the
    * store (this survives server restarts) and no snapshot is sent; step changes made
    * meanwhile are not replayed, but every event carries the current step details.
-   * For a filtered watch the cursor is a position in this server's recent events:
-   * the events after it are replayed when the server still holds them; otherwise
-   * (the server restarted, or more than 10000 events happened since) the watch starts
+   * For a filtered watch the cursor is a position in the resource group's changes
+   * as the database recorded them, in commit order: valid on every replica of the
+   * database and after restarts. The changes after it (creations, transitions, step
+   * changes, deletions) are replayed from the store, each once, and no snapshot is
+   * sent; when they are no longer kept (the server's retention, by default 24 hours,
+   * `--idempotency-retention`) or the cursor is of another database, the watch starts
    * over with SNAPSHOT events, which replace what the client knew.
    *
    * @generated from field: string after_cursor = 7;
@@ -804,7 +807,9 @@ export const ExecutionService: GenService<{
    * filtered watch never ends by itself. NOT_FOUND when the watched execution does
    * not exist in the caller's resource group; INVALID_ARGUMENT for a bad filter or
    * cursor; RESOURCE_EXHAUSTED (reason LIMIT_EXCEEDED, metadata `cursor`) when the
-   * watcher reads too slowly and 10000 events wait for it: resume from that cursor.
+   * watcher of one execution reads too slowly and 10000 events wait for it: resume
+   * from that cursor (a filtered watch reads its events from the store, and never
+   * falls behind that way).
    *
    * @generated from rpc trainyard.v1.ExecutionService.WatchExecutions
    */
