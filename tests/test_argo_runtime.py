@@ -381,6 +381,37 @@ def test_a_template_ref_output_named_like_an_own_output_is_refused(runner):
     )]
 
 
+def test_template_ref_inputs_are_bound_from_the_configuration(runner, tmp_path):
+    """An input artifact of a template run through templateRef that nothing in the
+    workflow passes is the executable's input artifact, bound by the configuration."""
+    read = sh("read", "cat {{inputs.artifacts.data.path}}",
+              inputs={"artifacts": [{"name": "data", "path": "/in/data.csv"}]})
+    fed = sh("fed", "cat {{inputs.artifacts.note.path}}",
+             inputs={"artifacts": [{"name": "note", "path": "/in/note"}]})
+    runner.register(workflow("reader-lib", [read, fed], entrypoint="read"))
+    main = {"name": "main", "steps": [[
+        {"name": "load", "templateRef": {"name": "reader-lib", "template": "read"}},
+        {"name": "told", "templateRef": {"name": "reader-lib", "template": "fed"},
+         "arguments": {"artifacts": [{"name": "note", "raw": {"data": "passed"}}]}},
+    ]]}
+    executable = runner.client.create_executable(workflow("uses-reader", [main], annotations={
+        "artifacts.ai.sap.com/data.kind": "dataset",
+    }))
+    assert [(a.name, a.kind) for a in executable.input_artifacts] == [
+        ("data", artifact_pb2.ARTIFACT_KIND_DATASET)
+    ]
+
+    data = tmp_path / "data.csv"
+    data.write_text("x,y\n")
+    configuration = runner.configure(
+        "uses-reader", artifacts={"data": runner.dataset(data.as_uri())}
+    )
+    execution = runner.wait(runner.start(configuration))
+    assert status(execution) == "COMPLETED", execution.status_message
+    assert runner.output(execution.id, "load") == ["x,y"]
+    assert runner.output(execution.id, "told") == ["passed"]
+
+
 @pytest.mark.parametrize(
     ("ref", "field", "message"),
     [

@@ -173,7 +173,7 @@ class ControlPlane:
             )
         self.check_resources(parsed[0])
         exe = parsed[0]
-        await self._add_referenced_outputs(exe)
+        await self._add_referenced_artifacts(exe)
         event = caller.event("register", "executable", f"{exe.id}@{exe.version}", resource_group)
         return await self.store.put_executable(exe, audit=event)
 
@@ -212,7 +212,7 @@ class ControlPlane:
             for exe in waiting:
                 try:
                     self.check_resources(exe)
-                    await self._add_referenced_outputs(exe)
+                    await self._add_referenced_artifacts(exe)
                     stored.append((await self.store.put_executable(exe))[0])
                 except DomainError as exc:
                     errors.append((exe, exc))
@@ -225,12 +225,13 @@ class ControlPlane:
             log.warning("executable file not loaded", file=str(path), error=error)
         return stored
 
-    async def _add_referenced_outputs(self, exe: Executable) -> None:
-        """Check the executable's templateRefs (see template_library) and add the output
-        artifacts of the templates they run to its own."""
+    async def _add_referenced_artifacts(self, exe: Executable) -> None:
+        """Check the executable's templateRefs (see template_library) and add the input
+        and output artifacts of the templates they run to its own."""
         library = await self._referenced(exe.resource_group, exe.spec)
         if library:
             exe.output_artifacts += templates.referenced_output_artifacts(exe, library)
+            exe.input_artifacts += templates.referenced_input_artifacts(exe, library)
 
     async def template_library(
         self, resource_group: str, spec: dict, *, created: bool = False

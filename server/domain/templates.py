@@ -41,6 +41,9 @@ Where things come from:
   source of its own, not passed by the step or task that calls the template). AI Core binds
   the configuration's artifacts to those by name.
 - Output artifacts: every ``outputs.artifacts`` entry with a ``globalName``.
+- Templates of other executables that ``templateRef`` runs: once those are known (at
+  registration), their unsupplied input artifacts and their output artifacts are the
+  executable's too (:func:`referenced_input_artifacts`, :func:`referenced_output_artifacts`).
 
 The parser checks the structure the runtime relies on and reports every problem it finds
 as an :class:`InvalidArgument` whose violations name the field, e.g.
@@ -91,6 +94,7 @@ __all__ = [
     "parameter_value_error",
     "parse_template",
     "parse_template_text",
+    "referenced_input_artifacts",
     "referenced_output_artifacts",
 ]
 
@@ -1180,24 +1184,14 @@ def referenced_output_artifacts(
     ``exe``'s ``artifacts.ai.sap.com/<name>.*`` annotations, else those the referenced
     executable registered it with. Raises InvalidArgument naming the templateRef of a
     name declared twice, or a malformed labels annotation."""
-    try:
-        walked = walk(exe.spec, {k: v.spec for k, v in library.items()})
-    except WorkflowError:
-        return []  # the workflow cannot run: its executions' start says why
     refs = {id(ref.call): ref.path for ref in template_refs(exe.spec)}
     problems = _Problems()
     declared = {a.name: f"template {a.step!r} of this executable" for a in exe.output_artifacts}
     result: list[OutputArtifactSpec] = []
     seen: set[tuple[str, str, str]] = set()
-    for ws in walked:
-        owner, path = "", ""
-        for link in ws.chain[1:]:
-            ref = link.call.get("templateRef")
-            if isinstance(ref, dict):
-                owner = str(ref.get("name"))
-                path = path or refs.get(id(link.call), "")
-        if not owner or owner not in library:
-            continue  # a template of this document: _output_artifacts has it
+    for ws, links in _referenced_links(exe, library):
+        owner = links[-1][1]  # whose template the step runs
+        path = refs.get(id(links[0][0].call), "")
         template = str(ws.template.get("name"))
         outputs = ws.template.get("outputs")
         for _, entry in _entries(outputs, "artifacts", "", _Problems()):
@@ -1239,6 +1233,68 @@ def referenced_output_artifacts(
     if problems:
         raise problems.error()
     return result
+
+
+def referenced_input_artifacts(
+    exe: Executable, library: Mapping[str, Executable]
+) -> list[InputArtifactSpec]:
+    """The input artifacts of the templates ``exe`` runs through ``templateRef`` (see
+    :func:`referenced_output_artifacts`) that nothing in the workflow passes (no source
+    of their own, none in the arguments of the step or task that calls them): bound by
+    name from the configuration as its own templates' are, with the kind and
+    description of ``exe``'s annotations, else those the referenced executable gives."""
+    own = {a.name for a in exe.input_artifacts}
+    result: dict[str, InputArtifactSpec] = {}
+    for _ws, links in _referenced_links(exe, library):
+        for link, owner in links:
+            passed = {
+                entry["name"]
+                for _, entry in _entries(
+                    (link.call or {}).get("arguments"), "artifacts", "", _Problems()
+                )
+                if isinstance(entry.get("name"), str) and _has_source(entry)
+            }
+            inputs = link.template.get("inputs")
+            for _, entry in _entries(inputs, "artifacts", "", _Problems()):
+                name = entry.get("name")
+                if not isinstance(name, str) or _has_source(entry) or name in passed:
+                    continue
+                if name in own or name in result:
+                    continue
+                theirs = next((a for a in library[owner].input_artifacts if a.name == name), None)
+                description = exe.annotations.get(
+                    f"{ARTIFACT_ANNOTATION_PREFIX}{name}.description"
+                ) or (theirs.description if theirs else str(entry.get("description") or ""))
+                result[name] = InputArtifactSpec(
+                    name=name,
+                    kind=_artifact_kind(name, exe.annotations) or (theirs.kind if theirs else None),
+                    description=description,
+                )
+    return list(result.values())
+
+
+def _referenced_links(
+    exe: Executable, library: Mapping[str, Executable]
+) -> Iterator[tuple[Any, list[tuple[Any, str]]]]:
+    """Each step of ``exe``'s workflow that runs through a templateRef, with the links
+    of its call chain from that templateRef's call down, each with the id of the
+    executable whose template it runs. Nothing when the workflow cannot run (its
+    executions' start says why)."""
+    try:
+        walked = walk(exe.spec, {k: v.spec for k, v in library.items()})
+    except WorkflowError:
+        return
+    for ws in walked:
+        owner = ""
+        links = []
+        for link in ws.chain[1:]:
+            ref = link.call.get("templateRef")
+            if isinstance(ref, dict):
+                owner = str(ref.get("name"))
+            if owner in library:
+                links.append((link, owner))
+        if links:
+            yield ws, links
 
 
 def _artifact_labels(
