@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import secrets
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -55,6 +57,9 @@ class LogBatch:
     memo: dict = field(default_factory=dict)
     first_seq: int = field(init=False)
     last_seq: int = field(init=False)
+    # When the broker published it, in time.monotonic() seconds (the event loop's
+    # clock); 0.0 before.
+    published_at: float = field(init=False, default=0.0)
 
     def __post_init__(self) -> None:
         if self.nbytes < 0:
@@ -179,6 +184,46 @@ class LogSubscription(_Waitable):
         except TimeoutError:
             pass
 
+    def oldest_published_at(self) -> float:
+        """The time.monotonic() the oldest batch ``take`` would return was published (0.0
+        when there is none)."""
+        if not self.pending():
+            return 0.0
+        topic = self._topic
+        return topic.batches[self._position - topic.first].published_at
+
+    async def next_delivery(
+        self, linger: float, send_lines: int, since: float | None = None
+    ) -> None:
+        """Until lines published to the execution are due for sending: ``linger``
+        seconds after the first of them was published (after ``since``, a publish
+        time, when lines are already pending), or as soon as ``send_lines`` were
+        published meanwhile; or any wake-up, as for ``wait``. Times are
+        time.monotonic(), the event loop's clock.
+
+        The tailers of an execution wait together: one timer per execution, armed by
+        the first publish (or ``since``), resolves every waiting tailer's own future
+        at once. Each tailer thus wakes once per message it sends, and cancelling one
+        tailer cancels its own future only. The first tailer to wait sets ``linger``
+        and ``send_lines`` for the group (every tailer of a server has the same)."""
+        topic = self._topic
+        loop = asyncio.get_running_loop()
+        if not topic.waiters:
+            topic.linger = linger
+            topic.send_lines = send_lines
+            topic.delivery_lines = 0
+        if since is not None:
+            topic.arm(loop, since + linger)
+        waiter = loop.create_future()
+        topic.waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            # Gone (its call was cancelled): not kept until the next delivery.
+            with contextlib.suppress(ValueError):
+                topic.waiters.remove(waiter)
+            raise
+
     async def linger(self, seconds: float) -> None:
         """Until the execution's next delivery tick, at most ``seconds`` from now (or
         an earlier wake-up, as for ``wait``). The tailers of an execution share the
@@ -223,6 +268,11 @@ class _LogTopic:
         "subscriptions",
         "published",
         "ticked",
+        "waiters",
+        "delivery",
+        "delivery_lines",
+        "linger",
+        "send_lines",
         "batches",
         "first",
         "lines",
@@ -241,6 +291,14 @@ class _LogTopic:
         # What lingering tailers await, and the timer that sets it (see linger).
         self.ticked: asyncio.Future | None = None
         self.tick: asyncio.TimerHandle | None = None
+        # Tailers waiting for their next delivery (see LogSubscription.next_delivery):
+        # each one's own future, the timer that resolves them, the lines published
+        # since they began waiting, and the group's linger and send_lines.
+        self.waiters: list[asyncio.Future] = []
+        self.delivery: asyncio.TimerHandle | None = None
+        self.delivery_lines = 0
+        self.linger = 0.0
+        self.send_lines = 0
         self.batches: list[LogBatch] = []
         self.first = 0  # topic index of batches[0]
         self.lines = 0  # lines and bytes in batches
@@ -268,6 +326,22 @@ class _LogTopic:
         if ticked is not None and not ticked.done():
             ticked.set_result(None)
 
+    def arm(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
+        """Deliver to the waiting tailers at ``at`` (time.monotonic(), which is
+        ``loop.time()``) (unless armed already)."""
+        if self.delivery is None:
+            self.delivery = loop.call_at(at, self.deliver)
+
+    def deliver(self) -> None:
+        """Resolve every waiting tailer's future."""
+        if self.delivery is not None:
+            self.delivery.cancel()
+            self.delivery = None
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
     def wake(self) -> None:
         """Wake every waiting and lingering tailer of the execution."""
         published, self.published = self.published, None
@@ -276,6 +350,7 @@ class _LogTopic:
         if self.tick is not None:
             self.tick.cancel()
         self.on_tick()
+        self.deliver()
 
     def remove(self, subscription: LogSubscription) -> None:
         self.subscriptions.pop(subscription, None)
@@ -320,6 +395,7 @@ class _LogTopic:
         return batches
 
     def publish(self, batch: LogBatch, broker: LocalBroker) -> None:
+        batch.published_at = time.monotonic()
         self.batches.append(batch)
         lines = len(batch.rows)
         self.lines += lines
@@ -337,6 +413,12 @@ class _LogTopic:
         published, self.published = self.published, None
         if published is not None and not published.done():
             published.set_result(None)
+        if self.waiters:
+            self.delivery_lines += lines
+            if self.delivery_lines >= self.send_lines or self.linger <= 0:
+                self.deliver()
+            else:
+                self.arm(self.waiters[0].get_loop(), batch.published_at + self.linger)
 
     def _drop_first(self, cut_off: bool) -> None:
         batch = self.batches.pop(0)

@@ -12,10 +12,12 @@ How a tail runs (``LogTails.tail``):
    subscription live, and every line published later lands in its buffer. Whatever
    the buffer holds at or below the cursor is dropped: sequence numbers, not the
    absence of an ``await``, make the hand-over from store to buffer exact.
-3. Live, it sends what its buffer holds, lingering up to ``linger`` seconds for more
-   unless a full message is waiting. The tailers of an execution linger together, on
-   one timer of the broker's (a tailer that falls behind thus sends fewer, fuller
-   messages, and a thousand tailers cost no thousand timers).
+3. Live, it sends what its buffer holds once the oldest of those lines was published
+   ``linger`` seconds ago, or at once when ``send_lines`` wait. The tailers of an
+   execution wait together, on one timer of the broker's that wakes each of them once
+   per message (a thousand tailers cost no thousand timers); a tailer that finds lines
+   waiting when it is done sending, because it is behind, sends them at once, in one
+   fuller message.
 4. A buffer that would exceed its bound is emptied by the broker and the tailer goes back
    to reading the store where it left off (catch-up). A tailer that, while catching up,
    is more than ``max_lag_lines`` behind the newest line gets RESOURCE_EXHAUSTED
@@ -29,6 +31,7 @@ cancel, a disconnect or a deadline alike.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -198,16 +201,22 @@ class LogTails:
                         # Drain: one more read of the store, then the end.
                         subscription.live = False
                         continue
-                    await subscription.wait()
-                    continue
-                if (
-                    limits.linger > 0
-                    and subscription.lines < limits.send_lines
-                    and not final
-                ):
-                    await subscription.linger(limits.linger)
-                    if not subscription.live:
+                    # Woken once lines are due (or by an event or a cut-off): send
+                    # them at once, or look again.
+                    await subscription.next_delivery(limits.linger, limits.send_lines)
+                    if not subscription.pending():
                         continue
+                elif limits.linger > 0 and not final and subscription.lines < limits.send_lines:
+                    # Pending already (published while this tailer sent): wait only
+                    # what is left of the oldest line's linger. A tailer that is
+                    # behind sends at once.
+                    since = subscription.oldest_published_at()
+                    if time.monotonic() - since < limits.linger:
+                        await subscription.next_delivery(
+                            limits.linger, limits.send_lines, since=since
+                        )
+                if not subscription.live:
+                    continue
                 out: list[LogBatch] = []
                 for batch in subscription.take():
                     if batch.last_seq <= cursor:
