@@ -30,11 +30,28 @@ for a stopped workflow) while the execution stays STOPPING; STOPPED once its ste
 Only a shutdown or a handler step's own deadline cut the handler short (a STOPPING
 execution takes no second stop). A queued execution goes STOPPED at once.
 
-Crash safety: when a step starts, the runner's state of its handle (a process group
-and its leader's start time, a container id) is written to ``<work dir>/state.json``,
-and its outcome when it ends. :meth:`Executor.recover` reads them after a restart to
-end survivors and tell how the execution ended; as a last resort it asks the runner
-for strays of the execution (processes with its id in their environment).
+Crash safety: ``<work dir>/state.json`` (replaced atomically, fsynced) holds the walk.
+When a step attempt starts, the runner's state of its handle (a process group and its
+leader's start time, a container id, a Ray job) and the attempt's number; when it ends,
+its outcome: exit code, phase, failure (and whether a depends expression handles it),
+its output parameters and result. An attempt that could not start is recorded too.
+Beside the steps: the decisions of steps that ran no process (a false ``when`` or
+``depends``, a refusal), each withParam loop's items once resolved, the exit handler's
+workflow status once it began, a workflow deadline's failure, and when the walk began.
+
+After a restart (``server_restart``) or another replica's lease takeover
+(``replica_lost``, same work dir), :meth:`Executor.recover` reads it. When the runner's
+steps outlive the server (containers, Ray jobs), a RUNNING or STOPPING execution runs
+on from there (:meth:`Executor._resume`): the walk is taken again from the start, each
+recorded decision and ended attempt counting as it was (nothing runs twice, outputs
+feed later steps, a recorded failure halts or retries as it did), each attempt that
+ran is watched again (its log read on after the lines stored), the rest starts as the
+walk reaches it, then the exit handler (on from where it was) and the end; a STOPPING
+one stops what runs, runs its exit handler and ends STOPPED. Otherwise (a local
+process's steps die with the server) survivors are ended and the records tell how the
+execution ended; as a last resort it asks the runner for strays of the execution
+(processes with its id in their environment). What cannot go on keeps its end: a lost
+state file is UNKNOWN, a step whose job the engine lost is UNKNOWN saying so.
 """
 
 from __future__ import annotations
@@ -140,11 +157,15 @@ class _Step:
 
 
 @dataclass(frozen=True, slots=True)
-class _Attached:
-    """A step re-attached after a restart: its runner's handle and its output."""
+class _Resumed:
+    """A step's last attempt as the state file recorded it before a restart: under way
+    (re-attached: its runner's handle and its output) or ended (its outcome in
+    ``record``)."""
 
-    handle: StepHandle
-    output: _Output
+    attempt: int
+    record: dict
+    handle: StepHandle | None = None
+    output: _Output | None = None
 
 
 class _Output:
@@ -220,6 +241,11 @@ class _Run:
     loops: dict[str, tuple[str, ...]] = field(default_factory=dict)  # loop -> its items
     wake: asyncio.Event = field(default_factory=asyncio.Event)  # set when it halts
     token: str = ""  # the steps' credential (TRAINYARD_TOKEN), while it runs
+    # After a restart: the steps the state file says were started, by name, taken by
+    # the walk as it reaches them (finished ones are not run again).
+    resumed: dict[str, _Resumed] = field(default_factory=dict)
+    # After a restart: the stored details of every step, attempts in order, by name.
+    restored: dict[str, list[StepDetail]] = field(default_factory=dict)
 
     @property
     def id(self) -> str:
@@ -230,6 +256,25 @@ class _Run:
         """No new step may start."""
         stopped = self.stopping and not self.handling_stop
         return stopped or self.closing or self.deleted or bool(self.failure)
+
+    @property
+    def walk(self) -> dict:
+        """What state.json holds of the walk besides the steps' records: decisions
+        (``decided``: step -> result, phase, message of a step that ran no process),
+        withParam expansions (``loops``: loop -> its items), the exit handler's
+        workflow status once it began (``handler``), a workflow deadline's failure
+        (``failure``: message, cause) and when the walk began (``started``)."""
+        return self.state.setdefault("walk", {})
+
+    def detail_of(self, name: str) -> StepDetail:
+        """The step's detail as stored before a restart (its earlier attempts into
+        ``attempts``), or a new one."""
+        tries = self.restored.get(name)
+        if not tries:
+            return StepDetail(name)
+        if len(tries) > 1:
+            self.attempts[name] = list(tries[:-1])
+        return tries[-1]
 
     def step_details(self) -> list[StepDetail]:
         """Every step's details in workflow order, earlier attempts first."""
@@ -498,13 +543,13 @@ class Executor(Runtime):
 
     # ---------------------------------------------------------------- one execution
 
-    async def _execute(self, run: _Run, resume: dict[str, _Attached] | None = None) -> None:
+    async def _execute(self, run: _Run, resumed: bool = False) -> None:
         try:
             await self.sink.open(run.id)
-            if resume is None:
-                await self._run_execution(run)
+            if resumed:
+                await self._run_rest(run)
             else:
-                await self._run_rest(run, resume)
+                await self._run_execution(run)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug must not leave the execution RUNNING forever
@@ -539,25 +584,32 @@ class Executor(Runtime):
                 return
         if await self._cut_short(run):
             return
-        await self._run_rest(run, {})
+        # From here on the state file holds the walk: a restart goes on from it.
+        run.walk.update(started=time.time(), decided={}, loops={})
+        await _save_state(run)
+        await self._run_rest(run)
 
-    async def _run_rest(self, run: _Run, attached: dict[str, _Attached]) -> None:
-        """Run the steps not yet run (``attached``: steps running already, re-attached
-        after a restart), the exit handler, then end the execution."""
+    async def _run_rest(self, run: _Run) -> None:
+        """Walk the steps (after a restart: on from where the state file says the walk
+        was, ``run.resumed``), the exit handler, then end the execution."""
         main = [s for s in run.plan.steps if not s.exit_handler]
         timer = None
         if run.plan.deadline is not None:
+            # After a restart the deadline counts from the walk's first start.
+            began = min(time.time(), run.walk.get("started") or time.time())
+            left = max(0.0, run.plan.deadline - (time.time() - began))
             timer = asyncio.get_running_loop().call_later(
-                run.plan.deadline, self._overdue, run, run.plan.deadline
+                left, self._overdue, run, run.plan.deadline
             )
         try:
-            await self._run_steps(run, main, attached)
+            await self._run_steps(run, main)
         finally:
             if timer is not None:
                 timer.cancel()
         handler = [s for s in run.plan.steps if s.exit_handler]
         if handler and not (run.closing or run.deleted):
             await self._run_exit_handler(run, handler)
+        await self._drop_unwalked(run)
         if await self._cut_short(run):
             return
         if run.failure:
@@ -669,6 +721,8 @@ class Executor(Runtime):
         message = f"the workflow ran past its activeDeadlineSeconds ({seconds:g} s)"
         self.sink.system(run.id, message)
         run.failure, run.failure_cause = message, "deadline_exceeded"
+        run.walk["failure"] = [message, "deadline_exceeded"]
+        self._spawn_background(_save_state(run))
         run.wake.set()
         self._terminate(run, message)
 
@@ -676,9 +730,13 @@ class Executor(Runtime):
         """The exit handler runs after the main flow, whatever its outcome (a stop
         included: the execution stays STOPPING meanwhile and ends STOPPED); its own
         failure fails an execution that had succeeded."""
-        status = "Succeeded" if not (run.failure or run.stopping) else "Failed"
+        status = run.walk.get("handler")
+        if status not in ("Succeeded", "Failed"):  # else it began before a restart
+            status = "Succeeded" if not (run.failure or run.stopping) else "Failed"
+            self.sink.system(run.id, f"running the exit handler (workflow status {status})")
+            run.walk["handler"] = status
+            await _save_state(run)
         run.values[WORKFLOW_STATUS] = status
-        self.sink.system(run.id, f"running the exit handler (workflow status {status})")
         failure, cause = run.failure, run.failure_cause
         run.failure = ""
         run.handling_stop = run.stopping
@@ -690,34 +748,32 @@ class Executor(Runtime):
         if failure:
             run.failure, run.failure_cause = failure, cause
 
-    async def _run_steps(
-        self, run: _Run, steps: list[PlannedStep], attached: dict[str, _Attached] | None = None
-    ) -> None:
+    async def _run_steps(self, run: _Run, steps: list[PlannedStep]) -> None:
         """Start every step once the steps it waits for ended and its conditions hold,
-        until none is left to start. ``attached``: steps re-attached after a restart,
-        watched to their end; the state file's succeeded steps count as done then."""
+        until none is left to start. After a restart, a step the walk had decided or
+        started before is taken as the state file recorded it (a halted walk too goes
+        on through those): its decision again, its running attempt watched again, its
+        ended attempt's outcome, and the retries of its retryStrategy from there."""
         pending = list(steps)
         tasks: dict[asyncio.Task, PlannedStep] = {}
-        if attached:
-            for name, record in run.state.get("steps", {}).items():
-                if record.get("phase") == str(StepPhase.SUCCEEDED):
-                    run.results[name] = "Succeeded"
-            for step in list(pending):
-                if step.name in run.results:
-                    pending.remove(step)
-                elif step.name in attached:
-                    pending.remove(step)
-                    task = self._run_step(run, step, attached[step.name])
-                    tasks[asyncio.create_task(task)] = step
+        decided = run.walk.get("decided") or {}
         while True:
             progressed = True
-            while progressed and not run.halted:
+            while progressed:
                 progressed = False
                 _gather_loops(run)
                 for step in [s for s in pending if s.after <= run.results.keys()]:
+                    replayed = step.name in decided or step.name in run.resumed or (
+                        bool(step.loop) and step.name in (run.walk.get("loops") or {})
+                    )
+                    if run.halted and not replayed:
+                        continue
                     pending.remove(step)
                     progressed = True
-                    why = await self._decide(run, step)
+                    if step.name in decided:
+                        self._replay_decision(run, step, decided[step.name])
+                        continue
+                    why = None if replayed else await self._decide(run, step)
                     if why is None:
                         run_it = self._run_loop if step.loop else self._run_step
                         tasks[asyncio.create_task(run_it(run, step))] = step
@@ -766,29 +822,62 @@ class Executor(Runtime):
         run.results[detail.name] = result
         _ended(detail, StepPhase.SKIPPED, why)
         self.sink.system(run.id, f"step {detail.name} {why}", step=detail.name)
+        await self._decided(run, detail, result)
         await self._step_changed(run, detail)
         return why
 
+    async def _decided(self, run: _Run, detail: StepDetail, result: str) -> None:
+        """Record in the state file how the walk decided a step that runs no process."""
+        if "decided" in run.walk:
+            run.walk["decided"][detail.name] = {
+                "result": result,
+                "phase": str(detail.phase),
+                "message": detail.message,
+            }
+            await _save_state(run)
+
+    def _replay_decision(self, run: _Run, step: PlannedStep, decision: dict) -> None:
+        """A decision recorded before a restart, taken again (no log line twice)."""
+        result = str(decision.get("result") or "Skipped")
+        run.results[step.name] = result
+        detail = run.details[step.name]
+        if detail.phase in (StepPhase.PENDING, StepPhase.RUNNING):
+            phase = _phase(decision.get("phase")) or StepPhase.SKIPPED
+            _ended(detail, phase, str(decision.get("message") or ""))
+        if result == "Errored":
+            self._halt(run, str(decision.get("message") or ""), step.name, quiet=True)
+
     async def _run_loop(self, run: _Run, step: PlannedStep) -> None:
         """A withParam loop over a list known now: one step per item, run like the
-        steps of a group; the loop's result is theirs."""
-        try:
-            text = resolve_late(step.loop, run.values, f"step {step.name}: withParam")
-            items = json.loads(text)
-            if not isinstance(items, list):
-                raise ValueError(f"{text!r} is not a JSON list")
-            if len(items) > MAX_ITEMS:
-                raise ValueError(f"more than {MAX_ITEMS} items")
-        except (PlanError, ValueError) as exc:
-            await self._refuse_start(run, step, f"withParam: {exc}")
-            return
+        steps of a group; the loop's result is theirs. After a restart, the items are
+        those the state file recorded."""
+        loops = run.walk.get("loops")
+        items = None if loops is None else loops.get(step.name)
+        replayed = isinstance(items, list)
+        if not replayed:
+            try:
+                text = resolve_late(step.loop, run.values, f"step {step.name}: withParam")
+                items = json.loads(text)
+                if not isinstance(items, list):
+                    raise ValueError(f"{text!r} is not a JSON list")
+                if len(items) > MAX_ITEMS:
+                    raise ValueError(f"more than {MAX_ITEMS} items")
+            except (PlanError, ValueError) as exc:
+                await self._refuse_start(run, step, f"withParam: {exc}")
+                return
+            if loops is not None:
+                loops[step.name] = items
+                await _save_state(run)
+        else:
+            text = json.dumps(items)
         expanded = [loop_item(step, i, item, run.work_dir) for i, item in enumerate(items)]
         names = [s.name for s in expanded]
         if not expanded:
             why = f"skipped: withParam {text!r} gives no items"
             run.results[step.name] = "Skipped"
             _ended(run.details[step.name], StepPhase.SKIPPED, why)
-            self.sink.system(run.id, f"step {step.name} {why}", step=step.name)
+            if not replayed:
+                self.sink.system(run.id, f"step {step.name} {why}", step=step.name)
             await self._step_changed(run, run.details[step.name])
             return
         if len(set(names)) != len(names) or any(n in run.details for n in names):
@@ -800,12 +889,14 @@ class Executor(Runtime):
             if name != step.name:
                 details[name] = detail
             else:
-                details.update((n, StepDetail(n)) for n in names)
+                details.update((n, run.detail_of(n)) for n in names)
         run.details = details
         run.plan.steps[run.plan.steps.index(step) : run.plan.steps.index(step) + 1] = expanded
-        self.sink.system(
-            run.id, f"step {step.name}: withParam gives {len(items)} items: {_steps_list(names)}"
-        )
+        if not replayed:
+            self.sink.system(
+                run.id,
+                f"step {step.name}: withParam gives {len(items)} items: {_steps_list(names)}",
+            )
         for item in run.plan.collect:  # an output artifact: the last item's
             if item.step == step.name:
                 last = expanded[-1]
@@ -829,20 +920,31 @@ class Executor(Runtime):
         message = f"step {step.name}: {why}"
         run.results[step.name] = "Errored"
         await self._fail(run, step, None, message)
+        await self._decided(run, run.details[step.name], "Errored")
         self._halt(run, message, step.name)
         return message
 
-    async def _run_step(
-        self, run: _Run, step: PlannedStep, attached: _Attached | None = None
-    ) -> bool:
+    async def _run_step(self, run: _Run, step: PlannedStep) -> bool:
         """Run one step to its end, with the retries of its retryStrategy; True when it
-        succeeded. Its result is in ``run.results`` then."""
+        succeeded. Its result is in ``run.results`` then. After a restart it goes on
+        from the attempt the state file recorded (watched again, or its outcome)."""
         retry = step.retry
-        first_start = asyncio.get_running_loop().time()
-        attempt = run.details[step.name].attempt or 1 if attached else 1
+        resumed = run.resumed.pop(step.name, None)
+        first_start = time.time()
+        attempt = 1
+        if resumed is not None:
+            attempt = resumed.attempt
+            since = resumed.record.get("since")
+            if isinstance(since, (int, float)):
+                first_start = min(first_start, since)
         while True:
-            ok, failure, errored = await self._attempt(run, step, attempt, attached)
-            attached = None
+            if resumed is not None and resumed.handle is None:
+                ok, failure, errored = await self._replay_attempt(
+                    run, step, attempt, resumed.record
+                )
+            else:
+                ok, failure, errored = await self._attempt(run, step, attempt, resumed)
+            replayed, resumed = resumed is not None and resumed.handle is None, None
             if ok or not failure:  # succeeded, or stopped
                 run.results[step.name] = "Succeeded" if ok else "Stopped"
                 return ok
@@ -853,7 +955,7 @@ class Executor(Runtime):
                 or (retry.policy in ("OnError", "OnTransientError") and errored)
             )
             delay = retry.delay(attempt) if retry is not None else 0.0
-            elapsed = asyncio.get_running_loop().time() - first_start
+            elapsed = time.time() - first_start
             if (
                 not wanted
                 or attempt > retry.limit
@@ -863,7 +965,7 @@ class Executor(Runtime):
                 if retry is not None and attempt > 1:
                     failure = f"{failure} (attempt {attempt} of {retry.limit + 1})"
                 run.results[step.name] = kind
-                self._halt(run, failure, step.name)
+                self._halt(run, failure, step.name, quiet=replayed)
                 return False
             detail = run.details[step.name]
             run.attempts.setdefault(step.name, []).append(detail)
@@ -894,7 +996,7 @@ class Executor(Runtime):
                 return False
 
     async def _attempt(
-        self, run: _Run, step: PlannedStep, attempt: int, attached: _Attached | None = None
+        self, run: _Run, step: PlannedStep, attempt: int, attached: _Resumed | None = None
     ) -> tuple[bool, str, bool]:
         """One try of a step: (succeeded, why it failed or "" when it was stopped or
         did not start because the execution ends, whether it could not start).
@@ -902,12 +1004,16 @@ class Executor(Runtime):
         detail = run.details[step.name]
         if step.exit_handler:  # the failures so far, the handler's own steps' included
             run.values[WORKFLOW_FAILURES] = failures_value(_failures(run))
+        previous = run.state["steps"].get(step.name) or {}
+        since = previous.get("since") if attempt > 1 else None
+        since = since if isinstance(since, (int, float)) else time.time()
         try:
             step = _resolved(step, run.values)
         except PlanError as exc:
             await self._fail(run, step, None, str(exc))
+            await self._errored(run, step, attempt, since, str(exc))
             return False, str(exc), True
-        if attached is not None:
+        if attached is not None and attached.handle is not None:
             run.ran_by[(step.name, attempt)] = attached.handle.where
             started = _Step(step.name, attached.handle)
             run.processes[step.name] = started
@@ -917,6 +1023,7 @@ class Executor(Runtime):
         except StagingError as exc:
             message = f"step {step.name}: {exc}"
             await self._fail(run, step, None, message)
+            await self._errored(run, step, attempt, since, message)
             return False, message, True
         launch = dataclasses.replace(self._launch_of(run, step), attempt=attempt)
         if not await self._admitted(run, launch, detail) or run.halted:
@@ -935,6 +1042,7 @@ class Executor(Runtime):
             handle = await self.runner.start(launch, output)
         except StepStartError as exc:
             await self._fail(run, step, None, str(exc))
+            await self._errored(run, step, attempt, since, str(exc))
             return False, str(exc), True
         run.ran_by[(step.name, attempt)] = handle.where
         started = _Step(step.name, handle)
@@ -944,6 +1052,8 @@ class Executor(Runtime):
             "where": handle.where,
             "started_at": _now().isoformat(),
             "exit_code": None,
+            "attempt": attempt,
+            "since": since,  # when its first attempt began (retryStrategy maxDuration)
         }
         await _save_state(run)
         detail.phase, detail.started_at = StepPhase.RUNNING, _now()
@@ -964,6 +1074,57 @@ class Executor(Runtime):
                 log.warning("not moved to RUNNING", execution_id=run.id, error=str(exc))
         await self._step_changed(run, detail)
         return await self._watch(run, step, started, output)
+
+    async def _errored(
+        self, run: _Run, step: PlannedStep, attempt: int, since: float, message: str
+    ) -> None:
+        """Record in the state file an attempt that could not start (no process)."""
+        run.state["steps"][step.name] = {
+            "exit_code": None,
+            "ended": True,
+            "errored": True,
+            "phase": str(StepPhase.FAILED),
+            "failure": message,
+            "message": run.details[step.name].message,
+            "attempt": attempt,
+            "since": since,
+            **({"handled": True} if step.name in run.plan.handled else {}),
+        }
+        await _save_state(run)
+
+    async def _replay_attempt(
+        self, run: _Run, step: PlannedStep, attempt: int, record: dict
+    ) -> tuple[bool, str, bool]:
+        """An attempt that had ended before a restart, as the state file recorded it
+        (what :meth:`_attempt` returns): its outputs and its detail again, no process."""
+        detail = run.details[step.name]
+        if isinstance(record.get("where"), str) and record["where"]:
+            run.ran_by[(step.name, attempt)] = record["where"]
+        phase = _phase(record.get("phase"))
+        code = record.get("exit_code")
+        code = code if isinstance(code, int) else None
+        message = str(record.get("message") or "")
+        open_ = detail.phase in (StepPhase.PENDING, StepPhase.RUNNING)
+        if phase == StepPhase.SUCCEEDED:
+            values = record.get("parameters")
+            if not isinstance(values, dict):  # a record of an older server
+                values, _ = await asyncio.to_thread(_read_parameters, step)
+            for name, value in values.items():
+                run.values[late_key(step.name, f"parameters.{name}")] = str(value)
+            if step.keeps_result:
+                run.values[late_key(step.name, "result")] = str(record.get("result") or "")
+            if open_:
+                _ended(detail, StepPhase.SUCCEEDED, message, code)
+                detail.output_parameters = {k: str(v) for k, v in values.items()}
+            return True, "", False
+        if phase == StepPhase.STOPPED:
+            if open_:
+                _ended(detail, StepPhase.STOPPED, message, code)
+            return False, "", False
+        failure = str(record.get("failure") or f"step {step.name} exited with code {code}")
+        if open_:
+            _ended(detail, StepPhase.FAILED, message or failure, code)
+        return False, failure, bool(record.get("errored"))
 
     async def _watch(
         self, run: _Run, step: PlannedStep, started: _Step, output: _Output
@@ -1101,14 +1262,18 @@ class Executor(Runtime):
             else:
                 for name, value in detail.output_parameters.items():
                     run.values[late_key(step.name, f"parameters.{name}")] = value
+                record["parameters"] = dict(detail.output_parameters)
                 if step.keeps_result:
-                    run.values[late_key(step.name, "result")] = output.result()
+                    run.values[late_key(step.name, "result")] = record["result"] = (
+                        output.result()
+                    )
                 _ended(detail, StepPhase.SUCCEEDED, self._image_note(step), code)
                 record["phase"] = str(StepPhase.SUCCEEDED)
         if failure:
             record.update(phase=str(StepPhase.FAILED), failure=failure)
             if step.name in run.plan.handled:
                 record["handled"] = True
+        record["message"] = detail.message
         await _save_state(run)
         await self._step_changed(run, detail)
         return not failure and not started.signalled, failure, False
@@ -1126,11 +1291,13 @@ class Executor(Runtime):
         _ended(detail, StepPhase.FAILED, message, code)
         await self._step_changed(run, detail)
 
-    def _halt(self, run: _Run, message: str, step: str) -> None:
+    def _halt(self, run: _Run, message: str, step: str, quiet: bool = False) -> None:
         """The first failure decides the status message; running siblings end. A
-        failure that a depends expression handles (``X.Failed``) ends nothing."""
+        failure that a depends expression handles (``X.Failed``) ends nothing.
+        ``quiet``: a failure taken again from the state file after a restart."""
         if step in run.plan.handled:
-            self.sink.system(run.id, f"step {step} failed; a depends expression handles it")
+            if not quiet:
+                self.sink.system(run.id, f"step {step} failed; a depends expression handles it")
             return
         if run.failure or (run.stopping and not run.handling_stop):
             return
@@ -1358,7 +1525,7 @@ class Executor(Runtime):
         records = state["steps"] if state else {}
         if (
             state is not None
-            and execution.status == Status.RUNNING
+            and execution.status in (Status.RUNNING, Status.STOPPING)
             and await self._resume(execution, lease, work_dir, state, strays, what, cause)
         ):
             return
@@ -1366,7 +1533,7 @@ class Executor(Runtime):
         lost: list[str] = []  # steps that ended while no server watched them
         survivors: list[dict] = []  # the runner's states of their handles
         for name, record in records.items():
-            if record.get("exit_code") is not None:
+            if not _under_way(record):
                 continue
             handle = _handle_state(record)
             if await self.runner.alive(handle):
@@ -1475,51 +1642,77 @@ class Executor(Runtime):
         what: str,
         cause: str = "server_restart",
     ) -> bool:
-        """Re-attach the steps of a running execution that outlive the server (their
-        runner can: containers) and run it on from there. False, with nothing done,
-        when no step could be re-attached or the execution cannot go on."""
+        """Run a RUNNING or STOPPING execution on from where the state file says its
+        walk was, when its steps outlive the server (their runner re-attaches: a
+        container, a Ray job): the steps running then are watched again, the ended ones
+        count as they ended (outputs, failures, retries), the others start as the walk
+        reaches them, then the exit handler (on from where it was) and the end; a
+        STOPPING one finishes its stop. False, with nothing done, when it cannot go on
+        (the runner's steps die with the server, the walk had not begun, a step's
+        process is gone)."""
+        if not self.runner.outlives_server or not isinstance(state.get("walk"), dict):
+            return False
         records = state["steps"]
-        if any(r.get("failure") or r.get("phase") == str(StepPhase.STOPPED)
-               for r in records.values()):
-            return False
-        running = {n: r for n, r in records.items() if r.get("exit_code") is None}
-        if not running:
-            return False
         run = _Run(execution, work_dir, lease=lease)
         run.state = state
         run.running = True
+        run.stopping = execution.status == Status.STOPPING
         try:
             run.plan = await self._plan(execution, work_dir)
         except (PlanError, DomainError):
             return False
+        steps = {s.name: s for s in run.plan.steps}
+        walk = run.walk
+        for key in ("decided", "loops"):
+            if not isinstance(walk.get(key), dict):
+                walk[key] = {}
+        failure = walk.get("failure")
+        if isinstance(failure, list) and len(failure) == 2:
+            run.failure, run.failure_cause = str(failure[0]), str(failure[1])
+        run.restored = _restored_details(execution.step_details, records)
+        run.details = {n: run.detail_of(n) for n in run.plan.names}
+        attached: dict[str, _Resumed] = {}
+        for name, record in records.items():
+            if not isinstance(record, dict):
+                return False
+            attempt = record.get("attempt")
+            if not isinstance(attempt, int) or attempt < 1:
+                attempt = run.restored[name][-1].attempt or 1
+            if not _under_way(record):
+                run.resumed[name] = _Resumed(attempt, record)
+                continue
+            keep = steps[name].keeps_result if name in steps else any(
+                s.keeps_result  # an item of a withParam loop
+                for s in steps.values()
+                if s.loop and name.startswith(f"{s.name}(")
+            )
+            stored, kept = await self._lines_stored(execution.id, name, keep)
+            output = _Output(self.sink, execution.id, name, keep=keep)
+            if output.kept is not None:
+                output.kept, output.kept_size = kept, sum(len(t) + 1 for t in kept)
+            try:
+                handle = await self.runner.reattach(_handle_state(record), output, stored)
+            except StepGone as exc:
+                await self._let_go(attached)
+                await self._end_unknown(execution, lease, what, cause, f"step {name}: {exc}")
+                return True
+            if handle is None:  # the recovery that follows ends what still runs
+                return False
+            attached[name] = run.resumed[name] = _Resumed(attempt, record, handle, output)
+            detail = run.details.get(name)
+            if detail is not None and detail.phase == StepPhase.PENDING:
+                detail.phase = StepPhase.RUNNING
+                detail.started_at = _parse_time(record.get("started_at")) or _now()
         if self.credentials is not None:  # for the steps that start from now on
             run.token = self.credentials.issue(
                 execution.id, execution.resource_group, execution.configuration_id
             )
-        steps = {s.name: s for s in run.plan.steps}
-        if not set(records) <= set(steps) or any(s.loop or s.exit_handler for s in steps.values()):
-            return False  # loops and exit handlers are not re-entered (yet)
-        attached: dict[str, _Attached] = {}
-        for name, record in running.items():
-            stored = await self._lines_stored(execution.id, name)
-            output = _Output(self.sink, execution.id, name, keep=steps[name].keeps_result)
-            try:
-                handle = await self.runner.reattach(_handle_state(record), output, stored)
-            except StepGone as exc:
-                for item in attached.values():
-                    item.handle.stop(self.stop_grace)
-                await asyncio.gather(
-                    *(a.handle.wait() for a in attached.values()), return_exceptions=True
-                )
-                await self._end_unknown(execution, lease, what, cause, f"step {name}: {exc}")
-                return True
-            if handle is None:
-                return False
-            attached[name] = _Attached(handle, output)
-        stored_details = {d.name: d for d in execution.step_details}
-        run.details = {n: stored_details.get(n) or StepDetail(n) for n in run.plan.names}
         kept = {
-            v for a in attached.values() for v in a.handle.state.values() if isinstance(v, str)
+            v
+            for a in attached.values()
+            if a.handle is not None
+            for v in a.handle.state.values()
+            if isinstance(v, str)
         }
         leftovers = [s for s in strays if s not in kept]
         if leftovers:
@@ -1531,13 +1724,45 @@ class Executor(Runtime):
                 f"{what}: step {name} still runs ({item.handle.where}); watching it again",
                 step=name,
             )
+        ended = sorted(n for n, r in run.resumed.items() if r.handle is None)
+        if ended or walk["decided"]:
+            done = sorted({*ended, *walk["decided"]})
+            self.sink.system(
+                execution.id, f"{what}: going on after {_steps_list(done)}, not run again"
+            )
         self._runs[execution.id] = run
         run.task = asyncio.create_task(
-            self._execute(run, attached), name=f"execution-{execution.id}"
+            self._execute(run, resumed=True), name=f"execution-{execution.id}"
         )
         run.task.add_done_callback(partial(self._run_done, run))
-        log.info("execution re-attached", execution_id=execution.id, steps=sorted(attached))
+        log.info(
+            "execution resumed",
+            execution_id=execution.id,
+            watched=sorted(attached),
+            ended=ended,
+            stopping=run.stopping,
+        )
         return True
+
+    async def _let_go(self, attached: dict[str, _Resumed]) -> None:
+        """Stop re-attached steps the execution will not watch, and await their end."""
+        handles = [a.handle for a in attached.values() if a.handle is not None]
+        for handle in handles:
+            handle.stop(self.stop_grace)
+        await asyncio.gather(*(h.wait() for h in handles), return_exceptions=True)
+
+    async def _drop_unwalked(self, run: _Run) -> None:
+        """Steps re-attached after a restart that the walk did not reach (it ended
+        first): stopped, and awaited."""
+        left = {n: r for n, r in run.resumed.items() if r.handle is not None}
+        run.resumed.clear()
+        if left and not run.closing:  # a shutdown leaves them to the next start
+            for name in left:
+                self.sink.system(
+                    run.id, f"step {name} is not part of the walk any more: stopping it",
+                    step=name,
+                )
+            await self._let_go(left)
 
     async def _end_unknown(
         self, execution: Execution, lease: Lease, what: str, cause: str, why: str
@@ -1569,9 +1794,12 @@ class Executor(Runtime):
             log.warning("execution not reconciled", execution_id=eid, error=str(exc))
         self.sink.forget(eid)
 
-    async def _lines_stored(self, execution_id: str, step: str) -> int:
-        """How many stdout and stderr lines of the step the log store holds."""
-        count, after = 0, 0
+    async def _lines_stored(
+        self, execution_id: str, step: str, keep: bool = False
+    ) -> tuple[int, list[str]]:
+        """How many stdout and stderr lines of the step the log store holds, and (with
+        ``keep``) its standard output's first lines, up to RESULT_LIMIT."""
+        count, after, kept, size = 0, 0, [], 0
         while True:
             lines = await self.plane.store.read_logs(
                 execution_id,
@@ -1581,8 +1809,14 @@ class Executor(Runtime):
                 streams=[LogStream.STDOUT, LogStream.STDERR],
             )
             count += len(lines)
+            if keep:
+                for line in lines:
+                    if line.stream == LogStream.STDOUT:
+                        size += len(line.text) + 1
+                        if size <= RESULT_LIMIT:
+                            kept.append(line.text)
             if len(lines) < 5000:
-                return count
+                return count, kept
             after = lines[-1].seq
 
     async def _complete_after_restart(
@@ -1773,6 +2007,40 @@ def _file_name(step: str) -> str:
     if safe == step:
         return step
     return f"{safe[:60]}-{hashlib.sha256(step.encode()).hexdigest()[:8]}"
+
+
+def _under_way(record: dict) -> bool:
+    """Whether the state file's record is of an attempt whose process may still run."""
+    return record.get("exit_code") is None and not record.get("ended")
+
+
+def _parse_time(value: object) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def _restored_details(
+    stored: list[StepDetail], records: dict[str, dict]
+) -> dict[str, list[StepDetail]]:
+    """The stored details of every step by name, attempts in order, brought in line
+    with the state file's records (which are ahead of the database when the server
+    died between a step's start and its report; behind when it died between a retry's
+    announcement and its start: that announced attempt is announced again)."""
+    tries: dict[str, list[StepDetail]] = {}
+    for detail in stored:
+        tries.setdefault(detail.name, []).append(detail)
+    for name, record in records.items():
+        found = tries.setdefault(name, [StepDetail(name)])
+        attempt = record.get("attempt") if isinstance(record, dict) else None
+        if not isinstance(attempt, int) or attempt < 1:
+            continue
+        while len(found) > 1 and (found[-1].attempt or 1) > attempt:
+            found.pop()
+        if (found[-1].attempt or 1) < attempt:
+            found.append(StepDetail(name, attempt=attempt))
+    return tries
 
 
 def _handle_state(record: dict) -> dict:
