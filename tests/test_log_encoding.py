@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.api.logs import MESSAGE_LINES, encode_rows, tail_messages
+from server.api.logs import MESSAGE_LINES, _encode_runs, cursor_field, encode_rows, tail_messages
 from server.streams.broker import LogBatch
 from trainyard.v1 import log_service_pb2 as lpb
 
@@ -70,3 +70,45 @@ ROW = st.tuples(
 @given(st.lists(ROW, min_size=1, max_size=30))
 def test_the_encoding_is_the_bytes_the_protobuf_library_makes(rows):
     assert encode_rows(rows)[0][2] == library_encoding(rows)
+
+
+# Runs of consecutive lines sharing time, step and stream, as the sink and the store
+# give them (the encoder's fast path), from sequence numbers around each varint size.
+STARTS = st.sampled_from([1, 100, 121, 16_000, 16_380, 2**21 - 300, 2**28 - 200, 2**35])
+RUN = st.tuples(
+    st.integers(1, 300),  # lines
+    st.one_of(st.just(1_700_000_000_000_000), st.integers(0, 2**52)),
+    st.sampled_from(["", "train", "évaluer"]),
+    st.sampled_from([0, 1, 2, 3]),
+)
+TEXT = st.one_of(
+    st.just("x" * 100),
+    st.just(""),
+    st.text(max_size=30),
+    st.sampled_from(["y" * 4095, "z" * 4096, "é" * 2048]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(STARTS, st.lists(RUN, min_size=1, max_size=6), st.randoms(use_true_random=False), TEXT)
+def test_runs_of_consecutive_lines_encode_as_the_library_does(first, runs, random, text):
+    rows, seq = [], first
+    for count, at_us, step, code in runs:
+        for _ in range(count):
+            line = text if random.random() < 0.5 else f"line {seq}"
+            rows.append(("e1", seq, at_us, step, code, line))
+            seq += 1
+    start = 0
+    for count, _, data in encode_rows(rows):  # segments of at most MESSAGE_BYTES
+        assert data == library_encoding(rows[start : start + count])
+        start += count
+    assert start == len(rows)
+
+
+def test_the_sinks_batches_take_the_fast_path():
+    start_us = 1_700_000_000_123_456
+    rows = [
+        ("e1", seq, start_us + seq // 648, "train", 1, "x" * 100) for seq in range(1, 5001)
+    ]
+    assert _encode_runs(rows) is not None
+    assert b"".join(_encode_runs(rows)) + cursor_field(5000) == library_encoding(rows)

@@ -9,8 +9,10 @@ The service is registered with a response serializer that passes such bytes thro
 from __future__ import annotations
 
 import contextlib
+import functools
 from bisect import bisect_right
-from itertools import accumulate, repeat
+from collections.abc import Sequence
+from itertools import accumulate, groupby, repeat
 from operator import add, itemgetter
 
 import grpc
@@ -119,6 +121,95 @@ def encode_rows(rows: list[LogRow]) -> list[tuple[int, int, bytes]]:
     return segments
 
 
+# The fast path of _encode: lines of consecutive sequence numbers, in runs that share
+# their time, step and stream (what one read of a step's pipe gives, and what the store
+# gives back), with texts under _FAST_TEXT bytes. Each run is encoded with a handful of
+# C-level passes over its lines (map, zip, join, slices of tables made here) instead of
+# Python code per line.
+_FAST_TEXT = 4096
+_FAST_RUN = 8  # fewer lines than this a run on average: the loop below is quicker
+_RUN_KEY = itemgetter(2, 3, 4)  # time, step, stream code of a LogRow
+_SEQ, _AT, _STEP, _CODE = itemgetter(1), itemgetter(2), itemgetter(3), itemgetter(4)
+# The text field (tag and size) by text length; an empty text is left out.
+_TEXT_HEADS = (b"",) + tuple(_TEXT_TAG + _varint(n) for n in range(1, _FAST_TEXT))
+_TEXT_FIELD_BYTES = tuple(len(head) + n for n, head in enumerate(_TEXT_HEADS))
+# The sequence field of 1-127: tag and one byte; of larger numbers, the tag and the
+# first byte of the varint (by seq % 128) here, the rest (varint(seq >> 7)) per block
+# of 128 numbers. Repeated so that a slice gives a run's first bytes in order.
+_SEQ_SMALL = tuple(_SEQUENCE_TAG + _varint(n) for n in range(128))
+_SEQ_LOW = tuple(_SEQUENCE_TAG + bytes(((n & 0x7F) | 0x80,)) for n in range(128))
+_SEQ_LOWS = _SEQ_LOW * (MESSAGE_LINES // 128 + 2)
+
+
+@functools.lru_cache(maxsize=16)
+def _line_heads(fixed: int) -> tuple[bytes, ...]:
+    """The ``lines`` tag and size of a line whose fields other than its text take
+    ``fixed`` bytes, by text length (under _FAST_TEXT)."""
+    return tuple(_LINES_TAG + _varint(fixed + size) for size in _TEXT_FIELD_BYTES)
+
+
+def _seq_pieces(first: int, count: int) -> tuple[Sequence[bytes], Sequence[bytes], int]:
+    """The sequence fields of ``first .. first + count - 1``, all of one size (the
+    caller makes sure), as two pieces a line, and that size."""
+    last = first + count - 1
+    if last < 128:
+        return _SEQ_SMALL[first : last + 1], (b"",) * count, 2
+    start = first & 0x7F
+    lows = _SEQ_LOWS[start : start + count]
+    rests: list[bytes] = []
+    begin, end = first >> 7, last >> 7
+    rests.extend(repeat(_varint(begin), min(count, 128 - start)))
+    for block in range(begin + 1, end + 1):
+        rests.extend(repeat(_varint(block), 128 if block < end else (last & 0x7F) + 1))
+    return lows, rests, 2 + len(rests[0])
+
+
+def _encode_runs(rows: list[LogRow]) -> list[bytes] | None:
+    """The fast path of _encode: the pieces of the lines' bytes, in order (no cursor),
+    or None when the rows are not of its kind."""
+    total = len(rows)
+    first = rows[0][1]
+    if total > MESSAGE_LINES or first < 1 or list(map(_SEQ, rows)) != list(
+        range(first, first + total)
+    ):
+        return None
+    steps = list(map(_STEP, rows))
+    codes = list(map(_CODE, rows))
+    if steps.count(steps[0]) == total and codes.count(codes[0]) == total:
+        runs = [len(list(group)) for _, group in groupby(map(_AT, rows))]
+    else:
+        runs = [len(list(group)) for _, group in groupby(map(_RUN_KEY, rows))]
+    if len(runs) * _FAST_RUN > total:
+        return None
+    texts = list(map(str.encode, map(_TEXT, rows)))
+    lengths = list(map(len, texts))
+    if max(lengths) >= _FAST_TEXT:
+        return None
+    # Six pieces a line: its tag and size, the sequence field (two pieces), the
+    # shared fields, the text's tag and size, the text.
+    parts: list[bytes] = [b""] * (6 * total)
+    parts[4::6] = map(_TEXT_HEADS.__getitem__, lengths)
+    parts[5::6] = texts
+    start = 0
+    for run in runs:
+        _, seq, at_us, step, code, _ = rows[start]
+        shared = _shared_fields(at_us, step, code)
+        while run:
+            # Up to where the sequence field grows by a byte (128, 16384, ...).
+            count = min(run, (1 << 7 * len(_varint(seq))) - seq)
+            lows, rests, seq_bytes = _seq_pieces(seq, count)
+            heads = _line_heads(seq_bytes + len(shared))
+            at, end = 6 * start, 6 * (start + count)
+            parts[at:end:6] = map(heads.__getitem__, lengths[start : start + count])
+            parts[at + 1 : end : 6] = lows
+            parts[at + 2 : end : 6] = rests
+            parts[at + 3 : end : 6] = (shared,) * count
+            start += count
+            seq += count
+            run -= count
+    return parts
+
+
 def _encode(rows: list[LogRow]) -> bytes:
     """The rows as one TailLogsResponse, its cursor the last row's sequence number.
 
@@ -128,7 +219,13 @@ def _encode(rows: list[LogRow]) -> bytes:
     sets each line's five fields and its timestamp's two one call at a time, while the
     lines of one pipe read share their time, step and stream, which are encoded once
     here, and the varints of the sizes are looked up. Measured alternately in one
-    process: 600-870 ns a line against 1,180-1,750 ns with the library."""
+    process: 600-870 ns a line against 1,180-1,750 ns with the library; the fast path
+    (_encode_runs), for the runs of consecutive lines the sink and the store give,
+    about half that again."""
+    fast = _encode_runs(rows)
+    if fast is not None:
+        fast.append(_CURSOR_TAG + _varint(rows[-1][1]))
+        return b"".join(fast)
     parts: list[bytes] = []
     append = parts.append
     join = b"".join
