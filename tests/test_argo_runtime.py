@@ -639,3 +639,16 @@ def test_workflow_failures_is_null_after_a_success_and_refused_outside_the_handl
     assert "{{workflow.failures}} has a value in the exit handler only" in (
         execution.status_message
     )
+
+
+@pytest.mark.parametrize(("code", "ran"), [("exit 1", "SUCCEEDED"), ("true", "SKIPPED")])
+def test_an_exit_handler_step_runs_when_workflow_failures_says_a_step_failed(
+    runner, code, ran
+):
+    handler = steps("bye", [("alert", "alert")])
+    handler["steps"][0][0]["when"] = "{{workflow.failures}} != null"
+    execution = run(
+        runner, "alerts", [sh("main", code), handler, sh("alert", "echo failed")],
+        onExit="bye",
+    )
+    assert phases(execution)[-1] == ("onExit.alert", ran), execution.status_message

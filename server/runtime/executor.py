@@ -798,6 +798,8 @@ class Executor(Runtime):
         when a condition is false, FAILED when one cannot be decided) and why is
         returned."""
         detail = run.details[step.name]
+        if step.exit_handler:  # its when may read the failures so far
+            run.values[WORKFLOW_FAILURES] = failures_value(_failures(run))
         for requirement in step.requires:
             try:
                 holds = requirement.expression.evaluate(partial(_task_result, run, requirement))
