@@ -88,3 +88,41 @@ def test_the_cache_keeps_the_most_recently_read_and_no_more():
     responses.discard("b")
     responses.discard("missing")
     assert list(responses.items) == ["d", "e"]
+
+
+def test_reads_asked_for_together_are_read_in_one_hand_off_each_with_its_own_answer(
+    server, stubs
+):
+    """Uncached reads of executions asked for in the same turn of the loop are read by
+    one store call; an execution missing, or of another group, is NotFound for its
+    caller alone."""
+    from server.domain.errors import NotFound
+
+    ids = [make_execution(stubs) for _ in range(5)]
+    other_group = make_execution(stubs, group="elsewhere")
+    store = server.plane.store
+    groups: list[int] = []
+    read_many = store.sync.executions_with_context
+
+    def counted(keys):
+        groups.append(len(keys))
+        return read_many(keys)
+
+    async def read_all():
+        import asyncio
+
+        store.sync.executions_with_context = counted
+        try:
+            keys = [("default", i) for i in ids]
+            keys += [("default", other_group), ("default", "0" * 20)]
+            return await asyncio.gather(
+                *(store.execution_with_context(g, i) for g, i in keys), return_exceptions=True
+            )
+        finally:
+            del store.sync.executions_with_context
+
+    results = server.call(read_all())
+    assert groups == [7]
+    assert [r[0].id for r in results[:5]] == ids
+    assert all(len(r[0].history) == 1 and r[2] for r in results[:5])  # history, config name
+    assert all(isinstance(r, NotFound) for r in results[5:])

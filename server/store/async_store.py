@@ -16,6 +16,8 @@ how a read that raced with a write is kept out of it.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -24,6 +26,9 @@ from server.domain.models import Artifact, Configuration, Executable, Execution
 from server.store.metrics import MetricStore as SyncMetricStore
 from server.store.repository import Store as SyncStore
 from server.store.workers import StoreWorkers, storage_fault
+
+# Reads of executions (GetExecution's) handed to a reader together, at most.
+MAX_READ_GROUP = 256
 
 
 def _reader(method: Callable[..., Any]):
@@ -66,6 +71,9 @@ class AsyncStore:
         self._on_written: list[Callable[[str], None]] = []
         self._on_written_here: list[Callable[[str], None]] = []
         self._on_unheard: list[Callable[[bool], None]] = []
+        # Reads of executions waiting to be read together, and the task reading them.
+        self._reads: list[tuple[str, str, asyncio.Future]] = []
+        self._reading: asyncio.Task | None = None
 
     # ------------------------------------------------------------- plumbing
 
@@ -201,7 +209,43 @@ class AsyncStore:
                 return {}, names
         return await self.workers.read(self.sync.execution_context, resource_group, executions)
 
-    execution_with_context = _reader(SyncStore.execution_with_context)
+    async def execution_with_context(
+        self, resource_group: str, execution_id: str
+    ) -> tuple[Execution, dict[str, Artifact], dict[str, str]]:
+        """SyncStore.execution_with_context, read together with the other reads of
+        executions asked for meanwhile: one hand-off to a reader, and one statement per
+        table, for all of them (the hand-off and the wake-up of the loop cost more than
+        such a read). Reads asked for while a group is being read wait for the next."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._reads.append((resource_group, execution_id, future))
+        if self._reading is None:
+            self._reading = loop.create_task(self._read_groups(), context=contextvars.Context())
+        return await future
+
+    async def _read_groups(self) -> None:
+        try:
+            while self._reads:
+                await asyncio.sleep(0)  # the reads of this turn of the loop join
+                group = [item for item in self._reads[:MAX_READ_GROUP] if not item[2].done()]
+                del self._reads[:MAX_READ_GROUP]
+                if not group:
+                    continue
+                try:
+                    results = await self.workers.read(
+                        self.sync.executions_with_context, [(g, e) for g, e, _ in group]
+                    )
+                except Exception as exc:  # noqa: BLE001 - every caller of the group hears it
+                    results = [exc] * len(group)
+                for (_, _, future), result in zip(group, results, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, BaseException):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            self._reading = None
     history = _reader(SyncStore.history)
     last_transition_seqs = _reader(SyncStore.last_transition_seqs)
     list_executions = _reader(SyncStore.list_executions)

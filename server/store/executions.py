@@ -199,25 +199,10 @@ class ExecutionRepository:
                 (resource_group,),
             ):
                 execution = _execution_from(dict(zip(_EXEC_FIELDS, row, strict=True)))
-                execution.history = []
                 executions[execution.id] = execution
-            for eid, seq, source, target, at_us, cause, message in self._select_in(
-                "SELECT execution_id, seq, from_status, to_status, at_us, cause, message"
-                " FROM transition WHERE execution_id IN",
-                sorted(executions),
-                suffix=" ORDER BY execution_id, seq",
-            ):
-                executions[eid].history.append(
-                    Transition(
-                        seq,
-                        eid,
-                        STATUSES[source] if source else None,
-                        STATUSES[target],
-                        to_dt(at_us),
-                        cause,
-                        message,
-                    )
-                )
+            histories = self._histories(sorted(executions))
+            for execution_id, execution in executions.items():
+                execution.history = histories.get(execution_id, [])
         return max(last, events[-1].number if events else 0), events, executions
 
     def purge_events(self, before_us: int) -> int:
@@ -422,6 +407,60 @@ class ExecutionRepository:
         if with_history:
             execution.history = self.history(execution_id)
         return execution
+
+    def _histories(self, execution_ids: Sequence[str]) -> dict[str, list[Transition]]:
+        """The history of each of the executions (those with none are left out)."""
+        histories: dict[str, list[Transition]] = {}
+        for eid, seq, source, target, at_us, cause, message in self._select_in(
+            "SELECT execution_id, seq, from_status, to_status, at_us, cause, message"
+            " FROM transition WHERE execution_id IN",
+            execution_ids,
+            suffix=" ORDER BY execution_id, seq",
+        ):
+            histories.setdefault(eid, []).append(
+                Transition(
+                    seq,
+                    eid,
+                    STATUSES[source] if source else None,
+                    STATUSES[target],
+                    to_dt(at_us),
+                    cause,
+                    message,
+                )
+            )
+        return histories
+
+    def executions_with_context(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> list[tuple[Execution, dict[str, Artifact], dict[str, str]] | NotFound]:
+        """:meth:`execution_with_context` of many (resource group, execution id) at
+        once, in one statement per table: each key's result, or NotFound for it."""
+        rows: dict[str, dict] = {}
+        for found in self._select_in(
+            f"SELECT {_EXEC_COLUMNS} FROM execution WHERE execution_id IN",
+            sorted({execution_id for _, execution_id in keys}),
+        ):
+            row = dict(zip(_EXEC_FIELDS, found, strict=True))
+            rows[row["execution_id"]] = row
+        histories = self._histories(sorted(rows))
+        executions: list[Execution | NotFound] = []
+        by_group: dict[str, list[Execution]] = {}
+        for group, execution_id in keys:
+            row = rows.get(execution_id)
+            if row is None or row["resource_group"] != group:
+                executions.append(NotFound.of("execution", execution_id))
+                continue
+            execution = _execution_from(dict(row))
+            execution.history = list(histories.get(execution_id, ()))
+            executions.append(execution)
+            by_group.setdefault(group, []).append(execution)
+        contexts = {
+            group: self.execution_context(group, members) for group, members in by_group.items()
+        }
+        return [
+            e if isinstance(e, NotFound) else (e, *contexts[e.resource_group])
+            for e in executions
+        ]
 
     def history(self, execution_id: str) -> list[Transition]:
         cursor = self._read(
