@@ -347,3 +347,39 @@ def test_watcher_that_falls_behind_is_cut_off_with_a_cursor(server, stubs):
         (TRANSITION, PENDING, RUNNING),
         (TRANSITION, RUNNING, COMPLETED),
     ]
+
+
+def test_set_watchers_at_the_same_position_share_their_read_of_the_store(server, stubs):
+    configuration_id = make_configuration(stubs)
+    execution_id = make_execution(stubs, configuration_id)
+    calls = [watch(stubs, configuration_id=configuration_id) for _ in range(4)]
+    for call in calls:
+        assert next(call).type == SNAPSHOT
+
+    def waiting() -> bool:  # each watcher read what there was and waits on the broker
+        subscriptions = broker(server)._by_group.get("default", [])
+        return len(subscriptions) == 4 and all(s._waiter is not None for s in subscriptions)
+
+    wait_for(lambda: server.run_sync(waiting), what="4 watchers waiting")
+    store = server.plane.store
+    reads: list[int] = []
+    read_events = store.read_events
+
+    async def counted(group, after, limit):
+        reads.append(after)
+        return await read_events(group, after, limit)
+
+    # The watchers that are caught up are waiting on the broker: one change wakes all
+    # four at once, and they read what came after the same number together.
+    server.run_sync(lambda: setattr(store, "read_events", counted))
+    try:
+        Driver(server, execution_id).transition(Status.RUNNING)
+        events = [next(call) for call in calls]
+    finally:
+        server.run_sync(lambda: delattr(store, "read_events"))
+    assert {(e.type, e.execution.id, e.transition.to_status) for e in events} == {
+        (TRANSITION, execution_id, RUNNING)
+    }
+    assert len(reads) == 1, reads
+    for call in calls:
+        call.cancel()

@@ -30,12 +30,13 @@ transitions is filled from the store.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import hashlib
 import json
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from server.domain.errors import InvalidArgument, Reason, ResourceExhausted
@@ -112,6 +113,30 @@ class ExecutionWatches:
     max_pending_events: int = 10_000
     started: int = 0
     active: int = 0
+    # Reads of a group's changes in flight, by (group, after): watchers at the same
+    # position (all that are caught up, woken by the same change) share one.
+    _reads: dict[tuple[str, int], asyncio.Future] = field(default_factory=dict, repr=False)
+
+    def _read_events(
+        self, group: str, after: int
+    ) -> Awaitable[tuple[int, list[StoredEvent], dict[str, Execution]]]:
+        key = (group, after)
+        future = self._reads.get(key)
+        if future is None:
+            future = asyncio.ensure_future(
+                self.plane.store.read_events(group, after, SNAPSHOT_PAGE)
+            )
+            self._reads[key] = future
+
+            def done(finished: asyncio.Future) -> None:
+                if self._reads.get(key) is finished:
+                    del self._reads[key]
+                if not finished.cancelled():
+                    finished.exception()  # retrieved: each watcher gets it on its own
+
+            future.add_done_callback(done)
+        # One watcher going away does not cancel the others' read.
+        return asyncio.shield(future)
 
     async def watch(self, resource_group: str, options: WatchOptions) -> AsyncIterator[WatchEvent]:
         if options.execution_id:
@@ -270,7 +295,7 @@ class ExecutionWatches:
             positions: dict[str, int] = {}
             read: tuple[int, list[StoredEvent], dict[str, Execution]] | None = None
             if after is not None:
-                read = await store.read_events(group, after, SNAPSHOT_PAGE)
+                read = await self._read_events(group, after)
                 last, stored, _ = read
                 if (stored and stored[0].number != after + 1) or (not stored and last != after):
                     # The changes after the cursor are no longer kept (past the
@@ -282,7 +307,7 @@ class ExecutionWatches:
                     yield event
             while True:
                 if read is None:
-                    read = await store.read_events(group, after, SNAPSHOT_PAGE)
+                    read = await self._read_events(group, after)
                 _, stored, executions = read
                 read = None
                 for change in stored:
