@@ -24,7 +24,7 @@ from workflow_helpers import (
     workflow,
 )
 
-from server.runtime.ray_runner import submission_id
+from server.runtime.ray_runner import MARK_META, submission_id
 from trainyard.v1 import artifact_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,9 +58,27 @@ def runner(ray_server):
     r.close()
 
 
+def job_lines(jobs, execution_id: str, step: str) -> list[tuple[str, str]]:
+    """(stream, text) of each line of the step's job log, as Ray has it: a line that
+    starts with the job's stderr mark (in its metadata) is the step's stderr."""
+    job = submission_id(execution_id, step)
+    mark = jobs.get_job_info(job).metadata[MARK_META]
+    assert mark
+    text = jobs.get_job_logs(job)
+    return [
+        ("stderr", line[len(mark):]) if line.startswith(mark) else ("stdout", line)
+        for line in text.removesuffix("\n").split("\n")
+    ]
+
+
 def job_rows(jobs, execution_id: str, step: str) -> list[str]:
-    """The lines of the step's job log, as Ray has them."""
-    return jobs.get_job_logs(submission_id(execution_id, step)).splitlines()
+    """The stdout lines of the step's job log."""
+    return [text for stream, text in job_lines(jobs, execution_id, step) if stream == "stdout"]
+
+
+def stored_lines(runner: Runner, execution_id: str, step: str) -> list[tuple[str, str]]:
+    """(stream, text) of the step's stored stdout and stderr lines, in order."""
+    return [(s, t) for st, s, t in runner.logs(execution_id) if st == step and s != "system"]
 
 
 def test_iris_samples_train_then_infer_on_ray(runner, jobs, ray_server, tmp_path):
@@ -117,6 +135,44 @@ def test_iris_samples_train_then_infer_on_ray(runner, jobs, ray_server, tmp_path
     assert meta.runtime_address == ray_server.running.settings.ray_address
     assert (meta.cluster_resources.nodes, meta.cluster_resources.cpus) == (2, 2)
     assert meta.cluster_resources.largest_node_cpus == 1
+
+
+BOTH_STREAMS = (
+    "import sys, time\n"
+    "for i in range(40):\n"
+    "    print(f'out {i}', flush=True)\n"
+    "    print(f'  err {i} \\\\ \\x1e', file=sys.stderr, flush=True)\n"
+    "    time.sleep(0.005)\n"
+    "print('x' * 70000, file=sys.stderr, flush=True)\n"
+    "sys.stdout.write('last out, no newline')\n"
+    "sys.stderr.write('last err, no newline')\n"
+)
+
+
+def test_a_ray_step_keeps_its_stdout_and_stderr_apart(runner, jobs):
+    runner.register(
+        workflow("ray-streams", [steps("main", [("both", "both")]), python("both", BOTH_STREAMS)])
+    )
+    eid = runner.start(runner.configure("ray-streams"))
+    done = runner.wait(eid, timeout=120)
+    assert STATUS_NAME[done.status] == "COMPLETED", done.status_message
+
+    stored = stored_lines(runner, eid, "both")
+    # Every line of the job's log once, in order, each with its own stream.
+    assert stored == job_lines(jobs, eid, "both")
+    out = [t for s, t in stored if s == "stdout"]
+    err = [t for s, t in stored if s == "stderr"]
+    assert [t for t in out if t.startswith("out ")] == [f"out {i}" for i in range(40)]
+    assert out[-1] == "last out, no newline"
+    assert err == [
+        *(f"  err {i} \\ \x1e" for i in range(40)),
+        "x" * 65536, "x" * (70000 - 65536),  # the log sink's pieces of a long line
+        "last err, no newline",
+    ]
+    # Ray's own lines are stdout; nothing of the wrapper or its mark is stored.
+    assert out[0].endswith("Runtime env is setting up.")
+    mark = jobs.get_job_info(submission_id(eid, "both")).metadata[MARK_META]
+    assert not [t for _, t in stored if mark in t]
 
 
 def test_stop_during_a_run_stops_the_ray_job(runner, jobs):
@@ -332,3 +388,30 @@ def test_a_retried_submit_does_not_start_the_step_twice(ray_cluster, jobs, tmp_p
     assert [j.submission_id for j in jobs.list_jobs()].count(job) == 1
     assert first.lines.count("ran") == 1 and second.lines.count("ran") == 1
     assert any("already submitted" in n for n in second.notes)
+
+
+def test_the_stream_wrapper_ends_as_its_command_did(tmp_path):
+    """The wrapper a Ray step runs under (as the node's shell starts it): the command's
+    exit code, or its signal, is the wrapper's; a command that cannot start is 127."""
+    import os
+    import signal
+    import subprocess
+
+    from server.runtime.ray_runner import MARK_ENV, STREAMS_ENV, STREAMS_SOURCE, WRAPPER
+
+    env = {**os.environ, STREAMS_ENV: STREAMS_SOURCE, MARK_ENV: "<e> "}
+
+    def wrapped(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*WRAPPER, *argv], env=env, capture_output=True, timeout=30, cwd=tmp_path
+        )
+
+    # The command sees none of the wrapper's variables.
+    code = "import os, sys; print([k for k in os.environ if 'TRAINYARD_RAY' in k]); sys.exit(7)"
+    ended = wrapped("python3", "-c", code)
+    assert (ended.returncode, ended.stdout, ended.stderr) == (7, b"[]\n", b"")
+    killed = wrapped("sh", "-c", "echo bye >&2; kill -TERM $$")
+    assert (killed.returncode, killed.stdout) == (-signal.SIGTERM, b"<e> bye\n")
+    missing = wrapped("no-such-command-here")
+    assert missing.returncode == 127
+    assert missing.stdout.startswith(b"<e> no-such-command-here: ")

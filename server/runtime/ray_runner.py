@@ -7,8 +7,9 @@ cluster's job submission address (``--ray-address http://HEAD:8265``):
   safe for a URL, with a digest of it when it had to be changed). Ray refuses a second
   job of the same id, so a submit that is retried (after a timeout, after a restart)
   never starts the step twice: "already exists" is taken as the job being ours.
-* Entrypoint: ``cd <step root> && exec <command>``; the step is RUNNING once Ray runs
-  it (the job left PENDING). The step root is the step's folder
+* Entrypoint: ``cd <step root> && exec python3 ... <command>``, the command under the
+  wrapper of ray_streams.py (its source in the job's runtime_env); the step is RUNNING
+  once Ray runs it (the job left PENDING). The step root is the step's folder
   in the execution's working directory, under the artifact root that the server and
   every node of the cluster see at the same path (``--artifact-root``), so the
   planner's paths, inputs and outputs mean the same on the node as on the server.
@@ -20,7 +21,10 @@ cluster's job submission address (``--ray-address http://HEAD:8265``):
   secrets and the ``TRAINYARD_*`` variables), the repository on ``PYTHONPATH``, and
   Ray's stop grace (``RAY_JOB_STOP_WAIT_TIME_S``, read by the job's supervisor).
 
-Logs: the job's log (Ray merges stdout and stderr: every line is stored as stdout) is
+Logs: Ray merges a job's stdout and stderr into one log; the wrapper starts each
+stderr line with the job's mark (a random token, in the job's metadata too, so that
+a server that re-attaches reads it back), which :func:`split_rows` strips, storing the
+line as stderr; every other line is stdout. The log is
 followed through ``tail_job_logs`` while the job runs. Ray's tail has lost the last
 lines of a job in some versions, so when the job ends its full log
 (``get_job_logs``) is read and the lines the tail did not deliver are stored then. The
@@ -43,6 +47,7 @@ import asyncio
 import hashlib
 import math
 import re
+import secrets
 import shlex
 import signal
 import socket
@@ -64,6 +69,13 @@ log = structlog.get_logger(__name__)
 # The repository root: on every step's PYTHONPATH, so that steps can import `client`.
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SUBMISSION_PREFIX = "trainyard-"
+# The entrypoint wrapper that keeps a step's stderr apart (ray_streams.py): its source
+# travels in the job's runtime_env, and the job's stderr mark in its metadata.
+STREAMS_SOURCE = (Path(__file__).with_name("ray_streams.py")).read_text(encoding="utf-8")
+STREAMS_ENV = "TRAINYARD_RAY_STREAMS"
+MARK_ENV = "TRAINYARD_RAY_STDERR_MARK"
+MARK_META = "trainyard_stderr_mark"
+WRAPPER = ["python3", "-I", "-S", "-c", f"import os;exec(os.environ.pop({STREAMS_ENV!r}))"]
 POLL_INTERVAL = 0.1  # seconds between two status reads of a running job
 START_POLL = 0.02  # ... of a job Ray has not started yet
 TAIL_DRAIN = 2.0  # how long the tail may take to end once the job is final
@@ -80,19 +92,77 @@ def submission_id(execution_id: str, step: str, attempt: int = 1) -> str:
     return f"{SUBMISSION_PREFIX}{execution_id}-{safe}-{attempt}"
 
 
-def split_rows(text: str) -> list[str]:
+Rows = list[tuple[LogStream, list[str]]]  # runs of rows of one stream, in order
+
+
+def new_mark() -> str:
+    """A job's stderr mark: a token of its own that no step prints by chance."""
+    return f"<stderr {secrets.token_hex(8)}> "
+
+
+def job_mark(info: Any) -> str:
+    """The stderr mark of a job as Ray reports it ("": a job that runs unwrapped)."""
+    mark = (getattr(info, "metadata", None) or {}).get(MARK_META, "")
+    return mark if isinstance(mark, str) else ""
+
+
+def split_rows(text: str, mark: str = "") -> Rows:
     """The rows the log sink stores for complete lines ``text`` (each line ends with a
-    newline): one per line, lines longer than the sink's limit in pieces of it."""
+    newline), in runs of one stream: a line that starts with the job's stderr ``mark``
+    is a stderr line (the mark stripped), any other a stdout line; a carriage return
+    before the newline is dropped (as for a local step), lines longer than the sink's
+    limit are in pieces of it."""
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
-    if lines and max(map(len, lines)) > MAX_LINE_CHARS:
+    if "\r" in text:
+        lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+    if not lines:
+        return []
+    if mark and mark in text:
+        size = len(mark)
+        runs: Rows = []
+        stream, run = None, []
+        for line in lines:
+            if line.startswith(mark):
+                line, kind = line[size:], LogStream.STDERR
+            else:
+                kind = LogStream.STDOUT
+            if kind is not stream:
+                run = [line]
+                stream = kind
+                runs.append((kind, run))
+            else:
+                run.append(line)
+    else:
+        runs = [(LogStream.STDOUT, lines)]
+    return [(stream, _pieces(run)) for stream, run in runs]
+
+
+def _pieces(lines: list[str]) -> list[str]:
+    if max(map(len, lines)) > MAX_LINE_CHARS:
         return [
             line[i : i + MAX_LINE_CHARS]
             for line in lines
             for i in range(0, len(line) or 1, MAX_LINE_CHARS)
         ]
     return lines
+
+
+def _drop(runs: Rows, count: int) -> Rows:
+    """``runs`` without their first ``count`` rows."""
+    kept: Rows = []
+    for stream, rows in runs:
+        if count >= len(rows):
+            count -= len(rows)
+            continue
+        kept.append((stream, rows[count:] if count else rows))
+        count = 0
+    return kept
+
+
+def _count(runs: Rows) -> int:
+    return sum(len(rows) for _, rows in runs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,9 +270,13 @@ class RayJobHandle:
         step: str,
         output: StepOutput,
         *,
+        mark: str | None = "",
         stored_rows: int = 0,
     ):
         self.jobs = jobs
+        # What starts each stderr line in the job's log ("": nothing, every line is
+        # stdout; None: not known yet, read from the job's metadata before its log).
+        self.mark = mark
         self.job_id = job_id
         self.step = step
         self.output = output
@@ -224,20 +298,37 @@ class RayJobHandle:
 
     # -- logs ------------------------------------------------------------------------
 
-    async def _emit(self, rows: list[str]) -> None:
+    async def _emit(self, runs: Rows) -> None:
         """Store the rows not stored yet, in order."""
         start = self.rows
-        self.rows += len(rows)
+        self.rows += _count(runs)
         if self.rows <= self.skip:
             return
         if start < self.skip:
-            rows = rows[self.skip - start :]
-        self.output.write(LogStream.STDOUT, rows)
+            runs = _drop(runs, self.skip - start)
+        for stream, rows in runs:
+            self.output.write(stream, rows)
         await self.output.room()
+
+    async def _learn_mark(self) -> bool:
+        """The job's stderr mark from its metadata, when not known yet (a job submitted
+        by another call or server); False when Ray does not say."""
+        for attempt in range(5):
+            if self.mark is not None:
+                return True
+            try:
+                self.mark = job_mark(await self.jobs.call("get_job_info", self.job_id))
+            except RayError as exc:
+                if _unknown_job(exc) or attempt == 4:
+                    return False
+                await asyncio.sleep(STATUS_RETRY)
+        return self.mark is not None
 
     async def _follow(self) -> None:
         """Ray's tail of the job's log, line by line, until Ray ends it."""
         try:
+            if not await self._learn_mark():
+                return  # the full log, at the end, makes up for it
             async for chunk in self.jobs.tail(self.job_id):
                 text = self._partial + chunk
                 end = text.rfind("\n")
@@ -245,7 +336,7 @@ class RayJobHandle:
                     self._partial = text
                     continue
                 self._partial = text[end + 1 :]
-                await self._emit(split_rows(text[: end + 1]))
+                await self._emit(split_rows(text[: end + 1], self.mark or ""))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the tail broke off: the full log makes up for it
@@ -253,6 +344,12 @@ class RayJobHandle:
 
     async def _reconcile(self) -> None:
         """The job is final: store what its full log has beyond the rows seen."""
+        if not await self._learn_mark():
+            self.output.note(
+                f"step {self.step}: Ray did not say how {self.where} marks its stderr; "
+                f"every line after the {self.rows}th is stored as stdout"
+            )
+            self.mark = ""
         for attempt in range(5):
             try:
                 full = await self.jobs.call("get_job_logs", self.job_id)
@@ -267,11 +364,11 @@ class RayJobHandle:
                 await asyncio.sleep(STATUS_RETRY)
         if full and not full.endswith("\n"):
             full += "\n"  # the last line, unterminated
-        rows = split_rows(full)
-        missing = rows[self.rows :]
+        runs = split_rows(full, self.mark or "")
+        missing = _drop(runs, self.rows)
         if missing:
             self._partial = ""
-            self.recovered = sum(1 for i in range(self.rows, len(rows)) if i >= self.skip)
+            self.recovered = max(0, _count(missing) - max(0, self.skip - self.rows))
             await self._emit(missing)
             if self.recovered:
                 self.output.note(
@@ -318,8 +415,8 @@ class RayJobHandle:
         if info.status == JobStatus.SUCCEEDED:
             return StepExit(0 if code is None else code)
         message = f"Ray job {self.job_id} {str(info.status.value).lower()}"
-        if info.message:
-            message += f": {info.message}"
+        if info.message:  # Ray's message quotes the log's last lines
+            message += ": " + (info.message.replace(self.mark, "") if self.mark else info.message)
         if info.error_type:
             message += f" ({info.error_type})"
         if info.status == JobStatus.STOPPED:
@@ -472,16 +569,22 @@ class RayRunner:
             options["entrypoint_num_gpus"] = need.gpus
         if need.memory_bytes:
             options["entrypoint_memory"] = int(need.memory_bytes)
-        entrypoint = f"cd {shlex.quote(launch.root)} && exec {shlex.join(launch.argv)}"
+        mark = new_mark()
+        entrypoint = (
+            f"cd {shlex.quote(launch.root)} && exec {shlex.join([*WRAPPER, *launch.argv])}"
+        )
+        env = self._env(launch)
+        env.update({STREAMS_ENV: STREAMS_SOURCE, MARK_ENV: mark})
         try:
             await self.jobs.call(
                 "submit_job",
                 entrypoint=entrypoint,
                 submission_id=job_id,
-                runtime_env={"env_vars": self._env(launch)},
+                runtime_env={"env_vars": env},
                 metadata={
                     "trainyard_execution_id": launch.execution_id,
                     "trainyard_step": launch.step,
+                    MARK_META: mark,
                 },
                 **options,
             )
@@ -492,7 +595,8 @@ class RayRunner:
                     f"{exc}"
                 ) from None
             output.note(f"step {launch.step}: {job_id} was already submitted; following it")
-        handle = RayJobHandle(self.jobs, job_id, launch.step, output)
+            mark = None  # that job's own: read from Ray by the handle
+        handle = RayJobHandle(self.jobs, job_id, launch.step, output, mark=mark)
         handle.begin()
         await handle.started()
         return handle
@@ -503,18 +607,18 @@ class RayRunner:
         job_id = state.get("ray_job")
         if not isinstance(job_id, str):
             return None
+        mark = None  # read from Ray by the handle when Ray does not answer now
         try:
-            await self.jobs.call("get_job_info", job_id)
+            mark = job_mark(await self.jobs.call("get_job_info", job_id))
         except RayError as exc:
             if _unknown_job(exc):
                 raise StepGone(
                     f"the Ray cluster at {self.address} no longer knows job {job_id}"
                 ) from None
-            # Not answering now: the handle reads the status again until it does.
             log.warning("ray job not read at re-attach", job=job_id, error=str(exc))
         handle = RayJobHandle(
             self.jobs, job_id, str(state.get("step", "")), output,
-            stored_rows=lines_stored,
+            mark=mark, stored_rows=lines_stored,
         )
         handle.begin()
         return handle
