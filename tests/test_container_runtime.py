@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from server.domain.models import Status
+from server.domain.models import LogStream, Status
 from tests.services.podman import IMAGE, start_podman_or_skip
 from tests.workflow_helpers import (
     PHASE_NAME,
@@ -382,3 +382,27 @@ def test_loops_when_output_parameters_and_exit_handler_in_containers(runner, pod
     assert loop == ["item a", "item b"], "\n".join(map(str, logs))
     assert runner.output(execution_id, "onExit") == ["exit Succeeded"]
     wait_for(lambda: no_container_left(podman), 30, "every container to be removed")
+
+
+def test_the_log_reader_takes_whole_stdout_chunks_at_once_and_the_rest_line_by_line(
+    tmp_path,
+):
+    """A k8s-file log read by offset: a chunk of whole stdout records (read in one pass)
+    gives the same lines as records of both streams and pieces (read line by line)."""
+    from server.runtime.container_runner import LogFile
+
+    ts = "2026-12-02T19:05:56.564872401+00:00"
+    records = [f"{ts} stdout F line {i}" for i in range(5)]
+    records += [f"{ts} stdout F", f"{ts} stdout F cr\r", f"{ts} stdout F  two  spaces"]
+    mixed = [f"{ts} stderr F err stdout F no", f"{ts} stdout P part", f"{ts} stdout F ial"]
+    path = tmp_path / "container.log"
+    path.write_text("\n".join(records) + "\n")
+    log = LogFile(path, "podman")
+    expected = ["line 0", "line 1", "line 2", "line 3", "line 4", "", "cr", " two  spaces"]
+    assert log.read() == [(LogStream.STDOUT, expected)]
+    with path.open("a") as f:
+        f.write("\n".join(mixed) + "\n")
+    assert log.read() == [
+        (LogStream.STDERR, ["err stdout F no"]), (LogStream.STDOUT, ["partial"])
+    ]
+    assert log.read() == [] and log.flush() == []

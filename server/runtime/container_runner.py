@@ -75,6 +75,7 @@ POLL_MIN = 0.005  # seconds between reads of a log file that just grew ...
 POLL_MAX = 0.05  # ... and of one that stays still
 ENGINE_TIMEOUT = 60.0  # an engine command that takes longer than this failed
 EXIT_DRAIN_TIMEOUT = 5.0  # how long the log file may take to reach its end after exit
+EXIT_PAUSE = 0.02  # after the exit, an empty read this long after the last says "complete"
 
 
 class EngineError(Exception):
@@ -132,6 +133,14 @@ def _is_file_path(target: str) -> bool:
     return "." in target.rstrip("/").rsplit("/", 1)[-1]
 
 
+Runs = list[tuple[LogStream, list[str]]]  # runs of lines of one stream, in order
+
+# A chunk of k8s-file records that are all whole stdout lines (the common case), each
+# line's text at once, by one C-level pass over the chunk: "<time> stdout F <text>".
+# The time holds no space, so the first " stdout F" of such a record is its header.
+_STDOUT_WHOLE = re.compile(r" stdout F(?: (.*))?$", re.M)
+
+
 class LogFile:
     """Reads a container's log file by offset, into complete lines per stream."""
 
@@ -142,8 +151,9 @@ class LogFile:
         self._rest = b""
         self._partial: dict[LogStream, bytearray] = {}
 
-    def read(self) -> list[tuple[LogStream, str]]:
-        """The lines completed since the last read, in the order written."""
+    def read(self) -> Runs:
+        """The lines completed since the last read, in the order written, in runs of
+        one stream."""
         try:
             with open(self.path, "rb") as f:
                 f.seek(self.offset)
@@ -159,16 +169,26 @@ class LogFile:
             self._rest = data
             return []
         self._rest = data[end + 1 :]
-        lines: list[tuple[LogStream, str]] = []
+        if self.kind == "podman" and not self._partial:
+            fast = self._whole_stdout(data[: end + 1])
+            if fast is not None:
+                return [(LogStream.STDOUT, fast)] if fast else []
+        runs: Runs = []
+
+        def add(stream: LogStream, text: str) -> None:
+            if runs and runs[-1][0] is stream:
+                runs[-1][1].append(text)
+            else:
+                runs.append((stream, [text]))
+
         partial = self._partial
         podman = self.kind == "podman"
         for record in data[:end].split(b"\n"):
-            if podman and not partial:  # the common case: a whole line, no piece pending
+            if podman and not partial:  # a whole line, no piece pending
                 parts = record.split(b" ", 3)
                 if len(parts) >= 3 and parts[2] == b"F" and len(record) < MAX_LINE_BYTES:
                     stream = LogStream.STDERR if parts[1] == b"stderr" else LogStream.STDOUT
-                    text = parts[3] if len(parts) > 3 else b""
-                    lines.append((stream, _decode(text)))
+                    add(stream, _decode(parts[3] if len(parts) > 3 else b""))
                     continue
             parsed = self._parse(record)
             if parsed is None:
@@ -177,18 +197,35 @@ class LogFile:
             buffer = partial.setdefault(stream, bytearray())
             buffer += text
             while len(buffer) >= MAX_LINE_BYTES:
-                lines.append((stream, _decode(buffer[:MAX_LINE_BYTES])))
+                add(stream, _decode(buffer[:MAX_LINE_BYTES]))
                 del buffer[:MAX_LINE_BYTES]
             if complete:
-                lines.append((stream, _decode(buffer)))
+                add(stream, _decode(buffer))
                 del partial[stream]
-        return lines
+        return runs
 
-    def flush(self) -> list[tuple[LogStream, str]]:
+    @staticmethod
+    def _whole_stdout(data: bytes) -> list[str] | None:
+        """The texts of ``data`` (k8s-file records, each ending with a newline) when
+        every record is a whole stdout line shorter than the piece size; else None."""
+        text = data.decode("utf-8", errors="replace")
+        if " stderr " in text or " stdout P " in text:
+            return None  # stderr lines or pieces (or text that looks so): line by line
+        found = _STDOUT_WHOLE.findall(text)
+        if len(found) != text.count("\n"):
+            return None  # what is no record of a whole stdout line: line by line
+        # A line of this many characters may hold MAX_LINE_BYTES bytes: line by line.
+        if found and len(data) >= MAX_LINE_BYTES and max(map(len, found)) * 4 >= MAX_LINE_BYTES:
+            return None
+        if "\r\n" in text:  # a carriage return before the newline is dropped
+            found = [t[:-1] if t.endswith("\r") else t for t in found]
+        return found
+
+    def flush(self) -> Runs:
         """What is left in partial lines once the container ended."""
-        lines = [(s, _decode(b)) for s, b in self._partial.items() if b]
+        runs = [(s, [_decode(b)]) for s, b in self._partial.items() if b]
         self._partial.clear()
-        return lines
+        return runs
 
     def _parse(self, record: bytes) -> tuple[LogStream, bytes, bool] | None:
         if self.kind == "docker":
@@ -330,26 +367,26 @@ class ContainerHandle:
                 # conmon writes every record before it reports the exit; one more
                 # empty read after a short pause says the file is complete.
                 if drain_by is None:
-                    drain_by = loop.time() + 0.05
+                    drain_by = loop.time() + EXIT_PAUSE
                 elif loop.time() >= drain_by:
                     break
-            await asyncio.sleep(delay)
+                await asyncio.sleep(min(delay, EXIT_PAUSE))
+            else:  # the container's exit wakes the reader at once
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._exited.wait(), delay)
             delay = min(delay * 2, POLL_MAX)
         rest = self.log.flush()
         if rest:
             self._emit(rest)
 
-    def _emit(self, lines: list[tuple[LogStream, str]]) -> None:
-        if self._skip:
-            dropped = min(self._skip, len(lines))
-            self._skip -= dropped
-            lines = lines[dropped:]
-        start = 0
-        for i in range(1, len(lines) + 1):
-            if i == len(lines) or lines[i][0] != lines[start][0]:
-                if start < i:
-                    self.output.write(lines[start][0], [t for _, t in lines[start:i]])
-                start = i
+    def _emit(self, runs: Runs) -> None:
+        for stream, lines in runs:
+            if self._skip:  # lines a previous server stored
+                dropped = min(self._skip, len(lines))
+                self._skip -= dropped
+                lines = lines[dropped:]
+            if lines:
+                self.output.write(stream, lines)
 
     async def _copy_outputs(self) -> None:
         for inner, outer in self.copies:
