@@ -290,3 +290,25 @@ class Page(Generic[T]):
     items: list[T]
     next_page_token: str
     total_size: int
+
+
+def deleted_execution(execution_id: str, resource_group: str, detail: str) -> Execution:
+    """What is known of a deleted execution from the detail of its deletion notice
+    (``status,scenario_id,configuration_id,executable_id``; empty when absent)."""
+    parts = detail.split(",")
+    status, scenario_id, configuration_id, executable_id = (
+        parts if len(parts) == 4 else ("", "", "", "")
+    )
+    try:
+        parsed = Status(status) if status else Status.UNKNOWN
+    except ValueError:
+        parsed = Status.UNKNOWN
+    return Execution(
+        id=execution_id,
+        resource_group=resource_group,
+        configuration_id=configuration_id,
+        executable_id=executable_id,
+        scenario_id=scenario_id,
+        status=parsed,
+        target_status=TargetStatus.DELETED,
+    )

@@ -116,7 +116,7 @@ import structlog
 
 from server.domain.errors import NotFound
 from server.domain.lifecycle import is_final
-from server.domain.models import Execution, Status, TargetStatus
+from server.domain.models import Execution, deleted_execution
 from server.domain.service import ExecutionEvent
 
 if TYPE_CHECKING:
@@ -639,23 +639,7 @@ class PostgresNotifier:
 
     @staticmethod
     def _deleted(execution_id: str, item: _Remote) -> ExecutionEvent:
-        status, scenario_id, configuration_id, executable_id = "", "", "", ""
-        parts = item.detail.split(",")
-        if len(parts) == 4:
-            status, scenario_id, configuration_id, executable_id = parts
-        try:
-            parsed = Status(status) if status else Status.UNKNOWN
-        except ValueError:
-            parsed = Status.UNKNOWN
-        execution = Execution(
-            id=execution_id,
-            resource_group=item.group,
-            configuration_id=configuration_id,
-            executable_id=executable_id,
-            scenario_id=scenario_id,
-            status=parsed,
-            target_status=TargetStatus.DELETED,
-        )
+        execution = deleted_execution(execution_id, item.group, item.detail)
         return ExecutionEvent("deleted", execution, origin=item.origin)
 
     # ---------------------------------------------------------------- resync

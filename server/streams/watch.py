@@ -46,8 +46,8 @@ from server.domain.models import (
     Status,
     StepDetail,
     StoredEvent,
-    TargetStatus,
     Transition,
+    deleted_execution,
 )
 from server.domain.service import ControlPlane
 from server.streams.broker import Broker
@@ -343,23 +343,7 @@ class ExecutionWatches:
         execution_id = change.execution_id
         if change.kind == "deleted":
             positions.pop(execution_id, None)
-            parts = change.detail.split(",")
-            status, scenario_id, configuration_id, executable_id = (
-                parts if len(parts) == 4 else ("", "", "", "")
-            )
-            try:
-                parsed = Status(status) if status else Status.UNKNOWN
-            except ValueError:
-                parsed = Status.UNKNOWN
-            gone = Execution(
-                id=execution_id,
-                resource_group=group,
-                configuration_id=configuration_id,
-                executable_id=executable_id,
-                scenario_id=scenario_id,
-                status=parsed,
-                target_status=TargetStatus.DELETED,
-            )
+            gone = deleted_execution(execution_id, group, change.detail)
             return WatchEvent("deleted", gone, "")
         execution = executions.get(execution_id)
         if execution is None:
