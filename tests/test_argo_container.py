@@ -138,9 +138,11 @@ def test_argo_flow_control_in_containers(runner, podman):
     # The retried step's first attempt failed: Argo lists that pod too.
     [failure] = json.loads(failures)
     assert (failure["displayName"], failure["templateName"], failure["phase"]) == (
-        "flaky", "flaky", "Failed"
+        "flaky",
+        "flaky",
+        "Failed",
     )
     assert failure["message"] == details[("flaky", 1)].message
     assert failure["podName"].startswith("container ")
     assert json.loads(runner.output(execution.id, "gen")[0]) == [2, 3]
-    assert podman.ours() == []
+    podman.wait_empty()

@@ -92,10 +92,6 @@ def system(runner: Runner, execution_id: str) -> list[str]:
     return [t for _, s, t in runner.logs(execution_id) if s == "system"]
 
 
-def no_container_left(podman) -> bool:
-    return podman.ours() == []
-
-
 def held_engine(tmp_path: Path, step: str) -> tuple[Path, Path, Path]:
     """A container engine command that holds the start of ``step`` while the file
     ``hold`` exists (writing ``held`` once it holds one), and never runs that start:
@@ -135,9 +131,7 @@ BETWEEN = template(
     + shell(
         "first",
         "echo first ran; echo 7 > /tmp/n",
-        "      outputs:\n"
-        "        parameters:\n"
-        "          - {name: n, valueFrom: {path: /tmp/n}}\n",
+        "      outputs:\n        parameters:\n          - {name: n, valueFrom: {path: /tmp/n}}\n",
     )
     + ECHO,
 )
@@ -168,7 +162,7 @@ def test_a_restart_between_two_steps_starts_the_next_with_the_first_ones_output(
         assert dict(done.step_details[0].output_parameters) == {"n": "7"}
         assert [h[1] for h in runner.history(eid)].count("step_started") == 1
         assert any("going on after first, not run again" in t for t in system(runner, eid))
-        wait_for(lambda: no_container_left(podman), 30, "every container to be removed")
+        podman.wait_empty("every container to be removed")
     finally:
         runner.close()
 
@@ -189,9 +183,7 @@ PRODUCE_THEN_CONSUME = template(
     + shell(
         "make",
         "echo making; echo forty-two > /tmp/v",
-        "      outputs:\n"
-        "        parameters:\n"
-        "          - {name: v, valueFrom: {path: /tmp/v}}\n",
+        "      outputs:\n        parameters:\n          - {name: v, valueFrom: {path: /tmp/v}}\n",
     )
     + shell("slow", "echo slow up; sleep 2; echo slow done")
     + ECHO,
@@ -212,7 +204,7 @@ def test_an_output_parameter_made_before_the_kill_feeds_a_step_after_it(podman, 
         assert runner.output(eid, "slow") == ["slow up", "slow done"]
         assert runner.output(eid, "use") == ["made forty-two"]
         assert any("step slow still runs" in t for t in system(runner, eid))
-        wait_for(lambda: no_container_left(podman), 30, "every container to be removed")
+        podman.wait_empty("every container to be removed")
     finally:
         runner.close()
 
@@ -236,8 +228,7 @@ LOOP = template(
     "      container:\n"
     f"        image: {IMAGE}\n"
     '        command: ["/bin/sh", "-c"]\n'
-    '        args: ["echo {{inputs.parameters.word}}; sleep 2"]\n'
-    + ECHO,
+    '        args: ["echo {{inputs.parameters.word}}; sleep 2"]\n' + ECHO,
 )
 
 
@@ -245,9 +236,7 @@ def test_a_loop_killed_while_its_items_run_runs_every_item_once(podman, server):
     runner, eid = run_until(server, LOOP, "loop")
     try:
         items = ("each(0:a)", "each(1:b)", "each(2:c)")
-        wait_for(
-            lambda: all(runner.output(eid, i) for i in items), 120, "every item to run"
-        )
+        wait_for(lambda: all(runner.output(eid, i) for i in items), 120, "every item to run")
         server.kill()
         runner.close()
 
@@ -259,7 +248,7 @@ def test_a_loop_killed_while_its_items_run_runs_every_item_once(podman, server):
         assert runner.output(eid, "after") == ['after ["a", "b", "c"]']
         phases = {s.name: PHASE_NAME[s.phase] for s in done.step_details}
         assert phases == {**dict.fromkeys(items, "SUCCEEDED"), "after": "SUCCEEDED"}
-        wait_for(lambda: no_container_left(podman), 30, "every container to be removed")
+        podman.wait_empty("every container to be removed")
     finally:
         runner.close()
 
@@ -289,7 +278,7 @@ def test_an_exit_handler_workflow_killed_mid_run_runs_its_handler_once(podman, s
         assert runner.output(eid, "work") == ["working", "worked"]
         assert runner.output(eid, "onExit") == ["bye Succeeded"]
         assert sum("running the exit handler" in t for t in system(runner, eid)) == 1
-        wait_for(lambda: no_container_left(podman), 30, "every container to be removed")
+        podman.wait_empty("every container to be removed")
     finally:
         runner.close()
 
@@ -333,7 +322,7 @@ def test_a_retry_announced_before_the_kill_runs_after_it_as_the_next_attempt(pod
         assert runner.output(eid, "flaky") == ["first try", "second try"]
         tries = [(s.name, s.attempt, PHASE_NAME[s.phase], s.exit_code) for s in done.step_details]
         assert tries == [("flaky", 1, "FAILED", 3), ("flaky", 2, "SUCCEEDED", 0)]
-        wait_for(lambda: no_container_left(podman), 30, "every container to be removed")
+        podman.wait_empty("every container to be removed")
     finally:
         runner.close()
 
@@ -371,6 +360,6 @@ def test_a_stopping_execution_killed_finishes_its_stop_and_its_exit_handler(podm
         assert runner.output(eid, "onExit") == ["bye Failed"]
         assert runner.output(eid, "never") == []
         assert [h[0] for h in runner.history(eid)][-2:] == ["STOPPING", "STOPPED"]
-        wait_for(lambda: no_container_left(podman), 30, "every container to be removed")
+        podman.wait_empty("every container to be removed")
     finally:
         runner.close()

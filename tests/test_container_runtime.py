@@ -17,7 +17,6 @@ from tests.workflow_helpers import (
     STATUS_NAME,
     Runner,
     ServerProcess,
-    wait_for,
 )
 
 SAP_STYLE = f"""
@@ -117,10 +116,6 @@ def dataset(runner: Runner, tmp_path: Path, rows: int = 4) -> str:
     ).id
 
 
-def no_container_left(podman) -> bool:
-    return podman.ours() == []
-
-
 def test_a_sap_style_template_runs_in_its_image(runner, podman, tmp_path):
     runner.register(SAP_STYLE)
     data = dataset(runner, tmp_path)
@@ -151,7 +146,7 @@ def test_a_sap_style_template_runs_in_its_image(runner, podman, tmp_path):
     assert (Path(model.url.removeprefix("file://")) / "model.txt").read_text() == "weights\n"
     metrics = runner.client.latest_metrics(execution_id)
     assert metrics["accuracy"].value == pytest.approx(0.93)
-    wait_for(lambda: no_container_left(podman), 30, "the step's container to be removed")
+    podman.wait_empty("the step's container to be removed")
 
 
 def test_a_missing_image_is_dead_at_start_naming_it(runner, podman):
@@ -163,7 +158,7 @@ def test_a_missing_image_is_dead_at_start_naming_it(runner, podman):
     assert STATUS_NAME[execution.status] == "DEAD"
     assert "localhost/not-there:9" in execution.status_message
     assert "image not known" in execution.status_message  # the engine's own words
-    assert no_container_left(podman)
+    assert podman.ours() == []  # the engine refused it: nothing was created
 
 
 def test_a_container_without_command_runs_the_image_entrypoint(runner, podman):
@@ -199,7 +194,7 @@ def test_stop_ends_the_container_within_the_grace_period(runner, podman):
     execution = runner.wait(execution_id, "STOPPED", timeout=2.0 + 20)
     assert [h[0] for h in runner.history(execution_id)][-2:] == ["STOPPING", "STOPPED"]
     assert PHASE_NAME[execution.step_details[0].phase] == "STOPPED"
-    wait_for(lambda: no_container_left(podman), 30, "the stopped container to be removed")
+    podman.wait_empty("the stopped container to be removed")
 
 
 @pytest.mark.parametrize("end", ["kill -9", "SIGTERM"])
@@ -236,7 +231,7 @@ def test_a_server_ended_mid_run_reattaches_its_running_container(podman, tmp_pat
         assert runner.output(execution_id) == [f"line {i}" for i in range(1, count + 1)]
         assert any("watching it again" in t for _, _, t in runner.logs(execution_id))
         assert [h[1] for h in runner.history(execution_id)].count("step_started") == 1
-        wait_for(lambda: no_container_left(podman), 30, "the container to be removed")
+        podman.wait_empty("the container to be removed")
     finally:
         runner.close()
         if server.process.poll() is None:
@@ -248,8 +243,7 @@ def test_after_a_restart_containers_of_deleted_executions_are_removed(
 ):
     template = one_step(
         "forever",
-        f"        image: {IMAGE}\n"
-        '        command: ["/bin/sh", "-c", "echo up; sleep 300"]',
+        f'        image: {IMAGE}\n        command: ["/bin/sh", "-c", "echo up; sleep 300"]',
     )
     server = ServerProcess(tmp_path).start("--runtime", "container", "--no-console")
     runner = Runner(server.address)
@@ -271,7 +265,7 @@ def test_after_a_restart_containers_of_deleted_executions_are_removed(
 
         server.start("--runtime", "container", "--no-console")
         runner = Runner(server.address)
-        wait_for(lambda: no_container_left(podman), 60, "the orphaned container to go")
+        podman.wait_empty("the orphaned container to go", 60)
     finally:
         runner.close()
         if server.process.poll() is None:
@@ -381,7 +375,7 @@ def test_loops_when_output_parameters_and_exit_handler_in_containers(runner, pod
     loop = sorted(t for s, st, t in logs if s.startswith("each") and st == "stdout")
     assert loop == ["item a", "item b"], "\n".join(map(str, logs))
     assert runner.output(execution_id, "onExit") == ["exit Succeeded"]
-    wait_for(lambda: no_container_left(podman), 30, "every container to be removed")
+    podman.wait_empty("every container to be removed")
 
 
 def test_the_log_reader_takes_whole_stdout_chunks_at_once_and_the_rest_line_by_line(
@@ -402,7 +396,5 @@ def test_the_log_reader_takes_whole_stdout_chunks_at_once_and_the_rest_line_by_l
     assert log.read() == [(LogStream.STDOUT, expected)]
     with path.open("a") as f:
         f.write("\n".join(mixed) + "\n")
-    assert log.read() == [
-        (LogStream.STDERR, ["err stdout F no"]), (LogStream.STDOUT, ["partial"])
-    ]
+    assert log.read() == [(LogStream.STDERR, ["err stdout F no"]), (LogStream.STDOUT, ["partial"])]
     assert log.read() == [] and log.flush() == []

@@ -76,6 +76,13 @@ class Podman:
         """Ids of the containers in the store (all of them are the tests')."""
         return self("ps", "-a", "-q").stdout.split()
 
+    def wait_empty(self, what: str = "every container to be removed", timeout: float = 30) -> None:
+        """Wait until the store holds no container. A step's container is removed in the
+        background after its outputs are copied, so an execution may end before it goes."""
+        from tests.workflow_helpers import wait_for
+
+        wait_for(lambda: self.ours() == [], timeout, what)
+
     def start(self) -> Podman:
         (self.root / "storage.conf").write_text(
             "[storage]\n"
@@ -84,8 +91,7 @@ class Podman:
             f'runroot = "{self.root / "run"}"\n'
         )
         (self.root / "containers.conf").write_text(
-            f'[engine]\ntmp_dir = "{self.root / "tmp"}"\n'
-            f'volume_path = "{self.root / "volumes"}"\n'
+            f'[engine]\ntmp_dir = "{self.root / "tmp"}"\nvolume_path = "{self.root / "volumes"}"\n'
         )
         for key, value in self.env().items():
             self._saved[key] = os.environ.get(key)
@@ -98,8 +104,7 @@ class Podman:
         assert busybox is not None
         data = io.BytesIO()
         with tarfile.open(fileobj=data, mode="w") as tar:
-            for name, mode in (("bin", 0o755), ("tmp", 0o1777), ("app", 0o755),
-                               ("app/src", 0o755)):
+            for name, mode in (("bin", 0o755), ("tmp", 0o1777), ("app", 0o755), ("app/src", 0o755)):
                 info = tarfile.TarInfo(name)
                 info.type, info.mode = tarfile.DIRTYPE, mode
                 tar.addfile(info)
@@ -121,8 +126,10 @@ class Podman:
         tar_path.write_bytes(data.getvalue())
         self(
             "import",
-            "--change", "ENV PATH=/bin",
-            "--change", 'ENTRYPOINT ["/bin/echo", "from the entrypoint:"]',
+            "--change",
+            "ENV PATH=/bin",
+            "--change",
+            'ENTRYPOINT ["/bin/echo", "from the entrypoint:"]',
             str(tar_path),
             IMAGE,
         )
