@@ -133,12 +133,63 @@ def violations(document: dict) -> dict[str, str]:
         ("spec", {"onExit": "nothing"}, "spec.onExit", "no template named 'nothing'"),
         ("spec", {"hooks": {}}, "spec.hooks", "use onExit"),
         ("spec", {"templateDefaults": {}}, "spec.templateDefaults", "templateDefaults"),
+        # Allow-list: what is not a field Trainyard runs is refused, not dropped.
+        ("spec", {"parallelism": 2}, "spec.parallelism", "parallelism is not supported"),
+        ("spec", {"entrypiont": "main"}, "spec.entrypiont",
+         "'entrypiont' is not a field of the workflow spec"),
+        ("spec", {"arguments": {"parameters": [{"name": "p", "valueFrom": {"x": 1}}]}},
+         "spec.arguments.parameters[0].valueFrom", "give a value"),
+        ("spec.templates[2]", {"parallelism": 2}, "spec.templates[2].parallelism",
+         "parallelism is not supported"),
+        ("spec.templates[2]", {"securityContext": {"runAsUser": 0}},
+         "spec.templates[2].securityContext", "unprivileged"),
+        ("spec.templates[2].container", {"securityContext": {"privileged": True}},
+         "spec.templates[2].container.securityContext", "unprivileged"),
+        ("spec.templates[2].container", {"workdir": "/app"},
+         "spec.templates[2].container.workdir", "'workdir' is not a field of a container"),
+        ("spec.templates[2].container",
+         {"env": [{"name": "A", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}}]},
+         "spec.templates[2].container.env[0].valueFrom.configMapKeyRef",
+         "only secretKeyRef"),
+        ("spec.templates[2].container", {"resources": {"limits": {"amd.com/gpu": 1}}},
+         'spec.templates[2].container.resources.limits["amd.com/gpu"]',
+         "'amd.com/gpu' is not a resource"),
+        ("spec.templates[2]", {"inputs": {"artifacts": [{"name": "d", "path": "/d",
+                                                          "s3": {"key": "k"}}]}},
+         "spec.templates[2].inputs.artifacts[0].s3", "s3 artifact sources are not supported"),
+        ("spec.templates[0].steps[0][1]", {"wen": "true"},
+         "spec.templates[0].steps[0][1].wen", "'wen' is not a field of a step"),
+        ("spec.templates[1].dag", {"failFast": False}, "spec.templates[1].dag.failFast",
+         "failFast is not supported"),
+        ("spec.templates[2].container", {"args": ["{{=sprig.upper('a')}}"]},
+         "spec.templates[2].container.args[0]", "expression tags ({{=...}}) are not supported"),
+        ("spec.templates[0].steps[0][1]", {"when": "{{= 1 == 1}}"},
+         "spec.templates[0].steps[0][1].when", "expression tags"),
     ],
 )
 def test_refused_at_registration_with_the_field_named(where, change, field, message):
     found = violations(doc(**{where: change}))
     assert field in found, found
     assert message in found[field]
+
+
+def test_fields_with_no_effect_here_are_accepted():
+    """Kubernetes scheduling and pull settings have no counterpart here: accepted, and
+    docs/templates.md says they are ignored."""
+    document = doc(**{
+        "spec": {"serviceAccountName": "runner", "podGC": {"strategy": "OnPodSuccess"},
+                 "arguments": {"parameters": [{"name": "mode", "value": "a",
+                                               "enum": ["a", "b"]}]}},
+        "metadata": {"namespace": "team", "uid": "1"},
+        "spec.templates[2]": {"nodeSelector": {"gpu": "yes"},
+                              "metadata": {"annotations": {"note": "x"}}},
+        "spec.templates[2].container": {
+            "imagePullPolicy": "IfNotPresent",
+            "ports": [{"containerPort": 8080}],
+            "resources": {"limits": {"cpu": "1", "ephemeral-storage": "1Gi"}},
+        },
+    })
+    parse_template(document, "default")
 
 
 def test_every_problem_is_reported_at_once():

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from workflow_helpers import container, dag, inputs, python, steps, workflow
 
+from server.domain.errors import InvalidArgument
 from server.domain.templates import load_directory, parse_template_text
 from server.domain.workflow import step_names
 from server.runtime.plan import PlanError, build_plan, late_key, resolve_late
@@ -126,13 +127,17 @@ def test_item_keys_and_a_written_with_param_list():
     ]
 
 
-def test_artifact_sources_the_local_runtime_cannot_read_are_plan_errors():
+def test_artifact_sources_no_runtime_reads_are_refused_at_registration():
+    """They used to load and then fail at start; one grammar refuses them up front."""
     doc = json.loads(workflow(
         "s3", [python("main", "pass", inputs=inputs(artifacts={"d": "/d"}))]
     ))
     doc["spec"]["templates"][0]["inputs"]["artifacts"][0]["s3"] = {"key": "x"}
-    with pytest.raises(PlanError, match="s3 sources are not supported"):
+    with pytest.raises(InvalidArgument) as caught:
         plan(json.dumps(doc))
+    assert [v.field for v in caught.value.violations] == [
+        "spec.templates[0].inputs.artifacts[0].s3"
+    ]
 
 
 def test_raw_artifacts_and_step_outputs_are_inputs():

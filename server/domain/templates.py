@@ -67,6 +67,7 @@ import yaml
 
 from server.domain.errors import FieldViolation, InvalidArgument
 from server.domain.expressions import ExpressionError, parse_depends, parse_when
+from server.domain.grammar import check_fields
 from server.domain.models import (
     ArtifactKind,
     Executable,
@@ -133,34 +134,6 @@ _UNSUPPORTED_TEMPLATE_TYPES = (
     "plugin",
     "data",
 )
-# Fields the runtime does not run, refused at registration: where they are allowed
-# (spec, template, step or task, container or script) -> field -> why.
-_REFUSED = {
-    "spec": {
-        "hooks": "lifecycle hooks are not supported; use onExit",
-        "templateDefaults": "templateDefaults is not supported; set the fields on each template",
-        "volumeClaimTemplates": "persistent volume claims are not supported; use artifacts",
-        "synchronization": "synchronization (semaphores, mutexes) is not supported",
-        "suspend": "suspended workflows are not supported",
-    },
-    "template": {
-        "daemon": "daemon templates are not supported",
-        "sidecars": "sidecars are not supported",
-        "initContainers": "init containers are not supported",
-        "synchronization": "synchronization (semaphores, mutexes) is not supported",
-        "memoize": "memoization is not supported",
-        "timeout": "timeout is not supported; use activeDeadlineSeconds",
-        "failFast": "failFast is not supported",
-        "parallelism": "parallelism is not supported",
-    },
-    "call": {
-        "withSequence": "withSequence is not supported; use withItems",
-        "continueOn": "continueOn is not supported; use depends with .Failed in a dag",
-        "hooks": "lifecycle hooks are not supported; use the workflow's onExit",
-        "onExit": "a step's own exit handler is not supported; use the workflow's onExit",
-        "inline": "inline templates are not supported; name a template of this document",
-    },
-}
 _RETRY_POLICIES = ("Always", "OnFailure", "OnError", "OnTransientError")
 _RETRY_FIELDS = ("limit", "retryPolicy", "backoff")
 _BACKOFF_FIELDS = ("duration", "factor", "maxDuration")
@@ -386,6 +359,7 @@ def _parse(doc: Any, resource_group: str, problems: _Problems) -> Executable | N
     if kind != KIND:
         problems.add("kind", f"must be {KIND!r}, not {kind!r}")
         return None  # not a workflow template: its fields mean something else
+    check_fields(doc, problems.add)
 
     metadata = _mapping(doc, "metadata", "metadata", problems, required=True)
     executable_id = metadata.get("name")
@@ -570,7 +544,6 @@ def _check_template(template: _Template, templates: dict[str, _Template], proble
         else:
             _check_dag(body["dag"], f"{path}.dag", templates, problems)
 
-    _refuse(body, "template", path, problems)
     leaf = len(present) == 1 and present[0] in ("container", "script")
     _check_retry(body.get("retryStrategy"), f"{path}.retryStrategy", problems)
     _check_deadline(body, path, problems)
@@ -638,7 +611,6 @@ def _check_output_parameter(entry: dict, path: str, leaf: bool, problems: _Probl
 
 
 def _check_spec_fields(spec: dict, templates: dict[str, _Template], problems: _Problems) -> None:
-    _refuse(spec, "spec", "spec", problems)
     _check_deadline(spec, "spec", problems)
     on_exit = spec.get("onExit")
     if on_exit is not None and (not isinstance(on_exit, str) or on_exit not in templates):
@@ -648,12 +620,6 @@ def _check_spec_fields(spec: dict, templates: dict[str, _Template], problems: _P
 def _not_run_yet(holder: dict, key: str, feature: str, path: str, problems: _Problems) -> None:
     if holder.get(key) is not None and feature in NOT_RUN_YET:
         problems.add(path, NOT_RUN_YET[feature])
-
-
-def _refuse(holder: dict, level: str, path: str, problems: _Problems) -> None:
-    for key, why in _REFUSED[level].items():
-        if key in holder:
-            problems.add(f"{path}.{key}", why)
 
 
 def _check_deadline(holder: dict, path: str, problems: _Problems) -> None:
@@ -725,7 +691,6 @@ def _whole(value: Any, minimum: int = 0) -> bool:
 
 def _check_call(call: dict, path: str, problems: _Problems) -> None:
     """What a step or task adds to the template it calls: loops and conditions."""
-    _refuse(call, "call", path, problems)
     items = call.get("withItems")
     if items is not None and not (isinstance(items, list) and items):
         problems.add(f"{path}.withItems", "must be a non-empty list of items")
