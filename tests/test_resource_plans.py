@@ -32,6 +32,14 @@ def with_plan(template: dict, plan: str) -> dict:
     return {**template, "metadata": {"labels": {"ai.sap.com/resourcePlan": plan}}}
 
 
+def with_labels(template: dict, **labels: str) -> dict:
+    """``template`` with plan labels given by their last word (``instanceType=...``)."""
+    return {
+        **template,
+        "metadata": {"labels": {f"ai.sap.com/{key}": value for key, value in labels.items()}},
+    }
+
+
 def with_resources(template: dict, **sections: dict) -> dict:
     body = dict(template["container"], resources=sections)
     return {**template, "container": body}
@@ -163,6 +171,17 @@ def test_the_planner_uses_the_servers_table():
     assert build(text, plans={"tiny": tiny}).step("main").resources == tiny
 
 
+def test_an_instance_type_is_looked_up_in_the_same_table():
+    """SAP AI Core's instance types are listed per tenant: the plan file adds them."""
+    text = workflow(
+        "instance",
+        [dag("main", {"name": "a", "template": "leaf"}),
+         with_labels(container("leaf", "true"), instanceType="g5.xlarge")],
+    )
+    g5 = Resources(cpus=4, memory_bytes=16 * GIB, gpus=1)
+    assert build(text, plans={**DEFAULT_PLANS, "g5.xlarge": g5}).step("a").resources == g5
+
+
 # ------------------------------------------------------------------ through the API
 
 
@@ -199,6 +218,27 @@ def test_unknown_plan_is_refused_at_registration_naming_the_label(stubs):
         exe_pb.ListExecutablesRequest(), metadata=group("plans")
     )
     assert "unknown-plan" not in {e.id for e in listed.executables}  # nothing half-written
+
+
+def test_an_unknown_instance_type_or_both_labels_are_refused_naming_the_label(stubs):
+    unknown = workflow(
+        "unknown-type", [with_labels(container("main", "true"), instanceType="p9.huge")]
+    )
+    found = details(rpc_error(register, stubs, unknown))
+    assert found["reason"] == "RESOURCE_PLAN_UNKNOWN"
+    field = 'spec.templates[0].metadata.labels["ai.sap.com/instanceType"]'
+    assert "unknown instance type 'p9.huge'" in found["fields"][field]
+    assert "--resource-plans" in found["fields"][field]
+
+    both = workflow(
+        "both-labels",
+        [with_labels(container("main", "true"), resourcePlan="starter", instanceType="basic")],
+    )
+    found = details(rpc_error(register, stubs, both))
+    assert found["reason"] == "INVALID_ARGUMENT"
+    assert found["fields"] == {
+        field: "give ai.sap.com/resourcePlan or ai.sap.com/instanceType, not both"
+    }
 
 
 def test_bad_resource_quantity_is_refused_naming_the_field(stubs):

@@ -1,9 +1,11 @@
 """What a step may use of a machine: CPUs, memory and GPUs, and the resource plans.
 
-A step's :class:`Resources` come from its template's ``ai.sap.com/resourcePlan`` label
-(``metadata.labels`` of the template that runs the container, as SAP AI Core reads it
-"at pod level"; a calling ``steps`` / ``dag`` template's label applies to the steps
-below it that name none) through the plan table, and from the container's own
+A step's :class:`Resources` come from its template's ``ai.sap.com/resourcePlan`` or
+``ai.sap.com/instanceType`` label (``metadata.labels`` of the template that runs the
+container, as SAP AI Core reads them "at pod level"; a calling ``steps`` / ``dag``
+template's label applies to the steps below it that name none) through the plan table
+(one table for both: SAP AI Core's instance types, listed per tenant, are added to it
+with the plan file; a template giving both labels is refused), and from the container's own
 ``resources``: a value in ``resources.limits`` (or, where no limit is given, in
 ``resources.requests``) replaces the plan's value of that kind. A step with neither has
 no limits. Step runners apply them (the container runner as engine limits, the Ray
@@ -16,9 +18,10 @@ YAML file (``--resource-plans FILE``) adds plans or replaces some::
     starter: {cpu: 1, memory: 3Gi}
     train.xl: {cpu: 15, memory: 120Gi, gpu: 2}
 
-An executable naming a plan the table does not hold is refused at registration, with
-the label's field named (reason RESOURCE_PLAN_UNKNOWN). A plan written as a placeholder
-(``{{inputs.parameters.plan}}``) is resolved and looked up when the execution starts.
+An executable naming a plan or instance type the table does not hold is refused at
+registration, with the label's field named (reason RESOURCE_PLAN_UNKNOWN). A plan
+written as a placeholder (``{{inputs.parameters.plan}}``) is resolved and looked up when
+the execution starts.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from typing import Any
 from server.domain.errors import FieldViolation, Reason
 
 RESOURCE_PLAN_LABEL = "ai.sap.com/resourcePlan"
+INSTANCE_TYPE_LABEL = "ai.sap.com/instanceType"
+PLAN_LABELS = (RESOURCE_PLAN_LABEL, INSTANCE_TYPE_LABEL)
 GPU_RESOURCE = "nvidia.com/gpu"
 RESOURCE_PLAN_UNKNOWN = Reason.RESOURCE_PLAN_UNKNOWN
 
@@ -139,13 +144,23 @@ def load_plan_file(path: str | Path) -> dict[str, Resources]:
     return plans
 
 
-def plan_label(template: Mapping[str, Any]) -> str | None:
-    """The ``ai.sap.com/resourcePlan`` label of a template, as text; None when absent."""
+def plan_labels(template: Mapping[str, Any]) -> dict[str, str]:
+    """The plan labels a template gives (``ai.sap.com/resourcePlan``,
+    ``ai.sap.com/instanceType``), label -> value as text."""
     metadata = template.get("metadata")
     labels = metadata.get("labels") if isinstance(metadata, dict) else None
-    if not isinstance(labels, dict) or labels.get(RESOURCE_PLAN_LABEL) is None:
-        return None
-    return str(labels[RESOURCE_PLAN_LABEL]).strip()
+    if not isinstance(labels, dict):
+        return {}
+    return {
+        label: str(labels[label]).strip() for label in PLAN_LABELS if labels.get(label) is not None
+    }
+
+
+def plan_label(template: Mapping[str, Any]) -> str | None:
+    """The plan a template names (its resource plan, else its instance type), as text;
+    None when it names none."""
+    given = plan_labels(template)
+    return next((value for value in given.values() if value), None)
 
 
 def step_plan(chain: list[Mapping[str, Any]]) -> str | None:
@@ -179,6 +194,16 @@ def resolve(
     return Resources(cpus=cpus, memory_bytes=memory, gpus=gpus)
 
 
+def names_unknown_plan(violation: FieldViolation) -> bool:
+    """Whether a violation of :func:`check_spec` is an unknown plan or instance type."""
+    return violation.description.startswith(_UNKNOWN) and any(
+        label in violation.field for label in PLAN_LABELS
+    )
+
+
+_UNKNOWN = "unknown "
+
+
 def check_spec(spec: Mapping[str, Any], plans: Mapping[str, Resources]) -> list[FieldViolation]:
     """Every unknown plan and bad ``resources`` quantity of a parsed template's spec,
     each naming its field. Placeholders in a plan label are left to the start."""
@@ -188,14 +213,24 @@ def check_spec(spec: Mapping[str, Any], plans: Mapping[str, Resources]) -> list[
         if not isinstance(template, dict):
             continue
         path = f"spec.templates[{i}]"
-        plan = plan_label(template)
-        if plan is not None and "{{" not in plan and plan not in plans:
+        given = plan_labels(template)
+        if len(given) > 1:
             violations.append(
                 FieldViolation(
-                    f'{path}.metadata.labels["{RESOURCE_PLAN_LABEL}"]',
-                    f"unknown resource plan {plan!r} (known: {', '.join(sorted(plans))})",
+                    f'{path}.metadata.labels["{INSTANCE_TYPE_LABEL}"]',
+                    f"give {RESOURCE_PLAN_LABEL} or {INSTANCE_TYPE_LABEL}, not both",
                 )
             )
+        for label, plan in given.items():
+            if "{{" not in plan and plan not in plans:
+                what = "resource plan" if label == RESOURCE_PLAN_LABEL else "instance type"
+                violations.append(
+                    FieldViolation(
+                        f'{path}.metadata.labels["{label}"]',
+                        f"{_UNKNOWN}{what} {plan!r} (known: {', '.join(sorted(plans))}; "
+                        f"the server's --resource-plans file adds more)",
+                    )
+                )
         for kind in ("container", "script"):
             container = template.get(kind)
             if not isinstance(container, dict) or container.get("resources") is None:

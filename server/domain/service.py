@@ -188,7 +188,7 @@ class ControlPlane:
         ]
         if not violations:
             return
-        unknown_plan = any(resources.RESOURCE_PLAN_LABEL in v.field for v in violations)
+        unknown_plan = any(resources.names_unknown_plan(v) for v in violations)
         listed = "; ".join(f"{v.field}: {v.description}" for v in violations)
         raise InvalidArgument(
             message=f"invalid workflow template: {listed}",

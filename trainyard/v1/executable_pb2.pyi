@@ -209,7 +209,8 @@ class ExecutableStep(_message.Message):
     """Output only. Name of the template (`spec.templates[].name`) the step runs."""
     resource_plan: _builtins.str
     """Output only. The step's resource plan (the `ai.sap.com/resourcePlan` label of its
-    template, or of the nearest calling template); empty when none applies. A plan
+    template, or of the nearest calling template; an `ai.sap.com/instanceType` label is
+    shown here too, as it is read from the same table); empty when none applies. A plan
     written as a placeholder is shown as written and resolved when an execution starts.
     """
     cpus: _builtins.float

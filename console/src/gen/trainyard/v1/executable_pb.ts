@@ -172,7 +172,8 @@ export type ExecutableStep = Message<"trainyard.v1.ExecutableStep"> & {
 
   /**
    * Output only. The step's resource plan (the `ai.sap.com/resourcePlan` label of its
-   * template, or of the nearest calling template); empty when none applies. A plan
+   * template, or of the nearest calling template; an `ai.sap.com/instanceType` label is
+   * shown here too, as it is read from the same table); empty when none applies. A plan
    * written as a placeholder is shown as written and resolved when an execution starts.
    *
    * @generated from field: string resource_plan = 3;
