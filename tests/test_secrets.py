@@ -89,6 +89,47 @@ def test_optional_reference_to_a_missing_secret_leaves_the_variable_unset(runner
     assert runner.output(execution.id) == ["unset"]
 
 
+def test_env_from_gives_every_key_of_a_secret_and_env_wins(runner):
+    """``envFrom[].secretRef``: each key a variable (after the prefix), masked in the
+    logs; an ``env`` entry of the same name wins, as in Kubernetes."""
+    runner.client.create_secret("db", {"USER": "svc-trainer", "PASSWORD": "pw-8f3a1c77"})
+    code = (
+        "import os, hashlib; "
+        "print('user', os.environ['DB_USER']); "
+        "print('password', os.environ['DB_PASSWORD']); "
+        "print('digest', hashlib.sha256(os.environ['DB_PASSWORD'].encode()).hexdigest()); "
+        "print('mode', os.environ['DB_MODE'])"
+    )
+    template = python("main", code)
+    template["container"]["envFrom"] = [{"secretRef": {"name": "db"}, "prefix": "DB_"}]
+    template["container"]["env"] = [{"name": "DB_MODE", "value": "ro"}]
+    runner.client.create_secret("more", {"DB_MODE": "rw-from-secret"})
+    template["container"]["envFrom"].append({"secretRef": {"name": "more"}})
+    execution = runner.wait(runner.start(runner.configure(runner.register(
+        workflow("env-from", [template])
+    ))))
+    assert execution.status == 3, execution.status_message  # COMPLETED
+    output = runner.output(execution.id)
+    assert output == [
+        f"user {MASK}", f"password {MASK}", f"digest {digest('pw-8f3a1c77')}", "mode ro"
+    ]
+    assert not any("pw-8f3a1c77" in text for _, _, text in runner.logs(execution.id))
+
+
+def test_env_from_a_missing_secret_is_refused_at_create_unless_optional(runner):
+    template = python("main", "import os; print(sorted(k for k in os.environ if k[:2] == 'X_'))")
+    template["container"]["envFrom"] = [{"secretRef": {"name": "absent"}, "prefix": "X_"}]
+    configuration = runner.configure(runner.register(workflow("env-from-missing", [template])))
+    error = refused(runner.start, configuration)
+    assert error.reason == "SECRET_NOT_FOUND"
+    assert error.metadata["field"] == "spec.templates[0].container.envFrom[0].secretRef.name"
+
+    template["container"]["envFrom"][0]["secretRef"]["optional"] = True
+    configuration = runner.configure(runner.register(workflow("env-from-optional", [template])))
+    execution = runner.wait(runner.start(configuration))
+    assert runner.output(execution.id) == ["[]"]
+
+
 # -------------------------------------------------------------- never returned
 
 

@@ -169,7 +169,7 @@ _VOLUME_MOUNT = Shape(
     | {"mountPropagation": "mountPropagation is not supported"},
 )
 _PROCESS_FIELDS = {
-    "image": ANY, "command": ANY, "args": ANY, "env": Each(_ENV),
+    "image": ANY, "command": ANY, "args": ANY, "env": Each(_ENV), "envFrom": Each(_ENV_FROM),
     "workingDir": ANY, "resources": _RESOURCES,
 }
 _PROCESS_IGNORED = _names(
@@ -177,8 +177,6 @@ _PROCESS_IGNORED = _names(
     "terminationMessagePath", "terminationMessagePolicy",
 )
 _PROCESS_REFUSED = {
-    "envFrom": "envFrom is not supported; name each variable in env (valueFrom.secretKeyRef "
-    "for a secret's key)",
     "volumeMounts": "volumes are not supported; pass data as artifacts",
     "securityContext": "securityContext is not supported: steps run as an unprivileged "
     "user with no added capabilities",

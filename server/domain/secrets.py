@@ -9,6 +9,9 @@ Executables refer to secrets in two ways (:func:`references`):
 
 * ``env[].valueFrom.secretKeyRef: {name, key}`` of a container or script template: the
   step's environment variable gets that key's value;
+* ``envFrom[].secretRef: {name}`` of a container or script template: every key of the
+  secret becomes an environment variable of the step (after ``envFrom[].prefix``); a
+  variable of ``env`` with the same name wins, as in Kubernetes;
 * ``spec.imagePullSecrets: [{name}]``: the secret's ``.dockerconfigjson`` key (a
   container auth file, ``{"auths": {REGISTRY: {...}}}``, as Kubernetes keeps registry
   credentials) is what a container runner pulls the step images with.
@@ -47,6 +50,8 @@ MAX_DATA_BYTES = 1024 * 1024
 MAX_KEYS = 256
 DOCKER_CONFIG_KEY = ".dockerconfigjson"
 MASK = "***"
+# The key of a reference that takes every key of its secret (``envFrom[].secretRef``).
+WHOLE_SECRET = "*"
 # Shorter pieces of a value are not masked: they cannot be told from ordinary text
 # (a value "1" would turn every digit 1 of the log into ***).
 MIN_MASKED_CHARS = 3
@@ -61,6 +66,11 @@ class SecretRef:
     key: str
     optional: bool = False
     name_field: str = "name"  # the reference's sub-fields, for the error's field
+
+    @property
+    def whole(self) -> bool:
+        """Whether the reference takes every key of the secret (``envFrom``)."""
+        return self.key == WHOLE_SECRET
 
 
 @dataclass(slots=True)
@@ -81,9 +91,20 @@ def references(spec: Mapping[str, Any]) -> list[SecretRef]:
             continue
         for kind in ("container", "script"):
             process = template.get(kind)
-            env = process.get("env") if isinstance(process, dict) else None
-            if not isinstance(env, list):
+            if not isinstance(process, dict):
                 continue
+            env = process.get("env") if isinstance(process.get("env"), list) else []
+            for j, entry in enumerate(process.get("envFrom") or []):
+                ref = entry.get("secretRef") if isinstance(entry, dict) else None
+                if isinstance(ref, dict):
+                    refs.append(
+                        SecretRef(
+                            field=f"spec.templates[{i}].{kind}.envFrom[{j}].secretRef",
+                            name=str(ref.get("name") or ""),
+                            key=WHOLE_SECRET,
+                            optional=ref.get("optional") is True,
+                        )
+                    )
             for j, entry in enumerate(env):
                 value_from = entry.get("valueFrom") if isinstance(entry, dict) else None
                 ref = value_from.get("secretKeyRef") if isinstance(value_from, dict) else None
@@ -114,7 +135,7 @@ def check_references(refs: Sequence[SecretRef]) -> list[tuple[str, str]]:
     for ref in refs:
         if not NAME_RE.match(ref.name):
             problems.append((f"{ref.field}.name", f"{ref.name!r} is not a secret name"))
-        if not KEY_RE.match(ref.key):
+        if not ref.whole and not KEY_RE.match(ref.key):
             problems.append((f"{ref.field}.key", f"{ref.key!r} is not a secret key name"))
     return problems
 
@@ -251,7 +272,7 @@ class SecretService:
                     reason=Reason.SECRET_NOT_FOUND,
                     metadata={"secret": ref.name, "field": f"{ref.field}.name"},
                 )
-            if ref.key not in secret.keys and not ref.optional:
+            if not ref.whole and ref.key not in secret.keys and not ref.optional:
                 raise FailedPrecondition(
                     message=(
                         f"secret {ref.name!r} has no key {ref.key!r} "
@@ -283,6 +304,11 @@ class SecretService:
         auths: dict[str, Any] = {}
         for ref in refs:
             values = opened.get(ref.name)
+            if ref.whole and values is not None:
+                for key, value in values.items():
+                    resolved.values[(ref.name, key)] = value
+                    resolved.masked.append(value)
+                continue
             if values is None or ref.key not in values:
                 if ref.optional:
                     continue

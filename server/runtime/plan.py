@@ -409,6 +409,21 @@ class _Planner:
         self.secrets = secrets
         self.step_paths = step_paths
 
+    def _env_from(self, process: Mapping[str, Any], where: str) -> dict[str, str]:
+        """The variables of ``envFrom``: every key of each secret named (resolved at the
+        start), after its prefix; later entries win, and ``env`` wins over them all."""
+        env: dict[str, str] = {}
+        for entry in process.get("envFrom") or []:
+            ref = entry.get("secretRef") if isinstance(entry, dict) else None
+            if not isinstance(ref, dict):
+                raise PlanError(f"{where}: envFrom takes secretRef entries only")
+            name, prefix = str(ref.get("name")), str(entry.get("prefix") or "")
+            keys = {key: value for (secret, key), value in self.secrets.items() if secret == name}
+            if not keys and ref.get("optional") is not True:
+                raise PlanError(f"{where}: envFrom: secret {name!r} is not available")
+            env.update((prefix + key, value) for key, value in sorted(keys.items()))
+        return env
+
     def _shown(self, root: Path, path: Path) -> str:
         """What a placeholder of ``path`` (under ``root``) gives the step."""
         if self.step_paths:
@@ -463,7 +478,7 @@ class _Planner:
         image = str(process.get("image", ""))
         command = [_substitute(c, values, where) for c in process.get("command") or []]
         args = [_substitute(a, values, where) for a in process.get("args") or []]
-        env = {}
+        env = self._env_from(process, where)
         for entry in process.get("env") or []:
             name = entry.get("name") if isinstance(entry, dict) else None
             if not name:

@@ -5,7 +5,8 @@ credentials, the server's own settings and anything else in it stay with the ser
 A runner that starts steps on the server's machine (the local process runner) passes
 on only these variables, when the server has them; a runner with an environment of its
 own (a container image, a Ray worker) passes on none. On top come the template's own
-``env`` entries (secrets only as the template asks, through ``secretKeyRef``) and the
+``env`` entries (secrets only as the template asks, through ``secretKeyRef`` and
+``envFrom``) and the
 ``TRAINYARD_*`` variables of the step: TRAINYARD_ADDRESS, TRAINYARD_EXECUTION_ID,
 TRAINYARD_RESOURCE_GROUP, TRAINYARD_STEP and, when the server checks credentials,
 TRAINYARD_TOKEN (the execution's own short-lived token).
