@@ -111,12 +111,20 @@ def test_stopping_a_group_that_is_not_our_child_waits_on_its_pidfd(scans, pidfds
     """After a restart the step's leader is not our child: terminate_group still
     waits on the leader's pidfd, and scans nothing."""
     # A parent of its own (which reaps it) starts the leader in a session of its own.
+    # The leader outlives the SIGTERM by a second (one dead at once could be gone
+    # before its pidfd is opened), and says when it handles the signal.
+    leader = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: (time.sleep(1), sys.exit(0)))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(30)\n"
+    )
     parent = subprocess.Popen(
         [
             sys.executable,
             "-c",
             "import subprocess, sys\n"
-            "p = subprocess.Popen(['sleep', '30'], start_new_session=True)\n"
+            f"p = subprocess.Popen([sys.executable, '-c', {leader!r}], start_new_session=True)\n"
             "print(p.pid, flush=True)\n"
             "p.wait()\n",
         ],
@@ -124,7 +132,9 @@ def test_stopping_a_group_that_is_not_our_child_waits_on_its_pidfd(scans, pidfds
         text=True,
     )
     try:
-        pgid = int(parent.stdout.readline())
+        lines = {parent.stdout.readline().strip(), parent.stdout.readline().strip()}
+        lines.discard("ready")
+        pgid = int(lines.pop())
         assert psutil.Process(pgid).ppid() == parent.pid
         gone = asyncio.run(procs.terminate_group(pgid, grace=10.0))
         assert gone
