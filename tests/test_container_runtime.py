@@ -197,6 +197,79 @@ def test_stop_ends_the_container_within_the_grace_period(runner, podman):
     podman.wait_empty("the stopped container to be removed")
 
 
+VOLUMES = f"""
+apiVersion: argoproj.io/v1alpha1
+kind: WorkflowTemplate
+metadata:
+  name: volumes
+  labels:
+    scenarios.ai.sap.com/id: "container-tests"
+    ai.sap.com/version: "1.0"
+spec:
+  entrypoint: main
+  volumes:
+    - name: creds
+      secret:
+        secretName: db
+        items: [{{key: password, path: conf/pw}}]
+  templates:
+    - name: main
+      volumes:
+        - name: cache
+          emptyDir: {{}}
+      container:
+        image: {IMAGE}
+        command: ["/bin/sh", "-c"]
+        args:
+          - >-
+            ls -A /cache; echo cached > /cache/x && cat /cache/x;
+            ls /etc/creds/conf; wc -c < /etc/creds/conf/pw;
+            (echo changed > /etc/creds/conf/pw) 2>/dev/null && echo writable || echo read-only;
+            cat /etc/creds/conf/pw; echo
+        volumeMounts:
+          - {{name: cache, mountPath: /cache}}
+          - {{name: creds, mountPath: /etc/creds}}
+"""
+
+
+def test_empty_dir_and_secret_volumes_are_mounted(runner, podman, container_server):
+    """An emptyDir starts empty and is writable; a secret volume holds the keys as
+    files, read-only, masked when printed, and gone from this machine once the step
+    ended."""
+    value = "pw-volume-5e1d"
+    runner.client.create_secret("db", {"password": value, "user": "unused"})
+    runner.register(VOLUMES)
+    execution_id = runner.start(runner.configure("volumes", scenario="container-tests"))
+    execution = runner.wait(execution_id, timeout=60)
+    assert STATUS_NAME[execution.status] == "COMPLETED", execution.status_message
+    assert runner.output(execution_id) == [
+        "cached", "pw", str(len(value)), "read-only", "***"
+    ]
+    podman.wait_empty("the finished container to be removed")
+    data_dir = container_server.settings.data_dir
+    holding = [
+        path for path in data_dir.rglob("*")
+        if path.is_file() and value.encode() in path.read_bytes()
+    ]
+    assert holding == []
+
+
+def test_the_local_runtime_refuses_at_start_a_volume_mount(server_factory):
+    server = server_factory()
+    runner = Runner(server.address)
+    try:
+        runner.register(VOLUMES.replace("name: volumes", "name: volumes-local", 1))
+        runner.client.create_secret("db", {"password": "pw-local-1"})
+        execution_id = runner.start(runner.configure("volumes-local", scenario="container-tests"))
+        execution = runner.wait(execution_id, timeout=60)
+        assert STATUS_NAME[execution.status] == "DEAD"
+        assert "only the container runtime (--runtime container) mounts volumes" in (
+            execution.status_message
+        )
+    finally:
+        runner.close()
+
+
 @pytest.mark.parametrize("end", ["kill -9", "SIGTERM"])
 def test_a_server_ended_mid_run_reattaches_its_running_container(podman, tmp_path, end):
     """Whether the server dies (kill -9) or shuts down (SIGTERM, as for an upgrade), the

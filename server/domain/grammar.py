@@ -170,14 +170,13 @@ _VOLUME_MOUNT = Shape(
 )
 _PROCESS_FIELDS = {
     "image": ANY, "command": ANY, "args": ANY, "env": Each(_ENV), "envFrom": Each(_ENV_FROM),
-    "workingDir": ANY, "resources": _RESOURCES,
+    "workingDir": ANY, "resources": _RESOURCES, "volumeMounts": Each(_VOLUME_MOUNT),
 }
 _PROCESS_IGNORED = _names(
     "name", "imagePullPolicy", "ports", "livenessProbe", "readinessProbe", "startupProbe",
     "terminationMessagePath", "terminationMessagePolicy",
 )
 _PROCESS_REFUSED = {
-    "volumeMounts": "volumes are not supported; pass data as artifacts",
     "securityContext": "securityContext is not supported: steps run as an unprivileged "
     "user with no added capabilities",
     "lifecycle": "lifecycle hooks of a container are not supported",
@@ -260,7 +259,7 @@ _TEMPLATE = Shape(
         "steps": Groups(_STEP),
         "inputs": _INPUTS, "outputs": _OUTPUTS, "metadata": _TEMPLATE_METADATA,
         "retryStrategy": ANY,  # its keys: templates.py
-        "activeDeadlineSeconds": ANY,
+        "activeDeadlineSeconds": ANY, "volumes": Each(_VOLUME),
         # Template kinds that do not run here: templates.py says so for the template.
         "resource": ANY, "suspend": ANY, "containerSet": ANY, "http": ANY, "plugin": ANY,
         "data": ANY,
@@ -283,7 +282,6 @@ _TEMPLATE = Shape(
         "user with no added capabilities",
         "hostAliases": "hostAliases is not supported",
         "executor": "executor settings are not supported",
-        "volumes": "volumes are not supported; pass data as artifacts",
     },
 )
 _SPEC = Shape(
@@ -292,6 +290,7 @@ _SPEC = Shape(
         "entrypoint": ANY, "templates": Each(_TEMPLATE), "arguments": _WORKFLOW_INPUTS,
         "inputs": _WORKFLOW_INPUTS, "onExit": ANY, "activeDeadlineSeconds": ANY,
         "imagePullSecrets": Each(Shape("an image pull secret", {"name": ANY})),
+        "volumes": Each(_VOLUME),
     },
     ignored=_names(
         "serviceAccountName", "podGC", "ttlStrategy", "nodeSelector", "tolerations",
@@ -319,7 +318,6 @@ _SPEC = Shape(
         "workflowTemplateRef": "a workflow that only refers to another template is not "
         "supported; use templateRef in a step",
         "shutdown": "shutdown is not supported; stop the execution",
-        "volumes": "volumes are not supported; pass data as artifacts",
         "retryStrategy": "a workflow's retryStrategy is not supported; set it on the "
         "container or script templates",
     },

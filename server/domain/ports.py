@@ -456,6 +456,11 @@ class Mount:
     # A file the step writes (an output parameter): a runner with a file system of
     # its own copies it out after the step exited instead of mounting it.
     copy_out: bool = False
+    # A volume of the template (``volumes`` / ``volumeMounts``): "emptyDir", a folder
+    # made empty for each attempt, or "secret", the ``contents`` (relative path, text)
+    # written as files before the step starts and removed once it ended.
+    volume: str = ""
+    contents: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,8 @@ Executables refer to secrets in two ways (:func:`references`):
 * ``envFrom[].secretRef: {name}`` of a container or script template: every key of the
   secret becomes an environment variable of the step (after ``envFrom[].prefix``); a
   variable of ``env`` with the same name wins, as in Kubernetes;
+* ``volumes[].secret: {secretName, items}`` of the spec or a template: the keys (every
+  key, or those of ``items``) as files of a read-only volume the step mounts;
 * ``spec.imagePullSecrets: [{name}]``: the secret's ``.dockerconfigjson`` key (a
   container auth file, ``{"auths": {REGISTRY: {...}}}``, as Kubernetes keeps registry
   credentials) is what a container runner pulls the step images with.
@@ -65,12 +67,24 @@ class SecretRef:
     name: str
     key: str
     optional: bool = False
-    name_field: str = "name"  # the reference's sub-fields, for the error's field
+    # The reference's sub-fields naming the secret and the key, for the error's field
+    # ("" for the image pull secrets, whose key is implied).
+    name_field: str = "name"
+    key_field: str = "key"
 
     @property
     def whole(self) -> bool:
-        """Whether the reference takes every key of the secret (``envFrom``)."""
+        """Whether the reference takes every key of the secret (``envFrom``, a secret
+        volume without ``items``)."""
         return self.key == WHOLE_SECRET
+
+    @property
+    def name_path(self) -> str:
+        return f"{self.field}.{self.name_field}"
+
+    @property
+    def key_path(self) -> str:
+        return f"{self.field}.{self.key_field}" if self.key_field else self.field
 
 
 @dataclass(slots=True)
@@ -118,15 +132,47 @@ def references(spec: Mapping[str, Any]) -> list[SecretRef]:
                         optional=ref.get("optional") is True,
                     )
                 )
+    holders = [("spec", spec)] + [
+        (f"spec.templates[{i}]", t) for i, t in enumerate(templates) if isinstance(t, dict)
+    ]
+    for where, holder in holders:
+        volumes = holder.get("volumes")
+        for k, volume in enumerate(volumes if isinstance(volumes, list) else []):
+            secret = volume.get("secret") if isinstance(volume, dict) else None
+            if isinstance(secret, dict):
+                refs += _volume_refs(f"{where}.volumes[{k}].secret", secret)
     pull = spec.get("imagePullSecrets")
     for k, entry in enumerate(pull if isinstance(pull, list) else []):
         if isinstance(entry, dict):
             refs.append(
                 SecretRef(
-                    f"spec.imagePullSecrets[{k}]", str(entry.get("name") or ""), DOCKER_CONFIG_KEY
+                    f"spec.imagePullSecrets[{k}]",
+                    str(entry.get("name") or ""),
+                    DOCKER_CONFIG_KEY,
+                    key_field="",
                 )
             )
     return refs
+
+
+def _volume_refs(field: str, secret: Mapping[str, Any]) -> list[SecretRef]:
+    """A secret volume: the keys of its ``items``, else the whole secret."""
+    name = str(secret.get("secretName") or "")
+    optional = secret.get("optional") is True
+    items = secret.get("items")
+    if not isinstance(items, list) or not items:
+        return [SecretRef(field, name, WHOLE_SECRET, optional, name_field="secretName")]
+    return [
+        SecretRef(
+            field,
+            name,
+            str(item.get("key") or "") if isinstance(item, dict) else "",
+            optional,
+            name_field="secretName",
+            key_field=f"items[{m}].key",
+        )
+        for m, item in enumerate(items)
+    ]
 
 
 def check_references(refs: Sequence[SecretRef]) -> list[tuple[str, str]]:
@@ -134,9 +180,9 @@ def check_references(refs: Sequence[SecretRef]) -> list[tuple[str, str]]:
     problems = []
     for ref in refs:
         if not NAME_RE.match(ref.name):
-            problems.append((f"{ref.field}.name", f"{ref.name!r} is not a secret name"))
+            problems.append((ref.name_path, f"{ref.name!r} is not a secret name"))
         if not ref.whole and not KEY_RE.match(ref.key):
-            problems.append((f"{ref.field}.key", f"{ref.key!r} is not a secret key name"))
+            problems.append((ref.key_path, f"{ref.key!r} is not a secret key name"))
     return problems
 
 
@@ -267,23 +313,23 @@ class SecretService:
                 raise FailedPrecondition(
                     message=(
                         f"secret {ref.name!r} does not exist in resource group "
-                        f"{resource_group!r} ({ref.field}.name refers to it)"
+                        f"{resource_group!r} ({ref.name_path} refers to it)"
                     ),
                     reason=Reason.SECRET_NOT_FOUND,
-                    metadata={"secret": ref.name, "field": f"{ref.field}.name"},
+                    metadata={"secret": ref.name, "field": ref.name_path},
                 )
             if not ref.whole and ref.key not in secret.keys and not ref.optional:
                 raise FailedPrecondition(
                     message=(
                         f"secret {ref.name!r} has no key {ref.key!r} "
-                        f"({ref.field}{'' if ref.key == DOCKER_CONFIG_KEY else '.key'} "
+                        f"({ref.key_path} "
                         f"refers to it)"
                     ),
                     reason=Reason.SECRET_KEY_NOT_FOUND,
                     metadata={
                         "secret": ref.name,
                         "key": ref.key,
-                        "field": ref.field if ref.key == DOCKER_CONFIG_KEY else f"{ref.field}.key",
+                        "field": ref.key_path,
                     },
                 )
 

@@ -612,6 +612,15 @@ def _check_output_parameter(entry: dict, path: str, leaf: bool, problems: _Probl
 
 def _check_spec_fields(spec: dict, templates: dict[str, _Template], problems: _Problems) -> None:
     _check_deadline(spec, "spec", problems)
+    shared = _check_volumes(spec, "spec", problems)
+    for template in templates.values():
+        own = _check_volumes(template.body, template.path, problems)
+        for kind in ("container", "script"):
+            process = template.body.get(kind)
+            if isinstance(process, dict):
+                _check_volume_mounts(
+                    process, f"{template.path}.{kind}", {**shared, **own}, problems
+                )
     on_exit = spec.get("onExit")
     if on_exit is not None and (not isinstance(on_exit, str) or on_exit not in templates):
         problems.add("spec.onExit", f"no template named {on_exit!r}{_known(templates)}")
@@ -620,6 +629,58 @@ def _check_spec_fields(spec: dict, templates: dict[str, _Template], problems: _P
 def _not_run_yet(holder: dict, key: str, feature: str, path: str, problems: _Problems) -> None:
     if holder.get(key) is not None and feature in NOT_RUN_YET:
         problems.add(path, NOT_RUN_YET[feature])
+
+
+def _check_volumes(holder: dict, path: str, problems: _Problems) -> dict[str, dict]:
+    """``volumes`` of the spec or a template: emptyDir and secret volumes, by name."""
+    found: dict[str, dict] = {}
+    for entry_path, entry in _check_names(
+        _entries(holder, "volumes", f"{path}.volumes", problems), "volume", problems
+    ):
+        kinds = [kind for kind in ("emptyDir", "secret") if kind in entry]
+        if len(kinds) != 1:
+            problems.add(entry_path, "a volume needs exactly one of emptyDir, secret")
+            continue
+        found[entry["name"]] = entry
+        secret = entry.get("secret")
+        if kinds == ["secret"]:
+            if not isinstance(secret, dict) or not secret.get("secretName"):
+                problems.add(f"{entry_path}.secret.secretName", "the secret's name is required")
+                continue
+            for item_path, item in _entries(
+                secret, "items", f"{entry_path}.secret.items", problems
+            ):
+                file = item.get("path")
+                if not isinstance(file, str) or not _relative_file(file):
+                    problems.add(
+                        f"{item_path}.path",
+                        f"{file!r} is not a relative file path inside the volume",
+                    )
+    return found
+
+
+def _relative_file(path: str) -> bool:
+    parts = path.split("/")
+    return bool(path) and not path.startswith("/") and ".." not in parts and "" not in parts
+
+
+def _check_volume_mounts(
+    process: dict, path: str, volumes: dict[str, dict], problems: _Problems
+) -> None:
+    """A container's ``volumeMounts``: each names a volume of its template or the spec,
+    at an absolute path of its own."""
+    seen: set[str] = set()
+    for entry_path, entry in _entries(process, "volumeMounts", f"{path}.volumeMounts", problems):
+        name = entry.get("name")
+        if name not in volumes:
+            problems.add(f"{entry_path}.name", f"no volume named {name!r}{_known(volumes)}")
+        target = entry.get("mountPath")
+        if not isinstance(target, str) or not target.startswith("/") or "," in target:
+            problems.add(f"{entry_path}.mountPath", "must be an absolute path (without ',')")
+        elif target.rstrip("/") in seen:
+            problems.add(f"{entry_path}.mountPath", f"{target!r} is mounted twice")
+        else:
+            seen.add(target.rstrip("/"))
 
 
 def _check_deadline(holder: dict, path: str, problems: _Problems) -> None:

@@ -11,6 +11,10 @@ outlives the server:
   path is mounted from the step's folder on this machine (collected as on the local
   runtime). An output whose last path element has a dot (``/tmp/result.txt``) is taken
   as a file: it is not mounted but copied out of the container after it exited;
+* ``volumeMounts`` of the template's (or the workflow's) ``volumes``: an ``emptyDir`` is
+  a folder of the step's runner folder made empty for each attempt; a ``secret``
+  volume holds the secret's keys as files, mounted read-only, removed once the step
+  ended;
 * an unprivileged user (``--user``, default 65534:65534), no network
   (``--network none``) unless the server is told otherwise, the step's resources as
   ``--cpus`` / ``--memory`` limits;
@@ -266,6 +270,7 @@ class ContainerHandle:
         *,
         offset: int = 0,
         skip: int = 0,
+        secrets: Sequence[str] = (),
     ):
         self.runner = runner
         self.step = step
@@ -274,6 +279,7 @@ class ContainerHandle:
         self.output = output
         self.log = LogFile(log_path, runner.engine.kind, offset)
         self._skip = skip  # lines a previous server already stored
+        self.secrets = list(secrets)  # folders of its secret volumes, removed at its end
         self._stopping = False
         self._exited = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
@@ -286,6 +292,7 @@ class ContainerHandle:
             "log": str(self.log.path),
             "copies": [list(c) for c in self.copies],
             "step": self.step,
+            "secrets": self.secrets,
         }
 
     @property
@@ -321,9 +328,11 @@ class ContainerHandle:
                 self.output.note(f"step {self.step}: stopped reading its log")
         if code == 0:
             await self._copy_outputs()
+        if self.secrets:  # the values stay in the store only
+            await asyncio.to_thread(_remove_all, self.secrets)
         # Removed in the background: the step's end (and the execution's) need not wait
         # for the engine's clean-up; a server that dies meanwhile removes it at start.
-        self.runner.remove_later(self.id)
+        self.runner.remove_later(self.id, self.log.path)
         return StepExit(code)
 
     async def _wait_exit(self) -> int:
@@ -535,7 +544,9 @@ class ContainerRunner:
         if launch.working_dir:
             argv += ["--workdir", launch.working_dir]
         for mount in launch.mounts:
-            if mount.read_only:
+            if mount.volume:
+                argv += ["--mount", _bind(mount.source, mount.target, mount.read_only)]
+            elif mount.read_only:
                 argv += ["--mount", _bind(mount.source, mount.target, True)]
             elif mount.copy_out or _is_file_path(mount.target):
                 copies.append((mount.target, mount.source))
@@ -571,7 +582,10 @@ class ContainerRunner:
         container_id = out.strip().splitlines()[-1]
         if self.engine.kind == "docker":
             log_path = Path(await self._docker_log_path(container_id))
-        return ContainerHandle(self, launch.step, container_id, log_path, copies, output)
+        secrets = [m.source for m in launch.mounts if m.volume == "secret"]
+        return ContainerHandle(
+            self, launch.step, container_id, log_path, copies, output, secrets=secrets
+        )
 
     def _network(self) -> str:
         if self.network == "api":
@@ -612,12 +626,16 @@ class ContainerRunner:
             return None
         return int(parts[1])
 
-    async def remove(self, container_id: str) -> None:
+    async def remove(self, container_id: str, log: Path | None = None) -> None:
+        """Remove the container and its log file: the file holds what the step printed
+        as it printed it, secrets unmasked (the stored lines are masked)."""
         await run_engine(self.engine, "rm", "-f", "-v", container_id)
+        if log is not None and self.engine.kind == "podman":  # Docker removes its own
+            await asyncio.to_thread(log.unlink, missing_ok=True)
 
-    def remove_later(self, container_id: str) -> None:
+    def remove_later(self, container_id: str, log: Path | None = None) -> None:
         self._removing.add(container_id)
-        task = asyncio.ensure_future(self.remove(container_id))
+        task = asyncio.ensure_future(self.remove(container_id, log))
         self._removals.add(task)
 
         def done(task: asyncio.Task) -> None:
@@ -643,6 +661,7 @@ class ContainerRunner:
             copies,
             output,
             skip=lines_stored,
+            secrets=[str(path) for path in state.get("secrets") or []],
         )
 
     async def _exists(self, container_id: str) -> bool:
@@ -662,7 +681,11 @@ class ContainerRunner:
         container_id = state.get("container")
         if isinstance(container_id, str):
             await run_engine(self.engine, "stop", "-t", str(max(0, math.ceil(grace))), container_id)
-            await self.remove(container_id)
+            log = state.get("log")
+            await self.remove(container_id, Path(log) if isinstance(log, str) and log else None)
+        secrets = state.get("secrets")
+        if isinstance(secrets, list) and secrets:
+            await asyncio.to_thread(_remove_all, [str(path) for path in secrets])
 
     async def _labelled(self, *filters: str) -> list[tuple[str, str]]:
         """(container id, execution id) of our containers that match the filters."""
@@ -726,11 +749,41 @@ def _prepare(scratch: Path, launch: StepLaunch) -> None:
         with contextlib.suppress(FileNotFoundError):
             (scratch / name).unlink()
     for mount in launch.mounts:
+        if mount.volume:
+            _fresh_volume(Path(mount.source), mount.contents if mount.volume == "secret" else None)
+            continue
         if mount.read_only or mount.copy_out or _is_file_path(mount.target):
             continue
         path = Path(mount.source)
         path.mkdir(parents=True, exist_ok=True)
         os.chmod(path, 0o777)  # the step runs as another, unprivileged user
+
+
+def _fresh_volume(path: Path, files: Sequence[tuple[str, str]] | None) -> None:
+    """An emptyDir (``files`` None): an empty folder the step's user can write; a secret
+    volume: a folder holding ``files``, which the step's user can read (it runs as
+    another, unprivileged user) and nobody can change."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    if files is None:
+        os.chmod(path, 0o777)
+        return
+    for name, text in files:
+        file = path / name
+        file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+    for folder, _, _ in os.walk(path):
+        os.chmod(folder, 0o555)
+
+
+def _remove_all(paths: Sequence[str]) -> None:
+    for path in paths:
+        for folder, _, _ in os.walk(path):
+            with contextlib.suppress(OSError):
+                os.chmod(folder, 0o700)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -122,6 +122,7 @@ log = structlog.get_logger(__name__)
 
 STATE_FILE = "state.json"
 RUNNER_DIR = "runner"  # <work dir>/runner/<step>: files of the step's runner
+VOLUMES_DIR = "volumes"  # <work dir>/runner/<step>/volumes/<volume>: its template's volumes
 KILL_TIMEOUT = 5.0  # how long a killed step may take to disappear
 DRAIN_TIMEOUT = 2.0  # how long a runner reads a step's output after it ended
 ADMIT_DELAY_MAX = 1.0  # longest pause between two admission checks of a waiting step
@@ -1181,6 +1182,17 @@ class Executor(Runtime):
         ]
         if step.script_path is not None:
             mounts.append(Mount(str(step.script_path), SCRIPT_IN_STEP, True))
+        scratch = run.work_dir / RUNNER_DIR / _file_name(step.name)
+        mounts += [
+            Mount(
+                str(scratch / VOLUMES_DIR / _file_name(v.name)),
+                v.mount_path,
+                v.read_only,
+                volume="secret" if v.secret else "emptyDir",
+                contents=v.files or (),
+            )
+            for v in step.volumes
+        ]
         return StepLaunch(
             execution_id=run.id,
             resource_group=run.execution.resource_group,
@@ -1194,7 +1206,7 @@ class Executor(Runtime):
             api_address=self.server_address,
             api_url=f"http://{self.http_address}" if self.http_address else "",
             root=str(step.root),
-            scratch=str(run.work_dir / RUNNER_DIR / _file_name(step.name)),
+            scratch=str(scratch),
             working_dir=step.working_dir,
             mounts=tuple(mounts),
             resources=step.resources,

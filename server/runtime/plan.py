@@ -141,6 +141,22 @@ class StepOutput:
 
 
 @dataclass(frozen=True, slots=True)
+class StepVolume:
+    """A volume a step mounts (``volumeMounts`` of its container): an ``emptyDir``,
+    fresh for each attempt, or the keys of a secret as files (``files``: relative path
+    and contents), always read-only."""
+
+    name: str
+    mount_path: str
+    read_only: bool = False
+    files: tuple[tuple[str, str], ...] | None = None  # None: an emptyDir
+
+    @property
+    def secret(self) -> bool:
+        return self.files is not None
+
+
+@dataclass(frozen=True, slots=True)
 class Retry:
     """A step's ``retryStrategy``: how many more attempts, on which failures, how soon."""
 
@@ -185,6 +201,7 @@ class PlannedStep:
     resources: Resources = field(default_factory=Resources)  # limits a runner applies
     parameters: list[OutputParameter] = field(default_factory=list)  # outputs.parameters
     keeps_result: bool = False  # a later step reads its {{...outputs.result}}
+    volumes: tuple[StepVolume, ...] = ()  # container runtime only
 
     @property
     def command(self) -> list[str]:
@@ -294,6 +311,7 @@ def build_plan(
         plans_.DEFAULT_PLANS if plans is None else plans,
         secrets or {},
         step_paths,
+        documents={"": executable.spec, **(library or {})},
     )
     steps = [planner.step(ws) for ws in workflow]
     groups: dict[str, tuple[str, ...]] = {}
@@ -400,6 +418,7 @@ class _Planner:
         plans: Mapping[str, Resources],
         secrets: Mapping[tuple[str, str], str],
         step_paths: bool = False,
+        documents: Mapping[str, Mapping[str, Any]] | None = None,
     ):
         self.global_values = global_values
         self.workflow_parameters = workflow_parameters
@@ -408,6 +427,66 @@ class _Planner:
         self.plans = plans
         self.secrets = secrets
         self.step_paths = step_paths
+        # The workflow's spec ("") and those of the executables its templateRefs name.
+        self.documents = documents or {}
+
+    def _volumes(
+        self, ws: WorkflowStep, process: Mapping[str, Any], where: str
+    ) -> tuple[StepVolume, ...]:
+        """The step's ``volumeMounts``, each with its volume: the template's own
+        ``volumes``, else those of the spec of the document the template is in (the
+        workflow's, or the executable a templateRef names)."""
+        mounts = process.get("volumeMounts") or []
+        if not mounts:
+            return ()
+        if not self.step_paths:
+            raise PlanError(
+                f"{where}: volumeMounts: only the container runtime (--runtime container) "
+                "mounts volumes"
+            )
+        document = self.documents.get("", {})
+        for link in reversed(ws.chain):
+            ref = link.call.get("templateRef") if link.call else None
+            if isinstance(ref, dict):
+                document = self.documents.get(str(ref.get("name")), {})
+                break
+        declared: dict[str, dict] = {}
+        for holder in (document, ws.template):
+            for volume in holder.get("volumes") or []:
+                if isinstance(volume, dict) and volume.get("name"):
+                    declared[str(volume["name"])] = volume
+        result = []
+        for mount in mounts:
+            name = str(mount.get("name"))
+            volume = declared.get(name)
+            if volume is None:
+                raise PlanError(f"{where}: volumeMounts: no volume named {name!r}")
+            read_only = mount.get("readOnly") is True
+            files = None
+            if "secret" in volume:
+                files = self._secret_files(volume["secret"] or {}, f"{where}: volume {name}")
+                read_only = True
+            result.append(StepVolume(name, str(mount.get("mountPath")), read_only, files))
+        return tuple(result)
+
+    def _secret_files(self, secret: Mapping[str, Any], where: str) -> tuple[tuple[str, str], ...]:
+        """A secret volume's files: each key (or each of ``items``, at its path)."""
+        name = str(secret.get("secretName"))
+        values = {key: value for (n, key), value in self.secrets.items() if n == name}
+        items = secret.get("items")
+        if items:
+            files = []
+            for item in items:
+                key = str(item.get("key"))
+                if key not in values:
+                    if secret.get("optional") is True:
+                        continue
+                    raise PlanError(f"{where}: key {key!r} of secret {name!r} is not available")
+                files.append((str(item.get("path")), values[key]))
+            return tuple(files)
+        if not values and secret.get("optional") is not True:
+            raise PlanError(f"{where}: secret {name!r} is not available")
+        return tuple(sorted(values.items()))
 
     def _env_from(self, process: Mapping[str, Any], where: str) -> dict[str, str]:
         """The variables of ``envFrom``: every key of each secret named (resolved at the
@@ -527,6 +606,7 @@ class _Planner:
                 "entrypoint"
             )
         argv = [*command, *args]
+        volumes = self._volumes(ws, process, where)
         return PlannedStep(
             name=ws.name,
             template=template["name"],
@@ -543,6 +623,7 @@ class _Planner:
             exit_handler=ws.exit_handler,
             retry=_retry(template.get("retryStrategy"), where),
             deadline=_seconds(template, where),
+            volumes=volumes,
             script=script,
             script_path=script_path,
             env=env,
