@@ -327,6 +327,49 @@ def test_a_retry_announced_before_the_kill_runs_after_it_as_the_next_attempt(pod
         runner.close()
 
 
+RETRIED_RUNNING = template(
+    "retried-running",
+    "    - name: main\n"
+    "      steps:\n"
+    "        - - name: flaky\n"
+    "            template: flaky\n"
+    + shell(
+        "flaky",
+        "if [ -e /app/state/failed ]; then echo second one; echo second two; sleep 3; "
+        "echo second three; "
+        "else touch /app/state/failed; echo first one; echo first two; echo first three; "
+        "exit 3; fi",
+        "      retryStrategy:\n"
+        "        limit: 1\n"
+        "      outputs:\n"
+        "        artifacts:\n"
+        "          - {name: state, path: /app/state, optional: true}\n",
+    ),
+)
+
+
+def test_a_retried_attempt_killed_mid_run_keeps_every_line_of_both_attempts(podman, server):
+    """Killed while attempt 2 runs: it is re-attached and its log read on from the lines
+    attempt 2 (not both attempts) had stored, so none of its lines is lost."""
+    runner, eid = run_until(server, RETRIED_RUNNING, "retried-running")
+    try:
+        runner.wait_output(eid, "second two", timeout=120)
+        server.kill()
+        runner.close()
+
+        runner = restart(server)
+        done = runner.wait(eid, timeout=120)
+        assert STATUS_NAME[done.status] == "COMPLETED", (done.status_message, system(runner, eid))
+        assert runner.output(eid, "flaky") == [
+            "first one", "first two", "first three", "second one", "second two", "second three"
+        ]
+        tries = [(s.name, s.attempt, PHASE_NAME[s.phase]) for s in done.step_details]
+        assert tries == [("flaky", 1, "FAILED"), ("flaky", 2, "SUCCEEDED")]
+        podman.wait_empty("every container to be removed")
+    finally:
+        runner.close()
+
+
 STOPPABLE = template(
     "stoppable",
     "    - name: main\n"

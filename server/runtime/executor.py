@@ -1041,6 +1041,7 @@ class Executor(Runtime):
         if note := self._image_note(step):
             self.sink.system(run.id, f"step {step.name}: {note}", step=step.name)
         output = _Output(self.sink, run.id, step.name, keep=step.keeps_result)
+        begun = _now()  # before any line of this attempt: a restart counts its lines from here
         try:
             handle = await self.runner.start(launch, output)
         except StepStartError as exc:
@@ -1053,7 +1054,7 @@ class Executor(Runtime):
         run.state["steps"][step.name] = {
             "handle": handle.state,
             "where": handle.where,
-            "started_at": _now().isoformat(),
+            "started_at": begun.isoformat(),
             "exit_code": None,
             "attempt": attempt,
             "since": since,  # when its first attempt began (retryStrategy maxDuration)
@@ -1700,7 +1701,9 @@ class Executor(Runtime):
                 for s in steps.values()
                 if s.loop and name.startswith(f"{s.name}(")
             )
-            stored, kept = await self._lines_stored(execution.id, name, keep)
+            stored, kept = await self._lines_stored(
+                execution.id, name, keep, since=_parse_time(record.get("started_at"))
+            )
             output = _Output(self.sink, execution.id, name, keep=keep)
             if output.kept is not None:
                 output.kept, output.kept_size = kept, sum(len(t) + 1 for t in kept)
@@ -1809,11 +1812,14 @@ class Executor(Runtime):
         self.sink.forget(eid)
 
     async def _lines_stored(
-        self, execution_id: str, step: str, keep: bool = False
+        self, execution_id: str, step: str, keep: bool = False, since: datetime | None = None
     ) -> tuple[int, list[str]]:
-        """How many stdout and stderr lines of the step the log store holds, and (with
-        ``keep``) its standard output's first lines, up to RESULT_LIMIT."""
+        """How many stdout and stderr lines of the step's attempt that began at ``since``
+        the log store holds (the lines of its earlier attempts were all stored before
+        it began), and (with ``keep``) its standard output's first lines, up to
+        RESULT_LIMIT."""
         count, after, kept, size = 0, 0, [], 0
+        start_us = None if since is None else int(since.timestamp() * 1_000_000)
         while True:
             lines = await self.plane.store.read_logs(
                 execution_id,
@@ -1821,6 +1827,7 @@ class Executor(Runtime):
                 limit=5000,
                 steps=[step],
                 streams=[LogStream.STDOUT, LogStream.STDERR],
+                start_us=start_us,
             )
             count += len(lines)
             if keep:
