@@ -92,20 +92,22 @@ def system(runner: Runner, execution_id: str) -> list[str]:
     return [t for _, s, t in runner.logs(execution_id) if s == "system"]
 
 
-def held_engine(tmp_path: Path, step: str) -> tuple[Path, Path, Path]:
+def held_engine(tmp_path: Path, step: str, started: bool = False) -> tuple[Path, Path, Path]:
     """A container engine command that holds the start of ``step`` while the file
-    ``hold`` exists (writing ``held`` once it holds one), and never runs that start:
-    the held engine call fails once let go. (engine, hold, held)"""
+    ``hold`` exists (writing ``held`` once it holds one). It never runs that start (the
+    held engine call fails once let go), or with ``started`` it runs it first: the
+    container runs while the server still waits for the engine. (engine, hold, held)"""
     real = shutil.which("podman")
     hold, held = tmp_path / "hold", tmp_path / "held"
     engine = tmp_path / "bin" / "podman"
     engine.parent.mkdir()
+    run_first = f'"{real}" "$@"; ' if started else ""
     engine.write_text(
         "#!/bin/sh\n"
         f'if [ "$1" = run ] && [ -e "{hold}" ]; then\n'
         '  case " $* " in\n'
         f'    *" trainyard.step={step} "*)\n'
-        f'      : > "{held}"\n'
+        f'      {run_first}: > "{held}"\n'
         f'      while [ -e "{hold}" ]; do sleep 0.05; done\n'
         "      exit 1;;\n"
         "  esac\n"
@@ -162,6 +164,45 @@ def test_a_restart_between_two_steps_starts_the_next_with_the_first_ones_output(
         assert dict(done.step_details[0].output_parameters) == {"n": "7"}
         assert [h[1] for h in runner.history(eid)].count("step_started") == 1
         assert any("going on after first, not run again" in t for t in system(runner, eid))
+        podman.wait_empty("every container to be removed")
+    finally:
+        runner.close()
+
+
+ONCE = template(
+    "once",
+    "    - name: main\n"
+    "      steps:\n"
+    "        - - name: only\n"
+    "            template: only\n"
+    + shell("only", "echo began; sleep 2; echo done"),
+)
+
+
+def test_a_server_killed_while_the_engine_starts_a_step_adopts_its_container(
+    podman, server, tmp_path
+):
+    """Killed after the engine started the container and before the server recorded
+    it: the restart finds the container by its name and watches it, rather than
+    starting the step a second time."""
+    engine, hold, held = held_engine(tmp_path, "only", started=True)
+    runner, eid = run_until(server, ONCE, "once", "--container-engine", str(engine))
+    try:
+        wait_for(held.exists, 120, "the step's container to start")
+        [first] = podman.ours()  # ps -q: the short id
+        server.kill()
+        hold.unlink()
+        runner.close()
+
+        runner = restart(server, "--container-engine", str(engine))
+        done = runner.wait(eid, timeout=120)
+        assert STATUS_NAME[done.status] == "COMPLETED", (done.status_message, system(runner, eid))
+        assert runner.output(eid, "only") == ["began", "done"]
+        phases = [(s.name, s.attempt, PHASE_NAME[s.phase]) for s in done.step_details]
+        assert phases == [("only", 1, "SUCCEEDED")]
+        # The container that ran is the one started before the kill, not a second one.
+        watched = f"container {first[:12]} was started before the restart; watching it"
+        assert any(watched in t for t in system(runner, eid)), system(runner, eid)
         podman.wait_empty("every container to be removed")
     finally:
         runner.close()

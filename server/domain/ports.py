@@ -579,6 +579,13 @@ class StepRunner(Protocol):
         StepGone when the engine no longer knows the step."""
         ...
 
+    async def adopt(self, launch: StepLaunch, output: StepOutput) -> StepHandle | None:
+        """After a restart: the attempt ``launch`` describes, if a server that died
+        while starting it (before it recorded the handle) had started it, watched as
+        :meth:`reattach` would, from its first line; None when it never started (it is
+        then started now)."""
+        ...
+
     async def alive(self, state: Mapping[str, Any]) -> bool:
         """Whether anything of the step recorded as ``state`` still runs."""
         ...

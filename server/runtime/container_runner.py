@@ -59,7 +59,7 @@ from typing import Any
 import structlog
 
 from server.domain.models import LogStream
-from server.domain.ports import StepExit, StepLaunch, StepOutput, StepStartError
+from server.domain.ports import Mount, StepExit, StepLaunch, StepOutput, StepStartError
 from server.runtime.processes import MAX_LINE_BYTES
 
 log = structlog.get_logger(__name__)
@@ -511,7 +511,6 @@ class ContainerRunner:
         scratch = Path(launch.scratch or launch.root + ".runner")
         await asyncio.to_thread(_prepare, scratch, launch)
         log_path = scratch / "container.log"
-        copies: list[tuple[str, str]] = []
         base_before = len(self.engine.run_options)
         argv = ["run", "-d", *self.engine.run_options]
         name = container_name(launch)
@@ -548,10 +547,9 @@ class ContainerRunner:
                 argv += ["--mount", _bind(mount.source, mount.target, mount.read_only)]
             elif mount.read_only:
                 argv += ["--mount", _bind(mount.source, mount.target, True)]
-            elif mount.copy_out or _is_file_path(mount.target):
-                copies.append((mount.target, mount.source))
-            else:
+            elif not _copied(mount):
                 argv += ["--mount", _bind(mount.source, mount.target, False)]
+        copies = _copies(launch)
         env = dict(launch.env)
         env["TRAINYARD_ADDRESS"] = self._api_address(launch.api_address)
         env["TRAINYARD_API_URL"] = (
@@ -664,6 +662,30 @@ class ContainerRunner:
             secrets=[str(path) for path in state.get("secrets") or []],
         )
 
+    async def adopt(self, launch: StepLaunch, output: StepOutput) -> ContainerHandle | None:
+        name = container_name(launch)
+        code, out, _ = await run_engine(self.engine, "inspect", "--format", "{{.Id}}", name)
+        container_id = out.strip()
+        if code != 0 or not container_id:
+            return None  # never created
+        scratch = Path(launch.scratch or launch.root + ".runner")
+        log_path = scratch / "container.log"
+        if self.engine.kind == "docker":
+            log_path = Path(await self._docker_log_path(container_id))
+        output.note(
+            f"step {launch.step}: container {container_id[:12]} was started before the "
+            "restart; watching it"
+        )
+        return ContainerHandle(
+            self,
+            launch.step,
+            container_id,
+            log_path,
+            _copies(launch),
+            output,
+            secrets=[m.source for m in launch.mounts if m.volume == "secret"],
+        )
+
     async def _exists(self, container_id: str) -> bool:
         code, _, _ = await run_engine(self.engine, "inspect", "--format", "{{.Id}}", container_id)
         return code == 0
@@ -726,6 +748,18 @@ class ContainerRunner:
     async def close(self) -> None:
         if self._removals:
             await asyncio.wait(list(self._removals), timeout=ENGINE_TIMEOUT)
+
+
+def _copied(mount: Mount) -> bool:
+    """Whether a mount is a file the step writes, copied out after it exited."""
+    return not mount.volume and not mount.read_only and (
+        mount.copy_out or _is_file_path(mount.target)
+    )
+
+
+def _copies(launch: StepLaunch) -> list[tuple[str, str]]:
+    """(path in the container, path on this machine) of the files copied out."""
+    return [(m.target, m.source) for m in launch.mounts if _copied(m)]
 
 
 def _limits_refused(err: str) -> bool:

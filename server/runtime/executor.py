@@ -167,6 +167,8 @@ class _Resumed:
     record: dict
     handle: StepHandle | None = None
     output: _Output | None = None
+    # The attempt was being started and its runner has no trace of it: start it now.
+    unstarted: bool = False
 
 
 class _Output:
@@ -941,13 +943,14 @@ class Executor(Runtime):
             if isinstance(since, (int, float)):
                 first_start = min(first_start, since)
         while True:
-            if resumed is not None and resumed.handle is None:
+            replayed = resumed is not None and resumed.handle is None and not resumed.unstarted
+            if replayed:
                 ok, failure, errored = await self._replay_attempt(
                     run, step, attempt, resumed.record
                 )
             else:
                 ok, failure, errored = await self._attempt(run, step, attempt, resumed)
-            replayed, resumed = resumed is not None and resumed.handle is None, None
+            resumed = None
             if ok or not failure:  # succeeded, or stopped
                 run.results[step.name] = "Succeeded" if ok else "Stopped"
                 return ok
@@ -1020,6 +1023,7 @@ class Executor(Runtime):
             run.ran_by[(step.name, attempt)] = attached.handle.where
             started = _Step(step.name, attached.handle)
             run.processes[step.name] = started
+            await self._mark_running(run, step)  # adopted while the execution was PENDING
             return await self._watch(run, step, started, attached.output)
         try:
             await asyncio.to_thread(_stage_step, run.plan, step)
@@ -1042,6 +1046,17 @@ class Executor(Runtime):
             self.sink.system(run.id, f"step {step.name}: {note}", step=step.name)
         output = _Output(self.sink, run.id, step.name, keep=step.keeps_result)
         begun = _now()  # before any line of this attempt: a restart counts its lines from here
+        if self.runner.outlives_server:
+            # A server that dies while the runner starts the step finds it by this
+            # record after its restart (StepRunner.adopt), rather than starting it twice.
+            run.state["steps"][step.name] = {
+                "starting": True,
+                "exit_code": None,
+                "attempt": attempt,
+                "since": since,
+                "started_at": begun.isoformat(),
+            }
+            await _save_state(run)
         try:
             handle = await self.runner.start(launch, output)
         except StepStartError as exc:
@@ -1062,22 +1077,27 @@ class Executor(Runtime):
         await _save_state(run)
         detail.phase, detail.started_at = StepPhase.RUNNING, _now()
         detail.message = ""
-        if not run.running and not run.halted and not run.stopping:
-            run.running = True
-            try:
-                await self.plane.transition(
-                    run.id,
-                    Status.RUNNING,
-                    "step_started",
-                    f"step {step.name} started",
-                    expected=[Status.PENDING],
-                    lease=run.lease,
-                    status_message="",
-                )
-            except DomainError as exc:
-                log.warning("not moved to RUNNING", execution_id=run.id, error=str(exc))
+        await self._mark_running(run, step)
         await self._step_changed(run, detail)
         return await self._watch(run, step, started, output)
+
+    async def _mark_running(self, run: _Run, step: PlannedStep) -> None:
+        """PENDING → RUNNING once its first step runs."""
+        if run.running or run.halted or run.stopping:
+            return
+        run.running = True
+        try:
+            await self.plane.transition(
+                run.id,
+                Status.RUNNING,
+                "step_started",
+                f"step {step.name} started",
+                expected=[Status.PENDING],
+                lease=run.lease,
+                status_message="",
+            )
+        except DomainError as exc:
+            log.warning("not moved to RUNNING", execution_id=run.id, error=str(exc))
 
     async def _errored(
         self, run: _Run, step: PlannedStep, attempt: int, since: float, message: str
@@ -1538,9 +1558,14 @@ class Executor(Runtime):
         work_dir = self.work_dir / eid
         state = procs.read_state(work_dir / STATE_FILE)
         records = state["steps"] if state else {}
+        # A PENDING one resumes too when its first step was being started: the runner
+        # may have started it (StepRunner.adopt).
+        starting = execution.status == Status.PENDING and any(
+            isinstance(r, dict) and r.get("starting") for r in records.values()
+        )
         if (
             state is not None
-            and execution.status in (Status.RUNNING, Status.STOPPING)
+            and (execution.status in (Status.RUNNING, Status.STOPPING) or starting)
             and await self._resume(execution, lease, work_dir, state, strays, what, cause)
         ):
             return
@@ -1670,7 +1695,7 @@ class Executor(Runtime):
         records = state["steps"]
         run = _Run(execution, work_dir, lease=lease)
         run.state = state
-        run.running = True
+        run.running = execution.status != Status.PENDING
         run.stopping = execution.status == Status.STOPPING
         try:
             run.plan = await self._plan(execution, work_dir)
@@ -1687,7 +1712,8 @@ class Executor(Runtime):
         run.restored = _restored_details(execution.step_details, records)
         run.details = {n: run.detail_of(n) for n in run.plan.names}
         attached: dict[str, _Resumed] = {}
-        for name, record in records.items():
+        adopted = False
+        for name, record in list(records.items()):
             if not isinstance(record, dict):
                 return False
             attempt = record.get("attempt")
@@ -1695,6 +1721,31 @@ class Executor(Runtime):
                 attempt = run.restored[name][-1].attempt or 1
             if not _under_way(record):
                 run.resumed[name] = _Resumed(attempt, record)
+                continue
+            if record.get("starting"):
+                if name not in steps:  # an item of a loop expanded as it ran: started anew
+                    continue
+                output = _Output(self.sink, execution.id, name, keep=steps[name].keeps_result)
+                launch = dataclasses.replace(self._launch_of(run, steps[name]), attempt=attempt)
+                try:
+                    handle = await self.runner.adopt(launch, output)
+                except (StepGone, StepStartError) as exc:
+                    log.warning("step not adopted", execution_id=execution.id, error=str(exc))
+                    await self._let_go(attached)
+                    return False
+                if handle is None:
+                    run.resumed[name] = _Resumed(attempt, record, unstarted=True)
+                    continue
+                # Recorded as any started attempt: a later restart re-attaches it.
+                record = records[name] = {
+                    **record, "starting": False, "handle": handle.state, "where": handle.where
+                }
+                adopted = True
+                attached[name] = run.resumed[name] = _Resumed(attempt, record, handle, output)
+                detail = run.details.get(name)
+                if detail is not None and detail.phase == StepPhase.PENDING:
+                    detail.phase = StepPhase.RUNNING
+                    detail.started_at = _parse_time(record.get("started_at")) or _now()
                 continue
             keep = steps[name].keeps_result if name in steps else any(
                 s.keeps_result  # an item of a withParam loop
@@ -1720,6 +1771,8 @@ class Executor(Runtime):
             if detail is not None and detail.phase == StepPhase.PENDING:
                 detail.phase = StepPhase.RUNNING
                 detail.started_at = _parse_time(record.get("started_at")) or _now()
+        if adopted:
+            await _save_state(run)
         if self.credentials is not None:  # for the steps that start from now on
             run.token = self.credentials.issue(
                 execution.id, execution.resource_group, execution.configuration_id
@@ -1741,7 +1794,7 @@ class Executor(Runtime):
                 f"{what}: step {name} still runs ({item.handle.where}); watching it again",
                 step=name,
             )
-        ended = sorted(n for n, r in run.resumed.items() if r.handle is None)
+        ended = sorted(n for n, r in run.resumed.items() if r.handle is None and not r.unstarted)
         if ended or walk["decided"]:
             done = sorted({*ended, *walk["decided"]})
             self.sink.system(

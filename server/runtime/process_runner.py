@@ -211,6 +211,9 @@ class ProcessRunner:
     ) -> None:
         return None  # the pipes of a surviving step died with the previous server
 
+    async def adopt(self, launch: StepLaunch, output: StepOutput) -> None:
+        return None  # as reattach: its steps do not outlive the server
+
     async def alive(self, state: Mapping[str, Any]) -> bool:
         pgid = state.get("pgid")
         if not isinstance(pgid, int):

@@ -623,6 +623,19 @@ class RayRunner:
         handle.begin()
         return handle
 
+    async def adopt(self, launch: StepLaunch, output: StepOutput) -> RayJobHandle | None:
+        job_id = submission_id(launch.execution_id, launch.step, launch.attempt)
+        try:
+            await self.jobs.call("get_job_info", job_id)
+        except RayError as exc:
+            if _unknown_job(exc):
+                return None  # never submitted
+            raise StepStartError(
+                f"step {launch.step}: Ray at {self.address} does not answer: {exc}"
+            ) from None
+        output.note(f"step {launch.step}: {job_id} was submitted before the restart; following it")
+        return await self.reattach({"ray_job": job_id, "step": launch.step}, output, 0)
+
     async def alive(self, state: Mapping[str, Any]) -> bool:
         job_id = state.get("ray_job")
         if not isinstance(job_id, str):
