@@ -104,6 +104,58 @@ def test_configuration_is_checked_against_its_executable(stubs, params, artifact
     assert count_configurations(stubs) == before  # nothing half-written
 
 
+ENUM_TEMPLATE = """
+apiVersion: argoproj.io/v1alpha1
+kind: WorkflowTemplate
+metadata:
+  name: enum-demo
+  labels: {scenarios.ai.sap.com/id: enum-demo, ai.sap.com/version: "1"}
+spec:
+  entrypoint: main
+  arguments:
+    parameters:
+      - {name: mode, enum: [fast, thorough], default: fast}
+      - {name: depth, type: int, enum: [2, 4, 8]}
+  templates:
+    - {name: main, container: {image: busybox, command: ["true"]}}
+"""
+
+
+def test_a_parameter_enum_is_shown_and_enforced(stubs):
+    registered = stubs.executables.CreateExecutable(
+        exe.CreateExecutableRequest(definition=ENUM_TEMPLATE)
+    ).executable
+    values = {p.name: list(p.enum_values) for p in registered.parameters}
+    assert values == {"mode": ["fast", "thorough"], "depth": ["2", "4", "8"]}
+    got = stubs.executables.GetExecutable(exe.GetExecutableRequest(executable_id="enum-demo"))
+    assert [list(p.enum_values) for p in got.executable.parameters] == list(values.values())
+
+    request = configuration_request(
+        "", {"mode": "quick", "depth": "4"}, {}, executable_id="enum-demo",
+        scenario_id="enum-demo",
+    )
+    info = details(rpc_error(stubs.configurations.CreateConfiguration, request))
+    assert info["fields"] == {
+        "configuration.parameter_bindings[0]":
+            "parameter 'mode' must be one of 'fast', 'thorough', not 'quick'"
+    }
+    request = configuration_request(
+        "", {"depth": "8"}, {}, executable_id="enum-demo", scenario_id="enum-demo"
+    )
+    stubs.configurations.CreateConfiguration(request)  # mode takes its default
+
+
+def test_an_enum_the_default_or_type_does_not_fit_is_refused_at_registration(stubs):
+    text = ENUM_TEMPLATE.replace("default: fast", "default: slow").replace(
+        "enum: [2, 4, 8]", "enum: [2, four]"
+    )
+    info = details(rpc_error(
+        stubs.executables.CreateExecutable, exe.CreateExecutableRequest(definition=text)
+    ))
+    assert "not one of the enum values" in info["fields"]["spec.arguments.parameters[0].default"]
+    assert "int" in info["fields"]["spec.arguments.parameters[1].enum[1]"]
+
+
 def test_wrong_kind_artifact_is_refused(stubs):
     model = stubs.artifacts.CreateArtifact(
         art.CreateArtifactRequest(

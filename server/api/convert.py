@@ -189,6 +189,7 @@ def executable_pb(
                 type=PARAM_TO_PB[p.type],
                 default_value=p.default,
                 description=p.description,
+                enum_values=p.enum,
             )
             for p in exe.parameters
         ],

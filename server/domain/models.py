@@ -88,6 +88,7 @@ class ParameterSpec:
     type: ParameterType = ParameterType.STRING
     default: str | None = None
     description: str = ""
+    enum: tuple[str, ...] = ()  # the values a configuration may bind; () for any
 
 
 @dataclass(slots=True)

@@ -470,8 +470,40 @@ def _parameters(spec: dict, problems: _Problems) -> list[ParameterSpec]:
             if not isinstance(description, str):
                 problems.add(f"{path}.description", "must be a string")
                 continue
-            result.append(ParameterSpec(name, type_, default, description))
+            enum = _enum(entry.get("enum"), type_, default, path, key, problems)
+            if enum is None:
+                continue
+            result.append(ParameterSpec(name, type_, default, description, enum))
     return result
+
+
+def _enum(
+    raw: Any, type_: ParameterType, default: str | None, path: str, key: str,
+    problems: _Problems,
+) -> tuple[str, ...] | None:
+    """A parameter's ``enum``: the values it may take, as text; None when invalid."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not raw:
+        problems.add(f"{path}.enum", "must be a non-empty list of values")
+        return None
+    values: list[str] = []
+    for i, item in enumerate(raw):
+        if isinstance(item, bool):
+            item = "true" if item else "false"
+        if not isinstance(item, int | float | str):
+            problems.add(f"{path}.enum[{i}]", "must be a single value")
+            return None
+        text = str(item)
+        reason = parameter_value_error(type_, text)
+        if reason:
+            problems.add(f"{path}.enum[{i}]", f"the value {reason}")
+            return None
+        values.append(text)
+    if default is not None and default not in values:
+        problems.add(f"{path}.{key}", f"the default {default!r} is not one of the enum values")
+        return None
+    return tuple(values)
 
 
 # --------------------------------------------------------------------------- templates

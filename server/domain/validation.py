@@ -152,6 +152,10 @@ def check_configuration(
         if problem:
             v.add(field, f"parameter {key!r} must be {spec.type}: {problem}")
             continue
+        if spec.enum and value not in spec.enum:
+            listed = ", ".join(repr(e) for e in spec.enum)
+            v.add(field, f"parameter {key!r} must be one of {listed}, not {value!r}")
+            continue
         bound[key] = value
     resolved: dict[str, str] = {}
     for spec in executable.parameters:

@@ -142,6 +142,7 @@ def _executable(row: tables.ExecutableRow, scenario_name: str = "") -> Executabl
                 type=ParameterType(p["type"]),
                 default=p.get("default"),
                 description=p.get("description", ""),
+                enum=tuple(p.get("enum") or ()),
             )
             for p in d.get("parameters", [])
         ],
@@ -277,6 +278,7 @@ def _executable_definition(exe: Executable) -> dict:
                 "type": str(p.type),
                 "default": p.default,
                 "description": p.description,
+                **({"enum": list(p.enum)} if p.enum else {}),
             }
             for p in exe.parameters
         ],

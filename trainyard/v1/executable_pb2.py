@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from trainyard.v1 import artifact_pb2 as trainyard_dot_v1_dot_artifact__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtrainyard/v1/executable.proto\x12\x0ctrainyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1btrainyard/v1/artifact.proto\"\x8b\x01\n\rParameterSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x04type\x18\x02 \x01(\x0e\x32\x1b.trainyard.v1.ParameterType\x12\x1a\n\rdefault_value\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\tB\x10\n\x0e_default_value\"`\n\x11InputArtifactSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.trainyard.v1.ArtifactKind\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"\xdc\x01\n\x12OutputArtifactSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.trainyard.v1.ArtifactKind\x12\x0c\n\x04step\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12<\n\x06labels\x18\x05 \x03(\x0b\x32,.trainyard.v1.OutputArtifactSpec.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x88\x01\n\x0e\x45xecutableStep\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08template\x18\x02 \x01(\t\x12\x15\n\rresource_plan\x18\x03 \x01(\t\x12\x0c\n\x04\x63pus\x18\x04 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x03\x12\x0c\n\x04gpus\x18\x06 \x01(\x05\x12\r\n\x05\x61\x66ter\x18\x07 \x03(\t\"\xb8\x04\n\nExecutable\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x13\n\x0bscenario_id\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x12\n\ndeployable\x18\x06 \x01(\x08\x12\x34\n\x06labels\x18\x07 \x03(\x0b\x32$.trainyard.v1.Executable.LabelsEntry\x12/\n\nparameters\x18\x08 \x03(\x0b\x32\x1b.trainyard.v1.ParameterSpec\x12\x38\n\x0finput_artifacts\x18\t \x03(\x0b\x32\x1f.trainyard.v1.InputArtifactSpec\x12:\n\x10output_artifacts\x18\n \x03(\x0b\x32 .trainyard.v1.OutputArtifactSpec\x12\r\n\x05steps\x18\x0b \x03(\t\x12\x0e\n\x06\x64igest\x18\x0c \x01(\t\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x0eworkflow_steps\x18\x0f \x03(\x0b\x32\x1c.trainyard.v1.ExecutableStep\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*|\n\rParameterType\x12\x1e\n\x1aPARAMETER_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15PARAMETER_TYPE_STRING\x10\x01\x12\x16\n\x12PARAMETER_TYPE_INT\x10\x02\x12\x18\n\x14PARAMETER_TYPE_FLOAT\x10\x03\x42@Z>github.com/trainyard/trainyard/gen/go/trainyard/v1;trainyardv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtrainyard/v1/executable.proto\x12\x0ctrainyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1btrainyard/v1/artifact.proto\"\xa0\x01\n\rParameterSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x04type\x18\x02 \x01(\x0e\x32\x1b.trainyard.v1.ParameterType\x12\x1a\n\rdefault_value\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x13\n\x0b\x65num_values\x18\x05 \x03(\tB\x10\n\x0e_default_value\"`\n\x11InputArtifactSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.trainyard.v1.ArtifactKind\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"\xdc\x01\n\x12OutputArtifactSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.trainyard.v1.ArtifactKind\x12\x0c\n\x04step\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12<\n\x06labels\x18\x05 \x03(\x0b\x32,.trainyard.v1.OutputArtifactSpec.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x88\x01\n\x0e\x45xecutableStep\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08template\x18\x02 \x01(\t\x12\x15\n\rresource_plan\x18\x03 \x01(\t\x12\x0c\n\x04\x63pus\x18\x04 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x03\x12\x0c\n\x04gpus\x18\x06 \x01(\x05\x12\r\n\x05\x61\x66ter\x18\x07 \x03(\t\"\xb8\x04\n\nExecutable\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x13\n\x0bscenario_id\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x12\n\ndeployable\x18\x06 \x01(\x08\x12\x34\n\x06labels\x18\x07 \x03(\x0b\x32$.trainyard.v1.Executable.LabelsEntry\x12/\n\nparameters\x18\x08 \x03(\x0b\x32\x1b.trainyard.v1.ParameterSpec\x12\x38\n\x0finput_artifacts\x18\t \x03(\x0b\x32\x1f.trainyard.v1.InputArtifactSpec\x12:\n\x10output_artifacts\x18\n \x03(\x0b\x32 .trainyard.v1.OutputArtifactSpec\x12\r\n\x05steps\x18\x0b \x03(\t\x12\x0e\n\x06\x64igest\x18\x0c \x01(\t\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x0eworkflow_steps\x18\x0f \x03(\x0b\x32\x1c.trainyard.v1.ExecutableStep\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*|\n\rParameterType\x12\x1e\n\x1aPARAMETER_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15PARAMETER_TYPE_STRING\x10\x01\x12\x16\n\x12PARAMETER_TYPE_INT\x10\x02\x12\x18\n\x14PARAMETER_TYPE_FLOAT\x10\x03\x42@Z>github.com/trainyard/trainyard/gen/go/trainyard/v1;trainyardv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,20 +38,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OUTPUTARTIFACTSPEC_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_EXECUTABLE_LABELSENTRY']._loaded_options = None
   _globals['_EXECUTABLE_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_PARAMETERTYPE']._serialized_start=1282
-  _globals['_PARAMETERTYPE']._serialized_end=1406
+  _globals['_PARAMETERTYPE']._serialized_start=1303
+  _globals['_PARAMETERTYPE']._serialized_end=1427
   _globals['_PARAMETERSPEC']._serialized_start=110
-  _globals['_PARAMETERSPEC']._serialized_end=249
-  _globals['_INPUTARTIFACTSPEC']._serialized_start=251
-  _globals['_INPUTARTIFACTSPEC']._serialized_end=347
-  _globals['_OUTPUTARTIFACTSPEC']._serialized_start=350
-  _globals['_OUTPUTARTIFACTSPEC']._serialized_end=570
-  _globals['_OUTPUTARTIFACTSPEC_LABELSENTRY']._serialized_start=525
-  _globals['_OUTPUTARTIFACTSPEC_LABELSENTRY']._serialized_end=570
-  _globals['_EXECUTABLESTEP']._serialized_start=573
-  _globals['_EXECUTABLESTEP']._serialized_end=709
-  _globals['_EXECUTABLE']._serialized_start=712
-  _globals['_EXECUTABLE']._serialized_end=1280
-  _globals['_EXECUTABLE_LABELSENTRY']._serialized_start=525
-  _globals['_EXECUTABLE_LABELSENTRY']._serialized_end=570
+  _globals['_PARAMETERSPEC']._serialized_end=270
+  _globals['_INPUTARTIFACTSPEC']._serialized_start=272
+  _globals['_INPUTARTIFACTSPEC']._serialized_end=368
+  _globals['_OUTPUTARTIFACTSPEC']._serialized_start=371
+  _globals['_OUTPUTARTIFACTSPEC']._serialized_end=591
+  _globals['_OUTPUTARTIFACTSPEC_LABELSENTRY']._serialized_start=546
+  _globals['_OUTPUTARTIFACTSPEC_LABELSENTRY']._serialized_end=591
+  _globals['_EXECUTABLESTEP']._serialized_start=594
+  _globals['_EXECUTABLESTEP']._serialized_end=730
+  _globals['_EXECUTABLE']._serialized_start=733
+  _globals['_EXECUTABLE']._serialized_end=1301
+  _globals['_EXECUTABLE_LABELSENTRY']._serialized_start=546
+  _globals['_EXECUTABLE_LABELSENTRY']._serialized_end=591
 # @@protoc_insertion_point(module_scope)

@@ -61,6 +61,7 @@ class ParameterSpec(_message.Message):
     TYPE_FIELD_NUMBER: _builtins.int
     DEFAULT_VALUE_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    ENUM_VALUES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Parameter name, unique within the executable."""
     type: Global___ParameterType.ValueType
@@ -69,6 +70,12 @@ class ParameterSpec(_message.Message):
     """Default value as text; unset when the parameter must be bound."""
     description: _builtins.str
     """Free text shown to users."""
+    @_builtins.property
+    def enum_values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The values a configuration may bind, as text, in the order written (the
+        parameter's `enum`); empty when any value of the type may be bound.
+        """
+
     def __init__(
         self,
         *,
@@ -76,10 +83,11 @@ class ParameterSpec(_message.Message):
         type: Global___ParameterType.ValueType = ...,
         default_value: _builtins.str | None = ...,
         description: _builtins.str = ...,
+        enum_values: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_default_value", b"_default_value", "default_value", b"default_value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_default_value", b"_default_value", "default_value", b"default_value", "description", b"description", "name", b"name", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_default_value", b"_default_value", "default_value", b"default_value", "description", b"description", "enum_values", b"enum_values", "name", b"name", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__default_value: _TypeAlias = _typing.Literal["default_value"]  # noqa: Y015
     _WhichOneofArgType__default_value: _TypeAlias = _typing.Literal["_default_value", b"_default_value"]  # noqa: Y015
