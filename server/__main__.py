@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from server.app import serve
-from server.config import Settings, parse_args
-from server.log_setup import configure_logging
+from server.config import Settings, json_logs, parse_args
+from server.lean_imports import hidden, unused_packages
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,6 +20,10 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT."""
+    with hidden(unused_packages(settings.database_url, json_logs(settings.log_format))):
+        from server.app import serve
+        from server.log_setup import configure_logging
+
     configure_logging(settings.log_format, settings.log_level)
     asyncio.run(serve(settings))
 

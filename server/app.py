@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TYPE_CHECKING
 
 import grpc
 import structlog
@@ -54,7 +55,6 @@ from server.security.tokens import StepTokens
 from server.store.async_store import AsyncMetricStore, AsyncStore
 from server.store.cipher import open_key_file
 from server.streams.broker import LocalBroker
-from server.streams.notify import PostgresNotifier
 from server.streams.tailer import LogTails
 from server.streams.watch import ExecutionWatches
 from trainyard.v1 import (
@@ -88,6 +88,9 @@ from trainyard.v1 import (
     secret_service_pb2,
     secret_service_pb2_grpc,
 )
+
+if TYPE_CHECKING:  # imported where used: psycopg only on PostgreSQL
+    from server.streams.notify import PostgresNotifier
 
 log = structlog.get_logger("trainyard.server")
 
@@ -279,6 +282,8 @@ async def start_server(settings: Settings) -> TrainyardServer:
     watches = ExecutionWatches(plane, broker)
     notifier: PostgresNotifier | None = None
     if store.kind == "postgresql":
+        from server.streams.notify import PostgresNotifier
+
         # Replicas of one database: what is committed here reaches the others' brokers
         # (and theirs this one's) through LISTEN / NOTIFY (server/streams/notify.py).
         notifier = PostgresNotifier(

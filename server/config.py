@@ -7,6 +7,7 @@ import hashlib
 import os
 import re
 import socket
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -431,3 +432,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         idempotency_retention_seconds=_duration(args.idempotency_retention),
         console_address="" if args.no_console else args.console_address,
     )
+
+
+def json_logs(log_format: str) -> bool:
+    """Whether the server logs JSON lines: asked for, or by default when stderr is not
+    a terminal."""
+    return log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())

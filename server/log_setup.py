@@ -11,12 +11,13 @@ import sys
 import structlog
 
 from server.api.context import add_call_context
+from server.config import json_logs
 
 _HANDLER_NAME = "trainyard-structlog"
 
 
 def configure_logging(log_format: str = "auto", level: str = "info") -> None:
-    use_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
+    use_json = json_logs(log_format)
     renderer = (
         structlog.processors.JSONRenderer()
         if use_json

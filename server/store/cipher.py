@@ -12,10 +12,14 @@ secrets' names): keep it with the backups, never beside the database dump.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography.fernet import Fernet, InvalidToken
+if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
 
 
 class KeyFileError(RuntimeError):
@@ -23,17 +27,36 @@ class KeyFileError(RuntimeError):
 
 
 class FernetCipher:
-    """The SecretCipher port (server/domain/ports.py) on one Fernet key."""
+    """The SecretCipher port (server/domain/ports.py) on one Fernet key.
+
+    The key is checked at once; ``cryptography`` is imported on the first seal or
+    unseal (about 7 MB resident that a server using no secrets does without)."""
 
     def __init__(self, key: bytes):
-        self._fernet = Fernet(key)
+        try:
+            valid = len(base64.urlsafe_b64decode(key)) == 32
+        except (binascii.Error, ValueError):
+            valid = False
+        if not valid:
+            raise ValueError("not a Fernet key")
+        self._key = key
+        self._fernet: Fernet | None = None
+
+    def _cipher(self) -> Fernet:
+        if self._fernet is None:
+            from cryptography.fernet import Fernet
+
+            self._fernet = Fernet(self._key)
+        return self._fernet
 
     def seal(self, plain: bytes) -> str:
-        return self._fernet.encrypt(plain).decode("ascii")
+        return self._cipher().encrypt(plain).decode("ascii")
 
     def unseal(self, sealed: str) -> bytes:
+        from cryptography.fernet import InvalidToken
+
         try:
-            return self._fernet.decrypt(sealed.encode("ascii"))
+            return self._cipher().decrypt(sealed.encode("ascii"))
         except (InvalidToken, ValueError):
             raise ValueError(
                 "its values cannot be opened with this server's secrets key file "
@@ -62,7 +85,9 @@ def _create(path: Path) -> bytes:
     """A new key, written whole to a private temporary file, then linked into place: a
     starter never reads a half-written key, and of two starters the second uses the
     first one's key."""
-    key = Fernet.generate_key()
+    # Fernet's key format (what Fernet.generate_key makes): 32 random bytes, url-safe
+    # base64; made here so that a start needs no cryptography until a secret is used.
+    key = base64.urlsafe_b64encode(os.urandom(32))
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
