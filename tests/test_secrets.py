@@ -248,6 +248,7 @@ def test_reference_without_a_key_is_refused_at_registration(runner):
         ("Bad_Name", {"k": "v"}, "name"),
         ("ok", {}, "data"),
         ("ok", {"bad key": "v"}, "data['bad key']"),
+        ("ok", {"..": "v"}, "data['..']"),  # a secret volume's file would be its parent
     ],
 )
 def test_bad_secrets_are_refused_naming_the_field(runner, name, data, field):

@@ -47,7 +47,8 @@ if TYPE_CHECKING:
     from server.domain.ports import SecretCipher, SecretStore
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$")
-KEY_RE = re.compile(r"^[-._A-Za-z0-9]{1,253}$")
+# As Kubernetes takes them (a key may name a file of a secret volume): not "." or "..".
+KEY_RE = re.compile(r"^(?!\.\.?$)[-._A-Za-z0-9]{1,253}$")
 MAX_DATA_BYTES = 1024 * 1024
 MAX_KEYS = 256
 DOCKER_CONFIG_KEY = ".dockerconfigjson"
@@ -405,7 +406,7 @@ class SecretService:
             if not KEY_RE.match(key):
                 v.add(
                     f"data[{key!r}]",
-                    "a key name is 1 to 253 letters, digits, '-', '_' or '.'",
+                    "a key name is 1 to 253 letters, digits, '-', '_' or '.', not '.' or '..'",
                 )
             size += len(key.encode()) + len(value.encode())
         if size > MAX_DATA_BYTES:
