@@ -208,6 +208,49 @@ def test_a_server_killed_while_the_engine_starts_a_step_adopts_its_container(
         runner.close()
 
 
+FANNED = template(
+    "fanned",
+    "    - name: main\n"
+    "      steps:\n"
+    "        - - name: gen\n"
+    "            template: gen\n"
+    "        - - name: fan\n"
+    "            template: item\n"
+    '            withParam: "{{steps.gen.outputs.result}}"\n'
+    "            arguments:\n"
+    '              parameters: [{name: word, value: "{{item}}"}]\n'
+    + shell("gen", "echo '[\"x\"]'")
+    + "    - name: item\n"
+    "      inputs:\n"
+    "        parameters: [{name: word}]\n"
+    "      container:\n"
+    f"        image: {IMAGE}\n"
+    '        command: ["/bin/sh", "-c"]\n'
+    '        args: ["echo {{inputs.parameters.word}} began; sleep 2; echo done"]\n',
+)
+
+
+def test_an_item_of_a_loop_expanded_at_run_time_is_adopted_too(podman, server, tmp_path):
+    engine, hold, held = held_engine(tmp_path, "fan(0:x)", started=True)
+    runner, eid = run_until(server, FANNED, "fanned", "--container-engine", str(engine))
+    try:
+        wait_for(held.exists, 120, "the item's container to start")
+        first = podman.ours()
+        server.kill()
+        hold.unlink()
+        runner.close()
+
+        runner = restart(server, "--container-engine", str(engine))
+        done = runner.wait(eid, timeout=120)
+        assert STATUS_NAME[done.status] == "COMPLETED", (done.status_message, system(runner, eid))
+        assert runner.output(eid, "fan(0:x)") == ["x began", "done"]
+        watched = "was started before the restart; watching it"
+        assert any(watched in t and any(c[:12] in t for c in first) for t in system(runner, eid))
+        podman.wait_empty("every container to be removed")
+    finally:
+        runner.close()
+
+
 PRODUCE_THEN_CONSUME = template(
     "produce",
     "    - name: main\n"

@@ -1713,6 +1713,14 @@ class Executor(Runtime):
         run.details = {n: run.detail_of(n) for n in run.plan.names}
         attached: dict[str, _Resumed] = {}
         adopted = False
+        # The steps a record may be of: the plan's, and the items of the withParam
+        # loops expanded before the restart.
+        planned = dict(steps)
+        for step in steps.values():
+            items = walk["loops"].get(step.name) if step.loop else None
+            if isinstance(items, list):
+                expanded = (loop_item(step, i, item, work_dir) for i, item in enumerate(items))
+                planned.update((s.name, s) for s in expanded)
         for name, record in list(records.items()):
             if not isinstance(record, dict):
                 return False
@@ -1723,10 +1731,10 @@ class Executor(Runtime):
                 run.resumed[name] = _Resumed(attempt, record)
                 continue
             if record.get("starting"):
-                if name not in steps:  # an item of a loop expanded as it ran: started anew
-                    continue
-                output = _Output(self.sink, execution.id, name, keep=steps[name].keeps_result)
-                launch = dataclasses.replace(self._launch_of(run, steps[name]), attempt=attempt)
+                if name not in planned:
+                    return False
+                output = _Output(self.sink, execution.id, name, keep=planned[name].keeps_result)
+                launch = dataclasses.replace(self._launch_of(run, planned[name]), attempt=attempt)
                 try:
                     handle = await self.runner.adopt(launch, output)
                 except (StepGone, StepStartError) as exc:
