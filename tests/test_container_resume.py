@@ -88,6 +88,19 @@ def restart(server: ServerProcess, *options: str) -> Runner:
     return Runner(server.address)
 
 
+def killed_and_restarted(
+    server: ServerProcess, runner: Runner, execution_id: str, *options: str, meanwhile=None
+):
+    """kill -9 the server (``meanwhile`` runs while it is down), start it again, and
+    wait for the execution to end: (a client of the new server, the execution)."""
+    server.kill()
+    if meanwhile is not None:
+        meanwhile()
+    runner.close()
+    runner = restart(server, *options)
+    return runner, runner.wait(execution_id, timeout=120)
+
+
 def system(runner: Runner, execution_id: str) -> list[str]:
     return [t for _, s, t in runner.logs(execution_id) if s == "system"]
 
@@ -190,12 +203,9 @@ def test_a_server_killed_while_the_engine_starts_a_step_adopts_its_container(
     try:
         wait_for(held.exists, 120, "the step's container to start")
         [first] = podman.ours()  # ps -q: the short id
-        server.kill()
-        hold.unlink()
-        runner.close()
-
-        runner = restart(server, "--container-engine", str(engine))
-        done = runner.wait(eid, timeout=120)
+        runner, done = killed_and_restarted(
+            server, runner, eid, "--container-engine", str(engine), meanwhile=hold.unlink
+        )
         assert STATUS_NAME[done.status] == "COMPLETED", (done.status_message, system(runner, eid))
         assert runner.output(eid, "only") == ["began", "done"]
         phases = [(s.name, s.attempt, PHASE_NAME[s.phase]) for s in done.step_details]
@@ -236,12 +246,9 @@ def test_an_item_of_a_loop_expanded_at_run_time_is_adopted_too(podman, server, t
     try:
         wait_for(held.exists, 120, "the item's container to start")
         first = podman.ours()
-        server.kill()
-        hold.unlink()
-        runner.close()
-
-        runner = restart(server, "--container-engine", str(engine))
-        done = runner.wait(eid, timeout=120)
+        runner, done = killed_and_restarted(
+            server, runner, eid, "--container-engine", str(engine), meanwhile=hold.unlink
+        )
         assert STATUS_NAME[done.status] == "COMPLETED", (done.status_message, system(runner, eid))
         assert runner.output(eid, "fan(0:x)") == ["x began", "done"]
         watched = "was started before the restart; watching it"
@@ -278,11 +285,7 @@ def test_an_output_parameter_made_before_the_kill_feeds_a_step_after_it(podman, 
     runner, eid = run_until(server, PRODUCE_THEN_CONSUME, "produce")
     try:
         runner.wait_output(eid, "slow up", timeout=120)
-        server.kill()
-        runner.close()
-
-        runner = restart(server)
-        done = runner.wait(eid, timeout=120)
+        runner, done = killed_and_restarted(server, runner, eid)
         assert STATUS_NAME[done.status] == "COMPLETED", (done.status_message, system(runner, eid))
         assert runner.output(eid, "make") == ["making"]
         assert runner.output(eid, "slow") == ["slow up", "slow done"]
@@ -321,11 +324,7 @@ def test_a_loop_killed_while_its_items_run_runs_every_item_once(podman, server):
     try:
         items = ("each(0:a)", "each(1:b)", "each(2:c)")
         wait_for(lambda: all(runner.output(eid, i) for i in items), 120, "every item to run")
-        server.kill()
-        runner.close()
-
-        runner = restart(server)
-        done = runner.wait(eid, timeout=120)
+        runner, done = killed_and_restarted(server, runner, eid)
         assert STATUS_NAME[done.status] == "COMPLETED", (done.status_message, system(runner, eid))
         assert [runner.output(eid, i) for i in items] == [["a"], ["b"], ["c"]]
         # Each item's result (its whole output, read before and after the restart).
@@ -353,11 +352,7 @@ def test_an_exit_handler_workflow_killed_mid_run_runs_its_handler_once(podman, s
     runner, eid = run_until(server, HANDLED, "handled")
     try:
         runner.wait_output(eid, "working", timeout=120)
-        server.kill()
-        runner.close()
-
-        runner = restart(server)
-        done = runner.wait(eid, timeout=120)
+        runner, done = killed_and_restarted(server, runner, eid)
         assert STATUS_NAME[done.status] == "COMPLETED", (done.status_message, system(runner, eid))
         assert runner.output(eid, "work") == ["working", "worked"]
         assert runner.output(eid, "onExit") == ["bye Succeeded"]
@@ -367,23 +362,32 @@ def test_an_exit_handler_workflow_killed_mid_run_runs_its_handler_once(podman, s
         runner.close()
 
 
-RETRIED = template(
-    "retried",
-    "    - name: main\n"
-    "      steps:\n"
-    "        - - name: flaky\n"
-    "            template: flaky\n"
-    + shell(
-        "flaky",
-        "if [ -e /app/state/failed ]; then echo second try; "
-        "else touch /app/state/failed; echo first try; exit 3; fi",
-        "      retryStrategy:\n"
-        "        limit: 2\n"
-        '        backoff: {duration: "2"}\n'
-        "      outputs:\n"
-        "        artifacts:\n"
-        "          - {name: state, path: /app/state, optional: true}\n",
-    ),
+def retried(name: str, first: str, second: str, retry: str) -> str:
+    """One step, ``flaky``: its first attempt runs ``first`` and exits 3, the next ones
+    run ``second`` (a mark in an output folder tells them apart); ``retry``: the
+    retryStrategy's lines."""
+    return template(
+        name,
+        "    - name: main\n"
+        "      steps:\n"
+        "        - - name: flaky\n"
+        "            template: flaky\n"
+        + shell(
+            "flaky",
+            f"if [ -e /app/state/failed ]; then {second}; "
+            f"else touch /app/state/failed; {first}; exit 3; fi",
+            "      retryStrategy:\n"
+            + retry
+            + "      outputs:\n"
+            "        artifacts:\n"
+            "          - {name: state, path: /app/state, optional: true}\n",
+        ),
+    )
+
+
+RETRIED = retried(
+    "retried", "echo first try", "echo second try",
+    '        limit: 2\n        backoff: {duration: "2"}\n',
 )
 
 
@@ -397,11 +401,7 @@ def test_a_retry_announced_before_the_kill_runs_after_it_as_the_next_attempt(pod
             120,
             "the retry to be announced",
         )
-        server.kill()
-        runner.close()
-
-        runner = restart(server)
-        done = runner.wait(eid, timeout=120)
+        runner, done = killed_and_restarted(server, runner, eid)
         assert STATUS_NAME[done.status] == "COMPLETED", (done.status_message, system(runner, eid))
         assert runner.output(eid, "flaky") == ["first try", "second try"]
         tries = [(s.name, s.attempt, PHASE_NAME[s.phase], s.exit_code) for s in done.step_details]
@@ -411,24 +411,11 @@ def test_a_retry_announced_before_the_kill_runs_after_it_as_the_next_attempt(pod
         runner.close()
 
 
-RETRIED_RUNNING = template(
+RETRIED_RUNNING = retried(
     "retried-running",
-    "    - name: main\n"
-    "      steps:\n"
-    "        - - name: flaky\n"
-    "            template: flaky\n"
-    + shell(
-        "flaky",
-        "if [ -e /app/state/failed ]; then echo second one; echo second two; sleep 3; "
-        "echo second three; "
-        "else touch /app/state/failed; echo first one; echo first two; echo first three; "
-        "exit 3; fi",
-        "      retryStrategy:\n"
-        "        limit: 1\n"
-        "      outputs:\n"
-        "        artifacts:\n"
-        "          - {name: state, path: /app/state, optional: true}\n",
-    ),
+    "echo first one; echo first two; echo first three",
+    "echo second one; echo second two; sleep 3; echo second three",
+    "        limit: 1\n",
 )
 
 
@@ -438,11 +425,7 @@ def test_a_retried_attempt_killed_mid_run_keeps_every_line_of_both_attempts(podm
     runner, eid = run_until(server, RETRIED_RUNNING, "retried-running")
     try:
         runner.wait_output(eid, "second two", timeout=120)
-        server.kill()
-        runner.close()
-
-        runner = restart(server)
-        done = runner.wait(eid, timeout=120)
+        runner, done = killed_and_restarted(server, runner, eid)
         assert STATUS_NAME[done.status] == "COMPLETED", (done.status_message, system(runner, eid))
         assert runner.output(eid, "flaky") == [
             "first one", "first two", "first three", "second one", "second two", "second three"
