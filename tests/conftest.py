@@ -18,6 +18,7 @@ import pytest
 from server.app import TrainyardServer, start_server
 from server.config import Settings
 from server.log_setup import configure_logging
+from tests.services.podman import Podman, start_podman_or_skip
 from tests.services.postgres import PostgresCluster, start_postgres_or_skip
 from tests.services.ray_cluster import RayCluster, start_ray_or_skip
 from trainyard.v1 import (
@@ -242,6 +243,18 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def podman() -> Iterator[Podman]:
+    """A private Podman store with the test image, for one test module
+    (tests/services/podman.py). Skipped where Podman cannot run; failed instead with
+    TRAINYARD_REQUIRE_SERVICES=1."""
+    store = start_podman_or_skip()
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.services.podman import IMAGE, start_podman_or_skip
+from tests.services.podman import IMAGE
 from tests.workflow_helpers import PHASE_NAME, STATUS_NAME, Runner
 
 COMBINED = f"""
@@ -95,13 +95,6 @@ spec:
         command: [/bin/sh, -c]
         args: ["echo 'exit handler: {{{{workflow.status}}}}'; echo {{{{workflow.failures}}}}"]
 """
-
-
-@pytest.fixture(scope="module")
-def podman():
-    store = start_podman_or_skip()
-    yield store
-    store.close()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services.podman import IMAGE, start_podman_or_skip
+from tests.services.podman import IMAGE
 from tests.workflow_helpers import PHASE_NAME, STATUS_NAME, Runner, ServerProcess, wait_for
 
 OPTIONS = ("--runtime", "container", "--stop-grace-seconds", "2")
@@ -58,13 +58,6 @@ ECHO = (
     f"        image: {IMAGE}\n"
     '        command: ["echo", "{{inputs.parameters.word}}"]\n'
 )
-
-
-@pytest.fixture(scope="module")
-def podman():
-    store = start_podman_or_skip()
-    yield store
-    store.close()
 
 
 @pytest.fixture

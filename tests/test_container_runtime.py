@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from server.domain.models import LogStream, Status
-from tests.services.podman import IMAGE, start_podman_or_skip
+from tests.services.podman import IMAGE
 from tests.workflow_helpers import (
     PHASE_NAME,
     STATUS_NAME,
@@ -84,13 +84,6 @@ spec:
       container:
 {container}
 """
-
-
-@pytest.fixture(scope="module")
-def podman():
-    store = start_podman_or_skip()
-    yield store
-    store.close()
 
 
 @pytest.fixture
