@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import psycopg
 import pytest
 from workflow_helpers import (
     PHASE_NAME,
@@ -247,20 +248,22 @@ def test_step_needing_more_cpus_than_any_node_stays_pending_saying_so(runner, jo
     assert STATUS_NAME[runner.wait(eid, timeout=60).status] == "STOPPED"
 
 
-COUNTER = (
-    "import time\n"
-    "for i in range(300):\n"
-    "    print(f'line {i}', flush=True)\n"
-    "    time.sleep(0.02)\n"
-)
+def counting(lines: int) -> str:
+    """A step that prints ``lines`` numbered lines, 50 a second."""
+    return (
+        "import time\n"
+        f"for i in range({lines}):\n"
+        "    print(f'line {i}', flush=True)\n"
+        "    time.sleep(0.02)\n"
+    )
 
 
-def _counter(runner: Runner) -> str:
+def _counter(runner: Runner, lines: int = 300) -> str:
     runner.register(
         workflow(
             "ray-counter",
             [steps("main", [("count", "count")], [("after", "after")]),
-             python("count", COUNTER), python("after", "print('after ran')")],
+             python("count", counting(lines)), python("after", "print('after ran')")],
         )
     )
     return runner.configure("ray-counter")
@@ -292,6 +295,66 @@ def test_server_killed_during_a_run_reattaches_and_completes(ray_cluster, jobs, 
     finally:
         runner.close()
         server.terminate()
+
+
+def test_a_replica_killed_during_a_run_has_another_reattach_and_complete(
+    ray_cluster, jobs, postgres_url, tmp_path
+):
+    """Two replicas on one database and one artifact root (the executions' working
+    directories, state.json included): the owner dies, the other takes the execution
+    over once its lease lapses and follows the same Ray job on."""
+    lease = 2.0
+    options = ("--runtime", "ray", "--ray-address", ray_cluster.address,
+               "--artifact-root", str(tmp_path / "shared"), "--database-url", postgres_url,
+               "--lease-seconds", str(lease))
+    servers = {}
+    for name in "ab":
+        (tmp_path / name).mkdir()
+        servers[name] = ServerProcess(tmp_path / name)
+    a, b = servers["a"].start(*options, "--replica-id", "a"), servers["b"]
+    runner_a = Runner(a.address)
+    runner_b = None
+    try:
+        eid = runner_a.start(_counter(runner_a, 500))  # 10 s of lines
+        wait_for(lambda: "line 10" in runner_a.output(eid), 120, "the job to print")
+        runner_a.close()
+        b.start(*options, "--replica-id", "b")
+        runner_b = Runner(b.address)
+        assert runner_b.status(eid) == "RUNNING"  # a's lease is alive: b leaves it
+        job = submission_id(eid, "count")
+        assert not jobs.get_job_status(job).is_terminal()
+        a.kill()  # kill -9: no shutdown code runs; the Ray job goes on
+
+        def reattached():
+            return any(
+                s == "system"
+                and t.startswith(f"replica a was lost: step count still runs (Ray job {job}")
+                for _, s, t in runner_b.logs(eid)
+            )
+
+        wait_for(reattached, lease + 10, "b to take the execution over")
+        assert not jobs.get_job_status(job).is_terminal()  # b follows the running job
+        done = runner_b.wait(eid, timeout=60)
+        assert STATUS_NAME[done.status] == "COMPLETED", done.status_message
+        lines = runner_b.output(eid, "count")
+        assert lines == job_rows(jobs, eid, "count")  # each line once, none lost
+        assert [x for x in lines if x.startswith("line ")] == [f"line {i}" for i in range(500)]
+        assert runner_b.output(eid, "after") == job_rows(jobs, eid, "after")
+        # The take-over is no transition: the history is the walk's, b's end included.
+        assert [h[1] for h in runner_b.history(eid)] == [
+            "created", "step_started", "steps_succeeded"
+        ]
+        with psycopg.connect(postgres_url) as conn:
+            assert conn.execute(
+                "SELECT owner FROM execution WHERE execution_id = %s", (eid,)
+            ).fetchone() == ("b",)
+    finally:
+        if runner_b is not None:
+            runner_b.close()
+        for server in servers.values():
+            if server.process is not None and server.process.poll() is None:
+                server.process.kill()
+                server.process.wait(10)
 
 
 def forget(jobs, job: str) -> None:

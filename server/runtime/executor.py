@@ -72,6 +72,7 @@ import structlog
 
 from server.domain.errors import DomainError, FailedPrecondition, NotFound, Reason
 from server.domain.expressions import ExpressionError, parse_when
+from server.domain.lifecycle import is_final
 from server.domain.logsink import LogSink, LogsNotStored
 from server.domain.models import (
     Artifact,
@@ -353,8 +354,20 @@ class Executor(Runtime):
 
     async def _sweep(self) -> None:
         """Remove what the runner still holds of executions this replica does not run
-        (deleted or ended while no server watched, or queued again)."""
-        gone = [eid for eid in await self.runner.executions_left() if eid not in self._runs]
+        (deleted or ended while no server watched, or queued again). The jobs of an
+        execution another replica has claimed are that replica's: a Ray cluster or a
+        container engine may serve several replicas."""
+        gone = []
+        for eid in await self.runner.executions_left():
+            if eid in self._runs:
+                continue
+            try:
+                execution = await self.plane.store.get_execution(None, eid, with_history=False)
+            except NotFound:
+                gone.append(eid)
+                continue
+            if is_final(execution.status) or execution.owner in ("", self.replica_id):
+                gone.append(eid)
         if not gone:
             return
         strays = await self.runner.strays(gone)
