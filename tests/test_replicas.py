@@ -7,6 +7,7 @@ PostgreSQL cluster on loopback."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import signal
 import threading
@@ -286,3 +287,43 @@ def test_a_replica_that_stalled_past_its_lease_writes_nothing_over_its_successor
         runner_a.close()
         runner_b.close()
         kill_group(pgid)
+
+
+def test_a_take_over_after_every_step_succeeded_completes_with_cause_replica_lost(
+    replicas, postgres_url, tmp_path
+):
+    """The owner died after its last step succeeded and before it completed the
+    execution (the state file, on the replicas' shared artifact root, records the step's
+    success): the replica that takes over registers the outputs and completes it, saying
+    that the replica was lost, not that a server restarted."""
+    shared = ("--artifact-root", str(tmp_path / "shared"))
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    a = replicas("a", *shared)
+    runner = Runner(a.address)
+    execution_id = ""
+    try:
+        runner.register(LONG)
+        execution_id = runner.start(runner.configure("long", {"dir": str(marks)}))
+        runner.wait_output(execution_id, "ready")
+        pgid = int((marks / execution_id).read_text())
+        a.kill()
+        kill_group(pgid)
+        wait_for(lambda: live_members(pgid) == [], 10, "the step to be gone")
+        state_file = tmp_path / "shared" / "executions" / execution_id / "state.json"
+        state = json.loads(state_file.read_text())
+        state["steps"]["main"].update(exit_code=0, phase="SUCCEEDED")  # as it had ended
+        state_file.write_text(json.dumps(state))
+    finally:
+        runner.close()
+
+    b = replicas("b", *shared)
+    runner = Runner(b.address)
+    try:
+        done = runner.wait(execution_id, timeout=LEASE_SECONDS + 10)
+        assert STATUS_NAME[done.status] == "COMPLETED", done.status_message
+        assert runner.history(execution_id)[-1][1:] == (
+            "replica_lost", "replica a was lost after every step succeeded; outputs registered"
+        )
+    finally:
+        runner.close()

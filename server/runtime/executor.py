@@ -1657,7 +1657,7 @@ class Executor(Runtime):
         else:
             done = [n for n, r in records.items() if r.get("phase") == str(StepPhase.SUCCEEDED)]
             if await self._complete_after_restart(
-                execution, work_dir, done, details, lease, earlier
+                execution, work_dir, done, details, lease, earlier, what=what, cause=cause
             ):
                 return
             status = Status.DEAD
@@ -1922,9 +1922,13 @@ class Executor(Runtime):
         details: dict[str, StepDetail],
         lease: Lease,
         earlier: dict[str, list[StepDetail]] | None = None,
+        *,
+        what: str = "server restarted",
+        cause: str = "server_restart",
     ) -> bool:
-        """Every step had succeeded when the server stopped: register the outputs and
-        complete. False when that cannot be done."""
+        """Every step had succeeded when the server stopped (``what``: or the replica
+        that ran it was lost): register the outputs and complete. False when that
+        cannot be done."""
         try:
             plan = await self._plan(execution, work_dir)
         except (PlanError, DomainError):
@@ -1937,7 +1941,7 @@ class Executor(Runtime):
             await self._collect_outputs(run)
         except (StagingError, OSError, DomainError):
             return False
-        message = "server restarted after every step succeeded; outputs registered"
+        message = f"{what} after every step succeeded; outputs registered"
         self.sink.system(execution.id, f"execution completed: {message}")
         lost = await self._flush_logs(execution.id)
         if lost:
@@ -1946,7 +1950,7 @@ class Executor(Runtime):
             self.plane.transition,
             execution.id,
             Status.COMPLETED,
-            "server_restart",
+            cause,
             message,
             expected=[Status.RUNNING],
             lease=lease,
