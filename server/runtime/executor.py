@@ -519,10 +519,15 @@ class Executor(Runtime):
             run.closing = True
             self._terminate(run, "lease lost to another replica")
 
-    def _run_done(self, run: _Run, task: asyncio.Task) -> None:
-        self._runs.pop(run.id, None)
+    def _revoke_token(self, run: _Run) -> None:
+        """The execution's processes have ended: its steps' token goes before the final
+        status is written, so a client that sees that status finds the token refused."""
         if self.credentials is not None:
             self.credentials.revoke(run.id)
+
+    def _run_done(self, run: _Run, task: asyncio.Task) -> None:
+        self._runs.pop(run.id, None)
+        self._revoke_token(run)
         if not task.cancelled() and task.exception() is not None:
             log.error("execution task failed", execution_id=run.id, exc_info=task.exception())
         self.scheduler.wake()
@@ -1414,6 +1419,7 @@ class Executor(Runtime):
             [Status.RUNNING] if status == Status.COMPLETED else [Status.PENDING, Status.RUNNING]
         )
         details = run.step_details() or None
+        self._revoke_token(run)
         try:
             await until_stored(
                 self.plane.transition,
@@ -1445,6 +1451,7 @@ class Executor(Runtime):
         message = "stopped; every process has exited"
         self.sink.system(run.id, f"execution stopped: {message}")
         lost = await self._flush_logs(run.id)
+        self._revoke_token(run)
         try:
             await until_stored(
                 self.plane.transition,
