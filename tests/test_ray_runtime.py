@@ -453,6 +453,106 @@ def test_a_retried_submit_does_not_start_the_step_twice(ray_cluster, jobs, tmp_p
     assert any("already submitted" in n for n in second.notes)
 
 
+class HeldSubmits:
+    """A loopback HTTP proxy in front of Ray's job server that passes every call on,
+    except that it never answers a job submission: with ``forward`` it hands the
+    submission to Ray first (the job starts, the caller never learns it), else it keeps
+    it from Ray. ``held`` is set once it holds one."""
+
+    def __init__(self, target: str, forward: bool):
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.held = threading.Event()
+        self.release = threading.Event()
+        proxy = self
+        upstream = urlparse(target)
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _relay(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                submit = self.command == "POST" and self.path.rstrip("/") == "/api/jobs"
+                if submit and not forward:
+                    proxy.held.set()
+                    proxy.release.wait(120)
+                    return
+                conn = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=60)
+                try:
+                    headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    answer = conn.getresponse()
+                    data = answer.read()
+                finally:
+                    conn.close()
+                if submit:
+                    proxy.held.set()
+                    proxy.release.wait(120)
+                    return
+                self.send_response(answer.status)
+                for key, value in answer.getheaders():
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_DELETE = do_PUT = _relay
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.address = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("reached_ray", [True, False], ids=["submitted", "not-submitted"])
+def test_a_server_killed_while_submitting_a_step_runs_it_once_after_the_restart(
+    ray_cluster, jobs, tmp_path, reached_ray
+):
+    """Killed after it recorded that the step starts and before Ray answered the
+    submission: the restart follows the job Ray started (submitted), or submits it
+    (not submitted); either way the step runs once, as one Ray job."""
+    proxy = HeldSubmits(ray_cluster.address, forward=reached_ray)
+    options = ("--runtime", "ray", "--artifact-root", str(tmp_path / "shared"))
+    server = ServerProcess(tmp_path).start(*options, "--ray-address", proxy.address)
+    runner = Runner(server.address)
+    try:
+        runner.register(workflow("ray-once", [python("main", "print('ran once')")]))
+        eid = runner.start(runner.configure("ray-once"))
+        assert proxy.held.wait(120), "the submission never reached the proxy"
+        job = submission_id(eid, "main")
+        assert reached_ray == any(j.submission_id == job for j in jobs.list_jobs())
+        server.kill()  # kill -9 while the submission waits for its answer
+        runner.close()
+        proxy.close()
+
+        server.start(*options, "--ray-address", ray_cluster.address)
+        runner = Runner(server.address)
+        done = runner.wait(eid, timeout=180)
+        assert STATUS_NAME[done.status] == "COMPLETED", done.status_message
+        lines = runner.output(eid, "main")
+        assert lines == job_rows(jobs, eid, "main") and lines.count("ran once") == 1, lines
+        assert [j.submission_id for j in jobs.list_jobs()].count(job) == 1
+        system = [t for _, s, t in runner.logs(eid) if s == "system"]
+        followed = any(f"{job} was submitted before the restart; following it" in t
+                       for t in system)
+        assert followed == reached_ray, system
+    finally:
+        proxy.close()
+        runner.close()
+        server.terminate()
+
+
 def test_the_stream_wrapper_ends_as_its_command_did(tmp_path):
     """The wrapper a Ray step runs under (as the node's shell starts it): the command's
     exit code, or its signal, is the wrapper's; a command that cannot start is 127."""
