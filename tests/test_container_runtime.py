@@ -464,3 +464,43 @@ def test_the_log_reader_takes_whole_stdout_chunks_at_once_and_the_rest_line_by_l
         f.write("\n".join(mixed) + "\n")
     assert log.read() == [(LogStream.STDERR, ["err stdout F no"]), (LogStream.STDOUT, ["partial"])]
     assert log.read() == [] and log.flush() == []
+
+
+@pytest.mark.parametrize("chunk", [61, 4096, 1024 * 1024])
+def test_the_log_reader_keeps_every_line_of_pieces_and_streams_mixed_in_any_chunking(
+    tmp_path, monkeypatch, chunk
+):
+    """Whole stdout stretches (one pass each) between pieces, stderr records and text
+    that looks like a header give, whatever the read size, the lines a plain reading of
+    one record after the other gives."""
+    import random
+
+    from server.runtime import container_runner
+    from server.runtime.container_runner import LogFile
+
+    monkeypatch.setattr(container_runner, "READ_CHUNK", chunk)
+    rng = random.Random(7)
+    ts = "2026-12-02T19:05:56.564872401+00:00"
+    texts = ["a", "", "x stderr y", "x stdout P y", "é ü", "2 stdout F 3", "cr\r"]
+    records, expected, pieces = [], [], {"stdout": "", "stderr": ""}
+    for _ in range(3000):
+        stream = "stderr" if rng.random() < 0.1 else "stdout"
+        text = rng.choice(texts) + str(rng.randrange(1000))
+        whole = rng.random() > 0.05
+        records.append(f"{ts} {stream} {'F' if whole else 'P'} {text}")
+        pieces[stream] += text
+        if whole:
+            line = pieces[stream]
+            expected.append((stream, line[:-1] if line.endswith("\r") else line))
+            pieces[stream] = ""
+    path = tmp_path / "container.log"
+    path.write_bytes(("\n".join(records) + "\n").encode())
+    log = LogFile(path, "podman")
+    got = []
+    size = path.stat().st_size
+    while log.offset < size:  # a read of less than a record gives nothing yet
+        got += [(str(s), text) for s, lines in log.read() for text in lines]
+    assert log.read() == []
+    got += [(str(s), t) for s, lines in log.flush() for t in lines]
+    expected += [(s, t) for s, t in pieces.items() if t]
+    assert got == expected
