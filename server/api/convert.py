@@ -276,17 +276,25 @@ def configuration_pb(cfg: Configuration) -> configuration_pb2.Configuration:
     )
 
 
+# The message constructors below leave out the fields that would stay unset or empty
+# (None, [], {}): protobuf takes a few hundred nanoseconds for each field passed, a
+# microsecond for an empty list and two for an empty map, and an execution is built
+# for every answer that carries one.
+
+
 def _step_fields(step: StepDetail) -> dict:
-    return {
-        "name": step.name,
-        "phase": PHASE_TO_PB[step.phase],
-        "start_time": ts(step.started_at),
-        "finish_time": ts(step.finished_at),
-        "exit_code": step.exit_code,
-        "message": step.message,
-        "attempt": step.attempt,
-        "output_parameters": step.output_parameters,
-    }
+    fields = {"name": step.name, "phase": PHASE_TO_PB[step.phase], "attempt": step.attempt}
+    if step.started_at is not None:
+        fields["start_time"] = ts(step.started_at)
+    if step.finished_at is not None:
+        fields["finish_time"] = ts(step.finished_at)
+    if step.exit_code is not None:
+        fields["exit_code"] = step.exit_code
+    if step.message:
+        fields["message"] = step.message
+    if step.output_parameters:
+        fields["output_parameters"] = step.output_parameters
+    return fields
 
 
 def step_pb(step: StepDetail) -> execution_pb2.StepDetail:
@@ -294,14 +302,16 @@ def step_pb(step: StepDetail) -> execution_pb2.StepDetail:
 
 
 def _transition_fields(tr: Transition) -> dict:
-    return {
+    fields = {
         "sequence": tr.seq,
-        "from_status": STATUS_TO_PB[tr.from_status] if tr.from_status else 0,
         "to_status": STATUS_TO_PB[tr.to_status],
         "time": ts(tr.at),
         "cause": tr.cause,
         "message": tr.message,
     }
+    if tr.from_status:
+        fields["from_status"] = STATUS_TO_PB[tr.from_status]
+    return fields
 
 
 def transition_pb(tr: Transition) -> execution_pb2.StatusTransition:
@@ -314,29 +324,37 @@ def execution_pb(
     configuration_name: str = "",
     with_history: bool = True,
 ) -> execution_pb2.Execution:
-    return execution_pb2.Execution(
-        id=ex.id,
-        configuration_id=ex.configuration_id,
-        configuration_name=configuration_name,
-        rerun_of=ex.rerun_of,
-        executable_id=ex.executable_id,
-        scenario_id=ex.scenario_id,
-        status=STATUS_TO_PB[ex.status],
-        target_status=TARGET_TO_PB[ex.target_status],
-        status_message=ex.status_message,
-        # Nested messages as field dicts: protobuf builds them in place, without the
-        # copy a list of built messages costs (this is the GetExecution hot path).
-        step_details=[_step_fields(s) for s in ex.step_details],
-        output_artifacts=[artifact_pb(a) for a in artifacts or []],
-        create_time=ts(ex.created_at),
-        submit_time=ts(ex.submitted_at),
-        start_time=ts(ex.started_at),
-        complete_time=ts(ex.completed_at),
-        update_time=ts(ex.modified_at),
-        history=[_transition_fields(t) for t in ex.history] if with_history else [],
-        allowed_operations=ALLOWED_OPERATIONS_PB[ex.status],
-        created_by=ex.created_by,
-    )
+    fields = {
+        "id": ex.id,
+        "configuration_id": ex.configuration_id,
+        "configuration_name": configuration_name,
+        "executable_id": ex.executable_id,
+        "scenario_id": ex.scenario_id,
+        "status": STATUS_TO_PB[ex.status],
+        "target_status": TARGET_TO_PB[ex.target_status],
+        "status_message": ex.status_message,
+        "create_time": ts(ex.created_at),
+        "update_time": ts(ex.modified_at),
+        "allowed_operations": ALLOWED_OPERATIONS_PB[ex.status],
+        "created_by": ex.created_by,
+    }
+    if ex.rerun_of:
+        fields["rerun_of"] = ex.rerun_of
+    # Nested messages as field dicts: protobuf builds them in place, without the copy
+    # a list of built messages costs (this is the GetExecution hot path).
+    if ex.step_details:
+        fields["step_details"] = [_step_fields(s) for s in ex.step_details]
+    if artifacts:
+        fields["output_artifacts"] = [artifact_pb(a) for a in artifacts]
+    if ex.submitted_at is not None:
+        fields["submit_time"] = ts(ex.submitted_at)
+    if ex.started_at is not None:
+        fields["start_time"] = ts(ex.started_at)
+    if ex.completed_at is not None:
+        fields["complete_time"] = ts(ex.completed_at)
+    if with_history and ex.history:
+        fields["history"] = [_transition_fields(t) for t in ex.history]
+    return execution_pb2.Execution(**fields)
 
 
 def log_line_pb(line: LogLine) -> log_pb2.LogLine:
