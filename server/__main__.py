@@ -24,7 +24,7 @@ def run(settings: Settings) -> None:
         from server.app import serve
         from server.log_setup import configure_logging
 
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(settings.log_format, settings.log_level, background=True)
     asyncio.run(serve(settings))
 
 

@@ -1,12 +1,21 @@
 """One configure_logging() at start: structlog, JSON when stderr is not a terminal.
 
 Libraries that log through the standard library (grpc, peewee, asyncio) are routed
-through the same processors and renderer: every line on stderr has one format."""
+through the same processors and renderer: every line on stderr has one format.
+
+The server logs a line per call. With ``background`` (the server's own setting) the
+lines go to stderr through one thread of their own, in the order they were logged: a
+call that logs only queues its line, so the event loop never waits on stderr (a pipe to
+a slow journal, a terminal scrolled back, a reader that stopped)."""
 
 from __future__ import annotations
 
+import atexit
 import logging
+import queue
 import sys
+import threading
+from typing import TextIO
 
 import structlog
 
@@ -14,10 +23,101 @@ from server.api.context import add_call_context
 from server.config import json_logs
 
 _HANDLER_NAME = "trainyard-structlog"
+# Lines queued for a stderr that does not take them (nobody reads its pipe) are
+# dropped past this many, and counted: memory stays bounded, the loop never waits.
+MAX_QUEUED_LINES = 50_000
+EXIT_DRAIN_SECONDS = 5.0  # at exit, how long the queued lines may take to be written
 
 
-def configure_logging(log_format: str = "auto", level: str = "info") -> None:
+class LineWriter:
+    """A stream for log lines: ``write`` queues the text, one thread writes it to
+    ``stream`` in order, many lines a write when they come fast."""
+
+    def __init__(self, stream: TextIO, max_queued: int = MAX_QUEUED_LINES):
+        self.stream = stream
+        self.max_queued = max_queued
+        self.dropped = 0
+        self._drops = threading.Lock()
+        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="trainyard-stderr", daemon=True)
+        self._thread.start()
+
+    def write(self, text: str) -> int:
+        # Past the bound a line is dropped, unless it is the writer's own note of drops.
+        full = self._queue.qsize() >= self.max_queued
+        if full and threading.current_thread() is not self._thread:
+            with self._drops:
+                self.dropped += 1
+        else:
+            self._queue.put(text)
+        return len(text)
+
+    def flush(self) -> None:
+        """Nothing to do: the writer thread flushes after each batch."""
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def close(self, timeout: float = EXIT_DRAIN_SECONDS) -> None:
+        """Write what is queued (waiting at most ``timeout``), then stop the thread."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        done = False
+        while not done:
+            batch = [self._queue.get(), *self._queued()]
+            if None in batch:  # closed: write what is queued, then stop
+                done = True
+                batch = [t for t in batch if t is not None]
+            self._write(batch)
+            if self.dropped:
+                with self._drops:
+                    dropped, self.dropped = self.dropped, 0
+                structlog.get_logger(__name__).warning(
+                    "log lines dropped: stderr did not take them", dropped=dropped
+                )
+            if done:
+                self._write([t for t in self._queued(self.max_queued) if t is not None])
+
+    def _queued(self, most: int = 1024) -> list[str | None]:
+        items: list[str | None] = []
+        while len(items) < most:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return items
+
+    def _write(self, texts: list[str | None]) -> None:
+        if not texts:
+            return
+        try:
+            self.stream.write("".join(texts))  # type: ignore[arg-type]
+            self.stream.flush()
+        except (OSError, ValueError):  # stderr closed: no one to tell
+            pass
+
+
+_writer: LineWriter | None = None
+
+
+def _background_stream() -> LineWriter:
+    global _writer
+    if _writer is None or _writer.stream is not sys.stderr:
+        if _writer is not None:
+            _writer.close()
+        _writer = LineWriter(sys.stderr)
+        atexit.register(_writer.close)
+    return _writer
+
+
+def configure_logging(
+    log_format: str = "auto", level: str = "info", background: bool = False
+) -> None:
     use_json = json_logs(log_format)
+    stream = _background_stream() if background else sys.stderr
     renderer = (
         structlog.processors.JSONRenderer()
         if use_json
@@ -34,12 +134,12 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(threshold),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=True,
     )
     # The standard library's records: the same processors (plus the logger's name),
     # rendered alike, on the same stream.
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(stream)
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
