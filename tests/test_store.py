@@ -642,3 +642,40 @@ def test_postgres_one_request_id_on_two_replicas_at_once_creates_one(postgres_ur
     finally:
         first.close()
         second.close()
+
+
+@pytest.mark.parametrize("read", ["get_execution", "executions_with_context", "read_events"])
+def test_an_execution_read_while_it_moves_has_the_history_of_its_status(
+    shared_store, monkeypatch, read
+):
+    """The row and the history are two statements: a transition committed between them
+    must not give a status with a history that runs past it (a watcher resuming from
+    that history would wait for the end it already skipped)."""
+    (execution_id,) = seed(shared_store, 1)
+    other = Store(shared_store.url)
+    moved = []
+
+    def moving(real):
+        def read_history(*args, **kwargs):
+            if not moved:  # between the row and its history, once
+                other.transition(execution_id, Status.RUNNING, "test")
+                moved.append(True)
+            return real(*args, **kwargs)
+
+        return read_history
+
+    monkeypatch.setattr(shared_store, "history", moving(shared_store.history))
+    monkeypatch.setattr(shared_store, "_histories", moving(shared_store._histories))
+    try:
+        if read == "get_execution":
+            execution = shared_store.get_execution("g", execution_id)
+        elif read == "executions_with_context":
+            ((execution, _, _),) = shared_store.executions_with_context([("g", execution_id)])
+        else:
+            _, _, executions = shared_store.read_events("g", 0, 100)
+            execution = executions[execution_id]
+    finally:
+        other.close()
+    assert moved
+    assert execution.status == Status.PENDING  # the row was read before the move ...
+    assert [t.to_status for t in execution.history] == [Status.PENDING]  # ... its history too

@@ -67,6 +67,15 @@ def _check_lease(row: dict, lease: Lease | None) -> None:
 
 
 
+def _as_of(history: list[Transition], row: dict) -> list[Transition]:
+    """The history of ``row`` as it was read. The row and the history are read by two
+    statements, so a move committed between them is in the history only: the row's
+    ``history_len`` (written in the move's transaction) says where its own history
+    ends. Transitions are numbered 1, 2, ... and never change once written."""
+    length = row["history_len"]
+    return history[:length] if len(history) > length else history
+
+
 class ExecutionRepository:
     """Part of :class:`server.store.repository.Store`."""
 
@@ -191,6 +200,7 @@ class ExecutionRepository:
         events = [StoredEvent(int(n), eid, kind, seq, text) for n, eid, kind, seq, text in found]
         ids = sorted({e.execution_id for e in events if e.kind != "deleted"})
         executions: dict[str, Execution] = {}
+        rows: dict[str, dict] = {}
         if ids:
             for row in self._select_in(
                 f"SELECT {_EXEC_COLUMNS} FROM execution WHERE resource_group = ?"
@@ -198,11 +208,13 @@ class ExecutionRepository:
                 ids,
                 (resource_group,),
             ):
-                execution = _execution_from(dict(zip(_EXEC_FIELDS, row, strict=True)))
+                fields = dict(zip(_EXEC_FIELDS, row, strict=True))
+                execution = _execution_from(fields)
                 executions[execution.id] = execution
+                rows[execution.id] = fields
             histories = self._histories(sorted(executions))
             for execution_id, execution in executions.items():
-                execution.history = histories.get(execution_id, [])
+                execution.history = _as_of(histories.get(execution_id, []), rows[execution_id])
         return max(last, events[-1].number if events else 0), events, executions
 
     def purge_events(self, before_us: int) -> int:
@@ -403,9 +415,10 @@ class ExecutionRepository:
         self, resource_group: str | None, execution_id: str, with_history: bool = True
     ) -> Execution:
         """One execution; ``resource_group`` None looks across groups (runtime use)."""
-        execution = _execution_from(self._execution_row(resource_group, execution_id))
+        row = self._execution_row(resource_group, execution_id)
+        execution = _execution_from(row)
         if with_history:
-            execution.history = self.history(execution_id)
+            execution.history = _as_of(self.history(execution_id), row)
         return execution
 
     def _histories(self, execution_ids: Sequence[str]) -> dict[str, list[Transition]]:
@@ -451,7 +464,7 @@ class ExecutionRepository:
                 executions.append(NotFound.of("execution", execution_id))
                 continue
             execution = _execution_from(dict(row))
-            execution.history = list(histories.get(execution_id, ()))
+            execution.history = _as_of(list(histories.get(execution_id, ())), row)
             executions.append(execution)
             by_group.setdefault(group, []).append(execution)
         contexts = {
