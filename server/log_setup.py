@@ -68,9 +68,7 @@ class LineWriter:
         done = False
         while not done:
             batch = [self._queue.get(), *self._queued()]
-            if None in batch:  # closed: write what is queued, then stop
-                done = True
-                batch = [t for t in batch if t is not None]
+            done = None in batch  # closed: write what is queued, then stop
             self._write(batch)
             if self.dropped:
                 with self._drops:
@@ -79,7 +77,7 @@ class LineWriter:
                     "log lines dropped: stderr did not take them", dropped=dropped
                 )
             if done:
-                self._write([t for t in self._queued(self.max_queued) if t is not None])
+                self._write(self._queued(self.max_queued))
 
     def _queued(self, most: int = 1024) -> list[str | None]:
         items: list[str | None] = []
@@ -90,11 +88,13 @@ class LineWriter:
                 break
         return items
 
-    def _write(self, texts: list[str | None]) -> None:
-        if not texts:
+    def _write(self, items: list[str | None]) -> None:
+        """The texts of ``items`` (the end mark left out) in one write."""
+        text = "".join(t for t in items if t is not None)
+        if not text:
             return
         try:
-            self.stream.write("".join(texts))  # type: ignore[arg-type]
+            self.stream.write(text)
             self.stream.flush()
         except (OSError, ValueError):  # stderr closed: no one to tell
             pass
@@ -104,10 +104,9 @@ _writer: LineWriter | None = None
 
 
 def _background_stream() -> LineWriter:
+    """The process's one writer thread, started by the first configuration asking."""
     global _writer
-    if _writer is None or _writer.stream is not sys.stderr:
-        if _writer is not None:
-            _writer.close()
+    if _writer is None:
         _writer = LineWriter(sys.stderr)
         atexit.register(_writer.close)
     return _writer
