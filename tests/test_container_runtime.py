@@ -238,13 +238,14 @@ def test_empty_dir_and_secret_volumes_are_mounted(runner, podman, container_serv
     assert runner.output(execution_id) == [
         "cached", "pw", str(len(value)), "read-only", "***"
     ]
-    podman.wait_empty("the finished container to be removed")
+    # Gone when the execution ends, not later with the container's removal.
     data_dir = container_server.settings.data_dir
     holding = [
         path for path in data_dir.rglob("*")
         if path.is_file() and value.encode() in path.read_bytes()
     ]
     assert holding == []
+    podman.wait_empty("the finished container to be removed")
 
 
 def test_the_local_runtime_refuses_at_start_a_volume_mount(server_factory):
