@@ -15,6 +15,7 @@ import logging
 import queue
 import sys
 import threading
+import time
 from typing import TextIO
 
 import structlog
@@ -27,11 +28,15 @@ _HANDLER_NAME = "trainyard-structlog"
 # dropped past this many, and counted: memory stays bounded, the loop never waits.
 MAX_QUEUED_LINES = 50_000
 EXIT_DRAIN_SECONDS = 5.0  # at exit, how long the queued lines may take to be written
+# After the first line of a batch, the writer waits this long for more: a thread woken
+# for every line would take the interpreter's lock from the event loop thousands of
+# times a second (the server logs a line per call), slowing every call by a fifth.
+LINGER_SECONDS = 0.02
 
 
 class LineWriter:
     """A stream for log lines: ``write`` queues the text, one thread writes it to
-    ``stream`` in order, many lines a write when they come fast."""
+    ``stream`` in order, the lines of a linger in one write."""
 
     def __init__(self, stream: TextIO, max_queued: int = MAX_QUEUED_LINES):
         self.stream = stream
@@ -67,7 +72,10 @@ class LineWriter:
     def _run(self) -> None:
         done = False
         while not done:
-            batch = [self._queue.get(), *self._queued()]
+            first = self._queue.get()
+            if first is not None:
+                time.sleep(LINGER_SECONDS)
+            batch = [first, *self._queued(self.max_queued)]
             done = None in batch  # closed: write what is queued, then stop
             self._write(batch)
             if self.dropped:
