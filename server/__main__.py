@@ -15,6 +15,10 @@ def main(argv: list[str] | None = None) -> None:
         from server.security.tokens_cli import main as tokens_main
 
         sys.exit(tokens_main(args[1:]))
+    if args[:1] == ["copy-database"]:
+        from server.database_cli import main as copy_main
+
+        sys.exit(copy_main(args[1:]))
     run(parse_args(args))
 
 

@@ -63,6 +63,18 @@ class Dialect:
         has none, and the caller inserts them."""
         return False
 
+    def snapshot(self, db: pw.Database) -> None:
+        """First in a transaction: make every read of it see one snapshot."""
+
+    def streaming_cursor(self, db: pw.Database):
+        """Inside a transaction: a cursor whose rows are fetched as they are read, not
+        all at once when the query runs."""
+        return db.cursor()
+
+    def continue_keys_after(self, db: pw.Database, table: str, column: str) -> None:
+        """After rows with their own values of the generated key ``column`` went into
+        ``table``: the keys generated next come after the highest of them."""
+
 
 class SqliteDialect(Dialect):
     name = "sqlite"
@@ -81,6 +93,9 @@ class SqliteDialect(Dialect):
     def serialize(self, db, key):
         pass  # the transaction began IMMEDIATE: it holds the database's one write lock
 
+    # snapshot: a read transaction sees one snapshot from its first read (WAL).
+    # continue_keys_after: an INTEGER PRIMARY KEY goes on from the highest row's.
+
 
 class PostgresDialect(Dialect):
     name = "postgresql"
@@ -96,6 +111,20 @@ class PostgresDialect(Dialect):
 
     def skip_locked(self):
         return " FOR UPDATE SKIP LOCKED"
+
+    def snapshot(self, db):
+        db.execute_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+
+    def streaming_cursor(self, db):
+        return db.connection().cursor(name="trainyard_copy")
+
+    def continue_keys_after(self, db, table, column):
+        # An identity column's sequence does not move for rows that brought their own.
+        db.execute_sql(
+            f"SELECT setval(pg_get_serial_sequence(%s, %s),"
+            f' (SELECT COALESCE(MAX("{column}"), 0) FROM "{table}") + 1, false)',
+            (f'"{table}"', column),
+        )
 
     def copy_rows(self, db, table, columns, rows):
         # NUL, which PostgreSQL's text cannot hold, becomes U+FFFD in the last column
