@@ -137,6 +137,11 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 
 DESCRIPTION = "Run the Trainyard control plane."
+EPILOG = (
+    "other commands: `trainyard-server tokens add|list|revoke` manages a token file; "
+    "`trainyard-server copy-database --from URL --to URL` copies every row of a "
+    "database into a new, empty one (SQLite to PostgreSQL, or back)"
+)
 
 
 def _duration(text: str) -> float:
@@ -150,7 +155,9 @@ def _duration(text: str) -> float:
 
 def parse_args(argv: list[str] | None = None) -> Settings:
     """Settings of `trainyard-server` (and `python -m server`) from its command line."""
-    parser = argparse.ArgumentParser(prog="trainyard-server", description=DESCRIPTION)
+    parser = argparse.ArgumentParser(
+        prog="trainyard-server", description=DESCRIPTION, epilog=EPILOG
+    )
     add_arguments(parser)
     return settings_from(parser.parse_args(argv), parser)
 
