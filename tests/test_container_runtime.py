@@ -248,6 +248,38 @@ def test_empty_dir_and_secret_volumes_are_mounted(runner, podman, container_serv
     podman.wait_empty("the finished container to be removed")
 
 
+def test_a_secret_printed_by_a_step_is_gone_while_the_engine_removes_the_container(
+    server_factory, podman, tmp_path
+):
+    """The engine's log file of the container holds the value unmasked: it is deleted
+    once read, before the execution ends, however long the engine takes to remove the
+    container (its `rm` held here 3 s)."""
+    engine = tmp_path / "podman-slow-rm"
+    engine.write_text(
+        f'#!/bin/sh\nif [ "$1" = rm ]; then sleep 3; fi\nexec {podman.binary} "$@"\n'
+    )
+    engine.chmod(0o755)
+    server = server_factory(runtime="container", container_engine=str(engine))
+    runner = Runner(server.address)
+    try:
+        value = "pw-slow-rm-41f0"
+        runner.client.create_secret("db", {"password": value})
+        runner.register(VOLUMES.replace("name: volumes", "name: volumes-slow", 1))
+        execution_id = runner.start(runner.configure("volumes-slow", scenario="container-tests"))
+        execution = runner.wait(execution_id, timeout=60)
+        assert STATUS_NAME[execution.status] == "COMPLETED", execution.status_message
+        assert runner.output(execution_id)[-1] == "***"
+        assert podman.ours(), "the container is still being removed"
+        holding = [
+            path for path in server.settings.data_dir.rglob("*")
+            if path.is_file() and value.encode() in path.read_bytes()
+        ]
+        assert holding == []
+        podman.wait_empty("the finished container to be removed")
+    finally:
+        runner.close()
+
+
 def test_the_local_runtime_refuses_at_start_a_volume_mount(server_factory):
     server = server_factory()
     runner = Runner(server.address)

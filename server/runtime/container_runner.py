@@ -377,9 +377,10 @@ class ContainerHandle:
             await self._copy_outputs()
         if self.secrets:  # the values stay in the store only
             await asyncio.to_thread(_remove_all, self.secrets)
-        if self.runner.engine.kind == "podman":
-            # Read to its end: the file holds the step's lines as printed, secrets
-            # unmasked, so it goes before the step counts as ended.
+        # Read to its end: the engine's log file holds the step's lines as printed,
+        # secrets unmasked, so it goes before the step counts as ended (Docker's is in
+        # its own folder; its removal of the container does not miss it).
+        with contextlib.suppress(OSError):
             await asyncio.to_thread(self.log.path.unlink, missing_ok=True)
         # Removed in the background: the step's end (and the execution's) need not wait
         # for the engine's clean-up; a server that dies meanwhile removes it at start.

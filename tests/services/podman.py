@@ -100,30 +100,7 @@ class Podman:
         return self
 
     def build_image(self) -> None:
-        busybox = shutil.which("busybox")
-        assert busybox is not None
-        data = io.BytesIO()
-        with tarfile.open(fileobj=data, mode="w") as tar:
-            for name, mode in (("bin", 0o755), ("tmp", 0o1777), ("app", 0o755), ("app/src", 0o755)):
-                info = tarfile.TarInfo(name)
-                info.type, info.mode = tarfile.DIRTYPE, mode
-                tar.addfile(info)
-            tar.add(busybox, "bin/busybox")
-            applets = subprocess.run(
-                [busybox, "--list"], capture_output=True, text=True, check=True
-            ).stdout.split()
-            for applet in applets:
-                if applet == "busybox":
-                    continue
-                info = tarfile.TarInfo(f"bin/{applet}")
-                info.type, info.linkname = tarfile.SYMTYPE, "busybox"
-                tar.addfile(info)
-            script = TRAIN_SH.encode()
-            info = tarfile.TarInfo("app/src/train.sh")
-            info.size, info.mode = len(script), 0o755
-            tar.addfile(info, io.BytesIO(script))
-        tar_path = self.root / "image.tar"
-        tar_path.write_bytes(data.getvalue())
+        tar_path = write_image_tar(self.root / "image.tar")
         self(
             "import",
             "--change",
@@ -145,14 +122,48 @@ class Podman:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def write_image_tar(path: Path) -> Path:
+    """The test image's root file system as a tar file at ``path``: a static busybox
+    with a link per applet, and the "training code" under /app/src."""
+    busybox = shutil.which("busybox")
+    assert busybox is not None
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as tar:
+        for name, mode in (("bin", 0o755), ("tmp", 0o1777), ("app", 0o755), ("app/src", 0o755)):
+            info = tarfile.TarInfo(name)
+            info.type, info.mode = tarfile.DIRTYPE, mode
+            tar.addfile(info)
+        tar.add(busybox, "bin/busybox")
+        applets = subprocess.run(
+            [busybox, "--list"], capture_output=True, text=True, check=True
+        ).stdout.split()
+        for applet in applets:
+            if applet == "busybox":
+                continue
+            info = tarfile.TarInfo(f"bin/{applet}")
+            info.type, info.linkname = tarfile.SYMTYPE, "busybox"
+            tar.addfile(info)
+        script = TRAIN_SH.encode()
+        info = tarfile.TarInfo("app/src/train.sh")
+        info.size, info.mode = len(script), 0o755
+        tar.addfile(info, io.BytesIO(script))
+    path.write_bytes(data.getvalue())
+    return path
+
+
+def static_busybox() -> bool:
+    """Whether the machine has a static busybox to build the test image from."""
+    busybox = shutil.which("busybox")
+    return busybox is not None and "static" in subprocess.run(
+        ["file", "-L", busybox], capture_output=True, text=True
+    ).stdout + _static_hint(busybox)
+
+
 def start_podman_or_skip() -> Podman:
     binary = shutil.which("podman")
     if binary is None:
         unavailable("Podman not installed (apt-get install podman runc busybox-static)")
-    busybox = shutil.which("busybox")
-    if busybox is None or "static" not in subprocess.run(
-        ["file", "-L", busybox], capture_output=True, text=True
-    ).stdout + _static_hint(busybox):
+    if not static_busybox():
         unavailable("no static busybox to build the test image (apt-get install busybox-static)")
     podman = Podman(Path(tempfile.mkdtemp(prefix="trainyard-podman-")), binary)
     try:
