@@ -31,6 +31,11 @@ from tests.test_container_runtime import (  # noqa: F401 - collected again, on D
     test_loops_when_output_parameters_and_exit_handler_in_containers,
     test_stop_ends_the_container_within_the_grace_period,
 )
+from tests.test_image_pull import (  # noqa: F401 - collected again, on Docker
+    registry,
+    test_a_missing_image_is_pulled_with_the_groups_pull_secret,
+    test_a_wrong_pull_secret_is_dead_naming_the_image_and_the_refusal,
+)
 from tests.workflow_helpers import STATUS_NAME, Runner
 
 runner = test_container_runtime.runner  # the same fixture, on this module's server
@@ -65,6 +70,12 @@ def container_server(server_factory, podman):
         console_address="127.0.0.1:0",
         stop_grace_seconds=2.0,
     )
+
+
+@pytest.fixture
+def server(container_server):
+    """The image pull tests' server: this module's, on Docker."""
+    return container_server
 
 
 def test_the_docker_daemon_runs_the_steps(container_server, podman):

@@ -581,7 +581,15 @@ class ContainerRunner:
             "--network", self._network(),
             "--security-opt", "no-new-privileges",
         ]
-        if launch.pull_auth:
+        auth: Path | None = None
+        config: list[str] = []  # options of the engine's own, before the command
+        if launch.pull_auth and self.engine.kind == "docker":
+            # Docker's run takes no auth file: its client reads config.json of --config.
+            auth = scratch / "docker-config" / "config.json"
+            await asyncio.to_thread(_write_private, auth, launch.pull_auth)
+            config = ["--config", str(auth.parent)]
+            argv += ["--pull", "missing"]
+        elif launch.pull_auth:
             auth = scratch / "auth.json"
             await asyncio.to_thread(_write_private, auth, launch.pull_auth)
             argv += ["--pull", "missing", "--authfile", str(auth)]
@@ -618,12 +626,18 @@ class ContainerRunner:
             argv += ["--entrypoint", launch.command[0]]
             args = [*launch.command[1:], *args]
         argv += [launch.image, *args]
-        code, out, err = await run_engine(self.engine, *argv)
-        if code != 0 and not self._probed and _limits_refused(err):
-            # The engine's defaults do not work here: find options that do, once.
-            await self._probe(launch.image)
-            argv = ["run", "-d", *self.engine.run_options, *argv[2 + base_before:]]
-            code, out, err = await run_engine(self.engine, *argv)
+        try:
+            code, out, err = await run_engine(self.engine, *config, *argv)
+            if code != 0 and not self._probed and _limits_refused(err):
+                # The engine's defaults do not work here: find options that do, once.
+                await self._probe(launch.image)
+                argv = ["run", "-d", *self.engine.run_options, *argv[2 + base_before:]]
+                code, out, err = await run_engine(self.engine, *config, *argv)
+        finally:
+            if auth is not None:  # the registry credentials: the pull is over
+                await asyncio.to_thread(auth.unlink, missing_ok=True)
+                if config:
+                    await asyncio.to_thread(shutil.rmtree, auth.parent, True)
         if code != 0:
             await run_engine(self.engine, "rm", "-f", name)
             raise StepStartError(
@@ -834,6 +848,7 @@ def _prepare(scratch: Path, launch: StepLaunch) -> None:
     for name in ("container.log", "auth.json"):
         with contextlib.suppress(FileNotFoundError):
             (scratch / name).unlink()
+    shutil.rmtree(scratch / "docker-config", ignore_errors=True)  # credentials, as auth.json
     for mount in launch.mounts:
         if mount.volume:
             _fresh_volume(Path(mount.source), mount.contents if mount.volume == "secret" else None)
@@ -873,6 +888,7 @@ def _remove_all(paths: Sequence[str]) -> None:
 
 
 def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)

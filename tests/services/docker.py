@@ -46,12 +46,15 @@ class Docker:
     def host(self) -> str:
         return f"unix://{self.root / 'docker.sock'}"
 
-    def __call__(self, *args: str, check: bool = True, timeout: float = 120):
+    def __call__(
+        self, *args: str, check: bool = True, timeout: float = 120, input: str | None = None
+    ):
         result = subprocess.run(
             [self.binary, *args],
             capture_output=True,
             text=True,
             timeout=timeout,
+            input=input,
             env={**os.environ, "DOCKER_HOST": self.host},
         )
         if check and result.returncode != 0:
@@ -66,6 +69,27 @@ class Docker:
         from tests.workflow_helpers import wait_for
 
         wait_for(lambda: self.ours() == [], timeout, what)
+
+    def trust_insecure(self, address: str) -> None:
+        """Nothing to do: Docker pulls from a plain-HTTP registry on loopback as it is."""
+
+    def has_image(self, name: str) -> bool:
+        return self("image", "inspect", name, check=False).returncode == 0
+
+    def push(self, image: str, remote: str, user: str, password: str) -> None:
+        """Push ``image`` to the registry of ``remote`` with those credentials (kept in
+        a client configuration of this push's only), leaving no ``remote`` behind."""
+        config = Path(tempfile.mkdtemp(prefix="docker-config-", dir=self.root))
+        try:
+            self(
+                "--config", str(config), "login", "--username", user, "--password-stdin",
+                remote.split("/", 1)[0], input=password,
+            )
+            self("tag", image, remote)
+            self("--config", str(config), "push", remote)
+            self("rmi", remote)
+        finally:
+            shutil.rmtree(config, ignore_errors=True)
 
     def start(self) -> Docker:
         log = open(self.root / "dockerd.log", "ab")

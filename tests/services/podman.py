@@ -99,6 +99,25 @@ class Podman:
         self.build_image()
         return self
 
+    def trust_insecure(self, address: str) -> None:
+        """Let the store pull from and push to the plain-HTTP registry at ``address``
+        (host:port; the tests' own, on loopback), through a registries.conf of the
+        store's own named in this process's environment (servers started by the tests
+        inherit it)."""
+        conf = self.root / "registries.conf"
+        conf.write_text(f'[[registry]]\nlocation = "{address}"\ninsecure = true\n')
+        key = "CONTAINERS_REGISTRIES_CONF"
+        self._saved.setdefault(key, os.environ.get(key))
+        os.environ[key] = str(conf)
+
+    def has_image(self, name: str) -> bool:
+        return self("image", "exists", name, check=False).returncode == 0
+
+    def push(self, image: str, remote: str, user: str, password: str) -> None:
+        """Push ``image`` to the registry of ``remote`` (its new name there) with those
+        credentials, leaving no ``remote`` in the store."""
+        self("push", "--creds", f"{user}:{password}", image, remote)
+
     def build_image(self) -> None:
         tar_path = write_image_tar(self.root / "image.tar")
         self(
