@@ -280,6 +280,66 @@ def test_a_secret_printed_by_a_step_is_gone_while_the_engine_removes_the_contain
         runner.close()
 
 
+RETRIED = f"""
+apiVersion: argoproj.io/v1alpha1
+kind: WorkflowTemplate
+metadata:
+  name: retried-ct
+  labels:
+    scenarios.ai.sap.com/id: "container-tests"
+    ai.sap.com/version: "1.0"
+spec:
+  entrypoint: main
+  templates:
+    - name: main
+      retryStrategy:
+        limit: 1
+      outputs:
+        artifacts:
+          - name: state
+            path: /state
+      container:
+        image: {IMAGE}
+        command: [/bin/sh, -c]
+        args:
+          - n=$(( $(cat /state/tries 2>/dev/null || echo 0) + 1 )); echo $n > /state/tries;
+            if [ $n -lt 2 ]; then echo "try 1"; exit 1; fi; sleep 1; echo "try 2"
+"""
+
+
+def test_a_retry_keeps_its_log_while_the_failed_attempt_is_removed(
+    server_factory, podman, tmp_path
+):
+    """A retried step's attempts share the runner folder and its log file's name: the
+    removal of the failed attempt's container, finishing after the retry started (here
+    the engine's rm waits for the retry's run), leaves the retry's log file alone."""
+    marks = tmp_path / "runs"
+    marks.mkdir()
+    engine = tmp_path / "podman-late-rm"
+    engine.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = run ] && [ "$2" = -d ]; then "{podman.binary}" "$@"; code=$?; '
+        f'touch "{marks}/run.$$"; exit $code; fi\n'
+        'if [ "$1" = rm ]; then i=0; '
+        f'while [ "$(ls {marks} | wc -l)" -lt 2 ] && [ $i -lt 100 ]; do '
+        "sleep 0.1; i=$((i + 1)); done; fi\n"
+        f'exec "{podman.binary}" "$@"\n'
+    )
+    engine.chmod(0o755)
+    server = server_factory(runtime="container", container_engine=str(engine))
+    runner = Runner(server.address)
+    try:
+        runner.register(RETRIED)
+        execution_id = runner.start(runner.configure("retried-ct", scenario="container-tests"))
+        execution = runner.wait(execution_id, timeout=60)
+        assert STATUS_NAME[execution.status] == "COMPLETED", execution.status_message
+        assert len(list(marks.iterdir())) == 2  # the retry ran while the rm waited
+        assert runner.output(execution_id) == ["try 1", "try 2"]
+        podman.wait_empty("both attempts' containers to be removed")
+    finally:
+        runner.close()
+
+
 def test_the_local_runtime_refuses_at_start_a_volume_mount(server_factory):
     server = server_factory()
     runner = Runner(server.address)

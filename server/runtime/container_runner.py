@@ -384,7 +384,8 @@ class ContainerHandle:
             await asyncio.to_thread(self.log.path.unlink, missing_ok=True)
         # Removed in the background: the step's end (and the execution's) need not wait
         # for the engine's clean-up; a server that dies meanwhile removes it at start.
-        self.runner.remove_later(self.id, self.log.path)
+        # Not the log's path: a retry of the step may already have a new file there.
+        self.runner.remove_later(self.id)
         return StepExit(code)
 
     async def _wait_exit(self) -> int:
