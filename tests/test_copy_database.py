@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from server.domain.audit import AuditEvent, AuditFilter
+from server.domain.metrics import ExecutionMetricsIn
 from server.domain.models import Artifact, ArtifactKind, Execution, Status
 from server.domain.paging import PageRequest
 from server.store import copy as copying
@@ -125,6 +126,13 @@ def test_a_sqlite_database_moves_to_postgresql_with_every_row(tmp_path, postgres
         )
         listed = store.list_executions("g", PageRequest(10))
         assert listed.items[0].id == "e5"
+        # A new series is numbered after the copied ones.
+        metrics = MetricStore(store)
+        metrics.write("g", [ExecutionMetricsIn("e5", points=[("recall", 0.5, 1, 7, None)])], 9)
+        assert [(p.name, p.value) for p in metrics.latest_points("e5", [], None, 10)] == [
+            ("recall", 0.5)
+        ]
+        assert [p.value for p in metrics.series_points("e0", ["loss"], None, 10)] == [0.5, 0.25]
         assert {e.id for e in listed.items} >= {"e0", "e1", "e3", "e4", "e5"}
     finally:
         store.close()
