@@ -87,7 +87,7 @@ class LineWriter:
             if done:
                 self._write(self._queued(self.max_queued))
 
-    def _queued(self, most: int = 1024) -> list[str | None]:
+    def _queued(self, most: int) -> list[str | None]:
         items: list[str | None] = []
         while len(items) < most:
             try:

@@ -109,6 +109,49 @@ def dataset(runner: Runner, tmp_path: Path, rows: int = 4) -> str:
     ).id
 
 
+def files_holding(root: Path, data: bytes) -> list[Path]:
+    """The files under ``root`` whose bytes contain ``data``."""
+    return [path for path in root.rglob("*") if path.is_file() and data in path.read_bytes()]
+
+
+def wrapped_engine(tmp_path: Path, engine, name: str, before: str) -> str:
+    """An engine command of the test's own, ``name``: the shell lines ``before`` (the
+    engine's arguments in ``$@``), then ``engine``'s command with those arguments."""
+    script = tmp_path / name
+    script.write_text(f'#!/bin/sh\n{before}\nexec "{engine.binary}" "$@"\n')
+    script.chmod(0o755)
+    return str(script)
+
+
+# An engine whose `rm` takes 3 s: a finished container stays a while after its step.
+HOLD_RM = 'if [ "$1" = rm ]; then sleep 3; fi'
+
+
+def secret_left_while_rm_held(
+    server_factory, engine, tmp_path: Path, scanned: Path | None = None, **server_options
+) -> list[Path]:
+    """Run a step that prints a secret on an engine whose `rm` is held (HOLD_RM), and
+    return the files under ``scanned`` (default: the server's data directory) that hold
+    the value once the execution ended, while its container is still being removed."""
+    command = wrapped_engine(tmp_path, engine, f"{engine.name}-slow-rm", HOLD_RM)
+    server = server_factory(runtime="container", container_engine=command, **server_options)
+    runner = Runner(server.address)
+    try:
+        value = "pw-slow-rm-41f0"
+        runner.client.create_secret("db", {"password": value})
+        runner.register(VOLUMES.replace("name: volumes", "name: volumes-slow", 1))
+        execution_id = runner.start(runner.configure("volumes-slow", scenario="container-tests"))
+        execution = runner.wait(execution_id, timeout=60)
+        assert STATUS_NAME[execution.status] == "COMPLETED", execution.status_message
+        assert runner.output(execution_id)[-1] == "***"
+        assert engine.ours(), "the container is still being removed"
+        holding = files_holding(scanned or server.settings.data_dir, value.encode())
+        engine.wait_empty("the finished container to be removed")
+        return holding
+    finally:
+        runner.close()
+
+
 def test_a_sap_style_template_runs_in_its_image(runner, podman, tmp_path):
     runner.register(SAP_STYLE)
     data = dataset(runner, tmp_path)
@@ -150,7 +193,7 @@ def test_a_missing_image_is_dead_at_start_naming_it(runner, podman):
     execution = runner.wait(execution_id, timeout=60)
     assert STATUS_NAME[execution.status] == "DEAD"
     assert "localhost/not-there:9" in execution.status_message
-    assert "image not known" in execution.status_message  # the engine's own words
+    assert podman.missing_image in execution.status_message  # the engine's own words
     assert podman.ours() == []  # the engine refused it: nothing was created
 
 
@@ -239,12 +282,7 @@ def test_empty_dir_and_secret_volumes_are_mounted(runner, podman, container_serv
         "cached", "pw", str(len(value)), "read-only", "***"
     ]
     # Gone when the execution ends, not later with the container's removal.
-    data_dir = container_server.settings.data_dir
-    holding = [
-        path for path in data_dir.rglob("*")
-        if path.is_file() and value.encode() in path.read_bytes()
-    ]
-    assert holding == []
+    assert files_holding(container_server.settings.data_dir, value.encode()) == []
     podman.wait_empty("the finished container to be removed")
 
 
@@ -254,30 +292,7 @@ def test_a_secret_printed_by_a_step_is_gone_while_the_engine_removes_the_contain
     """The engine's log file of the container holds the value unmasked: it is deleted
     once read, before the execution ends, however long the engine takes to remove the
     container (its `rm` held here 3 s)."""
-    engine = tmp_path / "podman-slow-rm"
-    engine.write_text(
-        f'#!/bin/sh\nif [ "$1" = rm ]; then sleep 3; fi\nexec {podman.binary} "$@"\n'
-    )
-    engine.chmod(0o755)
-    server = server_factory(runtime="container", container_engine=str(engine))
-    runner = Runner(server.address)
-    try:
-        value = "pw-slow-rm-41f0"
-        runner.client.create_secret("db", {"password": value})
-        runner.register(VOLUMES.replace("name: volumes", "name: volumes-slow", 1))
-        execution_id = runner.start(runner.configure("volumes-slow", scenario="container-tests"))
-        execution = runner.wait(execution_id, timeout=60)
-        assert STATUS_NAME[execution.status] == "COMPLETED", execution.status_message
-        assert runner.output(execution_id)[-1] == "***"
-        assert podman.ours(), "the container is still being removed"
-        holding = [
-            path for path in server.settings.data_dir.rglob("*")
-            if path.is_file() and value.encode() in path.read_bytes()
-        ]
-        assert holding == []
-        podman.wait_empty("the finished container to be removed")
-    finally:
-        runner.close()
+    assert secret_left_while_rm_held(server_factory, podman, tmp_path) == []
 
 
 RETRIED = f"""
@@ -315,18 +330,17 @@ def test_a_retry_keeps_its_log_while_the_failed_attempt_is_removed(
     the engine's rm waits for the retry's run), leaves the retry's log file alone."""
     marks = tmp_path / "runs"
     marks.mkdir()
-    engine = tmp_path / "podman-late-rm"
-    engine.write_text(
-        "#!/bin/sh\n"
+    engine = wrapped_engine(
+        tmp_path,
+        podman,
+        "podman-late-rm",
         f'if [ "$1" = run ] && [ "$2" = -d ]; then "{podman.binary}" "$@"; code=$?; '
         f'touch "{marks}/run.$$"; exit $code; fi\n'
         'if [ "$1" = rm ]; then i=0; '
         f'while [ "$(ls {marks} | wc -l)" -lt 2 ] && [ $i -lt 100 ]; do '
-        "sleep 0.1; i=$((i + 1)); done; fi\n"
-        f'exec "{podman.binary}" "$@"\n'
+        "sleep 0.1; i=$((i + 1)); done; fi",
     )
-    engine.chmod(0o755)
-    server = server_factory(runtime="container", container_engine=str(engine))
+    server = server_factory(runtime="container", container_engine=engine)
     runner = Runner(server.address)
     try:
         runner.register(RETRIED)

@@ -20,10 +20,11 @@ from tests import test_container_runtime
 from tests.services.docker import Docker, start_docker_or_skip
 from tests.services.podman import IMAGE
 from tests.test_container_runtime import (  # noqa: F401 - collected again, on Docker
-    VOLUMES,
     one_step,
+    secret_left_while_rm_held,
     test_a_container_with_only_an_image_runs_the_image_entrypoint,
     test_a_container_without_command_runs_the_image_entrypoint,
+    test_a_missing_image_is_dead_at_start_naming_it,
     test_a_sap_style_template_runs_in_its_image,
     test_a_server_ended_mid_run_reattaches_its_running_container,
     test_after_a_restart_containers_of_deleted_executions_are_removed,
@@ -36,7 +37,7 @@ from tests.test_image_pull import (  # noqa: F401 - collected again, on Docker
     test_a_missing_image_is_pulled_with_the_groups_pull_secret,
     test_a_wrong_pull_secret_is_dead_naming_the_image_and_the_refusal,
 )
-from tests.workflow_helpers import STATUS_NAME, Runner
+from tests.workflow_helpers import STATUS_NAME
 
 runner = test_container_runtime.runner  # the same fixture, on this module's server
 
@@ -84,18 +85,6 @@ def test_the_docker_daemon_runs_the_steps(container_server, podman):
     assert podman("version", "--format", "{{.Server.Version}}").stdout.strip()
 
 
-def test_a_missing_image_is_dead_at_start_naming_it(runner, podman):
-    runner.register(
-        one_step("no-image", '        image: localhost/not-there:9\n        command: ["true"]')
-    )
-    execution_id = runner.start(runner.configure("no-image", scenario="container-tests"))
-    execution = runner.wait(execution_id, timeout=60)
-    assert STATUS_NAME[execution.status] == "DEAD"
-    assert "localhost/not-there:9" in execution.status_message
-    assert "No such image" in execution.status_message  # Docker's own words
-    assert podman.ours() == []
-
-
 def test_a_command_of_several_words_keeps_them_in_order(runner, podman):
     runner.register(
         one_step(
@@ -117,29 +106,7 @@ def test_a_secret_printed_by_a_step_is_not_left_in_dockers_log(
     """Docker keeps a container's json-file log in its own folder: the server deletes
     it once read, before the execution ends, so the unmasked value is on no disk even
     while the engine is slow to remove the container (its `rm` held here 3 s)."""
-    engine = tmp_path / "docker-slow-rm"
-    engine.write_text(
-        f'#!/bin/sh\nif [ "$1" = rm ]; then sleep 3; fi\nexec {podman.binary} "$@"\n'
-    )
-    engine.chmod(0o755)
-    server = server_factory(
-        runtime="container", container_engine=str(engine), container_network="host"
-    )
-    runner = Runner(server.address)
-    try:
-        value = "pw-docker-7c2e"
-        runner.client.create_secret("db", {"password": value})
-        runner.register(VOLUMES.replace("name: volumes", "name: volumes-docker", 1))
-        execution_id = runner.start(runner.configure("volumes-docker", scenario="container-tests"))
-        execution = runner.wait(execution_id, timeout=60)
-        assert STATUS_NAME[execution.status] == "COMPLETED", execution.status_message
-        assert runner.output(execution_id)[-1] == "***"
-        assert podman.ours(), "the container is still being removed"
-        holding = [
-            path for path in (podman.root / "data" / "containers").rglob("*")
-            if path.is_file() and value.encode() in path.read_bytes()
-        ]
-        assert holding == []
-        podman.wait_empty("the finished container to be removed")
-    finally:
-        runner.close()
+    docker_files = podman.root / "data" / "containers"
+    assert secret_left_while_rm_held(
+        server_factory, podman, tmp_path, docker_files, container_network="host"
+    ) == []

@@ -12,7 +12,7 @@ import pytest
 
 from tests.services.podman import IMAGE, Podman
 from tests.services.registry import Registry, start_registry_or_skip
-from tests.test_container_runtime import one_step
+from tests.test_container_runtime import files_holding, one_step
 from tests.workflow_helpers import STATUS_NAME, Runner
 
 USER, PASSWORD = "ci-bot", "pull-pw-5b8e"
@@ -72,11 +72,7 @@ def test_a_missing_image_is_pulled_with_the_groups_pull_secret(
     assert podman.has_image(image)
     # The credentials went to the engine in a file of the step's, gone once it pulled.
     token = base64.b64encode(f"{USER}:{PASSWORD}".encode())
-    holding = [
-        path for path in server.settings.data_dir.rglob("*")
-        if path.is_file() and token in path.read_bytes()
-    ]
-    assert holding == []
+    assert files_holding(server.settings.data_dir, token) == []
     podman.wait_empty("the step's container to be removed")
 
 

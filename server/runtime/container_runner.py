@@ -584,16 +584,14 @@ class ContainerRunner:
         ]
         auth: Path | None = None
         config: list[str] = []  # options of the engine's own, before the command
-        if launch.pull_auth and self.engine.kind == "docker":
+        if launch.pull_auth:
             # Docker's run takes no auth file: its client reads config.json of --config.
-            auth = scratch / "docker-config" / "config.json"
+            docker = self.engine.kind == "docker"
+            auth = scratch / ("docker-config/config.json" if docker else "auth.json")
             await asyncio.to_thread(_write_private, auth, launch.pull_auth)
-            config = ["--config", str(auth.parent)]
-            argv += ["--pull", "missing"]
-        elif launch.pull_auth:
-            auth = scratch / "auth.json"
-            await asyncio.to_thread(_write_private, auth, launch.pull_auth)
-            argv += ["--pull", "missing", "--authfile", str(auth)]
+            if docker:
+                config = ["--config", str(auth.parent)]
+            argv += ["--pull", "missing", *([] if docker else ["--authfile", str(auth)])]
         else:
             argv += ["--pull", "never"]
         resources = launch.resources
@@ -637,7 +635,7 @@ class ContainerRunner:
         finally:
             if auth is not None:  # the registry credentials: the pull is over
                 await asyncio.to_thread(auth.unlink, missing_ok=True)
-                if config:
+                if config:  # Docker's folder of them
                     await asyncio.to_thread(shutil.rmtree, auth.parent, True)
         if code != 0:
             await run_engine(self.engine, "rm", "-f", name)

@@ -41,7 +41,6 @@ class CopyFailed(RuntimeError):
     def __init__(self, where: str, cause: BaseException):
         text = str(cause).strip()
         super().__init__(f"{where}: {text.splitlines()[0] if text else type(cause).__name__}")
-        self.where = where
 
 
 @dataclass

@@ -24,8 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.services import unavailable
-from tests.services.podman import IMAGE, static_busybox, write_image_tar
+from tests.services import log_tail, spawn_logged, unavailable
+from tests.services.podman import EngineStore, static_busybox
 
 START_TIMEOUT = 60.0
 
@@ -34,47 +34,24 @@ class DockerStartError(RuntimeError):
     """The daemon did not come up, or the image could not be imported."""
 
 
-class Docker:
+class Docker(EngineStore):
+    name = "docker"
+    missing_image = "No such image"
+
     def __init__(self, root: Path, daemon: str, binary: str):
-        self.root = root
+        super().__init__(root, binary)
         self.daemon = daemon
-        self.binary = binary
         self.process: subprocess.Popen | None = None
-        self._saved: str | None = None
 
     @property
     def host(self) -> str:
         return f"unix://{self.root / 'docker.sock'}"
 
-    def __call__(
-        self, *args: str, check: bool = True, timeout: float = 120, input: str | None = None
-    ):
-        result = subprocess.run(
-            [self.binary, *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            input=input,
-            env={**os.environ, "DOCKER_HOST": self.host},
-        )
-        if check and result.returncode != 0:
-            raise RuntimeError(f"docker {' '.join(args)}: {result.stderr.strip()}")
-        return result
-
-    def ours(self) -> list[str]:
-        """Ids of the daemon's containers (all of them are the tests')."""
-        return self("ps", "-a", "-q").stdout.split()
-
-    def wait_empty(self, what: str = "every container to be removed", timeout: float = 30) -> None:
-        from tests.workflow_helpers import wait_for
-
-        wait_for(lambda: self.ours() == [], timeout, what)
+    def env(self) -> dict[str, str]:
+        return {"DOCKER_HOST": self.host}
 
     def trust_insecure(self, address: str) -> None:
         """Nothing to do: Docker pulls from a plain-HTTP registry on loopback as it is."""
-
-    def has_image(self, name: str) -> bool:
-        return self("image", "inspect", name, check=False).returncode == 0
 
     def push(self, image: str, remote: str, user: str, password: str) -> None:
         """Push ``image`` to the registry of ``remote`` with those credentials (kept in
@@ -92,55 +69,32 @@ class Docker:
             shutil.rmtree(config, ignore_errors=True)
 
     def start(self) -> Docker:
-        log = open(self.root / "dockerd.log", "ab")
-        try:
-            self.process = subprocess.Popen(
-                [
-                    self.daemon,
-                    "--host", self.host,
-                    "--data-root", str(self.root / "data"),
-                    "--exec-root", str(self.root / "exec"),
-                    "--pidfile", str(self.root / "dockerd.pid"),
-                    "--bridge", "none",
-                    "--iptables=false",
-                    "--ip-forward=false",
-                    "--ip-masq=false",
-                    "--storage-driver", "vfs",
-                    "--containerd-namespace", "trainyard-tests",
-                    "--containerd-plugins-namespace", "trainyard-tests-plugins",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        finally:
-            log.close()
+        self.process = spawn_logged(
+            [
+                self.daemon,
+                "--host", self.host,
+                "--data-root", str(self.root / "data"),
+                "--exec-root", str(self.root / "exec"),
+                "--pidfile", str(self.root / "dockerd.pid"),
+                "--bridge", "none",
+                "--iptables=false",
+                "--ip-forward=false",
+                "--ip-masq=false",
+                "--storage-driver", "vfs",
+                "--containerd-namespace", "trainyard-tests",
+                "--containerd-plugins-namespace", "trainyard-tests-plugins",
+            ],
+            self.root / "dockerd.log",
+        )
         deadline = time.monotonic() + START_TIMEOUT
         while self("version", check=False, timeout=10).returncode != 0:
             if self.process.poll() is not None or time.monotonic() > deadline:
-                raise DockerStartError(f"dockerd did not start: {self._log_tail()}")
+                log = log_tail(self.root / "dockerd.log")
+                raise DockerStartError(f"dockerd did not start: {log}")
             time.sleep(0.2)
-        self._saved = os.environ.get("DOCKER_HOST")
-        os.environ["DOCKER_HOST"] = self.host
-        tar_path = write_image_tar(self.root / "image.tar")
-        self(
-            "import",
-            "--change",
-            "ENV PATH=/bin",
-            "--change",
-            'ENTRYPOINT ["/bin/echo", "from the entrypoint:"]',
-            str(tar_path),
-            IMAGE,
-        )
+        self._set_env("DOCKER_HOST", self.host)
+        self.import_image()
         return self
-
-    def _log_tail(self, lines: int = 3) -> str:
-        try:
-            text = (self.root / "dockerd.log").read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return " | ".join(text.strip().splitlines()[-lines:])
 
     def close(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -154,10 +108,7 @@ class Docker:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(10)
-        if self._saved is None:
-            os.environ.pop("DOCKER_HOST", None)
-        else:
-            os.environ["DOCKER_HOST"] = self._saved
+        self._restore_env()
         _unmount_under(self.root)
         shutil.rmtree(self.root, ignore_errors=True)
 

@@ -48,28 +48,42 @@ echo "weights" > /app/model/model.txt
 """
 
 
-class Podman:
+# The test image's settings, as its import gives them (the same for every engine).
+IMAGE_CHANGES = ("--change", "ENV PATH=/bin", "--change",
+                 'ENTRYPOINT ["/bin/echo", "from the entrypoint:"]')
+
+
+class EngineStore:
+    """What the container tests ask of an engine's private store (Podman's here,
+    Docker's in tests/services/docker.py): its command run against that store only,
+    the containers in it, its images, and the variables of this process's environment
+    that name the store to the servers the tests start (restored at the end)."""
+
+    name = ""
+    missing_image = ""  # the engine's words for an image the store lacks
+
     def __init__(self, root: Path, binary: str):
         self.root = root
         self.binary = binary
         self._saved: dict[str, str | None] = {}
 
     def env(self) -> dict[str, str]:
-        return {
-            "CONTAINERS_STORAGE_CONF": str(self.root / "storage.conf"),
-            "CONTAINERS_CONF": str(self.root / "containers.conf"),
-        }
+        """The variables that point the engine's command at this store."""
+        return {}
 
-    def __call__(self, *args: str, check: bool = True, timeout: float = 120):
+    def __call__(
+        self, *args: str, check: bool = True, timeout: float = 120, input: str | None = None
+    ):
         result = subprocess.run(
             [self.binary, *args],
             capture_output=True,
             text=True,
             timeout=timeout,
+            input=input,
             env={**os.environ, **self.env()},
         )
         if check and result.returncode != 0:
-            raise RuntimeError(f"podman {' '.join(args)}: {result.stderr.strip()}")
+            raise RuntimeError(f"{self.name} {' '.join(args)}: {result.stderr.strip()}")
         return result
 
     def ours(self) -> list[str]:
@@ -83,6 +97,36 @@ class Podman:
 
         wait_for(lambda: self.ours() == [], timeout, what)
 
+    def has_image(self, name: str) -> bool:
+        return self("image", "inspect", name, check=False).returncode == 0
+
+    def import_image(self) -> None:
+        """The test image (IMAGE), imported from its root file system."""
+        self("import", *IMAGE_CHANGES, str(write_image_tar(self.root / "image.tar")), IMAGE)
+
+    def _set_env(self, key: str, value: str) -> None:
+        self._saved.setdefault(key, os.environ.get(key))
+        os.environ[key] = value
+
+    def _restore_env(self) -> None:
+        for key, value in self._saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._saved.clear()
+
+
+class Podman(EngineStore):
+    name = "podman"
+    missing_image = "image not known"  # the engine's words for an image it lacks
+
+    def env(self) -> dict[str, str]:
+        return {
+            "CONTAINERS_STORAGE_CONF": str(self.root / "storage.conf"),
+            "CONTAINERS_CONF": str(self.root / "containers.conf"),
+        }
+
     def start(self) -> Podman:
         (self.root / "storage.conf").write_text(
             "[storage]\n"
@@ -94,9 +138,8 @@ class Podman:
             f'[engine]\ntmp_dir = "{self.root / "tmp"}"\nvolume_path = "{self.root / "volumes"}"\n'
         )
         for key, value in self.env().items():
-            self._saved[key] = os.environ.get(key)
-            os.environ[key] = value
-        self.build_image()
+            self._set_env(key, value)
+        self.import_image()
         return self
 
     def trust_insecure(self, address: str) -> None:
@@ -106,38 +149,17 @@ class Podman:
         inherit it)."""
         conf = self.root / "registries.conf"
         conf.write_text(f'[[registry]]\nlocation = "{address}"\ninsecure = true\n')
-        key = "CONTAINERS_REGISTRIES_CONF"
-        self._saved.setdefault(key, os.environ.get(key))
-        os.environ[key] = str(conf)
-
-    def has_image(self, name: str) -> bool:
-        return self("image", "exists", name, check=False).returncode == 0
+        self._set_env("CONTAINERS_REGISTRIES_CONF", str(conf))
 
     def push(self, image: str, remote: str, user: str, password: str) -> None:
         """Push ``image`` to the registry of ``remote`` (its new name there) with those
         credentials, leaving no ``remote`` in the store."""
         self("push", "--creds", f"{user}:{password}", image, remote)
 
-    def build_image(self) -> None:
-        tar_path = write_image_tar(self.root / "image.tar")
-        self(
-            "import",
-            "--change",
-            "ENV PATH=/bin",
-            "--change",
-            'ENTRYPOINT ["/bin/echo", "from the entrypoint:"]',
-            str(tar_path),
-            IMAGE,
-        )
-
     def close(self) -> None:
         self("rm", "-a", "-f", "-t", "0", check=False)
         self("rmi", "-a", "-f", check=False)
-        for key, value in self._saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        self._restore_env()
         shutil.rmtree(self.root, ignore_errors=True)
 
 

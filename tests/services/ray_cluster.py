@@ -29,7 +29,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.services import unavailable
+from tests.services import spawn_logged, unavailable
 
 HOST = "127.0.0.1"
 WORKER_PORTS = 40  # ports for each node's worker processes
@@ -190,19 +190,12 @@ class RayCluster:
 
     def _spawn(self, args: list[str], name: str) -> subprocess.Popen:
         assert self.base_dir is not None
-        log = open(self.base_dir / f"{name}.log", "ab")
-        try:
-            process = subprocess.Popen(
-                [sys.executable, "-c", _RAY_START, "start", *args],
-                cwd=self.base_dir,
-                env=self._env(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        finally:
-            log.close()
+        process = spawn_logged(
+            [sys.executable, "-c", _RAY_START, "start", *args],
+            self.base_dir / f"{name}.log",
+            cwd=self.base_dir,
+            env=self._env(),
+        )
         self._nodes.append(process)
         self._names[process.pid] = name
         return process

@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.services import unavailable
+from tests.services import log_tail, spawn_logged, unavailable
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 30.0
@@ -73,21 +73,15 @@ class Registry:
                 },
             }
             (self.root / "config.yml").write_text(json.dumps(config))
-            log = open(self.root / "registry.log", "ab")
-            try:
-                self.process = subprocess.Popen(
-                    [self.binary, "serve", str(self.root / "config.yml")],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            finally:
-                log.close()
+            self.process = spawn_logged(
+                [self.binary, "serve", str(self.root / "config.yml")],
+                self.root / "registry.log",
+            )
             if self._answers():
                 return self
             self._stop()
-        raise RegistryStartError(f"the registry did not start: {self._log_tail()}")
+        log = log_tail(self.root / "registry.log")
+        raise RegistryStartError(f"the registry did not start: {log}")
 
     def _answers(self) -> bool:
         """Whether the registry came up (its API asks for credentials: 401)."""
@@ -104,13 +98,6 @@ class Registry:
                 continue
             return False  # answered without asking for credentials
         return False
-
-    def _log_tail(self, lines: int = 3) -> str:
-        try:
-            text = (self.root / "registry.log").read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return " | ".join(text.strip().splitlines()[-lines:]) or "(empty log)"
 
     def _stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
