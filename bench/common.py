@@ -105,25 +105,83 @@ def rss_mb(pid: int | str = "self") -> float:
     return float("nan")
 
 
-def executemany_rate(create_sql: str, insert_sql: str, batches: list[list[tuple]]) -> float:
-    """Rows/s of raw sqlite3 ``executemany`` into a fresh table (``create_sql``) of a
-    temporary database with the server's pragmas, one transaction per batch: the bare
-    baseline of the write benchmarks."""
+@contextlib.contextmanager
+def raw_database() -> Iterator[sqlite3.Connection]:
+    """A bare sqlite3 connection (autocommit) to a fresh temporary database with the
+    server's pragmas: where the write and read baselines run."""
     with tempfile.TemporaryDirectory(prefix="trainyard-bench-") as tmp:
         connection = sqlite3.connect(Path(tmp) / "raw.db", isolation_level=None)
         try:
             for name, value in SQLITE_PRAGMAS.items():
                 connection.execute(f"PRAGMA {name}={value}")
-            connection.execute(create_sql)
-            start = time.perf_counter()
-            for rows in batches:
-                connection.execute("BEGIN")
-                connection.executemany(insert_sql, rows)
-                connection.execute("COMMIT")
-            elapsed = time.perf_counter() - start
+            yield connection
         finally:
             connection.close()
+
+
+def _insert_batches(connection: sqlite3.Connection, insert_sql: str, batches) -> float:
+    """Seconds to insert ``batches``, one transaction each."""
+    start = time.perf_counter()
+    for rows in batches:
+        connection.execute("BEGIN")
+        connection.executemany(insert_sql, rows)
+        connection.execute("COMMIT")
+    return time.perf_counter() - start
+
+
+def executemany_rate(create_sql: str, insert_sql: str, batches: list[list[tuple]]) -> float:
+    """Rows/s of raw sqlite3 ``executemany`` into a fresh table (``create_sql``) of a
+    temporary database with the server's pragmas, one transaction per batch: the bare
+    baseline of the write benchmarks."""
+    with raw_database() as connection:
+        connection.execute(create_sql)
+        elapsed = _insert_batches(connection, insert_sql, batches)
     return sum(map(len, batches)) / elapsed
+
+
+# The server's log table, for the raw baselines of the log benchmarks.
+LOG_TABLE_SQL = (
+    "CREATE TABLE log_line (execution_id TEXT NOT NULL, seq INTEGER NOT NULL, "
+    "at_us INTEGER NOT NULL, step TEXT NOT NULL, stream INTEGER NOT NULL, "
+    "text TEXT NOT NULL, PRIMARY KEY (execution_id, seq)) WITHOUT ROWID"
+)
+LOG_INSERT_SQL = "INSERT INTO log_line VALUES (?, ?, ?, ?, ?, ?)"
+
+
+def log_rows(lines: int, text: str | None = None) -> list[tuple]:
+    """``lines`` stored log rows of one execution, numbered from 1: ``text`` each, or
+    100 characters that differ from line to line."""
+    now = time.time_ns() // 1000
+    pad = "x" * 90
+    return [
+        ("e-bench", i + 1, now + i, "main", 1, text if text is not None else f"{i:09d} {pad}")
+        for i in range(lines)
+    ]
+
+
+def raw_log_rates(rows: list[tuple], batch: int, chunk: int) -> tuple[float, float]:
+    """The storage alone, in rows/s: raw sqlite3 ``executemany`` of ``rows`` into the
+    log table, ``batch`` a transaction, then reading them back in order ``chunk`` a
+    query, as a tailer reads the store (no gRPC, no encoding)."""
+    with raw_database() as connection:
+        connection.execute(LOG_TABLE_SQL)
+        batches = [rows[first : first + batch] for first in range(0, len(rows), batch)]
+        written = _insert_batches(connection, LOG_INSERT_SQL, batches)
+        start = time.perf_counter()
+        cursor = count = 0
+        while True:
+            got = connection.execute(
+                "SELECT execution_id, seq, at_us, step, stream, text FROM log_line "
+                "WHERE execution_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (rows[0][0], cursor, chunk),
+            ).fetchall()
+            if not got:
+                break
+            count += len(got)
+            cursor = got[-1][1]
+        read = time.perf_counter() - start
+    assert count == len(rows), (count, len(rows))
+    return len(rows) / written, len(rows) / read
 
 
 def median(values: list[float]) -> float:

@@ -39,7 +39,15 @@ import statistics
 import sys
 import time
 
-from bench.common import executemany_rate, median, trainyard_server, verdict
+from bench.common import (
+    LOG_INSERT_SQL,
+    LOG_TABLE_SQL,
+    executemany_rate,
+    log_rows,
+    median,
+    trainyard_server,
+    verdict,
+)
 from client.client import TrainyardClient
 from trainyard.v1 import execution_pb2, log_pb2
 
@@ -145,14 +153,10 @@ async def step_alone(lines: int) -> float:
 
 def raw_sqlite_rate(lines: int) -> float:
     """Rows/s of raw executemany into a fresh log table, with the server's pragmas."""
-    pad = "x" * 90
-    now = time.time_ns() // 1000
-    rows = [("e-bench", i + 1, now + i, "main", 1, f"{i:09d} {pad}") for i in range(lines)]
+    rows = log_rows(lines)
     return executemany_rate(
-        "CREATE TABLE log_line (execution_id TEXT NOT NULL, seq INTEGER NOT NULL, "
-        "at_us INTEGER NOT NULL, step TEXT NOT NULL, stream INTEGER NOT NULL, "
-        "text TEXT NOT NULL, PRIMARY KEY (execution_id, seq)) WITHOUT ROWID",
-        "INSERT INTO log_line VALUES (?, ?, ?, ?, ?, ?)",
+        LOG_TABLE_SQL,
+        LOG_INSERT_SQL,
         [rows[first : first + SINK_BATCH] for first in range(0, lines, SINK_BATCH)],
     )
 
