@@ -33,7 +33,7 @@ message (a third or more of it in the kernel's loopback send). Server and client
 then need the whole machine. The bare baseline, which does nothing but send, meets the
 target only at its edge, with two client processes (p99 87-108 ms over five runs;
 300-630 ms with one client process, which it floods). TailLogs adds what durability
-costs (a line waits up to the sink's flush interval, 5 ms, and a transaction on the
+costs (a line waits up to the sink's flush interval, 1 ms, and a transaction on the
 writer thread before any tailer may see it) and its own bookkeeping: p99 124-153 ms
 with two client processes (twelve runs), 170-215 ms with one (one run at 540 ms).
 """
