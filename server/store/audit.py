@@ -47,15 +47,7 @@ class AuditRepository:
         ]
         if not rows:
             return
-        cursor = self.db.cursor()
-        cursor.executemany(
-            self.dialect.sql(
-                "INSERT INTO audit_event (at_us, resource_group, principal, action,"
-                " resource_type, resource_id, outcome, request_id, detail)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            ),
-            rows,
-        )
+        self.dialect.insert_rows(self.db, "audit_event", _COLUMNS[1:], rows)
 
     def record_audit(self, events: list[AuditEvent]) -> None:
         """Events of changes made outside the store (token file edits), in a

@@ -35,6 +35,21 @@ class Dialect:
         """Portable SQL (``?`` placeholders) in the driver's form."""
         return text
 
+    def insert_rows(
+        self, db: pw.Database, table: str, columns: Sequence[str], rows: Sequence[tuple]
+    ) -> None:
+        """Inside a transaction: insert ``rows`` (values in ``columns`` order) into
+        ``table`` in the backend's cheapest way (a group of creates' executions, their
+        history entries, events and audit events): here the driver's executemany."""
+        if rows:
+            db.cursor().executemany(
+                self.sql(
+                    f"INSERT INTO {table} ({', '.join(columns)})"
+                    f" VALUES ({', '.join('?' * len(columns))})"
+                ),
+                rows,
+            )
+
     def write_transaction(self, db: pw.Database):
         """A transaction for a read-check-write (its checks are compare-and-set
         anyway; the dialect may take its lock early to avoid retries)."""
@@ -125,6 +140,18 @@ class PostgresDialect(Dialect):
             f' (SELECT COALESCE(MAX("{column}"), 0) FROM "{table}") + 1, false)',
             (f'"{table}"', column),
         )
+
+    def insert_rows(self, db, table, columns, rows):
+        # COPY FROM STDIN: psycopg formats the rows in C, in one statement, where its
+        # executemany (pipelined) spends tens of microseconds of Python a row on the
+        # writer thread, which shares the interpreter with the event loop. Measured, a
+        # transaction of 30 execution rows with its commit: 0.75 ms against 1.63 ms;
+        # never slower, one row included. Grouped creates: 1.4 x the calls/s.
+        if rows:
+            with db.cursor().copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+                write = copy.write_row
+                for row in rows:
+                    write(row)
 
     def copy_rows(self, db, table, columns, rows):
         # NUL, which PostgreSQL's text cannot hold, becomes U+FFFD in the last column

@@ -30,9 +30,11 @@ from server.domain.models import (
 )
 from server.domain.paging import PageRequest
 from server.store.rows import (
+    _EVENT_INSERT,
     _EXEC_COLUMNS,
     _EXEC_FIELDS,
     _EXEC_INSERT,
+    _TRANSITION_INSERT,
     STATUSES,
     _dumps,
     _execution_from,
@@ -168,11 +170,7 @@ class ExecutionRepository:
                 (group, first + n, execution_id, kind, seq, detail, at)
                 for n, (_, execution_id, kind, seq, detail) in enumerate(items)
             )
-        self.cursor().executemany(
-            "INSERT INTO execution_event (resource_group, number, execution_id, kind, seq,"
-            " detail, at_us) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            rows,
-        )
+        self.dialect.insert_rows(self.db, "execution_event", _EVENT_INSERT, rows)
 
     def last_event_number(self, resource_group: str) -> int:
         """The number of the last change recorded in the group (0: none yet)."""
@@ -344,18 +342,8 @@ class ExecutionRepository:
             execution.history = [
                 Transition(1, execution.id, None, Status.PENDING, created_at, "created", message)
             ]
-        cursor = self.db.cursor()
-        sql = self.dialect.sql
-        cursor.executemany(
-            sql(f"INSERT INTO execution ({_EXEC_INSERT}) VALUES ({', '.join('?' * 15)})"), rows
-        )
-        cursor.executemany(
-            sql(
-                "INSERT INTO transition (execution_id, seq, from_status, to_status, at_us,"
-                " cause, message) VALUES (?, ?, ?, ?, ?, ?, ?)"
-            ),
-            transitions,
-        )
+        self.dialect.insert_rows(self.db, "execution", _EXEC_INSERT, rows)
+        self.dialect.insert_rows(self.db, "transition", _TRANSITION_INSERT, transitions)
         for (group, scenario_id, executable_id, configuration_id), n in counts.items():
             self._count(
                 {

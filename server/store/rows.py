@@ -230,10 +230,29 @@ _EXEC_FIELDS = (
     "rerun_of",
 )
 _EXEC_COLUMNS = ", ".join(_EXEC_FIELDS)
+# The columns a new execution's row is inserted with (the others keep their defaults).
 _EXEC_INSERT = (
-    "resource_group, execution_id, configuration_id, executable_id, scenario_id, status,"
-    " target_status, status_message, step_details, output_artifact_ids, created_us,"
-    " modified_us, history_len, created_by, rerun_of"
+    "resource_group",
+    "execution_id",
+    "configuration_id",
+    "executable_id",
+    "scenario_id",
+    "status",
+    "target_status",
+    "status_message",
+    "step_details",
+    "output_artifact_ids",
+    "created_us",
+    "modified_us",
+    "history_len",
+    "created_by",
+    "rerun_of",
+)
+_TRANSITION_INSERT = (
+    "execution_id", "seq", "from_status", "to_status", "at_us", "cause", "message"
+)
+_EVENT_INSERT = (
+    "resource_group", "number", "execution_id", "kind", "seq", "detail", "at_us"
 )
 
 
