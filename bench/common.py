@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from itertools import chain
 from pathlib import Path
 
 import grpc
@@ -20,6 +21,7 @@ import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.store.db import SQLITE_PRAGMAS
+from server.store.logs import LOG_INSERT_ROWS
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -119,23 +121,18 @@ def raw_database() -> Iterator[sqlite3.Connection]:
             connection.close()
 
 
-def _insert_batches(connection: sqlite3.Connection, insert_sql: str, batches) -> float:
-    """Seconds to insert ``batches``, one transaction each."""
-    start = time.perf_counter()
-    for rows in batches:
-        connection.execute("BEGIN")
-        connection.executemany(insert_sql, rows)
-        connection.execute("COMMIT")
-    return time.perf_counter() - start
-
-
 def executemany_rate(create_sql: str, insert_sql: str, batches: list[list[tuple]]) -> float:
     """Rows/s of raw sqlite3 ``executemany`` into a fresh table (``create_sql``) of a
     temporary database with the server's pragmas, one transaction per batch: the bare
     baseline of the write benchmarks."""
     with raw_database() as connection:
         connection.execute(create_sql)
-        elapsed = _insert_batches(connection, insert_sql, batches)
+        start = time.perf_counter()
+        for rows in batches:
+            connection.execute("BEGIN")
+            connection.executemany(insert_sql, rows)
+            connection.execute("COMMIT")
+        elapsed = time.perf_counter() - start
     return sum(map(len, batches)) / elapsed
 
 
@@ -160,13 +157,27 @@ def log_rows(lines: int, text: str | None = None) -> list[tuple]:
 
 
 def raw_log_rates(rows: list[tuple], batch: int, chunk: int) -> tuple[float, float]:
-    """The storage alone, in rows/s: raw sqlite3 ``executemany`` of ``rows`` into the
-    log table, ``batch`` a transaction, then reading them back in order ``chunk`` a
-    query, as a tailer reads the store (no gRPC, no encoding)."""
+    """The storage alone, in rows/s: raw sqlite3 writing ``rows`` into the log table,
+    ``batch`` a transaction, in multi-row INSERTs of up to LOG_INSERT_ROWS rows (the
+    rest in halving sizes) as the store writes them, then reading them back in order
+    ``chunk`` a query, as a tailer reads the store (no gRPC, no encoding)."""
     with raw_database() as connection:
         connection.execute(LOG_TABLE_SQL)
-        batches = [rows[first : first + batch] for first in range(0, len(rows), batch)]
-        written = _insert_batches(connection, LOG_INSERT_SQL, batches)
+        start = time.perf_counter()
+        for first in range(0, len(rows), batch):
+            rest = rows[first : first + batch]
+            connection.execute("BEGIN")
+            while rest:
+                size = LOG_INSERT_ROWS
+                while size > len(rest):
+                    size //= 2
+                connection.execute(
+                    "INSERT INTO log_line VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?)"] * size),
+                    list(chain.from_iterable(rest[:size])),
+                )
+                rest = rest[size:]
+            connection.execute("COMMIT")
+        written = time.perf_counter() - start
         start = time.perf_counter()
         cursor = count = 0
         while True:
