@@ -9,6 +9,7 @@ import time
 import pytest
 
 from server.domain import templates
+from server.domain.audit import AuditEvent, AuditFilter
 from server.domain.errors import AlreadyExists, FailedPrecondition, NotFound
 from server.domain.models import Artifact, ArtifactKind, Configuration, Execution, Status
 from server.domain.paging import PageRequest
@@ -239,6 +240,44 @@ def test_grouped_create_looks_up_only_the_request_ids_stored_before(store, monke
     monkeypatch.undo()
     again = store.create_executions([(Execution("x", "h", "c1", "iris-train", "iris"), "r5")])
     assert (again[0][0].id, again[0][1]) == ("h-new5", False)
+
+
+def test_grouped_create_keeps_every_character_of_what_it_writes(store):
+    """The rows of a group of creates (executions, history entries, change events,
+    audit events: COPY on PostgreSQL) read back exactly as written, awkward text and
+    NULLs included."""
+    awkward = "|".join(AWKWARD_TEXTS[:-1])  # the log tests' texts (below), in one
+    seed(store, 0)
+    items = []
+    for i in range(3):
+        execution = Execution(f"w{i}", "g", "c1", "iris-train", "iris")
+        execution.created_by = f"{awkward} {i}"
+        items.append((execution, f"{awkward} r{i}"))
+    audit = [
+        AuditEvent(f"{awkward} {i}", "create", "execution", f"w{i}", "g", detail=awkward)
+        for i in range(3)
+    ]
+    results = store.create_executions(items, audit)
+    assert [created for _, created in results] == [True] * 3
+    for i in range(3):
+        stored = store.get_execution("g", f"w{i}")
+        assert stored.created_by == f"{awkward} {i}"
+        assert stored.rerun_of == ""
+        assert [(t.seq, t.from_status, t.to_status) for t in stored.history] == [
+            (1, None, Status.PENDING)
+        ]
+    # The same request id again returns the execution it created.
+    again = store.create_execution(Execution("w9", "g", "c1", "iris-train", "iris"),
+                                   f"{awkward} r1")
+    assert (again[0].id, again[1]) == ("w1", False)
+    events = store.list_audit_events(AuditFilter(resource_group="g"), PageRequest(10)).items
+    assert sorted((e.principal, e.resource_id, e.detail) for e in events) == [
+        (f"{awkward} {i}", f"w{i}", awkward) for i in range(3)
+    ]
+    _, changes, _ = store.read_events("g", 0, 100)
+    assert [(c.execution_id, c.kind) for c in changes][-3:] == [
+        (f"w{i}", "created") for i in range(3)
+    ]
 
 
 def test_grouped_create_rolls_back_as_a_whole_on_a_store_error(store):
