@@ -230,23 +230,13 @@ _EXEC_FIELDS = (
     "rerun_of",
 )
 _EXEC_COLUMNS = ", ".join(_EXEC_FIELDS)
-# The columns a new execution's row is inserted with (the others keep their defaults).
-_EXEC_INSERT = (
-    "resource_group",
-    "execution_id",
-    "configuration_id",
-    "executable_id",
-    "scenario_id",
-    "status",
-    "target_status",
-    "status_message",
-    "step_details",
-    "output_artifact_ids",
-    "created_us",
-    "modified_us",
-    "history_len",
-    "created_by",
-    "rerun_of",
+# The columns a new execution's row is inserted with, in _EXEC_FIELDS' order (the
+# others keep their defaults until it is claimed, started or ended).
+_EXEC_INSERT = tuple(
+    f
+    for f in _EXEC_FIELDS
+    if f not in {"id", "submitted_us", "started_us", "completed_us", "owner",
+                 "lease_expires_us", "fence"}
 )
 _TRANSITION_INSERT = (
     "execution_id", "seq", "from_status", "to_status", "at_us", "cause", "message"
