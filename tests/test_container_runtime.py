@@ -403,7 +403,12 @@ def test_a_server_ended_mid_run_reattaches_its_running_container(podman, tmp_pat
         assert STATUS_NAME[execution.status] == "COMPLETED", runner.logs(execution_id)
         assert runner.output(execution_id) == [f"line {i}" for i in range(1, count + 1)]
         assert any("watching it again" in t for _, _, t in runner.logs(execution_id))
-        assert [h[1] for h in runner.history(execution_id)].count("step_started") == 1
+        history = runner.history(execution_id)
+        assert [h[1] for h in history].count("step_started") == 1
+        assert history[-2] == (
+            "RUNNING", "server_restart",
+            "server restarted; the execution goes on: main watched again",
+        )
         podman.wait_empty("the container to be removed")
     finally:
         runner.close()

@@ -340,9 +340,13 @@ def test_a_replica_killed_during_a_run_has_another_reattach_and_complete(
         assert lines == job_rows(jobs, eid, "count")  # each line once, none lost
         assert [x for x in lines if x.startswith("line ")] == [f"line {i}" for i in range(500)]
         assert runner_b.output(eid, "after") == job_rows(jobs, eid, "after")
-        # The take-over is no transition: the history is the walk's, b's end included.
-        assert [h[1] for h in runner_b.history(eid)] == [
-            "created", "step_started", "steps_succeeded"
+        # The take-over keeps the status; its history entry says who went on with what.
+        assert runner_b.history(eid) == [
+            ("PENDING", "created", "execution created"),
+            ("RUNNING", "step_started", "step count started"),
+            ("RUNNING", "replica_lost",
+             "replica a was lost; replica b took the execution over: count watched again"),
+            ("COMPLETED", "steps_succeeded", "every step succeeded"),
         ]
         with psycopg.connect(postgres_url) as conn:
             assert conn.execute(

@@ -438,6 +438,42 @@ def test_a_write_under_a_lease_another_replica_took_over_is_refused(store):
     assert [t.cause for t in execution.history] == ["created", "step_started", "replica_lost"]
 
 
+def test_a_take_over_that_goes_on_is_a_history_entry_that_keeps_the_status(store):
+    ids = seed(store, 1)
+    [(_, lease_a)] = store.claim_pending("a", 1, lease_until_us=1_000)
+    store.transition(ids[0], Status.RUNNING, "step_started", lease=lease_a)
+    [(_, lease_b, _)] = store.claim_for_recovery(
+        "b", now_us=2_000, lease_until_us=10**18, include_own=False
+    )
+    with pytest.raises(FailedPrecondition) as late:
+        store.record_unchanged(ids[0], "replica_lost", "x", expected=[Status.RUNNING],
+                               lease=lease_a)
+    assert late.value.reason == "LEASE_LOST"
+    with pytest.raises(FailedPrecondition) as wrong:
+        store.record_unchanged(ids[0], "replica_lost", "x", expected=[Status.STOPPING],
+                               lease=lease_b)
+    assert wrong.value.reason == "INVALID_TRANSITION"
+    before = store.last_event_number("g")
+    taken = store.record_unchanged(
+        ids[0], "replica_lost", "replica a was lost; b goes on", expected=[Status.RUNNING],
+        lease=lease_b,
+    )
+    assert taken.status == Status.RUNNING and taken.owner == "b"
+    last = taken.history[-1]
+    assert (last.seq, last.from_status, last.to_status, last.cause, last.message) == (
+        3, Status.RUNNING, Status.RUNNING, "replica_lost", "replica a was lost; b goes on"
+    )
+    _, events, _ = store.read_events("g", before, 10)
+    assert [(e.kind, e.seq) for e in events] == [("transition", 3)]
+    # The status counts did not move, and the lifecycle goes on from where it was.
+    running = store.list_executions("g", PageRequest(10), statuses=[Status.RUNNING])
+    assert running.total_size == 1
+    store.transition(ids[0], Status.COMPLETED, "steps_succeeded", lease=lease_b)
+    assert [t.cause for t in store.get_execution("g", ids[0]).history] == [
+        "created", "step_started", "replica_lost", "steps_succeeded"
+    ]
+
+
 def test_a_live_lease_is_not_taken_over_and_a_restart_reclaims_its_own(store):
     ids = seed(store, 3)
     store.claim_pending("a", 3, lease_until_us=5_000)

@@ -179,6 +179,14 @@ class ExecutionStore(Protocol):
         ``to_status`` (and is one of ``expected``, when given)."""
         ...
 
+    async def record_unchanged(
+        self, execution_id: str, cause: str, message: str, *,
+        expected: Iterable[Status], lease: Lease | None = None,
+    ) -> Execution:
+        """A history entry that keeps the status (from and to are the current one),
+        announced as a transition; FailedPrecondition unless it is one of ``expected``."""
+        ...
+
     async def request_stop(
         self, resource_group: str, execution_id: str, audit: AuditEvent | None = None
     ) -> Execution:

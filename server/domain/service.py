@@ -927,6 +927,14 @@ class ControlPlane:
         self._announce_transition(execution)
         return execution
 
+    async def record_unchanged(
+        self, execution_id: str, cause: str, message: str, **kwargs: Any
+    ) -> Execution:
+        """Runtime use: a history entry that keeps the status, announced as a move."""
+        execution = await self.store.record_unchanged(execution_id, cause, message, **kwargs)
+        self._announce_transition(execution)
+        return execution
+
     async def update_execution(
         self, execution_id: str, *, changed_step: StepDetail | None = None, **kwargs: Any
     ) -> Execution:

@@ -1823,11 +1823,12 @@ class Executor(Runtime):
                 step=name,
             )
         ended = sorted(n for n, r in run.resumed.items() if r.handle is None and not r.unstarted)
-        if ended or walk["decided"]:
-            done = sorted({*ended, *walk["decided"]})
+        done = sorted({*ended, *walk["decided"]})
+        if done:
             self.sink.system(
                 execution.id, f"{what}: going on after {_steps_list(done)}, not run again"
             )
+        await self._record_resumed(run, what, cause, sorted(attached), done)
         self._runs[execution.id] = run
         run.task = asyncio.create_task(
             self._execute(run, resumed=True), name=f"execution-{execution.id}"
@@ -1841,6 +1842,35 @@ class Executor(Runtime):
             stopping=run.stopping,
         )
         return True
+
+    async def _record_resumed(
+        self, run: _Run, what: str, cause: str, watched: list[str], done: list[str]
+    ) -> None:
+        """The history entry of a resume: the status stays, the cause says why the
+        execution changed hands (``replica_lost``, ``server_restart``) and the message
+        which replica goes on with which steps."""
+        if cause == "replica_lost":
+            message = f"{what}; replica {self.replica_id} took the execution over"
+        else:
+            message = f"{what}; the execution goes on"
+        going = []
+        if watched:
+            going.append(f"{_steps_list(watched)} watched again")
+        if done:
+            going.append(f"going on after {_steps_list(done)}")
+        if going:
+            message += ": " + "; ".join(going)
+        try:
+            await until_stored(
+                self.plane.record_unchanged,
+                run.id,
+                cause,
+                message,
+                expected=[run.execution.status],
+                lease=run.lease,
+            )
+        except DomainError as exc:
+            log.warning("resume not recorded", execution_id=run.id, error=str(exc))
 
     async def _let_go(self, attached: dict[str, _Resumed]) -> None:
         """Stop re-attached steps the execution will not watch, and await their end."""

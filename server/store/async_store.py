@@ -251,6 +251,7 @@ class AsyncStore:
     list_executions = _reader(SyncStore.list_executions)
     executions_in = _reader(SyncStore.executions_in)
     transition = _writer(SyncStore.transition)
+    record_unchanged = _writer(SyncStore.record_unchanged)
     request_stop = _writer(SyncStore.request_stop)
     delete_execution = _writer(SyncStore.delete_execution)
     record_audit = _writer(SyncStore.record_audit)

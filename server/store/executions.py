@@ -622,6 +622,45 @@ class ExecutionRepository:
 
         return self._compare_and_set(change)
 
+    def record_unchanged(
+        self,
+        execution_id: str,
+        cause: str,
+        message: str,
+        *,
+        expected: Iterable[Status],
+        lease: Lease | None = None,
+    ) -> Execution:
+        """Record in the history an event that keeps the status (from and to are the
+        current one), announced to watchers as a transition: a replica that took the
+        execution over, or a restarted server, going on with steps that outlived their
+        server. ``expected`` and ``lease`` as in :meth:`transition`."""
+
+        def change() -> Execution:
+            row = self._execution_row(None, execution_id)
+            read = dict(row)
+            _check_lease(row, lease)
+            current = Status(row["status"])
+            if current not in set(expected):
+                raise FailedPrecondition(
+                    message=f"execution {execution_id} is {current}",
+                    reason=Reason.INVALID_TRANSITION,
+                    metadata={"status": str(current)},
+                )
+            stamp = now_us()
+            row["modified_us"] = stamp
+            row["history_len"] += 1
+            self._save(row, ["modified_us", "history_len"], read)
+            self._add_transition(row, current, current, stamp, cause, message)
+            self._record_events(
+                [(row["resource_group"], execution_id, "transition", row["history_len"], "")]
+            )
+            execution = _execution_from(row)
+            execution.history = self.history(execution_id)
+            return execution
+
+        return self._compare_and_set(change)
+
     def _apply(
         self, row: dict, to_status: Status, status_message: str | None, stamp: int
     ) -> list[str]:

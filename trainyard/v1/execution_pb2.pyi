@@ -264,7 +264,11 @@ Global___StepDetail: _TypeAlias = StepDetail  # noqa: Y015
 
 @_typing.final
 class StatusTransition(_message.Message):
-    """One recorded lifecycle transition of an execution."""
+    """One recorded lifecycle transition of an execution. An entry whose from_status and
+    to_status are the same records an event that kept the status: a server that
+    restarted, or a replica that took the execution over, going on with steps that
+    outlived their server (cause `server_restart` or `replica_lost`).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -282,7 +286,7 @@ class StatusTransition(_message.Message):
     """Status after."""
     cause: _builtins.str
     """Machine-readable cause, for example `created`, `step_started`, `step_failed`,
-    `stop_requested`, `processes_exited`, `server_restart`.
+    `stop_requested`, `processes_exited`, `server_restart`, `replica_lost`.
     """
     message: _builtins.str
     """Human-readable detail."""

@@ -89,7 +89,10 @@ export const StepDetailSchema: GenMessage<StepDetail> = /*@__PURE__*/
   messageDesc(file_trainyard_v1_execution, 0);
 
 /**
- * One recorded lifecycle transition of an execution.
+ * One recorded lifecycle transition of an execution. An entry whose from_status and
+ * to_status are the same records an event that kept the status: a server that
+ * restarted, or a replica that took the execution over, going on with steps that
+ * outlived their server (cause `server_restart` or `replica_lost`).
  *
  * @generated from message trainyard.v1.StatusTransition
  */
@@ -124,7 +127,7 @@ export type StatusTransition = Message<"trainyard.v1.StatusTransition"> & {
 
   /**
    * Machine-readable cause, for example `created`, `step_started`, `step_failed`,
-   * `stop_requested`, `processes_exited`, `server_restart`.
+   * `stop_requested`, `processes_exited`, `server_restart`, `replica_lost`.
    *
    * @generated from field: string cause = 5;
    */
