@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from server.api.audit import AuditService
-from server.api.connect import Bridge, HandlerCollector
+from server.api.connect import Bridge
 from server.api.errors import ErrorInterceptor, receive_limit
 from server.api.logs import LogService, add_log_service
 from server.api.meta import MetaService
+from server.api.methods import HandlerCollector, MethodTable
 from server.api.metrics import MetricService
 from server.api.resources import (
     ArtifactService,
@@ -389,14 +390,13 @@ async def start_server(settings: Settings) -> TrainyardServer:
         (secret_service_pb2_grpc.add_SecretServiceServicer_to_server, SecretService(secrets)),
         (audit_service_pb2_grpc.add_AuditServiceServicer_to_server, AuditService(plane)),
     ]
+    collector = HandlerCollector()
     for add, servicer in registrations:
-        add(servicer, server)
+        add(servicer, collector)
+    services = dict(collector.handlers)
     console: ConsoleServer | None = None
     if settings.console_address:
-        collector = HandlerCollector()
-        for add, servicer in registrations:
-            add(servicer, collector)
-        bridge = Bridge(collector.handlers, interceptors)
+        bridge = Bridge(services, interceptors)
         console = ConsoleServer(
             build_app(connect_apps(bridge, CONNECT_MODULES)),
             settings.console_address,
@@ -405,10 +405,15 @@ async def start_server(settings: Settings) -> TrainyardServer:
         )
 
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [*SERVICE_NAMES, reflection.SERVICE_NAME, health.SERVICE_NAME], server
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, collector)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer(
+            [*SERVICE_NAMES, reflection.SERVICE_NAME, health.SERVICE_NAME]
+        ),
+        collector,
     )
+    # Every method from one table (server/api/methods.py), none as a registered method.
+    server.add_generic_rpc_handlers((MethodTable(collector.handlers),))
 
     if tls is not None:
         port = server.add_secure_port(settings.address, tls.credentials())

@@ -4,15 +4,18 @@ isolation, pagination, idempotent creates, executables, health, reflection."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 
 import grpc
 import pytest
 import structlog
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from server.api import context as call_context
+from server.app import SERVICE_NAMES
 from server.domain.errors import FailedPrecondition, NotFound
 from tests.conftest import group
 from tests.helpers import details, iris_configuration, register_iris, rpc_error
@@ -674,3 +677,48 @@ def test_a_list_filter_with_a_nul_character_is_the_callers_error(stubs, field):
     )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
     assert "NUL" in details(error)["fields"][field]
+
+
+def test_every_method_is_served_from_one_table_none_as_a_registered_method(
+    server_factory, monkeypatch
+):
+    """A grpc.aio server waits, for each call it accepts, on one pending request per
+    registered method (server/api/methods.py): none is registered so, yet every
+    method of every service answers."""
+    registered: list[str] = []
+    make = grpc.aio.server
+
+    def recording(*args, **kwargs):
+        made = make(*args, **kwargs)
+        made.add_registered_method_handlers = lambda name, handlers: registered.append(name)
+        return made
+
+    monkeypatch.setattr(grpc.aio, "server", recording)
+    server = server_factory()
+    assert registered == []
+    channel = grpc.insecure_channel(server.address)
+    try:
+        for service in SERVICE_NAMES:
+            descriptor = descriptor_pool.Default().FindServiceByName(service)
+            for method in descriptor.methods:
+                path = f"/{service}/{method.name}"
+                if method.server_streaming:
+                    call = channel.unary_stream(path)(b"", timeout=1)
+                    with contextlib.suppress(grpc.RpcError):
+                        for _ in call:
+                            break
+                    call.cancel()
+                    code = call.code()
+                else:
+                    try:
+                        channel.unary_unary(path)(b"", timeout=10)
+                        code = grpc.StatusCode.OK
+                    except grpc.RpcError as error:
+                        code = error.code()
+                assert code != grpc.StatusCode.UNIMPLEMENTED, path
+        health = health_pb2_grpc.HealthStub(channel)
+        assert health.Check(health_pb2.HealthCheckRequest()).status == (
+            health_pb2.HealthCheckResponse.SERVING
+        )
+    finally:
+        channel.close()

@@ -105,21 +105,6 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
 
 
-class HandlerCollector:
-    """Stands in for a grpc server while ``add_*_to_server`` functions register
-    their handlers, keeping each method's handler by its path."""
-
-    def __init__(self) -> None:
-        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
-
-    def add_generic_rpc_handlers(self, handlers) -> None:
-        pass
-
-    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
-        for method, handler in handlers.items():
-            self.handlers[f"/{service}/{method}"] = handler
-
-
 class Bridge:
     """Answers Connect calls with the gRPC method handlers, through the interceptors."""
 
