@@ -393,7 +393,7 @@ async def start_server(settings: Settings) -> TrainyardServer:
     collector = HandlerCollector()
     for add, servicer in registrations:
         add(servicer, collector)
-    services = dict(collector.handlers)
+    services = dict(collector.handlers)  # the console's bridge: our services only
     console: ConsoleServer | None = None
     if settings.console_address:
         bridge = Bridge(services, interceptors)

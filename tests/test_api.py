@@ -683,8 +683,8 @@ def test_every_method_is_served_from_one_table_none_as_a_registered_method(
     server_factory, monkeypatch
 ):
     """A grpc.aio server waits, for each call it accepts, on one pending request per
-    registered method (server/api/methods.py): none is registered so, yet every
-    method of every service answers."""
+    registered method (server/api/methods.py), so none is registered; every method of
+    every service still answers."""
     registered: list[str] = []
     make = grpc.aio.server
 
