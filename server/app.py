@@ -161,12 +161,28 @@ class TrainyardServer:
         sink = self.extra.get("log_sink")
         if sink is not None:
             await sink.close()
+        if self.plane.runtime is not None:
+            await self._hand_over()
         notifier = self.extra.get("notifier")
         if notifier is not None:
             # After the sink: its last lines and the final transitions are announced.
             await notifier.close()
         await asyncio.to_thread(self.store.close)
         log.info("server stopped")
+
+
+    async def _hand_over(self) -> None:
+        """End this replica's leases now, once nothing of it writes any more (its
+        runtime closed, its last log lines stored): another replica takes its active
+        executions over at its next round (a third of the lease), not once the leases
+        run out; a restart of this replica reclaims them alike."""
+        try:
+            released = await self.store.release_leases(self.settings.replica_id)
+        except Exception as exc:  # noqa: BLE001 - the store failed: the leases lapse
+            log.warning("leases not released; they lapse", error=str(exc))
+            return
+        if released:
+            log.info("leases released for other replicas", count=released)
 
 
 def check_exposure(settings: Settings) -> None:

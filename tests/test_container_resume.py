@@ -466,3 +466,63 @@ def test_a_stopping_execution_killed_finishes_its_stop_and_its_exit_handler(podm
         podman.wait_empty("every container to be removed")
     finally:
         runner.close()
+
+
+COUNTER = template(
+    "counter",
+    "    - name: main\n"
+    "      steps:\n"
+    "        - - name: count\n"
+    "            template: count\n"
+    + shell("count", "i=1; while [ $i -le 100 ]; do echo line $i; i=$((i+1)); sleep 0.2; done"),
+)
+
+
+def test_a_replica_stopped_for_a_deploy_hands_its_running_container_over_at_once(
+    podman, postgres_url, tmp_path
+):
+    """SIGTERM, as a deploy stops a replica: its container goes on, and as its last
+    write the replica ends its leases, so the other one takes the execution over at
+    its next round (a third of the lease, cause replica_shutdown) instead of once the
+    lease would have run out, and follows the same container to its end."""
+    lease = 30.0
+    options = (*OPTIONS, "--artifact-root", str(tmp_path / "shared"),
+               "--database-url", postgres_url, "--lease-seconds", str(lease))
+    servers = {}
+    for name in "ab":
+        (tmp_path / name).mkdir()
+        servers[name] = ServerProcess(tmp_path / name)
+    a, b = servers["a"].start(*options, "--replica-id", "a"), servers["b"]
+    runner_a = Runner(a.address)
+    runner_b = None
+    try:
+        runner_a.register(COUNTER)
+        eid = runner_a.start(runner_a.configure("counter", scenario="resume-tests"))
+        runner_a.wait_output(eid, "line 3", timeout=60)
+        runner_a.close()
+        b.start(*options, "--replica-id", "b")
+        runner_b = Runner(b.address)
+        assert runner_b.status(eid) == "RUNNING"
+        a.terminate()
+        assert podman.ours(), "the container outlives the replica"
+
+        def taken_over():
+            return [h for h in runner_b.history(eid) if h[1] == "replica_shutdown"]
+
+        # Well before the 30 s lease would have run out.
+        [entry] = wait_for(taken_over, lease * 2 / 3, "b to take the execution over")
+        assert entry == (
+            "RUNNING", "replica_shutdown",
+            "replica a shut down; replica b took the execution over: count watched again",
+        )
+        done = runner_b.wait(eid, timeout=60)
+        assert STATUS_NAME[done.status] == "COMPLETED", system(runner_b, eid)
+        assert runner_b.output(eid, "count") == [f"line {i}" for i in range(1, 101)]
+        assert [h[1] for h in runner_b.history(eid)].count("step_started") == 1
+        podman.wait_empty("the container to be removed")
+    finally:
+        if runner_b is not None:
+            runner_b.close()
+        for server in servers.values():
+            if server.process is not None and server.process.poll() is None:
+                server.terminate()

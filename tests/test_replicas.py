@@ -257,6 +257,37 @@ def test_kill_9_of_the_owner_has_another_replica_reconcile_it_once(
             kill_group(pgid)
 
 
+def test_a_replica_stopped_gracefully_hands_its_executions_over_before_the_lease_ends(
+    replicas, postgres_url, tmp_path
+):
+    """SIGTERM (a deploy): the replica stops its steps (local processes die with it)
+    and, as its last write, ends its leases. The other replica reconciles the execution
+    at its next round, a third of the lease, instead of once the lease would have run
+    out: cause replica_shutdown."""
+    lease = "30"
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    a = replicas("a", "--lease-seconds", lease)
+    runner_a = Runner(a.address)
+    runner_a.register(LONG)
+    execution_id = runner_a.start(runner_a.configure("long", {"dir": str(marks)}))
+    runner_a.wait_output(execution_id, "ready")
+    runner_a.close()
+    b = replicas("b", "--lease-seconds", lease)
+    runner_b = Runner(b.address)
+    try:
+        assert runner_b.status(execution_id) == "RUNNING"
+        a.terminate()
+        # Well before the 30 s lease would have run out.
+        ended = runner_b.wait(execution_id, timeout=20)
+        assert STATUS_NAME[ended.status] in ("UNKNOWN", "DEAD")  # as after a kill -9
+        assert runner_b.history(execution_id)[-1][1] == "replica_shutdown"
+        assert ended.status_message.startswith("replica a shut down while running")
+        assert owners(postgres_url)[0][1] == "b"
+    finally:
+        runner_b.close()
+
+
 def test_a_replica_that_stalled_past_its_lease_writes_nothing_over_its_successor(
     replicas, postgres_url, tmp_path
 ):

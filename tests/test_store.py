@@ -421,10 +421,11 @@ def test_a_write_under_a_lease_another_replica_took_over_is_refused(store):
     [(_, lease_a)] = store.claim_pending("a", 1, lease_until_us=1_000)
     store.transition(ids[0], Status.RUNNING, "step_started", lease=lease_a)
     # Replica a stops renewing; b finds its lease lapsed and takes the execution over.
-    [(taken, lease_b, previous)] = store.claim_for_recovery(
+    [(taken, lease_b, previous, released)] = store.claim_for_recovery(
         "b", now_us=2_000, lease_until_us=10**18, include_own=False
     )
     assert (taken.id, previous, lease_b.token) == (ids[0], "a", lease_a.token + 1)
+    assert not released
     with pytest.raises(FailedPrecondition) as late:
         store.update_execution(ids[0], status_message="a is still here", lease=lease_a)
     assert late.value.reason == "LEASE_LOST"
@@ -442,7 +443,7 @@ def test_a_take_over_that_goes_on_is_a_history_entry_that_keeps_the_status(store
     ids = seed(store, 1)
     [(_, lease_a)] = store.claim_pending("a", 1, lease_until_us=1_000)
     store.transition(ids[0], Status.RUNNING, "step_started", lease=lease_a)
-    [(_, lease_b, _)] = store.claim_for_recovery(
+    [(_, lease_b, _, _)] = store.claim_for_recovery(
         "b", now_us=2_000, lease_until_us=10**18, include_own=False
     )
     with pytest.raises(FailedPrecondition) as late:
@@ -484,10 +485,31 @@ def test_a_live_lease_is_not_taken_over_and_a_restart_reclaims_its_own(store):
     assert store.renew_leases("a", 9_000, ids) == {ids[0]: 1, ids[1]: 1, ids[2]: 1}
     # A restart of replica a reconciles its own executions, whatever their leases.
     mine = store.claim_for_recovery("a", now_us=4_000, lease_until_us=10**18)
-    assert [(e.id, previous) for e, _, previous in mine] == [(ids[0], "a"), (ids[1], "a")]
+    assert [(e.id, previous) for e, _, previous, _ in mine] == [(ids[0], "a"), (ids[1], "a")]
     assert store.release_claim(ids[0], mine[0][1])
     assert store.queue_position(ids[0]) == 0
     assert [e.id for e, _ in store.claim_pending("b", 5, 10**18)] == [ids[0]]
+
+
+def test_leases_released_at_a_shutdown_are_taken_over_before_they_run_out(store):
+    ids = seed(store, 3)
+    [(_, lease_a), _] = store.claim_pending("a", 2, lease_until_us=10**17)
+    store.transition(ids[0], Status.RUNNING, "step_started", lease=lease_a)
+    store.claim_pending("c", 1, lease_until_us=10**17)
+    assert store.claim_for_recovery("b", 1_000, 10**18, include_own=False) == []
+    # Replica a shuts down: its two leases end; c's stays.
+    assert store.release_leases("a") == 2
+    taken = store.claim_for_recovery("b", 1_000, 10**18, include_own=False)
+    assert [(e.id, e.owner, previous, released) for e, _, previous, released in taken] == [
+        (ids[0], "b", "a", True), (ids[1], "b", "a", True)
+    ]
+    assert store.release_leases("a") == 0  # none left to a
+    # A restart of a, instead, would have reclaimed them as its own.
+    store.release_leases("b")
+    again = store.claim_for_recovery("b", 1_000, 10**18)
+    assert [(previous, released) for _, _, previous, released in again] == [
+        ("b", True), ("b", True)
+    ]
 
 
 def test_concurrent_claimers_each_take_different_executions(shared_store):

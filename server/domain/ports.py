@@ -271,10 +271,15 @@ class ClaimStore(Protocol):
     async def claim_for_recovery(
         self, owner: str, now_us: int, lease_until_us: int, limit: int = 1000,
         include_own: bool = True,
-    ) -> list[tuple[Execution, Lease, str]]:
+    ) -> list[tuple[Execution, Lease, str, bool]]:
         """The active executions ``owner`` must reconcile (its own from before a
-        restart, unowned running ones, and those of replicas whose lease lapsed), with
-        the previous owner of each."""
+        restart, unowned running ones, and those of replicas whose lease lapsed or was
+        released), with the previous owner of each and whether it released the lease."""
+        ...
+
+    async def release_leases(self, owner: str) -> int:
+        """End ``owner``'s leases on active executions now (a graceful shutdown), so
+        that another replica takes them over at once; returns how many."""
         ...
 
     async def release_claim(self, execution_id: str, lease: Lease) -> bool: ...

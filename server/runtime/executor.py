@@ -40,7 +40,8 @@ Beside the steps: the decisions of steps that ran no process (a false ``when`` o
 workflow status once it began, a workflow deadline's failure, and when the walk began.
 
 After a restart (``server_restart``) or another replica's lease takeover
-(``replica_lost``, same work dir), :meth:`Executor.recover` reads it. When the runner's
+(``replica_lost``, or ``replica_shutdown`` when that replica released its leases as it
+shut down; same work dir), :meth:`Executor.recover` reads it. When the runner's
 steps outlive the server (containers, Ray jobs), a RUNNING or STOPPING execution runs
 on from there (:meth:`Executor._resume`): the walk is taken again from the start, each
 recorded decision and ended attempt counting as it was (nothing runs twice, outputs
@@ -1552,29 +1553,38 @@ class Executor(Runtime):
         )
         await self._reconcile(taken)
 
-    async def _reconcile(self, taken: list[tuple[Execution, Lease, str]]) -> None:
+    async def _reconcile(self, taken: list[tuple[Execution, Lease, str, bool]]) -> None:
         """End what a previous server (this replica before a restart, or a replica that
         was lost) left active: pending ones go back to the queue, the others end with
         a cause, and none of their processes is left."""
         if not taken:
             return
-        strays = await self.runner.strays([e.id for e, _, _ in taken], everywhere=True)
+        strays = await self.runner.strays([e.id for e, *_ in taken], everywhere=True)
         await asyncio.gather(
             *(
-                self._recover(e, strays.get(e.id, []), lease, previous)
-                for e, lease, previous in taken
+                self._recover(e, strays.get(e.id, []), lease, previous, released)
+                for e, lease, previous, released in taken
             )
         )
         log.info("executions reconciled", count=len(taken))
 
     async def _recover(
-        self, execution: Execution, strays: list[str], lease: Lease, previous: str
+        self,
+        execution: Execution,
+        strays: list[str],
+        lease: Lease,
+        previous: str,
+        released: bool = False,
     ) -> None:
         eid = execution.id
         await self.sink.open(eid)
         lost = bool(previous) and previous != self.replica_id
-        cause = "replica_lost" if lost else "server_restart"
-        what = f"replica {previous} was lost" if lost else "server restarted"
+        if not lost:
+            cause, what = "server_restart", "server restarted"
+        elif released:  # it shut down and handed its executions over
+            cause, what = "replica_shutdown", f"replica {previous} shut down"
+        else:
+            cause, what = "replica_lost", f"replica {previous} was lost"
         work_dir = self.work_dir / eid
         state = procs.read_state(work_dir / STATE_FILE)
         records = state["steps"] if state else {}
@@ -1847,9 +1857,9 @@ class Executor(Runtime):
         self, run: _Run, what: str, cause: str, watched: list[str], done: list[str]
     ) -> None:
         """The history entry of a resume: the status stays, the cause says why the
-        execution changed hands (``replica_lost``, ``server_restart``) and the message
-        which replica goes on with which steps."""
-        if cause == "replica_lost":
+        execution changed hands (``replica_lost``, ``replica_shutdown``,
+        ``server_restart``) and the message which replica goes on with which steps."""
+        if cause != "server_restart":
             message = f"{what}; replica {self.replica_id} took the execution over"
         else:
             message = f"{what}; the execution goes on"

@@ -15,6 +15,11 @@ runtime's reconciliation with cause ``replica_lost``, then claims pending work.
 
 At start, the scheduler claims what this replica must reconcile (its own executions
 from before a restart, and lapsed ones of others) before it claims new work.
+
+A replica that shuts down gracefully ends its leases as its last write (the server's
+hand-over, once its runtime and log sink are closed): the others take its executions
+over at their next round, with cause ``replica_shutdown``, instead of when the leases
+would have run out.
 """
 
 from __future__ import annotations
@@ -30,8 +35,9 @@ from server.domain.ports import ClaimStore
 
 log = structlog.get_logger(__name__)
 
-# (execution, lease, previous owner) of each execution to reconcile.
-Reconcile = Callable[[list[tuple[Execution, Lease, str]]], Awaitable[None]]
+# (execution, lease, previous owner, whether it released the lease at a shutdown) of
+# each execution to reconcile.
+Reconcile = Callable[[list[tuple[Execution, Lease, str, bool]]], Awaitable[None]]
 
 
 def _now_us() -> int:

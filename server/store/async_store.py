@@ -266,6 +266,7 @@ class AsyncStore:
 
     claim_pending = _writer(SyncStore.claim_pending)
     claim_for_recovery = _writer(SyncStore.claim_for_recovery)
+    release_leases = _writer(SyncStore.release_leases)
     release_claim = _writer(SyncStore.release_claim)
     renew_leases = _writer(SyncStore.renew_leases)
     queue_position = _reader(SyncStore.queue_position)

@@ -17,6 +17,9 @@ from server.store.rows import (
     now_us,
 )
 
+# The expiry of a lease its owner released at a graceful shutdown: long past.
+RELEASED = 0
+
 
 class LeaseRepository:
     """Part of :class:`server.store.repository.Store`."""
@@ -31,11 +34,12 @@ class LeaseRepository:
         limit: int,
         lease_until_us: int,
         submitted: bool = False,
-    ) -> list[tuple[Execution, int, str]]:
+    ) -> list[tuple[Execution, int, str, bool]]:
         """Take the executions ``where`` selects (oldest first, at most ``limit``,
         skipping rows another transaction holds): owner, lease and a new fencing token,
         and with ``submitted`` the time a slot took them (kept if already set). Returns
-        (execution, token, previous owner) per execution taken."""
+        (execution, token, previous owner, whether that owner released its lease at a
+        shutdown) per execution taken."""
         with self.write_lock():
             found = self.execute(
                 f"SELECT {_EXEC_COLUMNS} FROM execution WHERE {where} ORDER BY id LIMIT ?"
@@ -56,11 +60,12 @@ class LeaseRepository:
         taken = []
         for row in rows:
             previous = row["owner"] or ""
+            released = bool(previous) and row["lease_expires_us"] == RELEASED
             row["owner"], row["fence"] = owner, row["fence"] + 1
             if row["submitted_us"] is None:
                 row["submitted_us"] = at
             self._written(row["execution_id"])
-            taken.append((_execution_from(row), row["fence"], previous))
+            taken.append((_execution_from(row), row["fence"], previous, released))
         return taken
 
     def claim_pending(
@@ -77,7 +82,7 @@ class LeaseRepository:
             lease_until_us,
             submitted=True,
         )
-        return [(execution, Lease(owner, token)) for execution, token, _ in taken]
+        return [(execution, Lease(owner, token)) for execution, token, _, _ in taken]
 
     def claim_for_recovery(
         self,
@@ -86,12 +91,13 @@ class LeaseRepository:
         lease_until_us: int,
         limit: int = 1000,
         include_own: bool = True,
-    ) -> list[tuple[Execution, Lease, str]]:
+    ) -> list[tuple[Execution, Lease, str, bool]]:
         """Claim what ``owner`` must reconcile: any replica's PENDING, RUNNING and
-        STOPPING executions whose lease has lapsed (the replica is gone), and with
-        ``include_own`` (at start) its own from before a restart and running or
-        stopping ones nobody owns (a database from before leases). Returns
-        (execution, lease, previous owner)."""
+        STOPPING executions whose lease has lapsed (the replica is gone) or was
+        released (:meth:`release_leases`), and with ``include_own`` (at start) its own
+        from before a restart and running or stopping ones nobody owns (a database
+        from before leases). Returns (execution, lease, previous owner, whether that
+        owner released the lease)."""
         active = [str(s) for s in (Status.PENDING, Status.RUNNING, Status.STOPPING)]
         where = "status IN (?, ?, ?) AND (owner <> ? AND lease_expires_us < ?"
         args: list[Any] = [*active, owner, now_us]
@@ -100,7 +106,24 @@ class LeaseRepository:
             args += [owner, str(Status.PENDING)]
         where += ")"
         taken = self._claim(where, args, owner, limit, lease_until_us)
-        return [(execution, Lease(owner, token), was) for execution, token, was in taken]
+        return [
+            (execution, Lease(owner, token), was, released)
+            for execution, token, was, released in taken
+        ]
+
+    def release_leases(self, owner: str) -> int:
+        """At the end of a graceful shutdown: end the leases ``owner`` holds on active
+        executions now instead of when they would run out, so that another replica
+        takes them over at its next round (its own restart reclaims them alike). The
+        owner stays, for the next one to say whose they were. Returns how many."""
+        active = (str(Status.PENDING), str(Status.RUNNING), str(Status.STOPPING))
+        with self.write_lock():
+            released = self.execute(
+                "UPDATE execution SET lease_expires_us = ?"
+                " WHERE owner = ? AND status IN (?, ?, ?) RETURNING id",
+                (RELEASED, owner, *active),
+            ).fetchall()
+        return len(released)
 
     def release_claim(self, execution_id: str, lease: Lease) -> bool:
         """Give a PENDING execution back to the queue (any replica may claim it)."""

@@ -267,7 +267,9 @@ class StatusTransition(_message.Message):
     """One recorded lifecycle transition of an execution. An entry whose from_status and
     to_status are the same records an event that kept the status: a server that
     restarted, or a replica that took the execution over, going on with steps that
-    outlived their server (cause `server_restart` or `replica_lost`).
+    outlived their server (cause `server_restart`, `replica_lost`, or
+    `replica_shutdown` when the previous replica handed its executions over as it shut
+    down).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -286,7 +288,8 @@ class StatusTransition(_message.Message):
     """Status after."""
     cause: _builtins.str
     """Machine-readable cause, for example `created`, `step_started`, `step_failed`,
-    `stop_requested`, `processes_exited`, `server_restart`, `replica_lost`.
+    `stop_requested`, `processes_exited`, `server_restart`, `replica_lost`,
+    `replica_shutdown`.
     """
     message: _builtins.str
     """Human-readable detail."""

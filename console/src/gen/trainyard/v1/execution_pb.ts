@@ -92,7 +92,9 @@ export const StepDetailSchema: GenMessage<StepDetail> = /*@__PURE__*/
  * One recorded lifecycle transition of an execution. An entry whose from_status and
  * to_status are the same records an event that kept the status: a server that
  * restarted, or a replica that took the execution over, going on with steps that
- * outlived their server (cause `server_restart` or `replica_lost`).
+ * outlived their server (cause `server_restart`, `replica_lost`, or
+ * `replica_shutdown` when the previous replica handed its executions over as it shut
+ * down).
  *
  * @generated from message trainyard.v1.StatusTransition
  */
@@ -127,7 +129,8 @@ export type StatusTransition = Message<"trainyard.v1.StatusTransition"> & {
 
   /**
    * Machine-readable cause, for example `created`, `step_started`, `step_failed`,
-   * `stop_requested`, `processes_exited`, `server_restart`, `replica_lost`.
+   * `stop_requested`, `processes_exited`, `server_restart`, `replica_lost`,
+   * `replica_shutdown`.
    *
    * @generated from field: string cause = 5;
    */
