@@ -170,7 +170,6 @@ class TrainyardServer:
         await asyncio.to_thread(self.store.close)
         log.info("server stopped")
 
-
     async def _hand_over(self) -> None:
         """End this replica's leases now, once nothing of it writes any more (its
         runtime closed, its last log lines stored): another replica takes its active

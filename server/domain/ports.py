@@ -279,7 +279,7 @@ class ClaimStore(Protocol):
 
     async def release_leases(self, owner: str) -> int:
         """End ``owner``'s leases on active executions now (a graceful shutdown), so
-        that another replica takes them over at once; returns how many."""
+        that another replica takes them over at its next round; returns how many."""
         ...
 
     async def release_claim(self, execution_id: str, lease: Lease) -> bool: ...

@@ -1555,7 +1555,7 @@ class Executor(Runtime):
 
     async def _reconcile(self, taken: list[tuple[Execution, Lease, str, bool]]) -> None:
         """End what a previous server (this replica before a restart, or a replica that
-        was lost) left active: pending ones go back to the queue, the others end with
+        was lost or shut down) left active: pending ones go back to the queue, the others end with
         a cause, and none of their processes is left."""
         if not taken:
             return
