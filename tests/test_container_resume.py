@@ -16,7 +16,14 @@ from pathlib import Path
 import pytest
 
 from tests.services.podman import IMAGE
-from tests.workflow_helpers import PHASE_NAME, STATUS_NAME, Runner, ServerProcess, wait_for
+from tests.workflow_helpers import (
+    PHASE_NAME,
+    STATUS_NAME,
+    Runner,
+    ServerProcess,
+    replica_process,
+    wait_for,
+)
 
 OPTIONS = ("--runtime", "container", "--stop-grace-seconds", "2")
 
@@ -488,10 +495,7 @@ def test_a_replica_stopped_for_a_deploy_hands_its_running_container_over_at_once
     lease = 30.0
     options = (*OPTIONS, "--artifact-root", str(tmp_path / "shared"),
                "--database-url", postgres_url, "--lease-seconds", str(lease))
-    servers = {}
-    for name in "ab":
-        (tmp_path / name).mkdir()
-        servers[name] = ServerProcess(tmp_path / name)
+    servers = {name: replica_process(tmp_path, name) for name in "ab"}
     a, b = servers["a"].start(*options, "--replica-id", "a"), servers["b"]
     runner_a = Runner(a.address)
     runner_b = None

@@ -20,6 +20,7 @@ from workflow_helpers import (
     Runner,
     ServerProcess,
     python,
+    replica_process,
     steps,
     wait_for,
     workflow,
@@ -307,10 +308,7 @@ def test_a_replica_killed_during_a_run_has_another_reattach_and_complete(
     options = ("--runtime", "ray", "--ray-address", ray_cluster.address,
                "--artifact-root", str(tmp_path / "shared"), "--database-url", postgres_url,
                "--lease-seconds", str(lease))
-    servers = {}
-    for name in "ab":
-        (tmp_path / name).mkdir()
-        servers[name] = ServerProcess(tmp_path / name)
+    servers = {name: replica_process(tmp_path, name) for name in "ab"}
     a, b = servers["a"].start(*options, "--replica-id", "a"), servers["b"]
     runner_a = Runner(a.address)
     runner_b = None

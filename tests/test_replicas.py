@@ -24,6 +24,7 @@ from workflow_helpers import (
     inputs,
     live_members,
     python,
+    replica_process,
     wait_for,
     workflow,
 )
@@ -69,12 +70,6 @@ LONG = workflow(
 )
 
 
-def replica(tmp_path: Path, name: str) -> ServerProcess:
-    folder = tmp_path / name
-    folder.mkdir()
-    return ServerProcess(folder)
-
-
 def start_replica(server: ServerProcess, url: str, *options: str) -> ServerProcess:
     return server.start(
         "--database-url",
@@ -95,7 +90,7 @@ def replicas(tmp_path, postgres_url):
     started: list[ServerProcess] = []
 
     def make(name: str, *options: str) -> ServerProcess:
-        server = start_replica(replica(tmp_path, name), postgres_url, *options)
+        server = start_replica(replica_process(tmp_path, name), postgres_url, *options)
         started.append(server)
         return server
 

@@ -11,7 +11,14 @@ import pytest
 from server.domain import templates
 from server.domain.audit import AuditEvent, AuditFilter
 from server.domain.errors import AlreadyExists, FailedPrecondition, NotFound
-from server.domain.models import Artifact, ArtifactKind, Configuration, Execution, Status
+from server.domain.models import (
+    Artifact,
+    ArtifactKind,
+    Configuration,
+    Execution,
+    Lease,
+    Status,
+)
 from server.domain.paging import PageRequest
 from server.store import db as store_db
 from server.store.catalog import IDEMPOTENCY_CHUNK
@@ -416,14 +423,20 @@ def test_pending_executions_are_claimed_once_in_creation_order(store):
     assert store.queue_position(ids[0]) is None
 
 
-def test_a_write_under_a_lease_another_replica_took_over_is_refused(store):
+def taken_over_by_b(store: Store) -> tuple[list[str], Lease, tuple]:
+    """One execution replica a runs, then stops renewing: b finds its lease lapsed and
+    takes it over. (ids, a's lease, b's claim: execution, lease, previous, released)"""
     ids = seed(store, 1)
     [(_, lease_a)] = store.claim_pending("a", 1, lease_until_us=1_000)
     store.transition(ids[0], Status.RUNNING, "step_started", lease=lease_a)
-    # Replica a stops renewing; b finds its lease lapsed and takes the execution over.
-    [(taken, lease_b, previous, released)] = store.claim_for_recovery(
+    [claim] = store.claim_for_recovery(
         "b", now_us=2_000, lease_until_us=10**18, include_own=False
     )
+    return ids, lease_a, claim
+
+
+def test_a_write_under_a_lease_another_replica_took_over_is_refused(store):
+    ids, lease_a, (taken, lease_b, previous, released) = taken_over_by_b(store)
     assert (taken.id, previous, lease_b.token) == (ids[0], "a", lease_a.token + 1)
     assert not released
     with pytest.raises(FailedPrecondition) as late:
@@ -440,12 +453,7 @@ def test_a_write_under_a_lease_another_replica_took_over_is_refused(store):
 
 
 def test_a_take_over_that_goes_on_is_a_history_entry_that_keeps_the_status(store):
-    ids = seed(store, 1)
-    [(_, lease_a)] = store.claim_pending("a", 1, lease_until_us=1_000)
-    store.transition(ids[0], Status.RUNNING, "step_started", lease=lease_a)
-    [(_, lease_b, _, _)] = store.claim_for_recovery(
-        "b", now_us=2_000, lease_until_us=10**18, include_own=False
-    )
+    ids, lease_a, (_, lease_b, _, _) = taken_over_by_b(store)
     with pytest.raises(FailedPrecondition) as late:
         store.record_unchanged(ids[0], "replica_lost", "x", expected=[Status.RUNNING],
                                lease=lease_a)

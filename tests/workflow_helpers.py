@@ -274,3 +274,11 @@ class ServerProcess:
     def terminate(self) -> None:
         self.process.send_signal(signal.SIGTERM)
         assert self.process.wait(30) == 0, self.log()
+
+
+def replica_process(tmp_path: Path, name: str) -> ServerProcess:
+    """The server process of replica ``name``, in a folder of its own under ``tmp_path``
+    (its data directory, port file and logs)."""
+    folder = tmp_path / name
+    folder.mkdir()
+    return ServerProcess(folder)

@@ -68,6 +68,15 @@ def _check_lease(row: dict, lease: Lease | None) -> None:
         )
 
 
+def _check_expected(execution_id: str, current: Status, expected: Iterable[Status]) -> None:
+    """Refuse a runtime write made for a status the execution has since left."""
+    if current not in set(expected):
+        raise FailedPrecondition(
+            message=f"execution {execution_id} is {current}",
+            reason=Reason.INVALID_TRANSITION,
+            metadata={"status": str(current)},
+        )
+
 
 def _as_of(history: list[Transition], row: dict) -> list[Transition]:
     """The history of ``row`` as it was read. The row and the history are read by two
@@ -599,12 +608,8 @@ class ExecutionRepository:
             read = dict(row)
             _check_lease(row, lease)
             current = Status(row["status"])
-            if expected is not None and current not in set(expected):
-                raise FailedPrecondition(
-                    message=f"execution {execution_id} is {current}",
-                    reason=Reason.INVALID_TRANSITION,
-                    metadata={"status": str(current)},
-                )
+            if expected is not None:
+                _check_expected(execution_id, current, expected)
             lifecycle.check_transition(execution_id, current, to_status)
             stamp = to_us(at) if at else now_us()
             changed = self._apply(row, to_status, status_message, stamp)
@@ -641,12 +646,7 @@ class ExecutionRepository:
             read = dict(row)
             _check_lease(row, lease)
             current = Status(row["status"])
-            if current not in set(expected):
-                raise FailedPrecondition(
-                    message=f"execution {execution_id} is {current}",
-                    reason=Reason.INVALID_TRANSITION,
-                    metadata={"status": str(current)},
-                )
+            _check_expected(execution_id, current, expected)
             stamp = now_us()
             row["modified_us"] = stamp
             row["history_len"] += 1
